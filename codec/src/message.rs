@@ -1,0 +1,558 @@
+//! One-pass, zero-copy decoding: a [`Message`] is an index over the received bytes.
+//!
+//! Decoding walks the bitmap once, checks every length and every element's content
+//! against its class, and records where each element lies. Nothing is allocated per
+//! element; [`Message::get`] reads an element on demand and borrows it when the
+//! dialect writes it in ASCII or binary (the merchant contract does both).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::ebcdic;
+use crate::error::{DecodeError, DecodeErrorKind as K};
+use crate::mti::Mti;
+use crate::spec::{BitmapEncoding, ContentClass, Dialect, Encoding, FieldSpec, LengthKind};
+
+/// Where an element's content lies: byte offset and logical length (digits for
+/// `n`/`z`, characters or bytes otherwise).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Span {
+    start: u16,
+    len: u16,
+}
+
+/// A decoded message.
+#[derive(Clone)]
+pub struct Message {
+    dialect: &'static Dialect,
+    buf: Bytes,
+    mti: Mti,
+    /// Bit n-1 from the top of the two words is element n, as on the wire; only elements
+    /// whose content was read and checked are set (element 1 marks the secondary bitmap).
+    present: [u64; 2],
+    has_secondary: bool,
+    spans: [Span; 129],
+}
+
+/// The outcome of parsing a buffer that may hold only part of a message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parse {
+    Complete(Message),
+    /// The buffer ends inside the message; at least this many bytes in all are needed.
+    Incomplete {
+        needed: usize,
+    },
+}
+
+enum Stop {
+    Incomplete(usize),
+    Error(DecodeError),
+}
+
+#[inline]
+pub(crate) fn bit(n: u8) -> (usize, u64) {
+    let i = usize::from(n - 1);
+    (i / 64, 1u64 << (63 - (i % 64)))
+}
+
+impl Dialect {
+    /// Parses a buffer that holds a message or the start of one.
+    pub fn parse(&'static self, buf: Bytes) -> Result<Parse, DecodeError> {
+        let (msg, res) = index(self, buf);
+        match res {
+            Ok(()) => Ok(Parse::Complete(msg)),
+            Err(Stop::Incomplete(needed)) => Ok(Parse::Incomplete { needed }),
+            Err(Stop::Error(e)) => Err(e),
+        }
+    }
+
+    /// Decodes exactly one message whose boundary is known (a frame): running out of
+    /// bytes is [`K::Truncated`].
+    pub fn decode(&'static self, buf: Bytes) -> Result<Message, DecodeError> {
+        let len = buf.len();
+        let (msg, res) = index(self, buf);
+        match res {
+            Ok(()) => Ok(msg),
+            Err(Stop::Incomplete(_)) => Err(DecodeError {
+                field: None,
+                offset: len,
+                kind: K::Truncated,
+            }),
+            Err(Stop::Error(e)) => Err(e),
+        }
+    }
+
+    /// Whatever could be read of a message that failed to decode: the MTI if it was
+    /// readable and every element before the first structural error whose content was
+    /// valid. Used to answer a malformed request with its own MTI, STAN and terminal.
+    pub fn salvage(&'static self, buf: Bytes) -> Option<Message> {
+        let (msg, _) = index(self, buf);
+        (msg.mti != Mti::UNREADABLE).then_some(msg)
+    }
+}
+
+fn index(dialect: &'static Dialect, buf: Bytes) -> (Message, Result<(), Stop>) {
+    let mut msg = Message {
+        dialect,
+        buf,
+        mti: Mti::UNREADABLE,
+        present: [0; 2],
+        has_secondary: false,
+        spans: [Span::default(); 129],
+    };
+    let res = index_into(&mut msg);
+    (msg, res)
+}
+
+fn err(field: Option<u8>, offset: usize, kind: K) -> Stop {
+    Stop::Error(DecodeError {
+        field,
+        offset,
+        kind,
+    })
+}
+
+fn index_into(msg: &mut Message) -> Result<(), Stop> {
+    let d = msg.dialect;
+    let buf: &[u8] = &msg.buf;
+    if buf.len() > d.max_message_len {
+        return Err(err(
+            None,
+            d.max_message_len,
+            K::MessageTooLong {
+                len: buf.len(),
+                max: d.max_message_len,
+            },
+        ));
+    }
+    let mut pos = 0usize;
+
+    let mti_len = d.mti_len();
+    let Some(mti_bytes) = buf.get(..mti_len) else {
+        return Err(Stop::Incomplete(mti_len));
+    };
+    msg.mti = read_mti(d.mti_encoding, mti_bytes).ok_or_else(|| err(None, 0, K::BadMti))?;
+    pos += mti_len;
+
+    let bitmap_len = d.bitmap_len();
+    let mut bitmap = [0u64; 2];
+    bitmap[0] = read_bitmap(d.bitmap_encoding, buf, pos)?;
+    pos += bitmap_len;
+    if bitmap[0] & (1 << 63) != 0 {
+        bitmap[1] = read_bitmap(d.bitmap_encoding, buf, pos)?;
+        pos += bitmap_len;
+        msg.has_secondary = true;
+        msg.present[0] |= 1 << 63;
+    }
+
+    let mut first_content_error: Option<DecodeError> = None;
+    for (word, base) in [(0usize, 0u8), (1, 64)] {
+        // Bit 1 (secondary bitmap) is not an element; bit 65 (tertiary) is undefined.
+        let mut bits = if word == 0 {
+            bitmap[0] & !(1 << 63)
+        } else {
+            bitmap[1]
+        };
+        while bits != 0 {
+            let lz = bits.leading_zeros();
+            bits &= !(1u64 << (63 - lz));
+            let n = base + lz as u8 + 1;
+            let Some(spec) = d.field(n) else {
+                return Err(err(Some(n), pos, K::UndefinedElement));
+            };
+            let (len, prefix_len) = read_length(spec, buf, pos)?;
+            let start = pos + prefix_len;
+            let wire_len = spec.wire_len(len);
+            let end = start + wire_len;
+            if end > buf.len() {
+                return Err(Stop::Incomplete(end));
+            }
+            match check_content(spec, len, &buf[start..end]) {
+                Ok(()) => {
+                    // Offsets fit in u16: max_message_len is at most u16::MAX.
+                    msg.spans[usize::from(n)] = Span {
+                        start: start as u16,
+                        len: len as u16,
+                    };
+                    let (i, m) = bit(n);
+                    msg.present[i] |= m;
+                }
+                Err(kind) => {
+                    if first_content_error.is_none() {
+                        first_content_error = Some(DecodeError {
+                            field: Some(n),
+                            offset: start,
+                            kind,
+                        });
+                    }
+                }
+            }
+            pos = end;
+        }
+    }
+    if let Some(e) = first_content_error {
+        return Err(Stop::Error(e));
+    }
+    if pos != buf.len() {
+        return Err(err(
+            None,
+            pos,
+            K::TrailingBytes {
+                count: buf.len() - pos,
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn read_mti(enc: Encoding, b: &[u8]) -> Option<Mti> {
+    let mut digits = [0u8; 4];
+    match enc {
+        Encoding::Ascii => digits.copy_from_slice(b),
+        Encoding::Ebcdic => {
+            for (d, e) in digits.iter_mut().zip(b) {
+                *d = ebcdic::to_ascii(*e)?;
+            }
+        }
+        Encoding::Bcd => {
+            for (i, d) in digits.iter_mut().enumerate() {
+                let nib = if i % 2 == 0 {
+                    b[i / 2] >> 4
+                } else {
+                    b[i / 2] & 0x0F
+                };
+                if nib > 9 {
+                    return None;
+                }
+                *d = b'0' + nib;
+            }
+        }
+        Encoding::Binary => return None,
+    }
+    Mti::from_digits(digits)
+}
+
+fn read_bitmap(enc: BitmapEncoding, buf: &[u8], pos: usize) -> Result<u64, Stop> {
+    match enc {
+        BitmapEncoding::Binary => {
+            let b = buf.get(pos..pos + 8).ok_or(Stop::Incomplete(pos + 8))?;
+            Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        }
+        BitmapEncoding::Hex => {
+            let b = buf.get(pos..pos + 16).ok_or(Stop::Incomplete(pos + 16))?;
+            let mut v = 0u64;
+            for (i, c) in b.iter().enumerate() {
+                let nib = (*c as char)
+                    .to_digit(16)
+                    .ok_or_else(|| err(None, pos + i, K::BadBitmap))?;
+                v = (v << 4) | u64::from(nib);
+            }
+            Ok(v)
+        }
+    }
+}
+
+/// Reads an element's length prefix: (logical length, prefix bytes).
+#[inline]
+fn read_length(spec: &FieldSpec, buf: &[u8], pos: usize) -> Result<(usize, usize), Stop> {
+    let digits = match spec.length {
+        LengthKind::Fixed => return Ok((usize::from(spec.max_len), 0)),
+        LengthKind::Llvar => 2,
+        LengthKind::Lllvar => 3,
+    };
+    let plen = spec.prefix_len();
+    let p = buf
+        .get(pos..pos + plen)
+        .ok_or(Stop::Incomplete(pos + plen))?;
+    let bad = || err(Some(spec.number), pos, K::BadLengthDigit);
+    let len = match spec.prefix {
+        Encoding::Ascii => parse_decimal(p).ok_or_else(bad)?,
+        Encoding::Ebcdic => {
+            let mut v = 0usize;
+            for &e in p {
+                if !(0xF0..=0xF9).contains(&e) {
+                    return Err(bad());
+                }
+                v = v * 10 + usize::from(e - 0xF0);
+            }
+            v
+        }
+        Encoding::Bcd => {
+            let mut v = 0usize;
+            // An odd digit count is padded with one leading zero nibble.
+            let skip = plen * 2 - digits;
+            for i in 0..plen * 2 {
+                let nib = if i % 2 == 0 {
+                    p[i / 2] >> 4
+                } else {
+                    p[i / 2] & 0x0F
+                };
+                if nib > 9 || (i < skip && nib != 0) {
+                    return Err(bad());
+                }
+                v = v * 10 + usize::from(nib);
+            }
+            v
+        }
+        Encoding::Binary => p.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b)),
+    };
+    let max = usize::from(spec.max_len);
+    if len > max {
+        return Err(err(Some(spec.number), pos, K::OverMaxLength { len, max }));
+    }
+    Ok((len, plen))
+}
+
+#[inline]
+fn parse_decimal(p: &[u8]) -> Option<usize> {
+    let mut v = 0usize;
+    for &c in p {
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + usize::from(c - b'0');
+    }
+    Some(v)
+}
+
+#[inline]
+pub(crate) fn class_allows(class: ContentClass, c: u8) -> bool {
+    match class {
+        ContentClass::N => c.is_ascii_digit(),
+        ContentClass::An => c.is_ascii_alphanumeric() || c == b' ',
+        ContentClass::Ans => (0x20..=0x7E).contains(&c),
+        ContentClass::Z => c.is_ascii_digit() || c == b'=' || c == b'D',
+        ContentClass::B => true,
+    }
+}
+
+fn class_error(class: ContentClass) -> K {
+    if class == ContentClass::N {
+        K::NonNumeric
+    } else {
+        K::BadCharacter
+    }
+}
+
+#[inline]
+fn check_content(spec: &FieldSpec, len: usize, wire: &[u8]) -> Result<(), K> {
+    let class = spec.class;
+    match spec.encoding {
+        Encoding::Binary => Ok(()),
+        Encoding::Ascii => {
+            if wire.iter().all(|&c| class_allows(class, c)) {
+                Ok(())
+            } else {
+                Err(class_error(class))
+            }
+        }
+        Encoding::Ebcdic => {
+            let ok = wire
+                .iter()
+                .all(|&e| ebcdic::to_ascii(e).is_some_and(|c| class_allows(class, c)));
+            if ok { Ok(()) } else { Err(class_error(class)) }
+        }
+        Encoding::Bcd => {
+            let odd = len % 2 == 1;
+            for (i, &b) in wire.iter().enumerate() {
+                for (j, nib) in [b >> 4, b & 0x0F].into_iter().enumerate() {
+                    let pad = odd
+                        && match class {
+                            ContentClass::Z => i == wire.len() - 1 && j == 1,
+                            _ => i == 0 && j == 0,
+                        };
+                    let ok = if pad {
+                        nib == if class == ContentClass::Z { 0x0F } else { 0 }
+                    } else {
+                        nib <= 9 || (class == ContentClass::Z && nib == 0x0D)
+                    };
+                    if !ok {
+                        return Err(class_error(class));
+                    }
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Unpacks BCD digits (n: padded left; z: padded right, nibble D is `=`).
+pub(crate) fn unpack_bcd(class: ContentClass, len: usize, wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    let skip = if len % 2 == 1 && class != ContentClass::Z {
+        1
+    } else {
+        0
+    };
+    for i in skip..skip + len {
+        let b = wire[i / 2];
+        let nib = if i % 2 == 0 { b >> 4 } else { b & 0x0F };
+        out.push(if nib == 0x0D { b'=' } else { b'0' + nib });
+    }
+    out
+}
+
+impl Message {
+    /// The dialect the message was decoded with.
+    pub fn dialect(&self) -> &'static Dialect {
+        self.dialect
+    }
+
+    /// The message type indicator.
+    #[inline]
+    pub fn mti(&self) -> Mti {
+        self.mti
+    }
+
+    /// The whole message as received (without any frame header).
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.buf
+    }
+
+    /// Whether the secondary bitmap was present.
+    pub fn has_secondary_bitmap(&self) -> bool {
+        self.has_secondary
+    }
+
+    /// Whether element `n` is present (and, for a salvaged message, was read cleanly).
+    #[inline]
+    pub fn has(&self, n: u8) -> bool {
+        if n == 0 || n > crate::FIELD_NUMBER_MAX {
+            return false;
+        }
+        let (i, m) = bit(n);
+        n != 1 && self.present[i] & m != 0
+    }
+
+    /// Numbers of the elements present, ascending.
+    pub fn fields(&self) -> impl Iterator<Item = u8> + '_ {
+        (2..=crate::FIELD_NUMBER_MAX).filter(|&n| self.has(n))
+    }
+
+    #[inline]
+    fn spec_span(&self, n: u8) -> Option<(&'static FieldSpec, Span)> {
+        if !self.has(n) {
+            return None;
+        }
+        let spec = self.dialect.field(n)?;
+        Some((spec, self.spans[usize::from(n)]))
+    }
+
+    /// The element's bytes as they are on the wire (after its length prefix).
+    #[inline]
+    pub fn raw(&self, n: u8) -> Option<&[u8]> {
+        let (spec, s) = self.spec_span(n)?;
+        let start = usize::from(s.start);
+        Some(&self.buf[start..start + spec.wire_len(usize::from(s.len))])
+    }
+
+    /// The element's logical value: ASCII digits or text, or raw bytes for `b`.
+    /// Borrowed when the wire form already is that; unpacked for BCD and EBCDIC.
+    #[inline]
+    pub fn get(&self, n: u8) -> Option<Cow<'_, [u8]>> {
+        let (spec, s) = self.spec_span(n)?;
+        let start = usize::from(s.start);
+        let len = usize::from(s.len);
+        let wire = &self.buf[start..start + spec.wire_len(len)];
+        Some(match spec.encoding {
+            Encoding::Ascii | Encoding::Binary => Cow::Borrowed(wire),
+            Encoding::Bcd => Cow::Owned(unpack_bcd(spec.class, len, wire)),
+            Encoding::Ebcdic => Cow::Owned(
+                wire.iter()
+                    .map(|&e| ebcdic::to_ascii(e).unwrap_or(b'?'))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// The element as text (every class but `b` is checked to be printable ASCII).
+    #[inline]
+    pub fn get_str(&self, n: u8) -> Option<Cow<'_, str>> {
+        if self.dialect.field(n)?.class == ContentClass::B {
+            return None;
+        }
+        Some(match self.get(n)? {
+            Cow::Borrowed(b) => Cow::Borrowed(std::str::from_utf8(b).ok()?),
+            Cow::Owned(v) => Cow::Owned(String::from_utf8(v).ok()?),
+        })
+    }
+
+    /// A numeric (`n`) element as an integer; None if absent or longer than 19 digits.
+    #[inline]
+    pub fn get_u64(&self, n: u8) -> Option<u64> {
+        let v = self.get(n)?;
+        if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        Some(v.iter().fold(0u64, |acc, c| acc * 10 + u64::from(c - b'0')))
+    }
+
+    /// The element as a zero-copy slice of the received buffer, when the wire form is
+    /// the logical form (ASCII or binary).
+    pub fn get_bytes(&self, n: u8) -> Option<Bytes> {
+        let (spec, s) = self.spec_span(n)?;
+        if !matches!(spec.encoding, Encoding::Ascii | Encoding::Binary) {
+            return None;
+        }
+        let start = usize::from(s.start);
+        Some(
+            self.buf
+                .slice(start..start + spec.wire_len(usize::from(s.len))),
+        )
+    }
+
+    /// The bytes a MAC in element `mac_field` covers: from the MTI up to the element.
+    pub fn mac_input(&self, mac_field: u8) -> Option<(&[u8], &[u8])> {
+        let (spec, s) = self.spec_span(mac_field)?;
+        let start = usize::from(s.start);
+        Some((
+            &self.buf[..start],
+            &self.buf[start..start + spec.wire_len(usize::from(s.len))],
+        ))
+    }
+}
+
+impl PartialEq for Message {
+    fn eq(&self, other: &Self) -> bool {
+        self.dialect.name == other.dialect.name
+            && self.mti == other.mti
+            && self.present == other.present
+            && self.fields().all(|n| self.get(n) == other.get(n))
+    }
+}
+
+/// Debug output never shows a card number: DE2 and DE35 are masked.
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut m = f.debug_map();
+        m.entry(&"mti", &self.mti.as_str());
+        for n in self.fields() {
+            let v = self.get(n).unwrap_or_default();
+            let shown = match n {
+                2 | 35 => crate::owned::mask_pan(&String::from_utf8_lossy(&v)),
+                _ if self
+                    .dialect
+                    .field(n)
+                    .is_some_and(|s| s.class == ContentClass::B) =>
+                {
+                    hex_upper(&v)
+                }
+                _ => String::from_utf8_lossy(&v).into_owned(),
+            };
+            m.entry(&n, &shown);
+        }
+        m.finish()
+    }
+}
+
+pub(crate) fn hex_upper(b: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut s = String::with_capacity(b.len() * 2);
+    for &x in b {
+        s.push(HEX[usize::from(x >> 4)] as char);
+        s.push(HEX[usize::from(x & 0xF)] as char);
+    }
+    s
+}
