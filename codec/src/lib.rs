@@ -15,9 +15,11 @@
 //! - [`currency`]: ISO 4217 minor-unit exponents.
 //! - [`mti`]: message type indicators and their relations (response, repeat, original).
 //! - [`ebcdic`]: the code page 037 table for EBCDIC elements.
+//! - [`clock`]: DE7/DE12/DE13 from Unix time.
 //! - [`error`]: the named errors of all of the above.
 
 pub mod builder;
+pub mod clock;
 pub mod currency;
 pub mod ebcdic;
 pub mod error;
