@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# THE test command: formatting, lints, then the whole workspace's tests against a private
+# PostgreSQL and a private Redis (started here on free ports, stopped at exit).
+# Runs the same on a developer's machine and in CI (CI=true, no stdin, a fresh clone, root).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+start=$SECONDS
+phase() { printf '\n==> %s (%d s)\n' "$*" "$((SECONDS - start))"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "test.sh: cargo is not on PATH" >&2
+  exit 1
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+phase "cargo fmt --all -- --check"
+cargo fmt --all -- --check
+
+phase "cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+trap services_stop EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+phase "starting private PostgreSQL and Redis"
+services_start
+
+phase "cargo build --workspace --all-targets"
+cargo build --workspace --all-targets
+
+phase "cargo test --workspace"
+status=0
+cargo test --workspace </dev/null || status=$?
+
+phase "done: cargo test exited with $status"
+exit "$status"
