@@ -1,1 +1,116 @@
-fn main() {}
+//! `bank-sim`: a bank for tests and load runs (see docs/bank-protocol.md).
+//!
+//! Prints one JSON line to stdout when it is listening, so tests wait for it instead of
+//! sleeping; everything else goes to stderr.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use clap::Parser;
+use codec::{Dialect, builtin};
+use loadtest::banksim::{self, Behaviour, Config};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bank-sim",
+    about = "Simulated bank for Switchyard tests and load runs"
+)]
+struct Args {
+    /// Address for bank links (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Address of the HTTP control endpoint (GET /record, GET /health, POST /reset).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    control: SocketAddr,
+    /// A built-in dialect name.
+    #[arg(long, default_value = builtin::BANK_BCD_V1)]
+    dialect: String,
+    /// A dialect file (TOML, or JSON if named *.json); overrides --dialect.
+    #[arg(long)]
+    dialect_file: Option<PathBuf>,
+    /// Milliseconds added before every answer.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Never answer echo tests (0800 DE70 301).
+    #[arg(long)]
+    ignore_echo: bool,
+    /// Answer sign-on (0800 DE70 001) with 91.
+    #[arg(long)]
+    refuse_sign_on: bool,
+}
+
+fn load_dialect(args: &Args) -> Result<&'static Dialect> {
+    let Some(path) = &args.dialect_file else {
+        return builtin::get(&args.dialect).ok_or_else(|| {
+            let names: Vec<_> = builtin::names().collect();
+            anyhow!(
+                "unknown dialect {:?} (built in: {})",
+                args.dialect,
+                names.join(", ")
+            )
+        });
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading dialect file {}", path.display()))?;
+    let dialect = if path.extension().is_some_and(|e| e == "json") {
+        Dialect::from_json(&text)
+    } else {
+        Dialect::from_toml(&text)
+    }
+    .with_context(|| format!("dialect file {}", path.display()))?;
+    Ok(codec::spec::leak(dialect))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = Config {
+        listen: args.listen,
+        control: args.control,
+        dialect: load_dialect(&args)?,
+        latency: Duration::from_millis(args.latency_ms),
+        behaviour: Behaviour {
+            ignore_echo: args.ignore_echo,
+            refuse_sign_on: args.refuse_sign_on,
+        },
+    };
+    let (addrs, handle) = banksim::serve(config).await?;
+
+    // Written by hand: the field order is part of the contract with the tests.
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        r#"{{"event":"ready","listen":"{}","control":"{}"}}"#,
+        addrs.listen, addrs.control
+    )?;
+    out.flush()?;
+    drop(out);
+
+    wait_for_signal().await?;
+    info!("stopping");
+    handle.shutdown().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

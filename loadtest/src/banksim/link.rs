@@ -1,0 +1,185 @@
+//! One bank link: read frames, decide and record each request, write answers as they
+//! complete. Requests are independent, so a slow (latency) answer never holds up another.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::owned::mask_pan;
+use codec::{Dialect, Frame, FrameCodec, Message};
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::record::{Record, Txn};
+use super::rules::{self, Behaviour, Decision, RequestView};
+
+/// Requests on one link that may be waiting for their answer; the link stops reading
+/// (and TCP pushes back on the switch) while this many are pending.
+pub const LINK_IN_FLIGHT_MAX: usize = 4096;
+/// Answers queued for the writer of one link.
+pub const LINK_WRITE_QUEUE_MAX: usize = 1024;
+
+/// What every link shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub dialect: &'static Dialect,
+    pub behaviour: Behaviour,
+    pub latency: Duration,
+    pub record: Arc<Record>,
+}
+
+/// Serves one connection until the peer closes it, its framing breaks, or `cancel`.
+pub(crate) async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
+    info!(%peer, "bank link connected");
+    let codec = FrameCodec::new(shared.dialect.framing, shared.dialect.max_message_len);
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, codec);
+    let (tx, rx) = mpsc::channel(LINK_WRITE_QUEUE_MAX);
+    let writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec), rx, peer));
+    let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_MAX));
+
+    loop {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => break,
+            next = reader.next() => next,
+        };
+        let frame = match next {
+            None => {
+                info!(%peer, "bank link closed by peer");
+                break;
+            }
+            Some(Err(e)) => {
+                // The stream cannot be resynchronised after a bad length; what was
+                // already accepted is still answered before the socket closes.
+                warn!(%peer, error = %e, "bank link framing broken; closing");
+                break;
+            }
+            Some(Ok(frame)) => frame,
+        };
+        let Some(reply) = handle(&shared, peer, frame) else {
+            continue;
+        };
+        if shared.latency.is_zero() {
+            if tx.send(reply).await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let permit = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = in_flight.clone().acquire_owned() => p.expect("semaphore is never closed"),
+        };
+        let (tx, cancel, latency) = (tx.clone(), cancel.clone(), shared.latency);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(latency) => {
+                    // The writer is gone only if the link is; nothing to answer then.
+                    let _ = tx.send(reply).await;
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(tx);
+    let _ = writer.await;
+    info!(%peer, "bank link done");
+}
+
+async fn write_loop(
+    mut writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+    mut rx: mpsc::Receiver<Frame>,
+    peer: SocketAddr,
+) {
+    while let Some(frame) = rx.recv().await {
+        // Batch whatever else is ready into one flush: pipelined load sends in bursts.
+        let mut res = writer.feed(frame).await;
+        while res.is_ok() {
+            match rx.try_recv() {
+                Ok(frame) => res = writer.feed(frame).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = res.and(SinkExt::<Frame>::flush(&mut writer).await) {
+            warn!(%peer, error = %e, "bank link write failed");
+            return;
+        }
+    }
+    let _ = SinkExt::<Frame>::close(&mut writer).await;
+}
+
+/// Decodes, decides, records and builds the answer to one frame; None when there is
+/// nothing to send.
+fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<Frame> {
+    let msg = match shared.dialect.decode(frame.message) {
+        Ok(m) => m,
+        Err(e) => {
+            // The error names an element and offset, never content, so no PAN leaks.
+            warn!(%peer, error = %e, "undecodable message ignored");
+            return None;
+        }
+    };
+    let record = &shared.record;
+    record.count(msg.mti());
+    let decision = rules::decide(&RequestView::of(&msg), &shared.behaviour);
+    log_request(peer, &msg, &decision);
+
+    let auth_code = match decision {
+        Decision::Authorise => record.approve(Txn::of(&msg), true),
+        Decision::Accept => record.approve(Txn::of(&msg), false),
+        Decision::Decline(code) => {
+            record.decline(Txn::of(&msg), code);
+            None
+        }
+        Decision::Withhold => {
+            record.withhold(Txn::of(&msg));
+            return None;
+        }
+        Decision::Reverse => {
+            record.reverse(msg.get_str(37).as_deref().map(str::trim_end));
+            None
+        }
+        Decision::Network(_) => None,
+        Decision::Ignore(_) => return None,
+    };
+    let code = decision.response_code()?;
+    let message = match rules::build_response(shared.dialect, &msg, code, auth_code.as_deref()) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(%peer, mti = %msg.mti(), error = %e, "cannot encode answer; not answered");
+            return None;
+        }
+    };
+    let header = rules::reply_header(&frame.header);
+    Some(Frame { header, message })
+}
+
+fn log_request(peer: SocketAddr, msg: &Message, decision: &Decision) {
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let pan = msg.get_str(2).map(|p| mask_pan(&p));
+    debug!(
+        %peer,
+        mti = %msg.mti(),
+        pan = pan.as_deref().unwrap_or("-"),
+        stan = msg.get_str(11).as_deref().unwrap_or("-"),
+        rrn = msg.get_str(37).as_deref().unwrap_or("-"),
+        amount_minor = msg.get_u64(4),
+        ?decision,
+        "request"
+    );
+    if let Decision::Ignore(why) = decision {
+        debug!(%peer, mti = %msg.mti(), why, "request not answered");
+    }
+}

@@ -1,0 +1,189 @@
+//! A bank for tests and load runs: it accepts the switch's bank links, answers by the
+//! merchant contract's test-card rules (docs/bank-protocol.md) and keeps a record of
+//! what it did, served over HTTP.
+//!
+//! - [`rules`]: the decisions, answers and headers, as plain functions.
+//! - [`record`]: the thread-safe record and its JSON shape.
+//! - `link`: one TCP bank link.
+//! - `control`: the HTTP control endpoint.
+
+mod control;
+mod link;
+pub mod record;
+pub mod rules;
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use codec::Dialect;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use link::{LINK_IN_FLIGHT_MAX, LINK_WRITE_QUEUE_MAX};
+pub use record::{RECORD_ENTRIES_MAX, Record, Snapshot};
+pub use rules::{Behaviour, Decision, RequestView, decide};
+
+/// Bank links served at once; further connections wait in the listen backlog.
+pub const LINKS_MAX: usize = 1024;
+/// Pause after a failed accept (such as running out of file descriptors), so the loop
+/// does not spin while the cause lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How to run the simulator.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where bank links connect; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Where the HTTP control endpoint listens; port 0 picks a free port.
+    pub control: SocketAddr,
+    /// The wire profile of the bank links.
+    pub dialect: &'static Dialect,
+    /// Added before every answer.
+    pub latency: Duration,
+    pub behaviour: Behaviour,
+}
+
+impl Config {
+    /// Both listeners on 127.0.0.1 with free ports, no latency, no faults.
+    pub fn new(dialect: &'static Dialect) -> Self {
+        let any_port = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        Config {
+            listen: any_port,
+            control: any_port,
+            dialect,
+            latency: Duration::ZERO,
+            behaviour: Behaviour::default(),
+        }
+    }
+}
+
+impl Default for Config {
+    /// [`Config::new`] in the bank-bcd-v1 dialect.
+    fn default() -> Self {
+        Config::new(codec::builtin::bank_bcd())
+    }
+}
+
+/// The addresses actually bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+}
+
+/// A running simulator.
+#[derive(Debug)]
+pub struct Handle {
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    record: Arc<Record>,
+}
+
+impl Handle {
+    /// The live record (the same one `GET /record` serves).
+    pub fn record(&self) -> &Arc<Record> {
+        &self.record
+    }
+
+    /// Stops accepting, closes every link and the control endpoint, and waits for them.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServeError {
+    #[error("cannot listen for {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// Binds both listeners and starts serving; returns once they are bound, so the caller
+/// can announce readiness.
+pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
+    let bind = |what, addr| async move {
+        let l = TcpListener::bind(addr).await;
+        let l = l.and_then(|l| l.local_addr().map(|a| (l, a)));
+        l.map_err(|source| ServeError::Bind { what, addr, source })
+    };
+    let (links, listen) = bind("bank links", config.listen).await?;
+    let (control, control_addr) = bind("control", config.control).await?;
+
+    let record = Arc::new(Record::new());
+    let shared = Arc::new(link::Shared {
+        dialect: config.dialect,
+        behaviour: config.behaviour,
+        latency: config.latency,
+        record: record.clone(),
+    });
+    let cancel = CancellationToken::new();
+    let tasks = TaskTracker::new();
+
+    tasks.spawn(accept_loop(links, shared, cancel.clone(), tasks.clone()));
+    let app = control::router(record.clone());
+    let stop = cancel.clone().cancelled_owned();
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(control, app).with_graceful_shutdown(stop).await {
+            warn!(error = %e, "control endpoint stopped");
+        }
+    });
+    info!(%listen, control = %control_addr, dialect = %config.dialect.name, "bank simulator listening");
+    Ok((
+        Addrs {
+            listen,
+            control: control_addr,
+        },
+        Handle {
+            cancel,
+            tasks,
+            record,
+        },
+    ))
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<link::Shared>,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(LINKS_MAX));
+    loop {
+        let slot = tokio::select! {
+            _ = cancel.cancelled() => return,
+            s = slots.clone().acquire_owned() => s.expect("semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                continue;
+            }
+        };
+        // Answers are small and latency-sensitive; Nagle would hold them back.
+        if let Err(e) = stream.set_nodelay(true) {
+            warn!(%peer, error = %e, "cannot set TCP_NODELAY");
+        }
+        let (shared, cancel) = (shared.clone(), cancel.clone());
+        tasks.spawn(async move {
+            link::run(stream, peer, shared, cancel).await;
+            drop(slot);
+        });
+    }
+}

@@ -1,0 +1,358 @@
+//! The simulator's own record of what it approved, declined, withheld and reversed, which
+//! tests and the load harness read (`GET /record`) to reconcile the switch against.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use codec::{Message, Mti};
+use serde::Serialize;
+
+use super::rules;
+
+/// Entries kept per list (and RRNs remembered for duplicate detection). A long load run
+/// at a few thousand per second stays under it; past it entries are counted in
+/// `dropped`, never stored, so memory stays bounded.
+pub const RECORD_ENTRIES_MAX: usize = 2_000_000;
+
+/// A financial request as the record keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Txn {
+    /// DE37.
+    pub rrn: Option<String>,
+    pub mti: String,
+    /// DE3.
+    pub processing_code: Option<String>,
+    /// DE4.
+    pub amount_minor: Option<u64>,
+    /// DE49.
+    pub currency: Option<String>,
+    /// DE41, without the padding of the fixed-length element.
+    pub terminal: Option<String>,
+    /// DE42, likewise.
+    pub merchant: Option<String>,
+    /// DE11.
+    pub stan: Option<String>,
+}
+
+impl Txn {
+    pub fn of(msg: &Message) -> Self {
+        let text = |n| msg.get_str(n).map(Cow::into_owned);
+        let trimmed = |n| msg.get_str(n).map(|s| s.trim_end().to_owned());
+        Txn {
+            rrn: trimmed(37),
+            mti: msg.mti().as_str().to_owned(),
+            processing_code: text(3),
+            amount_minor: msg.get_u64(4),
+            currency: text(49),
+            terminal: trimmed(41),
+            merchant: trimmed(42),
+            stan: text(11),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Approval {
+    #[serde(flatten)]
+    pub txn: Txn,
+    /// DE38; none for refunds and completions, which carry none.
+    pub auth_code: Option<String>,
+    pub reversed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decline {
+    #[serde(flatten)]
+    pub txn: Txn,
+    pub response_code: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub approved_count: u64,
+    pub approved_amount_minor: u64,
+    pub reversed_count: u64,
+    pub reversed_amount_minor: u64,
+    /// Approved minus reversed.
+    pub net_amount_minor: u64,
+}
+
+/// What `GET /record` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    pub approved: Vec<Approval>,
+    pub declined: Vec<Decline>,
+    pub unanswered: Vec<Txn>,
+    /// Reversals by the RRN they carry (the original's), with how many times each arrived.
+    pub reversals: BTreeMap<String, u64>,
+    /// Financial requests whose RRN had been seen before.
+    pub requests_by_rrn_dupes: u64,
+    pub counts_by_mti: BTreeMap<String, u64>,
+    pub totals: Totals,
+    /// Entries not stored because a list was at [`RECORD_ENTRIES_MAX`].
+    pub dropped: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    approved: Vec<Approval>,
+    approved_by_rrn: HashMap<String, usize>,
+    declined: Vec<Decline>,
+    unanswered: Vec<Txn>,
+    reversals: BTreeMap<String, u64>,
+    seen_rrns: HashSet<String>,
+    dupes: u64,
+    counts_by_mti: BTreeMap<Mti, u64>,
+    dropped: u64,
+}
+
+impl Inner {
+    fn note_rrn(&mut self, txn: &Txn) {
+        let Some(rrn) = &txn.rrn else { return };
+        if self.seen_rrns.contains(rrn) {
+            self.dupes += 1;
+        } else if self.seen_rrns.len() < RECORD_ENTRIES_MAX {
+            self.seen_rrns.insert(rrn.clone());
+        }
+    }
+
+    fn push<T>(list: &mut Vec<T>, dropped: &mut u64, item: T) {
+        if list.len() < RECORD_ENTRIES_MAX {
+            list.push(item);
+        } else {
+            *dropped += 1;
+        }
+    }
+}
+
+/// Shared by every link and the control endpoint. One mutex: each operation is a few
+/// map look-ups, far cheaper than the socket work around it.
+#[derive(Debug, Default)]
+pub struct Record {
+    inner: Mutex<Inner>,
+    /// Survives `reset`, so codes stay unique for the life of the process.
+    auth_counter: std::sync::atomic::AtomicU64,
+}
+
+impl Record {
+    pub fn new() -> Self {
+        Record::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves at worst a half-written entry; the
+        // record is for tests, which would rather see it than a second panic.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a decoded message by MTI.
+    pub fn count(&self, mti: Mti) {
+        *self.lock().counts_by_mti.entry(mti).or_default() += 1;
+    }
+
+    /// Records an approval and returns its authorisation code (when `with_auth_code`).
+    /// A repeat of an RRN already approved is answered with the first approval's code
+    /// and not recorded again, as a bank would treat a duplicate.
+    pub fn approve(&self, txn: Txn, with_auth_code: bool) -> Option<String> {
+        let mut g = self.lock();
+        g.note_rrn(&txn);
+        if let Some(&i) = txn.rrn.as_ref().and_then(|r| g.approved_by_rrn.get(r)) {
+            return g.approved[i].auth_code.clone();
+        }
+        let auth_code = with_auth_code.then(|| {
+            let n = self
+                .auth_counter
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            rules::auth_code(n + 1)
+        });
+        let inner = &mut *g;
+        if inner.approved.len() < RECORD_ENTRIES_MAX {
+            if let Some(rrn) = &txn.rrn {
+                inner
+                    .approved_by_rrn
+                    .insert(rrn.clone(), inner.approved.len());
+            }
+            inner.approved.push(Approval {
+                txn,
+                auth_code: auth_code.clone(),
+                reversed: false,
+            });
+        } else {
+            inner.dropped += 1;
+        }
+        auth_code
+    }
+
+    pub fn decline(&self, txn: Txn, response_code: &str) {
+        let mut g = self.lock();
+        g.note_rrn(&txn);
+        let inner = &mut *g;
+        Inner::push(
+            &mut inner.declined,
+            &mut inner.dropped,
+            Decline {
+                txn,
+                response_code: response_code.to_owned(),
+            },
+        );
+    }
+
+    pub fn withhold(&self, txn: Txn) {
+        let mut g = self.lock();
+        g.note_rrn(&txn);
+        let inner = &mut *g;
+        Inner::push(&mut inner.unanswered, &mut inner.dropped, txn);
+    }
+
+    /// Records a reversal of `rrn` (None when the reversal carried no DE37) and marks the
+    /// approval it undoes, if there is one.
+    pub fn reverse(&self, rrn: Option<&str>) {
+        let Some(rrn) = rrn else { return };
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let full = inner.reversals.len() >= RECORD_ENTRIES_MAX;
+        match inner.reversals.get_mut(rrn) {
+            Some(n) => *n += 1,
+            None if full => inner.dropped += 1,
+            None => {
+                inner.reversals.insert(rrn.to_owned(), 1);
+            }
+        }
+        if let Some(&i) = inner.approved_by_rrn.get(rrn) {
+            inner.approved[i].reversed = true;
+        }
+    }
+
+    pub fn reset(&self) {
+        *self.lock() = Inner::default();
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let g = self.lock();
+        let mut totals = Totals {
+            approved_count: 0,
+            approved_amount_minor: 0,
+            reversed_count: 0,
+            reversed_amount_minor: 0,
+            net_amount_minor: 0,
+        };
+        for a in &g.approved {
+            let amount = a.txn.amount_minor.unwrap_or(0);
+            totals.approved_count += 1;
+            totals.approved_amount_minor += amount;
+            if a.reversed {
+                totals.reversed_count += 1;
+                totals.reversed_amount_minor += amount;
+            }
+        }
+        totals.net_amount_minor = totals.approved_amount_minor - totals.reversed_amount_minor;
+        Snapshot {
+            approved: g.approved.clone(),
+            declined: g.declined.clone(),
+            unanswered: g.unanswered.clone(),
+            reversals: g.reversals.clone(),
+            requests_by_rrn_dupes: g.dupes,
+            counts_by_mti: g
+                .counts_by_mti
+                .iter()
+                .map(|(m, n)| (m.as_str().to_owned(), *n))
+                .collect(),
+            totals,
+            dropped: g.dropped,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn txn(rrn: &str, amount: u64) -> Txn {
+        Txn {
+            rrn: Some(rrn.into()),
+            mti: "0200".into(),
+            processing_code: Some("000000".into()),
+            amount_minor: Some(amount),
+            currency: Some("978".into()),
+            terminal: Some("TERM0001".into()),
+            merchant: Some("M1".into()),
+            stan: Some("000001".into()),
+        }
+    }
+
+    // Proves a reversal marks its approval, repeats are counted, and net excludes it.
+    #[test]
+    fn reversal_marks_approval() {
+        let r = Record::new();
+        let code = r.approve(txn("000000000001", 1000), true).unwrap();
+        assert_eq!(code.len(), 6);
+        r.approve(txn("000000000002", 250), true);
+        r.reverse(Some("000000000001"));
+        r.reverse(Some("000000000001"));
+        r.reverse(Some("000000000099"));
+        let s = r.snapshot();
+        assert!(s.approved[0].reversed);
+        assert!(!s.approved[1].reversed);
+        assert_eq!(s.reversals["000000000001"], 2);
+        assert_eq!(s.reversals["000000000099"], 1);
+        assert_eq!(s.totals.approved_amount_minor, 1250);
+        assert_eq!(s.totals.net_amount_minor, 250);
+        assert_eq!(s.totals.approved_count, 2);
+    }
+
+    // Proves a duplicate RRN is counted, gets the first code, and is not approved twice.
+    #[test]
+    fn duplicates_counted() {
+        let r = Record::new();
+        let first = r.approve(txn("000000000001", 1000), true);
+        let again = r.approve(txn("000000000001", 1000), true);
+        assert_eq!(first, again);
+        r.decline(txn("000000000003", 1051), "51");
+        r.decline(txn("000000000003", 1051), "51");
+        let s = r.snapshot();
+        assert_eq!(s.approved.len(), 1);
+        assert_eq!(s.requests_by_rrn_dupes, 2);
+        assert_eq!(s.declined.len(), 2);
+    }
+
+    // Proves reset empties the record but authorisation codes stay unique after it.
+    #[test]
+    fn reset_clears() {
+        let r = Record::new();
+        r.count(Mti::FINANCIAL_REQUEST);
+        let first = r.approve(txn("000000000001", 1000), true);
+        r.withhold(txn("000000000002", 1091));
+        r.reset();
+        let s = r.snapshot();
+        assert!(s.approved.is_empty() && s.unanswered.is_empty() && s.counts_by_mti.is_empty());
+        assert_ne!(r.approve(txn("000000000001", 1000), true), first);
+    }
+
+    // Proves the JSON shape the harness reads.
+    #[test]
+    fn json_shape() {
+        let r = Record::new();
+        r.count(Mti::FINANCIAL_REQUEST);
+        r.approve(txn("000000000001", 1000), true);
+        let v = serde_json::to_value(r.snapshot()).unwrap();
+        let a = &v["approved"][0];
+        for k in [
+            "rrn",
+            "mti",
+            "processing_code",
+            "amount_minor",
+            "currency",
+            "terminal",
+            "merchant",
+            "stan",
+            "auth_code",
+            "reversed",
+        ] {
+            assert!(a.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!(v["counts_by_mti"]["0200"], 1);
+        assert_eq!(v["totals"]["net_amount_minor"], 1000);
+        assert_eq!(v["requests_by_rrn_dupes"], 0);
+    }
+}
