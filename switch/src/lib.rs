@@ -1,1 +1,35 @@
-//! Placeholder.
+//! The Switchyard switch: merchant sessions to bank links, durable and idempotent.
+//!
+//! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
+//! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
+//! - [`server`], [`session`]: merchant listeners (TCP, TLS) and connections.
+//! - [`engine`]: the request path, ordering the contract's checks.
+//! - [`checks`]: the checks as plain functions; response codes.
+//! - [`answer`]: answers, their Redis form, and response messages.
+//! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
+//! - [`inflight`]: requests in flight on this instance, for retransmissions.
+//! - [`journal`]: group-committed records in PostgreSQL.
+//! - [`reversals`]: store-and-forward of reversals; crash recovery.
+//! - [`routing`]: BIN ranges to banks.
+//! - [`merchants`]: merchant records and their in-memory table.
+//! - [`crypto`]: sealing MAC keys and card data; the card-number hash.
+//! - [`ids`]: transaction ids and RRNs.
+//! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
+
+pub mod answer;
+pub mod app;
+pub mod checks;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod dialects;
+pub mod engine;
+pub mod ids;
+pub mod inflight;
+pub mod journal;
+pub mod limiter;
+pub mod merchants;
+pub mod reversals;
+pub mod routing;
+pub mod server;
+pub mod session;

@@ -1,0 +1,91 @@
+//! An answer as the merchant gets it (DE39, DE37, DE38), its compact form in Redis, and
+//! the response message built around it.
+
+use bytes::Bytes;
+use codec::{Message, MessageBuilder};
+
+use crate::checks::Rc;
+use crate::merchants::Merchant;
+
+/// The parts of a response that make it the same answer when repeated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub rc: Rc,
+    pub rrn: Option<String>,
+    pub auth: Option<String>,
+}
+
+impl Answer {
+    /// A refusal with no transaction behind it.
+    pub fn refused(rc: Rc) -> Answer {
+        Answer { rc, rrn: None, auth: None }
+    }
+
+    /// `A|rc|rrn|auth|` as stored under the idempotency key.
+    pub fn to_redis(&self) -> String {
+        format!("A|{}|{}|{}|", self.rc.as_str(), self.rrn.as_deref().unwrap_or(""), self.auth.as_deref().unwrap_or(""))
+    }
+
+    /// An answer stored by [`to_redis`](Self::to_redis); None for an in-flight claim.
+    pub fn from_redis(v: &str) -> Option<Answer> {
+        let mut parts = v.split('|');
+        if parts.next()? != "A" {
+            return None;
+        }
+        let rc = Rc::parse(parts.next()?)?;
+        let opt = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
+        Some(Answer { rc, rrn: opt(parts.next()), auth: opt(parts.next()) })
+    }
+}
+
+/// Elements a response echoes from its request, when the request had them.
+pub const ECHOED: [u8; 8] = [3, 4, 7, 11, 41, 42, 49, 70];
+
+/// Builds the response to `req` (which may be a salvaged, partly read message) with
+/// `extra` elements; MAC'd with the merchant's key when the merchant is known.
+pub fn respond(req: &Message, merchant: Option<&Merchant>, answer: &Answer, extra: &[(u8, &[u8])]) -> Option<Bytes> {
+    let dialect = req.dialect();
+    let echoed: Vec<(u8, std::borrow::Cow<'_, [u8]>)> =
+        ECHOED.iter().filter_map(|&n| req.get(n).map(|v| (n, v))).collect();
+    let mut b = MessageBuilder::new(dialect, req.mti().response());
+    for (n, v) in &echoed {
+        b.set(*n, v);
+    }
+    b.set(39, &answer.rc.0);
+    if let Some(rrn) = &answer.rrn {
+        b.set(37, rrn.as_bytes());
+    }
+    if answer.rc == Rc::APPROVED
+        && let Some(auth) = &answer.auth
+    {
+        b.set(38, auth.as_bytes());
+    }
+    for (n, v) in extra {
+        b.set(*n, v);
+    }
+    let encoded = match merchant {
+        Some(m) => b.encode_with_mac(&m.mac_key),
+        None => b.encode(),
+    };
+    match encoded {
+        Ok(bytes) => Some(bytes),
+        Err(e) => {
+            tracing::error!(error = %e, mti = %req.mti(), "response could not be encoded");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the Redis form round-trips and in-flight claims are not answers.
+    #[test]
+    fn redis_form() {
+        let a = Answer { rc: Rc::APPROVED, rrn: Some("000000001000".into()), auth: Some("A1B2C3".into()) };
+        assert_eq!(Answer::from_redis(&a.to_redis()), Some(a));
+        assert_eq!(Answer::from_redis("A|65|||"), Some(Answer::refused(Rc::FREQUENCY)));
+        assert_eq!(Answer::from_redis("P|1|42"), None);
+    }
+}

@@ -1,0 +1,278 @@
+//! Start-up and shutdown of a switch instance: everything is checked before a port is
+//! bound, and shutdown stops accepting, resolves what is in flight within a deadline,
+//! flushes the journal and signs the bank links off.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bank_links::tcp::{Backoff, LinkNotice, spawn_tcp};
+use bank_links::{Bank, BankConfig, LinkConfig, StanAllocator};
+use bytes::Bytes;
+use codec::Dialect;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::crypto::Vault;
+use crate::engine::{Engine, EngineStats};
+use crate::ids::Ids;
+use crate::inflight::InFlight;
+use crate::journal::Journal;
+use crate::limiter::{Limiter, Rate};
+use crate::merchants::Merchants;
+use crate::reversals::{ReversalWorker, recover};
+use crate::routing::Router;
+use crate::server::{Listening, accept_loop, tls_acceptor};
+use crate::session::{MerchantConnections, SessionLimits};
+use crate::{db, dialects};
+
+/// Where the instance listens, once it does.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Bound {
+    pub merchant_tcp: Option<SocketAddr>,
+    pub merchant_tls: Option<SocketAddr>,
+}
+
+/// Errors that stop a start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error(transparent)]
+    Dialect(#[from] dialects::DialectLoadError),
+    #[error(transparent)]
+    Tls(#[from] crate::server::TlsError),
+    #[error(transparent)]
+    Redis(#[from] crate::limiter::LimiterError),
+    #[error("binding {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Starts the instance and runs it until `shutdown` is cancelled; `on_ready` is called
+/// once the listeners are bound.
+pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(&Bound)) -> Result<(), StartError> {
+    // Checks that need no network first: dialects, keys, TLS files.
+    let dialects = dialects::load(&config.switch.dialect_files)?;
+    let mut bank_dialects: HashMap<String, &'static Dialect> = HashMap::new();
+    for b in &config.banks {
+        let d = dialects.get(&b.dialect).copied().ok_or_else(|| StartError::Invalid(format!("bank {}: unknown dialect {}", b.id, b.dialect)))?;
+        let header_len = b.header_hex.as_ref().map(|h| h.len() / 2).unwrap_or(usize::from(d.framing.header_len));
+        if header_len != usize::from(d.framing.header_len) {
+            return Err(StartError::Invalid(format!("bank {}: header_hex must be {} bytes for dialect {}", b.id, d.framing.header_len, d.name)));
+        }
+        bank_dialects.insert(b.id.clone(), d);
+    }
+    let master = hex::decode(config.security.master_key_hex.trim()).map_err(|e| StartError::Invalid(e.to_string()))?;
+    let pan_key = hex::decode(config.security.pan_hash_key_hex.trim()).map_err(|e| StartError::Invalid(e.to_string()))?;
+    let vault = Arc::new(Vault::new(&master, &pan_key).map_err(|e| StartError::Invalid(e.to_string()))?);
+    let tls = match &config.merchant_listener.tls {
+        Some(t) => Some((t.addr, tls_acceptor(&t.cert_pem, &t.key_pem)?)),
+        None => None,
+    };
+
+    // Then the stores: migrations, merchants, routes, Redis, recovery.
+    let applied = db::migrate(&config.database.url).await?;
+    tracing::info!(applied, "migrations checked");
+    let pool = db::pool(&config.database.url, config.database.pool_size)?;
+    let merchants = Arc::new(Merchants::default());
+    let n_merchants = merchants.reload(&pool, &vault).await?;
+    let router = Arc::new(Router::default());
+    let n_routes = router.reload(&pool).await?;
+    tracing::info!(merchants = n_merchants, routes = n_routes, "reference data loaded");
+    let r = &config.redis;
+    let limiter = Limiter::connect(&r.url, r.key_prefix.clone(), config.limits.algorithm, r.claim_ttl_ms, r.answer_ttl_ms, r.timeout_ms).await?;
+    let recovered = recover(&pool, config.switch.instance_id).await?;
+    if recovered > 0 {
+        tracing::warn!(recovered, "transactions left without an outcome by the last run: reversing them");
+    }
+
+    // Bank links.
+    let links_shutdown = CancellationToken::new();
+    let (notice_tx, notice_rx) = mpsc::channel(bank_links::tcp::LINK_EVENT_QUEUE_MAX);
+    let mut banks = HashMap::new();
+    let mut acquirer_ids = HashMap::new();
+    for b in &config.banks {
+        let dialect = bank_dialects[&b.id];
+        let header = match &b.header_hex {
+            Some(h) => Bytes::from(hex::decode(h).unwrap_or_default()),
+            None => default_header(dialect),
+        };
+        // Start STANs where the clock puts them, so a restart does not replay the numbers
+        // the bank saw just before.
+        let stans = Arc::new(StanAllocator::starting_at((codec::clock::unix_now() % 999_999) as u32 + 1));
+        let links = (0..b.links)
+            .map(|i| {
+                let lc = LinkConfig {
+                    name: format!("{}/{}", b.id, i),
+                    dialect,
+                    acquirer_id: b.acquirer_id.clone(),
+                    header: header.clone(),
+                    sign_on_timeout_ms: b.sign_on_timeout_ms,
+                    echo_idle_ms: b.echo_idle_ms,
+                    echo_timeout_ms: b.echo_timeout_ms,
+                    echo_missed_max: b.echo_missed_max,
+                    in_flight_max: b.in_flight_per_link,
+                };
+                let backoff = Backoff { min_ms: b.reconnect_min_ms, max_ms: b.reconnect_max_ms };
+                spawn_tcp(lc, b.addr, stans.clone(), backoff, notice_tx.clone(), links_shutdown.clone())
+            })
+            .collect();
+        let bc = BankConfig { id: b.id.clone(), dialect, request_timeout_ms: b.timeout_ms };
+        banks.insert(b.id.clone(), Bank { config: bc, stans, links });
+        acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
+    }
+    drop(notice_tx);
+    tokio::spawn(log_notices(notice_rx));
+
+    let db = &config.database;
+    let (journal, journal_task) = Journal::start(pool.clone(), db.journal_batch_max, db.journal_writers, db.journal_queue_max);
+    let reversal_wake = Arc::new(Notify::new());
+    let workers_shutdown = CancellationToken::new();
+    let workers = TaskTracker::new();
+    for b in &config.banks {
+        let w = ReversalWorker {
+            pool: pool.clone(),
+            bank: banks[&b.id].clone(),
+            vault: vault.clone(),
+            acquirer_id: b.acquirer_id.clone(),
+            max_age_ms: b.reversal_max_age_ms,
+            wake: reversal_wake.clone(),
+        };
+        workers.spawn(w.run(workers_shutdown.clone()));
+    }
+    let engine = Arc::new(Engine {
+        instance_id: config.switch.instance_id,
+        merchants: merchants.clone(),
+        router: router.clone(),
+        banks,
+        journal,
+        limiter,
+        vault: vault.clone(),
+        ids: Ids::new(pool.clone()),
+        pool: pool.clone(),
+        inflight: Arc::new(InFlight::default()),
+        card_rate: Rate::new(config.limits.card_velocity_per_minute, 60_000_000, config.limits.card_velocity_burst),
+        acquirer_ids,
+        reversal_wake,
+        stats: EngineStats::default(),
+    });
+
+    // Reference data follows the database: periodically and on SIGHUP.
+    workers.spawn(reload_loop(pool.clone(), vault.clone(), merchants, router, config.switch.reload_interval_ms, workers_shutdown.clone()));
+
+    // Listeners last.
+    let l = &config.merchant_listener;
+    let accept_shutdown = CancellationToken::new();
+    let listening = Listening {
+        engine: engine.clone(),
+        limits: SessionLimits {
+            max_in_flight_per_connection: l.max_in_flight_per_connection,
+            max_connections_per_merchant: l.max_connections_per_merchant,
+            idle_timeout_ms: l.idle_timeout_ms,
+            write_timeout_ms: l.write_timeout_ms,
+            max_message_len: l.max_message_len,
+        },
+        max_connections_total: l.max_connections_total,
+        connections: Arc::new(MerchantConnections::default()),
+        shutdown: accept_shutdown.clone(),
+        sessions: TaskTracker::new(),
+        requests: TaskTracker::new(),
+    };
+    let mut bound = Bound { merchant_tcp: None, merchant_tls: None };
+    let listeners = TaskTracker::new();
+    if let Some(addr) = l.tcp {
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        bound.merchant_tcp = listener.local_addr().ok();
+        listeners.spawn(accept_loop(listener, None, listening.clone()));
+    }
+    if let Some((addr, acceptor)) = tls {
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        bound.merchant_tls = listener.local_addr().ok();
+        listeners.spawn(accept_loop(listener, Some(acceptor), listening.clone()));
+    }
+    tracing::info!(?bound, "switch ready");
+    on_ready(&bound);
+
+    shutdown.cancelled().await;
+    let deadline = Duration::from_millis(config.switch.shutdown_deadline_ms);
+    tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: no new connections or requests");
+    accept_shutdown.cancel();
+    listeners.close();
+    listening.sessions.close();
+    listening.requests.close();
+    let drained = tokio::time::timeout(deadline, async {
+        listeners.wait().await;
+        listening.requests.wait().await;
+        listening.sessions.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(in_flight = engine.inflight.len(), "shutdown deadline passed with requests in flight; recovery reverses them at the next start");
+    }
+    workers_shutdown.cancel();
+    workers.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), workers.wait()).await;
+    links_shutdown.cancel();
+    drop(listening);
+    drop(engine);
+    // Every journal handle is gone now: the collector writes what is queued and ends.
+    let _ = tokio::time::timeout(deadline, journal_task).await;
+    // Let the links send their sign-offs.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tracing::info!("switch stopped");
+    Ok(())
+}
+
+/// A TPDU (0x60, destination 0001, source 0000) for dialects with a 5-byte header.
+fn default_header(d: &Dialect) -> Bytes {
+    match d.framing.header_len {
+        0 => Bytes::new(),
+        5 => Bytes::from_static(&[0x60, 0x00, 0x01, 0x00, 0x00]),
+        n => Bytes::from(vec![0u8; usize::from(n)]),
+    }
+}
+
+async fn log_notices(mut rx: mpsc::Receiver<LinkNotice>) {
+    while let Some(n) = rx.recv().await {
+        match n {
+            LinkNotice::Late { link, message } => tracing::warn!(%link, mti = %message.mti(),
+                rrn = %message.get_str(37).unwrap_or_default(), rc = %message.get_str(39).unwrap_or_default(),
+                "late answer from bank (its request was already resolved)"),
+            LinkNotice::Unsolicited { link, message } => {
+                tracing::info!(%link, mti = %message.mti(), "message from bank")
+            }
+        }
+    }
+}
+
+async fn reload_loop(
+    pool: deadpool_postgres::Pool,
+    vault: Arc<Vault>,
+    merchants: Arc<Merchants>,
+    router: Arc<Router>,
+    interval_ms: u64,
+    shutdown: CancellationToken,
+) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(interval_ms)) => {}
+            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => {
+                tracing::info!("SIGHUP: reloading merchants and routes");
+            }
+        }
+        if let Err(e) = merchants.reload(&pool, &vault).await {
+            tracing::warn!(error = %e, "merchant reload failed; keeping the current table");
+        }
+        if let Err(e) = router.reload(&pool).await {
+            tracing::warn!(error = %e, "route reload failed; keeping the current table");
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The request path: from a merchant's message to its answer.
+//!
+//! The checks are plain functions ([`crate::checks`]); this module orders them as the
+//! contract says and drives the parts with I/O: Redis (idempotency, limits), the journal
+//! (PostgreSQL), the router and the bank links.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bank_links::{Bank, MatchKey, Outcome as LinkOutcome};
+use bytes::Bytes;
+use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+
+use crate::answer::{Answer, respond};
+use crate::checks::{self, Authorisation, Rc};
+use crate::crypto::{Purpose, Vault, card_plaintext};
+use crate::ids::{Ids, rrn_of};
+use crate::inflight::{InFlight, Registration, follow};
+use crate::journal::{Journal, NewTxn, Outcome};
+use crate::limiter::{Claim, ClaimRequest, Limiter, Rate};
+use crate::merchants::{Merchant, Merchants};
+use crate::routing::Router;
+
+/// How long an outcome that cannot be recorded is retried before the request is left
+/// to recovery (the bank's answer is then reversed after a restart).
+pub const OUTCOME_RETRY_MAX: u32 = 50;
+/// Pause between outcome write attempts.
+pub const OUTCOME_RETRY_PAUSE_MS: u64 = 200;
+
+/// Counters for metrics and the closing report.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    pub requests: AtomicU64,
+    pub approved: AtomicU64,
+    pub refused: AtomicU64,
+    pub replays: AtomicU64,
+    pub bank_timeouts: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub rate_limited: AtomicU64,
+}
+
+/// The result of handling one message.
+#[derive(Debug)]
+pub struct Handled {
+    pub response: Option<Bytes>,
+    /// The merchant the message authenticated as (MAC verified).
+    pub merchant: Option<Arc<Merchant>>,
+}
+
+/// What a merchant connection tells the engine about itself.
+#[derive(Debug, Default)]
+pub struct SessionState {
+    /// Signed on: wants this merchant's 0620 advices.
+    pub signed_on: AtomicBool,
+}
+
+/// Everything the request path needs.
+pub struct Engine {
+    pub instance_id: i16,
+    pub merchants: Arc<Merchants>,
+    pub router: Arc<Router>,
+    pub banks: HashMap<String, Bank>,
+    pub journal: Journal,
+    pub limiter: Limiter,
+    pub vault: Arc<Vault>,
+    pub ids: Ids,
+    pub pool: Pool,
+    pub inflight: Arc<InFlight>,
+    pub card_rate: Rate,
+    pub acquirer_ids: HashMap<String, String>,
+    /// Wakes the reversal workers when a reversal has been recorded.
+    pub reversal_wake: Arc<Notify>,
+    pub stats: EngineStats,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("instance_id", &self.instance_id).finish()
+    }
+}
+
+/// The idempotency key: DE42, DE41, DE11, DE7 and the MTI with a repeat counted as its
+/// original.
+pub fn request_key(merchant_id: &str, terminal: &[u8], stan: &[u8], de7: &[u8], mti: Mti) -> String {
+    let mut k = String::with_capacity(48);
+    k.push_str(merchant_id);
+    k.push('|');
+    k.push_str(std::str::from_utf8(terminal).unwrap_or("?").trim_end());
+    k.push('|');
+    k.push_str(std::str::from_utf8(stan).unwrap_or("?"));
+    k.push('|');
+    k.push_str(std::str::from_utf8(de7).unwrap_or("?"));
+    k.push('|');
+    k.push_str(mti.original().as_str());
+    k
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+fn today() -> (u32, u32) {
+    let (y, m, ..) = codec::clock::civil_from_unix(codec::clock::unix_now());
+    (y, m)
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).trim_end().to_string()
+}
+
+/// Masked card number for logs: BIN and last four.
+pub fn masked(pan: &[u8]) -> String {
+    codec::owned::mask_pan(&String::from_utf8_lossy(pan))
+}
+
+impl Engine {
+    /// Handles one framed message: the bytes to send back, if any, and the merchant if
+    /// the message authenticated as one (for connection accounting).
+    pub async fn handle(&self, frame: Bytes, session: &SessionState) -> Handled {
+        let mut authenticated = None;
+        let response = self.handle_inner(frame, session, &mut authenticated).await;
+        Handled { response, merchant: authenticated }
+    }
+
+    async fn handle_inner(&self, frame: Bytes, session: &SessionState, authenticated: &mut Option<Arc<Merchant>>) -> Option<Bytes> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let dialect = builtin::merchant();
+        let msg = match dialect.decode(frame.clone()) {
+            Ok(m) => m,
+            Err(e) => {
+                let Some(partial) = dialect.salvage(frame) else {
+                    tracing::warn!(error = %e, "merchant message without a readable MTI dropped");
+                    return None;
+                };
+                tracing::warn!(error = %e, mti = %partial.mti(), "merchant message refused: format error");
+                if !partial.mti().is_request() {
+                    return None;
+                }
+                let merchant = partial.raw(42).and_then(|id| self.merchants.get(id));
+                return self.refuse(&partial, merchant.as_deref(), Rc::FORMAT_ERROR, "unparseable");
+            }
+        };
+        let mti = msg.mti();
+        if !mti.is_request() {
+            // 0630 acknowledgements of advices are handled by the notification work;
+            // any other response from a merchant has nothing to answer.
+            tracing::debug!(mti = %mti, "merchant response ignored");
+            return None;
+        }
+        let Some(merchant) = msg.raw(42).and_then(|id| self.merchants.get(id)) else {
+            return self.refuse(&msg, None, Rc::NOT_PERMITTED, "unknown merchant");
+        };
+        let span = tracing::info_span!("request", merchant = %merchant.id, mti = %mti,
+            stan = %msg.get_str(11).unwrap_or_default());
+        let _enter = span.enter();
+        if !merchant.enabled {
+            return self.refuse(&msg, Some(&merchant), Rc::NOT_PERMITTED, "merchant disabled");
+        }
+        match msg.check_mac(&merchant.mac_key) {
+            MacCheck::Valid => {}
+            MacCheck::Misplaced => return self.refuse(&msg, Some(&merchant), Rc::FORMAT_ERROR, "MAC in the wrong element"),
+            MacCheck::Missing => return self.refuse(&msg, Some(&merchant), Rc::SECURITY_VIOLATION, "MAC missing"),
+            MacCheck::Invalid => return self.refuse(&msg, Some(&merchant), Rc::SECURITY_VIOLATION, "MAC invalid"),
+        }
+        *authenticated = Some(merchant.clone());
+        match mti.original() {
+            Mti::NETWORK_REQUEST => self.network(&msg, &merchant, session),
+            Mti::FINANCIAL_REQUEST | Mti::AUTHORISATION_REQUEST => match checks::required_authorisation(&msg) {
+                Err(rc) => self.refuse(&msg, Some(&merchant), rc, "required element missing or malformed"),
+                Ok(Some(a)) => {
+                    let answer = self.authorise(&msg, &merchant, a).await;
+                    respond(&msg, Some(&merchant), &answer, &[])
+                }
+                Ok(None) => self.refuse(&msg, Some(&merchant), Rc::INVALID_TRANSACTION, "refunds are not supported yet"),
+            },
+            _ => self.refuse(&msg, Some(&merchant), Rc::INVALID_TRANSACTION, "message type not supported"),
+        }
+    }
+
+    fn refuse(&self, msg: &Message, merchant: Option<&Merchant>, rc: Rc, why: &str) -> Option<Bytes> {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(rc = rc.as_str(), reason = why, mti = %msg.mti(), "request refused");
+        respond(msg, merchant, &Answer::refused(rc), &[])
+    }
+
+    fn network(&self, msg: &Message, merchant: &Merchant, session: &SessionState) -> Option<Bytes> {
+        for n in [7u8, 11, 41, 42, 70] {
+            if !msg.has(n) {
+                return self.refuse(msg, Some(merchant), Rc::FORMAT_ERROR, "required element missing");
+            }
+        }
+        match msg.raw(70) {
+            Some(b"001") => session.signed_on.store(true, Ordering::Relaxed),
+            Some(b"002") => session.signed_on.store(false, Ordering::Relaxed),
+            Some(b"301") => {}
+            _ => return self.refuse(msg, Some(merchant), Rc::INVALID_TRANSACTION, "unknown network management code"),
+        }
+        respond(msg, Some(merchant), &Answer::refused(Rc::APPROVED), &[])
+    }
+
+    /// A purchase or pre-authorisation, from the retransmission lookup to the answer.
+    async fn authorise(&self, msg: &Message, merchant: &Arc<Merchant>, a: Authorisation<'_>) -> Answer {
+        let key = request_key(&merchant.id, a.terminal_id, a.stan, a.transmitted_at, msg.mti());
+        let guard = match self.inflight.register(&key) {
+            Registration::Owner(g) => g,
+            Registration::Follower(rx) => {
+                self.stats.replays.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("retransmission while in flight: waiting for the original");
+                return follow(rx).await.unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
+            }
+        };
+        let local = checks::business_checks(&a, merchant, today());
+        let pan_hash = self.vault.pan_hash(a.pan);
+        let pan_hash_hex = hex::encode(&pan_hash[..16]);
+        let claim_value = format!("P|{}", self.instance_id);
+        let claim = self
+            .limiter
+            .claim(&ClaimRequest {
+                key: &key,
+                merchant_id: &merchant.id,
+                card_hash_hex: &pan_hash_hex,
+                merchant_rate: Rate::new(merchant.rate_per_s, 1_000_000, merchant.rate_burst),
+                card_rate: self.card_rate,
+                claim_value: &claim_value,
+                now_us: now_us(),
+                lookup_only: local.is_err(),
+            })
+            .await;
+        let redis_ok = match claim {
+            Ok(Claim::Known(v)) => {
+                self.stats.replays.fetch_add(1, Ordering::Relaxed);
+                let answer = match Answer::from_redis(&v) {
+                    Some(ans) => ans,
+                    None => self.answer_from_record(&key).await.unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
+                };
+                tracing::info!(rc = answer.rc.as_str(), "retransmission answered from the record");
+                guard.resolve(answer.clone());
+                return answer;
+            }
+            Ok(Claim::Limited(which)) => {
+                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(rc = "65", reason = which, "request refused: rate limit");
+                let answer = Answer::refused(Rc::FREQUENCY);
+                guard.resolve(answer.clone());
+                return answer;
+            }
+            Ok(Claim::Unknown) | Ok(Claim::Claimed) => true,
+            Err(e) => {
+                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "redis unavailable: idempotency falls back to PostgreSQL, limits not applied");
+                false
+            }
+        };
+        if let Err(rc) = local {
+            tracing::info!(rc = rc.as_str(), reason = rc.reason(), card = %masked(a.pan), "request refused");
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            let answer = Answer::refused(rc);
+            guard.resolve(answer.clone());
+            return answer;
+        }
+
+        let answer = self.authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok).await;
+        self.remember(&key, &answer).await;
+        guard.resolve(answer.clone());
+        answer
+    }
+
+    /// Stores the final answer in Redis. A `96` before recording releases the claim, so
+    /// that a retry is processed afresh; a `96` after the bank answered keeps the claim
+    /// (until it expires, and then PostgreSQL refuses a second record).
+    async fn remember(&self, key: &str, answer: &Answer) {
+        let res = match (answer.rc, &answer.rrn) {
+            (Rc::MALFUNCTION, None) => self.limiter.release(key).await,
+            (Rc::MALFUNCTION, Some(_)) => return,
+            _ => self.limiter.store_answer(key, &answer.to_redis()).await,
+        };
+        if let Err(e) = res {
+            self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "answer not stored in redis (PostgreSQL has it)");
+        }
+    }
+
+    /// The recorded answer for a key, if its transaction has an outcome.
+    async fn answer_from_record(&self, key: &str) -> Option<Answer> {
+        let parts: Vec<&str> = key.split('|').collect();
+        let [merchant, terminal, stan, de7, mti] = parts.as_slice() else { return None };
+        let client = self.pool.get().await.ok()?;
+        let row = client
+            .query_opt(
+                "SELECT state, response_code, rrn, auth_code FROM transactions \
+                 WHERE merchant_id = $1 AND rtrim(terminal_id) = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5",
+                &[merchant, terminal, stan, de7, mti],
+            )
+            .await
+            .ok()??;
+        let state: String = row.get(0);
+        if state == "authorising" {
+            return None;
+        }
+        let rc = Rc::parse(&row.get::<_, Option<String>>(1)?)?;
+        Some(Answer { rc, rrn: Some(row.get(2)), auth: row.get(3) })
+    }
+
+    async fn order_ref_live(&self, merchant_id: &str, order_ref: &str) -> bool {
+        let Ok(client) = self.pool.get().await else { return false };
+        client
+            .query_opt(
+                "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
+                 AND kind IN ('purchase', 'preauth') AND state IN ('authorising', 'approved')",
+                &[&merchant_id, &order_ref],
+            )
+            .await
+            .ok()
+            .flatten()
+            .is_some()
+    }
+
+    async fn authorise_claimed(
+        &self,
+        msg: &Message,
+        merchant: &Merchant,
+        a: &Authorisation<'_>,
+        key: &str,
+        pan_hash: [u8; 32],
+        redis_ok: bool,
+    ) -> Answer {
+        let order_ref = text(a.order_ref);
+        // Routing and reachability are decided before recording, so the record says
+        // where the request went; their refusals come after the order-reference check.
+        let route = self.router.lookup(a.pan);
+        let bank = route.as_ref().and_then(|id| self.banks.get(&**id));
+        let refusal = match (&route, bank) {
+            (None, _) => Some((Rc::NO_ROUTE, "no bank serves this card")),
+            (Some(_), None) => Some((Rc::NO_ROUTE, "route names an unconfigured bank")),
+            (Some(_), Some(b)) if !b.is_reachable() => Some((Rc::ISSUER_DOWN, "bank has no ready link")),
+            _ => None,
+        };
+        if let Some((rc, why)) = refusal {
+            if self.order_ref_live(&merchant.id, &order_ref).await {
+                tracing::info!(rc = "94", "request refused: order reference in use");
+                return Answer::refused(Rc::DUPLICATE);
+            }
+            tracing::info!(rc = rc.as_str(), reason = why, card = %masked(a.pan), "request refused");
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Answer::refused(rc);
+        }
+        let bank = bank.expect("routed and reachable");
+        let id = match self.ids.next().await {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(error = %e, "no transaction id: database unavailable");
+                return Answer::refused(Rc::MALFUNCTION);
+            }
+        };
+        let rrn = rrn_of(id);
+        let Ok(bank_stan) = bank.stans.allocate() else {
+            return Answer::refused(Rc::ISSUER_DOWN);
+        };
+        let stan_digits = bank_links::stan::format_stan(bank_stan);
+        let unix = codec::clock::unix_now();
+        let bank_de7 = codec::clock::transmission(unix);
+        let card_enc = match self.vault.seal(Purpose::Card, &card_plaintext(a.pan, a.expiry)) {
+            Ok(c) => c,
+            Err(e) => {
+                bank.stans.release(bank_stan);
+                tracing::error!(error = %e, "card data could not be sealed");
+                return Answer::refused(Rc::MALFUNCTION);
+            }
+        };
+        let record = NewTxn {
+            id,
+            instance_id: self.instance_id,
+            merchant_id: merchant.id.clone(),
+            terminal_id: text(a.terminal_id),
+            stan: text(a.stan),
+            transmitted_at: text(a.transmitted_at),
+            mti: msg.mti().original().as_str().to_string(),
+            kind: a.kind.as_str(),
+            processing_code: text(a.processing_code),
+            amount_minor: a.amount_minor as i64,
+            currency: a.currency as i16,
+            order_ref: Some(order_ref),
+            pan_hash: Some(pan_hash.to_vec()),
+            pan_last4: Some(text(&a.pan[a.pan.len() - 4..])),
+            card_enc: Some(card_enc),
+            rrn: rrn.clone(),
+            bank_id: Some(bank.config.id.clone()),
+            bank_stan: Some(text(&stan_digits)),
+            bank_transmitted_at: Some(text(&bank_de7)),
+            original_id: None,
+            state: "authorising",
+            response_code: None,
+            reason: None,
+        };
+        match self.journal.insert(record).await {
+            Ok(true) => {}
+            Ok(false) => {
+                bank.stans.release(bank_stan);
+                // Either this very request is recorded already (Redis lost its key) or
+                // the order reference is live: the record decides which.
+                let answer = self.answer_from_record(key).await.unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
+                tracing::info!(rc = answer.rc.as_str(), redis_ok, "request already recorded or order reference in use");
+                return answer;
+            }
+            Err(e) => {
+                bank.stans.release(bank_stan);
+                tracing::error!(error = %e, "request not recorded: answering 96, nothing sent to the bank");
+                return Answer::refused(Rc::MALFUNCTION);
+            }
+        }
+
+        let (de12, de13) = codec::clock::local_time_date(unix);
+        let acquirer = self.acquirer_ids.get(&bank.config.id).map(String::as_str).unwrap_or("");
+        let mut b = MessageBuilder::new(bank.config.dialect, msg.mti().original());
+        b.set(2, a.pan)
+            .set(3, a.processing_code)
+            .set(4, msg.raw(4).unwrap_or(b"0"))
+            .set(7, &bank_de7)
+            .set(11, &stan_digits)
+            .set(12, &de12)
+            .set(13, &de13)
+            .set(14, a.expiry)
+            .set(37, rrn.as_bytes())
+            .set(41, a.terminal_id)
+            .set(42, a.merchant_id)
+            .set(49, msg.raw(49).unwrap_or(b"000"));
+        if bank.config.dialect.field(32).is_some() && !acquirer.is_empty() {
+            b.set(32, acquirer.as_bytes());
+        }
+        let rrn_key: [u8; 12] = rrn.as_bytes().try_into().expect("12-digit RRN");
+        let match_key = MatchKey { class: msg.mti().class(), stan: bank_stan, rrn: Some(rrn_key) };
+        let timeout = Duration::from_millis(bank.config.request_timeout_ms);
+        let started = Instant::now();
+        let outcome = match (b.encode(), bank.pick()) {
+            (Ok(bytes), Some(link)) => link.send(match_key, bytes, timeout).await.unwrap_or(LinkOutcome::LinkLost),
+            (Err(e), _) => {
+                tracing::error!(error = %e, "bank message could not be encoded");
+                LinkOutcome::LinkLost
+            }
+            (_, None) => LinkOutcome::LinkLost,
+        };
+        bank.stans.release(bank_stan);
+        let (outcome, answer) = match outcome {
+            LinkOutcome::Answered(reply) => {
+                let rc = Rc::from_bank(reply.raw(39).unwrap_or(b"05"));
+                let auth = (rc == Rc::APPROVED).then(|| reply.get_str(38).map(|s| s.trim_end().to_string())).flatten();
+                let state = if rc == Rc::APPROVED { "approved" } else { "declined" };
+                let answer = Answer { rc, rrn: Some(rrn.clone()), auth: auth.clone() };
+                (Outcome { id, state, response_code: rc.as_str().into(), auth_code: auth, reversal: None }, answer)
+            }
+            LinkOutcome::TimedOut | LinkOutcome::LinkLost => {
+                self.stats.bank_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(bank = %bank.config.id, rrn = %rrn, elapsed_ms = started.elapsed().as_millis() as u64,
+                    "bank did not answer: answering 91 and reversing");
+                let reversal = Some((bank.config.id.clone(), "timeout"));
+                let outcome = Outcome { id, state: "reversing", response_code: "91".into(), auth_code: None, reversal };
+                (outcome, Answer { rc: Rc::ISSUER_DOWN, rrn: Some(rrn.clone()), auth: None })
+            }
+        };
+        let reversing = outcome.reversal.is_some();
+        // No answer before the outcome is recorded. If it cannot be, the row stays
+        // 'authorising' and recovery reverses it at the next start.
+        let mut attempt = 0;
+        loop {
+            match self.journal.record_outcome(outcome.clone()).await {
+                Ok(()) => break,
+                Err(e) if attempt < OUTCOME_RETRY_MAX => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "outcome not recorded yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, rrn = %rrn, "outcome could not be recorded: answering 96; recovery will reverse");
+                    return Answer { rc: Rc::MALFUNCTION, rrn: Some(rrn), auth: None };
+                }
+            }
+        }
+        if reversing {
+            self.reversal_wake.notify_waiters();
+        }
+        if answer.rc == Rc::APPROVED {
+            self.stats.approved.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::info!(rc = answer.rc.as_str(), rrn = %rrn, bank = %bank.config.id,
+            bank_ms = started.elapsed().as_millis() as u64, "request answered");
+        answer
+    }
+}

@@ -1,0 +1,116 @@
+//! Requests in flight on this instance, by idempotency key, so that a retransmission
+//! arriving while its original is being processed waits for the original's answer
+//! instead of causing a second bank request.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use crate::answer::Answer;
+
+/// Shards of the map; a power of two well above the core count keeps lock waits rare.
+const SHARDS: usize = 64;
+
+type Slot = watch::Sender<Option<Answer>>;
+
+/// The in-flight table.
+#[derive(Debug)]
+pub struct InFlight {
+    shards: Vec<Mutex<HashMap<String, Slot>>>,
+    hasher: RandomState,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+    }
+}
+
+/// The outcome of registering a key.
+#[derive(Debug)]
+pub enum Registration {
+    /// This request owns the key until the guard is resolved or dropped.
+    Owner(InFlightGuard),
+    /// Another request with the key is in flight here: wait on this for its answer
+    /// (`None` if it ended without one).
+    Follower(watch::Receiver<Option<Answer>>),
+}
+
+/// Removes the key when dropped; waiters get the answer given to `resolve`, if any.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    table: Arc<InFlight>,
+    key: String,
+    answer: Option<Answer>,
+}
+
+impl InFlight {
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Slot>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    pub fn register(self: &Arc<Self>, key: &str) -> Registration {
+        let mut shard = self.shard(key).lock().expect("in-flight lock");
+        if let Some(slot) = shard.get(key) {
+            return Registration::Follower(slot.subscribe());
+        }
+        shard.insert(key.to_string(), watch::channel(None).0);
+        Registration::Owner(InFlightGuard { table: self.clone(), key: key.to_string(), answer: None })
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().expect("in-flight lock").len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl InFlightGuard {
+    pub fn resolve(mut self, answer: Answer) {
+        self.answer = Some(answer);
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let slot = self.table.shard(&self.key).lock().expect("in-flight lock").remove(&self.key);
+        if let Some(slot) = slot {
+            let _ = slot.send(self.answer.take());
+        }
+    }
+}
+
+/// Waits for the owner's answer.
+pub async fn follow(mut rx: watch::Receiver<Option<Answer>>) -> Option<Answer> {
+    loop {
+        if let Some(a) = rx.borrow().clone() {
+            return Some(a);
+        }
+        if rx.changed().await.is_err() {
+            return rx.borrow().clone();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::Rc;
+
+    // Proves a follower receives the owner's answer, and the key is free afterwards.
+    #[tokio::test]
+    async fn follower_gets_owner_answer() {
+        let t = Arc::new(InFlight::default());
+        let Registration::Owner(g) = t.register("k") else { panic!("first is owner") };
+        let Registration::Follower(rx) = t.register("k") else { panic!("second follows") };
+        let waiter = tokio::spawn(follow(rx));
+        g.resolve(Answer::refused(Rc::DO_NOT_HONOUR));
+        assert_eq!(waiter.await.unwrap().unwrap().rc, Rc::DO_NOT_HONOUR);
+        assert!(t.is_empty());
+        assert!(matches!(t.register("k"), Registration::Owner(_)));
+    }
+}

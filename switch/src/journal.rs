@@ -1,0 +1,323 @@
+//! The durable journal with group commit.
+//!
+//! Requests hand their records to one queue; a collector takes whatever has gathered
+//! (up to `batch_max`) as soon as a writer is free and writes it in ONE statement (one
+//! commit): inserts, outcome updates and reversal records together. While the writers
+//! are busy, the next batch grows, so commits per second stay flat as load rises.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::db::DbError;
+
+/// A transaction record as first written (before anything goes to a bank).
+#[derive(Debug, Clone)]
+pub struct NewTxn {
+    pub id: i64,
+    pub instance_id: i16,
+    pub merchant_id: String,
+    pub terminal_id: String,
+    pub stan: String,
+    pub transmitted_at: String,
+    pub mti: String,
+    pub kind: &'static str,
+    pub processing_code: String,
+    pub amount_minor: i64,
+    pub currency: i16,
+    pub order_ref: Option<String>,
+    pub pan_hash: Option<Vec<u8>>,
+    pub pan_last4: Option<String>,
+    pub card_enc: Option<Vec<u8>>,
+    pub rrn: String,
+    pub bank_id: Option<String>,
+    pub bank_stan: Option<String>,
+    pub bank_transmitted_at: Option<String>,
+    pub original_id: Option<i64>,
+    pub state: &'static str,
+    pub response_code: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// A transaction's outcome, and the reversal it needs if the outcome is unknown.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub id: i64,
+    pub state: &'static str,
+    pub response_code: String,
+    pub auth_code: Option<String>,
+    /// (bank id, reason): a reversal to store and forward, written in the same commit.
+    pub reversal: Option<(String, &'static str)>,
+}
+
+/// The journal could not record: the caller answers `96` (before a bank was asked) or
+/// retries (after).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal write failed: {0}")]
+    Write(String),
+    #[error("journal has stopped")]
+    Stopped,
+}
+
+enum Op {
+    Insert(Box<NewTxn>, oneshot::Sender<Result<bool, JournalError>>),
+    Update(Outcome, oneshot::Sender<Result<(), JournalError>>),
+}
+
+/// Figures for metrics and reports.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub batches: AtomicU64,
+    pub ops: AtomicU64,
+    pub commit_us_total: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// The handle requests use.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Op>,
+    pub stats: Arc<JournalStats>,
+}
+
+impl Journal {
+    /// Starts the collector. It ends, after writing everything queued, when every
+    /// handle is dropped.
+    pub fn start(pool: Pool, batch_max: usize, writers: usize, queue_max: usize) -> (Journal, tokio::task::JoinHandle<()>) {
+        assert!(batch_max > 0 && writers > 0 && queue_max > 0);
+        let (tx, rx) = mpsc::channel(queue_max);
+        let stats = Arc::new(JournalStats::default());
+        let task = tokio::spawn(collect(rx, pool, batch_max, writers, stats.clone()));
+        (Journal { tx, stats }, task)
+    }
+
+    /// Records a new transaction; `Ok(false)` if a row with the same request key (or a
+    /// live row with the same order reference) already exists.
+    pub async fn insert(&self, t: NewTxn) -> Result<bool, JournalError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Op::Insert(Box::new(t), ack)).await.map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Records an outcome (and its reversal, if any).
+    pub async fn record_outcome(&self, o: Outcome) -> Result<(), JournalError> {
+        let (ack, rx) = oneshot::channel();
+        self.tx.send(Op::Update(o, ack)).await.map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+}
+
+async fn collect(mut rx: mpsc::Receiver<Op>, pool: Pool, batch_max: usize, writers: usize, stats: Arc<JournalStats>) {
+    let free = Arc::new(Semaphore::new(writers));
+    while let Some(first) = rx.recv().await {
+        // Wait for a writer first: whatever arrives meanwhile joins this batch.
+        let permit = free.clone().acquire_owned().await.expect("semaphore never closed");
+        let mut batch = Vec::with_capacity(batch_max.min(1024));
+        batch.push(first);
+        while batch.len() < batch_max {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            write(&pool, batch, &stats).await;
+            drop(permit);
+        });
+    }
+    // Every handle is gone: wait for the batches still being written.
+    let _ = free.acquire_many(writers as u32).await;
+}
+
+const BATCH_SQL: &str = "
+WITH ins AS (
+  INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
+    processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn, bank_id, bank_stan,
+    bank_transmitted_at, original_id, state, response_code, reason)
+  SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::text[], $9::text[], $10::bigint[], $11::smallint[], $12::text[], $13::bytea[], $14::text[], $15::bytea[],
+    $16::text[], $17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[], $22::text[], $23::text[])
+  ON CONFLICT DO NOTHING
+  RETURNING id
+), upd AS (
+  UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now()
+  FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
+  WHERE t.id = u.id
+  RETURNING t.id
+), rev AS (
+  INSERT INTO reversals (transaction_id, bank_id, reason)
+  SELECT * FROM unnest($28::bigint[], $29::text[], $30::text[])
+  ON CONFLICT (transaction_id) DO NOTHING
+  RETURNING id
+)
+SELECT id FROM ins";
+
+async fn write(pool: &Pool, batch: Vec<Op>, stats: &JournalStats) {
+    let started = Instant::now();
+    let n = batch.len();
+    match write_once(pool, &batch).await {
+        Ok(inserted) => {
+            stats.batches.fetch_add(1, Ordering::Relaxed);
+            stats.ops.fetch_add(n as u64, Ordering::Relaxed);
+            stats.commit_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            for op in batch {
+                match op {
+                    Op::Insert(t, ack) => {
+                        let _ = ack.send(Ok(inserted.contains(&t.id)));
+                    }
+                    Op::Update(_, ack) => {
+                        let _ = ack.send(Ok(()));
+                    }
+                }
+            }
+        }
+        // A statement error (not a lost connection) may be one bad row: write the ops one
+        // by one so only that one fails.
+        Err(DbError::Postgres(e)) if e.as_db_error().is_some() && n > 1 => {
+            tracing::warn!(error = %e, ops = n, "journal batch refused; retrying its operations one by one");
+            for op in batch {
+                Box::pin(write(pool, vec![op], stats)).await;
+            }
+        }
+        Err(e) => {
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, ops = n, "journal batch failed");
+            let err = JournalError::Write(e.to_string());
+            for op in batch {
+                match op {
+                    Op::Insert(_, ack) => {
+                        let _ = ack.send(Err(err.clone()));
+                    }
+                    Op::Update(_, ack) => {
+                        let _ = ack.send(Err(err.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    id: Vec<i64>,
+    instance: Vec<i16>,
+    merchant: Vec<String>,
+    terminal: Vec<String>,
+    stan: Vec<String>,
+    transmitted: Vec<String>,
+    mti: Vec<String>,
+    kind: Vec<String>,
+    pcode: Vec<String>,
+    amount: Vec<i64>,
+    currency: Vec<i16>,
+    order_ref: Vec<Option<String>>,
+    pan_hash: Vec<Option<Vec<u8>>>,
+    last4: Vec<Option<String>>,
+    card: Vec<Option<Vec<u8>>>,
+    rrn: Vec<String>,
+    bank: Vec<Option<String>>,
+    bank_stan: Vec<Option<String>>,
+    bank_transmitted: Vec<Option<String>>,
+    original: Vec<Option<i64>>,
+    state: Vec<String>,
+    rc: Vec<Option<String>>,
+    reason: Vec<Option<String>>,
+    u_id: Vec<i64>,
+    u_state: Vec<String>,
+    u_rc: Vec<String>,
+    u_auth: Vec<Option<String>>,
+    r_id: Vec<i64>,
+    r_bank: Vec<String>,
+    r_reason: Vec<String>,
+}
+
+async fn write_once(pool: &Pool, batch: &[Op]) -> Result<HashSet<i64>, DbError> {
+    let mut c = Columns::default();
+    for op in batch {
+        match op {
+            Op::Insert(t, _) => {
+                c.id.push(t.id);
+                c.instance.push(t.instance_id);
+                c.merchant.push(t.merchant_id.clone());
+                c.terminal.push(t.terminal_id.clone());
+                c.stan.push(t.stan.clone());
+                c.transmitted.push(t.transmitted_at.clone());
+                c.mti.push(t.mti.clone());
+                c.kind.push(t.kind.to_string());
+                c.pcode.push(t.processing_code.clone());
+                c.amount.push(t.amount_minor);
+                c.currency.push(t.currency);
+                c.order_ref.push(t.order_ref.clone());
+                c.pan_hash.push(t.pan_hash.clone());
+                c.last4.push(t.pan_last4.clone());
+                c.card.push(t.card_enc.clone());
+                c.rrn.push(t.rrn.clone());
+                c.bank.push(t.bank_id.clone());
+                c.bank_stan.push(t.bank_stan.clone());
+                c.bank_transmitted.push(t.bank_transmitted_at.clone());
+                c.original.push(t.original_id);
+                c.state.push(t.state.to_string());
+                c.rc.push(t.response_code.clone());
+                c.reason.push(t.reason.clone());
+            }
+            Op::Update(o, _) => {
+                c.u_id.push(o.id);
+                c.u_state.push(o.state.to_string());
+                c.u_rc.push(o.response_code.clone());
+                c.u_auth.push(o.auth_code.clone());
+                if let Some((bank, reason)) = &o.reversal {
+                    c.r_id.push(o.id);
+                    c.r_bank.push(bank.clone());
+                    c.r_reason.push(reason.to_string());
+                }
+            }
+        }
+    }
+    let client = pool.get().await?;
+    let stmt = client.prepare_cached(BATCH_SQL).await?;
+    let rows = client
+        .query(
+            &stmt,
+            &[
+                &c.id,
+                &c.instance,
+                &c.merchant,
+                &c.terminal,
+                &c.stan,
+                &c.transmitted,
+                &c.mti,
+                &c.kind,
+                &c.pcode,
+                &c.amount,
+                &c.currency,
+                &c.order_ref,
+                &c.pan_hash,
+                &c.last4,
+                &c.card,
+                &c.rrn,
+                &c.bank,
+                &c.bank_stan,
+                &c.bank_transmitted,
+                &c.original,
+                &c.state,
+                &c.rc,
+                &c.reason,
+                &c.u_id,
+                &c.u_state,
+                &c.u_rc,
+                &c.u_auth,
+                &c.r_id,
+                &c.r_bank,
+                &c.r_reason,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+}

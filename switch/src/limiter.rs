@@ -1,0 +1,244 @@
+//! Redis: one script call per request that looks up the idempotency key, applies the
+//! merchant's rate limit and the card velocity rule, and claims the key, atomically.
+//!
+//! Redis is the fast path only. If it is lost (flushed, restarted, unreachable) the
+//! PostgreSQL unique constraints still stop a second charge; rate limits are then not
+//! enforced until it returns (logged and counted), which fails open on availability
+//! rather than refusing every payment.
+
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use crate::config::RateAlgorithm;
+
+/// The script. KEYS: idempotency key, merchant rate key, card velocity key.
+/// ARGV: mode ("full" or "lookup"), now in microseconds, claim TTL in ms, claim value,
+/// algorithm ("gcra" or "bucket"), merchant interval and tolerance in microseconds, card
+/// interval and tolerance in microseconds (interval 0 disables), answer TTL in ms.
+/// Returns {0} claimed, {1, value} known, {2, "merchant"|"card"} limited (the refusal is
+/// stored as the known answer, so a retransmission gets it again).
+const SCRIPT: &str = r#"
+local known = redis.call('GET', KEYS[1])
+if known then return {1, known} end
+if ARGV[1] == 'lookup' then return {3} end
+local now = tonumber(ARGV[2])
+-- Each check returns whether the request fits and a function that records it, so
+-- nothing is recorded unless every check passes.
+local function check(key, interval, tolerance)
+  if interval <= 0 then return true, function() end end
+  local ttl = math.ceil((tolerance + interval) / 1000) + 1000
+  if ARGV[5] == 'gcra' then
+    local tat = tonumber(redis.call('GET', key) or '0')
+    if tat < now then tat = now end
+    if tat - now > tolerance then return false, nil end
+    return true, function() redis.call('SET', key, tat + interval, 'PX', ttl) end
+  else
+    -- token bucket: capacity = burst tokens, refilled one per interval
+    local cap = tolerance / interval + 1
+    local b = redis.call('HMGET', key, 't', 'ts')
+    local tokens = tonumber(b[1]) or cap
+    local ts = tonumber(b[2]) or now
+    tokens = math.min(cap, tokens + (now - ts) / interval)
+    if tokens < 1 then return false, nil end
+    return true, function()
+      redis.call('HSET', key, 't', tokens - 1, 'ts', now)
+      redis.call('PEXPIRE', key, ttl)
+    end
+  end
+end
+local m_ok, m_commit = check(KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7]))
+if not m_ok then
+  redis.call('SET', KEYS[1], 'A|65|||', 'PX', ARGV[10])
+  return {2, 'merchant'}
+end
+local c_ok, c_commit = check(KEYS[3], tonumber(ARGV[8]), tonumber(ARGV[9]))
+if not c_ok then
+  redis.call('SET', KEYS[1], 'A|65|||', 'PX', ARGV[10])
+  return {2, 'card'}
+end
+m_commit()
+c_commit()
+redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
+return {0}
+"#;
+
+/// A rate: `per_s` on average with bursts of `burst`, as interval and tolerance in µs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub interval_us: u64,
+    pub tolerance_us: u64,
+}
+
+impl Rate {
+    /// `count` requests per `period_us`, bursting to `burst`. A zero count disables.
+    pub fn new(count: u32, period_us: u64, burst: u32) -> Rate {
+        if count == 0 {
+            return Rate { interval_us: 0, tolerance_us: 0 };
+        }
+        let interval_us = (period_us / u64::from(count)).max(1);
+        Rate { interval_us, tolerance_us: interval_us * u64::from(burst.saturating_sub(1)) }
+    }
+}
+
+/// What the script decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key was free and is now claimed by this request.
+    Claimed,
+    /// Someone holds the key: its value (an answer `A|..` or an in-flight claim `P|..`).
+    Known(String),
+    /// Over the merchant's rate (`merchant`) or the card velocity (`card`).
+    Limited(&'static str),
+    /// Lookup only, nothing known.
+    Unknown,
+}
+
+/// Why Redis could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LimiterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0} ms")]
+    Timeout(u64),
+    #[error("redis answered something unexpected")]
+    Unexpected,
+}
+
+/// The Redis side of a request.
+#[derive(Clone)]
+pub struct Limiter {
+    conn: ConnectionManager,
+    script: Script,
+    prefix: String,
+    algorithm: RateAlgorithm,
+    claim_ttl_ms: u64,
+    answer_ttl_ms: u64,
+    timeout_ms: u64,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter").field("prefix", &self.prefix).finish()
+    }
+}
+
+/// One request's inputs to the script.
+#[derive(Debug)]
+pub struct ClaimRequest<'a> {
+    pub key: &'a str,
+    pub merchant_id: &'a str,
+    pub card_hash_hex: &'a str,
+    pub merchant_rate: Rate,
+    pub card_rate: Rate,
+    pub claim_value: &'a str,
+    pub now_us: u64,
+    /// Only look the key up (the request will be refused locally anyway).
+    pub lookup_only: bool,
+}
+
+impl Limiter {
+    pub async fn connect(
+        url: &str,
+        prefix: String,
+        algorithm: RateAlgorithm,
+        claim_ttl_ms: u64,
+        answer_ttl_ms: u64,
+        timeout_ms: u64,
+    ) -> Result<Limiter, LimiterError> {
+        let client = redis::Client::open(url)?;
+        let cfg = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(timeout_ms.max(100) * 4)))
+            .set_response_timeout(Some(Duration::from_millis(timeout_ms)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        Ok(Limiter { conn, script: Script::new(SCRIPT), prefix, algorithm, claim_ttl_ms, answer_ttl_ms, timeout_ms })
+    }
+
+    fn k(&self, kind: &str, rest: &str) -> String {
+        format!("{}{}:{}", self.prefix, kind, rest)
+    }
+
+    pub async fn claim(&self, r: &ClaimRequest<'_>) -> Result<Claim, LimiterError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.script.prepare_invoke();
+        inv.key(self.k("idem", r.key))
+            .key(self.k("rl:m", r.merchant_id))
+            .key(self.k("rl:c", r.card_hash_hex))
+            .arg(if r.lookup_only { "lookup" } else { "full" })
+            .arg(r.now_us)
+            .arg(self.claim_ttl_ms)
+            .arg(r.claim_value)
+            .arg(match self.algorithm {
+                RateAlgorithm::Gcra => "gcra",
+                RateAlgorithm::TokenBucket => "bucket",
+            })
+            .arg(r.merchant_rate.interval_us)
+            .arg(r.merchant_rate.tolerance_us)
+            .arg(r.card_rate.interval_us)
+            .arg(r.card_rate.tolerance_us)
+            .arg(self.answer_ttl_ms);
+        let fut = inv.invoke_async::<redis::Value>(&mut conn);
+        let v = tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        parse_reply(v)
+    }
+
+    /// Stores the final answer for a key (replacing the in-flight claim).
+    pub async fn store_answer(&self, key: &str, value: &str) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("SET").arg(self.k("idem", key)).arg(value).arg("PX").arg(self.answer_ttl_ms).to_owned();
+        let fut = cmd.query_async::<()>(&mut conn);
+        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        Ok(())
+    }
+
+    /// Drops a claim (the request could not be recorded; a retry must be processed afresh).
+    pub async fn release(&self, key: &str) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("DEL").arg(self.k("idem", key)).to_owned();
+        let fut = cmd.query_async::<()>(&mut conn);
+        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        Ok(())
+    }
+}
+
+fn parse_reply(v: redis::Value) -> Result<Claim, LimiterError> {
+    use redis::Value as V;
+    let V::Array(items) = v else { return Err(LimiterError::Unexpected) };
+    let code = match items.first() {
+        Some(V::Int(c)) => *c,
+        _ => return Err(LimiterError::Unexpected),
+    };
+    let text = |i: usize| match items.get(i) {
+        Some(V::BulkString(b)) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Some(V::SimpleString(s)) => Ok(s.clone()),
+        _ => Err(LimiterError::Unexpected),
+    };
+    match code {
+        0 => Ok(Claim::Claimed),
+        1 => Ok(Claim::Known(text(1)?)),
+        2 => Ok(Claim::Limited(if text(1)? == "card" { "card" } else { "merchant" })),
+        3 => Ok(Claim::Unknown),
+        _ => Err(LimiterError::Unexpected),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves rate parameters: 100/s with burst 10 is a 10 ms interval and 90 ms tolerance.
+    #[test]
+    fn rate_params() {
+        assert_eq!(Rate::new(100, 1_000_000, 10), Rate { interval_us: 10_000, tolerance_us: 90_000 });
+        assert_eq!(Rate::new(0, 1_000_000, 10).interval_us, 0);
+        assert_eq!(Rate::new(600, 60_000_000, 1).tolerance_us, 0);
+    }
+}

@@ -1,0 +1,256 @@
+//! Store-and-forward of reversals, and recovery after a crash.
+//!
+//! A reversal row is written (in the same commit as the outcome that needs it) before
+//! the first send. One worker per bank claims due rows in order with a lease (so two
+//! instances never send the same one at once), sends 0400 the first time and 0401
+//! after, and repeats with backoff until the bank answers or the row grows too old,
+//! when it is marked `expired` for an operator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bank_links::{Bank, MatchKey, Outcome};
+use codec::{MessageBuilder, Mti};
+use deadpool_postgres::Pool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::crypto::{Purpose, Vault, split_card};
+use crate::db::DbError;
+
+/// Reversals claimed per round.
+pub const REVERSAL_CLAIM_BATCH: i64 = 64;
+/// A worker looks for due reversals at least this often even when not woken.
+pub const REVERSAL_POLL_MS: u64 = 1_000;
+/// Backoff between repeats of one reversal: doubling from the bank timeout up to this.
+pub const REVERSAL_BACKOFF_MAX_MS: u64 = 60_000;
+
+/// Marks every transaction this instance left without an outcome as reversing, with a
+/// reversal to send. Runs before traffic is accepted; returns how many were found.
+pub async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "WITH r AS (
+               UPDATE transactions SET state = 'reversing', response_code = '91', updated_at = now()
+               WHERE instance_id = $1 AND state = 'authorising' AND bank_id IS NOT NULL
+               RETURNING id, bank_id)
+             INSERT INTO reversals (transaction_id, bank_id, reason)
+             SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id) DO NOTHING",
+            &[&instance_id],
+        )
+        .await?;
+    Ok(n)
+}
+
+/// What a reversal worker needs.
+#[derive(Debug, Clone)]
+pub struct ReversalWorker {
+    pub pool: Pool,
+    pub bank: Bank,
+    pub vault: Arc<Vault>,
+    pub acquirer_id: String,
+    pub max_age_ms: u64,
+    pub wake: Arc<Notify>,
+}
+
+struct Due {
+    reversal_id: i64,
+    attempts: i32,
+    age_ms: i64,
+    txn_mti: String,
+    processing_code: String,
+    amount_minor: i64,
+    currency: i16,
+    rrn: String,
+    terminal_id: String,
+    merchant_id: String,
+    bank_stan: Option<String>,
+    bank_transmitted_at: Option<String>,
+    card_enc: Option<Vec<u8>>,
+}
+
+/// The pause before repeat number `attempts`.
+pub fn reversal_backoff_ms(attempts: u32, base_ms: u64) -> u64 {
+    base_ms.saturating_mul(1u64 << attempts.min(16)).min(REVERSAL_BACKOFF_MAX_MS)
+}
+
+impl ReversalWorker {
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            let more = match self.round().await {
+                Ok(more) => more,
+                Err(e) => {
+                    tracing::warn!(bank = %self.bank.config.id, error = %e, "reversal round failed");
+                    false
+                }
+            };
+            if more {
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(REVERSAL_POLL_MS)) => {}
+            }
+        }
+    }
+
+    /// One round: claim due reversals and send them in order. True if a full batch was
+    /// handled (there may be more due right away).
+    async fn round(&self) -> Result<bool, DbError> {
+        if !self.bank.is_reachable() {
+            return Ok(false);
+        }
+        let lease_ms = (self.bank.config.request_timeout_ms * 2) as i64;
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                "WITH due AS (
+                   SELECT id FROM reversals
+                   WHERE bank_id = $1 AND state = 'pending' AND next_attempt_at <= now()
+                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+                 UPDATE reversals r SET next_attempt_at = now() + ($3::bigint * interval '1 millisecond')
+                 FROM due, transactions t
+                 WHERE r.id = due.id AND t.id = r.transaction_id
+                 RETURNING r.id, r.attempts, (extract(epoch from now() - r.created_at) * 1000)::bigint,
+                   t.mti, t.processing_code, t.amount_minor, t.currency, t.rrn, t.terminal_id, t.merchant_id,
+                   t.bank_stan, t.bank_transmitted_at, t.card_enc",
+                &[&self.bank.config.id, &REVERSAL_CLAIM_BATCH, &lease_ms],
+            )
+            .await?;
+        drop(client);
+        let mut due: Vec<Due> = rows
+            .iter()
+            .map(|r| Due {
+                reversal_id: r.get(0),
+                attempts: r.get(1),
+                age_ms: r.get(2),
+                txn_mti: r.get(3),
+                processing_code: r.get(4),
+                amount_minor: r.get(5),
+                currency: r.get(6),
+                rrn: r.get(7),
+                terminal_id: r.get(8),
+                merchant_id: r.get(9),
+                bank_stan: r.get(10),
+                bank_transmitted_at: r.get(11),
+                card_enc: r.get(12),
+            })
+            .collect();
+        due.sort_by_key(|d| d.reversal_id);
+        let full = due.len() as i64 == REVERSAL_CLAIM_BATCH;
+        for d in due {
+            if d.age_ms > self.max_age_ms as i64 {
+                tracing::error!(bank = %self.bank.config.id, rrn = %d.rrn, attempts = d.attempts,
+                    "reversal expired unacknowledged: an operator must settle it with the bank");
+                let client = self.pool.get().await?;
+                client.execute("UPDATE reversals SET state = 'expired' WHERE id = $1", &[&d.reversal_id]).await?;
+                continue;
+            }
+            self.send(d).await?;
+        }
+        Ok(full)
+    }
+
+    async fn send(&self, d: Due) -> Result<(), DbError> {
+        let bank = &self.bank;
+        let Some(link) = bank.pick() else { return Ok(()) };
+        let (pan, expiry) = match d.card_enc.as_deref().map(|c| self.vault.open(Purpose::Card, c)) {
+            Some(Ok(plain)) => split_card(&plain),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let Ok(stan) = bank.stans.allocate() else { return Ok(()) };
+        let stan_digits = bank_links::stan::format_stan(stan);
+        let de7 = codec::clock::transmission(codec::clock::unix_now());
+        let mti = if d.attempts == 0 { Mti::REVERSAL_REQUEST } else { Mti::REVERSAL_REPEAT };
+        // DE90: the original as the bank saw it: MTI, its STAN, its DE7, acquirer, zeros.
+        let de90 = format!(
+            "{}{}{}{:0>11}{}",
+            d.txn_mti,
+            d.bank_stan.as_deref().unwrap_or("000000"),
+            d.bank_transmitted_at.as_deref().unwrap_or("0000000000"),
+            self.acquirer_id.chars().filter(char::is_ascii_digit).collect::<String>(),
+            "00000000000"
+        );
+        let amount = format!("{:012}", d.amount_minor);
+        let currency = format!("{:03}", d.currency);
+        let mut b = MessageBuilder::new(bank.config.dialect, mti);
+        if !pan.is_empty() {
+            b.set(2, &pan);
+        }
+        if expiry.len() == 4 {
+            b.set(14, &expiry);
+        }
+        b.set(3, d.processing_code.as_bytes())
+            .set(4, amount.as_bytes())
+            .set(7, &de7)
+            .set(11, &stan_digits)
+            .set(37, d.rrn.as_bytes())
+            .set(41, d.terminal_id.as_bytes())
+            .set(42, d.merchant_id.as_bytes())
+            .set(49, currency.as_bytes())
+            .set(90, de90.as_bytes());
+        if bank.config.dialect.field(32).is_some() && !self.acquirer_id.is_empty() {
+            b.set(32, self.acquirer_id.as_bytes());
+        }
+        let rrn: [u8; 12] = d.rrn.as_bytes().try_into().unwrap_or([b'0'; 12]);
+        let outcome = match b.encode() {
+            Ok(bytes) => {
+                let key = MatchKey { class: 4, stan, rrn: Some(rrn) };
+                let timeout = Duration::from_millis(bank.config.request_timeout_ms);
+                link.send(key, bytes, timeout).await.unwrap_or(Outcome::LinkLost)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, rrn = %d.rrn, "reversal could not be encoded");
+                Outcome::LinkLost
+            }
+        };
+        bank.stans.release(stan);
+        let client = self.pool.get().await?;
+        match outcome {
+            Outcome::Answered(reply) => {
+                let rc = reply.get_str(39).map(|s| s.into_owned()).unwrap_or_default();
+                tracing::info!(bank = %bank.config.id, rrn = %d.rrn, rc = %rc, attempts = d.attempts + 1, "reversal acknowledged");
+                client
+                    .execute(
+                        "WITH r AS (
+                           UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(),
+                             attempts = attempts + 1, last_response_code = $2
+                           WHERE id = $1 AND state = 'pending' RETURNING transaction_id)
+                         UPDATE transactions SET state = 'reversed', updated_at = now()
+                         WHERE id IN (SELECT transaction_id FROM r)",
+                        &[&d.reversal_id, &rc],
+                    )
+                    .await?;
+            }
+            Outcome::TimedOut | Outcome::LinkLost => {
+                let pause = reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
+                tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause,
+                    "reversal unanswered; will repeat");
+                client
+                    .execute(
+                        "UPDATE reversals SET attempts = attempts + 1,
+                           next_attempt_at = now() + ($2::bigint * interval '1 millisecond')
+                         WHERE id = $1 AND state = 'pending'",
+                        &[&d.reversal_id, &pause],
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves repeats back off by doubling and stay bounded.
+    #[test]
+    fn backoff_is_bounded() {
+        assert_eq!(reversal_backoff_ms(0, 3000), 3000);
+        assert_eq!(reversal_backoff_ms(2, 3000), 12_000);
+        assert_eq!(reversal_backoff_ms(40, 3000), REVERSAL_BACKOFF_MAX_MS);
+    }
+}

@@ -1,0 +1,227 @@
+//! BIN routing: card-number ranges to banks, held in memory as disjoint intervals over
+//! 19-digit numbers and looked up by binary search.
+
+use std::collections::BinaryHeap;
+use std::cmp::Reverse;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use deadpool_postgres::Pool;
+
+use crate::db::DbError;
+
+/// Card numbers are at most 19 digits; ranges and lookups pad to this width.
+pub const PAN_DIGITS_MAX: u32 = 19;
+/// Routes held at most (a table of all BINs in the world is about 500,000 ranges).
+pub const ROUTES_MAX: usize = 2_000_000;
+
+/// A configured route: card numbers whose first `len(low)` digits lie in [low, high].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub low: String,
+    pub high: String,
+    pub bank_id: String,
+    pub priority: i32,
+}
+
+/// Disjoint, sorted intervals of 19-digit numbers, each with the bank that serves it.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    starts: Vec<u64>,
+    ends: Vec<u64>,
+    banks: Vec<u32>,
+    bank_ids: Vec<Arc<str>>,
+}
+
+fn pad(prefix: &str, fill: u8) -> Option<u64> {
+    if prefix.is_empty() || prefix.len() > PAN_DIGITS_MAX as usize || !prefix.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let mut v: u64 = 0;
+    for c in prefix.bytes().chain(std::iter::repeat_n(fill, PAN_DIGITS_MAX as usize - prefix.len())) {
+        v = v * 10 + u64::from(c - b'0');
+    }
+    Some(v)
+}
+
+/// A card number as a 19-digit number (shorter numbers padded with zeros on the right).
+pub fn pan_key(pan: &[u8]) -> Option<u64> {
+    pad(std::str::from_utf8(pan).ok()?, b'0')
+}
+
+/// Why a set of routes cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    #[error("route {low}..{high}: bounds must be digit strings of equal length, low <= high")]
+    Bounds { low: String, high: String },
+    #[error("more than {ROUTES_MAX} routes")]
+    TooMany,
+}
+
+impl RouteTable {
+    /// Builds the table. Where ranges overlap, the narrowest wins, then the higher priority,
+    /// then the earlier route: so a specific BIN can be carved out of a broad range.
+    pub fn build(routes: &[Route]) -> Result<RouteTable, RouteError> {
+        if routes.len() > ROUTES_MAX {
+            return Err(RouteError::TooMany);
+        }
+        let mut bank_ids: Vec<Arc<str>> = Vec::new();
+        let mut ivs = Vec::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            let bad = || RouteError::Bounds { low: r.low.clone(), high: r.high.clone() };
+            if r.low.len() != r.high.len() {
+                return Err(bad());
+            }
+            let (lo, hi) = (pad(&r.low, b'0').ok_or_else(bad)?, pad(&r.high, b'9').ok_or_else(bad)?);
+            if lo > hi {
+                return Err(bad());
+            }
+            let bank = match bank_ids.iter().position(|b| **b == *r.bank_id) {
+                Some(p) => p,
+                None => {
+                    bank_ids.push(Arc::from(r.bank_id.as_str()));
+                    bank_ids.len() - 1
+                }
+            } as u32;
+            ivs.push((lo, hi, r.priority, i, bank));
+        }
+        ivs.sort_by_key(|iv| iv.0);
+        // Sweep over interval starts and ends, keeping the covering routes in a heap
+        // ordered by preference; each elementary piece goes to the preferred one.
+        let mut points: Vec<u64> = ivs.iter().flat_map(|iv| [iv.0, iv.1.saturating_add(1)]).collect();
+        points.sort_unstable();
+        points.dedup();
+        let mut heap: BinaryHeap<(Reverse<u64>, i32, Reverse<usize>, u64, u32)> = BinaryHeap::new();
+        let mut next = 0;
+        let mut table = RouteTable { bank_ids, ..Default::default() };
+        for w in points.windows(2) {
+            let (start, end_excl) = (w[0], w[1]);
+            while next < ivs.len() && ivs[next].0 <= start {
+                let (lo, hi, prio, idx, bank) = ivs[next];
+                heap.push((Reverse(hi - lo), prio, Reverse(idx), hi, bank));
+                next += 1;
+            }
+            while heap.peek().is_some_and(|top| top.3 < start) {
+                heap.pop();
+            }
+            if let Some(&(_, _, _, _, bank)) = heap.peek() {
+                let end = end_excl - 1;
+                if table.banks.last() == Some(&bank) && table.ends.last().is_some_and(|e| *e + 1 == start) {
+                    *table.ends.last_mut().expect("non-empty") = end;
+                } else {
+                    table.starts.push(start);
+                    table.ends.push(end);
+                    table.banks.push(bank);
+                }
+            }
+        }
+        Ok(table)
+    }
+
+    /// The bank serving a card number.
+    #[inline]
+    pub fn lookup(&self, pan: &[u8]) -> Option<&Arc<str>> {
+        let key = pan_key(pan)?;
+        let i = self.starts.partition_point(|s| *s <= key).checked_sub(1)?;
+        (key <= self.ends[i]).then(|| &self.bank_ids[self.banks[i] as usize])
+    }
+
+    pub fn intervals(&self) -> usize {
+        self.starts.len()
+    }
+}
+
+/// The live table, swapped whole on reload.
+#[derive(Debug, Default)]
+pub struct Router {
+    table: ArcSwap<RouteTable>,
+}
+
+impl Router {
+    pub fn lookup(&self, pan: &[u8]) -> Option<Arc<str>> {
+        self.table.load().lookup(pan).cloned()
+    }
+
+    pub fn replace(&self, t: RouteTable) {
+        self.table.store(Arc::new(t));
+    }
+
+    pub async fn reload(&self, pool: &Pool) -> Result<usize, DbError> {
+        let routes = load_routes(pool).await?;
+        let t = RouteTable::build(&routes).map_err(|e| DbError::Invalid(e.to_string()))?;
+        let n = routes.len();
+        self.replace(t);
+        Ok(n)
+    }
+}
+
+pub async fn load_routes(pool: &Pool) -> Result<Vec<Route>, DbError> {
+    let client = pool.get().await?;
+    let rows = client.query("SELECT bin_low, bin_high, bank_id, priority FROM bin_routes ORDER BY id", &[]).await?;
+    Ok(rows.iter().map(|r| Route { low: r.get(0), high: r.get(1), bank_id: r.get(2), priority: r.get(3) }).collect())
+}
+
+pub async fn add_route(pool: &Pool, r: &Route) -> Result<i64, DbError> {
+    RouteTable::build(std::slice::from_ref(r)).map_err(|e| DbError::Invalid(e.to_string()))?;
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "INSERT INTO bin_routes (bin_low, bin_high, bank_id, priority) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&r.low, &r.high, &r.bank_id, &r.priority],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(low: &str, high: &str, bank: &str) -> Route {
+        Route { low: low.into(), high: high.into(), bank_id: bank.into(), priority: 0 }
+    }
+
+    // Proves lookups by prefix range, with a narrow range carved out of a broad one.
+    #[test]
+    fn nested_ranges_narrowest_wins() {
+        let t = RouteTable::build(&[route("4", "4", "visa-bank"), route("411111", "411111", "special"), route("51", "55", "mc-bank")])
+            .unwrap();
+        assert_eq!(t.lookup(b"4111111111111111").map(|b| &**b), Some("special"));
+        assert_eq!(t.lookup(b"4111121111111111").map(|b| &**b), Some("visa-bank"));
+        assert_eq!(t.lookup(b"4000000000000002").map(|b| &**b), Some("visa-bank"));
+        assert_eq!(t.lookup(b"5500000000000004").map(|b| &**b), Some("mc-bank"));
+        assert_eq!(t.lookup(b"3400000000000009"), None);
+        assert_eq!(t.lookup(b"5600000000000000"), None);
+        assert_eq!(t.intervals(), 4);
+    }
+
+    // Proves malformed ranges are refused.
+    #[test]
+    fn bad_bounds() {
+        assert!(RouteTable::build(&[route("5", "45", "x")]).is_err());
+        assert!(RouteTable::build(&[route("5", "4", "x")]).is_err());
+        assert!(RouteTable::build(&[route("4a", "4b", "x")]).is_err());
+    }
+
+    proptest::proptest! {
+        // Proves the swept table agrees with a brute-force scan of the routes.
+        #[test]
+        fn agrees_with_brute_force(ranges in proptest::collection::vec((0u32..1000, 0u32..50, 0usize..3), 1..30), probes in proptest::collection::vec(0u32..1100, 1..50)) {
+            let routes: Vec<Route> = ranges.iter().enumerate().map(|(i, (lo, w, len))| {
+                let width = [3usize, 4, 5][*len];
+                let scale = 10u32.pow(width as u32 - 3);
+                let lo = lo * scale;
+                let hi = (lo + w * scale).min(10u32.pow(width as u32) - 1);
+                Route { low: format!("{lo:0width$}"), high: format!("{hi:0width$}"), bank_id: format!("b{i}"), priority: 0 }
+            }).collect();
+            let t = RouteTable::build(&routes).unwrap();
+            for p in probes {
+                let pan = format!("{:03}4111111111111", p.min(999));
+                let key = pan_key(pan.as_bytes()).unwrap();
+                let best = routes.iter().enumerate().filter(|(_, r)| pad(&r.low, b'0').unwrap() <= key && key <= pad(&r.high, b'9').unwrap())
+                    .min_by_key(|(i, r)| (pad(&r.high, b'9').unwrap() - pad(&r.low, b'0').unwrap(), -r.priority, *i)).map(|(_, r)| r.bank_id.clone());
+                proptest::prop_assert_eq!(t.lookup(pan.as_bytes()).map(|b| b.to_string()), best);
+            }
+        }
+    }
+}

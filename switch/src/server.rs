@@ -1,0 +1,91 @@
+//! Merchant listeners (TCP and TLS): accept within the connection limits and hand each
+//! connection to a session.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::Engine;
+use crate::session::{self, ConnectionSlot, MerchantConnections, SessionLimits};
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS certificate or key {path}: {why}")]
+    Pem { path: String, why: String },
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A rustls server configuration from PEM files.
+pub fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> Result<TlsAcceptor, TlsError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let pem_err = |p: &std::path::Path, e: rustls::pki_types::pem::Error| TlsError::Pem { path: p.display().to_string(), why: e.to_string() };
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert_pem).map_err(|e| pem_err(cert_pem, e))?.collect::<Result<_, _>>().map_err(|e| pem_err(cert_pem, e))?;
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| pem_err(key_pem, e))?;
+    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Everything a listener shares with its sessions.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub engine: Arc<Engine>,
+    pub limits: SessionLimits,
+    pub max_connections_total: usize,
+    pub connections: Arc<MerchantConnections>,
+    /// Stops accepting and reading.
+    pub shutdown: CancellationToken,
+    /// Sessions (so shutdown can wait for their answers to be written).
+    pub sessions: TaskTracker,
+    /// Accepted requests (so shutdown can wait for their outcomes).
+    pub requests: TaskTracker,
+}
+
+/// Accepts until shutdown; `tls` wraps each connection when given.
+pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Listening) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep the listener, slow down.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = l.shutdown.cancelled() => return,
+        };
+        let Some(slot) = ConnectionSlot::try_new(&l.connections, l.max_connections_total) else {
+            tracing::warn!(%peer, max = l.max_connections_total, "merchant connection refused: total connection limit");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let l2 = l.clone();
+        let tls = tls.clone();
+        l.sessions.spawn(async move {
+            let _slot = slot;
+            let peer = peer.to_string();
+            match tls {
+                None => session::serve(stream, peer, l2.engine, l2.limits, l2.connections, l2.shutdown, l2.requests).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(std::time::Duration::from_millis(l2.limits.write_timeout_ms), acceptor.accept(stream)).await;
+                    match handshake {
+                        Ok(Ok(tls_stream)) => {
+                            session::serve(tls_stream, peer, l2.engine, l2.limits, l2.connections, l2.shutdown, l2.requests).await
+                        }
+                        Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}

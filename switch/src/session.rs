@@ -1,0 +1,188 @@
+//! Merchant connections: frames in, one task per request, answers out in completion
+//! order. A connection's requests in flight are bounded (beyond it, the connection is
+//! simply not read: TCP back-pressure); a frame that cannot be resynchronised stops
+//! reading, but everything already accepted is still answered before the close.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use codec::FrameCodec;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::engine::{Engine, SessionState};
+
+/// Limits of one listener.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    pub max_in_flight_per_connection: usize,
+    pub max_connections_per_merchant: usize,
+    pub idle_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    pub max_message_len: usize,
+}
+
+/// Connections per merchant, to enforce `max_connections_per_merchant`.
+#[derive(Debug, Default)]
+pub struct MerchantConnections {
+    counts: Mutex<HashMap<String, usize>>,
+    pub total: AtomicUsize,
+}
+
+impl MerchantConnections {
+    fn try_bind(&self, merchant: &str, max: usize) -> bool {
+        let mut c = self.counts.lock().expect("connections lock");
+        let n = c.entry(merchant.to_string()).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn unbind(&self, merchant: &str) {
+        let mut c = self.counts.lock().expect("connections lock");
+        if let Some(n) = c.get_mut(merchant) {
+            *n -= 1;
+            if *n == 0 {
+                c.remove(merchant);
+            }
+        }
+    }
+}
+
+/// Serves one connection until the peer closes it, it idles out, a frame is bad, or
+/// shutdown stops the reading; then answers what was accepted and closes.
+pub async fn serve<S>(
+    stream: S,
+    peer: String,
+    engine: Arc<Engine>,
+    limits: SessionLimits,
+    connections: Arc<MerchantConnections>,
+    shutdown: CancellationToken,
+    requests: TaskTracker,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let dialect = codec::builtin::merchant();
+    let (r, w) = tokio::io::split(stream);
+    let mut reader = FramedRead::new(r, FrameCodec::new(dialect.framing, limits.max_message_len));
+    let writer = FramedWrite::new(w, FrameCodec::new(dialect.framing, limits.max_message_len));
+    let (tx, rx) = mpsc::channel::<Bytes>(limits.max_in_flight_per_connection);
+    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+    let writing = tokio::spawn(write_loop(writer, rx, write_timeout, peer.clone()));
+    let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
+    let state = Arc::new(SessionState::default());
+    let bound: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let over_limit = CancellationToken::new();
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+
+    loop {
+        let permit = tokio::select! {
+            p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => break,
+        };
+        let frame = tokio::select! {
+            f = tokio::time::timeout(idle, reader.next()) => f,
+            _ = shutdown.cancelled() => break,
+            _ = over_limit.cancelled() => break,
+        };
+        let frame = match frame {
+            Err(_) => {
+                tracing::info!(%peer, "merchant connection idle: closing");
+                break;
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                tracing::warn!(%peer, error = %e, "merchant frame cannot be resynchronised: closing the connection");
+                break;
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Accepted: carried through to its outcome even if the connection goes.
+        let engine = engine.clone();
+        let tx = tx.clone();
+        let state = state.clone();
+        let bound = bound.clone();
+        let connections = connections.clone();
+        let over_limit = over_limit.clone();
+        let max_per_merchant = limits.max_connections_per_merchant;
+        requests.spawn(async move {
+            let handled = engine.handle(frame.message, &state).await;
+            if let Some(answer) = handled.response {
+                let _ = tx.send(answer).await;
+            }
+            if let Some(m) = handled.merchant {
+                let mut b = bound.lock().expect("bound lock");
+                if b.is_none() {
+                    if connections.try_bind(&m.id, max_per_merchant) {
+                        *b = Some(m.id.clone());
+                    } else {
+                        tracing::warn!(merchant = %m.id, "merchant over its connection limit: closing after this answer");
+                        over_limit.cancel();
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+    drop(tx);
+    // The writer ends once every accepted request has answered (each holds a sender).
+    let _ = writing.await;
+    if let Some(id) = bound.lock().expect("bound lock").take() {
+        connections.unbind(&id);
+    }
+}
+
+async fn write_loop<W>(mut writer: FramedWrite<W, FrameCodec>, mut rx: mpsc::Receiver<Bytes>, timeout: Duration, peer: String)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut broken = false;
+    while let Some(msg) = rx.recv().await {
+        if broken {
+            // Keep draining so request tasks never block on a dead connection.
+            continue;
+        }
+        match tokio::time::timeout(timeout, writer.send(msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "merchant connection write failed");
+                broken = true;
+            }
+            Err(_) => {
+                tracing::warn!(%peer, "merchant too slow to read its answers: closing");
+                broken = true;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(timeout, SinkExt::<Bytes>::close(&mut writer)).await;
+}
+
+/// Counts a connection for `max_connections_total` while it lives.
+#[derive(Debug)]
+pub struct ConnectionSlot(pub Arc<MerchantConnections>);
+
+impl ConnectionSlot {
+    pub fn try_new(c: &Arc<MerchantConnections>, max_total: usize) -> Option<ConnectionSlot> {
+        let prev = c.total.fetch_add(1, Ordering::AcqRel);
+        if prev >= max_total {
+            c.total.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(ConnectionSlot(c.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
