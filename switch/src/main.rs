@@ -19,8 +19,8 @@ struct Cli {
 #[derive(clap::Args, Debug)]
 struct ConfigArg {
     /// The configuration file (TOML); SWITCHYARD__SECTION__KEY variables override it.
-    #[arg(long, short, env = "SWITCHYARD_CONFIG")]
-    config: PathBuf,
+    #[arg(long, short, env = "SWITCHYARD_CONFIG", global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -70,8 +70,12 @@ enum MerchantCommand {
         burst: u32,
     },
     List,
-    Disable { id: String },
-    Enable { id: String },
+    Disable {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,8 +95,11 @@ enum RouteCommand {
 }
 
 fn init_logs(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {
@@ -107,14 +114,19 @@ fn vault(c: &Config) -> Result<Vault> {
 }
 
 fn load(arg: &ConfigArg) -> Result<Config> {
-    Config::load(&arg.config).with_context(|| format!("configuration {}", arg.config.display()))
+    let Some(path) = &arg.config else {
+        bail!("--config FILE (or SWITCHYARD_CONFIG) is required")
+    };
+    Config::load(path).with_context(|| format!("configuration {}", path.display()))
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // One crypto provider for the whole process (quinn and tokio-rustls must agree).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async_main(cli))
 }
 
@@ -126,7 +138,9 @@ async fn async_main(cli: Cli) -> Result<()> {
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => {}
                     _ = tokio::signal::ctrl_c() => {}
@@ -156,11 +170,28 @@ async fn async_main(cli: Cli) -> Result<()> {
             let pool = db::pool(&config.database.url, 2)?;
             db::migrate(&config.database.url).await?;
             match command {
-                MerchantCommand::Add { id, name, currencies, limit_minor, rate, burst } => {
+                MerchantCommand::Add {
+                    id,
+                    name,
+                    currencies,
+                    limit_minor,
+                    rate,
+                    burst,
+                } => {
                     let vault = vault(&config)?;
-                    let m = merchants::NewMerchant { id: id.clone(), name, currencies, per_txn_limit_minor: limit_minor, rate_per_s: rate, rate_burst: burst };
+                    let m = merchants::NewMerchant {
+                        id: id.clone(),
+                        name,
+                        currencies,
+                        per_txn_limit_minor: limit_minor,
+                        rate_per_s: rate,
+                        rate_burst: burst,
+                    };
                     let key = merchants::add(&pool, &vault, &m).await?;
-                    println!("{}", serde_json::json!({"id": id, "mac_key_hex": hex::encode(key)}));
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": id, "mac_key_hex": hex::encode(key)})
+                    );
                     eprintln!("The MAC key is shown this once; store it with the merchant.");
                 }
                 MerchantCommand::List => {
@@ -192,16 +223,33 @@ async fn async_main(cli: Cli) -> Result<()> {
             let pool = db::pool(&config.database.url, 2)?;
             db::migrate(&config.database.url).await?;
             match command {
-                RouteCommand::Add { low, high, bank, priority } => {
+                RouteCommand::Add {
+                    low,
+                    high,
+                    bank,
+                    priority,
+                } => {
                     if !config.banks.iter().any(|b| b.id == bank) {
                         bail!("bank {bank} is not in the configuration");
                     }
-                    let id = routing::add_route(&pool, &routing::Route { low, high, bank_id: bank, priority }).await?;
+                    let id = routing::add_route(
+                        &pool,
+                        &routing::Route {
+                            low,
+                            high,
+                            bank_id: bank,
+                            priority,
+                        },
+                    )
+                    .await?;
                     println!("route {id} added");
                 }
                 RouteCommand::List => {
                     for r in routing::load_routes(&pool).await? {
-                        println!("{}", serde_json::json!({"low": r.low, "high": r.high, "bank": r.bank_id, "priority": r.priority}));
+                        println!(
+                            "{}",
+                            serde_json::json!({"low": r.low, "high": r.high, "bank": r.bank_id, "priority": r.priority})
+                        );
                     }
                 }
             }

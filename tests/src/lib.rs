@@ -33,6 +33,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 
+pub mod switchyard;
+
 /// Re-exported so test files need no direct dependency for the common cases.
 pub use tokio_postgres;
 

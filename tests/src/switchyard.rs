@@ -1,0 +1,483 @@
+//! A whole Switchyard world for black-box tests: a fresh database, a Redis key prefix of
+//! its own, bank simulators, a configuration file, a merchant and routes, switch
+//! processes, and a merchant client that speaks the wire contract byte for byte.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use codec::{FrameCodec, MacKey, Message, Mti, OwnedMessage, builtin};
+use futures::{SinkExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+use crate::{Spawned, fresh_database, redis_url, spawn_binary, unique_name, wait_for_line};
+
+/// How long a test waits for a process to be ready or an answer to come.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A running bank simulator.
+#[derive(Debug)]
+pub struct BankSim {
+    pub process: Spawned,
+    pub listen: SocketAddr,
+    pub control: SocketAddr,
+}
+
+impl BankSim {
+    pub fn start(extra: &[&str]) -> BankSim {
+        let mut args = vec!["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let mut process = spawn_binary("bank-sim", &args, &[("RUST_LOG", "warn")]);
+        let line = wait_for_line(process.stdout(), |l| l.contains("\"ready\""), WAIT)
+            .expect("bank-sim ready");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+        let addr = |k: &str| {
+            v[k].as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("address in ready line")
+        };
+        BankSim {
+            listen: addr("listen"),
+            control: addr("control"),
+            process,
+        }
+    }
+
+    /// The simulator's own record (GET /record).
+    pub async fn record(&self) -> serde_json::Value {
+        let body = http(self.control, "GET", "/record").await;
+        serde_json::from_str(&body).expect("record is JSON")
+    }
+
+    /// Approved entries with this RRN.
+    pub async fn approved(&self, rrn: &str) -> Vec<serde_json::Value> {
+        let r = self.record().await;
+        r["approved"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| a["rrn"] == rrn)
+            .collect()
+    }
+}
+
+/// A minimal HTTP/1.1 request over a fresh connection; the response body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.expect("connect control");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.expect("write request");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read response");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return dechunk(body);
+    }
+    body.to_string()
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+/// A merchant's credentials.
+#[derive(Debug, Clone)]
+pub struct MerchantCreds {
+    pub id: String,
+    pub key_hex: String,
+}
+
+impl MerchantCreds {
+    pub fn key(&self) -> MacKey {
+        MacKey::from_hex(&self.key_hex).expect("MAC key hex")
+    }
+}
+
+/// Options for a world.
+#[derive(Debug, Clone)]
+pub struct WorldOptions {
+    /// Extra arguments for each bank simulator (bank-a serves cards starting 4, bank-b 5).
+    pub bank_args: Vec<Vec<String>>,
+    pub bank_timeout_ms: u64,
+    /// Extra TOML appended to the configuration.
+    pub extra_config: String,
+    pub merchant_rate: u32,
+    pub merchant_burst: u32,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        WorldOptions {
+            bank_args: vec![vec![], vec![]],
+            bank_timeout_ms: 800,
+            extra_config: String::new(),
+            merchant_rate: 1000,
+            merchant_burst: 1000,
+        }
+    }
+}
+
+/// Everything one test runs against.
+#[derive(Debug)]
+pub struct World {
+    pub banks: Vec<BankSim>,
+    pub db_url: String,
+    pub redis_prefix: String,
+    pub config: PathBuf,
+    pub merchant: MerchantCreds,
+}
+
+pub const BANK_IDS: [&str; 2] = ["bank-a", "bank-b"];
+pub const MERCHANT_ID: &str = "MERCHANT0000001";
+
+impl World {
+    pub fn new(name: &str, opts: WorldOptions) -> World {
+        let db_url = fresh_database(name);
+        let redis_prefix = format!("{}:", unique_name(name));
+        let banks: Vec<BankSim> = opts
+            .bank_args
+            .iter()
+            .map(|a| BankSim::start(&a.iter().map(String::as_str).collect::<Vec<_>>()))
+            .collect();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-configs");
+        std::fs::create_dir_all(&dir).expect("config dir");
+        let config = dir.join(format!("{}.toml", unique_name(name)));
+        let mut text = format!(
+            r#"
+[switch]
+instance_id = 1
+shutdown_deadline_ms = 5000
+reload_interval_ms = 500
+
+[merchant_listener]
+tcp = "127.0.0.1:0"
+idle_timeout_ms = 60000
+
+[database]
+url = "{db_url}"
+pool_size = 8
+journal_writers = 2
+
+[redis]
+url = "{redis}"
+key_prefix = "{redis_prefix}"
+
+[security]
+master_key_hex = "{master}"
+pan_hash_key_hex = "{pan}"
+"#,
+            redis = redis_url(),
+            master = "11".repeat(32),
+            pan = "22".repeat(32),
+        );
+        for (i, b) in banks.iter().enumerate() {
+            text.push_str(&format!(
+                r#"
+[[bank]]
+id = "{id}"
+dialect = "bank-bcd-v1"
+addr = "{addr}"
+acquirer_id = "12345{i}"
+timeout_ms = {timeout}
+echo_idle_ms = 2000
+echo_timeout_ms = 1000
+reconnect_min_ms = 50
+reconnect_max_ms = 500
+"#,
+                id = BANK_IDS[i],
+                addr = b.listen,
+                timeout = opts.bank_timeout_ms,
+            ));
+        }
+        text.push_str(&opts.extra_config);
+        std::fs::write(&config, text).expect("write config");
+        let cfg = config.to_str().expect("utf-8 path").to_string();
+        let rate = opts.merchant_rate.to_string();
+        let burst = opts.merchant_burst.to_string();
+        let out = run_to_end(&[
+            "merchant",
+            "add",
+            "--config",
+            &cfg,
+            "--id",
+            MERCHANT_ID,
+            "--name",
+            "Test Merchant",
+            "--currencies",
+            "840,978,156",
+            "--limit-minor",
+            "1000000",
+            "--rate",
+            &rate,
+            "--burst",
+            &burst,
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap_or(""))
+            .expect("merchant add prints JSON");
+        let merchant = MerchantCreds {
+            id: MERCHANT_ID.into(),
+            key_hex: v["mac_key_hex"].as_str().expect("key").into(),
+        };
+        run_to_end(&[
+            "route",
+            "add",
+            "--config",
+            &cfg,
+            "--low",
+            "4",
+            "--high",
+            "4",
+            "--bank",
+            BANK_IDS[0],
+        ]);
+        if banks.len() > 1 {
+            run_to_end(&[
+                "route",
+                "add",
+                "--config",
+                &cfg,
+                "--low",
+                "51",
+                "--high",
+                "55",
+                "--bank",
+                BANK_IDS[1],
+            ]);
+        }
+        World {
+            banks,
+            db_url,
+            redis_prefix,
+            config,
+            merchant,
+        }
+    }
+
+    /// Starts a switch instance and waits until it listens.
+    pub fn start_switch(&self, instance_id: i16) -> SwitchProc {
+        self.start_switch_env(instance_id, &[])
+    }
+
+    pub fn start_switch_env(&self, instance_id: i16, env: &[(&str, &str)]) -> SwitchProc {
+        let id = instance_id.to_string();
+        let mut all = vec![
+            ("SWITCHYARD__SWITCH__INSTANCE_ID", id.as_str()),
+            ("RUST_LOG", "info"),
+        ];
+        all.extend_from_slice(env);
+        let cfg = self.config.to_str().expect("utf-8 path");
+        let mut process = spawn_binary("switchyard", &["run", "--config", cfg], &all);
+        let line = wait_for_line(process.stdout(), |l| l.contains("\"ready\""), WAIT)
+            .expect("switch ready");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("ready line is JSON");
+        let merchant_addr = v["merchant_tcp"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("merchant_tcp");
+        SwitchProc {
+            process,
+            merchant_addr,
+        }
+    }
+
+    pub async fn client(&self, sw: &SwitchProc) -> Client {
+        Client::connect(sw.merchant_addr, self.merchant.clone()).await
+    }
+
+    /// Waits until every bank link of a switch is signed on (probes with echo-free traffic:
+    /// a purchase to each bank is the only observable; instead poll the database-free
+    /// signal of a 91 turning into an answer).
+    pub async fn wait_links_ready(&self, sw: &SwitchProc) {
+        let mut c = self.client(sw).await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        for (i, pan) in ["4111111111111111", "5500000000000004"]
+            .iter()
+            .enumerate()
+            .take(self.banks.len())
+        {
+            loop {
+                let stan = next_stan();
+                let order = format!("READY-{i}-{stan}");
+                let r = c.call(&c.purchase(&stan, 100, pan, &order)).await;
+                if r.get_str(39).as_deref() != Some("91") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "bank links never became ready"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Runs `switchyard` with arguments to completion; its stdout. Panics on failure.
+pub fn run_to_end(args: &[&str]) -> String {
+    let mut p = spawn_binary("switchyard", args, &[("RUST_LOG", "warn")]);
+    let status = p.wait_timeout(WAIT).expect("command finished");
+    let out = p.stdout().drain().join("\n");
+    assert!(
+        status.success(),
+        "switchyard {args:?} failed: {out}\n{}",
+        p.stderr().drain().join("\n")
+    );
+    out
+}
+
+/// A running switch.
+#[derive(Debug)]
+pub struct SwitchProc {
+    pub process: Spawned,
+    pub merchant_addr: SocketAddr,
+}
+
+static STAN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+
+/// A STAN no other request of this test process uses.
+pub fn next_stan() -> String {
+    format!(
+        "{:06}",
+        STAN.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 1_000_000
+    )
+}
+
+/// DE7 for now.
+pub fn de7_now() -> String {
+    String::from_utf8(codec::clock::transmission(codec::clock::unix_now()).to_vec())
+        .expect("digits")
+}
+
+/// A merchant connection speaking the contract.
+#[derive(Debug)]
+pub struct Client {
+    framed: Framed<TcpStream, FrameCodec>,
+    pub creds: MerchantCreds,
+    key: MacKey,
+    pub terminal: String,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, creds: MerchantCreds) -> Client {
+        let stream = TcpStream::connect(addr).await.expect("connect to switch");
+        let d = builtin::merchant();
+        Client {
+            framed: Framed::new(stream, FrameCodec::new(d.framing, 65_535)),
+            key: creds.key(),
+            creds,
+            terminal: "TERM0001".into(),
+        }
+    }
+
+    fn base(&self, mti: Mti, stan: &str) -> OwnedMessage {
+        let mut m = OwnedMessage::new(mti);
+        m.fields.insert(7, de7_now().into_bytes());
+        m.fields.insert(11, stan.as_bytes().to_vec());
+        m.fields.insert(41, self.terminal.as_bytes().to_vec());
+        m.fields.insert(42, self.creds.id.as_bytes().to_vec());
+        m
+    }
+
+    /// A 0200 purchase.
+    pub fn purchase(&self, stan: &str, amount_minor: u64, pan: &str, order: &str) -> OwnedMessage {
+        let mut m = self.base(Mti::FINANCIAL_REQUEST, stan);
+        m.fields.insert(2, pan.as_bytes().to_vec());
+        m.fields.insert(3, b"000000".to_vec());
+        m.fields
+            .insert(4, format!("{amount_minor:012}").into_bytes());
+        m.fields.insert(14, b"3012".to_vec());
+        m.fields
+            .insert(48, format!("OR{:03}{order}", order.len()).into_bytes());
+        m.fields.insert(49, b"840".to_vec());
+        m
+    }
+
+    /// A 0800 with the given DE70.
+    pub fn network(&self, stan: &str, code: &str) -> OwnedMessage {
+        let mut m = self.base(Mti::NETWORK_REQUEST, stan);
+        m.fields.insert(70, code.as_bytes().to_vec());
+        m
+    }
+
+    /// Encodes with this merchant's MAC.
+    pub fn encode(&self, m: &OwnedMessage) -> Bytes {
+        m.encode_with_mac(builtin::merchant(), &self.key)
+            .expect("encode")
+    }
+
+    pub async fn send(&mut self, m: &OwnedMessage) {
+        let bytes = self.encode(m);
+        self.send_message_bytes(bytes).await;
+    }
+
+    /// Sends a message's bytes in a proper frame.
+    pub async fn send_message_bytes(&mut self, bytes: Bytes) {
+        self.framed.send(bytes).await.expect("send frame");
+    }
+
+    /// Writes raw bytes to the socket (frames of your own making).
+    pub async fn send_raw(&mut self, raw: &[u8]) {
+        self.framed
+            .get_mut()
+            .write_all(raw)
+            .await
+            .expect("write raw");
+    }
+
+    /// The next response; panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Message {
+        self.try_recv(WAIT)
+            .await
+            .expect("an answer from the switch")
+    }
+
+    /// The next response within `wait`, None if none came or the connection closed.
+    pub async fn try_recv(&mut self, wait: Duration) -> Option<Message> {
+        let frame = tokio::time::timeout(wait, self.framed.next())
+            .await
+            .ok()??
+            .ok()?;
+        Some(
+            builtin::merchant()
+                .decode(frame.message)
+                .expect("the switch's answer decodes"),
+        )
+    }
+
+    /// Whether the switch closed the connection (within `wait`).
+    pub async fn closed(&mut self, wait: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(wait, self.framed.next()).await,
+            Ok(None) | Ok(Some(Err(_)))
+        )
+    }
+
+    pub async fn call(&mut self, m: &OwnedMessage) -> Message {
+        self.send(m).await;
+        self.recv().await
+    }
+
+    /// Verifies the answer's MAC with this merchant's key.
+    pub fn mac_ok(&self, m: &Message) -> bool {
+        m.check_mac(&self.key) == codec::MacCheck::Valid
+    }
+}
