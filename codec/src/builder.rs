@@ -5,12 +5,74 @@ use bytes::{BufMut, Bytes, BytesMut};
 use crate::ebcdic;
 use crate::error::{EncodeError, EncodeErrorKind as K};
 use crate::mac::MacKey;
-use crate::message::{bit, class_allows};
+use crate::message::{bit, first_disallowed};
 use crate::mti::Mti;
 use crate::spec::{BitmapEncoding, ContentClass, Dialect, Encoding, FieldSpec, LengthKind};
 
-/// Typical elements in one message; the builder grows past it if asked to.
-const BUILDER_ELEMENTS_TYPICAL: usize = 16;
+/// First allocation for an encoded message; the contract's requests fit in it.
+const ENCODE_CAPACITY_TYPICAL_BYTES: usize = 256;
+
+/// Elements a builder holds without allocating; it moves to the heap past that. Every
+/// message in the merchant contract and the bank protocol has fewer.
+pub const BUILDER_ELEMENTS_INLINE: usize = 24;
+
+/// Elements sorted by number, each number once: inline while few, so that building a
+/// message allocates nothing but its output.
+// The inline variant is the point: a builder lives on the stack for one message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+enum Elements<'a> {
+    Inline {
+        len: usize,
+        items: [(u8, &'a [u8]); BUILDER_ELEMENTS_INLINE],
+    },
+    Heap(Vec<(u8, &'a [u8])>),
+}
+
+impl<'a> Elements<'a> {
+    fn as_slice(&self) -> &[(u8, &'a [u8])] {
+        match self {
+            Elements::Inline { len, items } => &items[..*len],
+            Elements::Heap(v) => v,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [(u8, &'a [u8])] {
+        match self {
+            Elements::Inline { len, items } => &mut items[..*len],
+            Elements::Heap(v) => v,
+        }
+    }
+
+    fn insert(&mut self, i: usize, item: (u8, &'a [u8])) {
+        match self {
+            Elements::Inline { len, items } if *len < BUILDER_ELEMENTS_INLINE => {
+                items.copy_within(i..*len, i + 1);
+                items[i] = item;
+                *len += 1;
+            }
+            Elements::Inline { len, items } => {
+                let mut v = Vec::with_capacity(*len * 2);
+                v.extend_from_slice(&items[..*len]);
+                v.insert(i, item);
+                *self = Elements::Heap(v);
+            }
+            Elements::Heap(v) => v.insert(i, item),
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        match self {
+            Elements::Inline { len, items } => {
+                items.copy_within(i + 1..*len, i);
+                *len -= 1;
+            }
+            Elements::Heap(v) => {
+                v.remove(i);
+            }
+        }
+    }
+}
 
 /// A message under construction. Values are logical: ASCII digits for `n`, text for
 /// `an`/`ans`, raw bytes for `b`. Fixed `n` values shorter than the element are padded
@@ -19,8 +81,7 @@ const BUILDER_ELEMENTS_TYPICAL: usize = 16;
 pub struct MessageBuilder<'a> {
     dialect: &'a Dialect,
     mti: Mti,
-    /// Sorted by element number, each number once.
-    fields: Vec<(u8, &'a [u8])>,
+    fields: Elements<'a>,
 }
 
 impl<'a> MessageBuilder<'a> {
@@ -28,7 +89,10 @@ impl<'a> MessageBuilder<'a> {
         MessageBuilder {
             dialect,
             mti,
-            fields: Vec::with_capacity(BUILDER_ELEMENTS_TYPICAL),
+            fields: Elements::Inline {
+                len: 0,
+                items: [(0, &[]); BUILDER_ELEMENTS_INLINE],
+            },
         }
     }
 
@@ -38,8 +102,14 @@ impl<'a> MessageBuilder<'a> {
 
     /// Sets (or replaces) element `n`.
     pub fn set(&mut self, n: u8, value: &'a [u8]) -> &mut Self {
-        match self.fields.binary_search_by_key(&n, |(k, _)| *k) {
-            Ok(i) => self.fields[i].1 = value,
+        let slice = self.fields.as_slice();
+        // Callers mostly set elements in ascending order: append without searching.
+        if slice.last().is_none_or(|(k, _)| *k < n) {
+            self.fields.insert(slice.len(), (n, value));
+            return self;
+        }
+        match slice.binary_search_by_key(&n, |(k, _)| *k) {
+            Ok(i) => self.fields.as_mut_slice()[i].1 = value,
             Err(i) => self.fields.insert(i, (n, value)),
         }
         self
@@ -60,20 +130,35 @@ impl<'a> MessageBuilder<'a> {
 
     /// Removes element `n`.
     pub fn remove(&mut self, n: u8) -> &mut Self {
-        self.fields.retain(|(k, _)| *k != n);
+        if let Ok(i) = self.fields.as_slice().binary_search_by_key(&n, |(k, _)| *k) {
+            self.fields.remove(i);
+        }
         self
+    }
+
+    /// Whether element `n` is set.
+    pub fn has(&self, n: u8) -> bool {
+        self.fields
+            .as_slice()
+            .binary_search_by_key(&n, |(k, _)| *k)
+            .is_ok()
+    }
+
+    /// The elements set so far, ascending, as given.
+    pub fn elements(&self) -> impl Iterator<Item = (u8, &'a [u8])> + '_ {
+        self.fields.as_slice().iter().copied()
     }
 
     /// Encodes without a MAC.
     pub fn encode(&self) -> Result<Bytes, EncodeError> {
-        let mut out = BytesMut::with_capacity(256);
+        let mut out = BytesMut::with_capacity(ENCODE_CAPACITY_TYPICAL_BYTES);
         self.encode_into(&mut out, None)?;
         Ok(out.freeze())
     }
 
     /// Encodes with a MAC in the element the dialect names for this message.
     pub fn encode_with_mac(&self, key: &MacKey) -> Result<Bytes, EncodeError> {
-        let mut out = BytesMut::with_capacity(256);
+        let mut out = BytesMut::with_capacity(ENCODE_CAPACITY_TYPICAL_BYTES);
         self.encode_into(&mut out, Some(key))?;
         Ok(out.freeze())
     }
@@ -97,7 +182,8 @@ impl<'a> MessageBuilder<'a> {
         let d = self.dialect;
         let is_mac_element = |n: u8| key.is_some() && (n == 64 || n == 128);
         let mut bitmap = [0u64; 2];
-        for &(n, _) in &self.fields {
+        let fields = self.fields.as_slice();
+        for &(n, _) in fields {
             if n < 2 || n == 65 || n > crate::FIELD_NUMBER_MAX {
                 return Err(EncodeError {
                     field: Some(n),
@@ -130,9 +216,19 @@ impl<'a> MessageBuilder<'a> {
         if bitmap[1] != 0 {
             write_bitmap(d.bitmap_encoding, bitmap[1], out);
         }
-        for &(n, value) in &self.fields {
+        // The MAC covers everything before its own element, which is not always the last:
+        // a DE64 MAC in a message with a secondary bitmap has elements after it.
+        let mut mac_pending = key.zip(mac_field);
+        for &(n, value) in fields {
             if is_mac_element(n) {
                 continue;
+            }
+            if let Some((key, f)) = mac_pending
+                && n > f
+            {
+                let mac = key.compute(&out[start..]);
+                out.put_slice(&mac);
+                mac_pending = None;
             }
             let spec = d.field(n).ok_or(EncodeError {
                 field: Some(n),
@@ -143,7 +239,7 @@ impl<'a> MessageBuilder<'a> {
                 kind,
             })?;
         }
-        if let (Some(key), Some(_)) = (key, mac_field) {
+        if let Some((key, _)) = mac_pending {
             let mac = key.compute(&out[start..]);
             out.put_slice(&mac);
         }
@@ -178,9 +274,11 @@ fn write_bitmap(enc: BitmapEncoding, v: u64, out: &mut BytesMut) {
         BitmapEncoding::Binary => out.put_u64(v),
         BitmapEncoding::Hex => {
             const HEX: &[u8; 16] = b"0123456789ABCDEF";
-            for i in (0..16).rev() {
-                out.put_u8(HEX[((v >> (i * 4)) & 0xF) as usize]);
+            let mut text = [0u8; 16];
+            for (i, c) in text.iter_mut().enumerate() {
+                *c = HEX[((v >> ((15 - i) * 4)) & 0xF) as usize];
             }
+            out.put_slice(&text);
         }
     }
 }
@@ -193,13 +291,14 @@ fn write_field(spec: &FieldSpec, value: &[u8], out: &mut BytesMut) -> Result<(),
             max,
         });
     }
-    if !value.iter().all(|&c| class_allows(spec.class, c)) {
+    if first_disallowed(spec.class, value).is_some() {
         return Err(K::BadCharacter);
     }
     // Logical length on the wire, and padding for fixed elements.
     let (len, pad) = match spec.length {
         LengthKind::Fixed => {
-            if spec.class == ContentClass::B && value.len() != max {
+            // Neither raw bytes nor track data have a padding that reads back the same.
+            if matches!(spec.class, ContentClass::B | ContentClass::Z) && value.len() != max {
                 return Err(K::WrongLength {
                     len: value.len(),
                     expected: max,
@@ -267,10 +366,14 @@ fn write_prefix(spec: &FieldSpec, len: usize, out: &mut BytesMut) {
     }
 }
 
-fn put_decimal(v: usize, digits: u32, out: &mut BytesMut, zero: u8) {
-    for i in (0..digits).rev() {
-        out.put_u8(zero + ((v / 10usize.pow(i)) % 10) as u8);
-    }
+/// Writes the 2 or 3 low decimal digits of `v`, each as `zero` plus the digit.
+fn put_decimal(v: usize, digits: usize, out: &mut BytesMut, zero: u8) {
+    let d = [
+        zero + (v / 100 % 10) as u8,
+        zero + (v / 10 % 10) as u8,
+        zero + (v % 10) as u8,
+    ];
+    out.put_slice(&d[3 - digits..]);
 }
 
 /// Packs digits two to a byte: `n` padded on the left (zeros first, then one pad
@@ -284,16 +387,28 @@ fn write_bcd(class: ContentClass, len: usize, zero_pad: usize, value: &[u8], out
         }
     };
     let odd = len % 2 == 1;
-    let mut nibbles = Vec::with_capacity(len + 1);
-    if odd && class != ContentClass::Z {
-        nibbles.push(0);
-    }
-    nibbles.extend(std::iter::repeat_n(0u8, zero_pad));
-    nibbles.extend(value.iter().map(|&c| nibble(c)));
-    if odd && class == ContentClass::Z {
-        nibbles.push(0x0F);
-    }
-    for pair in nibbles.chunks(2) {
-        out.put_u8((pair[0] << 4) | pair.get(1).copied().unwrap_or(0));
+    let lead = if odd && class != ContentClass::Z {
+        1 + zero_pad
+    } else {
+        zero_pad
+    };
+    let trail_f = odd && class == ContentClass::Z;
+    // The nibble stream is `lead` zeros, the value, then an F for odd z; pair it up
+    // without building it.
+    let total = lead + value.len() + usize::from(trail_f);
+    let nib_at = |i: usize| -> u8 {
+        if i < lead {
+            0
+        } else if i - lead < value.len() {
+            nibble(value[i - lead])
+        } else {
+            0x0F
+        }
+    };
+    let mut i = 0;
+    while i < total {
+        let lo = if i + 1 < total { nib_at(i + 1) } else { 0 };
+        out.put_u8((nib_at(i) << 4) | lo);
+        i += 2;
     }
 }

@@ -102,6 +102,8 @@ pub enum DialectError {
     Syntax(String),
     #[error("dialect {dialect}: {what}")]
     Invalid { dialect: String, what: String },
+    #[error("dialect file {path}: {message}")]
+    Read { path: String, message: String },
 }
 
 /// A framing error: the stream cannot be resynchronised and the caller must drop the

@@ -59,7 +59,7 @@ impl Mti {
 
     /// Whether this is a request or advice (function 0 or 2), not a response.
     pub fn is_request(&self) -> bool {
-        self.function() % 2 == 0
+        self.function().is_multiple_of(2)
     }
 
     /// Whether this is a repeat (origin digit 1): 0201, 0221, 0401.
@@ -86,7 +86,7 @@ impl Mti {
     /// The response to a request or advice (0200 and 0201 -> 0210, 0220 -> 0230).
     pub fn response(&self) -> Mti {
         let mut d = self.original().0;
-        if d[2] % 2 == 0 {
+        if d[2].is_multiple_of(2) {
             d[2] += 1;
         }
         Mti(d)

@@ -183,6 +183,22 @@ impl Dialect {
         Dialect::from_file(file)
     }
 
+    /// Reads a dialect file: JSON when the name ends in `.json`, TOML otherwise.
+    pub fn from_path(path: &std::path::Path) -> Result<Dialect, DialectError> {
+        let text = std::fs::read_to_string(path).map_err(|e| DialectError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            Dialect::from_json(&text)
+        } else {
+            Dialect::from_toml(&text)
+        }
+    }
+
     /// Checks every rule a dialect must follow, so that decoding need not.
     pub fn from_file(file: DialectFile) -> Result<Dialect, DialectError> {
         let invalid = |what: String| {
