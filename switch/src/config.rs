@@ -270,7 +270,10 @@ fn d_reversal_max_age_ms() -> u64 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("configuration syntax: {0}")]
     Syntax(String),
     #[error("environment override {var}: {why}")]
@@ -282,19 +285,32 @@ pub enum ConfigError {
 impl Config {
     /// Reads the file, applies environment overrides and checks everything.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Config::from_toml_with_env(&text, std::env::vars())
     }
 
-    pub fn from_toml_with_env(text: &str, env: impl Iterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         for (var, raw) in env {
-            let Some(path) = var.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(path) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            apply_override(&mut value, &keys, &raw).map_err(|why| ConfigError::Env { var: var.clone(), why })?;
+            apply_override(&mut value, &keys, &raw).map_err(|why| ConfigError::Env {
+                var: var.clone(),
+                why,
+            })?;
         }
-        let config: Config =
-            toml::Value::Table(value).try_into().map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
+        let config: Config = toml::Value::Table(value)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -308,25 +324,46 @@ impl Config {
         if let Some(tls) = &l.tls {
             for p in [&tls.cert_pem, &tls.key_pem] {
                 if !p.exists() {
-                    return bad(format!("merchant_listener.tls: {} does not exist", p.display()));
+                    return bad(format!(
+                        "merchant_listener.tls: {} does not exist",
+                        p.display()
+                    ));
                 }
             }
         }
         for (name, v) in [
-            ("merchant_listener.max_connections_total", l.max_connections_total),
-            ("merchant_listener.max_connections_per_merchant", l.max_connections_per_merchant),
-            ("merchant_listener.max_in_flight_per_connection", l.max_in_flight_per_connection),
+            (
+                "merchant_listener.max_connections_total",
+                l.max_connections_total,
+            ),
+            (
+                "merchant_listener.max_connections_per_merchant",
+                l.max_connections_per_merchant,
+            ),
+            (
+                "merchant_listener.max_in_flight_per_connection",
+                l.max_in_flight_per_connection,
+            ),
             ("database.pool_size", self.database.pool_size),
-            ("database.journal_batch_max", self.database.journal_batch_max),
+            (
+                "database.journal_batch_max",
+                self.database.journal_batch_max,
+            ),
             ("database.journal_writers", self.database.journal_writers),
-            ("database.journal_queue_max", self.database.journal_queue_max),
+            (
+                "database.journal_queue_max",
+                self.database.journal_queue_max,
+            ),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be at least 1"));
             }
         }
         if !(64..=codec::MESSAGE_LEN_LIMIT_BYTES).contains(&l.max_message_len) {
-            return bad(format!("merchant_listener.max_message_len must be 64..={}", codec::MESSAGE_LEN_LIMIT_BYTES));
+            return bad(format!(
+                "merchant_listener.max_message_len must be 64..={}",
+                codec::MESSAGE_LEN_LIMIT_BYTES
+            ));
         }
         if self.database.journal_writers >= self.database.pool_size {
             return bad("database.journal_writers must be below database.pool_size (queries need connections too)".into());
@@ -347,11 +384,21 @@ impl Config {
             if !ids.insert(&b.id) {
                 return bad(format!("bank {}: defined twice", b.id));
             }
-            if b.links == 0 || b.in_flight_per_link == 0 || b.timeout_ms == 0 || b.echo_missed_max == 0 {
-                return bad(format!("bank {}: links, in_flight_per_link, timeout_ms and echo_missed_max must be at least 1", b.id));
+            if b.links == 0
+                || b.in_flight_per_link == 0
+                || b.timeout_ms == 0
+                || b.echo_missed_max == 0
+            {
+                return bad(format!(
+                    "bank {}: links, in_flight_per_link, timeout_ms and echo_missed_max must be at least 1",
+                    b.id
+                ));
             }
             if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
-                return bad(format!("bank {}: need 0 < reconnect_min_ms <= reconnect_max_ms", b.id));
+                return bad(format!(
+                    "bank {}: need 0 < reconnect_min_ms <= reconnect_max_ms",
+                    b.id
+                ));
             }
             if let Some(h) = &b.header_hex
                 && hex::decode(h).is_err()
@@ -414,16 +461,40 @@ acquirer_id = "1"
     fn loads_overrides_and_validates() {
         let c = Config::from_toml_with_env(MIN, std::iter::empty()).unwrap();
         assert_eq!(c.merchant_listener.max_message_len, 4096);
-        let env = [("SWITCHYARD__DATABASE__URL".to_string(), "postgres://y".to_string())];
+        let env = [(
+            "SWITCHYARD__DATABASE__URL".to_string(),
+            "postgres://y".to_string(),
+        )];
         let c = Config::from_toml_with_env(MIN, env.into_iter()).unwrap();
         assert_eq!(c.database.url, "postgres://y");
-        let env = [("SWITCHYARD__DATABASE__POOL_SIZE".to_string(), "2".to_string())];
+        let env = [(
+            "SWITCHYARD__DATABASE__POOL_SIZE".to_string(),
+            "2".to_string(),
+        )];
         let e = Config::from_toml_with_env(MIN, env.into_iter()).unwrap_err();
         assert!(e.to_string().contains("journal_writers"), "{e}");
-        let e = Config::from_toml_with_env(&MIN.replace("0000000000000000000000000000000000000000000000000000000000000002", "zz"), std::iter::empty())
-            .unwrap_err();
+        let e = Config::from_toml_with_env(
+            &MIN.replace(
+                "0000000000000000000000000000000000000000000000000000000000000002",
+                "zz",
+            ),
+            std::iter::empty(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("pan_hash_key_hex"), "{e}");
-        let e = Config::from_toml_with_env(&format!("{MIN}\nbogus = 1"), std::iter::empty()).unwrap_err();
+        let e = Config::from_toml_with_env(&format!("{MIN}\nbogus = 1"), std::iter::empty())
+            .unwrap_err();
         assert!(matches!(e, ConfigError::Syntax(_)), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod example_tests {
+    // Proves the annotated example in config/ is a valid configuration.
+    #[test]
+    fn example_config_is_valid() {
+        let c = super::Config::from_toml_with_env(include_str!("../../config/switchyard.example.toml"), std::iter::empty())
+            .unwrap();
+        assert_eq!(c.banks.len(), 2);
     }
 }
