@@ -18,12 +18,21 @@ pub struct Answer {
 impl Answer {
     /// A refusal with no transaction behind it.
     pub fn refused(rc: Rc) -> Answer {
-        Answer { rc, rrn: None, auth: None }
+        Answer {
+            rc,
+            rrn: None,
+            auth: None,
+        }
     }
 
     /// `A|rc|rrn|auth|` as stored under the idempotency key.
     pub fn to_redis(&self) -> String {
-        format!("A|{}|{}|{}|", self.rc.as_str(), self.rrn.as_deref().unwrap_or(""), self.auth.as_deref().unwrap_or(""))
+        format!(
+            "A|{}|{}|{}|",
+            self.rc.as_str(),
+            self.rrn.as_deref().unwrap_or(""),
+            self.auth.as_deref().unwrap_or("")
+        )
     }
 
     /// An answer stored by [`to_redis`](Self::to_redis); None for an in-flight claim.
@@ -34,7 +43,11 @@ impl Answer {
         }
         let rc = Rc::parse(parts.next()?)?;
         let opt = |s: Option<&str>| s.filter(|s| !s.is_empty()).map(str::to_string);
-        Some(Answer { rc, rrn: opt(parts.next()), auth: opt(parts.next()) })
+        Some(Answer {
+            rc,
+            rrn: opt(parts.next()),
+            auth: opt(parts.next()),
+        })
     }
 }
 
@@ -43,10 +56,17 @@ pub const ECHOED: [u8; 8] = [3, 4, 7, 11, 41, 42, 49, 70];
 
 /// Builds the response to `req` (which may be a salvaged, partly read message) with
 /// `extra` elements; MAC'd with the merchant's key when the merchant is known.
-pub fn respond(req: &Message, merchant: Option<&Merchant>, answer: &Answer, extra: &[(u8, &[u8])]) -> Option<Bytes> {
+pub fn respond(
+    req: &Message,
+    merchant: Option<&Merchant>,
+    answer: &Answer,
+    extra: &[(u8, &[u8])],
+) -> Option<Bytes> {
     let dialect = req.dialect();
-    let echoed: Vec<(u8, std::borrow::Cow<'_, [u8]>)> =
-        ECHOED.iter().filter_map(|&n| req.get(n).map(|v| (n, v))).collect();
+    let echoed: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = ECHOED
+        .iter()
+        .filter_map(|&n| req.get(n).map(|v| (n, v)))
+        .collect();
     let mut b = MessageBuilder::new(dialect, req.mti().response());
     for (n, v) in &echoed {
         b.set(*n, v);
@@ -83,9 +103,16 @@ mod tests {
     // Proves the Redis form round-trips and in-flight claims are not answers.
     #[test]
     fn redis_form() {
-        let a = Answer { rc: Rc::APPROVED, rrn: Some("000000001000".into()), auth: Some("A1B2C3".into()) };
+        let a = Answer {
+            rc: Rc::APPROVED,
+            rrn: Some("000000001000".into()),
+            auth: Some("A1B2C3".into()),
+        };
         assert_eq!(Answer::from_redis(&a.to_redis()), Some(a));
-        assert_eq!(Answer::from_redis("A|65|||"), Some(Answer::refused(Rc::FREQUENCY)));
+        assert_eq!(
+            Answer::from_redis("A|65|||"),
+            Some(Answer::refused(Rc::FREQUENCY))
+        );
         assert_eq!(Answer::from_redis("P|1|42"), None);
     }
 }

@@ -16,14 +16,16 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::SwitchAdmin;
 use crate::config::Config;
 use crate::crypto::Vault;
-use crate::engine::{Engine, EngineStats};
+use crate::engine::Engine;
 use crate::ids::Ids;
 use crate::inflight::InFlight;
 use crate::journal::Journal;
 use crate::limiter::{Limiter, Rate};
 use crate::merchants::Merchants;
+use crate::metrics::Metrics;
 use crate::reversals::{ReversalWorker, recover};
 use crate::routing::Router;
 use crate::server::{Listening, accept_loop, tls_acceptor};
@@ -35,6 +37,7 @@ use crate::{db, dialects};
 pub struct Bound {
     pub merchant_tcp: Option<SocketAddr>,
     pub merchant_tls: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
 }
 
 /// Errors that stop a start.
@@ -49,28 +52,47 @@ pub enum StartError {
     #[error(transparent)]
     Redis(#[from] crate::limiter::LimiterError),
     #[error("binding {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(String),
 }
 
 /// Starts the instance and runs it until `shutdown` is cancelled; `on_ready` is called
 /// once the listeners are bound.
-pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnOnce(&Bound)) -> Result<(), StartError> {
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&Bound),
+) -> Result<(), StartError> {
     // Checks that need no network first: dialects, keys, TLS files.
     let dialects = dialects::load(&config.switch.dialect_files)?;
     let mut bank_dialects: HashMap<String, &'static Dialect> = HashMap::new();
     for b in &config.banks {
-        let d = dialects.get(&b.dialect).copied().ok_or_else(|| StartError::Invalid(format!("bank {}: unknown dialect {}", b.id, b.dialect)))?;
-        let header_len = b.header_hex.as_ref().map(|h| h.len() / 2).unwrap_or(usize::from(d.framing.header_len));
+        let d = dialects.get(&b.dialect).copied().ok_or_else(|| {
+            StartError::Invalid(format!("bank {}: unknown dialect {}", b.id, b.dialect))
+        })?;
+        let header_len = b
+            .header_hex
+            .as_ref()
+            .map(|h| h.len() / 2)
+            .unwrap_or(usize::from(d.framing.header_len));
         if header_len != usize::from(d.framing.header_len) {
-            return Err(StartError::Invalid(format!("bank {}: header_hex must be {} bytes for dialect {}", b.id, d.framing.header_len, d.name)));
+            return Err(StartError::Invalid(format!(
+                "bank {}: header_hex must be {} bytes for dialect {}",
+                b.id, d.framing.header_len, d.name
+            )));
         }
         bank_dialects.insert(b.id.clone(), d);
     }
-    let master = hex::decode(config.security.master_key_hex.trim()).map_err(|e| StartError::Invalid(e.to_string()))?;
-    let pan_key = hex::decode(config.security.pan_hash_key_hex.trim()).map_err(|e| StartError::Invalid(e.to_string()))?;
-    let vault = Arc::new(Vault::new(&master, &pan_key).map_err(|e| StartError::Invalid(e.to_string()))?);
+    let master = hex::decode(config.security.master_key_hex.trim())
+        .map_err(|e| StartError::Invalid(e.to_string()))?;
+    let pan_key = hex::decode(config.security.pan_hash_key_hex.trim())
+        .map_err(|e| StartError::Invalid(e.to_string()))?;
+    let vault =
+        Arc::new(Vault::new(&master, &pan_key).map_err(|e| StartError::Invalid(e.to_string()))?);
     let tls = match &config.merchant_listener.tls {
         Some(t) => Some((t.addr, tls_acceptor(&t.cert_pem, &t.key_pem)?)),
         None => None,
@@ -84,12 +106,27 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     let n_merchants = merchants.reload(&pool, &vault).await?;
     let router = Arc::new(Router::default());
     let n_routes = router.reload(&pool).await?;
-    tracing::info!(merchants = n_merchants, routes = n_routes, "reference data loaded");
+    tracing::info!(
+        merchants = n_merchants,
+        routes = n_routes,
+        "reference data loaded"
+    );
     let r = &config.redis;
-    let limiter = Limiter::connect(&r.url, r.key_prefix.clone(), config.limits.algorithm, r.claim_ttl_ms, r.answer_ttl_ms, r.timeout_ms).await?;
+    let limiter = Limiter::connect(
+        &r.url,
+        r.key_prefix.clone(),
+        config.limits.algorithm,
+        r.claim_ttl_ms,
+        r.answer_ttl_ms,
+        r.timeout_ms,
+    )
+    .await?;
     let recovered = recover(&pool, config.switch.instance_id).await?;
     if recovered > 0 {
-        tracing::warn!(recovered, "transactions left without an outcome by the last run: reversing them");
+        tracing::warn!(
+            recovered,
+            "transactions left without an outcome by the last run: reversing them"
+        );
     }
 
     // Bank links.
@@ -105,11 +142,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         };
         // Start STANs where the clock puts them, so a restart does not replay the numbers
         // the bank saw just before.
-        let stans = Arc::new(StanAllocator::starting_at((codec::clock::unix_now() % 999_999) as u32 + 1));
+        let stans = Arc::new(StanAllocator::starting_at(
+            (codec::clock::unix_now() % 999_999) as u32 + 1,
+        ));
         let links = (0..b.links)
             .map(|i| {
                 let lc = LinkConfig {
-                    name: format!("{}/{}", b.id, i),
+                    name: format!("{}.{}", b.id, i),
                     dialect,
                     acquirer_id: b.acquirer_id.clone(),
                     header: header.clone(),
@@ -119,19 +158,47 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
                     echo_missed_max: b.echo_missed_max,
                     in_flight_max: b.in_flight_per_link,
                 };
-                let backoff = Backoff { min_ms: b.reconnect_min_ms, max_ms: b.reconnect_max_ms };
-                spawn_tcp(lc, b.addr, stans.clone(), backoff, notice_tx.clone(), links_shutdown.clone())
+                let backoff = Backoff {
+                    min_ms: b.reconnect_min_ms,
+                    max_ms: b.reconnect_max_ms,
+                };
+                spawn_tcp(
+                    lc,
+                    b.addr,
+                    stans.clone(),
+                    backoff,
+                    notice_tx.clone(),
+                    links_shutdown.clone(),
+                )
             })
             .collect();
-        let bc = BankConfig { id: b.id.clone(), dialect, request_timeout_ms: b.timeout_ms };
-        banks.insert(b.id.clone(), Bank { config: bc, stans, links });
+        let bc = BankConfig {
+            id: b.id.clone(),
+            dialect,
+            request_timeout_ms: b.timeout_ms,
+        };
+        banks.insert(
+            b.id.clone(),
+            Bank {
+                config: bc,
+                stans,
+                links,
+            },
+        );
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
     tokio::spawn(log_notices(notice_rx));
 
+    let metrics = Arc::new(Metrics::new());
     let db = &config.database;
-    let (journal, journal_task) = Journal::start(pool.clone(), db.journal_batch_max, db.journal_writers, db.journal_queue_max);
+    let (journal, journal_task) = Journal::start(
+        pool.clone(),
+        db.journal_batch_max,
+        db.journal_writers,
+        db.journal_queue_max,
+        metrics.clone(),
+    );
     let reversal_wake = Arc::new(Notify::new());
     let workers_shutdown = CancellationToken::new();
     let workers = TaskTracker::new();
@@ -157,14 +224,25 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         ids: Ids::new(pool.clone()),
         pool: pool.clone(),
         inflight: Arc::new(InFlight::default()),
-        card_rate: Rate::new(config.limits.card_velocity_per_minute, 60_000_000, config.limits.card_velocity_burst),
+        card_rate: Rate::new(
+            config.limits.card_velocity_per_minute,
+            60_000_000,
+            config.limits.card_velocity_burst,
+        ),
         acquirer_ids,
         reversal_wake,
-        stats: EngineStats::default(),
+        metrics: metrics.clone(),
     });
 
     // Reference data follows the database: periodically and on SIGHUP.
-    workers.spawn(reload_loop(pool.clone(), vault.clone(), merchants, router, config.switch.reload_interval_ms, workers_shutdown.clone()));
+    workers.spawn(reload_loop(
+        pool.clone(),
+        vault.clone(),
+        merchants,
+        router,
+        config.switch.reload_interval_ms,
+        workers_shutdown.clone(),
+    ));
 
     // Listeners last.
     let l = &config.merchant_listener;
@@ -184,15 +262,44 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
         sessions: TaskTracker::new(),
         requests: TaskTracker::new(),
     };
-    let mut bound = Bound { merchant_tcp: None, merchant_tls: None };
+    let mut bound = Bound {
+        merchant_tcp: None,
+        merchant_tls: None,
+        admin: None,
+    };
+    let admin = Arc::new(SwitchAdmin {
+        metrics: metrics.clone(),
+        banks: engine.banks.clone(),
+        pool: pool.clone(),
+    });
+    workers.spawn(crate::admin::sample(
+        admin.clone(),
+        listening.connections.clone(),
+        workers_shutdown.clone(),
+    ));
+    let admin_shutdown = CancellationToken::new();
+    if let Some(a) = &config.admin {
+        let (addr, _task) =
+            admin_http::serve(a.addr, admin, a.tokens.clone(), admin_shutdown.clone())
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: a.addr,
+                    source,
+                })?;
+        bound.admin = Some(addr);
+    }
     let listeners = TaskTracker::new();
     if let Some(addr) = l.tcp {
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
         bound.merchant_tcp = listener.local_addr().ok();
         listeners.spawn(accept_loop(listener, None, listening.clone()));
     }
     if let Some((addr, acceptor)) = tls {
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
         bound.merchant_tls = listener.local_addr().ok();
         listeners.spawn(accept_loop(listener, Some(acceptor), listening.clone()));
     }
@@ -201,7 +308,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
 
     shutdown.cancelled().await;
     let deadline = Duration::from_millis(config.switch.shutdown_deadline_ms);
-    tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: no new connections or requests");
+    tracing::info!(
+        deadline_ms = deadline.as_millis() as u64,
+        "shutting down: no new connections or requests"
+    );
     accept_shutdown.cancel();
     listeners.close();
     listening.sessions.close();
@@ -213,9 +323,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_ready: impl FnO
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(in_flight = engine.inflight.len(), "shutdown deadline passed with requests in flight; recovery reverses them at the next start");
+        tracing::warn!(
+            in_flight = engine.inflight.len(),
+            "shutdown deadline passed with requests in flight; recovery reverses them at the next start"
+        );
     }
     workers_shutdown.cancel();
+    admin_shutdown.cancel();
     workers.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), workers.wait()).await;
     links_shutdown.cancel();

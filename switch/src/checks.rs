@@ -222,7 +222,11 @@ pub fn expired(expiry: &[u8], today_year: u32, today_month: u32) -> bool {
 }
 
 /// The checks after the retransmission lookup and before the rate limits, in order.
-pub fn business_checks(a: &Authorisation<'_>, merchant: &Merchant, today: (u32, u32)) -> Result<(), Rc> {
+pub fn business_checks(
+    a: &Authorisation<'_>,
+    merchant: &Merchant,
+    today: (u32, u32),
+) -> Result<(), Rc> {
     if !luhn(a.pan) {
         return Err(Rc::INVALID_CARD);
     }
@@ -232,7 +236,8 @@ pub fn business_checks(a: &Authorisation<'_>, merchant: &Merchant, today: (u32, 
     if a.amount_minor == 0 {
         return Err(Rc::INVALID_AMOUNT);
     }
-    if codec::currency::exponent(a.currency).is_none() || !merchant.currencies.contains(&a.currency) {
+    if codec::currency::exponent(a.currency).is_none() || !merchant.currencies.contains(&a.currency)
+    {
         return Err(Rc::NOT_PERMITTED);
     }
     if a.amount_minor > merchant.per_txn_limit_minor {

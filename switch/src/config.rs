@@ -22,6 +22,20 @@ pub struct Config {
     pub limits: LimitsSection,
     #[serde(default, rename = "bank")]
     pub banks: Vec<BankSection>,
+    /// The operators' HTTP surface (metrics, links, transactions); off when absent.
+    pub admin: Option<AdminSection>,
+}
+
+/// Shortest admin token accepted: long enough that guessing is hopeless.
+pub const ADMIN_TOKEN_MIN_LEN: usize = 24;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub addr: SocketAddr,
+    /// Bearer tokens and their roles (viewer, operator).
+    #[serde(default)]
+    pub tokens: Vec<admin_http::Token>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -379,6 +393,13 @@ impl Config {
         if self.security.master_key_hex.trim() == self.security.pan_hash_key_hex.trim() {
             return bad("security: master_key_hex and pan_hash_key_hex must differ".into());
         }
+        if let Some(a) = &self.admin
+            && a.tokens.iter().any(|t| t.token.len() < ADMIN_TOKEN_MIN_LEN)
+        {
+            return bad(format!(
+                "admin.tokens: every token must be at least {ADMIN_TOKEN_MIN_LEN} characters"
+            ));
+        }
         let mut ids = BTreeSet::new();
         for b in &self.banks {
             if !ids.insert(&b.id) {
@@ -493,8 +514,11 @@ mod example_tests {
     // Proves the annotated example in config/ is a valid configuration.
     #[test]
     fn example_config_is_valid() {
-        let c = super::Config::from_toml_with_env(include_str!("../../config/switchyard.example.toml"), std::iter::empty())
-            .unwrap();
+        let c = super::Config::from_toml_with_env(
+            include_str!("../../config/switchyard.example.toml"),
+            std::iter::empty(),
+        )
+        .unwrap();
         assert_eq!(c.banks.len(), 2);
     }
 }

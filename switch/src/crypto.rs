@@ -50,7 +50,8 @@ impl Vault {
         if master_key.len() != 32 || pan_hash_key.len() != 32 {
             return Err(CryptoError::KeyLength);
         }
-        let unbound = UnboundKey::new(&AES_256_GCM, master_key).map_err(|_| CryptoError::KeyLength)?;
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, master_key).map_err(|_| CryptoError::KeyLength)?;
         Ok(Vault {
             sealing: LessSafeKey::new(unbound),
             pan_hash: hmac::Key::new(hmac::HMAC_SHA256, pan_hash_key),
@@ -64,7 +65,11 @@ impl Vault {
         self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
         let mut buf = plain.to_vec();
         self.sealing
-            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(purpose.aad()), &mut buf)
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(purpose.aad()),
+                &mut buf,
+            )
             .map_err(|_| CryptoError::Random)?;
         let mut out = Vec::with_capacity(NONCE_LEN + buf.len());
         out.extend_from_slice(&nonce);
@@ -79,8 +84,10 @@ impl Vault {
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| CryptoError::Open)?;
         let mut buf = ct.to_vec();
-        let plain =
-            self.sealing.open_in_place(nonce, Aad::from(purpose.aad()), &mut buf).map_err(|_| CryptoError::Open)?;
+        let plain = self
+            .sealing
+            .open_in_place(nonce, Aad::from(purpose.aad()), &mut buf)
+            .map_err(|_| CryptoError::Open)?;
         Ok(plain.to_vec())
     }
 
@@ -135,6 +142,9 @@ mod tests {
         assert_eq!(v.open(Purpose::Card, &t), Err(CryptoError::Open));
         assert_eq!(v.pan_hash(b"4111"), v.pan_hash(b"4111"));
         assert_ne!(v.pan_hash(b"4111"), v.pan_hash(b"4112"));
-        assert_eq!(split_card(&card_plaintext(b"41", b"3012")), (b"41".to_vec(), b"3012".to_vec()));
+        assert_eq!(
+            split_card(&card_plaintext(b"41", b"3012")),
+            (b"41".to_vec(), b"3012".to_vec())
+        );
     }
 }

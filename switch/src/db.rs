@@ -33,7 +33,13 @@ impl DbError {
 /// down at start-up surfaces as errors on use, not as a failed start.
 pub fn pool(url: &str, size: usize) -> Result<Pool, DbError> {
     let pg: tokio_postgres::Config = url.parse()?;
-    let mgr = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
     Pool::builder(mgr)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)

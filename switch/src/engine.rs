@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bank_links::{Bank, MatchKey, Outcome as LinkOutcome};
@@ -23,6 +23,7 @@ use crate::inflight::{InFlight, Registration, follow};
 use crate::journal::{Journal, NewTxn, Outcome};
 use crate::limiter::{Claim, ClaimRequest, Limiter, Rate};
 use crate::merchants::{Merchant, Merchants};
+use crate::metrics::Metrics;
 use crate::routing::Router;
 
 /// How long an outcome that cannot be recorded is retried before the request is left
@@ -31,16 +32,11 @@ pub const OUTCOME_RETRY_MAX: u32 = 50;
 /// Pause between outcome write attempts.
 pub const OUTCOME_RETRY_PAUSE_MS: u64 = 200;
 
-/// Counters for metrics and the closing report.
+/// What one request came to, for metrics.
 #[derive(Debug, Default)]
-pub struct EngineStats {
-    pub requests: AtomicU64,
-    pub approved: AtomicU64,
-    pub refused: AtomicU64,
-    pub replays: AtomicU64,
-    pub bank_timeouts: AtomicU64,
-    pub redis_errors: AtomicU64,
-    pub rate_limited: AtomicU64,
+struct Trace {
+    rc: Option<Rc>,
+    bank_round_trip: Duration,
 }
 
 /// The result of handling one message.
@@ -74,18 +70,26 @@ pub struct Engine {
     pub acquirer_ids: HashMap<String, String>,
     /// Wakes the reversal workers when a reversal has been recorded.
     pub reversal_wake: Arc<Notify>,
-    pub stats: EngineStats,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("instance_id", &self.instance_id).finish()
+        f.debug_struct("Engine")
+            .field("instance_id", &self.instance_id)
+            .finish()
     }
 }
 
 /// The idempotency key: DE42, DE41, DE11, DE7 and the MTI with a repeat counted as its
 /// original.
-pub fn request_key(merchant_id: &str, terminal: &[u8], stan: &[u8], de7: &[u8], mti: Mti) -> String {
+pub fn request_key(
+    merchant_id: &str,
+    terminal: &[u8],
+    stan: &[u8],
+    de7: &[u8],
+    mti: Mti,
+) -> String {
     let mut k = String::with_capacity(48);
     k.push_str(merchant_id);
     k.push('|');
@@ -100,7 +104,10 @@ pub fn request_key(merchant_id: &str, terminal: &[u8], stan: &[u8], de7: &[u8], 
 }
 
 fn now_us() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 fn today() -> (u32, u32) {
@@ -121,13 +128,54 @@ impl Engine {
     /// Handles one framed message: the bytes to send back, if any, and the merchant if
     /// the message authenticated as one (for connection accounting).
     pub async fn handle(&self, frame: Bytes, session: &SessionState) -> Handled {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let mti = frame
+            .get(..4)
+            .and_then(|m| Mti::from_digits(m.try_into().ok()?))
+            .map(|m| m.original());
         let mut authenticated = None;
-        let response = self.handle_inner(frame, session, &mut authenticated).await;
-        Handled { response, merchant: authenticated }
+        let mut trace = Trace::default();
+        let response = self
+            .handle_inner(frame, session, &mut authenticated, &mut trace)
+            .await;
+        self.metrics.in_flight.dec();
+        // Only MTIs of the contract become label values, so the label set stays bounded.
+        let mti_label = match mti {
+            Some(
+                m @ (Mti::NETWORK_REQUEST
+                | Mti::AUTHORISATION_REQUEST
+                | Mti::FINANCIAL_REQUEST
+                | Mti::COMPLETION_ADVICE
+                | Mti::REVERSAL_REQUEST
+                | Mti::STATUS_REQUEST),
+            ) => m.as_str().to_string(),
+            _ => "other".to_string(),
+        };
+        if let Some(rc) = trace.rc {
+            self.metrics
+                .requests
+                .with_label_values(&[mti_label.as_str(), rc.as_str()])
+                .inc();
+        }
+        let added = started.elapsed().saturating_sub(trace.bank_round_trip);
+        self.metrics
+            .switch_latency
+            .with_label_values(&[mti_label.as_str()])
+            .observe(added.as_secs_f64());
+        Handled {
+            response,
+            merchant: authenticated,
+        }
     }
 
-    async fn handle_inner(&self, frame: Bytes, session: &SessionState, authenticated: &mut Option<Arc<Merchant>>) -> Option<Bytes> {
-        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+    async fn handle_inner(
+        &self,
+        frame: Bytes,
+        session: &SessionState,
+        authenticated: &mut Option<Arc<Merchant>>,
+        trace: &mut Trace,
+    ) -> Option<Bytes> {
         let dialect = builtin::merchant();
         let msg = match dialect.decode(frame.clone()) {
             Ok(m) => m,
@@ -141,7 +189,13 @@ impl Engine {
                     return None;
                 }
                 let merchant = partial.raw(42).and_then(|id| self.merchants.get(id));
-                return self.refuse(&partial, merchant.as_deref(), Rc::FORMAT_ERROR, "unparseable");
+                return self.refuse(
+                    trace,
+                    &partial,
+                    merchant.as_deref(),
+                    Rc::FORMAT_ERROR,
+                    "unparseable",
+                );
             }
         };
         let mti = msg.mti();
@@ -152,71 +206,144 @@ impl Engine {
             return None;
         }
         let Some(merchant) = msg.raw(42).and_then(|id| self.merchants.get(id)) else {
-            return self.refuse(&msg, None, Rc::NOT_PERMITTED, "unknown merchant");
+            return self.refuse(trace, &msg, None, Rc::NOT_PERMITTED, "unknown merchant");
         };
         let span = tracing::info_span!("request", merchant = %merchant.id, mti = %mti,
             stan = %msg.get_str(11).unwrap_or_default());
         let _enter = span.enter();
         if !merchant.enabled {
-            return self.refuse(&msg, Some(&merchant), Rc::NOT_PERMITTED, "merchant disabled");
+            return self.refuse(
+                trace,
+                &msg,
+                Some(&merchant),
+                Rc::NOT_PERMITTED,
+                "merchant disabled",
+            );
         }
-        match msg.check_mac(&merchant.mac_key) {
-            MacCheck::Valid => {}
-            MacCheck::Misplaced => return self.refuse(&msg, Some(&merchant), Rc::FORMAT_ERROR, "MAC in the wrong element"),
-            MacCheck::Missing => return self.refuse(&msg, Some(&merchant), Rc::SECURITY_VIOLATION, "MAC missing"),
-            MacCheck::Invalid => return self.refuse(&msg, Some(&merchant), Rc::SECURITY_VIOLATION, "MAC invalid"),
+        let why = match msg.check_mac(&merchant.mac_key) {
+            MacCheck::Valid => None,
+            MacCheck::Misplaced => Some((Rc::FORMAT_ERROR, "MAC in the wrong element")),
+            MacCheck::Missing => Some((Rc::SECURITY_VIOLATION, "MAC missing")),
+            MacCheck::Invalid => Some((Rc::SECURITY_VIOLATION, "MAC invalid")),
+        };
+        if let Some((rc, why)) = why {
+            return self.refuse(trace, &msg, Some(&merchant), rc, why);
         }
         *authenticated = Some(merchant.clone());
         match mti.original() {
-            Mti::NETWORK_REQUEST => self.network(&msg, &merchant, session),
-            Mti::FINANCIAL_REQUEST | Mti::AUTHORISATION_REQUEST => match checks::required_authorisation(&msg) {
-                Err(rc) => self.refuse(&msg, Some(&merchant), rc, "required element missing or malformed"),
-                Ok(Some(a)) => {
-                    let answer = self.authorise(&msg, &merchant, a).await;
-                    respond(&msg, Some(&merchant), &answer, &[])
+            Mti::NETWORK_REQUEST => self.network(trace, &msg, &merchant, session),
+            Mti::FINANCIAL_REQUEST | Mti::AUTHORISATION_REQUEST => {
+                match checks::required_authorisation(&msg) {
+                    Err(rc) => self.refuse(
+                        trace,
+                        &msg,
+                        Some(&merchant),
+                        rc,
+                        "required element missing or malformed",
+                    ),
+                    Ok(Some(a)) => {
+                        let answer = self.authorise(&msg, &merchant, a, trace).await;
+                        trace.rc = Some(answer.rc);
+                        respond(&msg, Some(&merchant), &answer, &[])
+                    }
+                    Ok(None) => self.refuse(
+                        trace,
+                        &msg,
+                        Some(&merchant),
+                        Rc::INVALID_TRANSACTION,
+                        "refunds are not supported yet",
+                    ),
                 }
-                Ok(None) => self.refuse(&msg, Some(&merchant), Rc::INVALID_TRANSACTION, "refunds are not supported yet"),
-            },
-            _ => self.refuse(&msg, Some(&merchant), Rc::INVALID_TRANSACTION, "message type not supported"),
+            }
+            _ => self.refuse(
+                trace,
+                &msg,
+                Some(&merchant),
+                Rc::INVALID_TRANSACTION,
+                "message type not supported",
+            ),
         }
     }
 
-    fn refuse(&self, msg: &Message, merchant: Option<&Merchant>, rc: Rc, why: &str) -> Option<Bytes> {
-        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+    fn refuse(
+        &self,
+        trace: &mut Trace,
+        msg: &Message,
+        merchant: Option<&Merchant>,
+        rc: Rc,
+        why: &str,
+    ) -> Option<Bytes> {
+        trace.rc = Some(rc);
         tracing::info!(rc = rc.as_str(), reason = why, mti = %msg.mti(), "request refused");
         respond(msg, merchant, &Answer::refused(rc), &[])
     }
 
-    fn network(&self, msg: &Message, merchant: &Merchant, session: &SessionState) -> Option<Bytes> {
+    fn network(
+        &self,
+        trace: &mut Trace,
+        msg: &Message,
+        merchant: &Merchant,
+        session: &SessionState,
+    ) -> Option<Bytes> {
         for n in [7u8, 11, 41, 42, 70] {
             if !msg.has(n) {
-                return self.refuse(msg, Some(merchant), Rc::FORMAT_ERROR, "required element missing");
+                return self.refuse(
+                    trace,
+                    msg,
+                    Some(merchant),
+                    Rc::FORMAT_ERROR,
+                    "required element missing",
+                );
             }
         }
         match msg.raw(70) {
             Some(b"001") => session.signed_on.store(true, Ordering::Relaxed),
             Some(b"002") => session.signed_on.store(false, Ordering::Relaxed),
             Some(b"301") => {}
-            _ => return self.refuse(msg, Some(merchant), Rc::INVALID_TRANSACTION, "unknown network management code"),
+            _ => {
+                return self.refuse(
+                    trace,
+                    msg,
+                    Some(merchant),
+                    Rc::INVALID_TRANSACTION,
+                    "unknown network management code",
+                );
+            }
         }
+        trace.rc = Some(Rc::APPROVED);
         respond(msg, Some(merchant), &Answer::refused(Rc::APPROVED), &[])
     }
 
     /// A purchase or pre-authorisation, from the retransmission lookup to the answer.
-    async fn authorise(&self, msg: &Message, merchant: &Arc<Merchant>, a: Authorisation<'_>) -> Answer {
-        let key = request_key(&merchant.id, a.terminal_id, a.stan, a.transmitted_at, msg.mti());
+    async fn authorise(
+        &self,
+        msg: &Message,
+        merchant: &Arc<Merchant>,
+        a: Authorisation<'_>,
+        trace: &mut Trace,
+    ) -> Answer {
+        let key = request_key(
+            &merchant.id,
+            a.terminal_id,
+            a.stan,
+            a.transmitted_at,
+            msg.mti(),
+        );
         let guard = match self.inflight.register(&key) {
             Registration::Owner(g) => g,
             Registration::Follower(rx) => {
-                self.stats.replays.fetch_add(1, Ordering::Relaxed);
+                self.metrics.idempotency_replays.inc();
                 tracing::info!("retransmission while in flight: waiting for the original");
-                return follow(rx).await.unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
+                return follow(rx)
+                    .await
+                    .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
             }
         };
         let local = checks::business_checks(&a, merchant, today());
         let pan_hash = self.vault.pan_hash(a.pan);
         let pan_hash_hex = hex::encode(&pan_hash[..16]);
         let claim_value = format!("P|{}", self.instance_id);
+        let redis_started = Instant::now();
         let claim = self
             .limiter
             .claim(&ClaimRequest {
@@ -230,19 +357,31 @@ impl Engine {
                 lookup_only: local.is_err(),
             })
             .await;
+        self.metrics
+            .redis_latency
+            .observe(redis_started.elapsed().as_secs_f64());
         let redis_ok = match claim {
             Ok(Claim::Known(v)) => {
-                self.stats.replays.fetch_add(1, Ordering::Relaxed);
+                self.metrics.idempotency_replays.inc();
                 let answer = match Answer::from_redis(&v) {
                     Some(ans) => ans,
-                    None => self.answer_from_record(&key).await.unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
+                    None => self
+                        .answer_from_record(&key)
+                        .await
+                        .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
                 };
-                tracing::info!(rc = answer.rc.as_str(), "retransmission answered from the record");
+                tracing::info!(
+                    rc = answer.rc.as_str(),
+                    "retransmission answered from the record"
+                );
                 guard.resolve(answer.clone());
                 return answer;
             }
             Ok(Claim::Limited(which)) => {
-                self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .rate_limit_refusals
+                    .with_label_values(&[which])
+                    .inc();
                 tracing::info!(rc = "65", reason = which, "request refused: rate limit");
                 let answer = Answer::refused(Rc::FREQUENCY);
                 guard.resolve(answer.clone());
@@ -250,20 +389,21 @@ impl Engine {
             }
             Ok(Claim::Unknown) | Ok(Claim::Claimed) => true,
             Err(e) => {
-                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.metrics.redis_errors.inc();
                 tracing::warn!(error = %e, "redis unavailable: idempotency falls back to PostgreSQL, limits not applied");
                 false
             }
         };
         if let Err(rc) = local {
             tracing::info!(rc = rc.as_str(), reason = rc.reason(), card = %masked(a.pan), "request refused");
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
             let answer = Answer::refused(rc);
             guard.resolve(answer.clone());
             return answer;
         }
 
-        let answer = self.authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok).await;
+        let answer = self
+            .authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok, trace)
+            .await;
         self.remember(&key, &answer).await;
         guard.resolve(answer.clone());
         answer
@@ -279,7 +419,7 @@ impl Engine {
             _ => self.limiter.store_answer(key, &answer.to_redis()).await,
         };
         if let Err(e) = res {
-            self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.redis_errors.inc();
             tracing::warn!(error = %e, "answer not stored in redis (PostgreSQL has it)");
         }
     }
@@ -287,7 +427,9 @@ impl Engine {
     /// The recorded answer for a key, if its transaction has an outcome.
     async fn answer_from_record(&self, key: &str) -> Option<Answer> {
         let parts: Vec<&str> = key.split('|').collect();
-        let [merchant, terminal, stan, de7, mti] = parts.as_slice() else { return None };
+        let [merchant, terminal, stan, de7, mti] = parts.as_slice() else {
+            return None;
+        };
         let client = self.pool.get().await.ok()?;
         let row = client
             .query_opt(
@@ -302,11 +444,17 @@ impl Engine {
             return None;
         }
         let rc = Rc::parse(&row.get::<_, Option<String>>(1)?)?;
-        Some(Answer { rc, rrn: Some(row.get(2)), auth: row.get(3) })
+        Some(Answer {
+            rc,
+            rrn: Some(row.get(2)),
+            auth: row.get(3),
+        })
     }
 
     async fn order_ref_live(&self, merchant_id: &str, order_ref: &str) -> bool {
-        let Ok(client) = self.pool.get().await else { return false };
+        let Ok(client) = self.pool.get().await else {
+            return false;
+        };
         client
             .query_opt(
                 "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
@@ -327,6 +475,7 @@ impl Engine {
         key: &str,
         pan_hash: [u8; 32],
         redis_ok: bool,
+        trace: &mut Trace,
     ) -> Answer {
         let order_ref = text(a.order_ref);
         // Routing and reachability are decided before recording, so the record says
@@ -336,7 +485,9 @@ impl Engine {
         let refusal = match (&route, bank) {
             (None, _) => Some((Rc::NO_ROUTE, "no bank serves this card")),
             (Some(_), None) => Some((Rc::NO_ROUTE, "route names an unconfigured bank")),
-            (Some(_), Some(b)) if !b.is_reachable() => Some((Rc::ISSUER_DOWN, "bank has no ready link")),
+            (Some(_), Some(b)) if !b.is_reachable() => {
+                Some((Rc::ISSUER_DOWN, "bank has no ready link"))
+            }
             _ => None,
         };
         if let Some((rc, why)) = refusal {
@@ -345,7 +496,6 @@ impl Engine {
                 return Answer::refused(Rc::DUPLICATE);
             }
             tracing::info!(rc = rc.as_str(), reason = why, card = %masked(a.pan), "request refused");
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
             return Answer::refused(rc);
         }
         let bank = bank.expect("routed and reachable");
@@ -363,7 +513,10 @@ impl Engine {
         let stan_digits = bank_links::stan::format_stan(bank_stan);
         let unix = codec::clock::unix_now();
         let bank_de7 = codec::clock::transmission(unix);
-        let card_enc = match self.vault.seal(Purpose::Card, &card_plaintext(a.pan, a.expiry)) {
+        let card_enc = match self
+            .vault
+            .seal(Purpose::Card, &card_plaintext(a.pan, a.expiry))
+        {
             Ok(c) => c,
             Err(e) => {
                 bank.stans.release(bank_stan);
@@ -402,8 +555,15 @@ impl Engine {
                 bank.stans.release(bank_stan);
                 // Either this very request is recorded already (Redis lost its key) or
                 // the order reference is live: the record decides which.
-                let answer = self.answer_from_record(key).await.unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
-                tracing::info!(rc = answer.rc.as_str(), redis_ok, "request already recorded or order reference in use");
+                let answer = self
+                    .answer_from_record(key)
+                    .await
+                    .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
+                tracing::info!(
+                    rc = answer.rc.as_str(),
+                    redis_ok,
+                    "request already recorded or order reference in use"
+                );
                 return answer;
             }
             Err(e) => {
@@ -414,7 +574,11 @@ impl Engine {
         }
 
         let (de12, de13) = codec::clock::local_time_date(unix);
-        let acquirer = self.acquirer_ids.get(&bank.config.id).map(String::as_str).unwrap_or("");
+        let acquirer = self
+            .acquirer_ids
+            .get(&bank.config.id)
+            .map(String::as_str)
+            .unwrap_or("");
         let mut b = MessageBuilder::new(bank.config.dialect, msg.mti().original());
         b.set(2, a.pan)
             .set(3, a.processing_code)
@@ -432,11 +596,18 @@ impl Engine {
             b.set(32, acquirer.as_bytes());
         }
         let rrn_key: [u8; 12] = rrn.as_bytes().try_into().expect("12-digit RRN");
-        let match_key = MatchKey { class: msg.mti().class(), stan: bank_stan, rrn: Some(rrn_key) };
+        let match_key = MatchKey {
+            class: msg.mti().class(),
+            stan: bank_stan,
+            rrn: Some(rrn_key),
+        };
         let timeout = Duration::from_millis(bank.config.request_timeout_ms);
         let started = Instant::now();
         let outcome = match (b.encode(), bank.pick()) {
-            (Ok(bytes), Some(link)) => link.send(match_key, bytes, timeout).await.unwrap_or(LinkOutcome::LinkLost),
+            (Ok(bytes), Some(link)) => link
+                .send(match_key, bytes, timeout)
+                .await
+                .unwrap_or(LinkOutcome::LinkLost),
             (Err(e), _) => {
                 tracing::error!(error = %e, "bank message could not be encoded");
                 LinkOutcome::LinkLost
@@ -444,21 +615,61 @@ impl Engine {
             (_, None) => LinkOutcome::LinkLost,
         };
         bank.stans.release(bank_stan);
+        trace.bank_round_trip = started.elapsed();
+        self.metrics
+            .bank_round_trip
+            .with_label_values(&[bank.config.id.as_str()])
+            .observe(trace.bank_round_trip.as_secs_f64());
         let (outcome, answer) = match outcome {
             LinkOutcome::Answered(reply) => {
                 let rc = Rc::from_bank(reply.raw(39).unwrap_or(b"05"));
-                let auth = (rc == Rc::APPROVED).then(|| reply.get_str(38).map(|s| s.trim_end().to_string())).flatten();
-                let state = if rc == Rc::APPROVED { "approved" } else { "declined" };
-                let answer = Answer { rc, rrn: Some(rrn.clone()), auth: auth.clone() };
-                (Outcome { id, state, response_code: rc.as_str().into(), auth_code: auth, reversal: None }, answer)
+                let auth = (rc == Rc::APPROVED)
+                    .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
+                    .flatten();
+                let state = if rc == Rc::APPROVED {
+                    "approved"
+                } else {
+                    "declined"
+                };
+                let answer = Answer {
+                    rc,
+                    rrn: Some(rrn.clone()),
+                    auth: auth.clone(),
+                };
+                (
+                    Outcome {
+                        id,
+                        state,
+                        response_code: rc.as_str().into(),
+                        auth_code: auth,
+                        reversal: None,
+                    },
+                    answer,
+                )
             }
             LinkOutcome::TimedOut | LinkOutcome::LinkLost => {
-                self.stats.bank_timeouts.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .bank_timeouts
+                    .with_label_values(&[bank.config.id.as_str()])
+                    .inc();
                 tracing::warn!(bank = %bank.config.id, rrn = %rrn, elapsed_ms = started.elapsed().as_millis() as u64,
                     "bank did not answer: answering 91 and reversing");
                 let reversal = Some((bank.config.id.clone(), "timeout"));
-                let outcome = Outcome { id, state: "reversing", response_code: "91".into(), auth_code: None, reversal };
-                (outcome, Answer { rc: Rc::ISSUER_DOWN, rrn: Some(rrn.clone()), auth: None })
+                let outcome = Outcome {
+                    id,
+                    state: "reversing",
+                    response_code: "91".into(),
+                    auth_code: None,
+                    reversal,
+                };
+                (
+                    outcome,
+                    Answer {
+                        rc: Rc::ISSUER_DOWN,
+                        rrn: Some(rrn.clone()),
+                        auth: None,
+                    },
+                )
             }
         };
         let reversing = outcome.reversal.is_some();
@@ -475,15 +686,16 @@ impl Engine {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, rrn = %rrn, "outcome could not be recorded: answering 96; recovery will reverse");
-                    return Answer { rc: Rc::MALFUNCTION, rrn: Some(rrn), auth: None };
+                    return Answer {
+                        rc: Rc::MALFUNCTION,
+                        rrn: Some(rrn),
+                        auth: None,
+                    };
                 }
             }
         }
         if reversing {
             self.reversal_wake.notify_waiters();
-        }
-        if answer.rc == Rc::APPROVED {
-            self.stats.approved.fetch_add(1, Ordering::Relaxed);
         }
         tracing::info!(rc = answer.rc.as_str(), rrn = %rrn, bank = %bank.config.id,
             bank_ms = started.elapsed().as_millis() as u64, "request answered");

@@ -21,14 +21,19 @@ pub struct Ids {
 
 impl Ids {
     pub fn new(pool: Pool) -> Ids {
-        Ids { pool, block: Mutex::new((0, 0)) }
+        Ids {
+            pool,
+            block: Mutex::new((0, 0)),
+        }
     }
 
     pub async fn next(&self) -> Result<i64, DbError> {
         let mut b = self.block.lock().await;
         if b.0 >= b.1 {
             let client = self.pool.get().await?;
-            let row = client.query_one("SELECT nextval('transaction_id_seq')", &[]).await?;
+            let row = client
+                .query_one("SELECT nextval('transaction_id_seq')", &[])
+                .await?;
             let start: i64 = row.get(0);
             *b = (start, start + ID_BLOCK);
         }

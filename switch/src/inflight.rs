@@ -24,7 +24,10 @@ pub struct InFlight {
 
 impl Default for InFlight {
     fn default() -> Self {
-        InFlight { shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(), hasher: RandomState::new() }
+        InFlight {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
     }
 }
 
@@ -57,11 +60,18 @@ impl InFlight {
             return Registration::Follower(slot.subscribe());
         }
         shard.insert(key.to_string(), watch::channel(None).0);
-        Registration::Owner(InFlightGuard { table: self.clone(), key: key.to_string(), answer: None })
+        Registration::Owner(InFlightGuard {
+            table: self.clone(),
+            key: key.to_string(),
+            answer: None,
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().expect("in-flight lock").len()).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("in-flight lock").len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,7 +87,12 @@ impl InFlightGuard {
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        let slot = self.table.shard(&self.key).lock().expect("in-flight lock").remove(&self.key);
+        let slot = self
+            .table
+            .shard(&self.key)
+            .lock()
+            .expect("in-flight lock")
+            .remove(&self.key);
         if let Some(slot) = slot {
             let _ = slot.send(self.answer.take());
         }
@@ -105,8 +120,12 @@ mod tests {
     #[tokio::test]
     async fn follower_gets_owner_answer() {
         let t = Arc::new(InFlight::default());
-        let Registration::Owner(g) = t.register("k") else { panic!("first is owner") };
-        let Registration::Follower(rx) = t.register("k") else { panic!("second follows") };
+        let Registration::Owner(g) = t.register("k") else {
+            panic!("first is owner")
+        };
+        let Registration::Follower(rx) = t.register("k") else {
+            panic!("second follows")
+        };
         let waiter = tokio::spawn(follow(rx));
         g.resolve(Answer::refused(Rc::DO_NOT_HONOUR));
         assert_eq!(waiter.await.unwrap().unwrap().rc, Rc::DO_NOT_HONOUR);

@@ -7,13 +7,13 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::db::DbError;
+use crate::metrics::Metrics;
 
 /// A transaction record as first written (before anything goes to a bank).
 #[derive(Debug, Clone)]
@@ -69,54 +69,65 @@ enum Op {
     Update(Outcome, oneshot::Sender<Result<(), JournalError>>),
 }
 
-/// Figures for metrics and reports.
-#[derive(Debug, Default)]
-pub struct JournalStats {
-    pub batches: AtomicU64,
-    pub ops: AtomicU64,
-    pub commit_us_total: AtomicU64,
-    pub failures: AtomicU64,
-}
-
 /// The handle requests use.
 #[derive(Debug, Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Op>,
-    pub stats: Arc<JournalStats>,
 }
 
 impl Journal {
     /// Starts the collector. It ends, after writing everything queued, when every
     /// handle is dropped.
-    pub fn start(pool: Pool, batch_max: usize, writers: usize, queue_max: usize) -> (Journal, tokio::task::JoinHandle<()>) {
+    pub fn start(
+        pool: Pool,
+        batch_max: usize,
+        writers: usize,
+        queue_max: usize,
+        metrics: Arc<Metrics>,
+    ) -> (Journal, tokio::task::JoinHandle<()>) {
         assert!(batch_max > 0 && writers > 0 && queue_max > 0);
         let (tx, rx) = mpsc::channel(queue_max);
-        let stats = Arc::new(JournalStats::default());
-        let task = tokio::spawn(collect(rx, pool, batch_max, writers, stats.clone()));
-        (Journal { tx, stats }, task)
+        let task = tokio::spawn(collect(rx, pool, batch_max, writers, metrics));
+        (Journal { tx }, task)
     }
 
     /// Records a new transaction; `Ok(false)` if a row with the same request key (or a
     /// live row with the same order reference) already exists.
     pub async fn insert(&self, t: NewTxn) -> Result<bool, JournalError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Op::Insert(Box::new(t), ack)).await.map_err(|_| JournalError::Stopped)?;
+        self.tx
+            .send(Op::Insert(Box::new(t), ack))
+            .await
+            .map_err(|_| JournalError::Stopped)?;
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
     /// Records an outcome (and its reversal, if any).
     pub async fn record_outcome(&self, o: Outcome) -> Result<(), JournalError> {
         let (ack, rx) = oneshot::channel();
-        self.tx.send(Op::Update(o, ack)).await.map_err(|_| JournalError::Stopped)?;
+        self.tx
+            .send(Op::Update(o, ack))
+            .await
+            .map_err(|_| JournalError::Stopped)?;
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 }
 
-async fn collect(mut rx: mpsc::Receiver<Op>, pool: Pool, batch_max: usize, writers: usize, stats: Arc<JournalStats>) {
+async fn collect(
+    mut rx: mpsc::Receiver<Op>,
+    pool: Pool,
+    batch_max: usize,
+    writers: usize,
+    metrics: Arc<Metrics>,
+) {
     let free = Arc::new(Semaphore::new(writers));
     while let Some(first) = rx.recv().await {
         // Wait for a writer first: whatever arrives meanwhile joins this batch.
-        let permit = free.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = free
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let mut batch = Vec::with_capacity(batch_max.min(1024));
         batch.push(first);
         while batch.len() < batch_max {
@@ -126,9 +137,9 @@ async fn collect(mut rx: mpsc::Receiver<Op>, pool: Pool, batch_max: usize, write
             }
         }
         let pool = pool.clone();
-        let stats = stats.clone();
+        let metrics = metrics.clone();
         tokio::spawn(async move {
-            write(&pool, batch, &stats).await;
+            write(&pool, batch, &metrics).await;
             drop(permit);
         });
     }
@@ -159,14 +170,15 @@ WITH ins AS (
 )
 SELECT id FROM ins";
 
-async fn write(pool: &Pool, batch: Vec<Op>, stats: &JournalStats) {
+async fn write(pool: &Pool, batch: Vec<Op>, metrics: &Metrics) {
     let started = Instant::now();
     let n = batch.len();
     match write_once(pool, &batch).await {
         Ok(inserted) => {
-            stats.batches.fetch_add(1, Ordering::Relaxed);
-            stats.ops.fetch_add(n as u64, Ordering::Relaxed);
-            stats.commit_us_total.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            metrics.journal_batch_size.observe(n as f64);
+            metrics
+                .journal_commit
+                .observe(started.elapsed().as_secs_f64());
             for op in batch {
                 match op {
                     Op::Insert(t, ack) => {
@@ -183,11 +195,11 @@ async fn write(pool: &Pool, batch: Vec<Op>, stats: &JournalStats) {
         Err(DbError::Postgres(e)) if e.as_db_error().is_some() && n > 1 => {
             tracing::warn!(error = %e, ops = n, "journal batch refused; retrying its operations one by one");
             for op in batch {
-                Box::pin(write(pool, vec![op], stats)).await;
+                Box::pin(write(pool, vec![op], metrics)).await;
             }
         }
         Err(e) => {
-            stats.failures.fetch_add(1, Ordering::Relaxed);
+            metrics.journal_failures.inc();
             tracing::error!(error = %e, ops = n, "journal batch failed");
             let err = JournalError::Write(e.to_string());
             for op in batch {

@@ -1,5 +1,6 @@
 //! The Switchyard switch: merchant sessions to bank links, durable and idempotent.
 //!
+//! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
 //! - [`server`], [`session`]: merchant listeners (TCP, TLS) and connections.
@@ -12,10 +13,12 @@
 //! - [`reversals`]: store-and-forward of reversals; crash recovery.
 //! - [`routing`]: BIN ranges to banks.
 //! - [`merchants`]: merchant records and their in-memory table.
+//! - [`metrics`]: Prometheus metrics.
 //! - [`crypto`]: sealing MAC keys and card data; the card-number hash.
 //! - [`ids`]: transaction ids and RRNs.
 //! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
 
+pub mod admin;
 pub mod answer;
 pub mod app;
 pub mod checks;
@@ -29,6 +32,7 @@ pub mod inflight;
 pub mod journal;
 pub mod limiter;
 pub mod merchants;
+pub mod metrics;
 pub mod reversals;
 pub mod routing;
 pub mod server;

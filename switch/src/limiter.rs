@@ -75,10 +75,16 @@ impl Rate {
     /// `count` requests per `period_us`, bursting to `burst`. A zero count disables.
     pub fn new(count: u32, period_us: u64, burst: u32) -> Rate {
         if count == 0 {
-            return Rate { interval_us: 0, tolerance_us: 0 };
+            return Rate {
+                interval_us: 0,
+                tolerance_us: 0,
+            };
         }
         let interval_us = (period_us / u64::from(count)).max(1);
-        Rate { interval_us, tolerance_us: interval_us * u64::from(burst.saturating_sub(1)) }
+        Rate {
+            interval_us,
+            tolerance_us: interval_us * u64::from(burst.saturating_sub(1)),
+        }
     }
 }
 
@@ -120,7 +126,9 @@ pub struct Limiter {
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Limiter").field("prefix", &self.prefix).finish()
+        f.debug_struct("Limiter")
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -153,7 +161,15 @@ impl Limiter {
             .set_response_timeout(Some(Duration::from_millis(timeout_ms)))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client, cfg).await?;
-        Ok(Limiter { conn, script: Script::new(SCRIPT), prefix, algorithm, claim_ttl_ms, answer_ttl_ms, timeout_ms })
+        Ok(Limiter {
+            conn,
+            script: Script::new(SCRIPT),
+            prefix,
+            algorithm,
+            claim_ttl_ms,
+            answer_ttl_ms,
+            timeout_ms,
+        })
     }
 
     fn k(&self, kind: &str, rest: &str) -> String {
@@ -189,7 +205,12 @@ impl Limiter {
     /// Stores the final answer for a key (replacing the in-flight claim).
     pub async fn store_answer(&self, key: &str, value: &str) -> Result<(), LimiterError> {
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("SET").arg(self.k("idem", key)).arg(value).arg("PX").arg(self.answer_ttl_ms).to_owned();
+        let cmd = redis::cmd("SET")
+            .arg(self.k("idem", key))
+            .arg(value)
+            .arg("PX")
+            .arg(self.answer_ttl_ms)
+            .to_owned();
         let fut = cmd.query_async::<()>(&mut conn);
         tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
             .await
@@ -211,7 +232,9 @@ impl Limiter {
 
 fn parse_reply(v: redis::Value) -> Result<Claim, LimiterError> {
     use redis::Value as V;
-    let V::Array(items) = v else { return Err(LimiterError::Unexpected) };
+    let V::Array(items) = v else {
+        return Err(LimiterError::Unexpected);
+    };
     let code = match items.first() {
         Some(V::Int(c)) => *c,
         _ => return Err(LimiterError::Unexpected),
@@ -224,7 +247,11 @@ fn parse_reply(v: redis::Value) -> Result<Claim, LimiterError> {
     match code {
         0 => Ok(Claim::Claimed),
         1 => Ok(Claim::Known(text(1)?)),
-        2 => Ok(Claim::Limited(if text(1)? == "card" { "card" } else { "merchant" })),
+        2 => Ok(Claim::Limited(if text(1)? == "card" {
+            "card"
+        } else {
+            "merchant"
+        })),
         3 => Ok(Claim::Unknown),
         _ => Err(LimiterError::Unexpected),
     }
@@ -237,7 +264,13 @@ mod tests {
     // Proves rate parameters: 100/s with burst 10 is a 10 ms interval and 90 ms tolerance.
     #[test]
     fn rate_params() {
-        assert_eq!(Rate::new(100, 1_000_000, 10), Rate { interval_us: 10_000, tolerance_us: 90_000 });
+        assert_eq!(
+            Rate::new(100, 1_000_000, 10),
+            Rate {
+                interval_us: 10_000,
+                tolerance_us: 90_000
+            }
+        );
         assert_eq!(Rate::new(0, 1_000_000, 10).interval_us, 0);
         assert_eq!(Rate::new(600, 60_000_000, 1).tolerance_us, 0);
     }

@@ -148,7 +148,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 s.cancel();
             });
             switch::app::run(config, shutdown, |bound| {
-                let line = serde_json::json!({"event": "ready", "merchant_tcp": bound.merchant_tcp, "merchant_tls": bound.merchant_tls});
+                let line = serde_json::json!({"event": "ready", "merchant_tcp": bound.merchant_tcp, "merchant_tls": bound.merchant_tls, "admin": bound.admin});
                 println!("{line}");
                 use std::io::Write;
                 let _ = std::io::stdout().flush();

@@ -69,7 +69,11 @@ impl Merchants {
     pub async fn reload(&self, pool: &Pool, vault: &Vault) -> Result<usize, DbError> {
         let all = load_all(pool, vault).await?;
         let n = all.len();
-        self.replace(all.into_iter().map(|m| (m.id.clone(), Arc::new(m))).collect());
+        self.replace(
+            all.into_iter()
+                .map(|m| (m.id.clone(), Arc::new(m)))
+                .collect(),
+        );
         Ok(n)
     }
 }
@@ -87,7 +91,9 @@ pub async fn load_all(pool: &Pool, vault: &Vault) -> Result<Vec<Merchant>, DbErr
         .map(|r| {
             let id: String = r.get(0);
             let sealed: Vec<u8> = r.get(7);
-            let key = vault.open(Purpose::MacKey, &sealed).map_err(|_| DbError::Key(id.clone()))?;
+            let key = vault
+                .open(Purpose::MacKey, &sealed)
+                .map_err(|_| DbError::Key(id.clone()))?;
             let key: [u8; 32] = key.try_into().map_err(|_| DbError::Key(id.clone()))?;
             let currencies: Vec<i16> = r.get(3);
             Ok(Merchant {
@@ -106,14 +112,29 @@ pub async fn load_all(pool: &Pool, vault: &Vault) -> Result<Vec<Merchant>, DbErr
 
 /// Creates a merchant with a fresh MAC key and returns the key (shown once, in hex).
 pub async fn add(pool: &Pool, vault: &Vault, m: &NewMerchant) -> Result<[u8; 32], DbError> {
-    if m.id.is_empty() || m.id.len() > MERCHANT_ID_MAX_LEN || !m.id.bytes().all(|c| (0x21..=0x7E).contains(&c)) {
-        return Err(DbError::Invalid(format!("merchant id must be 1..={MERCHANT_ID_MAX_LEN} printable characters without spaces")));
+    if m.id.is_empty()
+        || m.id.len() > MERCHANT_ID_MAX_LEN
+        || !m.id.bytes().all(|c| (0x21..=0x7E).contains(&c))
+    {
+        return Err(DbError::Invalid(format!(
+            "merchant id must be 1..={MERCHANT_ID_MAX_LEN} printable characters without spaces"
+        )));
     }
-    if m.currencies.is_empty() || m.currencies.iter().any(|c| codec::currency::exponent(*c).is_none()) {
-        return Err(DbError::Invalid("currencies must be known ISO 4217 numeric codes".into()));
+    if m.currencies.is_empty()
+        || m.currencies
+            .iter()
+            .any(|c| codec::currency::exponent(*c).is_none())
+    {
+        return Err(DbError::Invalid(
+            "currencies must be known ISO 4217 numeric codes".into(),
+        ));
     }
-    let key = vault.random_key().map_err(|e| DbError::Invalid(e.to_string()))?;
-    let sealed = vault.seal(Purpose::MacKey, &key).map_err(|e| DbError::Invalid(e.to_string()))?;
+    let key = vault
+        .random_key()
+        .map_err(|e| DbError::Invalid(e.to_string()))?;
+    let sealed = vault
+        .seal(Purpose::MacKey, &key)
+        .map_err(|e| DbError::Invalid(e.to_string()))?;
     let currencies: Vec<i16> = m.currencies.iter().map(|c| *c as i16).collect();
     let client = pool.get().await?;
     client
@@ -138,7 +159,10 @@ pub async fn add(pool: &Pool, vault: &Vault, m: &NewMerchant) -> Result<[u8; 32]
 pub async fn set_enabled(pool: &Pool, id: &str, enabled: bool) -> Result<bool, DbError> {
     let client = pool.get().await?;
     let n = client
-        .execute("UPDATE merchants SET enabled = $2, updated_at = now() WHERE id = $1", &[&id, &enabled])
+        .execute(
+            "UPDATE merchants SET enabled = $2, updated_at = now() WHERE id = $1",
+            &[&id, &enabled],
+        )
         .await?;
     Ok(n == 1)
 }

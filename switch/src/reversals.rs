@@ -72,7 +72,9 @@ struct Due {
 
 /// The pause before repeat number `attempts`.
 pub fn reversal_backoff_ms(attempts: u32, base_ms: u64) -> u64 {
-    base_ms.saturating_mul(1u64 << attempts.min(16)).min(REVERSAL_BACKOFF_MAX_MS)
+    base_ms
+        .saturating_mul(1u64 << attempts.min(16))
+        .min(REVERSAL_BACKOFF_MAX_MS)
 }
 
 impl ReversalWorker {
@@ -145,7 +147,12 @@ impl ReversalWorker {
                 tracing::error!(bank = %self.bank.config.id, rrn = %d.rrn, attempts = d.attempts,
                     "reversal expired unacknowledged: an operator must settle it with the bank");
                 let client = self.pool.get().await?;
-                client.execute("UPDATE reversals SET state = 'expired' WHERE id = $1", &[&d.reversal_id]).await?;
+                client
+                    .execute(
+                        "UPDATE reversals SET state = 'expired' WHERE id = $1",
+                        &[&d.reversal_id],
+                    )
+                    .await?;
                 continue;
             }
             self.send(d).await?;
@@ -155,22 +162,37 @@ impl ReversalWorker {
 
     async fn send(&self, d: Due) -> Result<(), DbError> {
         let bank = &self.bank;
-        let Some(link) = bank.pick() else { return Ok(()) };
-        let (pan, expiry) = match d.card_enc.as_deref().map(|c| self.vault.open(Purpose::Card, c)) {
+        let Some(link) = bank.pick() else {
+            return Ok(());
+        };
+        let (pan, expiry) = match d
+            .card_enc
+            .as_deref()
+            .map(|c| self.vault.open(Purpose::Card, c))
+        {
             Some(Ok(plain)) => split_card(&plain),
             _ => (Vec::new(), Vec::new()),
         };
-        let Ok(stan) = bank.stans.allocate() else { return Ok(()) };
+        let Ok(stan) = bank.stans.allocate() else {
+            return Ok(());
+        };
         let stan_digits = bank_links::stan::format_stan(stan);
         let de7 = codec::clock::transmission(codec::clock::unix_now());
-        let mti = if d.attempts == 0 { Mti::REVERSAL_REQUEST } else { Mti::REVERSAL_REPEAT };
+        let mti = if d.attempts == 0 {
+            Mti::REVERSAL_REQUEST
+        } else {
+            Mti::REVERSAL_REPEAT
+        };
         // DE90: the original as the bank saw it: MTI, its STAN, its DE7, acquirer, zeros.
         let de90 = format!(
             "{}{}{}{:0>11}{}",
             d.txn_mti,
             d.bank_stan.as_deref().unwrap_or("000000"),
             d.bank_transmitted_at.as_deref().unwrap_or("0000000000"),
-            self.acquirer_id.chars().filter(char::is_ascii_digit).collect::<String>(),
+            self.acquirer_id
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>(),
             "00000000000"
         );
         let amount = format!("{:012}", d.amount_minor);
@@ -197,9 +219,15 @@ impl ReversalWorker {
         let rrn: [u8; 12] = d.rrn.as_bytes().try_into().unwrap_or([b'0'; 12]);
         let outcome = match b.encode() {
             Ok(bytes) => {
-                let key = MatchKey { class: 4, stan, rrn: Some(rrn) };
+                let key = MatchKey {
+                    class: 4,
+                    stan,
+                    rrn: Some(rrn),
+                };
                 let timeout = Duration::from_millis(bank.config.request_timeout_ms);
-                link.send(key, bytes, timeout).await.unwrap_or(Outcome::LinkLost)
+                link.send(key, bytes, timeout)
+                    .await
+                    .unwrap_or(Outcome::LinkLost)
             }
             Err(e) => {
                 tracing::error!(error = %e, rrn = %d.rrn, "reversal could not be encoded");
@@ -210,7 +238,10 @@ impl ReversalWorker {
         let client = self.pool.get().await?;
         match outcome {
             Outcome::Answered(reply) => {
-                let rc = reply.get_str(39).map(|s| s.into_owned()).unwrap_or_default();
+                let rc = reply
+                    .get_str(39)
+                    .map(|s| s.into_owned())
+                    .unwrap_or_default();
                 tracing::info!(bank = %bank.config.id, rrn = %d.rrn, rc = %rc, attempts = d.attempts + 1, "reversal acknowledged");
                 client
                     .execute(
@@ -225,7 +256,8 @@ impl ReversalWorker {
                     .await?;
             }
             Outcome::TimedOut | Outcome::LinkLost => {
-                let pause = reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
+                let pause =
+                    reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
                 tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause,
                     "reversal unanswered; will repeat");
                 client

@@ -1,8 +1,8 @@
 //! BIN routing: card-number ranges to banks, held in memory as disjoint intervals over
 //! 19-digit numbers and looked up by binary search.
 
-use std::collections::BinaryHeap;
 use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -34,11 +34,17 @@ pub struct RouteTable {
 }
 
 fn pad(prefix: &str, fill: u8) -> Option<u64> {
-    if prefix.is_empty() || prefix.len() > PAN_DIGITS_MAX as usize || !prefix.bytes().all(|c| c.is_ascii_digit()) {
+    if prefix.is_empty()
+        || prefix.len() > PAN_DIGITS_MAX as usize
+        || !prefix.bytes().all(|c| c.is_ascii_digit())
+    {
         return None;
     }
     let mut v: u64 = 0;
-    for c in prefix.bytes().chain(std::iter::repeat_n(fill, PAN_DIGITS_MAX as usize - prefix.len())) {
+    for c in prefix.bytes().chain(std::iter::repeat_n(
+        fill,
+        PAN_DIGITS_MAX as usize - prefix.len(),
+    )) {
         v = v * 10 + u64::from(c - b'0');
     }
     Some(v)
@@ -68,11 +74,17 @@ impl RouteTable {
         let mut bank_ids: Vec<Arc<str>> = Vec::new();
         let mut ivs = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
-            let bad = || RouteError::Bounds { low: r.low.clone(), high: r.high.clone() };
+            let bad = || RouteError::Bounds {
+                low: r.low.clone(),
+                high: r.high.clone(),
+            };
             if r.low.len() != r.high.len() {
                 return Err(bad());
             }
-            let (lo, hi) = (pad(&r.low, b'0').ok_or_else(bad)?, pad(&r.high, b'9').ok_or_else(bad)?);
+            let (lo, hi) = (
+                pad(&r.low, b'0').ok_or_else(bad)?,
+                pad(&r.high, b'9').ok_or_else(bad)?,
+            );
             if lo > hi {
                 return Err(bad());
             }
@@ -88,12 +100,18 @@ impl RouteTable {
         ivs.sort_by_key(|iv| iv.0);
         // Sweep over interval starts and ends, keeping the covering routes in a heap
         // ordered by preference; each elementary piece goes to the preferred one.
-        let mut points: Vec<u64> = ivs.iter().flat_map(|iv| [iv.0, iv.1.saturating_add(1)]).collect();
+        let mut points: Vec<u64> = ivs
+            .iter()
+            .flat_map(|iv| [iv.0, iv.1.saturating_add(1)])
+            .collect();
         points.sort_unstable();
         points.dedup();
         let mut heap: BinaryHeap<(Reverse<u64>, i32, Reverse<usize>, u64, u32)> = BinaryHeap::new();
         let mut next = 0;
-        let mut table = RouteTable { bank_ids, ..Default::default() };
+        let mut table = RouteTable {
+            bank_ids,
+            ..Default::default()
+        };
         for w in points.windows(2) {
             let (start, end_excl) = (w[0], w[1]);
             while next < ivs.len() && ivs[next].0 <= start {
@@ -106,7 +124,9 @@ impl RouteTable {
             }
             if let Some(&(_, _, _, _, bank)) = heap.peek() {
                 let end = end_excl - 1;
-                if table.banks.last() == Some(&bank) && table.ends.last().is_some_and(|e| *e + 1 == start) {
+                if table.banks.last() == Some(&bank)
+                    && table.ends.last().is_some_and(|e| *e + 1 == start)
+                {
                     *table.ends.last_mut().expect("non-empty") = end;
                 } else {
                     table.starts.push(start);
@@ -157,8 +177,21 @@ impl Router {
 
 pub async fn load_routes(pool: &Pool) -> Result<Vec<Route>, DbError> {
     let client = pool.get().await?;
-    let rows = client.query("SELECT bin_low, bin_high, bank_id, priority FROM bin_routes ORDER BY id", &[]).await?;
-    Ok(rows.iter().map(|r| Route { low: r.get(0), high: r.get(1), bank_id: r.get(2), priority: r.get(3) }).collect())
+    let rows = client
+        .query(
+            "SELECT bin_low, bin_high, bank_id, priority FROM bin_routes ORDER BY id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Route {
+            low: r.get(0),
+            high: r.get(1),
+            bank_id: r.get(2),
+            priority: r.get(3),
+        })
+        .collect())
 }
 
 pub async fn add_route(pool: &Pool, r: &Route) -> Result<i64, DbError> {
@@ -178,17 +211,32 @@ mod tests {
     use super::*;
 
     fn route(low: &str, high: &str, bank: &str) -> Route {
-        Route { low: low.into(), high: high.into(), bank_id: bank.into(), priority: 0 }
+        Route {
+            low: low.into(),
+            high: high.into(),
+            bank_id: bank.into(),
+            priority: 0,
+        }
     }
 
     // Proves lookups by prefix range, with a narrow range carved out of a broad one.
     #[test]
     fn nested_ranges_narrowest_wins() {
-        let t = RouteTable::build(&[route("4", "4", "visa-bank"), route("411111", "411111", "special"), route("51", "55", "mc-bank")])
-            .unwrap();
+        let t = RouteTable::build(&[
+            route("4", "4", "visa-bank"),
+            route("411111", "411111", "special"),
+            route("51", "55", "mc-bank"),
+        ])
+        .unwrap();
         assert_eq!(t.lookup(b"4111111111111111").map(|b| &**b), Some("special"));
-        assert_eq!(t.lookup(b"4111121111111111").map(|b| &**b), Some("visa-bank"));
-        assert_eq!(t.lookup(b"4000000000000002").map(|b| &**b), Some("visa-bank"));
+        assert_eq!(
+            t.lookup(b"4111121111111111").map(|b| &**b),
+            Some("visa-bank")
+        );
+        assert_eq!(
+            t.lookup(b"4000000000000002").map(|b| &**b),
+            Some("visa-bank")
+        );
         assert_eq!(t.lookup(b"5500000000000004").map(|b| &**b), Some("mc-bank"));
         assert_eq!(t.lookup(b"3400000000000009"), None);
         assert_eq!(t.lookup(b"5600000000000000"), None);

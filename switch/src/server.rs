@@ -21,14 +21,24 @@ pub enum TlsError {
 }
 
 /// A rustls server configuration from PEM files.
-pub fn tls_acceptor(cert_pem: &std::path::Path, key_pem: &std::path::Path) -> Result<TlsAcceptor, TlsError> {
+pub fn tls_acceptor(
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> Result<TlsAcceptor, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let pem_err = |p: &std::path::Path, e: rustls::pki_types::pem::Error| TlsError::Pem { path: p.display().to_string(), why: e.to_string() };
-    let certs: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(cert_pem).map_err(|e| pem_err(cert_pem, e))?.collect::<Result<_, _>>().map_err(|e| pem_err(cert_pem, e))?;
+    let pem_err = |p: &std::path::Path, e: rustls::pki_types::pem::Error| TlsError::Pem {
+        path: p.display().to_string(),
+        why: e.to_string(),
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_pem)
+        .map_err(|e| pem_err(cert_pem, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| pem_err(cert_pem, e))?;
     let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| pem_err(key_pem, e))?;
-    let config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(certs, key)?;
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -74,12 +84,36 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Lis
             let _slot = slot;
             let peer = peer.to_string();
             match tls {
-                None => session::serve(stream, peer, l2.engine, l2.limits, l2.connections, l2.shutdown, l2.requests).await,
+                None => {
+                    session::serve(
+                        stream,
+                        peer,
+                        l2.engine,
+                        l2.limits,
+                        l2.connections,
+                        l2.shutdown,
+                        l2.requests,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(std::time::Duration::from_millis(l2.limits.write_timeout_ms), acceptor.accept(stream)).await;
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_millis(l2.limits.write_timeout_ms),
+                        acceptor.accept(stream),
+                    )
+                    .await;
                     match handshake {
                         Ok(Ok(tls_stream)) => {
-                            session::serve(tls_stream, peer, l2.engine, l2.limits, l2.connections, l2.shutdown, l2.requests).await
+                            session::serve(
+                                tls_stream,
+                                peer,
+                                l2.engine,
+                                l2.limits,
+                                l2.connections,
+                                l2.shutdown,
+                                l2.requests,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),

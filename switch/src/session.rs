@@ -141,8 +141,12 @@ pub async fn serve<S>(
     }
 }
 
-async fn write_loop<W>(mut writer: FramedWrite<W, FrameCodec>, mut rx: mpsc::Receiver<Bytes>, timeout: Duration, peer: String)
-where
+async fn write_loop<W>(
+    mut writer: FramedWrite<W, FrameCodec>,
+    mut rx: mpsc::Receiver<Bytes>,
+    timeout: Duration,
+    peer: String,
+) where
     W: AsyncWrite + Unpin,
 {
     let mut broken = false;
