@@ -48,10 +48,13 @@ _sy_as_pg() {
 
 # True when PID names a live process (a zombie counts as gone).
 _sy_alive() {
-  local pid="$1" state
-  [ -n "$pid" ] || return 1
-  state="$(ps -o stat= -p "$pid" 2>/dev/null | tr -d ' ')" || return 1
-  [ -n "$state" ] && [ "${state#Z}" = "$state" ]
+  local pid="$1" stat state
+  case "$pid" in '' | *[!0-9]*) return 1 ;; esac
+  # /proc/PID/stat is "pid (comm) STATE ..."; read it directly (procps may not be installed).
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  state="${stat##*) }"
+  state="${state%% *}"
+  [ -n "$state" ] && [ "$state" != Z ] && [ "$state" != X ]
 }
 
 _sy_pg_bin_dir() {
