@@ -122,6 +122,9 @@ pub struct WorldOptions {
     pub extra_config: String,
     pub merchant_rate: u32,
     pub merchant_burst: u32,
+    /// Keys of every `[[bank]]` table to set (replacing the harness's value when it has
+    /// one), e.g. `("echo_timeout_ms", "10000")`. Empty by default.
+    pub bank_overrides: Vec<(String, String)>,
 }
 
 impl Default for WorldOptions {
@@ -132,6 +135,7 @@ impl Default for WorldOptions {
             extra_config: String::new(),
             merchant_rate: 1000,
             merchant_burst: 1000,
+            bank_overrides: Vec::new(),
         }
     }
 }
@@ -190,7 +194,7 @@ pan_hash_key_hex = "{pan}"
             pan = "22".repeat(32),
         );
         for (i, b) in banks.iter().enumerate() {
-            text.push_str(&format!(
+            let table = format!(
                 r#"
 [[bank]]
 id = "{id}"
@@ -206,7 +210,8 @@ reconnect_max_ms = 500
                 id = BANK_IDS[i],
                 addr = b.listen,
                 timeout = opts.bank_timeout_ms,
-            ));
+            );
+            text.push_str(&apply_overrides(&table, &opts.bank_overrides));
         }
         text.push_str(&opts.extra_config);
         std::fs::write(&config, text).expect("write config");
@@ -329,6 +334,25 @@ reconnect_max_ms = 500
             }
         }
     }
+}
+
+/// The `[[bank]]` table `table` with `overrides` applied: a key the table has gets the new
+/// value, any other key is added at the end.
+fn apply_overrides(table: &str, overrides: &[(String, String)]) -> String {
+    let mut lines: Vec<String> = table.lines().map(str::to_string).collect();
+    for (k, v) in overrides {
+        let prefix = format!("{k} =");
+        match lines
+            .iter_mut()
+            .find(|l| l.trim_start().starts_with(&prefix))
+        {
+            Some(l) => *l = format!("{k} = {v}"),
+            None => lines.push(format!("{k} = {v}")),
+        }
+    }
+    let mut out = lines.join("\n");
+    out.push('\n');
+    out
 }
 
 /// Runs `switchyard` with arguments to completion; its stdout. Panics on failure.
@@ -479,5 +503,141 @@ impl Client {
     /// Verifies the answer's MAC with this merchant's key.
     pub fn mac_ok(&self, m: &Message) -> bool {
         m.check_mac(&self.key) == codec::MacCheck::Valid
+    }
+}
+
+/// A unique order reference for one request: `tag`, the STAN and a per-process counter.
+pub fn order_ref(tag: &str, stan: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{tag}-{stan}-{n}")
+}
+
+/// The same message as a repeat (0200 becomes 0201, and so on), every element unchanged.
+pub fn as_repeat(m: &OwnedMessage) -> OwnedMessage {
+    let mut r = m.clone();
+    r.mti = m.mti.repeat();
+    r
+}
+
+/// DE39 of an answer as a `String` ("" when absent), for assertions.
+pub fn rc(m: &Message) -> String {
+    m.get_str(39).map(|s| s.into_owned()).unwrap_or_default()
+}
+
+/// DE37, DE38 and DE39 of an answer: what makes two answers "the same answer".
+pub fn answer_key(m: &Message) -> (Option<String>, Option<String>, Option<String>) {
+    let s = |n| m.get_str(n).map(|s| s.into_owned());
+    (s(37), s(38), s(39))
+}
+
+impl BankSim {
+    /// Polls the record until `pred` holds for it; the last record, or a panic naming
+    /// `what` after `timeout`.
+    pub async fn wait_record(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let r = self.record().await;
+            if pred(&r) {
+                return r;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bank simulator record never showed {what} within {timeout:?}; last record: {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many times the simulator has received financial requests carrying `rrn`
+    /// (approved, declined or withheld; repeats included).
+    pub async fn requests_for(&self, rrn: &str) -> usize {
+        requests_for(&self.record().await, rrn)
+    }
+}
+
+/// Entries in the approved, declined and unanswered lists of a record with this RRN.
+pub fn requests_for(record: &serde_json::Value, rrn: &str) -> usize {
+    ["approved", "declined", "unanswered"]
+        .iter()
+        .map(|k| {
+            record[*k]
+                .as_array()
+                .map(|a| a.iter().filter(|e| e["rrn"] == rrn).count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+/// Count of a message type the simulator received (`counts_by_mti`), 0 when none.
+pub fn count_mti(record: &serde_json::Value, mti: &str) -> u64 {
+    record["counts_by_mti"][mti].as_u64().unwrap_or(0)
+}
+
+impl World {
+    /// Runs a `switchyard` admin command against this world's configuration, e.g.
+    /// `["merchant", "disable", MERCHANT_ID]`; its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let cfg = self.config.to_str().expect("utf-8 path");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&["--config", cfg]);
+        run_to_end(&all)
+    }
+
+    /// Deletes every Redis key under this world's prefix (a flush that leaves other
+    /// tests' keys alone); how many were deleted.
+    pub async fn flush_redis(&self) -> usize {
+        let client = redis::Client::open(redis_url()).expect("redis url");
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to redis");
+        let pattern = format!("{}*", self.redis_prefix);
+        let mut cursor: u64 = 0;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut con)
+                .await
+                .expect("SCAN");
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(&keys)
+                .query_async(&mut con)
+                .await
+                .expect("DEL");
+        }
+        keys.len()
+    }
+}
+
+impl Client {
+    /// Receives answers until one has DE11 `stan`; the others are returned too (in order),
+    /// for tests that pipeline. Panics after [`WAIT`].
+    pub async fn recv_stan(&mut self, stan: &str) -> (Message, Vec<Message>) {
+        let mut others = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if m.get_str(11).as_deref() == Some(stan) {
+                return (m, others);
+            }
+            others.push(m);
+        }
     }
 }
