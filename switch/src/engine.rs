@@ -14,6 +14,7 @@ use bytes::Bytes;
 use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::answer::{Answer, respond};
 use crate::checks::{self, Authorisation, Rc};
@@ -136,8 +137,16 @@ impl Engine {
             .map(|m| m.original());
         let mut authenticated = None;
         let mut trace = Trace::default();
+        let span = tracing::info_span!(
+            "request",
+            merchant = tracing::field::Empty,
+            mti = tracing::field::Empty,
+            stan = tracing::field::Empty,
+            rrn = tracing::field::Empty
+        );
         let response = self
             .handle_inner(frame, session, &mut authenticated, &mut trace)
+            .instrument(span)
             .await;
         self.metrics.in_flight.dec();
         // Only MTIs of the contract become label values, so the label set stays bounded.
@@ -208,9 +217,10 @@ impl Engine {
         let Some(merchant) = msg.raw(42).and_then(|id| self.merchants.get(id)) else {
             return self.refuse(trace, &msg, None, Rc::NOT_PERMITTED, "unknown merchant");
         };
-        let span = tracing::info_span!("request", merchant = %merchant.id, mti = %mti,
-            stan = %msg.get_str(11).unwrap_or_default());
-        let _enter = span.enter();
+        let span = tracing::Span::current();
+        span.record("merchant", merchant.id.as_str());
+        span.record("mti", mti.as_str());
+        span.record("stan", msg.get_str(11).unwrap_or_default().as_ref());
         if !merchant.enabled {
             return self.refuse(
                 trace,
@@ -507,6 +517,7 @@ impl Engine {
             }
         };
         let rrn = rrn_of(id);
+        tracing::Span::current().record("rrn", rrn.as_str());
         let Ok(bank_stan) = bank.stans.allocate() else {
             return Answer::refused(Rc::ISSUER_DOWN);
         };

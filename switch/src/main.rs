@@ -26,7 +26,13 @@ struct ConfigArg {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Runs the switch until SIGTERM or SIGINT.
-    Run(ConfigArg),
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Log JSON lines (overrides switch.log_json).
+        #[arg(long)]
+        log_json: bool,
+    },
     /// Checks the configuration and exits.
     CheckConfig(ConfigArg),
     /// Applies database migrations.
@@ -132,9 +138,12 @@ fn main() -> Result<()> {
 
 async fn async_main(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Run(arg) => {
+        Command::Run {
+            config: arg,
+            log_json,
+        } => {
             let config = load(&arg)?;
-            init_logs(config.switch.log_json);
+            init_logs(log_json || config.switch.log_json);
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
             tokio::spawn(async move {
