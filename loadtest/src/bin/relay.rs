@@ -1,0 +1,54 @@
+//! `relay`: a bare frame relay for the load harness's ceiling run. Accepts connections,
+//! forwards frames to `--upstream` as they are and relays the answers back.
+//!
+//! Prints one JSON line to stdout when it is listening; logs go to stderr.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    about = "Bare frame relay (the load harness's ceiling)"
+)]
+struct Args {
+    /// Where to listen (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Where to forward every connection (a bank simulator's bank-link address).
+    #[arg(long)]
+    upstream: SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        r#"{{"event":"ready","listen":"{addr}","upstream":"{}"}}"#,
+        args.upstream
+    )?;
+    out.flush()?;
+    drop(out);
+    tokio::select! {
+        r = loadtest::relay::serve(listener, args.upstream) => r?,
+        r = tokio::signal::ctrl_c() => r?,
+    }
+    Ok(())
+}

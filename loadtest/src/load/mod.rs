@@ -1,0 +1,16 @@
+//! The load harness behind `loadgen`: open-loop runs against the switch and against a
+//! bare relay, with reports and reconciliation.
+//!
+//! Decisions are plain functions, unit-tested: [`mix`] (what each slot sends),
+//! [`schedule`] (when it is due; the rate search), [`stats`] (percentiles, the table),
+//! [`reconcile`] (the harness against the bank's record), [`sysstat`] (steal and CPU
+//! from /proc), [`svg`] (the chart). [`run`] does the I/O; [`http`] reads the record.
+
+pub mod http;
+pub mod mix;
+pub mod reconcile;
+pub mod run;
+pub mod schedule;
+pub mod stats;
+pub mod svg;
+pub mod sysstat;
