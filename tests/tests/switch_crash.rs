@@ -1,0 +1,149 @@
+//! A switch process killed with SIGKILL between forwarding a purchase and answering it,
+//! then restarted; and a graceful SIGTERM with a request in flight.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use system_tests::switchyard::{
+    World, WorldOptions, count_mti, next_stan, order_ref, rc, requests_for,
+};
+
+const VISA: &str = "4111111111111111";
+
+/// A world whose bank-a answers everything (sign-on and echo too) after `latency_ms`; the
+/// link's timeouts are stretched to match.
+fn slow_world(name: &str, latency_ms: u64) -> World {
+    World::new(
+        name,
+        WorldOptions {
+            bank_args: vec![vec!["--latency-ms".into(), latency_ms.to_string()], vec![]],
+            bank_timeout_ms: 10_000,
+            bank_overrides: vec![
+                ("sign_on_timeout_ms".into(), "15000".into()),
+                ("echo_timeout_ms".into(), "15000".into()),
+            ],
+            ..WorldOptions::default()
+        },
+    )
+}
+
+fn approved_rrns(record: &serde_json::Value) -> HashSet<String> {
+    record["approved"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e["rrn"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// Proves that a switch killed with SIGKILL after the bank received a purchase and before it
+// answered, once restarted with the same instance id, reverses that purchase at the bank
+// (the simulator ends with its RRN reversed), and that the merchant's retransmission then
+// gets a final 91 with the same RRN and never a second bank request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_between_forwarding_and_answering() {
+    let world = slow_world("crash_kill", 4000);
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let before = world.banks[0].record().await;
+    let known = approved_rrns(&before);
+
+    let stan = next_stan();
+    let req = c.purchase(&stan, 1234, VISA, &order_ref("CRASH", &stan));
+    c.send(&req).await;
+    let rec = world.banks[0]
+        .wait_record(
+            "the purchase received by the bank",
+            Duration::from_secs(30),
+            |r| count_mti(r, "0200") > count_mti(&before, "0200"),
+        )
+        .await;
+    let new: Vec<String> = approved_rrns(&rec).difference(&known).cloned().collect();
+    assert_eq!(new.len(), 1, "one new approval at the bank: {new:?}");
+    let rrn = new[0].clone();
+
+    sw.process.signal("KILL");
+    sw.process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the killed switch exits");
+    assert!(
+        c.try_recv(Duration::from_secs(10)).await.is_none(),
+        "a killed switch sends no answer"
+    );
+
+    let sw = world.start_switch(1);
+    world.banks[0]
+        .wait_record(
+            "the reversal of the interrupted purchase",
+            Duration::from_secs(30),
+            |r| r["reversals"][rrn.as_str()].as_u64().unwrap_or(0) >= 1,
+        )
+        .await;
+    let rec = world.banks[0].record().await;
+    let entry = rec["approved"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["rrn"] == rrn.as_str()).cloned())
+        .expect("the approval is still in the record");
+    assert_eq!(entry["reversed"], true, "the approval is marked reversed");
+
+    let mut c = world.client(&sw).await;
+    let r = c.call(&req).await;
+    assert_eq!(r.mti().as_str(), "0210");
+    assert_eq!(
+        rc(&r),
+        "91",
+        "the retransmission of an outcome-unknown, reversed purchase gets a final 91"
+    );
+    assert_eq!(r.get_str(37).as_deref(), Some(rrn.as_str()), "same RRN");
+    assert!(!r.has(38));
+    assert!(c.mac_ok(&r));
+    let rec = world.banks[0].record().await;
+    assert_eq!(requests_for(&rec, &rrn), 1, "never a second bank request");
+    assert_eq!(
+        count_mti(&rec, "0200"),
+        count_mti(&before, "0200") + 1,
+        "one 0200 in all since the purchase"
+    );
+}
+
+// Proves a graceful shutdown (SIGTERM) with a purchase in flight still answers the merchant
+// before its connection closes, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_in_flight_then_exits_0() {
+    let world = slow_world("crash_term", 1000);
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let before = count_mti(&world.banks[0].record().await, "0200");
+
+    let stan = next_stan();
+    let req = c.purchase(&stan, 1000, VISA, &order_ref("TERM", &stan));
+    c.send(&req).await;
+    world.banks[0]
+        .wait_record(
+            "the purchase received by the bank",
+            Duration::from_secs(30),
+            |r| count_mti(r, "0200") > before,
+        )
+        .await;
+    sw.process.signal("TERM");
+    let r = c
+        .try_recv(Duration::from_secs(30))
+        .await
+        .expect("the in-flight purchase is answered before the connection closes");
+    assert_eq!(r.get_str(11).as_deref(), Some(stan.as_str()));
+    assert_eq!(rc(&r), "00");
+    assert!(c.mac_ok(&r));
+    assert!(
+        c.closed(Duration::from_secs(30)).await,
+        "the connection closes after the answer"
+    );
+    let status = sw
+        .process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the switch exits after SIGTERM");
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+}
