@@ -44,6 +44,19 @@ impl<'a> Elements<'a> {
         }
     }
 
+    fn push(&mut self, item: (u8, &'a [u8])) {
+        match self {
+            Elements::Inline { len, items } if *len < BUILDER_ELEMENTS_INLINE => {
+                items[*len] = item;
+                *len += 1;
+            }
+            _ => {
+                let end = self.as_slice().len();
+                self.insert(end, item);
+            }
+        }
+    }
+
     fn insert(&mut self, i: usize, item: (u8, &'a [u8])) {
         match self {
             Elements::Inline { len, items } if *len < BUILDER_ELEMENTS_INLINE => {
@@ -105,7 +118,7 @@ impl<'a> MessageBuilder<'a> {
         let slice = self.fields.as_slice();
         // Callers mostly set elements in ascending order: append without searching.
         if slice.last().is_none_or(|(k, _)| *k < n) {
-            self.fields.insert(slice.len(), (n, value));
+            self.fields.push((n, value));
             return self;
         }
         match slice.binary_search_by_key(&n, |(k, _)| *k) {
@@ -315,7 +328,10 @@ fn write_field(spec: &FieldSpec, value: &[u8], out: &mut BytesMut) -> Result<(),
     let pad_char = if pad_left { b'0' } else { b' ' };
     match spec.encoding {
         Encoding::Ascii | Encoding::Binary => {
-            if pad_left {
+            // Most values come at their full length; skip the padding calls then.
+            if pad == 0 {
+                out.put_slice(value);
+            } else if pad_left {
                 out.put_bytes(pad_char, pad);
                 out.put_slice(value);
             } else {

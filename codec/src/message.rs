@@ -13,7 +13,9 @@ use bytes::Bytes;
 use crate::ebcdic;
 use crate::error::{DecodeError, DecodeErrorKind as K};
 use crate::mti::Mti;
-use crate::spec::{BitmapEncoding, ContentClass, Dialect, Encoding, FieldSpec, LengthKind};
+use crate::spec::{
+    BitmapEncoding, ContentClass, Dialect, Encoding, FieldLayout, FieldSpec, Prefix,
+};
 
 /// Where an element's content lies: byte offset and logical length (digits for
 /// `n`/`z`, characters or bytes otherwise).
@@ -225,27 +227,27 @@ fn index_into(msg: &mut Message) -> Result<(), Stop> {
         };
         while bits != 0 {
             let lz = bits.leading_zeros();
-            bits &= !(1u64 << (63 - lz));
+            let mask = 1u64 << (63 - lz);
+            bits ^= mask;
             let n = base + lz as u8 + 1;
-            let Some(spec) = d.field(n) else {
+            let layout = d.layout(n);
+            if !layout.defined {
                 return Err(err(Some(n), pos, K::UndefinedElement));
-            };
-            let (len, prefix_len) = read_length(d, spec, buf, pos)?;
+            }
+            let (len, prefix_len) = read_length(d, layout, n, buf, pos)?;
             let start = pos + prefix_len;
-            let wire_len = spec.wire_len(len);
-            let end = start + wire_len;
+            let end = start + layout.wire_len(len);
             if end > buf.len() {
                 return Err(need(d, end, Some(n), pos));
             }
-            match check_content(spec, len, &buf[start..end]) {
+            match check_content(layout, len, &buf[start..end]) {
                 Ok(()) => {
                     // Offsets fit in u16: max_message_len is at most u16::MAX.
                     msg.spans.push(Span {
                         start: start as u16,
                         len: len as u16,
                     });
-                    let (i, m) = bit(n);
-                    msg.present[i] |= m;
+                    msg.present[word] |= mask;
                 }
                 Err((kind, at)) => {
                     if first_content_error.is_none() {
@@ -330,23 +332,25 @@ fn read_bitmap(d: &Dialect, buf: &[u8], pos: usize) -> Result<u64, Stop> {
 #[inline]
 fn read_length(
     d: &Dialect,
-    spec: &FieldSpec,
+    layout: &FieldLayout,
+    n: u8,
     buf: &[u8],
     pos: usize,
 ) -> Result<(usize, usize), Stop> {
-    let digits = match spec.length {
-        LengthKind::Fixed => return Ok((usize::from(spec.max_len), 0)),
-        LengthKind::Llvar => 2,
-        LengthKind::Lllvar => 3,
-    };
-    let plen = spec.prefix_len();
+    let max = usize::from(layout.max_len);
+    if layout.prefix == Prefix::Fixed {
+        return Ok((max, 0));
+    }
+    let digits = usize::from(layout.prefix_digits);
+    let plen = usize::from(layout.prefix_len);
     let p = buf
         .get(pos..pos + plen)
-        .ok_or_else(|| need(d, pos + plen, Some(spec.number), pos))?;
-    let bad = || err(Some(spec.number), pos, K::BadLengthDigit);
-    let len = match spec.prefix {
-        Encoding::Ascii => parse_decimal(p).ok_or_else(bad)?,
-        Encoding::Ebcdic => {
+        .ok_or_else(|| need(d, pos + plen, Some(n), pos))?;
+    let bad = || err(Some(n), pos, K::BadLengthDigit);
+    let len = match layout.prefix {
+        Prefix::Fixed => 0,
+        Prefix::Ascii => parse_decimal(p).ok_or_else(bad)?,
+        Prefix::Ebcdic => {
             let mut v = 0usize;
             for &e in p {
                 if !(0xF0..=0xF9).contains(&e) {
@@ -356,7 +360,7 @@ fn read_length(
             }
             v
         }
-        Encoding::Bcd => {
+        Prefix::Bcd => {
             let mut v = 0usize;
             // An odd digit count is padded with one leading zero nibble.
             let skip = plen * 2 - digits;
@@ -373,11 +377,10 @@ fn read_length(
             }
             v
         }
-        Encoding::Binary => p.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b)),
+        Prefix::Binary => p.iter().fold(0usize, |v, b| (v << 8) | usize::from(*b)),
     };
-    let max = usize::from(spec.max_len);
     if len > max {
-        return Err(err(Some(spec.number), pos, K::OverMaxLength { len, max }));
+        return Err(err(Some(n), pos, K::OverMaxLength { len, max }));
     }
     Ok((len, plen))
 }
@@ -439,48 +442,68 @@ static EBCDIC_ALLOWED: [[bool; 256]; CLASS_COUNT] = {
     t
 };
 
-/// Whether all eight bytes of a word are allowed, for the classes most elements have
-/// (`n` and `ans`); None for a class checked byte by byte.
+/// Whether all eight bytes of a word are allowed by `n` (`digits`) or else by `ans`.
 #[inline]
-fn word_allowed(class: ContentClass, x: u64) -> Option<bool> {
+fn word_allowed(digits: bool, x: u64) -> bool {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    match class {
+    if digits {
         // Every byte 0x3_, and adding 6 leaves it there (so the low nibble is 0..=9).
-        ContentClass::N => Some(
-            x & (0xF0 * ONES) == 0x30 * ONES
-                && x.wrapping_add(0x06 * ONES) & (0xF0 * ONES) == 0x30 * ONES,
-        ),
-        // No byte below 0x20 and none above 0x7E (the classic has-less/has-more tests).
-        ContentClass::Ans => {
-            let below = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
-            // Adding 0x7F - 0x7E sets the high bit of a byte above 0x7E.
-            let above = (x.wrapping_add(ONES) | x) & HIGH;
-            Some(below | above == 0)
-        }
-        _ => None,
+        x & (0xF0 * ONES) == 0x30 * ONES
+            && x.wrapping_add(0x06 * ONES) & (0xF0 * ONES) == 0x30 * ONES
+    } else {
+        // No byte below 0x20 and none above 0x7E (the classic has-less/has-more tests);
+        // adding 0x7F - 0x7E sets the high bit of a byte above 0x7E.
+        let below = x.wrapping_sub(0x20 * ONES) & !x & HIGH;
+        let above = (x.wrapping_add(ONES) | x) & HIGH;
+        below | above == 0
     }
+}
+
+/// Whether every byte of `s` is allowed by `n` (`digits`) or else by `ans`, a word at a
+/// time with no per-byte loop: most elements are one or two words long.
+#[inline]
+fn all_allowed_by_words(digits: bool, s: &[u8]) -> bool {
+    let n = s.len();
+    let word = if n >= 8 {
+        let at = |i: usize| u64::from_le_bytes(s[i..i + 8].try_into().expect("8 bytes"));
+        let mut i = 0;
+        while i + 8 < n {
+            if !word_allowed(digits, at(i)) {
+                return false;
+            }
+            i += 8;
+        }
+        // The last word overlaps the one before it when the length is not a multiple of 8.
+        at(n - 8)
+    } else if n >= 4 {
+        let at = |i: usize| u32::from_le_bytes(s[i..i + 4].try_into().expect("4 bytes"));
+        u64::from(at(0)) | (u64::from(at(n - 4)) << 32)
+    } else {
+        // '0' is allowed by both classes, so it can fill the rest of the word.
+        let mut w = [b'0'; 8];
+        for (d, c) in w.iter_mut().zip(s) {
+            *d = *c;
+        }
+        u64::from_le_bytes(w)
+    };
+    word_allowed(digits, word)
 }
 
 /// The index of the first byte of `s` the class does not allow.
 #[inline]
 pub(crate) fn first_disallowed(class: ContentClass, s: &[u8]) -> Option<usize> {
-    if class == ContentClass::B {
-        return None;
-    }
-    let mut checked = 0;
-    for chunk in s.chunks_exact(8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        if word_allowed(class, word) != Some(true) {
-            break;
+    match class {
+        ContentClass::B => return None,
+        ContentClass::N | ContentClass::Ans => {
+            if all_allowed_by_words(class == ContentClass::N, s) {
+                return None;
+            }
         }
-        checked += 8;
+        ContentClass::An | ContentClass::Z => {}
     }
     let table = &ASCII_ALLOWED[class as usize];
-    s[checked..]
-        .iter()
-        .position(|&c| !table[usize::from(c)])
-        .map(|i| i + checked)
+    s.iter().position(|&c| !table[usize::from(c)])
 }
 
 fn class_error(class: ContentClass) -> K {
@@ -494,10 +517,10 @@ fn class_error(class: ContentClass) -> K {
 /// Checks an element's content against its class; on failure, the kind and the index of
 /// the first offending byte.
 #[inline]
-fn check_content(spec: &FieldSpec, len: usize, wire: &[u8]) -> Result<(), (K, usize)> {
-    let class = spec.class;
+fn check_content(layout: &FieldLayout, len: usize, wire: &[u8]) -> Result<(), (K, usize)> {
+    let class = layout.class;
     let bad = |at: usize| Err((class_error(class), at));
-    match spec.encoding {
+    match layout.encoding {
         Encoding::Binary => Ok(()),
         Encoding::Ascii => match first_disallowed(class, wire) {
             None => Ok(()),
@@ -738,14 +761,15 @@ mod tests {
     fn word_checks_agree_with_tables() {
         for class in [ContentClass::N, ContentClass::Ans] {
             let table = &ASCII_ALLOWED[class as usize];
-            for fill in [b'0', b'9', b' ', b'~', b'A'] {
-                for pos in 0..8 {
-                    for v in 0..=255u8 {
-                        let mut w = [fill; 8];
-                        w[pos] = v;
-                        let all = w.iter().all(|&c| table[usize::from(c)]);
-                        let word = u64::from_le_bytes(w);
-                        assert_eq!(word_allowed(class, word), Some(all), "{class:?} {w:?}");
+            for len in 0..20 {
+                for fill in [b'0', b'9', b' ', b'~', b'A'] {
+                    for pos in 0..len {
+                        for v in 0..=255u8 {
+                            let mut s = vec![fill; len];
+                            s[pos] = v;
+                            let expected = s.iter().position(|&c| !table[usize::from(c)]);
+                            assert_eq!(first_disallowed(class, &s), expected, "{class:?} {s:?}");
+                        }
                     }
                 }
             }

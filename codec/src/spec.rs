@@ -134,6 +134,76 @@ pub struct Framing {
 /// Limit on a fixed header; TPDUs are 5 bytes, no profile we know uses more than 16.
 pub const FRAME_HEADER_MAX_BYTES: u8 = 16;
 
+/// How a length prefix is written (the decoder's flattened view of a [`FieldSpec`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prefix {
+    Fixed,
+    Ascii,
+    Ebcdic,
+    Bcd,
+    Binary,
+}
+
+/// What the decoder needs of one element, flattened once at load so that the per-element
+/// work on the hot path is one small read instead of several matches on the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FieldLayout {
+    pub(crate) defined: bool,
+    pub(crate) prefix: Prefix,
+    pub(crate) prefix_len: u8,
+    pub(crate) prefix_digits: u8,
+    pub(crate) encoding: Encoding,
+    pub(crate) class: ContentClass,
+    pub(crate) max_len: u16,
+}
+
+impl FieldLayout {
+    const UNDEFINED: FieldLayout = FieldLayout {
+        defined: false,
+        prefix: Prefix::Fixed,
+        prefix_len: 0,
+        prefix_digits: 0,
+        encoding: Encoding::Binary,
+        class: ContentClass::B,
+        max_len: 0,
+    };
+
+    fn of(spec: &FieldSpec) -> FieldLayout {
+        let (prefix, prefix_digits) = match (spec.length, spec.prefix) {
+            (LengthKind::Fixed, _) => (Prefix::Fixed, 0),
+            (l, p) => (
+                match p {
+                    Encoding::Ascii => Prefix::Ascii,
+                    Encoding::Ebcdic => Prefix::Ebcdic,
+                    Encoding::Bcd => Prefix::Bcd,
+                    Encoding::Binary => Prefix::Binary,
+                },
+                if l == LengthKind::Llvar { 2 } else { 3 },
+            ),
+        };
+        FieldLayout {
+            defined: true,
+            prefix,
+            // At most 3: checked by the length kinds there are.
+            prefix_len: spec.prefix_len() as u8,
+            prefix_digits,
+            encoding: spec.encoding,
+            class: spec.class,
+            max_len: spec.max_len,
+        }
+    }
+
+    /// Bytes the content takes on the wire for a logical length.
+    #[inline]
+    pub(crate) fn wire_len(&self, logical_len: usize) -> usize {
+        if self.encoding == Encoding::Bcd {
+            logical_len.div_ceil(2)
+        } else {
+            logical_len
+        }
+    }
+}
+
 /// A wire profile, loaded once and shared for the life of the process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +236,7 @@ pub struct Dialect {
     pub max_message_len: usize,
     pub framing: Framing,
     fields: Vec<Option<FieldSpec>>,
+    layout: Vec<FieldLayout>,
 }
 
 impl Dialect {
@@ -287,7 +358,12 @@ impl Dialect {
         if !mac_fields_ok {
             return invalid("mac: the MAC element(s) must be defined as fixed b, 8 bytes".into());
         }
+        let layout = fields
+            .iter()
+            .map(|f| f.as_ref().map_or(FieldLayout::UNDEFINED, FieldLayout::of))
+            .collect();
         Ok(Dialect {
+            layout,
             name: file.name,
             description: file.description,
             mti_encoding: file.mti_encoding,
@@ -317,6 +393,12 @@ impl Dialect {
     #[inline]
     pub fn field(&self, n: u8) -> Option<&FieldSpec> {
         self.fields.get(usize::from(n)).and_then(Option::as_ref)
+    }
+
+    /// The decoder's view of element `n` (1..=128).
+    #[inline]
+    pub(crate) fn layout(&self, n: u8) -> &FieldLayout {
+        &self.layout[usize::from(n)]
     }
 
     /// Every defined element, in ascending order.
