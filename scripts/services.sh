@@ -8,9 +8,10 @@
 #     services_start
 #
 # services_start installs the Debian packages `postgresql` and `redis-server` when a binary is
-# missing, picks free TCP ports, starts a PostgreSQL cluster of its own (data under
-# target/test-services/pg-XXXX) and a Redis of its own (target/test-services/redis-XXXX), and
-# exports for the tests:
+# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs; a failure there
+# is only logged, that test then fails on its own), picks free TCP ports, starts a PostgreSQL
+# cluster of its own (data under target/test-services/pg-XXXX) and a Redis of its own
+# (target/test-services/redis-XXXX), and exports for the tests:
 #
 #     SWITCHYARD_TEST_PG_URL     postgres://postgres@127.0.0.1:PORT/postgres
 #     SWITCHYARD_TEST_PG_BIN     directory of pg_ctl, initdb, psql (/usr/lib/postgresql/15/bin)
@@ -78,6 +79,12 @@ _sy_pg_bin_dir() {
 
 # Install the Debian packages when a binary is missing (only then, and quietly).
 _sy_ensure_packages() {
+  _sy_ensure_servers || return 1
+  _sy_ensure_promtool
+  return 0
+}
+
+_sy_ensure_servers() {
   if _sy_pg_bin_dir >/dev/null && command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
     return 0
   fi
@@ -92,6 +99,22 @@ _sy_ensure_packages() {
     { _sy_log "apt-get install postgresql redis-server failed"; return 1; }
   _sy_pg_bin_dir >/dev/null || { _sy_log "no PostgreSQL binaries under /usr/lib/postgresql after install"; return 1; }
   command -v redis-server >/dev/null || { _sy_log "no redis-server after install"; return 1; }
+}
+
+# promtool (package prometheus) checks the alert rules in ops/. Not needed by the servers, so
+# a failure is only logged: tests/tests/ops_rules.rs then fails and says why.
+_sy_ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  if [ "$(id -u)" != 0 ]; then
+    _sy_log "promtool is missing and this is not root: install the Debian package prometheus"
+    return 1
+  fi
+  _sy_log "installing prometheus for promtool (apt-get)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null || { _sy_log "apt-get update failed"; return 1; }
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null </dev/null ||
+    { _sy_log "apt-get install prometheus failed"; return 1; }
+  command -v promtool >/dev/null || { _sy_log "no promtool after installing prometheus"; return 1; }
 }
 
 # Print a TCP port that is free on 127.0.0.1 right now.

@@ -1,0 +1,369 @@
+//! The operations files in ops/ are sound: the Prometheus alert rules load and pass their
+//! promtool unit tests, and the Grafana dashboard only queries metrics the switch exports,
+//! in PromQL that parses.
+//!
+//! Needs `promtool` (Debian package `prometheus`; scripts/test.sh installs it through
+//! scripts/services.sh) but no PostgreSQL or Redis.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let p = root().join(rel);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+/// Runs promtool from the workspace root; fails the test (never skips it) when promtool is
+/// not installed.
+fn promtool(args: &[&str]) -> Output {
+    match Command::new("promtool")
+        .args(args)
+        .current_dir(root())
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "promtool is not on PATH: install the Debian package `prometheus` \
+             (apt-get install -y prometheus); scripts/test.sh does it through scripts/services.sh"
+        ),
+        Err(e) => panic!("running promtool {args:?}: {e}"),
+    }
+}
+
+fn assert_success(args: &[&str]) {
+    let out = promtool(args);
+    assert!(
+        out.status.success(),
+        "promtool {} failed ({}):\n{}\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// Proves the alert rules load (`promtool check rules`) and that every alert fires on the input
+// series meant to fire it and stays quiet on the others (`promtool test rules`).
+#[test]
+fn alert_rules_are_valid_and_pass_their_unit_tests() {
+    assert_success(&["check", "rules", "ops/prometheus/alerts.yml"]);
+    assert_success(&["test", "rules", "ops/prometheus/alerts_test.yml"]);
+}
+
+/// Every series name the switch exports: the names registered in switch/src/metrics.rs with
+/// the registry's `switchyard_` prefix, and for histograms their `_bucket`, `_sum` and `_count`
+/// series.
+fn exported_metric_names() -> BTreeSet<String> {
+    let src = read("switch/src/metrics.rs");
+    assert!(
+        src.contains(r#"Registry::new_custom(Some("switchyard".into())"#),
+        "switch/src/metrics.rs no longer registers under the `switchyard` namespace"
+    );
+    // Constructors whose first argument is the metric's name, and whether it is a histogram.
+    const CONSTRUCTORS: [(&str, bool); 6] = [
+        ("Opts::new(", false),
+        ("IntGauge::new(", false),
+        ("IntCounter::new(", false),
+        ("HistogramOpts::new(", true),
+        ("hist(", true),
+        ("Gauge::new(", false),
+    ];
+    let mut names = BTreeSet::new();
+    let mut registered = 0;
+    for (call, histogram) in CONSTRUCTORS {
+        let mut rest = src.as_str();
+        while let Some(i) = rest.find(call) {
+            // `Opts::new(` also ends `HistogramOpts::new(`; `hist(` also ends `fn hist(`.
+            let before = &rest[..i];
+            rest = &rest[i + call.len()..];
+            if before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let arg = rest.trim_start();
+            let Some(arg) = arg.strip_prefix('"') else {
+                continue; // the definition `fn hist(name: &str, ...)`
+            };
+            let name = &arg[..arg.find('"').expect("closed string literal")];
+            let full = format!("switchyard_{name}");
+            if histogram {
+                for suffix in ["_bucket", "_sum", "_count"] {
+                    names.insert(format!("{full}{suffix}"));
+                }
+            }
+            names.insert(full);
+            registered += 1;
+        }
+    }
+    let boxed = src.matches("Box::new(m.").count();
+    assert_eq!(
+        registered, boxed,
+        "found {registered} metric names in switch/src/metrics.rs but {boxed} registrations: \
+         the name parser in tests/tests/ops_rules.rs needs to learn a new constructor"
+    );
+    names
+}
+
+/// Every `expr` string anywhere in a Grafana dashboard.
+fn exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The metric names a PromQL expression selects: identifiers that are not functions,
+/// keywords, label names (inside `{}` or a `by (...)` list), strings, durations, numbers or
+/// Grafana variables.
+fn selected_metrics(expr: &str) -> Vec<String> {
+    const KEYWORDS: [&str; 12] = [
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "atan2",
+    ];
+    const AGGREGATIONS: [&str; 14] = [
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+        "limitk",
+        "limit_ratio",
+    ];
+    let chars: Vec<char> = expr.chars().collect();
+    let mut names = Vec::new();
+    let mut i = 0;
+    // Set after a keyword that takes a label list: the next `(...)` holds label names.
+    let mut label_list_next = false;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+        } else if c == '{' || c == '[' {
+            let close = if c == '{' { '}' } else { ']' };
+            while i < chars.len() && chars[i] != close {
+                if chars[i] == '"' {
+                    i += 1;
+                    while i < chars.len() && chars[i] != '"' {
+                        i += if chars[i] == '\\' { 2 } else { 1 };
+                    }
+                }
+                i += 1;
+            }
+            i += 1;
+        } else if c == '(' && label_list_next {
+            while i < chars.len() && chars[i] != ')' {
+                i += 1;
+            }
+            i += 1;
+            label_list_next = false;
+        } else if c == '$' {
+            // A Grafana variable: $name, ${name} or $__name.
+            i += 1;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_{}".contains(chars[i]))
+            {
+                i += 1;
+            }
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
+            // A number or a duration (5m, 1e3, 0x1f, 1.5): all of it.
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '.') {
+                i += 1;
+            }
+        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || "_:".contains(chars[i])) {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            let next = chars[i..].iter().find(|c| !c.is_whitespace());
+            let lower = word.to_ascii_lowercase();
+            label_list_next = [
+                "by",
+                "without",
+                "on",
+                "ignoring",
+                "group_left",
+                "group_right",
+            ]
+            .contains(&lower.as_str());
+            if label_list_next {
+                // its label list comes next
+            } else if KEYWORDS.contains(&lower.as_str()) || lower == "inf" || lower == "nan" {
+                // an operator keyword or a special number
+            } else if next == Some(&'(') {
+                // a function call, or an aggregation whose `by` comes after its argument
+            } else if AGGREGATIONS.contains(&lower.as_str())
+                && matches!(next, Some(&'b') | Some(&'w'))
+            {
+                // an aggregation with its `by (...)` or `without (...)` before the argument
+            } else {
+                names.push(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+// Proves the metric-name extraction this file relies on: names come from selectors only, not
+// from functions, keywords, label lists, label values, durations or Grafana variables; and
+// metrics.rs yields the documented names with histogram series.
+#[test]
+fn metric_name_extraction_works() {
+    assert_eq!(
+        selected_metrics(
+            r#"histogram_quantile(0.99, sum by (le, bank) (rate(switchyard_bank_round_trip_seconds_bucket{instance=~"$instance",x="a{b}"}[$__rate_interval])))"#
+        ),
+        ["switchyard_bank_round_trip_seconds_bucket"]
+    );
+    assert_eq!(
+        selected_metrics(
+            r#"sum without (mti) (rate(a_total[5m] offset 1h)) / on (rc) group_left (mti) b > bool 1e3 or max(c) by (link)"#
+        ),
+        ["a_total", "b", "c"]
+    );
+    assert_eq!(
+        selected_metrics("switchyard_request_total == 1"),
+        ["switchyard_request_total"]
+    );
+    let names = exported_metric_names();
+    for n in [
+        "switchyard_requests_total",
+        "switchyard_switch_latency_seconds_bucket",
+        "switchyard_switch_latency_seconds_count",
+        "switchyard_bank_round_trip_seconds_sum",
+        "switchyard_bank_link_state",
+        "switchyard_reversals_oldest_age_seconds",
+        "switchyard_journal_batch_size_bucket",
+        "switchyard_redis_seconds_bucket",
+        "switchyard_bank_late_answers_total",
+    ] {
+        assert!(names.contains(n), "{n} not among {names:?}");
+    }
+    assert!(!names.contains("switchyard_requests_total_bucket"));
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let text = read("ops/grafana/switchyard.json");
+    let dashboard: Value =
+        serde_json::from_str(&text).expect("ops/grafana/switchyard.json is JSON");
+    let mut out = Vec::new();
+    exprs(&dashboard, &mut out);
+    assert!(
+        out.len() >= 20,
+        "only {} queries in the dashboard",
+        out.len()
+    );
+    out
+}
+
+// Proves every query of the Grafana dashboard selects only series the switch exports (names
+// from switch/src/metrics.rs, `switchyard_` prefix, histogram series), so a renamed or
+// misspelt metric cannot leave a panel silently empty; and that every panel uses the
+// ${DS_PROMETHEUS} data source.
+#[test]
+fn dashboard_queries_use_only_exported_metrics() {
+    let known = exported_metric_names();
+    let mut unknown = Vec::new();
+    for e in dashboard_exprs() {
+        let names = selected_metrics(&e);
+        assert!(!names.is_empty(), "query selects no metric: {e}");
+        for n in names {
+            if !known.contains(&n) {
+                unknown.push(format!("{n} (in `{e}`)"));
+            }
+        }
+    }
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries metrics that switch/src/metrics.rs does not export:\n{}",
+        unknown.join("\n")
+    );
+
+    let dashboard: Value = serde_json::from_str(&read("ops/grafana/switchyard.json")).unwrap();
+    assert!(
+        dashboard["__inputs"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["name"] == "DS_PROMETHEUS")),
+        "no DS_PROMETHEUS input"
+    );
+    for p in dashboard["panels"].as_array().expect("panels") {
+        if p["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            p["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "panel {} has another data source",
+            p["title"]
+        );
+    }
+}
+
+// Proves every dashboard query is valid PromQL: each one, with Grafana's variables replaced,
+// becomes a recording rule that `promtool check rules` parses.
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in dashboard_exprs().iter().enumerate() {
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$__interval", "1m")
+            .replace("$instance", ".*");
+        assert!(!e.contains('$'), "unknown Grafana variable in `{e}`");
+        let quoted = serde_json::to_string(&e).unwrap(); // a JSON string is a YAML string
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {quoted}\n"
+        ));
+    }
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("ops_rules_dashboard_{}.yml", std::process::id()));
+    std::fs::write(&path, rules).unwrap();
+    let out = promtool(&["check", "rules", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "a dashboard query is not valid PromQL:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
