@@ -1,38 +1,174 @@
 #!/usr/bin/env bash
-# Demo (first cut): private PostgreSQL and Redis, a build, and the codec tool decoding sample
-# merchant messages from the contract's test vectors. The full demo will replace this.
+# The demo: a whole Switchyard on this machine, then a merchant walking through the
+# interesting cases, then what the bank recorded. Keeps running until Ctrl-C.
+#
+# Starts (and at exit stops) everything itself: a private PostgreSQL and Redis
+# (scripts/services.sh), two bank simulators (bank-a: cards starting 4, bank-b: cards
+# 51-55), the switch. Files (config, logs) go under target/demo/.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root="$(pwd)"
+dir="$root/target/demo"
+bin="$root/target/debug"
+# How long a process may take to print its ready line (in tenths of a second).
+ready_wait_tenths=600
+# The switch's bank timeout: the 91 case waits this long.
+bank_timeout_ms=2000
 
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
-trap services_stop EXIT
+
+started=()
+stop_all() {
+  local pid i
+  for pid in "${started[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${started[@]}"; do
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  started=()
+  services_stop
+}
+trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-services_start
+say() { printf '\n==> %s\n' "$*"; }
 
-echo "==> building"
-cargo build -q --workspace
-
-vectors=codec/tests/data/merchant-h2h-v1.json
-# The hex of the vector whose "name" is $1 (the line after it in the file).
-vector_hex() {
-  awk -v want="\"name\": \"$1\"" '
-    index($0, want) { found = 1; next }
-    found && /"hex":/ { gsub(/.*"hex": *"|".*/, ""); print; exit }
-  ' "$vectors"
+# wait_ready OUT_FILE PID NAME: prints the ready line once OUT_FILE has it.
+wait_ready() {
+  local out="$1" pid="$2" name="$3" i
+  for i in $(seq 1 "$ready_wait_tenths"); do
+    if grep -q '"ready"' "$out" 2>/dev/null; then
+      grep -m 1 '"ready"' "$out"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited before it was ready; its log:" >&2
+      tail -n 30 "${out%.out}.log" >&2 || true
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "$name was not ready after $((ready_wait_tenths / 10)) s" >&2
+  return 1
 }
 
-for name in "purchase request" "purchase approved"; do
-  hex="$(vector_hex "$name")"
-  if [ -z "$hex" ]; then
-    echo "no vector named '$name' in $vectors" >&2
-    exit 1
-  fi
-  echo
-  echo "==> $name"
-  echo "    $hex"
-  cargo run -q -p switch --bin switchyard -- iso8583 decode --dialect merchant-h2h-v1 "$hex"
+# json_str KEY JSON: the string value of KEY in a one-line JSON object.
+json_str() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$2"; }
+
+say "starting private PostgreSQL and Redis"
+services_start
+
+say "building (cargo build --workspace)"
+cargo build --workspace
+
+mkdir -p "$dir"
+rm -f "$dir"/*.out "$dir"/*.log "$dir"/switchyard.toml
+
+declare -A listen control
+for bank in bank-a bank-b; do
+  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
+    >"$dir/$bank.out" 2>"$dir/$bank.log" &
+  started+=($!)
+  line="$(wait_ready "$dir/$bank.out" $! "$bank")"
+  listen[$bank]="$(json_str listen "$line")"
+  control[$bank]="$(json_str control "$line")"
+  echo "$bank: bank links on ${listen[$bank]}, record at http://${control[$bank]}/record"
 done
+
+db_url="postgres://postgres@127.0.0.1:${SWITCHYARD_TEST_PG_PORT}/switchyard"
+"$SWITCHYARD_TEST_PG_BIN/psql" -q "$SWITCHYARD_TEST_PG_URL" -c 'CREATE DATABASE switchyard' >/dev/null
+
+config="$dir/switchyard.toml"
+cat >"$config" <<EOF
+# Written by scripts/demo.sh; see config/switchyard.example.toml for every setting.
+[switch]
+instance_id = 1
+shutdown_deadline_ms = 5000
+reload_interval_ms = 1000
+
+[merchant_listener]
+tcp = "127.0.0.1:0"
+
+[database]
+url = "$db_url"
+pool_size = 8
+journal_writers = 2
+
+[redis]
+url = "$SWITCHYARD_TEST_REDIS_URL"
+key_prefix = "demo:"
+
+[security]
+master_key_hex = "$(printf '11%.0s' $(seq 1 32))"
+pan_hash_key_hex = "$(printf '22%.0s' $(seq 1 32))"
+
+[[bank]]
+id = "bank-a"
+dialect = "bank-bcd-v1"
+addr = "${listen[bank-a]}"
+acquirer_id = "123456"
+timeout_ms = $bank_timeout_ms
+
+[[bank]]
+id = "bank-b"
+dialect = "bank-bcd-v1"
+addr = "${listen[bank-b]}"
+acquirer_id = "123456"
+timeout_ms = $bank_timeout_ms
+EOF
+echo "configuration: $config"
+
+sy() { RUST_LOG=warn "$bin/switchyard" "$@" --config "$config"; }
+
+say "switchyard migrate"
+sy migrate
+
+say "switchyard merchant add"
+merchant_id="DEMOMERCHANT001"
+terminal="DEMO0001"
+added="$(sy merchant add --id "$merchant_id" --name "Demo Shop" --currencies 840,978 \
+  --limit-minor 1000000 --rate 100 --burst 200 2>/dev/null | tail -n 1)"
+key="$(json_str mac_key_hex "$added")"
+if [ -z "$key" ]; then
+  echo "merchant add printed no key: $added" >&2
+  exit 1
+fi
+echo "merchant id (DE42): $merchant_id"
+echo "terminal   (DE41): $terminal"
+echo "MAC key (hex)    : $key"
+
+say "switchyard route add (4 -> bank-a, 51-55 -> bank-b)"
+sy route add --low 4 --high 4 --bank bank-a
+sy route add --low 51 --high 55 --bank bank-b
+
+say "switchyard run"
+RUST_LOG=info "$bin/switchyard" run --config "$config" >"$dir/switch.out" 2>"$dir/switch.log" &
+switch_pid=$!
+started+=("$switch_pid")
+line="$(wait_ready "$dir/switch.out" "$switch_pid" switchyard)"
+merchant_addr="$(json_str merchant_tcp "$line")"
+echo "switch (pid $switch_pid) listening for merchants on $merchant_addr; log: $dir/switch.log"
+
+say "demo traffic"
+"$bin/demo-traffic" --addr "$merchant_addr" --merchant "$merchant_id" --key "$key" \
+  --bank-control "${control[bank-a]}" --bank-control "${control[bank-b]}"
+
+say "running"
+cat <<EOF
+The switch listens for merchants on $merchant_addr (port ${merchant_addr##*:}).
+  merchant $merchant_id, terminal $terminal (any DE41 works), MAC key $key
+  try it:   $bin/demo-traffic --addr $merchant_addr --merchant $merchant_id --key $key --no-wait
+  or load:  $bin/loadgen --addr $merchant_addr --merchant $merchant_id --key $key --rate 50 --duration 10 --no-ceiling \\
+              --bank-control ${control[bank-a]} --bank-control ${control[bank-b]}
+  bank records: curl http://${control[bank-a]}/record  http://${control[bank-b]}/record
+Press Ctrl-C to stop everything.
+EOF
+wait "$switch_pid"

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use codec::{MacCheck, OwnedMessage, builtin};
+use loadtest::load::http;
 use loadtest::load::run::wait_links_ready;
 use loadtest::merchant::{
     self, Answer, Client, Merchant, PurchaseSpec, call, network_code, repeat_of,
@@ -39,6 +40,86 @@ struct Args {
     /// Skip waiting for the switch's bank links (a probe purchase per bank).
     #[arg(long)]
     no_wait: bool,
+    /// Control endpoints of the bank simulators: after the scenario, wait until the
+    /// reversal of the timed-out purchase is recorded and print what each recorded.
+    #[arg(long)]
+    bank_control: Vec<SocketAddr>,
+}
+
+/// How long to wait for the reversal of the timed-out purchase to reach the bank.
+const REVERSAL_WAIT: Duration = Duration::from_secs(60);
+const REVERSAL_POLL: Duration = Duration::from_millis(500);
+
+async fn record(control: SocketAddr) -> Result<serde_json::Value> {
+    let body = http::request(control, "GET", "/record").await?;
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// Polls every simulator until one records a reversal of `rrn`, within [`REVERSAL_WAIT`].
+async fn wait_reversal(controls: &[SocketAddr], rrn: &str) -> Result<()> {
+    let start = tokio::time::Instant::now();
+    loop {
+        for c in controls {
+            if record(*c).await?["reversals"].get(rrn).is_some() {
+                println!(
+                    "{:<16} the bank simulator recorded the reversal of {rrn} after {:.1?}",
+                    "reversal",
+                    start.elapsed()
+                );
+                return Ok(());
+            }
+        }
+        if start.elapsed() >= REVERSAL_WAIT {
+            bail!("no reversal of {rrn} at the bank after {REVERSAL_WAIT:?}");
+        }
+        tokio::time::sleep(REVERSAL_POLL).await;
+    }
+}
+
+fn summarise(name: &str, r: &serde_json::Value) {
+    let list = |k: &str| r[k].as_array().cloned().unwrap_or_default();
+    let text = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("-").to_owned();
+    println!("bank {name}:");
+    for a in list("approved") {
+        println!(
+            "  approved  {} RRN {} amount {} auth {}{}",
+            text(&a, "mti"),
+            text(&a, "rrn"),
+            a["amount_minor"],
+            text(&a, "auth_code"),
+            if a["reversed"] == true {
+                "  REVERSED"
+            } else {
+                ""
+            }
+        );
+    }
+    for d in list("declined") {
+        println!(
+            "  declined  {} RRN {} amount {} code {}",
+            text(&d, "mti"),
+            text(&d, "rrn"),
+            d["amount_minor"],
+            text(&d, "response_code")
+        );
+    }
+    for u in list("unanswered") {
+        println!(
+            "  withheld  {} RRN {} amount {} (never answered, as the 91 rule says)",
+            text(&u, "mti"),
+            text(&u, "rrn"),
+            u["amount_minor"]
+        );
+    }
+    if let Some(revs) = r["reversals"].as_object() {
+        for (rrn, n) in revs {
+            println!("  reversal  RRN {rrn} received {n} time(s)");
+        }
+    }
+    println!(
+        "  messages by MTI: {}  repeated RRNs: {}",
+        r["counts_by_mti"], r["requests_by_rrn_dupes"]
+    );
 }
 
 struct Demo {
@@ -163,10 +244,10 @@ async fn main() -> Result<()> {
     let a = d.send(&msg).await?;
     line("timeout", "0200 4111...1111 10.91 (bank silent)", &a);
     expect("timeout", &a, "91")?;
+    let timeout_rrn = field(&a, 37);
     println!(
-        "{:<16} the switch now reverses RRN {} at the bank (0400, repeated until answered)",
-        "",
-        field(&a, 37)
+        "{:<16} the switch now reverses RRN {timeout_rrn} at the bank (0400, repeated until answered)",
+        ""
     );
 
     let repeat = repeat_of(&approval);
@@ -193,6 +274,18 @@ async fn main() -> Result<()> {
     let a = d.send(&msg).await?;
     line("echo", "0800 DE70=301", &a);
     expect("echo", &a, "00")?;
+    if !args.bank_control.is_empty() {
+        println!();
+        wait_reversal(&args.bank_control, &timeout_rrn).await?;
+        println!();
+        println!("what the bank simulators recorded (including the link probes):");
+        for (i, c) in args.bank_control.iter().enumerate() {
+            summarise(
+                &format!("{} ({c})", ["bank-a", "bank-b"].get(i).unwrap_or(&"?")),
+                &record(*c).await?,
+            );
+        }
+    }
     println!("demo traffic done");
     Ok(())
 }

@@ -115,7 +115,11 @@ impl Collector {
             return;
         }
         self.measured_answered += 1;
-        self.last_measured_answer = Some(o.received);
+        // Deliberate timeouts end a bank timeout later by design; they do not stretch
+        // the window the achieved rate is computed over.
+        if o.kind != Kind::Timeout {
+            self.last_measured_answer = Some(o.received);
+        }
         if o.kind == Kind::Timeout {
             self.timeout_latency.saturating_record(us);
         } else {
