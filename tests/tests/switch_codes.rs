@@ -540,11 +540,19 @@ async fn rate_limit_65() {
     );
 }
 
-// Proves 94 for an order reference that was approved, and that after a decline the same
-// order reference may be used again and is approved.
+// Proves 94 for an order reference that was approved or is still pending (not forwarded),
+// and that after a decline or a 91 the same order reference may be used again and is
+// approved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn order_reference_94() {
-    let world = World::new("codes_94", WorldOptions::default());
+    // A long bank timeout keeps the pending purchase pending while the second one arrives.
+    let world = World::new(
+        "codes_94",
+        WorldOptions {
+            bank_timeout_ms: 5000,
+            ..WorldOptions::default()
+        },
+    );
     let sw = world.start_switch(1);
     world.wait_links_ready(&sw).await;
     let mut c = world.client(&sw).await;
@@ -575,6 +583,48 @@ async fn order_reference_94() {
     let req = c.purchase(&next_stan(), 1000, VISA, &order);
     let r = c.call(&req).await;
     assert_answer(&c, &r, "0210", "00", &req, "same OR after a decline");
+
+    // Still pending: the first (amount ending 91) is at the bank, which never answers it.
+    let order = order_ref("ORD94P", &next_stan());
+    let before = purchases_seen(&world.banks[0]).await;
+    let first = c.purchase(&next_stan(), 1091, VISA, &order);
+    c.send(&first).await;
+    world.banks[0]
+        .wait_record("the pending purchase", Duration::from_secs(30), |r| {
+            count_mti(r, "0200") > before
+        })
+        .await;
+    let second = c.purchase(&next_stan(), 1000, VISA, &order);
+    c.send(&second).await;
+    let second_stan = String::from_utf8(second.fields[&11].clone()).expect("digits");
+    let first_stan = String::from_utf8(first.fields[&11].clone()).expect("digits");
+    let (r2, others) = c.recv_stan(&second_stan).await;
+    assert_answer(
+        &c,
+        &r2,
+        "0210",
+        "94",
+        &second,
+        "same OR while the first is pending",
+    );
+    let r1 = match others.into_iter().next() {
+        Some(r) => r,
+        None => c.recv_stan(&first_stan).await.0,
+    };
+    assert_eq!(r1.get_str(11).as_deref(), Some(first_stan.as_str()));
+    assert!(
+        rc(&r1) == "91",
+        "the pending purchase timed out: 91, got {}",
+        rc(&r1)
+    );
+    assert_eq!(
+        purchases_seen(&world.banks[0]).await,
+        before + 1,
+        "the 94 was not forwarded"
+    );
+    let req = c.purchase(&next_stan(), 1000, VISA, &order);
+    let r = c.call(&req).await;
+    assert_answer(&c, &r, "0210", "00", &req, "same OR after the 91");
 }
 
 // Proves 92 for a card no route serves (3400...), not forwarded to any bank.
