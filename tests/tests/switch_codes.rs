@@ -65,6 +65,15 @@ fn assert_answer(c: &Client, r: &Message, mti: &str, code: &str, req: &OwnedMess
     );
     assert!(c.mac_ok(r), "{what}: the answer carries a valid MAC");
     assert!(!r.has(2), "{what}: DE2 is never echoed");
+    for n in [3u8, 4, 7, 41, 42, 49, 70] {
+        if let Some(v) = req.fields.get(&n) {
+            assert_eq!(
+                r.get(n).map(|v| v.into_owned()).as_ref(),
+                Some(v),
+                "{what}: DE{n} echoed"
+            );
+        }
+    }
 }
 
 // Proves an unparseable message with a readable MTI is answered with its response MTI and
