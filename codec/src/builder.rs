@@ -4,13 +4,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ebcdic;
 use crate::error::{EncodeError, EncodeErrorKind as K};
-use crate::mac::MacKey;
+use crate::mac::{MAC_LEN_BYTES, MacKey};
 use crate::message::{bit, first_disallowed};
 use crate::mti::Mti;
-use crate::spec::{BitmapEncoding, ContentClass, Dialect, Encoding, FieldSpec, LengthKind};
-
-/// First allocation for an encoded message; the contract's requests fit in it.
-const ENCODE_CAPACITY_TYPICAL_BYTES: usize = 256;
+use crate::spec::{BitmapEncoding, ContentClass, Dialect, Encoding, FieldSpec, LengthKind, Prefix};
 
 /// Elements a builder holds without allocating; it moves to the heap past that. Every
 /// message in the merchant contract and the bank protocol has fewer.
@@ -162,16 +159,50 @@ impl<'a> MessageBuilder<'a> {
         self.fields.as_slice().iter().copied()
     }
 
+    /// The bytes the encoded message takes (for a message that encodes; a guess
+    /// otherwise), with or without a MAC.
+    pub fn encoded_len(&self, with_mac: bool) -> usize {
+        let d = self.dialect;
+        let mut secondary = false;
+        let mut len = d.mti_len();
+        for &(n, value) in self.fields.as_slice() {
+            if with_mac && (n == 64 || n == 128) {
+                continue;
+            }
+            let layout = d.layout(n.min(crate::FIELD_NUMBER_MAX));
+            if !layout.defined {
+                continue;
+            }
+            secondary |= n > 64;
+            let logical = match layout.prefix {
+                Prefix::Fixed => usize::from(layout.max_len),
+                _ => value.len(),
+            };
+            len += usize::from(layout.prefix_len) + layout.wire_len(logical);
+        }
+        if with_mac && let Some(f) = d.mac_field(secondary) {
+            len += MAC_LEN_BYTES;
+            secondary |= f > 64;
+        }
+        len + d.bitmap_len() * (1 + usize::from(secondary))
+    }
+
+    /// A buffer of exactly the message's size: freezing a full buffer hands it over as
+    /// is, where a part-full one costs a second allocation for its shared header.
+    fn buffer(&self, with_mac: bool) -> BytesMut {
+        BytesMut::with_capacity(self.encoded_len(with_mac))
+    }
+
     /// Encodes without a MAC.
     pub fn encode(&self) -> Result<Bytes, EncodeError> {
-        let mut out = BytesMut::with_capacity(ENCODE_CAPACITY_TYPICAL_BYTES);
+        let mut out = self.buffer(false);
         self.encode_into(&mut out, None)?;
         Ok(out.freeze())
     }
 
     /// Encodes with a MAC in the element the dialect names for this message.
     pub fn encode_with_mac(&self, key: &MacKey) -> Result<Bytes, EncodeError> {
-        let mut out = BytesMut::with_capacity(ENCODE_CAPACITY_TYPICAL_BYTES);
+        let mut out = self.buffer(true);
         self.encode_into(&mut out, Some(key))?;
         Ok(out.freeze())
     }

@@ -111,8 +111,8 @@ pub(crate) fn bit(n: u8) -> (usize, u64) {
 impl Dialect {
     /// Parses a buffer that holds a message or the start of one.
     pub fn parse(&'static self, buf: Bytes) -> Result<Parse, DecodeError> {
-        let (msg, res) = index(self, buf);
-        match res {
+        let mut msg = Message::unread(self, buf);
+        match index_into(&mut msg) {
             Ok(()) => Ok(Parse::Complete(msg)),
             Err(Stop::Incomplete { needed, .. }) => Ok(Parse::Incomplete { needed }),
             Err(Stop::Error(e)) => Err(e),
@@ -123,8 +123,9 @@ impl Dialect {
     /// bytes is [`K::Truncated`].
     pub fn decode(&'static self, buf: Bytes) -> Result<Message, DecodeError> {
         let len = buf.len();
-        let (msg, res) = index(self, buf);
-        match res {
+        // Built where it is returned: the index is too big to move around for free.
+        let mut msg = Message::unread(self, buf);
+        match index_into(&mut msg) {
             Ok(()) => Ok(msg),
             Err(Stop::Incomplete { field, .. }) => Err(DecodeError {
                 field,
@@ -139,22 +140,25 @@ impl Dialect {
     /// readable and every element before the first structural error whose content was
     /// valid. Used to answer a malformed request with its own MTI, STAN and terminal.
     pub fn salvage(&'static self, buf: Bytes) -> Option<Message> {
-        let (msg, _) = index(self, buf);
+        let mut msg = Message::unread(self, buf);
+        let _ = index_into(&mut msg);
         (msg.mti != Mti::UNREADABLE).then_some(msg)
     }
 }
 
-fn index(dialect: &'static Dialect, buf: Bytes) -> (Message, Result<(), Stop>) {
-    let mut msg = Message {
-        dialect,
-        buf,
-        mti: Mti::UNREADABLE,
-        present: [0; 2],
-        has_secondary: false,
-        spans: Spans::new(),
-    };
-    let res = index_into(&mut msg);
-    (msg, res)
+impl Message {
+    /// A message with nothing read yet.
+    #[inline]
+    fn unread(dialect: &'static Dialect, buf: Bytes) -> Message {
+        Message {
+            dialect,
+            buf,
+            mti: Mti::UNREADABLE,
+            present: [0; 2],
+            has_secondary: false,
+            spans: Spans::new(),
+        }
+    }
 }
 
 /// Running out of bytes: incomplete if more could still arrive, otherwise (the message

@@ -261,3 +261,27 @@ fn bcd_content_and_length_errors() {
     m[35] = 0x20;
     expect(decode(d, m), Some(35), 35, K::BadCharacter);
 }
+
+// Proves the builder's size prediction matches what it writes, so encode allocates once.
+#[test]
+fn encoded_len_is_exact() {
+    let key = codec::MacKey::new(&[1; codec::mac::MAC_KEY_LEN_BYTES]);
+    for name in builtin::names() {
+        let d = builtin::get(name).unwrap();
+        let mut b = MessageBuilder::new(d, Mti::FINANCIAL_REQUEST);
+        b.set(2, b"41111111111")
+            .set(4, b"1000")
+            .set(11, b"000001")
+            .set(41, b"T1");
+        assert_eq!(b.encoded_len(false), b.encode().unwrap().len(), "{name}");
+        b.set(90, b"0200");
+        assert_eq!(b.encoded_len(false), b.encode().unwrap().len(), "{name}");
+        if d.mac != codec::spec::MacPlacement::None {
+            assert_eq!(
+                b.encoded_len(true),
+                b.encode_with_mac(&key).unwrap().len(),
+                "{name}"
+            );
+        }
+    }
+}
