@@ -54,16 +54,31 @@ impl Answer {
 /// Elements a response echoes from its request, when the request had them.
 pub const ECHOED: [u8; 8] = [3, 4, 7, 11, 41, 42, 49, 70];
 
-/// Builds the response to `req` (which may be a salvaged, partly read message) with
-/// `extra` elements; MAC'd with the merchant's key when the merchant is known.
+/// What an answer to a message that could not be parsed echoes (the contract: whichever
+/// of these could be read).
+pub const ECHOED_WHEN_UNPARSEABLE: [u8; 4] = [7, 11, 41, 42];
+
+/// Builds the response to `req` with `extra` elements; MAC'd with the merchant's key when
+/// the merchant is known.
 pub fn respond(
     req: &Message,
     merchant: Option<&Merchant>,
     answer: &Answer,
     extra: &[(u8, &[u8])],
 ) -> Option<Bytes> {
+    respond_echoing(req, merchant, answer, extra, &ECHOED)
+}
+
+/// [`respond`] echoing only the elements in `echo` (for a salvaged, partly read request).
+pub fn respond_echoing(
+    req: &Message,
+    merchant: Option<&Merchant>,
+    answer: &Answer,
+    extra: &[(u8, &[u8])],
+    echo: &[u8],
+) -> Option<Bytes> {
     let dialect = req.dialect();
-    let echoed: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = ECHOED
+    let echoed: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = echo
         .iter()
         .filter_map(|&n| req.get(n).map(|v| (n, v)))
         .collect();

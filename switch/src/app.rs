@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bank_links::tcp::{Backoff, LinkNotice, spawn_tcp};
+use bank_links::tcp::{Backoff, LinkNotice, spawn_link};
 use bank_links::{Bank, BankConfig, LinkConfig, StanAllocator};
 use bytes::Bytes;
 use codec::Dialect;
@@ -145,6 +145,7 @@ pub async fn run(
         let stans = Arc::new(StanAllocator::starting_at(
             (codec::clock::unix_now() % 999_999) as u32 + 1,
         ));
+        let endpoint = bank_endpoint(b, &links_shutdown).await?;
         let links = (0..b.links)
             .map(|i| {
                 let lc = LinkConfig {
@@ -162,9 +163,9 @@ pub async fn run(
                     min_ms: b.reconnect_min_ms,
                     max_ms: b.reconnect_max_ms,
                 };
-                spawn_tcp(
+                spawn_link(
                     lc,
-                    b.addr,
+                    endpoint.clone(),
                     stans.clone(),
                     backoff,
                     notice_tx.clone(),
@@ -177,14 +178,13 @@ pub async fn run(
             dialect,
             request_timeout_ms: b.timeout_ms,
         };
-        banks.insert(
-            b.id.clone(),
-            Bank {
-                config: bc,
-                stans,
-                links,
-            },
-        );
+        let breaker = bank_links::BreakerConfig {
+            window_ms: b.breaker_window_ms,
+            min_requests: b.breaker_min_requests,
+            timeout_rate_permille: b.breaker_timeout_rate_percent * 10,
+            open_ms: b.breaker_open_ms,
+        };
+        banks.insert(b.id.clone(), Bank::new(bc, stans, links, breaker));
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
@@ -198,6 +198,7 @@ pub async fn run(
         db.journal_writers,
         db.journal_queue_max,
         metrics.clone(),
+        i32::from(config.switch.business_day_cutover_hour),
     );
     let reversal_wake = Arc::new(Notify::new());
     let workers_shutdown = CancellationToken::new();
@@ -231,9 +232,17 @@ pub async fn run(
         ),
         acquirer_ids,
         reversal_wake,
+        business_day_cutover_hour: config.switch.business_day_cutover_hour,
+        sessions: Arc::new(crate::notify::Sessions::default()),
         metrics: metrics.clone(),
     });
 
+    workers.spawn(crate::notify::run(
+        pool.clone(),
+        engine.sessions.clone(),
+        merchants.clone(),
+        workers_shutdown.clone(),
+    ));
     // Reference data follows the database: periodically and on SIGHUP.
     workers.spawn(reload_loop(
         pool.clone(),
@@ -341,6 +350,46 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(200)).await;
     tracing::info!("switch stopped");
     Ok(())
+}
+
+/// Where a bank's links get their connections: the transport, its certificates, and in
+/// listen mode the bound listener they share.
+async fn bank_endpoint(
+    b: &crate::config::BankSection,
+    shutdown: &CancellationToken,
+) -> Result<bank_links::LinkEndpoint, StartError> {
+    use crate::config::{BankMode, BankTransport};
+    use bank_links::{BankListener, Connector, LinkEndpoint, TlsMaterial, TransportKind};
+    let invalid = |e: &dyn std::fmt::Display| StartError::Invalid(format!("bank {}: {e}", b.id));
+    let kind = match b.transport {
+        BankTransport::Tcp => TransportKind::Tcp,
+        BankTransport::Tls => TransportKind::Tls,
+        BankTransport::Quic => TransportKind::Quic,
+    };
+    let tls = match (kind, &b.cert_pem, &b.key_pem, &b.ca_pem) {
+        (TransportKind::Tcp, ..) => None,
+        (_, Some(cert), Some(key), Some(ca)) => {
+            let name = b.server_name.as_deref().unwrap_or("localhost");
+            Some(TlsMaterial::from_pem_files(cert, key, ca, name).map_err(|e| invalid(&e))?)
+        }
+        _ => return Err(invalid(&"TLS needs cert_pem, key_pem and ca_pem")),
+    };
+    match (b.mode, b.addr, b.listen_addr) {
+        (BankMode::Connect, Some(addr), _) => Ok(LinkEndpoint::Connect {
+            addr,
+            connector: Connector::new(kind, tls.as_ref()).map_err(|e| invalid(&e))?,
+        }),
+        (BankMode::Listen, _, Some(addr)) => {
+            let l = BankListener::bind(addr, kind, tls.as_ref(), shutdown.clone())
+                .await
+                .map_err(|e| invalid(&e))?;
+            tracing::info!(bank = %b.id, addr = %l.local_addr(), "listening for the bank's links");
+            Ok(LinkEndpoint::Listen(l))
+        }
+        _ => Err(invalid(
+            &"mode needs addr (connect) or listen_addr (listen)",
+        )),
+    }
 }
 
 /// A TPDU (0x60, destination 0001, source 0000) for dialects with a 5-byte header.

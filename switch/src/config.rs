@@ -54,6 +54,9 @@ pub struct SwitchSection {
     /// Log as JSON lines instead of text.
     #[serde(default)]
     pub log_json: bool,
+    /// The business day (ledger, settlement) starts at this hour, UTC.
+    #[serde(default)]
+    pub business_day_cutover_hour: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,8 +167,45 @@ pub struct BankSection {
     pub id: String,
     /// A built-in dialect name or one from `switch.dialect_files`.
     pub dialect: String,
-    /// Where the bank listens; the switch connects (one connection per link).
-    pub addr: SocketAddr,
+    /// Where the bank listens; the switch connects (one connection per link). Required
+    /// in connect mode.
+    #[serde(default)]
+    pub addr: Option<SocketAddr>,
+    /// `tcp`, `tls` (TLS over TCP) or `quic`; TLS and QUIC authenticate both ends.
+    #[serde(default)]
+    pub transport: BankTransport,
+    /// `connect` (the switch dials `addr`) or `listen` (the bank dials `listen_addr`).
+    #[serde(default)]
+    pub mode: BankMode,
+    /// Where the switch listens for this bank's links in listen mode.
+    #[serde(default)]
+    pub listen_addr: Option<SocketAddr>,
+    /// TLS/QUIC: the switch's certificate chain for this bank (PEM): its client
+    /// certificate in connect mode, its server certificate in listen mode.
+    #[serde(default)]
+    pub cert_pem: Option<PathBuf>,
+    /// TLS/QUIC: the key of `cert_pem` (PEM).
+    #[serde(default)]
+    pub key_pem: Option<PathBuf>,
+    /// TLS/QUIC: the bank's CA (PEM), the only one trusted on this bank's links.
+    #[serde(default)]
+    pub ca_pem: Option<PathBuf>,
+    /// TLS/QUIC, connect mode: the name the bank's certificate must carry.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Circuit breaker: outcomes counted over this window.
+    #[serde(default = "d_breaker_window_ms")]
+    pub breaker_window_ms: u64,
+    /// Circuit breaker: fewer outcomes than this in the window never open it.
+    #[serde(default = "d_breaker_min_requests")]
+    pub breaker_min_requests: u32,
+    /// Circuit breaker: opens when this percentage of the window's requests timed out
+    /// (0 disables the breaker).
+    #[serde(default = "d_breaker_timeout_rate_percent")]
+    pub breaker_timeout_rate_percent: u32,
+    /// Circuit breaker: stays open this long, then lets one probe through.
+    #[serde(default = "d_breaker_open_ms")]
+    pub breaker_open_ms: u64,
     #[serde(default = "d_links")]
     pub links: usize,
     /// DE32, the switch's id at this bank.
@@ -195,6 +235,37 @@ pub struct BankSection {
     pub header_hex: Option<String>,
 }
 
+/// How a bank's links are carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BankTransport {
+    #[default]
+    Tcp,
+    Tls,
+    Quic,
+}
+
+/// Who dials whom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BankMode {
+    #[default]
+    Connect,
+    Listen,
+}
+
+fn d_breaker_window_ms() -> u64 {
+    10_000
+}
+fn d_breaker_min_requests() -> u32 {
+    20
+}
+fn d_breaker_timeout_rate_percent() -> u32 {
+    50
+}
+fn d_breaker_open_ms() -> u64 {
+    5_000
+}
 fn d_shutdown_deadline_ms() -> u64 {
     10_000
 }
@@ -400,6 +471,9 @@ impl Config {
                 "admin.tokens: every token must be at least {ADMIN_TOKEN_MIN_LEN} characters"
             ));
         }
+        if self.switch.business_day_cutover_hour > 23 {
+            return bad("switch.business_day_cutover_hour must be 0..=23".into());
+        }
         let mut ids = BTreeSet::new();
         for b in &self.banks {
             if !ids.insert(&b.id) {
@@ -426,6 +500,56 @@ impl Config {
             {
                 return bad(format!("bank {}: header_hex is not hex", b.id));
             }
+            b.validate_transport().map_err(ConfigError::Invalid)?;
+        }
+        Ok(())
+    }
+}
+
+impl BankSection {
+    /// Mode, addresses and certificates fit together.
+    fn validate_transport(&self) -> Result<(), String> {
+        let id = &self.id;
+        match self.mode {
+            BankMode::Connect if self.addr.is_none() => {
+                return Err(format!("bank {id}: mode = \"connect\" needs addr"));
+            }
+            BankMode::Listen if self.listen_addr.is_none() => {
+                return Err(format!("bank {id}: mode = \"listen\" needs listen_addr"));
+            }
+            _ => {}
+        }
+        if self.transport != BankTransport::Tcp {
+            for (key, p) in [
+                ("cert_pem", &self.cert_pem),
+                ("key_pem", &self.key_pem),
+                ("ca_pem", &self.ca_pem),
+            ] {
+                match p {
+                    None => return Err(format!("bank {id}: transport tls/quic needs {key}")),
+                    Some(p) if !p.exists() => {
+                        return Err(format!("bank {id}: {key} {} does not exist", p.display()));
+                    }
+                    Some(_) => {}
+                }
+            }
+            if self.mode == BankMode::Connect && self.server_name.is_none() {
+                return Err(format!(
+                    "bank {id}: transport tls/quic in connect mode needs server_name"
+                ));
+            }
+        }
+        if self.breaker_timeout_rate_percent > 100 {
+            return Err(format!(
+                "bank {id}: breaker_timeout_rate_percent must be 0..=100"
+            ));
+        }
+        if self.breaker_timeout_rate_percent > 0
+            && (self.breaker_window_ms == 0 || self.breaker_open_ms == 0)
+        {
+            return Err(format!(
+                "bank {id}: breaker_window_ms and breaker_open_ms must be at least 1"
+            ));
         }
         Ok(())
     }
@@ -506,6 +630,34 @@ acquirer_id = "1"
         let e = Config::from_toml_with_env(&format!("{MIN}\nbogus = 1"), std::iter::empty())
             .unwrap_err();
         assert!(matches!(e, ConfigError::Syntax(_)), "{e}");
+    }
+
+    // Proves bank transport options default to connect over TCP, and listen mode, TLS
+    // and the breaker rate are checked.
+    #[test]
+    fn bank_transport_options() {
+        let c = Config::from_toml_with_env(MIN, std::iter::empty()).unwrap();
+        let b = &c.banks[0];
+        assert_eq!(
+            (b.transport, b.mode),
+            (BankTransport::Tcp, BankMode::Connect)
+        );
+        assert_eq!(b.breaker_timeout_rate_percent, 50);
+        let listen = MIN.replace("addr = \"127.0.0.1:9\"", "mode = \"listen\"");
+        let e = Config::from_toml_with_env(&listen, std::iter::empty()).unwrap_err();
+        assert!(e.to_string().contains("listen_addr"), "{e}");
+        let listen = format!("{listen}listen_addr = \"127.0.0.1:0\"\n");
+        let c = Config::from_toml_with_env(&listen, std::iter::empty()).unwrap();
+        assert_eq!(c.banks[0].mode, BankMode::Listen);
+        let tls = format!("{MIN}transport = \"tls\"\n");
+        let e = Config::from_toml_with_env(&tls, std::iter::empty()).unwrap_err();
+        assert!(e.to_string().contains("cert_pem"), "{e}");
+        let rate = format!("{MIN}breaker_timeout_rate_percent = 101\n");
+        let e = Config::from_toml_with_env(&rate, std::iter::empty()).unwrap_err();
+        assert!(
+            e.to_string().contains("breaker_timeout_rate_percent"),
+            "{e}"
+        );
     }
 }
 

@@ -16,15 +16,16 @@ use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::answer::{Answer, respond};
+use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
 use crate::checks::{self, Authorisation, Rc};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
-use crate::inflight::{InFlight, Registration, follow};
+use crate::inflight::{InFlight, InFlightGuard, Registration, follow};
 use crate::journal::{Journal, NewTxn, Outcome};
 use crate::limiter::{Claim, ClaimRequest, Limiter, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
+use crate::notify::Sessions;
 use crate::routing::Router;
 
 /// How long an outcome that cannot be recorded is retried before the request is left
@@ -32,6 +33,17 @@ use crate::routing::Router;
 pub const OUTCOME_RETRY_MAX: u32 = 50;
 /// Pause between outcome write attempts.
 pub const OUTCOME_RETRY_PAUSE_MS: u64 = 200;
+
+/// The outcome of the retransmission check and the limits.
+pub(crate) enum Claimed {
+    /// The request owns its idempotency key; `redis_ok` says whether Redis took part.
+    Proceed {
+        guard: InFlightGuard,
+        redis_ok: bool,
+    },
+    /// The request is answered already (replay, in-flight original, rate limit).
+    Done(Answer),
+}
 
 /// What one request came to, for metrics.
 #[derive(Debug, Default)]
@@ -52,7 +64,7 @@ pub struct Handled {
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// Signed on: wants this merchant's 0620 advices.
-    pub signed_on: AtomicBool,
+    pub signed_on: Arc<AtomicBool>,
 }
 
 /// Everything the request path needs.
@@ -71,6 +83,10 @@ pub struct Engine {
     pub acquirer_ids: HashMap<String, String>,
     /// Wakes the reversal workers when a reversal has been recorded.
     pub reversal_wake: Arc<Notify>,
+    /// The business day (ledger) starts at this hour, UTC.
+    pub business_day_cutover_hour: u8,
+    /// Merchant connections, for notifications.
+    pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -198,20 +214,36 @@ impl Engine {
                     return None;
                 }
                 let merchant = partial.raw(42).and_then(|id| self.merchants.get(id));
-                return self.refuse(
-                    trace,
+                trace.rc = Some(Rc::FORMAT_ERROR);
+                let answer = Answer::refused(Rc::FORMAT_ERROR);
+                return respond_echoing(
                     &partial,
                     merchant.as_deref(),
-                    Rc::FORMAT_ERROR,
-                    "unparseable",
+                    &answer,
+                    &[],
+                    &ECHOED_WHEN_UNPARSEABLE,
                 );
             }
         };
         let mti = msg.mti();
         if !mti.is_request() {
-            // 0630 acknowledgements of advices are handled by the notification work;
-            // any other response from a merchant has nothing to answer.
-            tracing::debug!(mti = %mti, "merchant response ignored");
+            // A 0630 answers one of our 0620 advices; any other response from a merchant
+            // has nothing to answer.
+            if mti == Mti::NOTIFICATION_RESPONSE
+                && let Some(m) = msg.raw(42).and_then(|id| self.merchants.get(id))
+                && msg.check_mac(&m.mac_key) == MacCheck::Valid
+            {
+                match crate::notify::acknowledged(&self.pool, &m.id, &msg).await {
+                    Ok(found) => {
+                        tracing::info!(merchant = %m.id, found, "notification acknowledged")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "notification acknowledgement not recorded")
+                    }
+                }
+            } else {
+                tracing::debug!(mti = %mti, "merchant response ignored");
+            }
             return None;
         }
         let Some(merchant) = msg.raw(42).and_then(|id| self.merchants.get(id)) else {
@@ -240,39 +272,50 @@ impl Engine {
             return self.refuse(trace, &msg, Some(&merchant), rc, why);
         }
         *authenticated = Some(merchant.clone());
-        match mti.original() {
-            Mti::NETWORK_REQUEST => self.network(trace, &msg, &merchant, session),
+        let answer = match mti.original() {
+            Mti::NETWORK_REQUEST => return self.network(trace, &msg, &merchant, session),
             Mti::FINANCIAL_REQUEST | Mti::AUTHORISATION_REQUEST => {
                 match checks::required_authorisation(&msg) {
-                    Err(rc) => self.refuse(
-                        trace,
-                        &msg,
-                        Some(&merchant),
-                        rc,
-                        "required element missing or malformed",
-                    ),
-                    Ok(Some(a)) => {
-                        let answer = self.authorise(&msg, &merchant, a, trace).await;
-                        trace.rc = Some(answer.rc);
-                        respond(&msg, Some(&merchant), &answer, &[])
+                    Err(rc) => {
+                        return self.refuse(
+                            trace,
+                            &msg,
+                            Some(&merchant),
+                            rc,
+                            "required element missing or malformed",
+                        );
                     }
-                    Ok(None) => self.refuse(
-                        trace,
-                        &msg,
-                        Some(&merchant),
-                        Rc::INVALID_TRANSACTION,
-                        "refunds are not supported yet",
-                    ),
+                    Ok(Some(a)) => self.authorise(&msg, &merchant, a, trace).await,
+                    Ok(None) => self.refund(&msg, &merchant).await,
                 }
             }
-            _ => self.refuse(
-                trace,
-                &msg,
-                Some(&merchant),
-                Rc::INVALID_TRANSACTION,
-                "message type not supported",
-            ),
-        }
+            Mti::COMPLETION_ADVICE => self.complete(&msg, &merchant).await,
+            Mti::REVERSAL_REQUEST => self.reverse(&msg, &merchant).await,
+            Mti::STATUS_REQUEST => {
+                let (answer, extra) = self.status(&msg, &merchant).await;
+                trace.rc = Some(answer.rc);
+                let Some((de4, de48, de54)) = extra else {
+                    return respond(&msg, Some(&merchant), &answer, &[]);
+                };
+                let fields: [(u8, &[u8]); 3] = [
+                    (4, de4.as_bytes()),
+                    (48, de48.as_bytes()),
+                    (54, de54.as_bytes()),
+                ];
+                return respond(&msg, Some(&merchant), &answer, &fields);
+            }
+            _ => {
+                return self.refuse(
+                    trace,
+                    &msg,
+                    Some(&merchant),
+                    Rc::INVALID_TRANSACTION,
+                    "message type not supported",
+                );
+            }
+        };
+        trace.rc = Some(answer.rc);
+        respond(&msg, Some(&merchant), &answer, &[])
     }
 
     fn refuse(
@@ -307,7 +350,10 @@ impl Engine {
             }
         }
         match msg.raw(70) {
-            Some(b"001") => session.signed_on.store(true, Ordering::Relaxed),
+            Some(b"001") => {
+                session.signed_on.store(true, Ordering::Relaxed);
+                self.sessions.wake.notify_one();
+            }
             Some(b"002") => session.signed_on.store(false, Ordering::Relaxed),
             Some(b"301") => {}
             _ => {
@@ -339,44 +385,83 @@ impl Engine {
             a.transmitted_at,
             msg.mti(),
         );
-        let guard = match self.inflight.register(&key) {
+        let local = checks::business_checks(&a, merchant, today());
+        let pan_hash = self.vault.pan_hash(a.pan);
+        let pan_hash_hex = hex::encode(&pan_hash[..16]);
+        let (guard, redis_ok) = match self
+            .claim(&key, merchant, Some(&pan_hash_hex), local.is_err())
+            .await
+        {
+            Claimed::Proceed { guard, redis_ok } => (guard, redis_ok),
+            Claimed::Done(answer) => return answer,
+        };
+        if let Err(rc) = local {
+            tracing::info!(rc = rc.as_str(), reason = rc.reason(), card = %masked(a.pan), "request refused");
+            let answer = Answer::refused(rc);
+            guard.resolve(answer.clone());
+            return answer;
+        }
+        let answer = self
+            .authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok, trace)
+            .await;
+        self.remember(&key, &answer).await;
+        guard.resolve(answer.clone());
+        answer
+    }
+
+    /// The retransmission check and the limits: a request already answered (here or on
+    /// another instance) gets its answer again; one in flight here waits for it; one over
+    /// a limit gets 65. Otherwise the request owns its key. `lookup_only` skips the
+    /// limits and the claim (the request is refused locally anyway).
+    pub(crate) async fn claim(
+        &self,
+        key: &str,
+        merchant: &Merchant,
+        card_hash_hex: Option<&str>,
+        lookup_only: bool,
+    ) -> Claimed {
+        let guard = match self.inflight.register(key) {
             Registration::Owner(g) => g,
             Registration::Follower(rx) => {
                 self.metrics.idempotency_replays.inc();
                 tracing::info!("retransmission while in flight: waiting for the original");
-                return follow(rx)
-                    .await
-                    .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
+                return Claimed::Done(
+                    follow(rx)
+                        .await
+                        .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
+                );
             }
         };
-        let local = checks::business_checks(&a, merchant, today());
-        let pan_hash = self.vault.pan_hash(a.pan);
-        let pan_hash_hex = hex::encode(&pan_hash[..16]);
         let claim_value = format!("P|{}", self.instance_id);
+        let no_card = Rate::new(0, 1, 0);
         let redis_started = Instant::now();
         let claim = self
             .limiter
             .claim(&ClaimRequest {
-                key: &key,
+                key,
                 merchant_id: &merchant.id,
-                card_hash_hex: &pan_hash_hex,
+                card_hash_hex: card_hash_hex.unwrap_or("-"),
                 merchant_rate: Rate::new(merchant.rate_per_s, 1_000_000, merchant.rate_burst),
-                card_rate: self.card_rate,
+                card_rate: if card_hash_hex.is_some() {
+                    self.card_rate
+                } else {
+                    no_card
+                },
                 claim_value: &claim_value,
                 now_us: now_us(),
-                lookup_only: local.is_err(),
+                lookup_only,
             })
             .await;
         self.metrics
             .redis_latency
             .observe(redis_started.elapsed().as_secs_f64());
-        let redis_ok = match claim {
+        match claim {
             Ok(Claim::Known(v)) => {
                 self.metrics.idempotency_replays.inc();
                 let answer = match Answer::from_redis(&v) {
                     Some(ans) => ans,
                     None => self
-                        .answer_from_record(&key)
+                        .answer_from_record(key)
                         .await
                         .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
                 };
@@ -385,7 +470,7 @@ impl Engine {
                     "retransmission answered from the record"
                 );
                 guard.resolve(answer.clone());
-                return answer;
+                Claimed::Done(answer)
             }
             Ok(Claim::Limited(which)) => {
                 self.metrics
@@ -395,34 +480,27 @@ impl Engine {
                 tracing::info!(rc = "65", reason = which, "request refused: rate limit");
                 let answer = Answer::refused(Rc::FREQUENCY);
                 guard.resolve(answer.clone());
-                return answer;
+                Claimed::Done(answer)
             }
-            Ok(Claim::Unknown) | Ok(Claim::Claimed) => true,
+            Ok(Claim::Unknown) | Ok(Claim::Claimed) => Claimed::Proceed {
+                guard,
+                redis_ok: true,
+            },
             Err(e) => {
                 self.metrics.redis_errors.inc();
                 tracing::warn!(error = %e, "redis unavailable: idempotency falls back to PostgreSQL, limits not applied");
-                false
+                Claimed::Proceed {
+                    guard,
+                    redis_ok: false,
+                }
             }
-        };
-        if let Err(rc) = local {
-            tracing::info!(rc = rc.as_str(), reason = rc.reason(), card = %masked(a.pan), "request refused");
-            let answer = Answer::refused(rc);
-            guard.resolve(answer.clone());
-            return answer;
         }
-
-        let answer = self
-            .authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok, trace)
-            .await;
-        self.remember(&key, &answer).await;
-        guard.resolve(answer.clone());
-        answer
     }
 
     /// Stores the final answer in Redis. A `96` before recording releases the claim, so
     /// that a retry is processed afresh; a `96` after the bank answered keeps the claim
     /// (until it expires, and then PostgreSQL refuses a second record).
-    async fn remember(&self, key: &str, answer: &Answer) {
+    pub(crate) async fn remember(&self, key: &str, answer: &Answer) {
         let res = match (answer.rc, &answer.rrn) {
             (Rc::MALFUNCTION, None) => self.limiter.release(key).await,
             (Rc::MALFUNCTION, Some(_)) => return,
@@ -435,7 +513,7 @@ impl Engine {
     }
 
     /// The recorded answer for a key, if its transaction has an outcome.
-    async fn answer_from_record(&self, key: &str) -> Option<Answer> {
+    pub(crate) async fn answer_from_record(&self, key: &str) -> Option<Answer> {
         let parts: Vec<&str> = key.split('|').collect();
         let [merchant, terminal, stan, de7, mti] = parts.as_slice() else {
             return None;

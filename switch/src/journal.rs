@@ -84,10 +84,19 @@ impl Journal {
         writers: usize,
         queue_max: usize,
         metrics: Arc<Metrics>,
+        cutover_hours: i32,
     ) -> (Journal, tokio::task::JoinHandle<()>) {
         assert!(batch_max > 0 && writers > 0 && queue_max > 0);
+        assert!((0..24).contains(&cutover_hours));
         let (tx, rx) = mpsc::channel(queue_max);
-        let task = tokio::spawn(collect(rx, pool, batch_max, writers, metrics));
+        let task = tokio::spawn(collect(
+            rx,
+            pool,
+            batch_max,
+            writers,
+            metrics,
+            cutover_hours,
+        ));
         (Journal { tx }, task)
     }
 
@@ -119,6 +128,7 @@ async fn collect(
     batch_max: usize,
     writers: usize,
     metrics: Arc<Metrics>,
+    cutover_hours: i32,
 ) {
     let free = Arc::new(Semaphore::new(writers));
     while let Some(first) = rx.recv().await {
@@ -139,7 +149,7 @@ async fn collect(
         let pool = pool.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            write(&pool, batch, &metrics).await;
+            write(&pool, batch, &metrics, cutover_hours).await;
             drop(permit);
         });
     }
@@ -158,10 +168,19 @@ WITH ins AS (
   ON CONFLICT DO NOTHING
   RETURNING id
 ), upd AS (
-  UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now()
+  UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
+    captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
   FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
   WHERE t.id = u.id
-  RETURNING t.id
+  RETURNING t.id, t.kind, t.state, t.amount_minor, t.currency, t.merchant_id, t.bank_id
+), post AS (
+  -- An approved purchase is captured at once: the bank owes it, the merchant is owed it.
+  INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
+  SELECT upd.id, a.account, a.sign * upd.amount_minor, upd.currency,
+    (now() AT TIME ZONE 'UTC' - make_interval(hours => $31::int))::date
+  FROM upd, LATERAL (VALUES ('bank:' || upd.bank_id, 1), ('merchant:' || upd.merchant_id, -1)) AS a(account, sign)
+  WHERE upd.kind = 'purchase' AND upd.state = 'approved'
+  RETURNING id
 ), rev AS (
   INSERT INTO reversals (transaction_id, bank_id, reason)
   SELECT * FROM unnest($28::bigint[], $29::text[], $30::text[])
@@ -170,10 +189,10 @@ WITH ins AS (
 )
 SELECT id FROM ins";
 
-async fn write(pool: &Pool, batch: Vec<Op>, metrics: &Metrics) {
+async fn write(pool: &Pool, batch: Vec<Op>, metrics: &Metrics, cutover_hours: i32) {
     let started = Instant::now();
     let n = batch.len();
-    match write_once(pool, &batch).await {
+    match write_once(pool, &batch, cutover_hours).await {
         Ok(inserted) => {
             metrics.journal_batch_size.observe(n as f64);
             metrics
@@ -195,7 +214,7 @@ async fn write(pool: &Pool, batch: Vec<Op>, metrics: &Metrics) {
         Err(DbError::Postgres(e)) if e.as_db_error().is_some() && n > 1 => {
             tracing::warn!(error = %e, ops = n, "journal batch refused; retrying its operations one by one");
             for op in batch {
-                Box::pin(write(pool, vec![op], metrics)).await;
+                Box::pin(write(pool, vec![op], metrics, cutover_hours)).await;
             }
         }
         Err(e) => {
@@ -250,7 +269,11 @@ struct Columns {
     r_reason: Vec<String>,
 }
 
-async fn write_once(pool: &Pool, batch: &[Op]) -> Result<HashSet<i64>, DbError> {
+async fn write_once(
+    pool: &Pool,
+    batch: &[Op],
+    cutover_hours: i32,
+) -> Result<HashSet<i64>, DbError> {
     let mut c = Columns::default();
     for op in batch {
         match op {
@@ -328,6 +351,7 @@ async fn write_once(pool: &Pool, batch: &[Op]) -> Result<HashSet<i64>, DbError> 
                 &c.r_id,
                 &c.r_bank,
                 &c.r_reason,
+                &cutover_hours,
             ],
         )
         .await?;

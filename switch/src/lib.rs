@@ -10,6 +10,10 @@
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
 //! - [`journal`]: group-committed records in PostgreSQL.
+//! - [`ledger`]: the double-entry ledger: checks, balances, settlement totals.
+//! - [`lifecycle`]: the transaction state machine: what may follow what.
+//! - [`notify`]: notifications (0620) to merchants: stored, delivered, repeated until 0630.
+//! - [`payments`]: completion, refund, reversal and status on the request path.
 //! - [`reversals`]: store-and-forward of reversals; crash recovery.
 //! - [`routing`]: BIN ranges to banks.
 //! - [`merchants`]: merchant records and their in-memory table.
@@ -30,9 +34,13 @@ pub mod engine;
 pub mod ids;
 pub mod inflight;
 pub mod journal;
+pub mod ledger;
+pub mod lifecycle;
 pub mod limiter;
 pub mod merchants;
 pub mod metrics;
+pub mod notify;
+pub mod payments;
 pub mod reversals;
 pub mod routing;
 pub mod server;

@@ -44,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: MerchantCommand,
     },
+    /// The double-entry ledger: check invariants, print settlement totals.
+    Ledger {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// BIN routes: add, list. A running switch picks changes up within its reload interval or on SIGHUP.
     Route {
         #[command(flatten)]
@@ -81,6 +88,21 @@ enum MerchantCommand {
     },
     Enable {
         id: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum LedgerCommand {
+    /// Verifies every invariant; exits non-zero with the first violation.
+    Check,
+    /// Totals per business day, account (bank:ID, merchant:ID) and currency.
+    Totals {
+        /// One business day (YYYY-MM-DD); all days when absent.
+        #[arg(long)]
+        day: Option<String>,
+        /// CSV instead of JSON lines.
+        #[arg(long)]
+        csv: bool,
     },
 }
 
@@ -224,6 +246,37 @@ async fn async_main(cli: Cli) -> Result<()> {
                         bail!("no merchant {id}");
                     }
                     println!("merchant {id} enabled");
+                }
+            }
+        }
+        Command::Ledger { config, command } => {
+            let config = load(&config)?;
+            let pool = db::pool(&config.database.url, 2)?;
+            db::migrate(&config.database.url).await?;
+            match command {
+                LedgerCommand::Check => {
+                    let violations = switch::ledger::check(&pool).await?;
+                    if let Some(first) = violations.first() {
+                        for v in &violations {
+                            eprintln!("violation [{}]: {}", v.rule, v.detail);
+                        }
+                        bail!("ledger check failed: [{}] {}", first.rule, first.detail);
+                    }
+                    println!("ledger check: ok");
+                }
+                LedgerCommand::Totals { day, csv } => {
+                    let totals = switch::ledger::totals(&pool, day.as_deref()).await?;
+                    if csv {
+                        print!("{}", switch::ledger::to_csv(&totals));
+                    } else {
+                        for t in totals {
+                            println!(
+                                "{}",
+                                serde_json::json!({"business_day": t.business_day, "account": t.account,
+                                    "currency": t.currency, "postings": t.postings, "amount_minor": t.amount_minor})
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -243,17 +243,8 @@ impl ReversalWorker {
                     .map(|s| s.into_owned())
                     .unwrap_or_default();
                 tracing::info!(bank = %bank.config.id, rrn = %d.rrn, rc = %rc, attempts = d.attempts + 1, "reversal acknowledged");
-                client
-                    .execute(
-                        "WITH r AS (
-                           UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(),
-                             attempts = attempts + 1, last_response_code = $2
-                           WHERE id = $1 AND state = 'pending' RETURNING transaction_id)
-                         UPDATE transactions SET state = 'reversed', updated_at = now()
-                         WHERE id IN (SELECT transaction_id FROM r)",
-                        &[&d.reversal_id, &rc],
-                    )
-                    .await?;
+                drop(client);
+                acknowledge(&self.pool, d.reversal_id, &rc).await?;
             }
             Outcome::TimedOut | Outcome::LinkLost => {
                 let pause =
@@ -285,4 +276,62 @@ mod tests {
         assert_eq!(reversal_backoff_ms(2, 3000), 12_000);
         assert_eq!(reversal_backoff_ms(40, 3000), REVERSAL_BACKOFF_MAX_MS);
     }
+}
+
+/// The event a merchant is told of when a transaction of this kind, whose outcome was
+/// unknown, is confirmed reversed at the bank.
+pub fn reversed_event(kind: &str) -> &'static str {
+    match kind {
+        "refund" => "REFUND_REVERSED",
+        "completion" => "COMPLETION_REVERSED",
+        _ => "TRANSACTION_REVERSED",
+    }
+}
+
+/// Records a bank's acknowledgement of a reversal, in one transaction: the reversal row,
+/// the transaction (if its outcome was unknown, it is now reversed), the payment's money
+/// (a reserved refund is released, a pending completion cleared) and, when the merchant
+/// had been told 91, a notification of the final state.
+pub async fn acknowledge(pool: &Pool, reversal_id: i64, rc: &str) -> Result<(), DbError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            "WITH r AS (
+               UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(),
+                 attempts = attempts + 1, last_response_code = $2
+               WHERE id = $1 AND state = 'pending' RETURNING transaction_id)
+             UPDATE transactions t SET state = 'reversed', updated_at = now()
+             FROM r WHERE t.id = r.transaction_id AND t.state = 'reversing'
+             RETURNING t.id, t.kind, coalesce(t.original_id, t.id), t.amount_minor",
+            &[&reversal_id, &rc],
+        )
+        .await?;
+    for row in rows {
+        let id: i64 = row.get(0);
+        let kind: String = row.get(1);
+        let root_id: i64 = row.get(2);
+        let amount: i64 = row.get(3);
+        match kind.as_str() {
+            "refund" => {
+                tx.execute(
+                    "UPDATE transactions SET refund_reserved_minor = refund_reserved_minor - $2, updated_at = now() \
+                     WHERE id = $1",
+                    &[&root_id, &amount],
+                )
+                .await?;
+            }
+            "completion" => {
+                tx.execute(
+                    "UPDATE transactions SET completion_pending = FALSE, updated_at = now() WHERE id = $1",
+                    &[&root_id],
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        crate::notify::enqueue(&tx, root_id, id, reversed_event(&kind)).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -80,7 +80,8 @@ pub async fn serve<S>(
     let writing = tokio::spawn(write_loop(writer, rx, write_timeout, peer.clone()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
     let state = Arc::new(SessionState::default());
-    let bound: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    let bound: Arc<Mutex<Binding>> = Arc::new(Mutex::new(Binding::default()));
+    let session_id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let over_limit = CancellationToken::new();
     let idle = Duration::from_millis(limits.idle_timeout_ms);
 
@@ -121,9 +122,10 @@ pub async fn serve<S>(
             }
             if let Some(m) = handled.merchant {
                 let mut b = bound.lock().expect("bound lock");
-                if b.is_none() {
+                if b.merchant.is_none() && !b.closed {
                     if connections.try_bind(&m.id, max_per_merchant) {
-                        *b = Some(m.id.clone());
+                        b.merchant = Some(m.id.clone());
+                        engine.sessions.register(&m.id, session_id, tx.clone(), state.signed_on.clone());
                     } else {
                         tracing::warn!(merchant = %m.id, "merchant over its connection limit: closing after this answer");
                         over_limit.cancel();
@@ -133,13 +135,29 @@ pub async fn serve<S>(
             drop(permit);
         });
     }
+    {
+        // From here no request binds the connection, so the notifier holds no sender of it.
+        let mut b = bound.lock().expect("bound lock");
+        b.closed = true;
+        if let Some(id) = b.merchant.take() {
+            engine.sessions.unregister(&id, session_id);
+            connections.unbind(&id);
+        }
+    }
     drop(tx);
     // The writer ends once every accepted request has answered (each holds a sender).
     let _ = writing.await;
-    if let Some(id) = bound.lock().expect("bound lock").take() {
-        connections.unbind(&id);
-    }
 }
+
+/// Which merchant a connection is counted for, and whether it is closing.
+#[derive(Debug, Default)]
+struct Binding {
+    merchant: Option<String>,
+    closed: bool,
+}
+
+/// Connection ids, for the notification registry.
+static SESSION_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 async fn write_loop<W>(
     mut writer: FramedWrite<W, FrameCodec>,

@@ -358,8 +358,14 @@ fn apply_overrides(table: &str, overrides: &[(String, String)]) -> String {
 /// Runs `switchyard` with arguments to completion; its stdout. Panics on failure.
 pub fn run_to_end(args: &[&str]) -> String {
     let mut p = spawn_binary("switchyard", args, &[("RUST_LOG", "warn")]);
+    // Read stdout to its end first: the process may exit before its reader thread has
+    // handed over the last line.
+    let mut lines = Vec::new();
+    while let Ok(line) = wait_for_line(p.stdout(), |_| true, WAIT) {
+        lines.push(line);
+    }
     let status = p.wait_timeout(WAIT).expect("command finished");
-    let out = p.stdout().drain().join("\n");
+    let out = lines.join("\n");
     assert!(
         status.success(),
         "switchyard {args:?} failed: {out}\n{}",
