@@ -95,6 +95,9 @@ impl MatchKey {
 }
 
 /// How a request ended.
+// Answered is by far the common case: boxing it would cost an allocation per answer to
+// make the rare failures smaller.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Answered(Message),
@@ -148,6 +151,16 @@ struct Pending {
     deadline: (Instant, u64),
 }
 
+/// What a frame to write is, so a transport with one stream per exchange (QUIC) knows
+/// where it goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransmitKind {
+    /// A request of the switch: it opens an exchange, answered by `deadline`.
+    Request { deadline: Instant },
+    /// The answer to the bank's request that was handled last.
+    Answer,
+}
+
 /// Network management information codes (DE70).
 pub const NMI_SIGN_ON: &[u8; 3] = b"001";
 pub const NMI_SIGN_OFF: &[u8; 3] = b"002";
@@ -162,7 +175,7 @@ pub struct Link {
     pending: HashMap<MatchKey, Pending>,
     deadlines: BTreeMap<(Instant, u64), MatchKey>,
     deadline_seq: u64,
-    outbox: VecDeque<Frame>,
+    outbox: VecDeque<(Frame, TransmitKind)>,
     events: VecDeque<Event>,
     last_rx: Instant,
     echo_outstanding: bool,
@@ -258,12 +271,16 @@ impl Link {
         if self.pending.contains_key(&key) {
             return Err(SendError::KeyInUse);
         }
-        self.track(key, Origin::User(id), now.mono + timeout);
+        let deadline = now.mono + timeout;
+        self.track(key, Origin::User(id), deadline);
         self.user_in_flight += 1;
-        self.outbox.push_back(Frame {
-            header: self.config.header.clone(),
-            message,
-        });
+        self.outbox.push_back((
+            Frame {
+                header: self.config.header.clone(),
+                message,
+            },
+            TransmitKind::Request { deadline },
+        ));
         Ok(())
     }
 
@@ -293,11 +310,15 @@ impl Link {
                     stan,
                     rrn: None,
                 };
-                self.track(key, origin, now.mono + timeout);
-                self.outbox.push_back(Frame {
-                    header: self.config.header.clone(),
-                    message,
-                });
+                let deadline = now.mono + timeout;
+                self.track(key, origin, deadline);
+                self.outbox.push_back((
+                    Frame {
+                        header: self.config.header.clone(),
+                        message,
+                    },
+                    TransmitKind::Request { deadline },
+                ));
             }
             Err(_) => self.stans.release(stan),
         }
@@ -377,10 +398,13 @@ impl Link {
         }
         b.set(39, b"00");
         if let Ok(message) = b.encode() {
-            self.outbox.push_back(Frame {
-                header: swap_tpdu(header),
-                message,
-            });
+            self.outbox.push_back((
+                Frame {
+                    header: swap_tpdu(header),
+                    message,
+                },
+                TransmitKind::Answer,
+            ));
         }
     }
 
@@ -475,6 +499,11 @@ impl Link {
 
     /// The next frame to write.
     pub fn poll_transmit(&mut self) -> Option<Frame> {
+        self.outbox.pop_front().map(|(f, _)| f)
+    }
+
+    /// The next frame to write and what it is.
+    pub fn poll_transmit_kind(&mut self) -> Option<(Frame, TransmitKind)> {
         self.outbox.pop_front()
     }
 

@@ -1,20 +1,23 @@
-//! One bank link: read frames, decide and record each request, write answers as they
-//! complete. Requests are independent, so a slow (latency) answer never holds up another.
+//! One bank link over a byte stream (TCP or TLS): read frames, decide and record each
+//! request, write answers as they complete. Requests are independent, so a slow
+//! (latency) answer never holds up another. [`plan`] is shared with QUIC and applies the
+//! fault switches.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use codec::owned::mask_pan;
 use codec::{Dialect, Frame, FrameCodec, Message};
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncWrite, WriteHalf};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::Faults;
 use super::record::{Record, Txn};
 use super::rules::{self, Behaviour, Decision, RequestView};
 
@@ -30,25 +33,83 @@ pub(crate) struct Shared {
     pub dialect: &'static Dialect,
     pub behaviour: Behaviour,
     pub latency: Duration,
+    pub faults: Faults,
     pub record: Arc<Record>,
 }
 
+/// What to do about one received frame.
+#[derive(Debug)]
+pub(crate) enum Plan {
+    /// Write these frames, each after its delay.
+    Answer(Vec<(Duration, Frame)>),
+    /// Close the connection without answering (`--drop-after`).
+    Drop,
+}
+
+/// A frame that frames correctly but decodes as nothing (`--garbage-every`).
+pub(crate) fn garbage(header: &Bytes) -> Frame {
+    Frame {
+        header: rules::reply_header(header),
+        message: Bytes::from_static(b"\xff\xfegarbage\x00\x01"),
+    }
+}
+
+/// Decides one frame and applies the fault switches; `served` counts the financial
+/// requests of this connection.
+pub(crate) fn plan(shared: &Shared, peer: SocketAddr, frame: Frame, served: &mut u64) -> Plan {
+    let header = frame.header.clone();
+    let Some((reply, amount)) = handle(shared, peer, frame) else {
+        return Plan::Answer(Vec::new());
+    };
+    let f = &shared.faults;
+    let financial = amount.is_some();
+    if financial {
+        if f.drop_after.is_some_and(|n| *served >= n) {
+            info!(%peer, served = *served, "fault: dropping the connection");
+            return Plan::Drop;
+        }
+        *served += 1;
+    }
+    let mut delay = shared.latency;
+    if financial
+        && amount.is_some_and(|a| a % 100 == LATE_AMOUNT_SUFFIX)
+        && let Some(late) = f.late
+    {
+        delay = late;
+    }
+    let mut out = Vec::with_capacity(3);
+    if financial && f.garbage_every.is_some_and(|n| n > 0 && (*served).is_multiple_of(n)) {
+        out.push((delay, garbage(&header)));
+    }
+    if financial && f.answer_twice {
+        out.push((delay, reply.clone()));
+    }
+    out.push((delay, reply));
+    Plan::Answer(out)
+}
+
+/// Amounts ending in these two digits are answered late under `--late-ms`.
+pub const LATE_AMOUNT_SUFFIX: u64 = 77;
+
 /// Serves one connection until the peer closes it, its framing breaks, or `cancel`.
-pub(crate) async fn run(
-    stream: TcpStream,
+pub(crate) async fn run<S>(
+    stream: S,
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
     info!(%peer, "bank link connected");
     let codec = FrameCodec::new(shared.dialect.framing, shared.dialect.max_message_len);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, codec);
     let (tx, rx) = mpsc::channel(LINK_WRITE_QUEUE_MAX);
     let writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec), rx, peer));
     let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_MAX));
+    let mut served = 0u64;
 
-    loop {
+    'read: loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
             next = reader.next() => next,
@@ -66,38 +127,45 @@ pub(crate) async fn run(
             }
             Some(Ok(frame)) => frame,
         };
-        let Some(reply) = handle(&shared, peer, frame) else {
-            continue;
-        };
-        if shared.latency.is_zero() {
-            if tx.send(reply).await.is_err() {
-                break;
+        let answers = match plan(&shared, peer, frame, &mut served) {
+            Plan::Drop => {
+                // Mid-flight: what is queued is discarded with the connection.
+                writer.abort();
+                return;
             }
-            continue;
-        }
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => break,
-            p = in_flight.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            Plan::Answer(a) => a,
         };
-        let (tx, cancel, latency) = (tx.clone(), cancel.clone(), shared.latency);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = cancel.cancelled() => {}
-                _ = tokio::time::sleep(latency) => {
-                    // The writer is gone only if the link is; nothing to answer then.
-                    let _ = tx.send(reply).await;
+        for (delay, reply) in answers {
+            if delay.is_zero() {
+                if tx.send(reply).await.is_err() {
+                    break 'read;
                 }
+                continue;
             }
-            drop(permit);
-        });
+            let permit = tokio::select! {
+                _ = cancel.cancelled() => break 'read,
+                p = in_flight.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let (tx, cancel) = (tx.clone(), cancel.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {
+                        // The writer is gone only if the link is; nothing to answer then.
+                        let _ = tx.send(reply).await;
+                    }
+                }
+                drop(permit);
+            });
+        }
     }
     drop(tx);
     let _ = writer.await;
     info!(%peer, "bank link done");
 }
 
-async fn write_loop(
-    mut writer: FramedWrite<OwnedWriteHalf, FrameCodec>,
+async fn write_loop<W: AsyncWrite>(
+    mut writer: FramedWrite<WriteHalf<W>, FrameCodec>,
     mut rx: mpsc::Receiver<Frame>,
     peer: SocketAddr,
 ) {
@@ -118,9 +186,9 @@ async fn write_loop(
     let _ = SinkExt::<Frame>::close(&mut writer).await;
 }
 
-/// Decodes, decides, records and builds the answer to one frame; None when there is
-/// nothing to send.
-fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<Frame> {
+/// Decodes, decides, records and builds the answer to one frame, with the amount of a
+/// financial request (`Some(0)` when it has none); None when there is nothing to send.
+fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<(Frame, Option<u64>)> {
     let msg = match shared.dialect.decode(frame.message) {
         Ok(m) => m,
         Err(e) => {
@@ -161,7 +229,8 @@ fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<Frame> {
         }
     };
     let header = rules::reply_header(&frame.header);
-    Some(Frame { header, message })
+    let amount = (msg.mti().class() != 8).then(|| msg.get_u64(4).unwrap_or(0));
+    Some((Frame { header, message }, amount))
 }
 
 fn log_request(peer: SocketAddr, msg: &Message, decision: &Decision) {

@@ -4,13 +4,17 @@
 //!
 //! - [`rules`]: the decisions, answers and headers, as plain functions.
 //! - [`record`]: the thread-safe record and its JSON shape.
-//! - `link`: one TCP bank link.
+//! - `link`: one bank link over a byte stream (TCP or TLS), and the fault plan.
+//! - `quic`: bank links over QUIC, one stream per exchange.
+//! - [`tls`]: server certificates that require the switch's client certificate.
 //! - `control`: the HTTP control endpoint.
 
 mod control;
 mod link;
+mod quic;
 pub mod record;
 pub mod rules;
+pub mod tls;
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -25,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use link::{LINK_IN_FLIGHT_MAX, LINK_WRITE_QUEUE_MAX};
+pub use link::{LATE_AMOUNT_SUFFIX, LINK_IN_FLIGHT_MAX, LINK_WRITE_QUEUE_MAX};
 pub use record::{RECORD_ENTRIES_MAX, Record, Snapshot};
 pub use rules::{Behaviour, Decision, RequestView, decide};
 
@@ -34,6 +38,33 @@ pub const LINKS_MAX: usize = 1024;
 /// Pause after a failed accept (such as running out of file descriptors), so the loop
 /// does not spin while the cause lasts.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a TLS handshake may take before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The transport bank links use.
+#[derive(Debug, Clone, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// TLS over TCP; the configuration decides whether client certificates are required.
+    Tls(Arc<rustls::ServerConfig>),
+    /// QUIC: every exchange on its own bidirectional stream.
+    Quic(Arc<rustls::ServerConfig>),
+}
+
+/// Misbehaviour for fault tests (all off by default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Answer this many financial requests on a connection, then drop the connection
+    /// when the next one arrives, unanswered, with whatever else is in flight.
+    pub drop_after: Option<u64>,
+    /// Answer every financial request twice.
+    pub answer_twice: bool,
+    /// Send an undecodable frame before every n-th financial answer.
+    pub garbage_every: Option<u64>,
+    /// Answer financial requests whose amount ends in 77 this late.
+    pub late: Option<Duration>,
+}
 
 /// How to run the simulator.
 #[derive(Debug, Clone)]
@@ -47,6 +78,8 @@ pub struct Config {
     /// Added before every answer.
     pub latency: Duration,
     pub behaviour: Behaviour,
+    pub transport: Transport,
+    pub faults: Faults,
 }
 
 impl Config {
@@ -59,6 +92,8 @@ impl Config {
             dialect,
             latency: Duration::ZERO,
             behaviour: Behaviour::default(),
+            transport: Transport::Tcp,
+            faults: Faults::default(),
         }
     }
 }
@@ -107,6 +142,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: io::Error,
     },
+    #[error("QUIC needs TLS 1.3: {0}")]
+    Quic(String),
 }
 
 /// Binds both listeners and starts serving; returns once they are bound, so the caller
@@ -117,20 +154,51 @@ pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
         let l = l.and_then(|l| l.local_addr().map(|a| (l, a)));
         l.map_err(|source| ServeError::Bind { what, addr, source })
     };
-    let (links, listen) = bind("bank links", config.listen).await?;
-    let (control, control_addr) = bind("control", config.control).await?;
-
     let record = Arc::new(Record::new());
     let shared = Arc::new(link::Shared {
         dialect: config.dialect,
         behaviour: config.behaviour,
         latency: config.latency,
+        faults: config.faults,
         record: record.clone(),
     });
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
 
-    tasks.spawn(accept_loop(links, shared, cancel.clone(), tasks.clone()));
+    let listen = match &config.transport {
+        Transport::Tcp | Transport::Tls(_) => {
+            let (links, listen) = bind("bank links", config.listen).await?;
+            let tls = match &config.transport {
+                Transport::Tls(c) => Some(tokio_rustls::TlsAcceptor::from(c.clone())),
+                _ => None,
+            };
+            tasks.spawn(accept_loop(
+                links,
+                tls,
+                shared.clone(),
+                cancel.clone(),
+                tasks.clone(),
+            ));
+            listen
+        }
+        Transport::Quic(c) => {
+            let endpoint = quic::bind(config.listen, c.clone())?;
+            let listen = endpoint.local_addr().map_err(|source| ServeError::Bind {
+                what: "bank links (QUIC)",
+                addr: config.listen,
+                source,
+            })?;
+            tasks.spawn(quic::accept_loop(
+                endpoint,
+                shared.clone(),
+                cancel.clone(),
+                tasks.clone(),
+            ));
+            listen
+        }
+    };
+    let (control, control_addr) = bind("control", config.control).await?;
+
     let app = control::router(record.clone());
     let stop = cancel.clone().cancelled_owned();
     tasks.spawn(async move {
@@ -154,6 +222,7 @@ pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
 
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<link::Shared>,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -180,9 +249,19 @@ async fn accept_loop(
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let (shared, cancel) = (shared.clone(), cancel.clone());
+        let (shared, cancel, tls) = (shared.clone(), cancel.clone(), tls.clone());
         tasks.spawn(async move {
-            link::run(stream, peer, shared, cancel).await;
+            match tls {
+                None => link::run(stream, peer, shared, cancel).await,
+                Some(acceptor) => {
+                    let hs = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    match hs.await {
+                        Ok(Ok(s)) => link::run(s, peer, shared, cancel).await,
+                        Ok(Err(e)) => warn!(%peer, error = %e, "TLS handshake refused"),
+                        Err(_) => warn!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
             drop(slot);
         });
     }

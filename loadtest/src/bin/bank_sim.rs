@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use clap::Parser;
 use codec::{Dialect, builtin};
-use loadtest::banksim::{self, Behaviour, Config};
+use loadtest::banksim::{self, Behaviour, Config, Faults, Transport, tls};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
@@ -42,6 +42,45 @@ struct Args {
     /// Answer sign-on (0800 DE70 001) with 91.
     #[arg(long)]
     refuse_sign_on: bool,
+    /// TLS: the simulator's certificate chain (PEM). With --tls-key, links use TLS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS: the simulator's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// TLS: the CA that must have issued the switch's client certificate (PEM); without
+    /// it client certificates are not asked for.
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Listen for QUIC (UDP) instead of TCP; needs --tls-cert and --tls-key.
+    #[arg(long, requires = "tls_cert")]
+    quic: bool,
+    /// Fault: answer N financial requests per connection, then drop the connection when
+    /// the next arrives.
+    #[arg(long)]
+    drop_after: Option<u64>,
+    /// Fault: answer every financial request twice.
+    #[arg(long)]
+    answer_twice: bool,
+    /// Fault: send an undecodable frame before every N-th financial answer.
+    #[arg(long)]
+    garbage_every: Option<u64>,
+    /// Fault: answer financial requests whose amount ends in 77 after N milliseconds.
+    #[arg(long)]
+    late_ms: Option<u64>,
+}
+
+fn transport(args: &Args) -> Result<Transport> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(Transport::Tcp);
+    };
+    let config = tls::server_config_files(cert, key, args.tls_client_ca.as_deref(), args.quic)
+        .context("TLS configuration")?;
+    Ok(if args.quic {
+        Transport::Quic(config)
+    } else {
+        Transport::Tls(config)
+    })
 }
 
 fn load_dialect(args: &Args) -> Result<&'static Dialect> {
@@ -83,6 +122,13 @@ async fn main() -> Result<()> {
         behaviour: Behaviour {
             ignore_echo: args.ignore_echo,
             refuse_sign_on: args.refuse_sign_on,
+        },
+        transport: transport(&args)?,
+        faults: Faults {
+            drop_after: args.drop_after,
+            answer_twice: args.answer_twice,
+            garbage_every: args.garbage_every,
+            late: args.late_ms.map(Duration::from_millis),
         },
     };
     let (addrs, handle) = banksim::serve(config).await?;
