@@ -32,9 +32,11 @@ services_start
 phase "cargo build --workspace --all-targets"
 cargo build --workspace --all-targets
 
-phase "cargo test --workspace"
+# --no-fail-fast: one failing test binary does not hide the results of the others; the exit
+# status is still non-zero when anything failed.
+phase "cargo test --workspace --no-fail-fast"
 status=0
-cargo test --workspace </dev/null || status=$?
+cargo test --workspace --no-fail-fast </dev/null || status=$?
 
 phase "done: cargo test exited with $status"
 exit "$status"
