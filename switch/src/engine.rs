@@ -404,8 +404,7 @@ impl Engine {
         let answer = self
             .authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok, trace)
             .await;
-        self.remember(&key, &answer).await;
-        guard.resolve(answer.clone());
+        self.finish(key, &answer, guard);
         answer
     }
 
@@ -500,16 +499,26 @@ impl Engine {
     /// Stores the final answer in Redis. A `96` before recording releases the claim, so
     /// that a retry is processed afresh; a `96` after the bank answered keeps the claim
     /// (until it expires, and then PostgreSQL refuses a second record).
-    pub(crate) async fn remember(&self, key: &str, answer: &Answer) {
-        let res = match (answer.rc, &answer.rrn) {
-            (Rc::MALFUNCTION, None) => self.limiter.release(key).await,
-            (Rc::MALFUNCTION, Some(_)) => return,
-            _ => self.limiter.store_answer(key, &answer.to_redis()).await,
-        };
-        if let Err(e) = res {
-            self.metrics.redis_errors.inc();
-            tracing::warn!(error = %e, "answer not stored in redis (PostgreSQL has it)");
-        }
+    ///
+    /// Runs after the merchant is answered: the key stays registered here (so a
+    /// retransmission arriving meanwhile gets the answer at once) until Redis has it.
+    pub(crate) fn finish(&self, key: String, answer: &Answer, guard: InFlightGuard) {
+        guard.publish(answer.clone());
+        let limiter = self.limiter.clone();
+        let metrics = self.metrics.clone();
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let res = match (answer.rc, &answer.rrn) {
+                (Rc::MALFUNCTION, None) => limiter.release(&key).await,
+                (Rc::MALFUNCTION, Some(_)) => Ok(()),
+                _ => limiter.store_answer(&key, &answer.to_redis()).await,
+            };
+            if let Err(e) = res {
+                metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "answer not stored in redis (PostgreSQL has it)");
+            }
+            guard.resolve(answer);
+        });
     }
 
     /// The recorded answer for a key, if its transaction has an outcome.
@@ -522,7 +531,7 @@ impl Engine {
         let row = client
             .query_opt(
                 "SELECT state, response_code, rrn, auth_code FROM transactions \
-                 WHERE merchant_id = $1 AND rtrim(terminal_id) = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5",
+                 WHERE merchant_id = $1 AND terminal_id = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5",
                 &[merchant, terminal, stan, de7, mti],
             )
             .await

@@ -80,6 +80,14 @@ impl InFlight {
 }
 
 impl InFlightGuard {
+    /// Gives followers the answer now; the key stays registered until the guard goes.
+    pub fn publish(&self, answer: Answer) {
+        let shard = self.table.shard(&self.key).lock().expect("in-flight lock");
+        if let Some(slot) = shard.get(&self.key) {
+            slot.send_replace(Some(answer));
+        }
+    }
+
     pub fn resolve(mut self, answer: Answer) {
         self.answer = Some(answer);
     }
@@ -94,7 +102,9 @@ impl Drop for InFlightGuard {
             .expect("in-flight lock")
             .remove(&self.key);
         if let Some(slot) = slot {
-            let _ = slot.send(self.answer.take());
+            if let Some(a) = self.answer.take() {
+                slot.send_replace(Some(a));
+            }
         }
     }
 }

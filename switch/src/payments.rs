@@ -357,8 +357,7 @@ impl Engine {
             Err(answer) => answer,
             Ok(fwd) => self.forward(fwd, &merchant.id).await,
         };
-        self.remember(&c.key, &answer).await;
-        guard.resolve(answer.clone());
+        self.finish(c.key, &answer, guard);
         answer
     }
 
@@ -732,8 +731,7 @@ impl Engine {
         let answer = match self.reverse_claimed(msg, merchant, &c).await {
             Ok(a) | Err(a) => a,
         };
-        self.remember(&c.key, &answer).await;
-        guard.resolve(answer.clone());
+        self.finish(c.key, &answer, guard);
         answer
     }
 
