@@ -162,13 +162,19 @@ pub fn terminal(nonce: u32, c: usize) -> String {
     format!("L{:03}{:04}", nonce % 1000, c % 10_000)
 }
 
-/// A card of the family slot `seq` uses: even slots bank-a (4...), odd bank-b (51-55...).
+/// Slots in a row that use one card family before the other takes over. Not 1: the mix
+/// repeats every 100 slots or fewer, so a family picked by parity would send every
+/// timeout (or every 51) to the same bank.
+pub const CARD_FAMILY_RUN: u64 = 101;
+
+/// A card of the family slot `seq` uses: bank-a (4...) and bank-b (51-55...) take turns
+/// in runs of [`CARD_FAMILY_RUN`] slots.
 pub fn card(seq: u64) -> String {
-    let n = (seq / 2) % CARDS_PER_FAMILY;
-    if seq.is_multiple_of(2) {
+    let n = seq % CARDS_PER_FAMILY;
+    if (seq / CARD_FAMILY_RUN).is_multiple_of(2) {
         luhn_complete(&format!("4{n:014}"))
     } else {
-        luhn_complete(&format!("5{}{n:013}", 1 + (seq / 2) % 5))
+        luhn_complete(&format!("5{}{n:013}", 1 + seq % 5))
     }
 }
 
@@ -635,17 +641,20 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
 mod tests {
     use super::*;
 
-    // Proves generated cards pass Luhn and alternate between the two routed families.
+    // Proves generated cards pass Luhn, take turns between the two routed families, and
+    // that slots one mix period apart (same kind) reach both banks.
     #[test]
     fn cards_by_family() {
         let a = card(0);
-        let b = card(1);
+        let b = card(CARD_FAMILY_RUN);
         assert!(a.starts_with('4') && a.len() == 16);
         assert!(b.starts_with('5') && (b'1'..=b'5').contains(&b.as_bytes()[1]));
         assert_eq!(luhn_complete(&a[..15]), a);
         assert_eq!(luhn_complete(&b[..15]), b);
         assert_ne!(card(2), card(0));
-        assert_eq!(card(0), card(2 * CARDS_PER_FAMILY));
+        let families: std::collections::HashSet<u8> =
+            (0..10).map(|k| card(7 + 100 * k).as_bytes()[0]).collect();
+        assert_eq!(families.len(), 2);
     }
 
     // Proves terminals are eight characters and distinct per connection and nonce.

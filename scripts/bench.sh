@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# The standard benchmark, end to end: private PostgreSQL (durable: fsync and synchronous
+# commit on) and Redis, a release build, two bank simulators, the switch, a merchant and
+# routes; then loadgen runs the ceiling (the same load through a bare frame relay to a
+# bank simulator) and the switch, reconciles both against the bank simulators' records,
+# and writes reports under target/bench/<time>/ (and target/bench/latest).
+#
+# Environment (defaults in brackets):
+#   RATE [2000]  DURATION [20]  WARMUP [5]  CONNECTIONS [16]
+#   MIX [purchase=90,decline=5,timeout=1,retransmit=4]
+#   SEARCH [0]: 1 raises the rate until p99 passes P99_TARGET_MS [50] (SEARCH_MAX [20000])
+#   BANK_TIMEOUT_MS [2000]  SWITCH_LOG [warn] (RUST_LOG of the switch)
+#   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
+# See docs/loadtest.md.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root="$(pwd)"
+bin="$root/target/release"
+stamp="$(date -u +%Y%m%dT%H%M%SZ)"
+out="$root/target/bench/$stamp"
+work="$out/work"
+ready_wait_tenths=600
+
+RATE="${RATE:-2000}"
+DURATION="${DURATION:-20}"
+WARMUP="${WARMUP:-5}"
+CONNECTIONS="${CONNECTIONS:-16}"
+MIX="${MIX:-purchase=90,decline=5,timeout=1,retransmit=4}"
+SEARCH="${SEARCH:-0}"
+P99_TARGET_MS="${P99_TARGET_MS:-50}"
+SEARCH_MAX="${SEARCH_MAX:-20000}"
+BANK_TIMEOUT_MS="${BANK_TIMEOUT_MS:-2000}"
+SWITCH_LOG="${SWITCH_LOG:-warn}"
+DURABLE="${DURABLE:-1}"
+
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+
+started=()
+stop_all() {
+  local pid i
+  for pid in "${started[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${started[@]}"; do
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  started=()
+  services_stop
+}
+trap stop_all EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+t0=$SECONDS
+say() { printf '\n==> %s (%d s)\n' "$*" "$((SECONDS - t0))"; }
+
+wait_ready() {
+  local file="$1" pid="$2" name="$3" i
+  for i in $(seq 1 "$ready_wait_tenths"); do
+    if grep -q '"ready"' "$file" 2>/dev/null; then
+      grep -m 1 '"ready"' "$file"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "$name exited before it was ready; its log:" >&2
+      tail -n 30 "${file%.out}.log" >&2 || true
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "$name was not ready after $((ready_wait_tenths / 10)) s" >&2
+  return 1
+}
+
+json_str() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$2"; }
+
+mkdir -p "$work"
+
+say "starting private PostgreSQL and Redis"
+services_start
+if [ "$DURABLE" = 1 ]; then
+  # services.sh turns durability off for tests; the benchmark measures it on.
+  cat >>"$SWITCHYARD_TEST_PG_DATA/postgresql.conf" <<EOF
+
+# scripts/bench.sh: durable commits
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+EOF
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u postgres -- "$SWITCHYARD_TEST_PG_BIN/pg_ctl" -D "$SWITCHYARD_TEST_PG_DATA" reload >/dev/null
+  else
+    "$SWITCHYARD_TEST_PG_BIN/pg_ctl" -D "$SWITCHYARD_TEST_PG_DATA" reload >/dev/null
+  fi
+  sleep 1
+fi
+psql() { "$SWITCHYARD_TEST_PG_BIN/psql" -qAt "$SWITCHYARD_TEST_PG_URL" "$@"; }
+echo "PostgreSQL fsync=$(psql -c 'SHOW fsync') synchronous_commit=$(psql -c 'SHOW synchronous_commit')"
+
+say "release build (switchyard, bank-sim, loadgen, relay)"
+cargo build --release -p switch -p loadtest
+
+declare -A listen control
+for bank in bank-a bank-b; do
+  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
+    >"$work/$bank.out" 2>"$work/$bank.log" &
+  started+=($!)
+  line="$(wait_ready "$work/$bank.out" $! "$bank")"
+  listen[$bank]="$(json_str listen "$line")"
+  control[$bank]="$(json_str control "$line")"
+  echo "$bank: links ${listen[$bank]}, control ${control[$bank]}"
+done
+
+psql -c 'CREATE DATABASE switchyard_bench'
+config="$work/switchyard.toml"
+cat >"$config" <<EOF
+# Written by scripts/bench.sh.
+[switch]
+instance_id = 1
+shutdown_deadline_ms = 10000
+reload_interval_ms = 5000
+
+[merchant_listener]
+tcp = "127.0.0.1:0"
+idle_timeout_ms = 600000
+
+[database]
+url = "postgres://postgres@127.0.0.1:${SWITCHYARD_TEST_PG_PORT}/switchyard_bench"
+
+[redis]
+url = "$SWITCHYARD_TEST_REDIS_URL"
+key_prefix = "bench:"
+
+[security]
+master_key_hex = "$(printf '11%.0s' $(seq 1 32))"
+pan_hash_key_hex = "$(printf '22%.0s' $(seq 1 32))"
+
+[[bank]]
+id = "bank-a"
+dialect = "bank-bcd-v1"
+addr = "${listen[bank-a]}"
+acquirer_id = "123456"
+timeout_ms = $BANK_TIMEOUT_MS
+
+[[bank]]
+id = "bank-b"
+dialect = "bank-bcd-v1"
+addr = "${listen[bank-b]}"
+acquirer_id = "123456"
+timeout_ms = $BANK_TIMEOUT_MS
+EOF
+
+sy() { RUST_LOG=warn "$bin/switchyard" "$@" --config "$config"; }
+say "migrate, merchant, routes"
+sy migrate
+merchant_id="BENCHMERCHANT01"
+added="$(sy merchant add --id "$merchant_id" --name "Bench Merchant" --currencies 840 \
+  --limit-minor 100000000 --rate 1000000 --burst 1000000 2>/dev/null | tail -n 1)"
+key="$(json_str mac_key_hex "$added")"
+[ -n "$key" ] || { echo "merchant add printed no key: $added" >&2; exit 1; }
+sy route add --low 4 --high 4 --bank bank-a
+sy route add --low 51 --high 55 --bank bank-b
+
+say "starting the switch"
+RUST_LOG="$SWITCH_LOG" "$bin/switchyard" run --config "$config" >"$work/switch.out" 2>"$work/switch.log" &
+switch_pid=$!
+started+=("$switch_pid")
+line="$(wait_ready "$work/switch.out" "$switch_pid" switchyard)"
+merchant_addr="$(json_str merchant_tcp "$line")"
+echo "switch pid $switch_pid, merchants on $merchant_addr"
+
+args=(
+  --addr "$merchant_addr" --merchant "$merchant_id" --key "$key"
+  --connections "$CONNECTIONS" --rate "$RATE" --duration "$DURATION" --warmup "$WARMUP"
+  --mix "$MIX"
+  --bank-control "${control[bank-a]}" --bank-control "${control[bank-b]}"
+  --switch-pid "$switch_pid"
+  --relay-upstream "${listen[bank-a]}" --relay-control "${control[bank-a]}"
+  --out "$out"
+)
+if [ "$SEARCH" = 1 ]; then
+  args+=(--search --p99-target-ms "$P99_TARGET_MS" --search-max "$SEARCH_MAX")
+  say "loadgen: search from $RATE/s for p99 <= $P99_TARGET_MS ms ($DURATION s per step)"
+else
+  say "loadgen: relay then switch at $RATE/s for $DURATION s (+$WARMUP s warm-up)"
+fi
+status=0
+"$bin/loadgen" "${args[@]}" || status=$?
+
+# The switch must still be alive after the load (a crash is a finding, not a detail).
+if ! kill -0 "$switch_pid" 2>/dev/null; then
+  echo "the switch exited during the benchmark; see $work/switch.log" >&2
+  status=3
+fi
+echo "switch log: $(grep -c 'ERROR' "$work/switch.log" || true) ERROR and $(grep -c 'WARN' "$work/switch.log" || true) WARN lines ($work/switch.log)"
+ln -sfn "$stamp" "$root/target/bench/latest"
+say "done: reports in $out (report.json, table.txt, chart.svg); loadgen exit $status"
+exit "$status"
