@@ -129,7 +129,7 @@ pub async fn sample(
             }
         }
         tick = tick.wrapping_add(1);
-        if tick % REVERSAL_SAMPLE_EVERY != 0 {
+        if !tick.is_multiple_of(REVERSAL_SAMPLE_EVERY) {
             continue;
         }
         let Ok(client) = admin.pool.get().await else {

@@ -122,7 +122,7 @@ pub struct Authorisation<'m> {
     pub currency: u16,
 }
 
-fn field<'m>(msg: &'m Message, n: u8) -> Result<&'m [u8], Rc> {
+fn field(msg: &Message, n: u8) -> Result<&[u8], Rc> {
     msg.raw(n).ok_or(Rc::FORMAT_ERROR)
 }
 
@@ -211,7 +211,7 @@ pub fn luhn(pan: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// A card is good through the last day of its expiry month (YYMM).

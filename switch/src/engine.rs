@@ -388,11 +388,11 @@ impl Engine {
         let local = checks::business_checks(&a, merchant, today());
         let pan_hash = self.vault.pan_hash(a.pan);
         let pan_hash_hex = hex::encode(&pan_hash[..16]);
-        let (guard, redis_ok) = match self
+        let guard = match self
             .claim(&key, merchant, Some(&pan_hash_hex), local.is_err())
             .await
         {
-            Claimed::Proceed { guard, redis_ok } => (guard, redis_ok),
+            Claimed::Proceed { guard, .. } => guard,
             Claimed::Done(answer) => return answer,
         };
         if let Err(rc) = local {
@@ -402,7 +402,7 @@ impl Engine {
             return answer;
         }
         let answer = self
-            .authorise_claimed(msg, merchant, &a, &key, pan_hash, redis_ok, trace)
+            .authorise_claimed(msg, merchant, &a, &key, pan_hash, trace)
             .await;
         self.finish(key, &answer, guard);
         answer
@@ -571,7 +571,6 @@ impl Engine {
         a: &Authorisation<'_>,
         key: &str,
         pan_hash: [u8; 32],
-        redis_ok: bool,
         trace: &mut Trace,
     ) -> Answer {
         let order_ref = text(a.order_ref);
@@ -659,7 +658,6 @@ impl Engine {
                     .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
                 tracing::info!(
                     rc = answer.rc.as_str(),
-                    redis_ok,
                     "request already recorded or order reference in use"
                 );
                 return answer;

@@ -101,10 +101,8 @@ impl Drop for InFlightGuard {
             .lock()
             .expect("in-flight lock")
             .remove(&self.key);
-        if let Some(slot) = slot {
-            if let Some(a) = self.answer.take() {
-                slot.send_replace(Some(a));
-            }
+        if let (Some(slot), Some(a)) = (slot, self.answer.take()) {
+            slot.send_replace(Some(a));
         }
     }
 }

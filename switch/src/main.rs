@@ -9,6 +9,8 @@ use switch::crypto::Vault;
 use switch::{db, merchants, routing};
 use tokio_util::sync::CancellationToken;
 
+mod iso8583_cli;
+
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about = "Switchyard payment switch")]
 struct Cli {
@@ -33,6 +35,8 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Decodes and encodes ISO 8583 messages in any dialect (for integrators).
+    Iso8583(iso8583_cli::Iso8583Args),
     /// Checks the configuration and exits.
     CheckConfig(ConfigArg),
     /// Applies database migrations.
@@ -150,6 +154,11 @@ fn load(arg: &ConfigArg) -> Result<Config> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The codec tool needs no runtime, no configuration and no logs.
+    let cli = match cli.command {
+        Command::Iso8583(args) => return iso8583_cli::run(args),
+        command => Cli { command },
+    };
     // One crypto provider for the whole process (quinn and tokio-rustls must agree).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -160,6 +169,7 @@ fn main() -> Result<()> {
 
 async fn async_main(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Iso8583(args) => iso8583_cli::run(args)?,
         Command::Run {
             config: arg,
             log_json,

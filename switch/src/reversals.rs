@@ -265,19 +265,6 @@ impl ReversalWorker {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Proves repeats back off by doubling and stay bounded.
-    #[test]
-    fn backoff_is_bounded() {
-        assert_eq!(reversal_backoff_ms(0, 3000), 3000);
-        assert_eq!(reversal_backoff_ms(2, 3000), 12_000);
-        assert_eq!(reversal_backoff_ms(40, 3000), REVERSAL_BACKOFF_MAX_MS);
-    }
-}
-
 /// The event a merchant is told of when a transaction of this kind, whose outcome was
 /// unknown, is confirmed reversed at the bank.
 pub fn reversed_event(kind: &str) -> &'static str {
@@ -334,4 +321,17 @@ pub async fn acknowledge(pool: &Pool, reversal_id: i64, rc: &str) -> Result<(), 
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves repeats back off by doubling and stay bounded.
+    #[test]
+    fn backoff_is_bounded() {
+        assert_eq!(reversal_backoff_ms(0, 3000), 3000);
+        assert_eq!(reversal_backoff_ms(2, 3000), 12_000);
+        assert_eq!(reversal_backoff_ms(40, 3000), REVERSAL_BACKOFF_MAX_MS);
+    }
 }

@@ -24,6 +24,10 @@ pub struct Route {
     pub priority: i32,
 }
 
+/// A route covering a point of the sweep, ordered by preference: narrowest, then highest
+/// priority, then earliest; then its end and bank.
+type Covering = (Reverse<u64>, i32, Reverse<usize>, u64, u32);
+
 /// Disjoint, sorted intervals of 19-digit numbers, each with the bank that serves it.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
@@ -106,7 +110,7 @@ impl RouteTable {
             .collect();
         points.sort_unstable();
         points.dedup();
-        let mut heap: BinaryHeap<(Reverse<u64>, i32, Reverse<usize>, u64, u32)> = BinaryHeap::new();
+        let mut heap: BinaryHeap<Covering> = BinaryHeap::new();
         let mut next = 0;
         let mut table = RouteTable {
             bank_ids,
