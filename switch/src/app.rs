@@ -129,6 +129,7 @@ pub async fn run(
         );
     }
 
+    let metrics = Arc::new(Metrics::new());
     // Bank links.
     let links_shutdown = CancellationToken::new();
     let (notice_tx, notice_rx) = mpsc::channel(bank_links::tcp::LINK_EVENT_QUEUE_MAX);
@@ -188,9 +189,8 @@ pub async fn run(
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
-    tokio::spawn(log_notices(notice_rx));
+    tokio::spawn(log_notices(notice_rx, metrics.clone()));
 
-    let metrics = Arc::new(Metrics::new());
     let db = &config.database;
     let (journal, journal_task) = Journal::start(
         pool.clone(),
@@ -401,12 +401,20 @@ fn default_header(d: &Dialect) -> Bytes {
     }
 }
 
-async fn log_notices(mut rx: mpsc::Receiver<LinkNotice>) {
+/// Late answers are counted and logged. A late approval needs no action of its own: its
+/// request timed out, so its reversal is already stored and on its way to the bank.
+async fn log_notices(mut rx: mpsc::Receiver<LinkNotice>, metrics: Arc<Metrics>) {
     while let Some(n) = rx.recv().await {
         match n {
-            LinkNotice::Late { link, message } => tracing::warn!(%link, mti = %message.mti(),
-                rrn = %message.get_str(37).unwrap_or_default(), rc = %message.get_str(39).unwrap_or_default(),
-                "late answer from bank (its request was already resolved)"),
+            LinkNotice::Late { link, message } => {
+                metrics
+                    .late_answers
+                    .with_label_values(&[link.as_str()])
+                    .inc();
+                tracing::warn!(%link, mti = %message.mti(),
+                    rrn = %message.get_str(37).unwrap_or_default(), rc = %message.get_str(39).unwrap_or_default(),
+                    "late answer from bank (its request was already resolved)")
+            }
             LinkNotice::Unsolicited { link, message } => {
                 tracing::info!(%link, mti = %message.mti(), "message from bank")
             }
