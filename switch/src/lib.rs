@@ -1,5 +1,6 @@
 //! The Switchyard switch: merchant sessions to bank links, durable and idempotent.
 //!
+//! - [`advices`]: bank-initiated advices, applied exactly once.
 //! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
@@ -23,6 +24,7 @@
 //! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
 
 pub mod admin;
+pub mod advices;
 pub mod answer;
 pub mod app;
 pub mod checks;
