@@ -14,7 +14,7 @@ use crate::ebcdic;
 use crate::error::{DecodeError, DecodeErrorKind as K};
 use crate::mti::Mti;
 use crate::spec::{
-    BitmapEncoding, ContentClass, Dialect, Encoding, FieldLayout, FieldSpec, Prefix,
+    BitmapEncoding, Check, ContentClass, Dialect, Encoding, FieldLayout, FieldSpec, Prefix,
 };
 
 /// Where an element's content lies: byte offset and logical length (digits for
@@ -524,20 +524,23 @@ fn class_error(class: ContentClass) -> K {
 fn check_content(layout: &FieldLayout, len: usize, wire: &[u8]) -> Result<(), (K, usize)> {
     let class = layout.class;
     let bad = |at: usize| Err((class_error(class), at));
-    match layout.encoding {
-        Encoding::Binary => Ok(()),
-        Encoding::Ascii => match first_disallowed(class, wire) {
-            None => Ok(()),
-            Some(at) => bad(at),
-        },
-        Encoding::Ebcdic => {
+    let ascii = || match first_disallowed(class, wire) {
+        None => Ok(()),
+        Some(at) => bad(at),
+    };
+    match layout.check {
+        Check::None => Ok(()),
+        Check::AsciiDigits if all_allowed_by_words(true, wire) => Ok(()),
+        Check::AsciiAns if all_allowed_by_words(false, wire) => Ok(()),
+        Check::AsciiDigits | Check::AsciiAns | Check::Ascii => ascii(),
+        Check::Ebcdic => {
             let table = &EBCDIC_ALLOWED[class as usize];
             match wire.iter().position(|&e| !table[usize::from(e)]) {
                 None => Ok(()),
                 Some(at) => bad(at),
             }
         }
-        Encoding::Bcd => {
+        Check::Bcd => {
             let z = class == ContentClass::Z;
             let odd = len % 2 == 1;
             let last = wire.len().wrapping_sub(1);

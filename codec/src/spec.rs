@@ -144,6 +144,20 @@ pub(crate) enum Prefix {
     Binary,
 }
 
+/// How an element's content is checked, chosen once from its class and encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    None,
+    /// ASCII `n`, checked a word at a time.
+    AsciiDigits,
+    /// ASCII `ans`, checked a word at a time.
+    AsciiAns,
+    /// Other ASCII classes, checked a byte at a time.
+    Ascii,
+    Ebcdic,
+    Bcd,
+}
+
 /// What the decoder needs of one element, flattened once at load so that the per-element
 /// work on the hot path is one small read instead of several matches on the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,6 +168,7 @@ pub(crate) struct FieldLayout {
     pub(crate) prefix_digits: u8,
     pub(crate) encoding: Encoding,
     pub(crate) class: ContentClass,
+    pub(crate) check: Check,
     pub(crate) max_len: u16,
 }
 
@@ -165,6 +180,7 @@ impl FieldLayout {
         prefix_digits: 0,
         encoding: Encoding::Binary,
         class: ContentClass::B,
+        check: Check::None,
         max_len: 0,
     };
 
@@ -189,6 +205,14 @@ impl FieldLayout {
             prefix_digits,
             encoding: spec.encoding,
             class: spec.class,
+            check: match (spec.encoding, spec.class) {
+                (Encoding::Binary, _) | (_, ContentClass::B) => Check::None,
+                (Encoding::Ascii, ContentClass::N) => Check::AsciiDigits,
+                (Encoding::Ascii, ContentClass::Ans) => Check::AsciiAns,
+                (Encoding::Ascii, _) => Check::Ascii,
+                (Encoding::Ebcdic, _) => Check::Ebcdic,
+                (Encoding::Bcd, _) => Check::Bcd,
+            },
             max_len: spec.max_len,
         }
     }
