@@ -647,3 +647,161 @@ impl Client {
         }
     }
 }
+
+/// DE90 naming `original`: its MTI (a repeat named by its original), its STAN and its
+/// DE7, then 22 zeros (the contract's n42).
+pub fn de90_of(original: &OwnedMessage) -> String {
+    let text = |n: u8| {
+        String::from_utf8(original.fields.get(&n).cloned().unwrap_or_default())
+            .expect("ASCII element")
+    };
+    format!(
+        "{}{:0>6}{:0>10}{}",
+        original.mti.original().as_str(),
+        text(11),
+        text(7),
+        "0".repeat(22)
+    )
+}
+
+/// The value of a DE48 sub-element (`ST`, `EV`, `OR`, ...) of an answer, if present.
+pub fn de48_tag(m: &Message, tag: &[u8; 2]) -> Option<String> {
+    let de48 = m.raw(48)?;
+    codec::tlv::find(de48, tag)
+        .ok()
+        .flatten()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+impl Client {
+    /// A 0100 pre-authorisation (the same elements as [`Client::purchase`]).
+    pub fn preauth(&self, stan: &str, amount_minor: u64, pan: &str, order: &str) -> OwnedMessage {
+        let mut m = self.purchase(stan, amount_minor, pan, order);
+        m.mti = Mti::AUTHORISATION_REQUEST;
+        m
+    }
+
+    /// A lifecycle request of `mti` naming `original` by DE90, for `amount_minor` in the
+    /// original's currency (DE49; 840 when it has none).
+    fn naming(
+        &self,
+        mti: Mti,
+        stan: &str,
+        original: &OwnedMessage,
+        amount_minor: u64,
+    ) -> OwnedMessage {
+        let mut m = self.base(mti, stan);
+        m.fields
+            .insert(4, format!("{amount_minor:012}").into_bytes());
+        let currency = original
+            .fields
+            .get(&49)
+            .cloned()
+            .unwrap_or_else(|| b"840".to_vec());
+        m.fields.insert(49, currency);
+        m.fields.insert(90, de90_of(original).into_bytes());
+        m
+    }
+
+    /// A 0220 completion capturing `amount_minor` of the pre-authorisation `original`.
+    pub fn completion(
+        &self,
+        stan: &str,
+        original: &OwnedMessage,
+        amount_minor: u64,
+    ) -> OwnedMessage {
+        let mut m = self.naming(Mti::COMPLETION_ADVICE, stan, original, amount_minor);
+        m.fields.insert(3, b"000000".to_vec());
+        m
+    }
+
+    /// A 0200 refund (DE3 `20`) of `amount_minor` of the purchase or completion
+    /// `original`, with DE48 `RR` when a reason is given.
+    pub fn refund(
+        &self,
+        stan: &str,
+        original: &OwnedMessage,
+        amount_minor: u64,
+        reason: Option<&str>,
+    ) -> OwnedMessage {
+        let mut m = self.naming(Mti::FINANCIAL_REQUEST, stan, original, amount_minor);
+        m.fields.insert(3, b"200000".to_vec());
+        if let Some(r) = reason {
+            m.fields
+                .insert(48, format!("RR{:03}{r}", r.len()).into_bytes());
+        }
+        m
+    }
+
+    /// A 0400 reversal of `original` for its full amount (its DE4).
+    pub fn reversal(&self, stan: &str, original: &OwnedMessage) -> OwnedMessage {
+        let amount = original
+            .fields
+            .get(&4)
+            .and_then(|a| std::str::from_utf8(a).ok()?.parse().ok())
+            .unwrap_or(0);
+        self.naming(Mti::REVERSAL_REQUEST, stan, original, amount)
+    }
+
+    /// A 0600 status inquiry naming `original` by DE90.
+    pub fn status_by_ref(&self, stan: &str, original: &OwnedMessage) -> OwnedMessage {
+        let mut m = self.base(Mti::STATUS_REQUEST, stan);
+        m.fields.insert(90, de90_of(original).into_bytes());
+        m
+    }
+
+    /// A 0600 status inquiry by DE48 `OR`.
+    pub fn status_by_order(&self, stan: &str, order: &str) -> OwnedMessage {
+        let mut m = self.base(Mti::STATUS_REQUEST, stan);
+        m.fields
+            .insert(48, format!("OR{:03}{order}", order.len()).into_bytes());
+        m
+    }
+
+    /// The merchant's 0630 answering the 0620 `advice`: its DE7, DE11, DE37, DE41 and
+    /// DE42 echoed, DE39 `rc`.
+    pub fn notification_ack(&self, advice: &Message, rc: &str) -> OwnedMessage {
+        let mut m = OwnedMessage::new(Mti::NOTIFICATION_RESPONSE);
+        for n in [7u8, 11, 37, 41, 42] {
+            if let Some(v) = advice.raw(n) {
+                m.fields.insert(n, v.to_vec());
+            }
+        }
+        m.fields.insert(39, rc.as_bytes().to_vec());
+        m
+    }
+
+    /// The next message of type `mti` within `wait` (others that come first are
+    /// returned too, in order); None if none came.
+    pub async fn recv_mti(&mut self, mti: &str, wait: Duration) -> (Option<Message>, Vec<Message>) {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut others = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return (None, others);
+            }
+            match self.try_recv(left).await {
+                None => return (None, others),
+                Some(m) if m.mti().as_str() == mti => return (Some(m), others),
+                Some(m) => others.push(m),
+            }
+        }
+    }
+}
+
+/// Runs `switchyard` with arguments to completion, whatever its exit status: the
+/// status, its stdout and its stderr.
+pub fn run_status(args: &[&str]) -> (std::process::ExitStatus, String, String) {
+    let mut p = spawn_binary("switchyard", args, &[("RUST_LOG", "warn")]);
+    let mut out = Vec::new();
+    while let Ok(line) = wait_for_line(p.stdout(), |_| true, WAIT) {
+        out.push(line);
+    }
+    let mut err = Vec::new();
+    while let Ok(line) = wait_for_line(p.stderr(), |_| true, WAIT) {
+        err.push(line);
+    }
+    let status = p.wait_timeout(WAIT).expect("command finished");
+    (status, out.join("\n"), err.join("\n"))
+}
