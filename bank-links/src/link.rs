@@ -758,4 +758,72 @@ mod tests {
                 .any(|e| matches!(e, Event::Garbage(_)))
         );
     }
+
+    // Proves sign-off on shutdown: nothing new is accepted while draining, requests in
+    // flight are failed as LinkLost once the bank answers the sign-off, and the link is down.
+    #[test]
+    fn sign_off_drains_then_down() {
+        let t0 = Instant::now();
+        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
+        link.handle_connected(at(t0, 0));
+        let f = link.poll_transmit().unwrap();
+        answer(&mut link, at(t0, 0), f, b"00");
+        let (key, msg) = purchase(10);
+        link.send(at(t0, 1), 1, key, msg, Duration::from_secs(5))
+            .unwrap();
+        link.poll_transmit().unwrap();
+        link.sign_off(at(t0, 2));
+        assert_eq!(link.state(), LinkState::Draining);
+        let (key2, msg2) = purchase(11);
+        assert_eq!(
+            link.send(at(t0, 3), 2, key2, msg2, Duration::from_secs(5)),
+            Err(SendError::NotReady)
+        );
+        let sign_off = link.poll_transmit().unwrap();
+        let m = builtin::bank_bcd()
+            .decode(sign_off.message.clone())
+            .unwrap();
+        assert_eq!(m.get(70).unwrap().as_ref(), NMI_SIGN_OFF);
+        answer(&mut link, at(t0, 4), sign_off, b"00");
+        assert_eq!(link.state(), LinkState::Down);
+        assert!(events(&mut link).iter().any(|e| matches!(
+            e,
+            Event::Reply {
+                id: 1,
+                outcome: Outcome::LinkLost
+            }
+        )));
+    }
+
+    // Proves frames are tagged for per-exchange transports: the switch's requests carry
+    // their deadline, and the answer to a bank's own echo is tagged as an answer.
+    #[test]
+    fn transmits_are_tagged() {
+        let t0 = Instant::now();
+        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
+        link.handle_connected(at(t0, 0));
+        let (_, kind) = link.poll_transmit_kind().unwrap();
+        assert_eq!(
+            kind,
+            TransmitKind::Request {
+                deadline: at(t0, 1000).mono
+            }
+        );
+        let d = builtin::bank_bcd();
+        let mut b = MessageBuilder::new(d, Mti::NETWORK_REQUEST);
+        b.set(7, b"1126120000").set(11, b"000077").set(70, NMI_ECHO);
+        link.handle_frame(
+            at(t0, 5),
+            Frame {
+                header: Bytes::from_static(&[0x60, 0, 2, 0, 1]),
+                message: b.encode().unwrap(),
+            },
+        );
+        let (frame, kind) = link.poll_transmit_kind().unwrap();
+        assert_eq!(kind, TransmitKind::Answer);
+        assert_eq!(&frame.header[..], &[0x60, 0, 1, 0, 2], "TPDU swapped");
+        let m = d.decode(frame.message).unwrap();
+        assert_eq!(m.mti(), Mti::NETWORK_RESPONSE);
+        assert_eq!(m.get_str(39).unwrap(), "00");
+    }
 }
