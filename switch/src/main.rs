@@ -178,13 +178,15 @@ async fn async_main(cli: Cli) -> Result<()> {
             init_logs(log_json || config.switch.log_json);
             let shutdown = CancellationToken::new();
             let s = shutdown.clone();
+            // Installed before anything is bound, so a signal right after the ready line
+            // is a clean shutdown, never the default exit.
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+            let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
             tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
                 tokio::select! {
                     _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = int.recv() => {}
                 }
                 s.cancel();
             });

@@ -131,6 +131,8 @@ async fn main() -> Result<()> {
             late: args.late_ms.map(Duration::from_millis),
         },
     };
+    // Handlers first: a SIGTERM right after the ready line must stop us cleanly.
+    let signals = Signals::install()?;
     let (addrs, handle) = banksim::serve(config).await?;
 
     // Written by hand: the field order is part of the contract with the tests.
@@ -143,20 +145,32 @@ async fn main() -> Result<()> {
     out.flush()?;
     drop(out);
 
-    wait_for_signal().await?;
+    signals.wait().await;
     info!("stopping");
     handle.shutdown().await;
     info!("stopped");
     Ok(())
 }
 
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, installed before the process announces itself.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        })
     }
-    Ok(())
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
