@@ -596,7 +596,13 @@ async fn capture_versus_void_two_instances() {
         expect(&mut a, &hold, "00", "0100").await;
         let capture = a.completion(&next_stan(), &hold, 3000);
         let void = b.reversal(&next_stan(), &hold);
-        let (x, y) = tokio::join!(ask(&mut a, &capture), ask(&mut b, &void));
+        // Which one leaves first alternates, so both orders of arrival are raced.
+        let (x, y) = if round % 2 == 0 {
+            tokio::join!(ask(&mut a, &capture), ask(&mut b, &void))
+        } else {
+            let (y, x) = tokio::join!(ask(&mut b, &void), ask(&mut a, &capture));
+            (x, y)
+        };
         let (cap, vd) = (rc(&x), rc(&y));
         let m = a.status_by_ref(&next_stan(), &hold);
         let status = status_of(&ask(&mut a, &m).await);
