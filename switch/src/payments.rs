@@ -25,6 +25,13 @@ use crate::merchants::Merchant;
 /// Longest refund reason kept (DE48 `RR` is free text inside an LLLVAR of 999).
 pub const REFUND_REASON_MAX_LEN: usize = 255;
 
+/// The contract puts DE38 on every approval. Banks often send none for completions,
+/// refunds and reversals; the switch then gives its own: the last six digits of the RRN,
+/// stable across retransmissions.
+pub fn switch_auth_code(rrn: &str) -> String {
+    rrn[rrn.len().saturating_sub(6)..].to_string()
+}
+
 /// The original a request names in DE90: MTI, STAN and DE7.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OriginalRef {
@@ -603,6 +610,11 @@ impl Engine {
             self.reversal_wake.notify_waiters();
         }
         tracing::info!(rc = rc.as_str(), rrn = %f.rrn, kind = f.kind.as_str(), "lifecycle request answered");
+        let auth = if rc == Rc::APPROVED {
+            auth.or_else(|| Some(switch_auth_code(&f.rrn)))
+        } else {
+            None
+        };
         Answer {
             rc,
             rrn: Some(f.rrn),
@@ -833,10 +845,11 @@ impl Engine {
         tx.commit().await.map_err(|e| self.db_error(e))?;
         self.reversal_wake.notify_waiters();
         tracing::info!(rc = "00", rrn = %rrn, reversed = %named.rrn, ?effect, "reversal recorded");
+        let auth = Some(switch_auth_code(&rrn));
         Ok(Answer {
             rc: Rc::APPROVED,
             rrn: Some(rrn),
-            auth: None,
+            auth,
         })
     }
 
