@@ -18,16 +18,28 @@ fn routes() -> Vec<Route> {
     let mut v: Vec<Route> = (0..ROUTES as u64)
         .map(|i| {
             let low = 40_000_000 + i * 150;
-            Route { low: low.to_string(), high: (low + 99).to_string(), bank_id: format!("bank-{}", i % 8), priority: 0 }
+            Route {
+                low: low.to_string(),
+                high: (low + 99).to_string(),
+                bank_id: format!("bank-{}", i % 8),
+                priority: 0,
+            }
         })
         .collect();
-    v.push(Route { low: "4".into(), high: "5".into(), bank_id: "default".into(), priority: 0 });
+    v.push(Route {
+        low: "4".into(),
+        high: "5".into(),
+        bank_id: "default".into(),
+        priority: 0,
+    });
     v
 }
 
 fn bench(c: &mut Criterion) {
     let table = RouteTable::build(&routes()).expect("valid routes");
-    let pans: Vec<String> = (0..1024u64).map(|i| format!("{}{:08}", 40_000_000 + (i * 7919 % 15_000_000), i)).collect();
+    let pans: Vec<String> = (0..1024u64)
+        .map(|i| format!("{}{:08}", 40_000_000 + (i * 7919 % 15_000_000), i))
+        .collect();
     let mut i = 0usize;
     c.bench_function("routing_lookup_100k_ranges", |b| {
         b.iter(|| {
@@ -47,10 +59,16 @@ fn bench(c: &mut Criterion) {
         })
     });
     let vault = Vault::new(&[7u8; 32], &[9u8; 32]).expect("keys");
-    c.bench_function("pan_hash_hmac_sha256", |b| b.iter(|| black_box(vault.pan_hash(black_box(b"4111111111111111")))));
+    c.bench_function("pan_hash_hmac_sha256", |b| {
+        b.iter(|| black_box(vault.pan_hash(black_box(b"4111111111111111"))))
+    });
     let card = card_plaintext(b"4111111111111111", b"3012");
-    c.bench_function("card_seal_aes_gcm", |b| b.iter(|| black_box(vault.seal(Purpose::Card, black_box(&card)))));
-    c.bench_function("luhn", |b| b.iter(|| black_box(luhn(black_box(b"4111111111111111")))));
+    c.bench_function("card_seal_aes_gcm", |b| {
+        b.iter(|| black_box(vault.seal(Purpose::Card, black_box(&card))))
+    });
+    c.bench_function("luhn", |b| {
+        b.iter(|| black_box(luhn(black_box(b"4111111111111111"))))
+    });
 }
 
 criterion_group!(benches, bench);
