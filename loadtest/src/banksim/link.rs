@@ -78,7 +78,10 @@ pub(crate) fn plan(shared: &Shared, peer: SocketAddr, frame: Frame, served: &mut
         delay = late;
     }
     let mut out = Vec::with_capacity(3);
-    if financial && f.garbage_every.is_some_and(|n| n > 0 && (*served).is_multiple_of(n)) {
+    if financial
+        && f.garbage_every
+            .is_some_and(|n| n > 0 && (*served).is_multiple_of(n))
+    {
         out.push((delay, garbage(&header)));
     }
     if financial && f.answer_twice {
