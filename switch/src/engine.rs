@@ -584,6 +584,10 @@ impl Engine {
             (Some(_), Some(b)) if !b.is_reachable() => {
                 Some((Rc::ISSUER_DOWN, "bank has no ready link"))
             }
+            // Last, so that no other refusal uses up the breaker's single probe.
+            (Some(_), Some(b)) if !b.allow(Instant::now()) => {
+                Some((Rc::ISSUER_DOWN, "bank circuit breaker open"))
+            }
             _ => None,
         };
         if let Some((rc, why)) = refusal {
@@ -598,6 +602,7 @@ impl Engine {
         let id = match self.ids.next().await {
             Ok(id) => id,
             Err(e) => {
+                bank.abandon(Instant::now());
                 tracing::error!(error = %e, "no transaction id: database unavailable");
                 return Answer::refused(Rc::MALFUNCTION);
             }
@@ -605,7 +610,13 @@ impl Engine {
         let rrn = rrn_of(id);
         tracing::Span::current().record("rrn", rrn.as_str());
         let Ok(bank_stan) = bank.stans.allocate() else {
+            bank.abandon(Instant::now());
             return Answer::refused(Rc::ISSUER_DOWN);
+        };
+        // Nothing reaches the bank after all: free the STAN and the breaker's probe.
+        let give_up = || {
+            bank.stans.release(bank_stan);
+            bank.abandon(Instant::now());
         };
         let stan_digits = bank_links::stan::format_stan(bank_stan);
         let unix = codec::clock::unix_now();
@@ -616,7 +627,7 @@ impl Engine {
         {
             Ok(c) => c,
             Err(e) => {
-                bank.stans.release(bank_stan);
+                give_up();
                 tracing::error!(error = %e, "card data could not be sealed");
                 return Answer::refused(Rc::MALFUNCTION);
             }
@@ -649,7 +660,7 @@ impl Engine {
         match self.journal.insert(record).await {
             Ok(true) => {}
             Ok(false) => {
-                bank.stans.release(bank_stan);
+                give_up();
                 // Either this very request is recorded already (Redis lost its key) or
                 // the order reference is live: the record decides which.
                 let answer = self
@@ -663,7 +674,7 @@ impl Engine {
                 return answer;
             }
             Err(e) => {
-                bank.stans.release(bank_stan);
+                give_up();
                 tracing::error!(error = %e, "request not recorded: answering 96, nothing sent to the bank");
                 return Answer::refused(Rc::MALFUNCTION);
             }
@@ -710,6 +721,7 @@ impl Engine {
             }
             (_, None) => LinkOutcome::LinkLost,
         };
+        bank.record_outcome(Instant::now(), &outcome);
         bank.stans.release(bank_stan);
         trace.bank_round_trip = started.elapsed();
         self.metrics

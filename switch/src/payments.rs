@@ -7,7 +7,7 @@
 //! same money (on one instance or several) are serialised by the database.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bank_links::{Bank, MatchKey, Outcome as LinkOutcome};
 use codec::{Message, MessageBuilder, Mti, tlv};
@@ -312,6 +312,24 @@ impl Engine {
         Answer::refused(Rc::MALFUNCTION)
     }
 
+    /// The row the request names and its payment, both locked until `tx` ends; `25` when
+    /// there is no such original.
+    async fn lock_named(
+        &self,
+        tx: &Transaction<'_>,
+        merchant: &Merchant,
+        c: &Common,
+    ) -> Result<(TxnRow, TxnRow), Answer> {
+        match load_named(tx, &merchant.id, &c.terminal_id, &c.original, true).await {
+            Ok(Some(found)) => Ok(found),
+            Ok(None) => {
+                tracing::info!(rc = "25", "original not found");
+                Err(Answer::refused(Rc::NO_ORIGINAL))
+            }
+            Err(e) => Err(self.db_error(e)),
+        }
+    }
+
     fn cutover(&self) -> i32 {
         i32::from(self.business_day_cutover_hour)
     }
@@ -380,13 +398,7 @@ impl Engine {
     ) -> Result<Forward, Answer> {
         let mut client = self.pool.get().await.map_err(|e| self.db_error(e))?;
         let tx = client.transaction().await.map_err(|e| self.db_error(e))?;
-        let Some((named, root)) = load_named(&tx, &merchant.id, &c.terminal_id, &c.original, true)
-            .await
-            .map_err(|e| self.db_error(e))?
-        else {
-            tracing::info!(rc = "25", "original not found");
-            return Err(Answer::refused(Rc::NO_ORIGINAL));
-        };
+        let (named, root) = self.lock_named(&tx, merchant, c).await?;
         let payment = root.payment();
         let rule = match kind {
             Kind::Completion => {
@@ -412,12 +424,19 @@ impl Engine {
             tracing::info!(rc = "91", "the payment's bank has no ready link");
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         };
-        let id = self.ids.next().await.map_err(|e| self.db_error(e))?;
+        if !bank.allow(Instant::now()) {
+            tracing::info!(rc = "91", "the payment's bank circuit breaker is open");
+            return Err(Answer::refused(Rc::ISSUER_DOWN));
+        }
+        let id = self.ids.next().await.map_err(|e| {
+            bank.abandon(Instant::now());
+            self.db_error(e)
+        })?;
         let rrn = rrn_of(id);
-        let bank_stan = bank
-            .stans
-            .allocate()
-            .map_err(|_| Answer::refused(Rc::ISSUER_DOWN))?;
+        let bank_stan = bank.stans.allocate().map_err(|_| {
+            bank.abandon(Instant::now());
+            Answer::refused(Rc::ISSUER_DOWN)
+        })?;
         let stan_digits = bank_links::stan::format_stan(bank_stan);
         let bank_de7 = codec::clock::transmission(codec::clock::unix_now());
         let processing_code = String::from_utf8_lossy(msg.raw(3).unwrap_or(b"000000")).into_owned();
@@ -453,8 +472,10 @@ impl Engine {
                 ],
             )
             .await;
+        // Nothing reaches the bank after all: free the STAN and the breaker's probe.
         let release = |a: Answer| {
             bank.stans.release(bank_stan);
+            bank.abandon(Instant::now());
             a
         };
         match inserted {
@@ -570,6 +591,7 @@ impl Engine {
                 .unwrap_or(LinkOutcome::LinkLost),
             _ => LinkOutcome::LinkLost,
         };
+        f.bank.record_outcome(Instant::now(), &outcome);
         f.bank.stans.release(f.bank_stan);
         let (rc, auth) = match &outcome {
             LinkOutcome::Answered(reply) => {
@@ -755,13 +777,7 @@ impl Engine {
     ) -> Result<Answer, Answer> {
         let mut client = self.pool.get().await.map_err(|e| self.db_error(e))?;
         let tx = client.transaction().await.map_err(|e| self.db_error(e))?;
-        let Some((named, root)) = load_named(&tx, &merchant.id, &c.terminal_id, &c.original, true)
-            .await
-            .map_err(|e| self.db_error(e))?
-        else {
-            tracing::info!(rc = "25", "reversal of an unknown original");
-            return Err(Answer::refused(Rc::NO_ORIGINAL));
-        };
+        let (named, root) = self.lock_named(&tx, merchant, c).await?;
         let effect = lifecycle::check_reversal(&named.named(), &root.payment(), c.amount_minor)
             .map_err(|rc| {
                 tracing::info!(rc = rc.as_str(), reason = rc.reason(), "reversal refused");

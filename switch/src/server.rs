@@ -84,18 +84,7 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Lis
             let _slot = slot;
             let peer = peer.to_string();
             match tls {
-                None => {
-                    session::serve(
-                        stream,
-                        peer,
-                        l2.engine,
-                        l2.limits,
-                        l2.connections,
-                        l2.shutdown,
-                        l2.requests,
-                    )
-                    .await
-                }
+                None => session::serve(stream, peer, l2).await,
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         std::time::Duration::from_millis(l2.limits.write_timeout_ms),
@@ -103,18 +92,7 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Lis
                     )
                     .await;
                     match handshake {
-                        Ok(Ok(tls_stream)) => {
-                            session::serve(
-                                tls_stream,
-                                peer,
-                                l2.engine,
-                                l2.limits,
-                                l2.connections,
-                                l2.shutdown,
-                                l2.requests,
-                            )
-                            .await
-                        }
+                        Ok(Ok(tls_stream)) => session::serve(tls_stream, peer, l2).await,
                         Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
                     }

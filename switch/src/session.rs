@@ -15,9 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::engine::{Engine, SessionState};
+use crate::engine::SessionState;
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]
@@ -60,17 +59,18 @@ impl MerchantConnections {
 
 /// Serves one connection until the peer closes it, it idles out, a frame is bad, or
 /// shutdown stops the reading; then answers what was accepted and closes.
-pub async fn serve<S>(
-    stream: S,
-    peer: String,
-    engine: Arc<Engine>,
-    limits: SessionLimits,
-    connections: Arc<MerchantConnections>,
-    shutdown: CancellationToken,
-    requests: TaskTracker,
-) where
+pub async fn serve<S>(stream: S, peer: String, l: crate::server::Listening)
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
+    let crate::server::Listening {
+        engine,
+        limits,
+        connections,
+        shutdown,
+        requests,
+        ..
+    } = l;
     let dialect = codec::builtin::merchant();
     let (r, w) = tokio::io::split(stream);
     let mut reader = FramedRead::new(r, FrameCodec::new(dialect.framing, limits.max_message_len));
