@@ -350,6 +350,8 @@ async fn main() -> Result<()> {
                 eprintln!("  {} x{}: {}", f.check, f.count, f.examples.join(", "));
             }
         }
+        // Stops the relay this process started (exit skips destructors).
+        drop(plan);
         std::process::exit(2);
     }
     Ok(())
