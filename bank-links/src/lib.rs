@@ -24,7 +24,7 @@ pub use shell as tcp;
 pub use bank::{Bank, BankConfig};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use link::{Event, Link, LinkConfig, LinkState, MatchKey, Outcome, TransmitKind};
-pub use shell::{LinkError, LinkHandle, Reply, spawn_link};
+pub use shell::{LinkError, LinkHandle, Reply, Responder, spawn_link};
 pub use stan::StanAllocator;
 pub use tls::{TlsError, TlsMaterial};
 pub use transport::{BankListener, Connector, LinkEndpoint, TransportError, TransportKind};

@@ -119,7 +119,10 @@ pub enum Event {
     /// A response that matches nothing in flight (it came after its request timed out).
     Late(Message),
     /// A request or advice the bank started (network management is answered already).
-    Unsolicited(Message),
+    Unsolicited {
+        message: Message,
+        header: Bytes,
+    },
     /// A frame that did not decode; the link stays up.
     Garbage(DecodeError),
     /// The bank answered the sign-on with something other than `00`.
@@ -339,7 +342,10 @@ impl Link {
             if msg.mti() == Mti::NETWORK_REQUEST {
                 self.answer_network(&frame.header, &msg);
             }
-            self.events.push_back(Event::Unsolicited(msg));
+            self.events.push_back(Event::Unsolicited {
+                message: msg,
+                header: frame.header.clone(),
+            });
             return;
         }
         let Some(key) = MatchKey::of_response(&msg) else {
@@ -387,6 +393,18 @@ impl Link {
     }
 
     /// Answers a bank's own sign-on or echo.
+    /// Answers a message the bank started (an advice), once its owner has made it durable.
+    /// `header` is the frame header it came with; the answer's swaps source and destination.
+    pub fn answer(&mut self, header: &Bytes, message: Bytes) {
+        self.outbox.push_back((
+            Frame {
+                header: swap_tpdu(header),
+                message,
+            },
+            TransmitKind::Answer,
+        ));
+    }
+
     fn answer_network(&mut self, header: &Bytes, msg: &Message) {
         let mut b = MessageBuilder::new(self.config.dialect, Mti::NETWORK_RESPONSE);
         let values: Vec<(u8, Vec<u8>)> = [7u8, 11, 32, 70]
@@ -734,6 +752,49 @@ mod tests {
                 outcome: Outcome::Answered(_)
             }]
         ));
+    }
+
+    // Proves a bank's advice reaches the owner with its header, and the owner's answer
+    // goes out as an answer with source and destination of the TPDU swapped.
+    #[test]
+    fn advice_answered_by_owner() {
+        let t0 = Instant::now();
+        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
+        link.handle_connected(at(t0, 0));
+        let f = link.poll_transmit().unwrap();
+        answer(&mut link, at(t0, 0), f, b"00");
+        events(&mut link);
+        let d = builtin::bank_bcd();
+        let mut b = MessageBuilder::new(d, Mti::parse("0420").unwrap());
+        b.set(7, b"1126120000")
+            .set(11, b"000777")
+            .set(37, b"000000000042");
+        let header = Bytes::from_static(&[0x60, 0, 2, 0, 1]);
+        link.handle_frame(
+            at(t0, 1),
+            Frame {
+                header: header.clone(),
+                message: b.encode().unwrap(),
+            },
+        );
+        let ev = events(&mut link);
+        let Some(Event::Unsolicited {
+            message,
+            header: got,
+        }) = ev.first()
+        else {
+            panic!("advice reported: {ev:?}")
+        };
+        assert_eq!(message.mti().as_str(), "0420");
+        assert_eq!(got, &header);
+        assert!(
+            link.poll_transmit().is_none(),
+            "nothing answered before the owner says so"
+        );
+        link.answer(got, Bytes::from_static(b"ack"));
+        let (frame, kind) = link.poll_transmit_kind().unwrap();
+        assert_eq!(kind, TransmitKind::Answer);
+        assert_eq!(&frame.header[..], &[0x60, 0, 1, 0, 2]);
     }
 
     // Proves garbage from the bank is reported and the link stays ready.

@@ -100,6 +100,11 @@ enum Command {
     },
     SignOff,
     SignOn,
+    /// An answer to a message the bank started, sent once its owner made it durable.
+    Answer {
+        header: Bytes,
+        message: Bytes,
+    },
 }
 
 #[derive(Debug)]
@@ -136,8 +141,37 @@ fn state_of(code: u8) -> LinkState {
 pub enum LinkNotice {
     /// A late answer (its request already timed out).
     Late { link: String, message: Message },
-    /// A request or advice the bank started.
-    Unsolicited { link: String, message: Message },
+    /// A request or advice the bank started. Network management is answered already;
+    /// anything else is answered through `responder` once it is durable (a bank repeats
+    /// an unanswered advice, so an answer lost with a dropped link does no harm).
+    Unsolicited {
+        link: String,
+        message: Message,
+        responder: Responder,
+    },
+}
+
+/// Sends the answer to one message the bank started, on the link it came from.
+#[derive(Debug)]
+pub struct Responder {
+    tx: mpsc::WeakSender<Command>,
+    header: Bytes,
+}
+
+impl Responder {
+    /// Queues the answer; false if the link task has gone.
+    pub async fn answer(self, message: Bytes) -> bool {
+        match self.tx.upgrade() {
+            Some(tx) => tx
+                .send(Command::Answer {
+                    header: self.header,
+                    message,
+                })
+                .await
+                .is_ok(),
+            None => false,
+        }
+    }
 }
 
 /// A cheap, clonable handle to a running link.
@@ -242,6 +276,7 @@ pub fn spawn_link(
         shared: shared.clone(),
         notices,
         rx,
+        weak_tx: tx.downgrade(),
         signed_off: false,
     };
     tokio::spawn(task.run(endpoint, backoff, shutdown));
@@ -263,6 +298,8 @@ struct LinkTask {
     shared: Arc<Shared>,
     notices: mpsc::Sender<LinkNotice>,
     rx: mpsc::Receiver<Command>,
+    /// For responders: weak, so the task still ends when every handle is gone.
+    weak_tx: mpsc::WeakSender<Command>,
     /// Signed off on command: do not reconnect until told to sign on.
     signed_off: bool,
 }
@@ -354,6 +391,8 @@ impl LinkTask {
                         Some(Command::Send { reply, .. }) => { let _ = reply.send(Outcome::LinkLost); }
                         Some(Command::SignOn) => { self.signed_off = false; attempt = 0; break; }
                         Some(Command::SignOff) => self.signed_off = true,
+                        // No connection to answer on: the bank repeats its advice.
+                        Some(Command::Answer { .. }) => {}
                     },
                 }
             }
@@ -377,7 +416,7 @@ impl LinkTask {
                     None => return None,
                     Some(Command::Send { reply, .. }) => { let _ = reply.send(Outcome::LinkLost); }
                     Some(Command::SignOff) => { self.signed_off = true; return None; }
-                    Some(Command::SignOn) => {}
+                    Some(Command::SignOn) | Some(Command::Answer { .. }) => {}
                 },
             }
         }
@@ -524,6 +563,7 @@ impl LinkTask {
                 self.link.sign_off(now());
             }
             Some(Command::SignOn) => self.signed_off = false,
+            Some(Command::Answer { header, message }) => self.link.answer(&header, message),
         }
         Flow::Continue
     }
@@ -548,10 +588,15 @@ impl LinkTask {
                         tracing::warn!(link = %self.shared.name, "late answer dropped: notice queue full");
                     }
                 }
-                Event::Unsolicited(message) => {
+                Event::Unsolicited { message, header } => {
+                    let responder = Responder {
+                        tx: self.weak_tx.clone(),
+                        header,
+                    };
                     let notice = LinkNotice::Unsolicited {
                         link: self.shared.name.clone(),
                         message,
+                        responder,
                     };
                     if self.notices.try_send(notice).is_err() {
                         tracing::warn!(link = %self.shared.name, "bank message dropped: notice queue full");

@@ -189,7 +189,7 @@ pub async fn run(
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
-    tokio::spawn(log_notices(notice_rx, metrics.clone()));
+    tokio::spawn(log_notices(notice_rx, metrics.clone(), pool.clone()));
 
     let db = &config.database;
     let (journal, journal_task) = Journal::start(
@@ -403,7 +403,12 @@ fn default_header(d: &Dialect) -> Bytes {
 
 /// Late answers are counted and logged. A late approval needs no action of its own: its
 /// request timed out, so its reversal is already stored and on its way to the bank.
-async fn log_notices(mut rx: mpsc::Receiver<LinkNotice>, metrics: Arc<Metrics>) {
+/// Advices the bank starts are recorded and applied exactly once, then acknowledged.
+async fn log_notices(
+    mut rx: mpsc::Receiver<LinkNotice>,
+    metrics: Arc<Metrics>,
+    pool: deadpool_postgres::Pool,
+) {
     while let Some(n) = rx.recv().await {
         match n {
             LinkNotice::Late { link, message } => {
@@ -415,8 +420,30 @@ async fn log_notices(mut rx: mpsc::Receiver<LinkNotice>, metrics: Arc<Metrics>) 
                     rrn = %message.get_str(37).unwrap_or_default(), rc = %message.get_str(39).unwrap_or_default(),
                     "late answer from bank (its request was already resolved)")
             }
-            LinkNotice::Unsolicited { link, message } => {
-                tracing::info!(%link, mti = %message.mti(), "message from bank")
+            LinkNotice::Unsolicited {
+                link,
+                message,
+                responder,
+            } => {
+                if message.mti().class() == 8 {
+                    // Network management: the link answered it already.
+                    continue;
+                }
+                // Links are named "<bank>.<index>".
+                let bank = link.rsplit_once('.').map(|(b, _)| b).unwrap_or(&link);
+                match crate::advices::apply(&pool, bank, &message).await {
+                    Ok(effect) => {
+                        tracing::info!(%link, mti = %message.mti(), rrn = %message.get_str(37).unwrap_or_default(),
+                            effect = effect.as_str(), "bank advice recorded");
+                        if let Some(ack) = crate::advices::acknowledgement(&message) {
+                            responder.answer(ack).await;
+                        }
+                    }
+                    // Not durable, so not acknowledged: the bank repeats it.
+                    Err(e) => {
+                        tracing::warn!(%link, error = %e, "bank advice not recorded; left unacknowledged")
+                    }
+                }
             }
         }
     }
