@@ -141,6 +141,9 @@ key_prefix = "bench:"
 master_key_hex = "$(printf '11%.0s' $(seq 1 32))"
 pan_hash_key_hex = "$(printf '22%.0s' $(seq 1 32))"
 
+[admin]
+addr = "127.0.0.1:0"
+
 [[bank]]
 id = "bank-a"
 dialect = "bank-bcd-v1"
@@ -173,6 +176,7 @@ switch_pid=$!
 started+=("$switch_pid")
 line="$(wait_ready "$work/switch.out" "$switch_pid" switchyard)"
 merchant_addr="$(json_str merchant_tcp "$line")"
+admin_addr="$(json_str admin "$line")"
 echo "switch pid $switch_pid, merchants on $merchant_addr"
 
 args=(
@@ -192,6 +196,10 @@ else
 fi
 status=0
 "$bin/loadgen" "${args[@]}" || status=$?
+# The switch's own per-stage histograms (Redis, journal commits, bank round trips, the
+# latency it adds) for the run, next to the harness's report.
+mkdir -p "$out"
+curl -fsS "http://$admin_addr/metrics" >"$out/switch-metrics.txt" 2>/dev/null || true
 
 # The switch must still be alive after the load (a crash is a finding, not a detail).
 if ! kill -0 "$switch_pid" 2>/dev/null; then
