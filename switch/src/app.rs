@@ -213,6 +213,13 @@ pub async fn run(
             wake: reversal_wake.clone(),
         };
         workers.spawn(w.run(workers_shutdown.clone()));
+        let inquiries = crate::inquiry::InquiryWorker {
+            pool: pool.clone(),
+            bank: banks[&b.id].clone(),
+            acquirer_id: b.acquirer_id.clone(),
+            per_second: b.inquiries_per_second,
+        };
+        workers.spawn(inquiries.run(workers_shutdown.clone()));
     }
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,

@@ -230,6 +230,10 @@ pub struct BankSection {
     /// marked expired for an operator.
     #[serde(default = "d_reversal_max_age_ms")]
     pub reversal_max_age_ms: u64,
+    /// Status inquiries (0600) per second at most about transactions whose reversal goes
+    /// unanswered (0 turns inquiries off).
+    #[serde(default = "d_inquiries_per_second")]
+    pub inquiries_per_second: u32,
     /// Hex of the fixed frame header (TPDU) sent on this bank's links.
     #[serde(default)]
     pub header_hex: Option<String>,
@@ -346,6 +350,9 @@ fn d_reconnect_min_ms() -> u64 {
 }
 fn d_reconnect_max_ms() -> u64 {
     10_000
+}
+fn d_inquiries_per_second() -> u32 {
+    5
 }
 fn d_reversal_max_age_ms() -> u64 {
     86_400_000

@@ -171,7 +171,7 @@ WITH ins AS (
   UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
     captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
   FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
-  WHERE t.id = u.id
+  WHERE t.id = ANY($24::bigint[]) AND t.id = u.id
   RETURNING t.id, t.kind, t.state, t.amount_minor, t.currency, t.merchant_id, t.bank_id
 ), post AS (
   -- An approved purchase is captured at once: the bank owes it, the merchant is owed it.

@@ -9,6 +9,7 @@
 //! - [`checks`]: the checks as plain functions; response codes.
 //! - [`answer`]: answers, their Redis form, and response messages.
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
+//! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
 //! - [`journal`]: group-committed records in PostgreSQL.
 //! - [`ledger`]: the double-entry ledger: checks, balances, settlement totals.
@@ -35,6 +36,7 @@ pub mod dialects;
 pub mod engine;
 pub mod ids;
 pub mod inflight;
+pub mod inquiry;
 pub mod journal;
 pub mod ledger;
 pub mod lifecycle;
