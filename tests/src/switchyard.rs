@@ -52,6 +52,23 @@ impl BankSim {
         serde_json::from_str(&body).expect("record is JSON")
     }
 
+    /// `POST /advise/reversal/{rrn}`: the simulator sends a 0420 reversal advice for `rrn`
+    /// (or, with `repeat` = (DE11, DE7) of an earlier one, the same advice again as 0421)
+    /// and answers once the switch's 0430 came or 5 s passed: `{"acknowledged", "rc",
+    /// "mti", "rrn", "stan", "de7"}`.
+    pub async fn advise_reversal(
+        &self,
+        rrn: &str,
+        repeat: Option<(&str, &str)>,
+    ) -> serde_json::Value {
+        let path = match repeat {
+            None => format!("/advise/reversal/{rrn}"),
+            Some((stan, de7)) => format!("/advise/reversal/{rrn}?repeat_of_stan={stan}&de7={de7}"),
+        };
+        let body = http(self.control, "POST", &path).await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("advise answer {body:?}: {e}"))
+    }
+
     /// Approved entries with this RRN.
     pub async fn approved(&self, rrn: &str) -> Vec<serde_json::Value> {
         let r = self.record().await;
@@ -125,6 +142,9 @@ pub struct WorldOptions {
     /// Keys of every `[[bank]]` table to set (replacing the harness's value when it has
     /// one), e.g. `("echo_timeout_ms", "10000")`. Empty by default.
     pub bank_overrides: Vec<(String, String)>,
+    /// Keys of one `[[bank]]` table each (by position: bank-a, bank-b), applied after
+    /// `bank_overrides`, e.g. `("transport", "\"tls\"")`. Values are TOML. Empty by default.
+    pub per_bank_overrides: Vec<Vec<(String, String)>>,
 }
 
 impl Default for WorldOptions {
@@ -136,6 +156,7 @@ impl Default for WorldOptions {
             merchant_rate: 1000,
             merchant_burst: 1000,
             bank_overrides: Vec::new(),
+            per_bank_overrides: Vec::new(),
         }
     }
 }
@@ -211,7 +232,12 @@ reconnect_max_ms = 500
                 addr = b.listen,
                 timeout = opts.bank_timeout_ms,
             );
-            text.push_str(&apply_overrides(&table, &opts.bank_overrides));
+            let table = apply_overrides(&table, &opts.bank_overrides);
+            let own = opts
+                .per_bank_overrides
+                .get(i)
+                .map_or(&[][..], Vec::as_slice);
+            text.push_str(&apply_overrides(&table, own));
         }
         text.push_str(&opts.extra_config);
         std::fs::write(&config, text).expect("write config");
@@ -578,6 +604,11 @@ pub fn requests_for(record: &serde_json::Value, rrn: &str) -> usize {
                 .unwrap_or(0)
         })
         .sum()
+}
+
+/// Status inquiries (0600) the simulator received about `rrn` (`inquiries`), 0 when none.
+pub fn inquiries_for(record: &serde_json::Value, rrn: &str) -> u64 {
+    record["inquiries"][rrn].as_u64().unwrap_or(0)
 }
 
 /// Count of a message type the simulator received (`counts_by_mti`), 0 when none.

@@ -1,32 +1,80 @@
 //! The HTTP control endpoint: the record for tests and the load harness, a health check,
-//! and a reset between runs.
+//! a reset between runs, and advices the bank starts on command.
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 
-use super::record::{Record, Snapshot};
+use super::advise::AdviseError;
+use super::link::Shared;
+use super::record::Snapshot;
 
-pub(crate) fn router(record: Arc<Record>) -> Router {
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/record", get(record_json))
         .route("/health", get(health))
         .route("/reset", post(reset))
-        .with_state(record)
+        .route("/advise/reversal/{rrn}", post(advise_reversal))
+        .with_state(shared)
 }
 
-async fn record_json(State(record): State<Arc<Record>>) -> Json<Snapshot> {
-    Json(record.snapshot())
+async fn record_json(State(shared): State<Arc<Shared>>) -> Json<Snapshot> {
+    Json(shared.record.snapshot())
 }
 
 async fn health() -> &'static str {
     "ok\n"
 }
 
-async fn reset(State(record): State<Arc<Record>>) -> StatusCode {
-    record.reset();
+async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
+    shared.record.reset();
     StatusCode::NO_CONTENT
+}
+
+/// `?repeat_of_stan=S&de7=D`: send the advice again as 0421 with these DE11 and DE7.
+#[derive(Debug, Deserialize)]
+struct AdviseQuery {
+    repeat_of_stan: Option<String>,
+    de7: Option<String>,
+}
+
+/// `POST /advise/reversal/{rrn}`: sends a 0420 (or a 0421, see [`AdviseQuery`]) on a
+/// connected bank link and answers, once the 0430 came or 5 s passed,
+/// `{"acknowledged", "rc", "mti", "rrn", "stan", "de7"}`; 400 for a malformed request,
+/// 503 when no link is connected.
+async fn advise_reversal(
+    State(shared): State<Arc<Shared>>,
+    Path(rrn): Path<String>,
+    Query(q): Query<AdviseQuery>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let repeat = match (&q.repeat_of_stan, &q.de7) {
+        (Some(s), Some(d)) => Some((s.as_str(), d.as_str())),
+        (None, None) => None,
+        _ => {
+            let e = "repeat_of_stan and de7 go together";
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(serde_json::json!({ "error": e })),
+            );
+        }
+    };
+    match shared.advisor.reversal(&rrn, repeat).await {
+        Ok(outcome) => (
+            StatusCode::OK,
+            Json(serde_json::to_value(outcome).unwrap_or_default()),
+        ),
+        Err(e) => {
+            let status = match e {
+                AdviseError::NoLink => StatusCode::SERVICE_UNAVAILABLE,
+                AdviseError::Invalid(_) => StatusCode::BAD_REQUEST,
+                AdviseError::Encode(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            let body = serde_json::json!({ "acknowledged": false, "error": e.to_string() });
+            (status, Json(body))
+        }
+    }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Faults;
+use super::advise::{Advisor, Port, Way};
 use super::record::{Record, Txn};
 use super::rules::{self, Behaviour, Decision, RequestView};
 
@@ -35,6 +36,7 @@ pub(crate) struct Shared {
     pub latency: Duration,
     pub faults: Faults,
     pub record: Arc<Record>,
+    pub advisor: Arc<Advisor>,
 }
 
 /// What to do about one received frame.
@@ -55,10 +57,16 @@ pub(crate) fn garbage(header: &Bytes) -> Frame {
 }
 
 /// Decides one frame and applies the fault switches; `served` counts the financial
-/// requests of this connection.
-pub(crate) fn plan(shared: &Shared, peer: SocketAddr, frame: Frame, served: &mut u64) -> Plan {
+/// requests of this connection, `port` is the connection as advices see it.
+pub(crate) fn plan(
+    shared: &Shared,
+    port: &Port,
+    peer: SocketAddr,
+    frame: Frame,
+    served: &mut u64,
+) -> Plan {
     let header = frame.header.clone();
-    let Some((reply, amount)) = handle(shared, peer, frame) else {
+    let Some((reply, amount)) = handle(shared, port, peer, frame) else {
         return Plan::Answer(Vec::new());
     };
     let f = &shared.faults;
@@ -108,6 +116,7 @@ pub(crate) async fn run<S>(
     let (rd, wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, codec);
     let (tx, rx) = mpsc::channel(LINK_WRITE_QUEUE_MAX);
+    let attached = shared.advisor.attach(Way::Stream(tx.downgrade()));
     let writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec), rx, peer));
     let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_MAX));
     let mut served = 0u64;
@@ -130,7 +139,7 @@ pub(crate) async fn run<S>(
             }
             Some(Ok(frame)) => frame,
         };
-        let answers = match plan(&shared, peer, frame, &mut served) {
+        let answers = match plan(&shared, attached.port(), peer, frame, &mut served) {
             Plan::Drop => {
                 // Mid-flight: what is queued is discarded with the connection.
                 writer.abort();
@@ -162,6 +171,7 @@ pub(crate) async fn run<S>(
             });
         }
     }
+    drop(attached);
     drop(tx);
     let _ = writer.await;
     info!(%peer, "bank link done");
@@ -191,7 +201,13 @@ async fn write_loop<W: AsyncWrite>(
 
 /// Decodes, decides, records and builds the answer to one frame, with the amount of a
 /// financial request (`Some(0)` when it has none); None when there is nothing to send.
-fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<(Frame, Option<u64>)> {
+/// A response (the switch acknowledging an advice) is handed to the advice it answers.
+fn handle(
+    shared: &Shared,
+    port: &Port,
+    peer: SocketAddr,
+    frame: Frame,
+) -> Option<(Frame, Option<u64>)> {
     let msg = match shared.dialect.decode(frame.message) {
         Ok(m) => m,
         Err(e) => {
@@ -202,8 +218,15 @@ fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<(Frame, Opt
     };
     let record = &shared.record;
     record.count(msg.mti());
+    if !msg.mti().is_request() {
+        if !shared.advisor.complete(&msg) {
+            debug!(%peer, mti = %msg.mti(), "response that answers no advice ignored");
+        }
+        return None;
+    }
     let decision = rules::decide(&RequestView::of(&msg), &shared.behaviour);
     log_request(peer, &msg, &decision);
+    port.observe(&msg, &frame.header, decision.response_code());
 
     let auth_code = match decision {
         Decision::Authorise => record.approve(Txn::of(&msg), true),
@@ -216,9 +239,32 @@ fn handle(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<(Frame, Opt
             record.withhold(Txn::of(&msg));
             return None;
         }
+        Decision::Reverse if shared.faults.ignore_reversals => {
+            debug!(%peer, mti = %msg.mti(), "fault: reversal not answered");
+            return None;
+        }
         Decision::Reverse => {
             record.reverse(msg.get_str(37).as_deref().map(str::trim_end));
             None
+        }
+        Decision::Inquire => {
+            let standing = record.inquire(msg.get_str(37).as_deref().map(str::trim_end));
+            let (code, de48) = rules::inquiry_answer(standing);
+            let message = match rules::build_status_response(
+                shared.dialect,
+                &msg,
+                code,
+                de48.as_deref(),
+            ) {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(%peer, mti = %msg.mti(), error = %e, "cannot encode answer; not answered");
+                    return None;
+                }
+            };
+            // Not a financial request: the fault switches leave it alone.
+            let header = rules::reply_header(&frame.header);
+            return Some((Frame { header, message }, None));
         }
         Decision::Network(_) => None,
         Decision::Ignore(_) => return None,

@@ -7,8 +7,10 @@
 //! - `link`: one bank link over a byte stream (TCP or TLS), and the fault plan.
 //! - `quic`: bank links over QUIC, one stream per exchange.
 //! - [`tls`]: server certificates that require the switch's client certificate.
+//! - [`advise`]: advices the bank starts (0420 reversal advices), on command.
 //! - `control`: the HTTP control endpoint.
 
+pub mod advise;
 mod control;
 mod link;
 mod quic;
@@ -64,6 +66,9 @@ pub struct Faults {
     pub garbage_every: Option<u64>,
     /// Answer financial requests whose amount ends in 77 this late.
     pub late: Option<Duration>,
+    /// Never answer reversals (0400/0401), nor record them as taken; the switch's status
+    /// inquiries are then its only way to settle an unknown outcome.
+    pub ignore_reversals: bool,
 }
 
 /// How to run the simulator.
@@ -161,6 +166,7 @@ pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
         latency: config.latency,
         faults: config.faults,
         record: record.clone(),
+        advisor: Arc::new(advise::Advisor::new(config.dialect, record.clone())),
     });
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -199,7 +205,7 @@ pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
     };
     let (control, control_addr) = bind("control", config.control).await?;
 
-    let app = control::router(record.clone());
+    let app = control::router(shared.clone());
     let stop = cancel.clone().cancelled_owned();
     tasks.spawn(async move {
         if let Err(e) = axum::serve(control, app).with_graceful_shutdown(stop).await {

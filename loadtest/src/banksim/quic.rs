@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use super::advise::{Attached, Way};
 use super::link::{LINK_IN_FLIGHT_MAX, Plan, Shared, plan};
 use super::{LINKS_MAX, ServeError};
 
@@ -86,6 +87,7 @@ async fn run(
     let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_MAX));
     // Shared by every stream of the connection, as on a TCP link.
     let served = Arc::new(std::sync::Mutex::new(0u64));
+    let attached = Arc::new(shared.advisor.attach(Way::Quic(conn.clone())));
     loop {
         let (send, recv) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -103,20 +105,24 @@ async fn run(
             .await
             .expect("semaphore is never closed");
         let (shared, conn, served) = (shared.clone(), conn.clone(), served.clone());
+        let attached = attached.clone();
         tokio::spawn(async move {
-            exchange(send, recv, codec, peer, &shared, &conn, &served).await;
+            exchange(send, recv, codec, peer, &shared, &attached, &conn, &served).await;
             drop(permit);
         });
     }
+    drop(attached);
     conn.close(quinn::VarInt::from_u32(0), b"bye");
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn exchange(
     mut send: quinn::SendStream,
     recv: quinn::RecvStream,
     mut codec: FrameCodec,
     peer: SocketAddr,
     shared: &Shared,
+    attached: &Attached,
     conn: &quinn::Connection,
     served: &std::sync::Mutex<u64>,
 ) {
@@ -124,7 +130,7 @@ async fn exchange(
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(STREAM_READ_TIMEOUT, frames.next()).await {
         let decided = {
             let mut n = served.lock().unwrap_or_else(|p| p.into_inner());
-            plan(shared, peer, frame, &mut n)
+            plan(shared, attached.port(), peer, frame, &mut n)
         };
         match decided {
             Plan::Drop => {

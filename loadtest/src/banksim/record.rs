@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use codec::{Message, Mti};
 use serde::Serialize;
 
-use super::rules;
+use super::rules::{self, Standing};
 
 /// Entries kept per list (and RRNs remembered for duplicate detection). A long load run
 /// at a few thousand per second stays under it; past it entries are counted in
@@ -78,6 +78,20 @@ pub struct Totals {
     pub net_amount_minor: u64,
 }
 
+/// An advice the simulator started (`POST /advise/reversal/{rrn}`) and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SentAdvice {
+    /// 0420, or 0421 for a repeat.
+    pub mti: String,
+    pub rrn: String,
+    /// DE11.
+    pub stan: String,
+    /// DE7.
+    pub de7: String,
+    /// DE39 of the switch's 0430; None when none came in time.
+    pub response_code: Option<String>,
+}
+
 /// What `GET /record` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
@@ -86,6 +100,10 @@ pub struct Snapshot {
     pub unanswered: Vec<Txn>,
     /// Reversals by the RRN they carry (the original's), with how many times each arrived.
     pub reversals: BTreeMap<String, u64>,
+    /// Status inquiries (0600/0601) by the RRN they name, with how many times each arrived.
+    pub inquiries: BTreeMap<String, u64>,
+    /// Advices the simulator sent, in order.
+    pub advices: Vec<SentAdvice>,
     /// Financial requests whose RRN had been seen before.
     pub requests_by_rrn_dupes: u64,
     pub counts_by_mti: BTreeMap<String, u64>,
@@ -99,8 +117,11 @@ struct Inner {
     approved: Vec<Approval>,
     approved_by_rrn: HashMap<String, usize>,
     declined: Vec<Decline>,
+    declined_rrns: HashSet<String>,
     unanswered: Vec<Txn>,
     reversals: BTreeMap<String, u64>,
+    inquiries: BTreeMap<String, u64>,
+    advices: Vec<SentAdvice>,
     seen_rrns: HashSet<String>,
     dupes: u64,
     counts_by_mti: BTreeMap<Mti, u64>,
@@ -114,6 +135,18 @@ impl Inner {
             self.dupes += 1;
         } else if self.seen_rrns.len() < RECORD_ENTRIES_MAX {
             self.seen_rrns.insert(rrn.clone());
+        }
+    }
+
+    /// Counts one more under `key` in a bounded map.
+    fn bump(map: &mut BTreeMap<String, u64>, dropped: &mut u64, key: &str) {
+        let full = map.len() >= RECORD_ENTRIES_MAX;
+        match map.get_mut(key) {
+            Some(n) => *n += 1,
+            None if full => *dropped += 1,
+            None => {
+                map.insert(key.to_owned(), 1);
+            }
         }
     }
 
@@ -188,6 +221,11 @@ impl Record {
         let mut g = self.lock();
         g.note_rrn(&txn);
         let inner = &mut *g;
+        if let Some(rrn) = &txn.rrn
+            && inner.declined_rrns.len() < RECORD_ENTRIES_MAX
+        {
+            inner.declined_rrns.insert(rrn.clone());
+        }
         Inner::push(
             &mut inner.declined,
             &mut inner.dropped,
@@ -211,17 +249,58 @@ impl Record {
         let Some(rrn) = rrn else { return };
         let mut g = self.lock();
         let inner = &mut *g;
-        let full = inner.reversals.len() >= RECORD_ENTRIES_MAX;
-        match inner.reversals.get_mut(rrn) {
-            Some(n) => *n += 1,
-            None if full => inner.dropped += 1,
-            None => {
-                inner.reversals.insert(rrn.to_owned(), 1);
-            }
-        }
+        Inner::bump(&mut inner.reversals, &mut inner.dropped, rrn);
         if let Some(&i) = inner.approved_by_rrn.get(rrn) {
             inner.approved[i].reversed = true;
         }
+    }
+
+    /// Where the transaction with this RRN stands here: approved (and whether reversed
+    /// since), declined, or None if this bank never took it (unknown, or withheld).
+    pub fn standing(&self, rrn: &str) -> Option<Standing> {
+        let g = self.lock();
+        if let Some(&i) = g.approved_by_rrn.get(rrn) {
+            return Some(if g.approved[i].reversed {
+                Standing::Reversed
+            } else {
+                Standing::Approved
+            });
+        }
+        g.declined_rrns.contains(rrn).then_some(Standing::Declined)
+    }
+
+    /// Records a status inquiry about `rrn` (None when it carried no DE37) and returns
+    /// where that transaction stands.
+    pub fn inquire(&self, rrn: Option<&str>) -> Option<Standing> {
+        let rrn = rrn?;
+        {
+            let mut g = self.lock();
+            let inner = &mut *g;
+            Inner::bump(&mut inner.inquiries, &mut inner.dropped, rrn);
+        }
+        self.standing(rrn)
+    }
+
+    /// Marks the approval with this RRN reversed (the bank reversed it on its own and the
+    /// switch acknowledged the advice); false if there is no such approval. Not counted
+    /// in `reversals`, which are the switch's.
+    pub fn mark_reversed(&self, rrn: &str) -> bool {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        match inner.approved_by_rrn.get(rrn) {
+            Some(&i) => {
+                inner.approved[i].reversed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records an advice the simulator sent.
+    pub fn advised(&self, advice: SentAdvice) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        Inner::push(&mut inner.advices, &mut inner.dropped, advice);
     }
 
     pub fn reset(&self) {
@@ -252,6 +331,8 @@ impl Record {
             declined: g.declined.clone(),
             unanswered: g.unanswered.clone(),
             reversals: g.reversals.clone(),
+            inquiries: g.inquiries.clone(),
+            advices: g.advices.clone(),
             requests_by_rrn_dupes: g.dupes,
             counts_by_mti: g
                 .counts_by_mti
@@ -329,6 +410,37 @@ mod tests {
         assert_ne!(r.approve(txn("000000000001", 1000), true), first);
     }
 
+    // Proves inquiries are counted by RRN and answered by where the transaction stands:
+    // approved, reversed (by the switch or by the bank's own advice), declined, or not
+    // taken (withheld 91s and unknown RRNs).
+    #[test]
+    fn inquiries_by_standing() {
+        let r = Record::new();
+        r.approve(txn("000000000001", 1000), true);
+        r.approve(txn("000000000002", 1000), true);
+        r.approve(txn("000000000005", 1000), true);
+        r.decline(txn("000000000003", 1051), "51");
+        r.withhold(txn("000000000004", 1091));
+        r.reverse(Some("000000000002"));
+        assert!(r.mark_reversed("000000000005"));
+        assert!(!r.mark_reversed("000000000004"));
+        assert_eq!(r.inquire(Some("000000000001")), Some(Standing::Approved));
+        assert_eq!(r.inquire(Some("000000000002")), Some(Standing::Reversed));
+        assert_eq!(r.inquire(Some("000000000005")), Some(Standing::Reversed));
+        assert_eq!(r.inquire(Some("000000000003")), Some(Standing::Declined));
+        assert_eq!(r.inquire(Some("000000000004")), None);
+        assert_eq!(r.inquire(Some("000000000004")), None);
+        assert_eq!(r.inquire(Some("000000000099")), None);
+        assert_eq!(r.inquire(None), None);
+        let s = r.snapshot();
+        assert_eq!(s.inquiries["000000000004"], 2);
+        assert_eq!(s.inquiries["000000000001"], 1);
+        assert_eq!(s.inquiries.len(), 6);
+        // The bank's own reversal is not one of the switch's reversals.
+        assert!(!s.reversals.contains_key("000000000005"));
+        assert_eq!(s.totals.reversed_count, 2);
+    }
+
     // Proves the JSON shape the harness reads.
     #[test]
     fn json_shape() {
@@ -354,5 +466,16 @@ mod tests {
         assert_eq!(v["counts_by_mti"]["0200"], 1);
         assert_eq!(v["totals"]["net_amount_minor"], 1000);
         assert_eq!(v["requests_by_rrn_dupes"], 0);
+        assert!(v["inquiries"].as_object().unwrap().is_empty());
+        r.advised(SentAdvice {
+            mti: "0420".into(),
+            rrn: "000000000001".into(),
+            stan: "000001".into(),
+            de7: "1126120000".into(),
+            response_code: Some("00".into()),
+        });
+        let v = serde_json::to_value(r.snapshot()).unwrap();
+        assert_eq!(v["advices"][0]["response_code"], "00");
+        assert_eq!(v["advices"][0]["stan"], "000001");
     }
 }

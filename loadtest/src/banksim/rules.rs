@@ -14,6 +14,8 @@ pub mod code {
     pub const INVALID_TRANSACTION: &str = "12";
     pub const INVALID_AMOUNT: &str = "13";
     pub const INSUFFICIENT_FUNDS: &str = "51";
+    /// Unable to locate the original (an inquiry about something never taken).
+    pub const NOT_FOUND: &str = "25";
     pub const ISSUER_UNAVAILABLE: &str = "91";
 }
 
@@ -84,17 +86,20 @@ pub enum Decision {
     Decline(&'static str),
     /// The `91` test card: record it, never answer it.
     Withhold,
+    /// A status inquiry (0600): answered from the record, see [`inquiry_answer`].
+    Inquire,
     /// Not something this bank answers; the reason is for the log.
     Ignore(&'static str),
 }
 
 impl Decision {
-    /// The DE39 the answer carries, if there is an answer.
+    /// The DE39 the answer carries, if there is an answer and it does not depend on the
+    /// record (an inquiry's does: [`inquiry_answer`]).
     pub fn response_code(&self) -> Option<&'static str> {
         match self {
             Decision::Network(c) | Decision::Decline(c) => Some(c),
             Decision::Authorise | Decision::Accept | Decision::Reverse => Some(code::APPROVED),
-            Decision::Withhold | Decision::Ignore(_) => None,
+            Decision::Withhold | Decision::Inquire | Decision::Ignore(_) => None,
         }
     }
 }
@@ -123,6 +128,7 @@ pub fn decide(req: &RequestView, behaviour: &Behaviour) -> Decision {
         },
         b"0220" => Decision::Accept,
         b"0400" | b"0420" => Decision::Reverse,
+        b"0600" => Decision::Inquire,
         _ => Decision::Ignore("unsupported message type"),
     }
 }
@@ -136,6 +142,86 @@ fn purchase(amount_minor: Option<u64>) -> Decision {
         Some(91) => Decision::Withhold,
         Some(_) => Decision::Authorise,
     }
+}
+
+/// What the bank's record says of a transaction a status inquiry names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Approved,
+    Reversed,
+    Declined,
+}
+
+impl Standing {
+    /// The DE48 `ST` value (docs/bank-protocol.md, "Status inquiries").
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Standing::Approved => "APPROVED",
+            Standing::Reversed => "REVERSED",
+            Standing::Declined => "DECLINED",
+        }
+    }
+}
+
+/// DE39 and DE48 of the 0610 answering an inquiry about a transaction that stands as
+/// `standing` (None: never taken, including the withheld `91`s): `00` with `ST`, or `25`
+/// without DE48. DE48 is TLV as in the merchant contract: tag, 3-digit length, value.
+pub fn inquiry_answer(standing: Option<Standing>) -> (&'static str, Option<Vec<u8>>) {
+    match standing {
+        None => (code::NOT_FOUND, None),
+        Some(s) => {
+            let v = s.as_str();
+            (
+                code::APPROVED,
+                Some(format!("ST{:03}{v}", v.len()).into_bytes()),
+            )
+        }
+    }
+}
+
+/// Elements a 0610 echoes (docs/bank-protocol.md): 7, 11 and 37.
+const ECHO_STATUS: [u8; 3] = [7, 11, 37];
+
+/// The 0610 answering the inquiry `req`, with DE39 and, when given, DE48.
+pub fn build_status_response(
+    dialect: &Dialect,
+    req: &Message,
+    response_code: &str,
+    de48: Option<&[u8]>,
+) -> Result<Bytes, EncodeError> {
+    let values: Vec<(u8, Cow<'_, [u8]>)> = ECHO_STATUS
+        .iter()
+        .filter_map(|&n| req.get(n).map(|v| (n, v)))
+        .collect();
+    let mut b = MessageBuilder::new(dialect, req.mti().response());
+    for (n, v) in &values {
+        b.set(*n, v);
+    }
+    b.set(39, response_code.as_bytes());
+    if let Some(d) = de48 {
+        b.set(48, d);
+    }
+    b.encode()
+}
+
+/// A reversal advice the bank starts: 0420 (or its repeat 0421 when `repeat`) with DE7,
+/// DE11, DE32 when known and DE37 naming the transaction the bank reversed.
+pub fn build_reversal_advice(
+    dialect: &Dialect,
+    repeat: bool,
+    de7: &str,
+    stan: &str,
+    acquirer_id: Option<&str>,
+    rrn: &str,
+) -> Result<Bytes, EncodeError> {
+    let advice = Mti::from_digits(*b"0420").expect("digits");
+    let mti = if repeat { advice.repeat() } else { advice };
+    let mut b = MessageBuilder::new(dialect, mti);
+    b.set_str(7, de7).set_str(11, stan).set_str(37, rrn);
+    if let Some(a) = acquirer_id {
+        b.set_str(32, a);
+    }
+    b.encode()
 }
 
 /// The answer to `req`: its response MTI, the echoed elements, DE39 and, when given, DE38.
@@ -275,7 +361,7 @@ mod tests {
     // Proves responses and unknown classes are never answered.
     #[test]
     fn responses_ignored() {
-        for mti in ["0210", "0810", "0410", "0600"] {
+        for mti in ["0210", "0810", "0410", "0610", "0500"] {
             let d = decide(&view(mti, Some("000000"), Some(1000), Some(1)), &PLAIN);
             assert!(matches!(d, Decision::Ignore(_)), "{mti}: {d:?}");
         }
@@ -320,6 +406,94 @@ mod tests {
         assert_eq!(resp.mti(), Mti::NETWORK_RESPONSE);
         assert_eq!(resp.fields().collect::<Vec<_>>(), [7, 11, 32, 39, 70]);
         assert_eq!(resp.get_u64(70), Some(301));
+    }
+
+    // Proves a 0600 (and its repeat) is an inquiry, answered from the record: 00 with ST
+    // for what the bank took (TLV: tag, 3-digit length, value), 25 without DE48 otherwise.
+    #[test]
+    fn inquiries() {
+        for mti in ["0600", "0601"] {
+            let d = decide(&view(mti, None, None, None), &PLAIN);
+            assert_eq!(d, Decision::Inquire);
+            assert_eq!(d.response_code(), None);
+        }
+        assert_eq!(inquiry_answer(None), ("25", None));
+        let st = |s| inquiry_answer(Some(s));
+        assert_eq!(
+            st(Standing::Approved),
+            ("00", Some(b"ST008APPROVED".to_vec()))
+        );
+        assert_eq!(
+            st(Standing::Reversed),
+            ("00", Some(b"ST008REVERSED".to_vec()))
+        );
+        assert_eq!(
+            st(Standing::Declined),
+            ("00", Some(b"ST008DECLINED".to_vec()))
+        );
+        let (_, de48) = st(Standing::Reversed);
+        let de48 = de48.unwrap();
+        assert_eq!(
+            codec::tlv::find(&de48, b"ST").unwrap(),
+            Some(&b"REVERSED"[..])
+        );
+    }
+
+    // Proves the 0610 echoes 7, 11 and 37 (not 32 or 90) and carries 39 and 48.
+    #[test]
+    fn status_response_elements() {
+        let d = builtin::bank_bcd();
+        let de90 = format!("0200000007112612000000000123456{}", "0".repeat(11));
+        let mut b = MessageBuilder::new(d, Mti::STATUS_REQUEST);
+        b.set_str(7, "1126120000")
+            .set_str(11, "000042")
+            .set_str(32, "123456")
+            .set_str(37, "000000000777")
+            .set_str(90, &de90);
+        let req = d.decode(b.encode().unwrap()).unwrap();
+        let resp = d
+            .decode(build_status_response(d, &req, "00", Some(b"ST008APPROVED")).unwrap())
+            .unwrap();
+        assert_eq!(resp.mti(), Mti::STATUS_RESPONSE);
+        assert_eq!(resp.fields().collect::<Vec<_>>(), [7, 11, 37, 39, 48]);
+        assert_eq!(resp.get_str(39).unwrap(), "00");
+        assert_eq!(resp.raw(48).unwrap(), b"ST008APPROVED");
+        let none = d
+            .decode(build_status_response(d, &req, "25", None).unwrap())
+            .unwrap();
+        assert_eq!(none.fields().collect::<Vec<_>>(), [7, 11, 37, 39]);
+    }
+
+    // Proves a reversal advice is a 0420 (0421 as a repeat) with 7, 11, 37 and 32 when known.
+    #[test]
+    fn reversal_advice_elements() {
+        let d = builtin::bank_bcd();
+        let m = d
+            .decode(
+                build_reversal_advice(
+                    d,
+                    false,
+                    "1126120000",
+                    "900001",
+                    Some("123450"),
+                    "000000000777",
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(m.mti().as_str(), "0420");
+        assert!(m.mti().is_request());
+        assert_eq!(m.fields().collect::<Vec<_>>(), [7, 11, 32, 37]);
+        assert_eq!(m.get_str(11).unwrap(), "900001");
+        assert_eq!(m.get_str(37).unwrap(), "000000000777");
+        let r = d
+            .decode(
+                build_reversal_advice(d, true, "1126120000", "900001", None, "000000000777")
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(r.mti().as_str(), "0421");
+        assert_eq!(r.fields().collect::<Vec<_>>(), [7, 11, 37]);
     }
 
     // Proves the TPDU's source and destination are swapped and other headers echoed.

@@ -24,7 +24,8 @@ struct Args {
     /// Address for bank links (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Address of the HTTP control endpoint (GET /record, GET /health, POST /reset).
+    /// Address of the HTTP control endpoint (GET /record, GET /health, POST /reset,
+    /// POST /advise/reversal/{rrn}[?repeat_of_stan=S&de7=D]).
     #[arg(long, default_value = "127.0.0.1:0")]
     control: SocketAddr,
     /// A built-in dialect name.
@@ -68,6 +69,10 @@ struct Args {
     /// Fault: answer financial requests whose amount ends in 77 after N milliseconds.
     #[arg(long)]
     late_ms: Option<u64>,
+    /// Fault: never answer reversals (0400/0401), so the switch must settle unknown
+    /// outcomes with status inquiries (0600).
+    #[arg(long)]
+    ignore_reversals: bool,
 }
 
 fn transport(args: &Args) -> Result<Transport> {
@@ -129,6 +134,7 @@ async fn main() -> Result<()> {
             answer_twice: args.answer_twice,
             garbage_every: args.garbage_every,
             late: args.late_ms.map(Duration::from_millis),
+            ignore_reversals: args.ignore_reversals,
         },
     };
     // Handlers first: a SIGTERM right after the ready line must stop us cleanly.
