@@ -37,6 +37,7 @@ use crate::{db, dialects};
 pub struct Bound {
     pub merchant_tcp: Option<SocketAddr>,
     pub merchant_tls: Option<SocketAddr>,
+    pub merchant_quic: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
 }
 
@@ -281,6 +282,7 @@ pub async fn run(
     let mut bound = Bound {
         merchant_tcp: None,
         merchant_tls: None,
+        merchant_quic: None,
         admin: None,
     };
     let admin = Arc::new(SwitchAdmin {
@@ -318,6 +320,16 @@ pub async fn run(
             .map_err(|source| StartError::Bind { addr, source })?;
         bound.merchant_tls = listener.local_addr().ok();
         listeners.spawn(accept_loop(listener, Some(acceptor), listening.clone()));
+    }
+    if let Some(q) = &config.merchant_listener.quic {
+        let endpoint = crate::quic::endpoint(
+            q.addr,
+            &q.cert_pem,
+            &q.key_pem,
+            l.max_in_flight_per_connection,
+        )?;
+        bound.merchant_quic = endpoint.local_addr().ok();
+        listeners.spawn(crate::quic::accept_loop(endpoint, listening.clone()));
     }
     tracing::info!(?bound, "switch ready");
     on_ready(&bound);

@@ -65,6 +65,8 @@ pub struct ListenerSection {
     /// Plain TCP (loopback and tests).
     pub tcp: Option<SocketAddr>,
     pub tls: Option<TlsListener>,
+    /// QUIC (the same framing, on streams).
+    pub quic: Option<TlsListener>,
     #[serde(default = "d_max_connections_total")]
     pub max_connections_total: usize,
     #[serde(default = "d_max_connections_per_merchant")]
@@ -410,10 +412,10 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
         let l = &self.merchant_listener;
-        if l.tcp.is_none() && l.tls.is_none() {
-            return bad("merchant_listener: set tcp or tls (or both)".into());
+        if l.tcp.is_none() && l.tls.is_none() && l.quic.is_none() {
+            return bad("merchant_listener: set tcp, tls or quic (or several)".into());
         }
-        if let Some(tls) = &l.tls {
+        for tls in l.tls.iter().chain(l.quic.iter()) {
             for p in [&tls.cert_pem, &tls.key_pem] {
                 if !p.exists() {
                     return bad(format!(

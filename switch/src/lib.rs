@@ -4,7 +4,7 @@
 //! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
-//! - [`server`], [`session`]: merchant listeners (TCP, TLS) and connections.
+//! - [`server`], [`session`], [`quic`]: merchant listeners (TCP, TLS, QUIC) and connections.
 //! - [`engine`]: the request path, ordering the contract's checks.
 //! - [`checks`]: the checks as plain functions; response codes.
 //! - [`answer`]: answers, their Redis form, and response messages.
@@ -45,6 +45,7 @@ pub mod merchants;
 pub mod metrics;
 pub mod notify;
 pub mod payments;
+pub mod quic;
 pub mod reversals;
 pub mod routing;
 pub mod server;

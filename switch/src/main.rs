@@ -191,7 +191,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                 s.cancel();
             });
             switch::app::run(config, shutdown, |bound| {
-                let line = serde_json::json!({"event": "ready", "merchant_tcp": bound.merchant_tcp, "merchant_tls": bound.merchant_tls, "admin": bound.admin});
+                let line = serde_json::json!({"event": "ready", "merchant_tcp": bound.merchant_tcp, "merchant_tls": bound.merchant_tls, "merchant_quic": bound.merchant_quic, "admin": bound.admin});
                 println!("{line}");
                 use std::io::Write;
                 let _ = std::io::stdout().flush();

@@ -25,6 +25,17 @@ pub fn tls_acceptor(
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
 ) -> Result<TlsAcceptor, TlsError> {
+    Ok(TlsAcceptor::from(Arc::new(tls_server_config(
+        cert_pem, key_pem,
+    )?)))
+}
+
+/// A rustls server configuration (certificate chain and key from PEM files), shared by
+/// the TLS and QUIC listeners.
+pub fn tls_server_config(
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+) -> Result<rustls::ServerConfig, TlsError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let pem_err = |p: &std::path::Path, e: rustls::pki_types::pem::Error| TlsError::Pem {
@@ -36,10 +47,9 @@ pub fn tls_acceptor(
         .collect::<Result<_, _>>()
         .map_err(|e| pem_err(cert_pem, e))?;
     let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| pem_err(key_pem, e))?;
-    let config = rustls::ServerConfig::builder()
+    Ok(rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .with_single_cert(certs, key)?)
 }
 
 /// Everything a listener shares with its sessions.

@@ -57,10 +57,61 @@ impl MerchantConnections {
     }
 }
 
+/// What the streams of one merchant connection share: its sign-on state, which merchant
+/// it is counted for, and where the notifier sends it advices.
+#[derive(Debug, Clone)]
+pub struct ConnShared {
+    state: Arc<SessionState>,
+    bound: Arc<Mutex<Binding>>,
+    session_id: u64,
+    /// Advices go here (QUIC: a task that opens a stream for each); None: on the stream
+    /// that bound the connection (TCP, TLS).
+    outlet: Option<mpsc::Sender<Bytes>>,
+}
+
+impl ConnShared {
+    pub fn new(outlet: Option<mpsc::Sender<Bytes>>) -> Self {
+        ConnShared {
+            state: Arc::new(SessionState::default()),
+            bound: Arc::new(Mutex::new(Binding::default())),
+            session_id: SESSION_IDS.fetch_add(1, Ordering::Relaxed),
+            outlet,
+        }
+    }
+
+    pub fn state(&self) -> &Arc<SessionState> {
+        &self.state
+    }
+
+    /// The connection is ending: nothing binds it any more, and the notifier forgets it.
+    pub fn close(&self, engine: &crate::engine::Engine, connections: &MerchantConnections) {
+        let mut b = self.bound.lock().expect("bound lock");
+        b.closed = true;
+        if let Some(id) = b.merchant.take() {
+            engine.sessions.unregister(&id, self.session_id);
+            connections.unbind(&id);
+        }
+    }
+}
+
 /// Serves one connection until the peer closes it, it idles out, a frame is bad, or
 /// shutdown stops the reading; then answers what was accepted and closes.
 pub async fn serve<S>(stream: S, peer: String, l: crate::server::Listening)
 where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    serve_stream(stream, peer, l, ConnShared::new(None), true).await
+}
+
+/// Serves one stream of a connection (for TCP and TLS, the connection itself). `owns`:
+/// the connection ends with this stream.
+pub async fn serve_stream<S>(
+    stream: S,
+    peer: String,
+    l: crate::server::Listening,
+    conn: ConnShared,
+    owns: bool,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let crate::server::Listening {
@@ -79,9 +130,7 @@ where
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
     let writing = tokio::spawn(write_loop(writer, rx, write_timeout, peer.clone()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
-    let state = Arc::new(SessionState::default());
-    let bound: Arc<Mutex<Binding>> = Arc::new(Mutex::new(Binding::default()));
-    let session_id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let (state, bound, session_id) = (conn.state.clone(), conn.bound.clone(), conn.session_id);
     let over_limit = CancellationToken::new();
     let idle = Duration::from_millis(limits.idle_timeout_ms);
 
@@ -115,6 +164,7 @@ where
         let connections = connections.clone();
         let over_limit = over_limit.clone();
         let max_per_merchant = limits.max_connections_per_merchant;
+        let outlet = conn.outlet.clone();
         requests.spawn(async move {
             let handled = engine.handle(frame.message, &state).await;
             if let Some(answer) = handled.response {
@@ -125,7 +175,8 @@ where
                 if b.merchant.is_none() && !b.closed {
                     if connections.try_bind(&m.id, max_per_merchant) {
                         b.merchant = Some(m.id.clone());
-                        engine.sessions.register(&m.id, session_id, tx.clone(), state.signed_on.clone());
+                        let outlet = outlet.unwrap_or_else(|| tx.clone());
+                        engine.sessions.register(&m.id, session_id, outlet, state.signed_on.clone());
                     } else {
                         tracing::warn!(merchant = %m.id, "merchant over its connection limit: closing after this answer");
                         over_limit.cancel();
@@ -135,14 +186,9 @@ where
             drop(permit);
         });
     }
-    {
+    if owns {
         // From here no request binds the connection, so the notifier holds no sender of it.
-        let mut b = bound.lock().expect("bound lock");
-        b.closed = true;
-        if let Some(id) = b.merchant.take() {
-            engine.sessions.unregister(&id, session_id);
-            connections.unbind(&id);
-        }
+        conn.close(&engine, &connections);
     }
     drop(tx);
     // The writer ends once every accepted request has answered (each holds a sender).

@@ -2,6 +2,7 @@
 //! the metrics endpoint, and card numbers never appearing in clear in the logs.
 
 use std::sync::Arc;
+
 use std::time::Duration;
 
 use codec::{FrameCodec, builtin};
@@ -29,7 +30,8 @@ fn tls_files(
     (cert, key, certified)
 }
 
-// Proves a merchant can pay over TLS (certificate generated at test time), that /metrics
+// Proves a merchant can pay over TLS and over QUIC (certificate generated at test time),
+// one request per QUIC stream, that /metrics
 // counts the request, and that the switch's logs of the run hold no card number in clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_metrics_and_masked_logs() {
@@ -48,11 +50,12 @@ async fn tls_metrics_and_masked_logs() {
         cert.display(),
         key.display()
     );
-    // Inline tables cannot come from the environment, so the TLS listener is appended to the file.
+    // Inline tables cannot come from the environment, so the TLS and QUIC listeners are
+    // written into the file.
     let mut text = std::fs::read_to_string(&world.config).unwrap();
     text = text.replacen(
         "tcp = \"127.0.0.1:0\"",
-        &format!("tcp = \"127.0.0.1:0\"\ntls = {tls_env}"),
+        &format!("tcp = \"127.0.0.1:0\"\ntls = {tls_env}\nquic = {tls_env}"),
         1,
     );
     std::fs::write(&world.config, text).unwrap();
@@ -61,6 +64,7 @@ async fn tls_metrics_and_masked_logs() {
     let v: serde_json::Value = serde_json::from_str(&ready).unwrap();
     let tls_addr: std::net::SocketAddr = v["merchant_tls"].as_str().unwrap().parse().unwrap();
     let admin_addr: std::net::SocketAddr = v["admin"].as_str().unwrap().parse().unwrap();
+    let quic_addr: std::net::SocketAddr = v["merchant_quic"].as_str().unwrap().parse().unwrap();
     world.wait_links_ready(&sw).await;
 
     let mut roots = rustls::RootCertStore::empty();
@@ -93,6 +97,46 @@ async fn tls_metrics_and_masked_logs() {
         "approved over TLS"
     );
     assert!(helper.mac_ok(&answer));
+
+    // Over QUIC: each request on a stream of its own, the answer on that stream.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(certified.cert.der().clone()).unwrap();
+    let mut tls = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"switchyard-h2h/1".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(quic_addr, "localhost")
+        .unwrap()
+        .await
+        .expect("QUIC handshake");
+    for (i, order) in ["QUIC-ORDER-1", "QUIC-ORDER-2"].iter().enumerate() {
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut w = tokio_util::codec::FramedWrite::new(send, FrameCodec::new(d.framing, 4096));
+        let stan = next_stan();
+        w.send(helper.encode(&helper.purchase(&stan, 3000 + i as u64, pan, order)))
+            .await
+            .unwrap();
+        SinkExt::<bytes::Bytes>::close(&mut w).await.unwrap();
+        let mut r = tokio_util::codec::FramedRead::new(recv, FrameCodec::new(d.framing, 4096));
+        let frame = tokio::time::timeout(Duration::from_secs(30), r.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let answer = d.decode(frame.message).unwrap();
+        assert_eq!(
+            answer.get_str(39).as_deref(),
+            Some("00"),
+            "approved over QUIC"
+        );
+        assert_eq!(answer.get_str(11).as_deref(), Some(stan.as_str()));
+        assert!(helper.mac_ok(&answer));
+    }
+    conn.close(0u32.into(), b"done");
 
     let metrics = http(admin_addr, "GET", "/metrics").await;
     assert!(
