@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bank_links::{Bank, MatchKey, Outcome as LinkOutcome};
+use bank_links::{Bank, Outcome as LinkOutcome};
 use bytes::Bytes;
 use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
 use deadpool_postgres::Pool;
@@ -699,28 +699,10 @@ impl Engine {
             .set(41, a.terminal_id)
             .set(42, a.merchant_id)
             .set(49, msg.raw(49).unwrap_or(b"000"));
-        if bank.config.dialect.field(32).is_some() && !acquirer.is_empty() {
-            b.set(32, acquirer.as_bytes());
-        }
-        let rrn_key: [u8; 12] = rrn.as_bytes().try_into().expect("12-digit RRN");
-        let match_key = MatchKey {
-            class: msg.mti().class(),
-            stan: bank_stan,
-            rrn: Some(rrn_key),
-        };
-        let timeout = Duration::from_millis(bank.config.request_timeout_ms);
+        crate::bank_io::set_acquirer(&mut b, bank, acquirer);
         let started = Instant::now();
-        let outcome = match (b.encode(), bank.pick()) {
-            (Ok(bytes), Some(link)) => link
-                .send(match_key, bytes, timeout)
-                .await
-                .unwrap_or(LinkOutcome::LinkLost),
-            (Err(e), _) => {
-                tracing::error!(error = %e, "bank message could not be encoded");
-                LinkOutcome::LinkLost
-            }
-            (_, None) => LinkOutcome::LinkLost,
-        };
+        let outcome =
+            crate::bank_io::send(bank, msg.mti().class(), bank_stan, &rrn, b.encode()).await;
         bank.record_outcome(Instant::now(), &outcome);
         bank.stans.release(bank_stan);
         trace.bank_round_trip = started.elapsed();

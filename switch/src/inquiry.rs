@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bank_links::{Bank, MatchKey, Outcome};
+use bank_links::{Bank, Outcome};
 use codec::{Message, MessageBuilder, Mti, tlv};
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
@@ -117,7 +117,7 @@ impl InquiryWorker {
         bank_de7: Option<&str>,
     ) -> Finding {
         let bank = &self.bank;
-        let (Some(link), Ok(stan)) = (bank.pick(), bank.stans.allocate()) else {
+        let (true, Ok(stan)) = (bank.is_reachable(), bank.stans.allocate()) else {
             return Finding::Unclear;
         };
         let stan_digits = bank_links::stan::format_stan(stan);
@@ -133,27 +133,8 @@ impl InquiryWorker {
             .set(11, &stan_digits)
             .set(37, rrn.as_bytes())
             .set(90, de90.as_bytes());
-        if bank.config.dialect.field(32).is_some() && !self.acquirer_id.is_empty() {
-            b.set(32, self.acquirer_id.as_bytes());
-        }
-        let rrn_key: [u8; 12] = rrn.as_bytes().try_into().unwrap_or([b'0'; 12]);
-        let outcome = match b.encode() {
-            Ok(bytes) => {
-                let key = MatchKey {
-                    class: 6,
-                    stan,
-                    rrn: Some(rrn_key),
-                };
-                let timeout = Duration::from_millis(bank.config.request_timeout_ms);
-                link.send(key, bytes, timeout)
-                    .await
-                    .unwrap_or(Outcome::LinkLost)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "inquiry could not be encoded");
-                Outcome::LinkLost
-            }
-        };
+        crate::bank_io::set_acquirer(&mut b, bank, &self.acquirer_id);
+        let outcome = crate::bank_io::send(bank, 6, stan, rrn, b.encode()).await;
         bank.stans.release(stan);
         match outcome {
             Outcome::Answered(answer) => finding(&answer),

@@ -2,6 +2,7 @@
 //!
 //! - [`advices`]: bank-initiated advices, applied exactly once.
 //! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
+//! - [`bank_io`]: sending the switch's own requests to a bank.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
 //! - [`server`], [`session`], [`quic`]: merchant listeners (TCP, TLS, QUIC) and connections.
@@ -28,6 +29,7 @@ pub mod admin;
 pub mod advices;
 pub mod answer;
 pub mod app;
+pub mod bank_io;
 pub mod checks;
 pub mod config;
 pub mod crypto;

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bank_links::{Bank, MatchKey, Outcome as LinkOutcome};
+use bank_links::{Bank, Outcome as LinkOutcome};
 use codec::{Message, MessageBuilder, Mti, tlv};
 use deadpool_postgres::{GenericClient, Transaction};
 use tokio_postgres::Row;
@@ -301,8 +301,7 @@ struct Forward {
     rrn: String,
     bank: Bank,
     bank_stan: u32,
-    bank_de7: [u8; 10],
-    message: bytes::Bytes,
+    message: Result<bytes::Bytes, codec::EncodeError>,
     request_mti: Mti,
 }
 
@@ -551,23 +550,14 @@ impl Engine {
             .set(42, msg.raw(42).unwrap_or(b" "))
             .set(49, currency.as_bytes())
             .set(90, de90.as_bytes());
-        if bank.config.dialect.field(32).is_some() && !acquirer.is_empty() {
-            b.set(32, acquirer.as_bytes());
-        }
-        let message = match b.encode() {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::error!(error = %e, "bank message could not be encoded");
-                bytes::Bytes::new()
-            }
-        };
+        crate::bank_io::set_acquirer(&mut b, &bank, &acquirer);
+        let message = b.encode();
         Ok(Forward {
             txn_id: id,
             kind,
             rrn,
             bank,
             bank_stan,
-            bank_de7,
             message,
             request_mti,
         })
@@ -576,21 +566,14 @@ impl Engine {
     /// Sends a reserved request to the bank and records its outcome with its effect on
     /// the payment before answering.
     async fn forward(&self, f: Forward, merchant_id: &str) -> Answer {
-        let _ = f.bank_de7;
-        let rrn_key: [u8; 12] = f.rrn.as_bytes().try_into().unwrap_or([b'0'; 12]);
-        let key = MatchKey {
-            class: f.request_mti.class(),
-            stan: f.bank_stan,
-            rrn: Some(rrn_key),
-        };
-        let timeout = Duration::from_millis(f.bank.config.request_timeout_ms);
-        let outcome = match (f.message.is_empty(), f.bank.pick()) {
-            (false, Some(link)) => link
-                .send(key, f.message.clone(), timeout)
-                .await
-                .unwrap_or(LinkOutcome::LinkLost),
-            _ => LinkOutcome::LinkLost,
-        };
+        let outcome = crate::bank_io::send(
+            &f.bank,
+            f.request_mti.class(),
+            f.bank_stan,
+            &f.rrn,
+            f.message.clone(),
+        )
+        .await;
         f.bank.record_outcome(Instant::now(), &outcome);
         f.bank.stans.release(f.bank_stan);
         let (rc, auth) = match &outcome {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bank_links::{Bank, MatchKey, Outcome};
+use bank_links::{Bank, Outcome};
 use codec::{MessageBuilder, Mti};
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
@@ -162,9 +162,9 @@ impl ReversalWorker {
 
     async fn send(&self, d: Due) -> Result<(), DbError> {
         let bank = &self.bank;
-        let Some(link) = bank.pick() else {
+        if !bank.is_reachable() {
             return Ok(());
-        };
+        }
         let (pan, expiry) = match d
             .card_enc
             .as_deref()
@@ -213,27 +213,8 @@ impl ReversalWorker {
             .set(42, d.merchant_id.as_bytes())
             .set(49, currency.as_bytes())
             .set(90, de90.as_bytes());
-        if bank.config.dialect.field(32).is_some() && !self.acquirer_id.is_empty() {
-            b.set(32, self.acquirer_id.as_bytes());
-        }
-        let rrn: [u8; 12] = d.rrn.as_bytes().try_into().unwrap_or([b'0'; 12]);
-        let outcome = match b.encode() {
-            Ok(bytes) => {
-                let key = MatchKey {
-                    class: 4,
-                    stan,
-                    rrn: Some(rrn),
-                };
-                let timeout = Duration::from_millis(bank.config.request_timeout_ms);
-                link.send(key, bytes, timeout)
-                    .await
-                    .unwrap_or(Outcome::LinkLost)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, rrn = %d.rrn, "reversal could not be encoded");
-                Outcome::LinkLost
-            }
-        };
+        crate::bank_io::set_acquirer(&mut b, bank, &self.acquirer_id);
+        let outcome = crate::bank_io::send(bank, 4, stan, &d.rrn, b.encode()).await;
         bank.stans.release(stan);
         let client = self.pool.get().await?;
         match outcome {
