@@ -69,6 +69,14 @@ impl BankSim {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("advise answer {body:?}: {e}"))
     }
 
+    /// `POST /advise/reversal/{rrn}?stan=S&de7=D`: a 0420 with this DE11 and DE7 instead
+    /// of a fresh STAN and the time now; answered as [`BankSim::advise_reversal`].
+    pub async fn advise_reversal_as(&self, rrn: &str, stan: &str, de7: &str) -> serde_json::Value {
+        let path = format!("/advise/reversal/{rrn}?stan={stan}&de7={de7}");
+        let body = http(self.control, "POST", &path).await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("advise answer {body:?}: {e}"))
+    }
+
     /// Approved entries with this RRN.
     pub async fn approved(&self, rrn: &str) -> Vec<serde_json::Value> {
         let r = self.record().await;

@@ -4,8 +4,8 @@
 //!
 //! Every connected link registers a [`Port`] for as long as it lives. On a byte stream the
 //! advice is queued to the link's writer and its answer comes back through the link's
-//! reader ([`Advisor::complete`]); on QUIC it goes on a stream of its own, which carries
-//! the answer back.
+//! reader ([`Advisor::complete`]); on QUIC it goes on a stream the bank opens, and the
+//! answer comes back on it or on a stream the switch opens.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,6 +115,9 @@ pub enum AdviseError {
     Encode(String),
 }
 
+/// An advice waiting on a byte-stream link, by (DE11, DE37); it is handed the 0430's DE39.
+type Pending = HashMap<(String, String), oneshot::Sender<Option<String>>>;
+
 /// The registry of connected links and the advices waiting for an answer.
 #[derive(Debug)]
 pub(crate) struct Advisor {
@@ -123,7 +126,7 @@ pub(crate) struct Advisor {
     ports: Mutex<BTreeMap<u64, Arc<Port>>>,
     next_port: AtomicU64,
     /// Advices in flight on byte-stream links, by (DE11, DE37).
-    pending: Mutex<HashMap<(String, String), oneshot::Sender<Option<String>>>>,
+    pending: Mutex<Pending>,
     stan: AtomicU64,
 }
 
@@ -132,21 +135,39 @@ fn digits(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Checks what a caller asks to advise: an RRN of 1 to 12 alphanumerics and, for a repeat,
-/// a six-digit STAN and a ten-digit DE7.
-pub fn validate(rrn: &str, repeat: Option<(&str, &str)>) -> Result<(), AdviseError> {
-    if rrn.is_empty() || rrn.len() > 12 || !rrn.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(AdviseError::Invalid("rrn"));
-    }
-    if let Some((stan, de7)) = repeat {
-        if !digits(stan, 6) {
-            return Err(AdviseError::Invalid("repeat_of_stan"));
+/// What a caller asks to advise (`POST /advise/reversal/{rrn}` and its query).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AdviceRequest<'a> {
+    pub rrn: &'a str,
+    /// Send a 0421 (a repeat); then `stan` and `de7` are those of the advice it repeats.
+    pub repeat: bool,
+    /// DE11; a fresh one when None.
+    pub stan: Option<&'a str>,
+    /// DE7; now when None.
+    pub de7: Option<&'a str>,
+}
+
+impl AdviceRequest<'_> {
+    /// Checks it: an RRN of 1 to 12 alphanumerics, a six-digit STAN and a ten-digit DE7
+    /// when given, and both for a repeat.
+    pub fn validate(&self) -> Result<(), AdviseError> {
+        let rrn = self.rrn;
+        if rrn.is_empty() || rrn.len() > 12 || !rrn.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(AdviseError::Invalid("rrn"));
         }
-        if !digits(de7, 10) {
+        if self.repeat && (self.stan.is_none() || self.de7.is_none()) {
+            return Err(AdviseError::Invalid(
+                "repeat: it needs the STAN and DE7 it repeats",
+            ));
+        }
+        if self.stan.is_some_and(|s| !digits(s, 6)) {
+            return Err(AdviseError::Invalid("stan"));
+        }
+        if self.de7.is_some_and(|d| !digits(d, 10)) {
             return Err(AdviseError::Invalid("de7"));
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl Advisor {
@@ -209,40 +230,39 @@ impl Advisor {
         format!("{:06}", n % 999_999 + 1)
     }
 
-    /// Sends a reversal advice for `rrn` (a 0421 repeating DE11 and DE7 when `repeat` is
-    /// given), waits up to [`ADVICE_WAIT`] for the 0430, records the advice and, when it
-    /// was acknowledged `00`, marks the approval reversed.
+    /// Sends the reversal advice `req` asks for, waits up to [`ADVICE_WAIT`] for the 0430,
+    /// records the advice and, when it was acknowledged `00`, marks the approval reversed.
     pub(crate) async fn reversal(
         &self,
-        rrn: &str,
-        repeat: Option<(&str, &str)>,
+        req: AdviceRequest<'_>,
     ) -> Result<AdviceOutcome, AdviseError> {
-        validate(rrn, repeat)?;
+        req.validate()?;
+        let (rrn, repeat) = (req.rrn, req.repeat);
         let port = self.pick().ok_or(AdviseError::NoLink)?;
-        let (stan, de7) = match repeat {
-            Some((s, d)) => (s.to_owned(), d.to_owned()),
-            None => (
-                self.fresh_stan(),
-                String::from_utf8_lossy(&codec::clock::transmission(codec::clock::unix_now()))
-                    .into_owned(),
-            ),
-        };
+        let stan = req.stan.map_or_else(|| self.fresh_stan(), str::to_owned);
+        let de7 = req.de7.map_or_else(
+            || {
+                let now = codec::clock::transmission(codec::clock::unix_now());
+                String::from_utf8_lossy(&now).into_owned()
+            },
+            str::to_owned,
+        );
         let acquirer = lock(&port.acquirer_id).clone();
         let message = rules::build_reversal_advice(
             self.dialect,
-            repeat.is_some(),
+            repeat,
             &de7,
             &stan,
             acquirer.as_deref(),
             rrn,
         )
         .map_err(|e| AdviseError::Encode(e.to_string()))?;
-        let mti = if repeat.is_some() { "0421" } else { "0420" };
+        let mti = if repeat { "0421" } else { "0420" };
         let header = lock(&port.header).clone().unwrap_or_default();
         let frame = Frame { header, message };
         let rc = match &port.way {
             Way::Stream(tx) => self.over_stream(tx, frame, &stan, rrn).await,
-            Way::Quic(conn) => self.over_quic(conn, frame).await,
+            Way::Quic(conn) => self.over_quic(conn, frame, &stan, rrn).await,
         };
         let acknowledged = rc.as_deref() == Some(rules::code::APPROVED);
         if acknowledged {
@@ -280,8 +300,7 @@ impl Advisor {
         rrn: &str,
     ) -> Option<String> {
         let key = (stan.to_owned(), rrn.to_owned());
-        let (done, answered) = oneshot::channel();
-        lock(&self.pending).insert(key.clone(), done);
+        let answered = self.expect(&key);
         let sent = match tx.upgrade() {
             Some(tx) => tx.send(frame).await.is_ok(),
             None => false,
@@ -300,11 +319,29 @@ impl Advisor {
         rc
     }
 
-    async fn over_quic(&self, conn: &quinn::Connection, frame: Frame) -> Option<String> {
+    /// Registers an advice waiting for its answer on a link's reader.
+    fn expect(&self, key: &(String, String)) -> oneshot::Receiver<Option<String>> {
+        let (done, answered) = oneshot::channel();
+        lock(&self.pending).insert(key.clone(), done);
+        answered
+    }
+
+    /// On QUIC the advice goes on a stream the bank opens. The answer may come back on
+    /// that stream or on a stream the switch opens (as the switch does: it answers only
+    /// network management on the bank's stream), which the link hands to [`Self::complete`].
+    async fn over_quic(
+        &self,
+        conn: &quinn::Connection,
+        frame: Frame,
+        stan: &str,
+        rrn: &str,
+    ) -> Option<String> {
         let mut codec = FrameCodec::new(self.dialect.framing, self.dialect.max_message_len);
         let mut buf = BytesMut::new();
         codec.encode(frame, &mut buf).ok()?;
-        let exchange = async {
+        let key = (stan.to_owned(), rrn.to_owned());
+        let answered = self.expect(&key);
+        let on_own_stream = async {
             let (mut send, recv) = conn.open_bi().await.ok()?;
             send.write_all(&buf).await.ok()?;
             let _ = send.finish();
@@ -314,11 +351,26 @@ impl Advisor {
             self.record.count(msg.mti());
             Some(msg.get_str(39).map(|s| s.into_owned()))
         };
-        tokio::time::timeout(ADVICE_WAIT, exchange)
-            .await
-            .ok()
-            .flatten()
-            .flatten()
+        let on_other_stream = async { answered.await.ok() };
+        let rc = tokio::time::timeout(ADVICE_WAIT, async {
+            tokio::pin!(on_own_stream, on_other_stream);
+            let mut own_done = false;
+            loop {
+                tokio::select! {
+                    r = &mut on_own_stream, if !own_done => match r {
+                        Some(rc) => return rc,
+                        // Finished without an answer: it comes on another stream.
+                        None => own_done = true,
+                    },
+                    r = &mut on_other_stream => return r.flatten(),
+                }
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        lock(&self.pending).remove(&key);
+        rc
     }
 }
 
@@ -327,30 +379,37 @@ mod tests {
     use super::*;
     use codec::{MessageBuilder, Mti, builtin};
 
-    // Proves what a caller may ask to advise: RRNs of 1 to 12 alphanumerics, repeats with a
-    // six-digit STAN and a ten-digit DE7.
+    // Proves what a caller may ask to advise: RRNs of 1 to 12 alphanumerics, a six-digit
+    // STAN and ten-digit DE7 when given, and both for a repeat.
     #[test]
     fn validation() {
-        assert_eq!(validate("000000000777", None), Ok(()));
-        assert_eq!(validate("", None), Err(AdviseError::Invalid("rrn")));
+        let req = |rrn, repeat, stan, de7| AdviceRequest {
+            rrn,
+            repeat,
+            stan,
+            de7,
+        };
+        let ok = |r: AdviceRequest<'_>| r.validate();
+        let rrn = "000000000777";
+        assert_eq!(ok(req(rrn, false, None, None)), Ok(()));
+        for bad in ["", "0000000007770", "00000/000777"] {
+            assert_eq!(
+                ok(req(bad, false, None, None)),
+                Err(AdviseError::Invalid("rrn"))
+            );
+        }
+        let (stan, de7) = (Some("000001"), Some("1126120000"));
+        assert_eq!(ok(req(rrn, true, stan, de7)), Ok(()));
+        assert_eq!(ok(req(rrn, false, stan, de7)), Ok(()));
+        assert_eq!(ok(req(rrn, false, stan, None)), Ok(()));
+        assert!(ok(req(rrn, true, stan, None)).is_err());
+        assert!(ok(req(rrn, true, None, de7)).is_err());
         assert_eq!(
-            validate("0000000007770", None),
-            Err(AdviseError::Invalid("rrn"))
+            ok(req(rrn, true, Some("1"), de7)),
+            Err(AdviseError::Invalid("stan"))
         );
         assert_eq!(
-            validate("00000/000777", None),
-            Err(AdviseError::Invalid("rrn"))
-        );
-        assert_eq!(
-            validate("000000000777", Some(("000001", "1126120000"))),
-            Ok(())
-        );
-        assert_eq!(
-            validate("000000000777", Some(("1", "1126120000"))),
-            Err(AdviseError::Invalid("repeat_of_stan"))
-        );
-        assert_eq!(
-            validate("000000000777", Some(("000001", "11261200"))),
+            ok(req(rrn, false, stan, Some("11261200"))),
             Err(AdviseError::Invalid("de7"))
         );
     }

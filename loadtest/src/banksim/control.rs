@@ -9,7 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::advise::AdviseError;
+use super::advise::{AdviceRequest, AdviseError};
 use super::link::Shared;
 use super::record::Snapshot;
 
@@ -36,9 +36,12 @@ async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
 }
 
 /// `?repeat_of_stan=S&de7=D`: send the advice again as 0421 with these DE11 and DE7.
+/// `?stan=S` and/or `?de7=D` alone: a 0420 with this DE11 and/or DE7 instead of a fresh
+/// STAN and the time now (to set up collisions in tests).
 #[derive(Debug, Deserialize)]
 struct AdviseQuery {
     repeat_of_stan: Option<String>,
+    stan: Option<String>,
     de7: Option<String>,
 }
 
@@ -51,18 +54,20 @@ async fn advise_reversal(
     Path(rrn): Path<String>,
     Query(q): Query<AdviseQuery>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    let repeat = match (&q.repeat_of_stan, &q.de7) {
-        (Some(s), Some(d)) => Some((s.as_str(), d.as_str())),
-        (None, None) => None,
-        _ => {
-            let e = "repeat_of_stan and de7 go together";
-            return (
-                StatusCode::BAD_REQUEST,
-                Json(serde_json::json!({ "error": e })),
-            );
-        }
+    if q.repeat_of_stan.is_some() && q.stan.is_some() {
+        let e = "repeat_of_stan and stan exclude each other";
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "acknowledged": false, "error": e })),
+        );
+    }
+    let req = AdviceRequest {
+        rrn: &rrn,
+        repeat: q.repeat_of_stan.is_some(),
+        stan: q.repeat_of_stan.as_deref().or(q.stan.as_deref()),
+        de7: q.de7.as_deref(),
     };
-    match shared.advisor.reversal(&rrn, repeat).await {
+    match shared.advisor.reversal(req).await {
         Ok(outcome) => (
             StatusCode::OK,
             Json(serde_json::to_value(outcome).unwrap_or_default()),
