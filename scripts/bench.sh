@@ -10,6 +10,7 @@
 #   MIX [purchase=90,decline=5,timeout=1,retransmit=4]
 #   SEARCH [0]: 1 raises the rate until p99 passes P99_TARGET_MS [50] (SEARCH_MAX [20000])
 #   BANK_TIMEOUT_MS [2000]  SWITCH_LOG [warn] (RUST_LOG of the switch)
+#   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
 # See docs/loadtest.md.
 set -euo pipefail
@@ -171,7 +172,7 @@ sy route add --low 4 --high 4 --bank bank-a
 sy route add --low 51 --high 55 --bank bank-b
 
 say "starting the switch"
-RUST_LOG="$SWITCH_LOG" "$bin/switchyard" run --config "$config" >"$work/switch.out" 2>"$work/switch.log" &
+RUST_LOG="$SWITCH_LOG" ${SWITCH_WRAPPER:-} "$bin/switchyard" run --config "$config" >"$work/switch.out" 2>"$work/switch.log" &
 switch_pid=$!
 started+=("$switch_pid")
 line="$(wait_ready "$work/switch.out" "$switch_pid" switchyard)"
