@@ -17,6 +17,9 @@ use crate::lifecycle::State;
 pub enum AdviceEffect {
     /// Seen before: acknowledged again, nothing applied.
     Duplicate,
+    /// The named transaction's own outcome is not recorded yet: nothing is recorded and
+    /// the advice is not acknowledged, so the bank repeats it once it can be applied.
+    Deferred,
     /// The named transaction is now reversed.
     Reversed,
     /// Recorded; the transaction was already reversed, or is unknown, or the advice is
@@ -30,6 +33,7 @@ impl AdviceEffect {
             AdviceEffect::Duplicate => "duplicate",
             AdviceEffect::Reversed => "reversed",
             AdviceEffect::Recorded => "recorded",
+            AdviceEffect::Deferred => "deferred",
         }
     }
 }
@@ -37,10 +41,7 @@ impl AdviceEffect {
 /// Whether a reversal advice may apply to a row in `state`: something the bank approved
 /// (or whose outcome is unknown) can be reversed; anything else is left as it is.
 pub fn reversible(state: State) -> bool {
-    matches!(
-        state,
-        State::Approved | State::Reversing | State::Authorising
-    )
+    matches!(state, State::Approved | State::Reversing)
 }
 
 /// Records and applies one advice from `bank_id`.
@@ -64,6 +65,13 @@ pub async fn apply(pool: &Pool, bank_id: &str, msg: &Message) -> Result<AdviceEf
     };
     // Only whole payments (purchases, pre-authorisations) are reversed by an advice; a
     // bank reversing a completion or refund on its own is recorded for an operator.
+    if mti.class() == 4
+        && txn
+            .as_ref()
+            .is_some_and(|r| State::parse(r.get::<_, &str>(1)) == Some(State::Authorising))
+    {
+        return Ok(AdviceEffect::Deferred);
+    }
     let understood = mti.class() == 4
         && txn.as_ref().is_some_and(|r| {
             State::parse(r.get::<_, &str>(1)).is_some_and(reversible)
@@ -102,7 +110,8 @@ pub async fn apply(pool: &Pool, bank_id: &str, msg: &Message) -> Result<AdviceEf
         .await?;
         if was == "approved" {
             // Undo the ledger as a merchant reversal would: under a reversal row of its own.
-            // Its MTI (A420) is no merchant MTI, so it can never take a merchant request's key.
+            // Its MTI (A420) is no merchant MTI and its STAN is qualified by the bank (each bank
+            // numbers its own), so it never takes a merchant request's or another advice's key.
             tx.execute(
                 "WITH r AS (
                    INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
@@ -115,7 +124,7 @@ pub async fn apply(pool: &Pool, bank_id: &str, msg: &Message) -> Result<AdviceEf
                  INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
                  SELECT r.id, p.account, -p.amount_minor, p.currency, current_date
                  FROM r, ledger_postings p WHERE p.transaction_id = $1",
-                &[&id, &stan, &de7],
+                &[&id, &format!("{bank_id}:{stan}"), &de7],
             )
             .await?;
         }
@@ -149,6 +158,10 @@ mod tests {
     fn reversible_states() {
         assert!(reversible(State::Approved));
         assert!(reversible(State::Reversing));
+        assert!(
+            !reversible(State::Authorising),
+            "its outcome is not known yet"
+        );
         assert!(!reversible(State::Declined));
         assert!(!reversible(State::Reversed));
     }

@@ -451,6 +451,10 @@ async fn log_notices(
                 // Links are named "<bank>.<index>".
                 let bank = link.rsplit_once('.').map(|(b, _)| b).unwrap_or(&link);
                 match crate::advices::apply(&pool, bank, &message).await {
+                    Ok(crate::advices::AdviceEffect::Deferred) => {
+                        tracing::info!(%link, rrn = %message.get_str(37).unwrap_or_default(),
+                            "bank advice deferred until its transaction's outcome is recorded; left unacknowledged")
+                    }
                     Ok(effect) => {
                         tracing::info!(%link, mti = %message.mti(), rrn = %message.get_str(37).unwrap_or_default(),
                             effect = effect.as_str(), "bank advice recorded");

@@ -574,15 +574,12 @@ fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result
             .as_table_mut()
             .ok_or_else(|| format!("{k} is not a section"))?;
     }
-    // Numbers and booleans keep their type; anything else is a string.
-    let value = match raw.parse::<i64>() {
-        Ok(i) => toml::Value::Integer(i),
-        Err(_) => match raw {
-            "true" => toml::Value::Boolean(true),
-            "false" => toml::Value::Boolean(false),
-            _ => toml::Value::String(raw.to_string()),
-        },
-    };
+    // A value written as TOML keeps its type (numbers, booleans, quoted strings, arrays and
+    // inline tables such as admin tokens); anything else is taken as a bare string.
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
     t.insert(last.clone(), value);
     Ok(())
 }
