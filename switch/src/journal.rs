@@ -184,7 +184,7 @@ WITH ins AS (
 ), rev AS (
   INSERT INTO reversals (transaction_id, bank_id, reason)
   SELECT * FROM unnest($28::bigint[], $29::text[], $30::text[])
-  ON CONFLICT (transaction_id) DO NOTHING
+  ON CONFLICT (transaction_id, kind) DO NOTHING
   RETURNING id
 )
 SELECT id FROM ins";

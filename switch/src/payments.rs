@@ -294,6 +294,14 @@ fn common(msg: &Message, merchant: &Merchant) -> Result<Common, Rc> {
     })
 }
 
+/// What recording a lifecycle request leads to.
+enum Reserved {
+    /// A refund to send to the bank.
+    Forward(Forward),
+    /// Answered already (a completion, recorded and queued for the bank).
+    Done(Answer),
+}
+
 /// What a lifecycle request sends to the bank once its effect is reserved.
 struct Forward {
     txn_id: i64,
@@ -378,15 +386,18 @@ impl Engine {
             Claimed::Done(answer) => return answer,
         };
         let answer = match self.reserve(msg, merchant, &c, kind, reason).await {
-            Err(answer) => answer,
-            Ok(fwd) => self.forward(fwd, &merchant.id).await,
+            Err(answer) | Ok(Reserved::Done(answer)) => answer,
+            Ok(Reserved::Forward(fwd)) => self.forward(fwd, &merchant.id).await,
         };
         self.finish(c.key, &answer, guard);
         answer
     }
 
-    /// Checks the request against its payment and records it with the payment's money
-    /// reserved (completion pending, refund reserved), in one transaction.
+    /// Checks the request against its payment and records it, in one transaction. A refund
+    /// is recorded with its amount reserved and goes to the bank as a request. A completion
+    /// is an advice: recorded with its effect (the payment captured, the ledger posted) and
+    /// stored for the bank, which gets it by store and forward (0220, then 0221 repeats,
+    /// until it answers); the merchant is answered at once.
     async fn reserve(
         &self,
         msg: &Message,
@@ -394,7 +405,7 @@ impl Engine {
         c: &Common,
         kind: Kind,
         reason: Option<String>,
-    ) -> Result<Forward, Answer> {
+    ) -> Result<Reserved, Answer> {
         let mut client = self.pool.get().await.map_err(|e| self.db_error(e))?;
         let tx = client.transaction().await.map_err(|e| self.db_error(e))?;
         let (named, root) = self.lock_named(&tx, merchant, c).await?;
@@ -419,21 +430,30 @@ impl Engine {
             .as_deref()
             .and_then(|b| self.banks.get(b))
             .cloned();
-        let Some(bank) = bank.filter(|b| b.is_reachable()) else {
+        // A refund needs the bank now; a completion (an advice) is stored and forwarded
+        // whenever the bank can take it, so neither a lost link nor the breaker stops it.
+        let gated = kind == Kind::Refund;
+        let Some(bank) = bank.filter(|b| !gated || b.is_reachable()) else {
             tracing::info!(rc = "91", "the payment's bank has no ready link");
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         };
-        if !bank.allow(Instant::now()) {
+        if gated && !bank.allow(Instant::now()) {
             tracing::info!(rc = "91", "the payment's bank circuit breaker is open");
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         }
+        // Frees the breaker's probe when nothing reaches the bank after all.
+        let abandon = || {
+            if gated {
+                bank.abandon(Instant::now());
+            }
+        };
         let id = self.ids.next().await.map_err(|e| {
-            bank.abandon(Instant::now());
+            abandon();
             self.db_error(e)
         })?;
         let rrn = rrn_of(id);
         let bank_stan = bank.stans.allocate().map_err(|_| {
-            bank.abandon(Instant::now());
+            abandon();
             Answer::refused(Rc::ISSUER_DOWN)
         })?;
         let stan_digits = bank_links::stan::format_stan(bank_stan);
@@ -474,7 +494,7 @@ impl Engine {
         // Nothing reaches the bank after all: free the STAN and the breaker's probe.
         let release = |a: Answer| {
             bank.stans.release(bank_stan);
-            bank.abandon(Instant::now());
+            abandon();
             a
         };
         match inserted {
@@ -490,20 +510,54 @@ impl Engine {
             }
             Err(e) => return Err(release(self.db_error(e))),
         }
-        let effect = match kind {
-            Kind::Completion => {
-                tx.execute("UPDATE transactions SET completion_pending = TRUE, updated_at = now() WHERE id = $1", &[&root.id])
-                    .await
-            }
-            _ => {
+        if kind == Kind::Completion {
+            let auth = switch_auth_code(&rrn);
+            let amount = c.amount_minor as i64;
+            let captured: Result<(), tokio_postgres::Error> = async {
                 tx.execute(
-                    "UPDATE transactions SET refund_reserved_minor = refund_reserved_minor + $2, updated_at = now() \
-                     WHERE id = $1",
-                    &[&root.id, &(c.amount_minor as i64)],
+                    "UPDATE transactions SET state = 'approved', response_code = '00', auth_code = $2 WHERE id = $1",
+                    &[&id, &auth],
                 )
-                .await
+                .await?;
+                tx.execute(
+                    "UPDATE transactions SET state = 'captured', captured_minor = $2, updated_at = now() WHERE id = $1",
+                    &[&root.id, &amount],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO reversals (transaction_id, bank_id, reason, kind) VALUES ($1, $2, 'completion', 'advice')",
+                    &[&id, &bank.config.id],
+                )
+                .await?;
+                post(&tx, id, &bank.config.id, &merchant.id, amount, c.currency as i16, self.cutover()).await
             }
-        };
+            .await;
+            // The advice's first send takes its STAN again; nothing is in flight now.
+            bank.stans.release(bank_stan);
+            if let Err(e) = captured {
+                abandon();
+                return Err(self.db_error(e));
+            }
+            if let Err(e) = tx.commit().await {
+                abandon();
+                return Err(self.db_error(e));
+            }
+            abandon();
+            self.reversal_wake.notify_waiters();
+            tracing::info!(rc = "00", rrn = %rrn, "completion recorded; advice queued for the bank");
+            return Ok(Reserved::Done(Answer {
+                rc: Rc::APPROVED,
+                rrn: Some(rrn),
+                auth: Some(auth),
+            }));
+        }
+        let effect = tx
+            .execute(
+                "UPDATE transactions SET refund_reserved_minor = refund_reserved_minor + $2, updated_at = now() \
+                 WHERE id = $1",
+                &[&root.id, &(c.amount_minor as i64)],
+            )
+            .await;
         if let Err(e) = effect {
             return Err(release(self.db_error(e)));
         }
@@ -552,7 +606,7 @@ impl Engine {
             .set(90, de90.as_bytes());
         crate::bank_io::set_acquirer(&mut b, &bank, &acquirer);
         let message = b.encode();
-        Ok(Forward {
+        Ok(Reserved::Forward(Forward {
             txn_id: id,
             kind,
             rrn,
@@ -560,7 +614,7 @@ impl Engine {
             bank_stan,
             message,
             request_mti,
-        })
+        }))
     }
 
     /// Sends a reserved request to the bank and records its outcome with its effect on
@@ -671,24 +725,6 @@ impl Engine {
         )
         .await?;
         match (f.kind, rc) {
-            (Kind::Completion, Rc::APPROVED) => {
-                tx.execute(
-                    "UPDATE transactions SET state = 'captured', captured_minor = $2, completion_pending = FALSE, \
-                     updated_at = now() WHERE id = $1",
-                    &[&root_id, &amount],
-                )
-                .await?;
-                post(
-                    &tx,
-                    f.txn_id,
-                    &bank_id,
-                    merchant_id,
-                    amount,
-                    currency,
-                    self.cutover(),
-                )
-                .await?;
-            }
             (Kind::Refund, Rc::APPROVED) => {
                 tx.execute(
                     "UPDATE transactions SET refund_reserved_minor = refund_reserved_minor - $2, \
@@ -712,14 +748,10 @@ impl Engine {
             (_, Rc::ISSUER_DOWN) => {
                 tx.execute(
                     "INSERT INTO reversals (transaction_id, bank_id, reason) VALUES ($1, $2, 'timeout') \
-                     ON CONFLICT (transaction_id) DO NOTHING",
+                     ON CONFLICT (transaction_id, kind) DO NOTHING",
                     &[&f.txn_id, &bank_id],
                 )
                 .await?;
-            }
-            (Kind::Completion, _) => {
-                tx.execute("UPDATE transactions SET completion_pending = FALSE, updated_at = now() WHERE id = $1", &[&root_id])
-                    .await?;
             }
             _ => {
                 tx.execute(
@@ -831,7 +863,7 @@ impl Engine {
                 if let Some(bank) = &named.bank_id {
                     tx.execute(
                         "INSERT INTO reversals (transaction_id, bank_id, reason) VALUES ($1, $2, 'merchant') \
-                         ON CONFLICT (transaction_id) DO NOTHING",
+                         ON CONFLICT (transaction_id, kind) DO NOTHING",
                         &[&named.id, bank],
                     )
                     .await?;

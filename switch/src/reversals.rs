@@ -36,7 +36,7 @@ pub async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, DbError> {
                WHERE instance_id = $1 AND state = 'authorising' AND bank_id IS NOT NULL
                RETURNING id, bank_id)
              INSERT INTO reversals (transaction_id, bank_id, reason)
-             SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id) DO NOTHING",
+             SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id, kind) DO NOTHING",
             &[&instance_id],
         )
         .await?;
@@ -56,18 +56,26 @@ pub struct ReversalWorker {
 
 struct Due {
     reversal_id: i64,
+    /// An advice (a completion, 0220) rather than a reversal (0400).
+    advice: bool,
+    /// The original as the bank saw it, for DE90: a reversal names the transaction it
+    /// undoes, an advice the pre-authorisation it completes.
+    original_mti: String,
+    original_bank_stan: Option<String>,
+    original_bank_de7: Option<String>,
     attempts: i32,
     age_ms: i64,
-    txn_mti: String,
     processing_code: String,
     amount_minor: i64,
     currency: i16,
     rrn: String,
     terminal_id: String,
     merchant_id: String,
-    bank_stan: Option<String>,
-    bank_transmitted_at: Option<String>,
     card_enc: Option<Vec<u8>>,
+    /// The DE11 and DE7 recorded for the first send (advices: so that DE90 of a later
+    /// reversal names the completion as the bank first saw it).
+    first_stan: Option<String>,
+    first_de7: Option<String>,
 }
 
 /// The pause before repeat number `attempts`.
@@ -109,15 +117,21 @@ impl ReversalWorker {
         let rows = client
             .query(
                 "WITH due AS (
-                   SELECT id FROM reversals
+                   SELECT id FROM reversals q
                    WHERE bank_id = $1 AND state = 'pending' AND next_attempt_at <= now()
+                     -- in order per transaction: a completion's reversal never overtakes it
+                     AND NOT EXISTS (SELECT 1 FROM reversals e WHERE e.transaction_id = q.transaction_id
+                                     AND e.state = 'pending' AND e.id < q.id)
                    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
                  UPDATE reversals r SET next_attempt_at = now() + ($3::bigint * interval '1 millisecond')
-                 FROM due, transactions t
-                 WHERE r.id = due.id AND t.id = r.transaction_id
+                 FROM due, transactions t, transactions p
+                 WHERE r.id = due.id AND t.id = r.transaction_id AND p.id = coalesce(t.original_id, t.id)
                  RETURNING r.id, r.attempts, (extract(epoch from now() - r.created_at) * 1000)::bigint,
                    t.mti, t.processing_code, t.amount_minor, t.currency, t.rrn, t.terminal_id, t.merchant_id,
-                   t.bank_stan, t.bank_transmitted_at, t.card_enc",
+                   t.bank_stan, t.bank_transmitted_at, t.card_enc, r.kind = 'advice',
+                   CASE WHEN r.kind = 'advice' THEN p.mti ELSE t.mti END,
+                   CASE WHEN r.kind = 'advice' THEN p.bank_stan ELSE t.bank_stan END,
+                   CASE WHEN r.kind = 'advice' THEN p.bank_transmitted_at ELSE t.bank_transmitted_at END",
                 &[&self.bank.config.id, &REVERSAL_CLAIM_BATCH, &lease_ms],
             )
             .await?;
@@ -128,16 +142,19 @@ impl ReversalWorker {
                 reversal_id: r.get(0),
                 attempts: r.get(1),
                 age_ms: r.get(2),
-                txn_mti: r.get(3),
                 processing_code: r.get(4),
                 amount_minor: r.get(5),
                 currency: r.get(6),
                 rrn: r.get(7),
                 terminal_id: r.get(8),
                 merchant_id: r.get(9),
-                bank_stan: r.get(10),
-                bank_transmitted_at: r.get(11),
                 card_enc: r.get(12),
+                first_stan: r.get(10),
+                first_de7: r.get(11),
+                advice: r.get(13),
+                original_mti: r.get(14),
+                original_bank_stan: r.get(15),
+                original_bank_de7: r.get(16),
             })
             .collect();
         due.sort_by_key(|d| d.reversal_id);
@@ -176,24 +193,38 @@ impl ReversalWorker {
         let Ok(stan) = bank.stans.allocate() else {
             return Ok(());
         };
-        let stan_digits = bank_links::stan::format_stan(stan);
-        let de7 = codec::clock::transmission(codec::clock::unix_now());
-        let mti = if d.attempts == 0 {
-            Mti::REVERSAL_REQUEST
+        let mut stan_digits = bank_links::stan::format_stan(stan);
+        let mut de7 = codec::clock::transmission(codec::clock::unix_now());
+        // An advice's first send carries the DE11 and DE7 recorded with the completion.
+        if let (true, 0, Some(s), Some(t)) = (d.advice, d.attempts, &d.first_stan, &d.first_de7)
+            && let (Ok(s), Ok(t)) = (
+                <[u8; 6]>::try_from(s.as_bytes()),
+                <[u8; 10]>::try_from(t.as_bytes()),
+            )
+        {
+            stan_digits = s;
+            de7 = t;
+        }
+        let stan_key: u32 = std::str::from_utf8(&stan_digits)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(stan);
+        let original = if d.advice {
+            Mti::COMPLETION_ADVICE
         } else {
-            Mti::REVERSAL_REPEAT
+            Mti::REVERSAL_REQUEST
         };
-        // DE90: the original as the bank saw it: MTI, its STAN, its DE7, acquirer, zeros.
-        let de90 = format!(
-            "{}{}{}{:0>11}{}",
-            d.txn_mti,
-            d.bank_stan.as_deref().unwrap_or("000000"),
-            d.bank_transmitted_at.as_deref().unwrap_or("0000000000"),
-            self.acquirer_id
-                .chars()
-                .filter(char::is_ascii_digit)
-                .collect::<String>(),
-            "00000000000"
+        let mti = if d.attempts == 0 {
+            original
+        } else {
+            original.repeat()
+        };
+        let what = if d.advice { "advice" } else { "reversal" };
+        let de90 = crate::payments::bank_de90(
+            &d.original_mti,
+            d.original_bank_stan.as_deref().unwrap_or("0"),
+            d.original_bank_de7.as_deref().unwrap_or("0"),
+            &self.acquirer_id,
         );
         let amount = format!("{:012}", d.amount_minor);
         let currency = format!("{:03}", d.currency);
@@ -214,7 +245,8 @@ impl ReversalWorker {
             .set(49, currency.as_bytes())
             .set(90, de90.as_bytes());
         crate::bank_io::set_acquirer(&mut b, bank, &self.acquirer_id);
-        let outcome = crate::bank_io::send(bank, 4, stan, &d.rrn, b.encode()).await;
+        let outcome =
+            crate::bank_io::send(bank, original.class(), stan_key, &d.rrn, b.encode()).await;
         bank.stans.release(stan);
         let client = self.pool.get().await?;
         match outcome {
@@ -223,15 +255,30 @@ impl ReversalWorker {
                     .get_str(39)
                     .map(|s| s.into_owned())
                     .unwrap_or_default();
-                tracing::info!(bank = %bank.config.id, rrn = %d.rrn, rc = %rc, attempts = d.attempts + 1, "reversal acknowledged");
-                drop(client);
-                acknowledge(&self.pool, d.reversal_id, &rc).await?;
+                tracing::info!(bank = %bank.config.id, rrn = %d.rrn, rc = %rc, attempts = d.attempts + 1, what,
+                    "store-and-forward message acknowledged");
+                if d.advice {
+                    if rc != "00" {
+                        // An advice reports what happened; a bank refusing one needs a person.
+                        tracing::error!(bank = %bank.config.id, rrn = %d.rrn, rc = %rc, "bank refused a completion advice");
+                    }
+                    client
+                        .execute(
+                            "UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(), \
+                             attempts = attempts + 1, last_response_code = $2 WHERE id = $1 AND state = 'pending'",
+                            &[&d.reversal_id, &rc],
+                        )
+                        .await?;
+                } else {
+                    drop(client);
+                    acknowledge(&self.pool, d.reversal_id, &rc).await?;
+                }
             }
             Outcome::TimedOut | Outcome::LinkLost => {
                 let pause =
                     reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
-                tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause,
-                    "reversal unanswered; will repeat");
+                tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause, what,
+                    "store-and-forward message unanswered; will repeat");
                 client
                     .execute(
                         "UPDATE reversals SET attempts = attempts + 1,

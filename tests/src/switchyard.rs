@@ -28,7 +28,12 @@ pub struct BankSim {
 
 impl BankSim {
     pub fn start(extra: &[&str]) -> BankSim {
-        let mut args = vec!["--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"];
+        Self::start_on("127.0.0.1:0", extra)
+    }
+
+    /// A simulator listening for bank links on a given address (a bank coming back).
+    pub fn start_on(listen: &str, extra: &[&str]) -> BankSim {
+        let mut args = vec!["--listen", listen, "--control", "127.0.0.1:0"];
         args.extend_from_slice(extra);
         let mut process = spawn_binary("bank-sim", &args, &[("RUST_LOG", "warn")]);
         let line = wait_for_line(process.stdout(), |l| l.contains("\"ready\""), WAIT)
