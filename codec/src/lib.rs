@@ -15,10 +15,12 @@
 //! - [`currency`]: ISO 4217 minor-unit exponents.
 //! - [`mti`]: message type indicators and their relations (response, repeat, original).
 //! - [`ebcdic`]: the code page 037 table for EBCDIC elements.
+//! - [`card`]: the Luhn check digit of card numbers.
 //! - [`clock`]: DE7/DE12/DE13 from Unix time.
 //! - [`error`]: the named errors of all of the above.
 
 pub mod builder;
+pub mod card;
 pub mod clock;
 pub mod currency;
 pub mod ebcdic;

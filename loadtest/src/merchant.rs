@@ -418,25 +418,7 @@ pub fn network(merchant: &str, terminal: &str, stan: u32, code: &str) -> OwnedMe
 }
 
 /// `digits` followed by the Luhn check digit that makes the whole number valid.
-pub fn luhn_complete(digits: &str) -> String {
-    let sum: u32 = digits
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, c)| {
-            let d = u32::from(c - b'0');
-            // The check digit will be position 0, so these start at position 1.
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    let check = (10 - sum % 10) % 10;
-    format!("{digits}{check}")
-}
+pub use codec::card::luhn_complete;
 
 /// Sends one request and waits for its answer (for sequential use such as the demo:
 /// answers to other requests that arrive meanwhile are dropped).

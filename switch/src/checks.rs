@@ -194,24 +194,7 @@ pub fn required_authorisation(msg: &Message) -> Result<Option<Authorisation<'_>>
 
 /// The Luhn check digit test.
 pub fn luhn(pan: &[u8]) -> bool {
-    if pan.is_empty() || !pan.iter().all(u8::is_ascii_digit) {
-        return false;
-    }
-    let sum: u32 = pan
-        .iter()
-        .rev()
-        .enumerate()
-        .map(|(i, c)| {
-            let d = u32::from(c - b'0');
-            if i % 2 == 1 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    sum.is_multiple_of(10)
+    codec::card::luhn_valid(pan)
 }
 
 /// A card is good through the last day of its expiry month (YYMM).

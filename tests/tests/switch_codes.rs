@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use codec::card::luhn_complete;
 use codec::{Message, OwnedMessage, builtin};
 use system_tests::switchyard::{
     BankSim, Client, MERCHANT_ID, MerchantCreds, World, WorldOptions, count_mti, next_stan,
@@ -17,25 +18,6 @@ const MASTERCARD: &str = "5500000000000004";
 /// How many 0200s bank-a's simulator has received so far.
 async fn purchases_seen(bank: &BankSim) -> u64 {
     count_mti(&bank.record().await, "0200")
-}
-
-/// `prefix` completed with its Luhn check digit.
-fn luhn_complete(prefix: &str) -> String {
-    let sum: u32 = prefix
-        .bytes()
-        .rev()
-        .enumerate()
-        .map(|(i, c)| {
-            let d = u32::from(c - b'0');
-            if i % 2 == 0 {
-                let x = d * 2;
-                if x > 9 { x - 9 } else { x }
-            } else {
-                d
-            }
-        })
-        .sum();
-    format!("{prefix}{}", (10 - sum % 10) % 10)
 }
 
 /// A purchase with a fresh STAN and order reference.
