@@ -38,22 +38,8 @@ DURABLE="${DURABLE:-1}"
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-started=()
-stop_all() {
-  local pid i
-  for pid in "${started[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${started[@]}"; do
-    for i in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  started=()
-  services_stop
-}
+# shellcheck source=scripts/processes.sh
+. scripts/processes.sh
 trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
@@ -61,25 +47,7 @@ trap 'exit 143' TERM
 t0=$SECONDS
 say() { printf '\n==> %s (%d s)\n' "$*" "$((SECONDS - t0))"; }
 
-wait_ready() {
-  local file="$1" pid="$2" name="$3" i
-  for i in $(seq 1 "$ready_wait_tenths"); do
-    if grep -q '"ready"' "$file" 2>/dev/null; then
-      grep -m 1 '"ready"' "$file"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$name exited before it was ready; its log:" >&2
-      tail -n 30 "${file%.out}.log" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  echo "$name was not ready after $((ready_wait_tenths / 10)) s" >&2
-  return 1
-}
 
-json_str() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$2"; }
 
 mkdir -p "$work"
 

@@ -19,49 +19,15 @@ bank_timeout_ms=2000
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
 
-started=()
-stop_all() {
-  local pid i
-  for pid in "${started[@]}"; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in "${started[@]}"; do
-    for i in $(seq 1 100); do
-      kill -0 "$pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  started=()
-  services_stop
-}
+# shellcheck source=scripts/processes.sh
+. scripts/processes.sh
 trap stop_all EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
 say() { printf '\n==> %s\n' "$*"; }
 
-# wait_ready OUT_FILE PID NAME: prints the ready line once OUT_FILE has it.
-wait_ready() {
-  local out="$1" pid="$2" name="$3" i
-  for i in $(seq 1 "$ready_wait_tenths"); do
-    if grep -q '"ready"' "$out" 2>/dev/null; then
-      grep -m 1 '"ready"' "$out"
-      return 0
-    fi
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "$name exited before it was ready; its log:" >&2
-      tail -n 30 "${out%.out}.log" >&2 || true
-      return 1
-    fi
-    sleep 0.1
-  done
-  echo "$name was not ready after $((ready_wait_tenths / 10)) s" >&2
-  return 1
-}
 
-# json_str KEY JSON: the string value of KEY in a one-line JSON object.
-json_str() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$2"; }
 
 say "starting private PostgreSQL and Redis"
 services_start
