@@ -194,7 +194,7 @@ pub async fn run(
 
     let db = &config.database;
     let (journal, journal_task) = Journal::start(
-        pool.clone(),
+        config.database.url.clone(),
         db.journal_batch_max,
         db.journal_writers,
         db.journal_queue_max,

@@ -9,8 +9,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use deadpool_postgres::Pool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::Statement;
 
 use crate::db::DbError;
 use crate::metrics::Metrics;
@@ -76,10 +76,11 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Starts the collector. It ends, after writing everything queued, when every
+    /// Starts `writers` writer tasks, each with a database connection of its own and the
+    /// batch statement prepared once. They end, after writing everything queued, when every
     /// handle is dropped.
     pub fn start(
-        pool: Pool,
+        url: String,
         batch_max: usize,
         writers: usize,
         queue_max: usize,
@@ -89,15 +90,24 @@ impl Journal {
         assert!(batch_max > 0 && writers > 0 && queue_max > 0);
         assert!((0..24).contains(&cutover_hours));
         let (tx, rx) = mpsc::channel(queue_max);
-        let task = tokio::spawn(collect(
-            rx,
-            pool,
-            batch_max,
-            writers,
-            metrics,
-            cutover_hours,
-        ));
-        (Journal { tx }, task)
+        let queue = Arc::new(Mutex::new(rx));
+        let tasks: Vec<_> = (0..writers)
+            .map(|_| {
+                let w = Writer {
+                    url: url.clone(),
+                    conn: None,
+                    metrics: metrics.clone(),
+                    cutover_hours,
+                };
+                tokio::spawn(w.run(queue.clone(), batch_max))
+            })
+            .collect();
+        let all = tokio::spawn(async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        });
+        (Journal { tx }, all)
     }
 
     /// Records a new transaction; `Ok(false)` if a row with the same request key (or a
@@ -122,39 +132,112 @@ impl Journal {
     }
 }
 
-async fn collect(
-    mut rx: mpsc::Receiver<Op>,
-    pool: Pool,
-    batch_max: usize,
-    writers: usize,
+/// How long a writer waits for a database connection before failing its batch.
+pub const WRITER_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// One journal writer: a connection of its own, the batch statement prepared on it.
+struct Writer {
+    url: String,
+    conn: Option<(tokio_postgres::Client, Statement)>,
     metrics: Arc<Metrics>,
     cutover_hours: i32,
-) {
-    let free = Arc::new(Semaphore::new(writers));
-    while let Some(first) = rx.recv().await {
-        // Wait for a writer first: whatever arrives meanwhile joins this batch.
-        let permit = free
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore never closed");
-        let mut batch = Vec::with_capacity(batch_max.min(1024));
-        batch.push(first);
-        while batch.len() < batch_max {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+}
+
+impl Writer {
+    async fn run(mut self, queue: Arc<Mutex<mpsc::Receiver<Op>>>, batch_max: usize) {
+        loop {
+            // The writer holding the queue takes the first record that comes and everything
+            // queued behind it; while all writers are busy committing, the next batch grows.
+            let batch = {
+                let mut rx = queue.lock().await;
+                let Some(first) = rx.recv().await else { return };
+                let mut batch = Vec::with_capacity(batch_max.min(1024));
+                batch.push(first);
+                while batch.len() < batch_max {
+                    match rx.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
+                }
+                batch
+            };
+            self.write(batch).await;
+        }
+    }
+
+    /// The connection, made (again) if there is none or it was lost.
+    async fn connection(&mut self) -> Result<&(tokio_postgres::Client, Statement), DbError> {
+        if self.conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            self.conn = None;
+            let connect = async {
+                let (client, conn) =
+                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                let stmt = client.prepare(BATCH_SQL).await?;
+                Ok::<_, tokio_postgres::Error>((client, stmt))
+            };
+            let timeout = std::time::Duration::from_millis(WRITER_CONNECT_TIMEOUT_MS);
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(c)) => self.conn = Some(c),
+                Ok(Err(e)) => return Err(e.into()),
+                Err(_) => return Err(DbError::Invalid("database connection timed out".into())),
             }
         }
-        let pool = pool.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            write(&pool, batch, &metrics, cutover_hours).await;
-            drop(permit);
-        });
+        Ok(self.conn.as_ref().expect("connected just now"))
     }
-    // Every handle is gone: wait for the batches still being written.
-    let _ = free.acquire_many(writers as u32).await;
+
+    async fn write(&mut self, batch: Vec<Op>) {
+        let started = Instant::now();
+        let n = batch.len();
+        let cutover_hours = self.cutover_hours;
+        let result = match self.connection().await {
+            Ok((client, stmt)) => write_once(client, stmt, &batch, cutover_hours).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(inserted) => {
+                self.metrics.journal_batch_size.observe(n as f64);
+                self.metrics
+                    .journal_commit
+                    .observe(started.elapsed().as_secs_f64());
+                for op in batch {
+                    match op {
+                        Op::Insert(t, ack) => {
+                            let _ = ack.send(Ok(inserted.contains(&t.id)));
+                        }
+                        Op::Update(_, ack) => {
+                            let _ = ack.send(Ok(()));
+                        }
+                    }
+                }
+            }
+            // A statement error (not a lost connection) may be one bad row: write the ops
+            // one by one so only that one fails.
+            Err(DbError::Postgres(e)) if e.as_db_error().is_some() && n > 1 => {
+                tracing::warn!(error = %e, ops = n, "journal batch refused; retrying its operations one by one");
+                for op in batch {
+                    Box::pin(self.write(vec![op])).await;
+                }
+            }
+            Err(e) => {
+                self.metrics.journal_failures.inc();
+                tracing::error!(error = %e, ops = n, "journal batch failed");
+                let err = JournalError::Write(e.to_string());
+                for op in batch {
+                    match op {
+                        Op::Insert(_, ack) => {
+                            let _ = ack.send(Err(err.clone()));
+                        }
+                        Op::Update(_, ack) => {
+                            let _ = ack.send(Err(err.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 const BATCH_SQL: &str = "
@@ -188,52 +271,6 @@ WITH ins AS (
   RETURNING id
 )
 SELECT id FROM ins";
-
-async fn write(pool: &Pool, batch: Vec<Op>, metrics: &Metrics, cutover_hours: i32) {
-    let started = Instant::now();
-    let n = batch.len();
-    match write_once(pool, &batch, cutover_hours).await {
-        Ok(inserted) => {
-            metrics.journal_batch_size.observe(n as f64);
-            metrics
-                .journal_commit
-                .observe(started.elapsed().as_secs_f64());
-            for op in batch {
-                match op {
-                    Op::Insert(t, ack) => {
-                        let _ = ack.send(Ok(inserted.contains(&t.id)));
-                    }
-                    Op::Update(_, ack) => {
-                        let _ = ack.send(Ok(()));
-                    }
-                }
-            }
-        }
-        // A statement error (not a lost connection) may be one bad row: write the ops one
-        // by one so only that one fails.
-        Err(DbError::Postgres(e)) if e.as_db_error().is_some() && n > 1 => {
-            tracing::warn!(error = %e, ops = n, "journal batch refused; retrying its operations one by one");
-            for op in batch {
-                Box::pin(write(pool, vec![op], metrics, cutover_hours)).await;
-            }
-        }
-        Err(e) => {
-            metrics.journal_failures.inc();
-            tracing::error!(error = %e, ops = n, "journal batch failed");
-            let err = JournalError::Write(e.to_string());
-            for op in batch {
-                match op {
-                    Op::Insert(_, ack) => {
-                        let _ = ack.send(Err(err.clone()));
-                    }
-                    Op::Update(_, ack) => {
-                        let _ = ack.send(Err(err.clone()));
-                    }
-                }
-            }
-        }
-    }
-}
 
 #[derive(Default)]
 struct Columns {
@@ -270,7 +307,8 @@ struct Columns {
 }
 
 async fn write_once(
-    pool: &Pool,
+    client: &tokio_postgres::Client,
+    stmt: &Statement,
     batch: &[Op],
     cutover_hours: i32,
 ) -> Result<HashSet<i64>, DbError> {
@@ -315,11 +353,9 @@ async fn write_once(
             }
         }
     }
-    let client = pool.get().await?;
-    let stmt = client.prepare_cached(BATCH_SQL).await?;
     let rows = client
         .query(
-            &stmt,
+            stmt,
             &[
                 &c.id,
                 &c.instance,
