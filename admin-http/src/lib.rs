@@ -45,6 +45,10 @@ pub struct LinkView {
     pub bank: String,
     pub state: String,
     pub in_flight: usize,
+    /// Moving average of answered round trips, once there has been one.
+    pub round_trip_us: Option<u64>,
+    /// Requests and answers queued for the link's task.
+    pub queue_depth: usize,
 }
 
 /// A transaction as operators see it (never the card number in clear).
@@ -208,6 +212,8 @@ mod tests {
                 bank: "a".into(),
                 state: "ready".into(),
                 in_flight: 0,
+                round_trip_us: Some(420),
+                queue_depth: 0,
             }]
         }
         async fn set_link(&self, name: &str, _on: bool) -> Result<(), AdminError> {
@@ -265,6 +271,7 @@ mod tests {
         let (code, body) = call("GET", "/links", Some("view")).await;
         assert_eq!(code, 200);
         assert!(body.contains("\"ready\""));
+        assert!(body.contains("\"round_trip_us\":420"), "{body}");
         assert_eq!(
             call("POST", "/links/a.0/nope", Some("op")).await.0,
             404,

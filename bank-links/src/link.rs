@@ -152,7 +152,12 @@ enum Origin {
 struct Pending {
     origin: Origin,
     deadline: (Instant, u64),
+    sent: Instant,
 }
+
+/// Weight of a new round trip in the link's moving average, in 1/16ths: recent enough to
+/// show a slowing bank within a few dozen answers, smooth enough not to jump on one.
+pub const RTT_EWMA_WEIGHT_SIXTEENTHS: u64 = 2;
 
 /// What a frame to write is, so a transport with one stream per exchange (QUIC) knows
 /// where it goes.
@@ -184,6 +189,7 @@ pub struct Link {
     echo_outstanding: bool,
     echoes_missed: u32,
     user_in_flight: usize,
+    rtt_ewma_us: Option<u64>,
 }
 
 impl Link {
@@ -201,6 +207,7 @@ impl Link {
             echo_outstanding: false,
             echoes_missed: 0,
             user_in_flight: 0,
+            rtt_ewma_us: None,
         }
     }
 
@@ -275,7 +282,7 @@ impl Link {
             return Err(SendError::KeyInUse);
         }
         let deadline = now.mono + timeout;
-        self.track(key, Origin::User(id), deadline);
+        self.track(key, Origin::User(id), deadline, now.mono);
         self.user_in_flight += 1;
         self.outbox.push_back((
             Frame {
@@ -287,11 +294,23 @@ impl Link {
         Ok(())
     }
 
-    fn track(&mut self, key: MatchKey, origin: Origin, deadline: Instant) {
+    fn track(&mut self, key: MatchKey, origin: Origin, deadline: Instant, sent: Instant) {
         self.deadline_seq += 1;
         let deadline = (deadline, self.deadline_seq);
         self.deadlines.insert(deadline, key);
-        self.pending.insert(key, Pending { origin, deadline });
+        self.pending.insert(
+            key,
+            Pending {
+                origin,
+                deadline,
+                sent,
+            },
+        );
+    }
+
+    /// The moving average of answered round trips on this link, in microseconds.
+    pub fn round_trip_us(&self) -> Option<u64> {
+        self.rtt_ewma_us
     }
 
     fn send_network(&mut self, now: Now, code: &[u8; 3], origin: Origin, timeout: Duration) {
@@ -314,7 +333,7 @@ impl Link {
                     rrn: None,
                 };
                 let deadline = now.mono + timeout;
-                self.track(key, origin, deadline);
+                self.track(key, origin, deadline, now.mono);
                 self.outbox.push_back((
                     Frame {
                         header: self.config.header.clone(),
@@ -366,6 +385,13 @@ impl Link {
             return;
         };
         self.untrack(&key, &p);
+        let rtt_us = now.mono.saturating_duration_since(p.sent).as_micros() as u64;
+        self.rtt_ewma_us = Some(match self.rtt_ewma_us {
+            None => rtt_us,
+            Some(avg) => {
+                (avg * (16 - RTT_EWMA_WEIGHT_SIXTEENTHS) + rtt_us * RTT_EWMA_WEIGHT_SIXTEENTHS) / 16
+            }
+        });
         match p.origin {
             Origin::User(id) => {
                 self.user_in_flight -= 1;
@@ -611,7 +637,8 @@ mod tests {
         )
     }
 
-    // Proves no traffic is accepted before sign-on is answered 00, and it flows after.
+    // Proves no traffic is accepted before sign-on is answered 00, it flows after, and the
+    // link keeps a moving average of its round trips.
     #[test]
     fn signs_on_before_traffic() {
         let t0 = Instant::now();
@@ -638,6 +665,8 @@ mod tests {
                 outcome: Outcome::Answered(_)
             }
         )));
+        // Sign-on answered after 2 ms, the purchase after 1 ms: the average leans to the first.
+        assert_eq!(link.round_trip_us(), Some((2000 * 14 + 1000 * 2) / 16));
     }
 
     // Proves a refused sign-on takes the link down, as does an unanswered one.

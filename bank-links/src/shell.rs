@@ -112,6 +112,8 @@ struct Shared {
     name: String,
     state: AtomicU8,
     in_flight: AtomicUsize,
+    /// Moving average of answered round trips, microseconds (0 until the first answer).
+    round_trip_us: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
 }
@@ -194,6 +196,16 @@ impl LinkHandle {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Moving average of this link's answered round trips, if it has had any.
+    pub fn round_trip_us(&self) -> Option<u64> {
+        Some(self.shared.round_trip_us.load(Ordering::Relaxed)).filter(|&v| v > 0)
+    }
+
+    /// Commands (requests, answers) waiting for the link task.
+    pub fn queue_depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Transports established so far (dialled or accepted).
     pub fn connects(&self) -> u64 {
         self.shared.connects.load(Ordering::Relaxed)
@@ -266,6 +278,7 @@ pub fn spawn_link(
         name: config.name.clone(),
         state: AtomicU8::new(state_code(LinkState::Connecting)),
         in_flight: AtomicUsize::new(0),
+        round_trip_us: AtomicU64::new(0),
         connects: AtomicU64::new(0),
         connect_failures: AtomicU64::new(0),
     });
@@ -619,6 +632,9 @@ impl LinkTask {
         self.shared
             .in_flight
             .store(self.link.in_flight(), Ordering::Relaxed);
+        if let Some(rtt) = self.link.round_trip_us() {
+            self.shared.round_trip_us.store(rtt, Ordering::Relaxed);
+        }
     }
 }
 

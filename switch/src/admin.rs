@@ -48,6 +48,8 @@ impl Admin for SwitchAdmin {
                     bank: b.config.id.clone(),
                     state: l.state().as_str().to_string(),
                     in_flight: l.in_flight(),
+                    round_trip_us: l.round_trip_us(),
+                    queue_depth: l.queue_depth(),
                 })
             })
             .collect();
@@ -126,6 +128,12 @@ pub async fn sample(
                 m.link_in_flight
                     .with_label_values(&[l.name()])
                     .set(l.in_flight() as i64);
+                m.link_round_trip_us
+                    .with_label_values(&[l.name()])
+                    .set(l.round_trip_us().unwrap_or(0) as i64);
+                m.link_queue_depth
+                    .with_label_values(&[l.name()])
+                    .set(l.queue_depth() as i64);
             }
         }
         tick = tick.wrapping_add(1);

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub merchant_connections: IntGauge,
     pub link_state: IntGaugeVec,
     pub link_in_flight: IntGaugeVec,
+    pub link_round_trip_us: IntGaugeVec,
+    pub link_queue_depth: IntGaugeVec,
     pub reversals_pending: IntGaugeVec,
     pub reversals_oldest_age: IntGaugeVec,
     pub journal_batch_size: Histogram,
@@ -92,6 +94,22 @@ impl Metrics {
             .expect("metric"),
             link_in_flight: IntGaugeVec::new(
                 Opts::new("bank_link_in_flight", "Requests in flight on a bank link"),
+                &["link"],
+            )
+            .expect("metric"),
+            link_round_trip_us: IntGaugeVec::new(
+                Opts::new(
+                    "bank_link_round_trip_microseconds",
+                    "Moving average of a bank link's answered round trips (0 before the first)",
+                ),
+                &["link"],
+            )
+            .expect("metric"),
+            link_queue_depth: IntGaugeVec::new(
+                Opts::new(
+                    "bank_link_queue_depth",
+                    "Requests and answers queued for a bank link's task",
+                ),
                 &["link"],
             )
             .expect("metric"),
@@ -176,6 +194,8 @@ impl Metrics {
             Box::new(m.merchant_connections.clone()),
             Box::new(m.link_state.clone()),
             Box::new(m.link_in_flight.clone()),
+            Box::new(m.link_round_trip_us.clone()),
+            Box::new(m.link_queue_depth.clone()),
             Box::new(m.reversals_pending.clone()),
             Box::new(m.reversals_oldest_age.clone()),
             Box::new(m.journal_batch_size.clone()),
