@@ -222,12 +222,6 @@ pub async fn run(
         };
         workers.spawn(inquiries.run(workers_shutdown.clone()));
     }
-    let (answers_tx, answers_rx) = mpsc::channel(crate::engine::ANSWER_QUEUE_MAX);
-    tokio::spawn(crate::engine::write_answers(
-        limiter.clone(),
-        metrics.clone(),
-        answers_rx,
-    ));
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,
         merchants: merchants.clone(),
@@ -248,7 +242,6 @@ pub async fn run(
         reversal_wake,
         business_day_cutover_hour: config.switch.business_day_cutover_hour,
         sessions: Arc::new(crate::notify::Sessions::default()),
-        answers: answers_tx,
         metrics: metrics.clone(),
     });
 

@@ -13,7 +13,7 @@ use bank_links::{Bank, Outcome as LinkOutcome};
 use bytes::Bytes;
 use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
 use deadpool_postgres::Pool;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
@@ -22,7 +22,7 @@ use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow};
 use crate::journal::{Journal, NewTxn, Outcome};
-use crate::limiter::{Claim, ClaimRequest, Limiter, Rate, Remember};
+use crate::limiter::{Claim, ClaimRequest, Limiter, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
 use crate::notify::Sessions;
@@ -50,45 +50,6 @@ pub(crate) enum Claimed {
 struct Trace {
     rc: Option<Rc>,
     bank_round_trip: Duration,
-}
-
-/// Answers written to Redis in one pipeline at most.
-pub const ANSWER_BATCH_MAX: usize = 256;
-/// Answers waiting for the writer at most.
-pub const ANSWER_QUEUE_MAX: usize = 16_384;
-
-/// An answer on its way to Redis; its key stays registered here until it is written.
-#[derive(Debug)]
-pub struct PendingAnswer {
-    item: Remember,
-    guard: InFlightGuard,
-    answer: Answer,
-}
-
-/// Writes answers to Redis: whatever has gathered goes in one pipeline, so a request
-/// costs one Redis round trip of its own (the claim) and a share of one more.
-pub async fn write_answers(
-    limiter: Limiter,
-    metrics: Arc<Metrics>,
-    mut rx: mpsc::Receiver<PendingAnswer>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < ANSWER_BATCH_MAX {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
-        let items: Vec<Remember> = batch.iter().map(|p| p.item.clone()).collect();
-        if let Err(e) = limiter.remember_many(&items).await {
-            metrics.redis_errors.inc();
-            tracing::warn!(error = %e, answers = items.len(), "answers not stored in redis (PostgreSQL has them)");
-        }
-        for p in batch {
-            p.guard.resolve(p.answer);
-        }
-    }
 }
 
 /// The result of handling one message.
@@ -126,8 +87,6 @@ pub struct Engine {
     pub business_day_cutover_hour: u8,
     /// Merchant connections, for notifications.
     pub sessions: Arc<Sessions>,
-    /// Answers on their way to Redis ([`write_answers`]).
-    pub answers: mpsc::Sender<PendingAnswer>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -545,26 +504,21 @@ impl Engine {
     /// retransmission arriving meanwhile gets the answer at once) until Redis has it.
     pub(crate) fn finish(&self, key: String, answer: &Answer, guard: InFlightGuard) {
         guard.publish(answer.clone());
-        let item = match (answer.rc, &answer.rrn) {
-            (Rc::MALFUNCTION, None) => Remember::Release { key },
-            (Rc::MALFUNCTION, Some(_)) => return guard.resolve(answer.clone()),
-            _ => Remember::Store {
-                key,
-                value: answer.to_redis(),
-            },
-        };
-        let pending = PendingAnswer {
-            item,
-            guard,
-            answer: answer.clone(),
-        };
-        if let Err(mpsc::error::TrySendError::Full(pending)) = self.answers.try_send(pending) {
-            // The writer is behind: wait for room off the request's path.
-            let answers = self.answers.clone();
-            tokio::spawn(async move {
-                let _ = answers.send(pending).await;
-            });
-        }
+        let limiter = self.limiter.clone();
+        let metrics = self.metrics.clone();
+        let answer = answer.clone();
+        tokio::spawn(async move {
+            let res = match (answer.rc, &answer.rrn) {
+                (Rc::MALFUNCTION, None) => limiter.release(&key).await,
+                (Rc::MALFUNCTION, Some(_)) => Ok(()),
+                _ => limiter.store_answer(&key, &answer.to_redis()).await,
+            };
+            if let Err(e) = res {
+                metrics.redis_errors.inc();
+                tracing::warn!(error = %e, "answer not stored in redis (PostgreSQL has it)");
+            }
+            guard.resolve(answer);
+        });
     }
 
     /// The recorded answer for a key, if its transaction has an outcome.

@@ -88,15 +88,6 @@ impl Rate {
     }
 }
 
-/// What to write under an idempotency key once a request is answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Remember {
-    /// The final answer, replacing the in-flight claim.
-    Store { key: String, value: String },
-    /// Drop the claim: nothing was recorded, a retry must be processed afresh.
-    Release { key: String },
-}
-
 /// What the script decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -211,26 +202,27 @@ impl Limiter {
         parse_reply(v)
     }
 
-    /// Writes many answers and released claims in one pipeline (one round trip).
-    pub async fn remember_many(&self, items: &[Remember]) -> Result<(), LimiterError> {
-        let mut pipe = redis::pipe();
-        for item in items {
-            match item {
-                Remember::Store { key, value } => {
-                    pipe.cmd("SET")
-                        .arg(self.k("idem", key))
-                        .arg(value)
-                        .arg("PX")
-                        .arg(self.answer_ttl_ms)
-                        .ignore();
-                }
-                Remember::Release { key } => {
-                    pipe.cmd("DEL").arg(self.k("idem", key)).ignore();
-                }
-            }
-        }
+    /// Stores the final answer for a key (replacing the in-flight claim).
+    pub async fn store_answer(&self, key: &str, value: &str) -> Result<(), LimiterError> {
         let mut conn = self.conn.clone();
-        let fut = pipe.query_async::<()>(&mut conn);
+        let cmd = redis::cmd("SET")
+            .arg(self.k("idem", key))
+            .arg(value)
+            .arg("PX")
+            .arg(self.answer_ttl_ms)
+            .to_owned();
+        let fut = cmd.query_async::<()>(&mut conn);
+        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        Ok(())
+    }
+
+    /// Drops a claim (the request could not be recorded; a retry must be processed afresh).
+    pub async fn release(&self, key: &str) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let cmd = redis::cmd("DEL").arg(self.k("idem", key)).to_owned();
+        let fut = cmd.query_async::<()>(&mut conn);
         tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
             .await
             .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
