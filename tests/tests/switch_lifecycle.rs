@@ -176,7 +176,13 @@ async fn preauth_and_completion() {
     let by_completion = ask(&mut c, &m).await;
     assert_eq!(status_of(&by_completion), found("CAPTURED", 5000, 4000));
 
-    let before = world.banks[0].record().await;
+    // The completion reaches the bank by store and forward, after its answer: wait for it
+    // before counting what the repeats add.
+    let before = world.banks[0]
+        .wait_record("the completion advice", Duration::from_secs(30), |r| {
+            requests_for(r, &capture_rrn) == 1
+        })
+        .await;
     for (how, m) in [
         ("0220 unchanged", capture.clone()),
         ("as 0221", as_repeat(&capture)),
@@ -493,7 +499,13 @@ async fn full_order_flow() {
     let a_second = expect(&mut c, &second, "00", "refund 2500").await;
     expect_status(&mut c, &hold, &hold, found("REFUNDED", 5000, 0)).await;
 
-    let rec = world.banks[0].record().await;
+    // The completion reaches the bank by store and forward, after its answer.
+    let capture_rrn = rrn(&a_capture, "0220");
+    let rec = world.banks[0]
+        .wait_record("the completion advice", Duration::from_secs(30), |r| {
+            requests_for(r, &capture_rrn) == 1
+        })
+        .await;
     let expected = [
         (&a_hold, "0100", "000000", 5000u64),
         (&a_capture, "0220", "000000", 4000),
@@ -581,8 +593,8 @@ async fn concurrent_refunds_two_instances() {
 
 // Proves a capture and a void of the same held pre-auth sent at the same time on two
 // instances: exactly one wins (00, the other 12) and the final status agrees (CAPTURED or
-// REVERSED), never both; the bank saw a completion exactly when the capture won. The bank
-// answers after 300 ms, so a capture that wins is still at the bank when the void is checked.
+// REVERSED), never both; the bank saw a completion exactly when the capture won. The race
+// is decided by the payment's row lock: completions are recorded at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capture_versus_void_two_instances() {
     let (world, _sw1, mut a) = slow_world_with_switch("lc_capvoid", 300).await;
@@ -618,7 +630,14 @@ async fn capture_versus_void_two_instances() {
             ),
         }
     }
-    let rec = world.banks[0].record().await;
+    // Completions reach the bank by store and forward, after their answers.
+    let rec = world.banks[0]
+        .wait_record(
+            "every winning capture's advice",
+            Duration::from_secs(30),
+            |r| count_mti(r, "0220") - completions_before >= captures_won,
+        )
+        .await;
     assert_eq!(
         count_mti(&rec, "0220") - completions_before,
         captures_won,
