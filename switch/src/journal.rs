@@ -69,6 +69,21 @@ enum Op {
     Update(Outcome, oneshot::Sender<Result<(), JournalError>>),
 }
 
+impl Op {
+    /// Tells the waiting request how its record fared: the ids the batch inserted, or why
+    /// it was not written.
+    fn ack(self, written: Result<&HashSet<i64>, &JournalError>) {
+        match self {
+            Op::Insert(t, ack) => {
+                let _ = ack.send(written.map(|ids| ids.contains(&t.id)).map_err(Clone::clone));
+            }
+            Op::Update(_, ack) => {
+                let _ = ack.send(written.map(|_| ()).map_err(Clone::clone));
+            }
+        }
+    }
+}
+
 /// The handle requests use.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -203,14 +218,7 @@ impl Writer {
                     .journal_commit
                     .observe(started.elapsed().as_secs_f64());
                 for op in batch {
-                    match op {
-                        Op::Insert(t, ack) => {
-                            let _ = ack.send(Ok(inserted.contains(&t.id)));
-                        }
-                        Op::Update(_, ack) => {
-                            let _ = ack.send(Ok(()));
-                        }
-                    }
+                    op.ack(Ok(&inserted));
                 }
             }
             // A statement error (not a lost connection) may be one bad row: write the ops
@@ -226,14 +234,7 @@ impl Writer {
                 tracing::error!(error = %e, ops = n, "journal batch failed");
                 let err = JournalError::Write(e.to_string());
                 for op in batch {
-                    match op {
-                        Op::Insert(_, ack) => {
-                            let _ = ack.send(Err(err.clone()));
-                        }
-                        Op::Update(_, ack) => {
-                            let _ = ack.send(Err(err.clone()));
-                        }
-                    }
+                    op.ack(Err(&err));
                 }
             }
         }
