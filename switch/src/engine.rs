@@ -167,26 +167,24 @@ impl Engine {
         self.metrics.in_flight.dec();
         // Only MTIs of the contract become label values, so the label set stays bounded.
         let mti_label = match mti {
-            Some(
-                m @ (Mti::NETWORK_REQUEST
-                | Mti::AUTHORISATION_REQUEST
-                | Mti::FINANCIAL_REQUEST
-                | Mti::COMPLETION_ADVICE
-                | Mti::REVERSAL_REQUEST
-                | Mti::STATUS_REQUEST),
-            ) => m.as_str().to_string(),
-            _ => "other".to_string(),
+            Some(Mti::NETWORK_REQUEST) => "0800",
+            Some(Mti::AUTHORISATION_REQUEST) => "0100",
+            Some(Mti::FINANCIAL_REQUEST) => "0200",
+            Some(Mti::COMPLETION_ADVICE) => "0220",
+            Some(Mti::REVERSAL_REQUEST) => "0400",
+            Some(Mti::STATUS_REQUEST) => "0600",
+            _ => "other",
         };
         if let Some(rc) = trace.rc {
             self.metrics
                 .requests
-                .with_label_values(&[mti_label.as_str(), rc.as_str()])
+                .with_label_values(&[mti_label, rc.as_str()])
                 .inc();
         }
         let added = started.elapsed().saturating_sub(trace.bank_round_trip);
         self.metrics
             .switch_latency
-            .with_label_values(&[mti_label.as_str()])
+            .with_label_values(&[mti_label])
             .observe(added.as_secs_f64());
         Handled {
             response,
