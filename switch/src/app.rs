@@ -32,6 +32,11 @@ use crate::server::{Listening, accept_loop, tls_acceptor};
 use crate::session::{MerchantConnections, SessionLimits};
 use crate::{db, dialects};
 
+/// How long background workers (reversals, inquiries, notifications) get to stop.
+pub const WORKERS_STOP_WAIT_MS: u64 = 2_000;
+/// How long the links get to send their sign-offs before the process ends.
+pub const SIGN_OFF_WAIT_MS: u64 = 200;
+
 /// Where the instance listens, once it does.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Bound {
@@ -359,14 +364,14 @@ pub async fn run(
     workers_shutdown.cancel();
     admin_shutdown.cancel();
     workers.close();
-    let _ = tokio::time::timeout(Duration::from_secs(2), workers.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(WORKERS_STOP_WAIT_MS), workers.wait()).await;
     links_shutdown.cancel();
     drop(listening);
     drop(engine);
     // Every journal handle is gone now: the collector writes what is queued and ends.
     let _ = tokio::time::timeout(deadline, journal_task).await;
     // Let the links send their sign-offs.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(SIGN_OFF_WAIT_MS)).await;
     tracing::info!("switch stopped");
     Ok(())
 }

@@ -11,6 +11,10 @@ use tokio_util::task::TaskTracker;
 use crate::engine::Engine;
 use crate::session::{self, ConnectionSlot, MerchantConnections, SessionLimits};
 
+/// Pause after a failed accept (out of file descriptors and the like), so a listener in
+/// trouble does not spin.
+pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -76,7 +80,7 @@ pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Lis
                 Err(e) => {
                     // Out of file descriptors and the like: keep the listener, slow down.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(std::time::Duration::from_millis(ACCEPT_ERROR_PAUSE_MS)).await;
                     continue;
                 }
             },
