@@ -614,6 +614,15 @@ mod tests {
         );
     }
 
+    /// A link whose sign-on the bank answered 00 at `t0`.
+    fn signed_on(t0: Instant) -> Link {
+        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
+        link.handle_connected(at(t0, 0));
+        let f = link.poll_transmit().unwrap();
+        answer(&mut link, at(t0, 0), f, b"00");
+        link
+    }
+
     fn events(link: &mut Link) -> Vec<Event> {
         std::iter::from_fn(|| link.poll_event()).collect()
     }
@@ -732,10 +741,7 @@ mod tests {
     #[test]
     fn timeouts_late_answers_and_caps() {
         let t0 = Instant::now();
-        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
-        link.handle_connected(at(t0, 0));
-        let f = link.poll_transmit().unwrap();
-        answer(&mut link, at(t0, 0), f, b"00");
+        let mut link = signed_on(t0);
         events(&mut link);
         let (key, msg) = purchase(1);
         link.send(at(t0, 0), 1, key, msg, Duration::from_millis(100))
@@ -788,10 +794,7 @@ mod tests {
     #[test]
     fn advice_answered_by_owner() {
         let t0 = Instant::now();
-        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
-        link.handle_connected(at(t0, 0));
-        let f = link.poll_transmit().unwrap();
-        answer(&mut link, at(t0, 0), f, b"00");
+        let mut link = signed_on(t0);
         events(&mut link);
         let d = builtin::bank_bcd();
         let mut b = MessageBuilder::new(d, Mti::parse("0420").unwrap());
@@ -830,10 +833,7 @@ mod tests {
     #[test]
     fn garbage_keeps_link_up() {
         let t0 = Instant::now();
-        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
-        link.handle_connected(at(t0, 0));
-        let f = link.poll_transmit().unwrap();
-        answer(&mut link, at(t0, 0), f, b"00");
+        let mut link = signed_on(t0);
         link.handle_frame(
             at(t0, 1),
             Frame {
@@ -854,10 +854,7 @@ mod tests {
     #[test]
     fn sign_off_drains_then_down() {
         let t0 = Instant::now();
-        let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
-        link.handle_connected(at(t0, 0));
-        let f = link.poll_transmit().unwrap();
-        answer(&mut link, at(t0, 0), f, b"00");
+        let mut link = signed_on(t0);
         let (key, msg) = purchase(10);
         link.send(at(t0, 1), 1, key, msg, Duration::from_secs(5))
             .unwrap();
