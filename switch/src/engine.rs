@@ -494,26 +494,33 @@ impl Engine {
         }
     }
 
-    /// Stores the final answer in Redis. A `96` before recording releases the claim, so
-    /// that a retry is processed afresh; a `96` after the bank answered keeps the claim
-    /// (until it expires, and then PostgreSQL refuses a second record).
+    /// Settles the request's idempotency key after its answer: a `96` before recording
+    /// releases the claim, so that a retry is processed afresh; an answer that is not
+    /// recorded in PostgreSQL (a refusal without an RRN) is stored in Redis, so that a
+    /// retransmission gets it again. An answer with an RRN is recorded already: its claim
+    /// stays, and a retransmission reads the answer from the record
+    /// ([`Engine::answer_from_record`]), so a purchase costs one Redis round trip.
     ///
-    /// Runs after the merchant is answered: the key stays registered here (so a
-    /// retransmission arriving meanwhile gets the answer at once) until Redis has it.
+    /// The Redis write runs after the merchant is answered: the key stays registered here
+    /// (so a retransmission arriving meanwhile gets the answer at once) until Redis has it.
     pub(crate) fn finish(&self, key: String, answer: &Answer, guard: InFlightGuard) {
+        if answer.rrn.is_some() {
+            guard.resolve(answer.clone());
+            return;
+        }
         guard.publish(answer.clone());
         let limiter = self.limiter.clone();
         let metrics = self.metrics.clone();
         let answer = answer.clone();
         tokio::spawn(async move {
-            let res = match (answer.rc, &answer.rrn) {
-                (Rc::MALFUNCTION, None) => limiter.release(&key).await,
-                (Rc::MALFUNCTION, Some(_)) => Ok(()),
-                _ => limiter.store_answer(&key, &answer.to_redis()).await,
+            let res = if answer.rc == Rc::MALFUNCTION {
+                limiter.release(&key).await
+            } else {
+                limiter.store_answer(&key, &answer.to_redis()).await
             };
             if let Err(e) = res {
                 metrics.redis_errors.inc();
-                tracing::warn!(error = %e, "answer not stored in redis (PostgreSQL has it)");
+                tracing::warn!(error = %e, "answer not stored in redis");
             }
             guard.resolve(answer);
         });
@@ -528,7 +535,7 @@ impl Engine {
         let client = self.pool.get().await.ok()?;
         let row = client
             .query_opt(
-                "SELECT state, response_code, rrn, auth_code FROM transactions \
+                "SELECT state, response_code, rrn, auth_code, kind FROM transactions \
                  WHERE merchant_id = $1 AND terminal_id = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5",
                 &[merchant, terminal, stan, de7, mti],
             )
@@ -539,10 +546,18 @@ impl Engine {
             return None;
         }
         let rc = Rc::parse(&row.get::<_, Option<String>>(1)?)?;
+        let rrn: String = row.get(2);
+        let kind: &str = row.get(4);
+        // Approvals of completions, refunds and reversals carry the switch's own DE38
+        // when the bank gave none (docs/merchant-protocol.md), derived from the RRN.
+        let auth = row.get::<_, Option<String>>(3).or_else(|| {
+            (rc == Rc::APPROVED && !matches!(kind, "purchase" | "preauth"))
+                .then(|| crate::payments::switch_auth_code(&rrn))
+        });
         Some(Answer {
             rc,
-            rrn: Some(row.get(2)),
-            auth: row.get(3),
+            rrn: Some(rrn),
+            auth,
         })
     }
 
@@ -553,7 +568,7 @@ impl Engine {
         client
             .query_opt(
                 "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
-                 AND kind IN ('purchase', 'preauth') AND state IN ('authorising', 'approved')",
+                 AND kind IN ('purchase', 'preauth') AND order_live",
                 &[&merchant_id, &order_ref],
             )
             .await

@@ -250,21 +250,30 @@ WITH ins AS (
     $8::text[], $9::text[], $10::bigint[], $11::smallint[], $12::text[], $13::bytea[], $14::text[], $15::bytea[],
     $16::text[], $17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[], $22::text[], $23::text[])
   ON CONFLICT DO NOTHING
-  RETURNING id
+  RETURNING id, instance_id, state
+), doubt AS (
+  -- Recovery finds requests without an outcome here (no index on `state`, see V6).
+  INSERT INTO in_doubt (transaction_id, instance_id)
+  SELECT id, instance_id FROM ins WHERE state = 'authorising'
+  ON CONFLICT DO NOTHING
 ), upd AS (
   UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
     captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
   FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
   WHERE t.id = ANY($24::bigint[]) AND t.id = u.id
   RETURNING t.id, t.kind, t.state, t.amount_minor, t.currency, t.merchant_id, t.bank_id
+), settled AS (
+  DELETE FROM in_doubt WHERE transaction_id = ANY($24::bigint[])
 ), post AS (
   -- An approved purchase is captured at once: the bank owes it, the merchant is owed it.
+  -- Keyed by (transaction, account): an outcome written again after a lost
+  -- acknowledgement posts nothing more.
   INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
   SELECT upd.id, a.account, a.sign * upd.amount_minor, upd.currency,
     (now() AT TIME ZONE 'UTC' - make_interval(hours => $31::int))::date
   FROM upd, LATERAL (VALUES ('bank:' || upd.bank_id, 1), ('merchant:' || upd.merchant_id, -1)) AS a(account, sign)
   WHERE upd.kind = 'purchase' AND upd.state = 'approved'
-  RETURNING id
+  ON CONFLICT DO NOTHING
 ), rev AS (
   INSERT INTO reversals (transaction_id, bank_id, reason)
   SELECT * FROM unnest($28::bigint[], $29::text[], $30::text[])

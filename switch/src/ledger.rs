@@ -37,6 +37,27 @@ pub async fn check(pool: &Pool) -> Result<Vec<Violation>, DbError> {
         });
     }
 
+    // 1b. Each posting names a recorded transaction (postings carry no foreign key, so
+    //     that writing them costs one index; see migrations/V6__flat_journal.sql).
+    for r in client
+        .query(
+            "SELECT p.transaction_id, count(*)::bigint FROM ledger_postings p \
+             WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.id = p.transaction_id) \
+             GROUP BY p.transaction_id ORDER BY 1 LIMIT 10",
+            &[],
+        )
+        .await?
+    {
+        out.push(Violation {
+            rule: "posting-names-transaction",
+            detail: format!(
+                "{} postings name transaction {}, which is not recorded",
+                r.get::<_, i64>(1),
+                r.get::<_, i64>(0)
+            ),
+        });
+    }
+
     // 2. Each merchant's balance equals its captures less its refunds (reversed ones not
     //    counting), per currency, as the journal's payment rows say.
     for r in client

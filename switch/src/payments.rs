@@ -551,6 +551,16 @@ impl Engine {
                 auth: Some(auth),
             }));
         }
+        // A refund stays 'authorising' until the bank answers: recovery finds it here.
+        if let Err(e) = tx
+            .execute(
+                "INSERT INTO in_doubt (transaction_id, instance_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&id, &self.instance_id],
+            )
+            .await
+        {
+            return Err(release(self.db_error(e)));
+        }
         let effect = tx
             .execute(
                 "UPDATE transactions SET refund_reserved_minor = refund_reserved_minor + $2, updated_at = now() \
@@ -722,6 +732,11 @@ impl Engine {
         tx.execute(
             "UPDATE transactions SET state = $2, response_code = $3, auth_code = $4, updated_at = now() WHERE id = $1",
             &[&f.txn_id, &state, &rc.as_str(), &auth],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM in_doubt WHERE transaction_id = $1",
+            &[&f.txn_id],
         )
         .await?;
         match (f.kind, rc) {

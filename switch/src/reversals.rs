@@ -31,10 +31,12 @@ pub async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, DbError> {
     let client = pool.get().await?;
     let n = client
         .execute(
-            "WITH r AS (
-               UPDATE transactions SET state = 'reversing', response_code = '91', updated_at = now()
-               WHERE instance_id = $1 AND state = 'authorising' AND bank_id IS NOT NULL
-               RETURNING id, bank_id)
+            "WITH d AS (
+               DELETE FROM in_doubt WHERE instance_id = $1 RETURNING transaction_id
+             ), r AS (
+               UPDATE transactions t SET state = 'reversing', response_code = '91', updated_at = now()
+               FROM d WHERE t.id = d.transaction_id AND t.state = 'authorising' AND t.bank_id IS NOT NULL
+               RETURNING t.id, t.bank_id)
              INSERT INTO reversals (transaction_id, bank_id, reason)
              SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id, kind) DO NOTHING",
             &[&instance_id],

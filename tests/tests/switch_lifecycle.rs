@@ -937,7 +937,8 @@ async fn ledger_check_clean_then_detects_corruption() {
     let n = db
         .execute(
             "UPDATE ledger_postings SET amount_minor = amount_minor + 1 \
-             WHERE id = (SELECT min(id) FROM ledger_postings)",
+             WHERE (transaction_id, account) = \
+               (SELECT transaction_id, account FROM ledger_postings ORDER BY 1, 2 LIMIT 1)",
             &[],
         )
         .await
