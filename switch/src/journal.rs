@@ -282,38 +282,80 @@ WITH ins AS (
 )
 SELECT id FROM ins";
 
+/// The batch statement's array parameters, borrowed from the batch: nothing is copied
+/// between a request's record and the statement.
 #[derive(Default)]
-struct Columns {
+struct Columns<'a> {
     id: Vec<i64>,
     instance: Vec<i16>,
-    merchant: Vec<String>,
-    terminal: Vec<String>,
-    stan: Vec<String>,
-    transmitted: Vec<String>,
-    mti: Vec<String>,
-    kind: Vec<String>,
-    pcode: Vec<String>,
+    merchant: Vec<&'a str>,
+    terminal: Vec<&'a str>,
+    stan: Vec<&'a str>,
+    transmitted: Vec<&'a str>,
+    mti: Vec<&'a str>,
+    kind: Vec<&'a str>,
+    pcode: Vec<&'a str>,
     amount: Vec<i64>,
     currency: Vec<i16>,
-    order_ref: Vec<Option<String>>,
-    pan_hash: Vec<Option<Vec<u8>>>,
-    last4: Vec<Option<String>>,
-    card: Vec<Option<Vec<u8>>>,
-    rrn: Vec<String>,
-    bank: Vec<Option<String>>,
-    bank_stan: Vec<Option<String>>,
-    bank_transmitted: Vec<Option<String>>,
+    order_ref: Vec<Option<&'a str>>,
+    pan_hash: Vec<Option<&'a [u8]>>,
+    last4: Vec<Option<&'a str>>,
+    card: Vec<Option<&'a [u8]>>,
+    rrn: Vec<&'a str>,
+    bank: Vec<Option<&'a str>>,
+    bank_stan: Vec<Option<&'a str>>,
+    bank_transmitted: Vec<Option<&'a str>>,
     original: Vec<Option<i64>>,
-    state: Vec<String>,
-    rc: Vec<Option<String>>,
-    reason: Vec<Option<String>>,
+    state: Vec<&'a str>,
+    rc: Vec<Option<&'a str>>,
+    reason: Vec<Option<&'a str>>,
     u_id: Vec<i64>,
-    u_state: Vec<String>,
-    u_rc: Vec<String>,
-    u_auth: Vec<Option<String>>,
+    u_state: Vec<&'a str>,
+    u_rc: Vec<&'a str>,
+    u_auth: Vec<Option<&'a str>>,
     r_id: Vec<i64>,
-    r_bank: Vec<String>,
-    r_reason: Vec<String>,
+    r_bank: Vec<&'a str>,
+    r_reason: Vec<&'a str>,
+}
+
+impl<'a> Columns<'a> {
+    fn push_insert(&mut self, t: &'a NewTxn) {
+        self.id.push(t.id);
+        self.instance.push(t.instance_id);
+        self.merchant.push(&t.merchant_id);
+        self.terminal.push(&t.terminal_id);
+        self.stan.push(&t.stan);
+        self.transmitted.push(&t.transmitted_at);
+        self.mti.push(&t.mti);
+        self.kind.push(t.kind);
+        self.pcode.push(&t.processing_code);
+        self.amount.push(t.amount_minor);
+        self.currency.push(t.currency);
+        self.order_ref.push(t.order_ref.as_deref());
+        self.pan_hash.push(t.pan_hash.as_deref());
+        self.last4.push(t.pan_last4.as_deref());
+        self.card.push(t.card_enc.as_deref());
+        self.rrn.push(&t.rrn);
+        self.bank.push(t.bank_id.as_deref());
+        self.bank_stan.push(t.bank_stan.as_deref());
+        self.bank_transmitted.push(t.bank_transmitted_at.as_deref());
+        self.original.push(t.original_id);
+        self.state.push(t.state);
+        self.rc.push(t.response_code.as_deref());
+        self.reason.push(t.reason.as_deref());
+    }
+
+    fn push_update(&mut self, o: &'a Outcome) {
+        self.u_id.push(o.id);
+        self.u_state.push(o.state);
+        self.u_rc.push(&o.response_code);
+        self.u_auth.push(o.auth_code.as_deref());
+        if let Some((bank, reason)) = &o.reversal {
+            self.r_id.push(o.id);
+            self.r_bank.push(bank);
+            self.r_reason.push(reason);
+        }
+    }
 }
 
 async fn write_once(
@@ -325,42 +367,8 @@ async fn write_once(
     let mut c = Columns::default();
     for op in batch {
         match op {
-            Op::Insert(t, _) => {
-                c.id.push(t.id);
-                c.instance.push(t.instance_id);
-                c.merchant.push(t.merchant_id.clone());
-                c.terminal.push(t.terminal_id.clone());
-                c.stan.push(t.stan.clone());
-                c.transmitted.push(t.transmitted_at.clone());
-                c.mti.push(t.mti.clone());
-                c.kind.push(t.kind.to_string());
-                c.pcode.push(t.processing_code.clone());
-                c.amount.push(t.amount_minor);
-                c.currency.push(t.currency);
-                c.order_ref.push(t.order_ref.clone());
-                c.pan_hash.push(t.pan_hash.clone());
-                c.last4.push(t.pan_last4.clone());
-                c.card.push(t.card_enc.clone());
-                c.rrn.push(t.rrn.clone());
-                c.bank.push(t.bank_id.clone());
-                c.bank_stan.push(t.bank_stan.clone());
-                c.bank_transmitted.push(t.bank_transmitted_at.clone());
-                c.original.push(t.original_id);
-                c.state.push(t.state.to_string());
-                c.rc.push(t.response_code.clone());
-                c.reason.push(t.reason.clone());
-            }
-            Op::Update(o, _) => {
-                c.u_id.push(o.id);
-                c.u_state.push(o.state.to_string());
-                c.u_rc.push(o.response_code.clone());
-                c.u_auth.push(o.auth_code.clone());
-                if let Some((bank, reason)) = &o.reversal {
-                    c.r_id.push(o.id);
-                    c.r_bank.push(bank.clone());
-                    c.r_reason.push(reason.to_string());
-                }
-            }
+            Op::Insert(t, _) => c.push_insert(t),
+            Op::Update(o, _) => c.push_update(o),
         }
     }
     let rows = client
