@@ -120,6 +120,7 @@ pub async fn run(
     let r = &config.redis;
     let limiter = Limiter::connect(
         &r.url,
+        &r.cluster_nodes,
         r.key_prefix.clone(),
         config.limits.algorithm,
         r.claim_ttl_ms,

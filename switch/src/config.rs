@@ -112,6 +112,10 @@ pub struct DatabaseSection {
 #[serde(deny_unknown_fields)]
 pub struct RedisSection {
     pub url: String,
+    /// Nodes of a Redis Cluster (`redis://host:port`, some or all): when given, the switch
+    /// uses the cluster and `url` is not used.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key (lets instances of different deployments share a server).
     #[serde(default = "d_key_prefix")]
     pub key_prefix: String,

@@ -8,8 +8,11 @@
 
 use std::time::Duration;
 
+use redis::RedisFuture;
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 
 use crate::config::RateAlgorithm;
 
@@ -112,10 +115,46 @@ pub enum LimiterError {
     Unexpected,
 }
 
+/// One Redis server (reconnecting) or a Redis Cluster (routing each call by its keys'
+/// hash slot; every script call's keys share one slot, see [`Limiter::k`]).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// The Redis side of a request.
 #[derive(Clone)]
 pub struct Limiter {
-    conn: ConnectionManager,
+    conn: Conn,
     script: Script,
     prefix: String,
     algorithm: RateAlgorithm,
@@ -147,20 +186,33 @@ pub struct ClaimRequest<'a> {
 }
 
 impl Limiter {
+    /// Connects to one server at `url`, or to the Redis Cluster that `cluster_nodes`
+    /// (`redis://host:port` URLs of some of its nodes) belong to when it is not empty.
     pub async fn connect(
         url: &str,
+        cluster_nodes: &[String],
         prefix: String,
         algorithm: RateAlgorithm,
         claim_ttl_ms: u64,
         answer_ttl_ms: u64,
         timeout_ms: u64,
     ) -> Result<Limiter, LimiterError> {
-        let client = redis::Client::open(url)?;
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(timeout_ms.max(100) * 4)))
-            .set_response_timeout(Some(Duration::from_millis(timeout_ms)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, cfg).await?;
+        let connect_timeout = Duration::from_millis(timeout_ms.max(100) * 4);
+        let conn = if cluster_nodes.is_empty() {
+            let client = redis::Client::open(url)?;
+            let cfg = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(Duration::from_millis(timeout_ms)))
+                .set_number_of_retries(1);
+            Conn::Single(ConnectionManager::new_with_config(client, cfg).await?)
+        } else {
+            let client = ClusterClient::builder(cluster_nodes.iter().map(String::as_str))
+                .connection_timeout(connect_timeout)
+                .response_timeout(Duration::from_millis(timeout_ms))
+                .retries(1)
+                .build()?;
+            Conn::Cluster(client.get_async_connection().await?)
+        };
         Ok(Limiter {
             conn,
             script: Script::new(SCRIPT),
@@ -172,16 +224,36 @@ impl Limiter {
         })
     }
 
-    fn k(&self, kind: &str, rest: &str) -> String {
-        format!("{}{}:{}", self.prefix, kind, rest)
+    /// The idempotency key's Redis key. A request key starts with its merchant
+    /// (`engine::request_key`: `merchant|terminal|stan|de7|mti`), which becomes the tag.
+    fn idem_key(&self, request_key: &str) -> String {
+        let (merchant_id, rest) = request_key.split_once('|').unwrap_or((request_key, ""));
+        self.k("idem", merchant_id, rest)
+    }
+
+    /// A key of one merchant's: `{prefix}{kind}:{{merchant}}:{rest}`. Every key one script
+    /// call touches carries the merchant as its hash tag, so they share a Redis Cluster
+    /// slot and the script runs unchanged on a cluster (Redis Cluster specification, "Hash
+    /// tags"). The card velocity rule therefore counts a card's requests per merchant.
+    fn k(&self, kind: &str, merchant_id: &str, rest: &str) -> String {
+        let mut k = String::with_capacity(
+            self.prefix.len() + kind.len() + merchant_id.len() + rest.len() + 4,
+        );
+        k.push_str(&self.prefix);
+        k.push_str(kind);
+        k.push_str(":{");
+        k.push_str(merchant_id);
+        k.push_str("}:");
+        k.push_str(rest);
+        k
     }
 
     pub async fn claim(&self, r: &ClaimRequest<'_>) -> Result<Claim, LimiterError> {
         let mut conn = self.conn.clone();
         let mut inv = self.script.prepare_invoke();
-        inv.key(self.k("idem", r.key))
-            .key(self.k("rl:m", r.merchant_id))
-            .key(self.k("rl:c", r.card_hash_hex))
+        inv.key(self.idem_key(r.key))
+            .key(self.k("rl:m", r.merchant_id, ""))
+            .key(self.k("rl:c", r.merchant_id, r.card_hash_hex))
             .arg(if r.lookup_only { "lookup" } else { "full" })
             .arg(r.now_us)
             .arg(self.claim_ttl_ms)
@@ -206,7 +278,7 @@ impl Limiter {
     pub async fn store_answer(&self, key: &str, value: &str) -> Result<(), LimiterError> {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("SET")
-            .arg(self.k("idem", key))
+            .arg(self.idem_key(key))
             .arg(value)
             .arg("PX")
             .arg(self.answer_ttl_ms)
@@ -221,7 +293,7 @@ impl Limiter {
     /// Drops a claim (the request could not be recorded; a retry must be processed afresh).
     pub async fn release(&self, key: &str) -> Result<(), LimiterError> {
         let mut conn = self.conn.clone();
-        let cmd = redis::cmd("DEL").arg(self.k("idem", key)).to_owned();
+        let cmd = redis::cmd("DEL").arg(self.idem_key(key)).to_owned();
         let fut = cmd.query_async::<()>(&mut conn);
         tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
             .await

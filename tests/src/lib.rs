@@ -15,6 +15,7 @@
 //!   binary in parallel), and should hold a [`PgOutage`] guard so the server comes back even
 //!   when the test panics.
 //! - [`free_port`]: a TCP port that is free on 127.0.0.1.
+//! - [`RedisCluster`]: a private three-node Redis Cluster for one test.
 //! - [`unique_name`]: a name no other test of this run uses (Redis key prefixes, say).
 //! - [`spawn_binary`]: start a workspace binary from `target/debug`; the [`Spawned`] guard
 //!   kills it on drop. [`wait_for_line`] waits for a line on its stdout (or stderr) that
@@ -533,6 +534,128 @@ impl Drop for Spawned {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// How long a private Redis Cluster may take to agree on its slots after creation.
+const REDIS_CLUSTER_READY_WAIT: Duration = Duration::from_secs(30);
+/// Nodes in a private Redis Cluster: the fewest `redis-cli --cluster create` accepts
+/// without replicas.
+pub const REDIS_CLUSTER_NODES: usize = 3;
+
+/// A private three-node Redis Cluster on free ports, its files under
+/// `target/test-services/cluster-<name>/`; the nodes are shut down when this is dropped.
+#[derive(Debug)]
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    nodes: Vec<Child>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes (`--cluster-enabled yes`), joins them with `redis-cli --cluster
+    /// create` and waits until every node reports `cluster_state:ok`.
+    pub fn start(name: &str) -> RedisCluster {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/test-services")
+            .join(format!("cluster-{}", unique_name(name)));
+        std::fs::create_dir_all(&dir).expect("cluster dir");
+        let mut cluster = RedisCluster {
+            ports: Vec::new(),
+            nodes: Vec::new(),
+        };
+        for _ in 0..REDIS_CLUSTER_NODES {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server (install the Debian package redis-server)");
+            cluster.ports.push(port);
+            cluster.nodes.push(child);
+        }
+        for port in &cluster.ports {
+            wait_until("redis node answers PING", REDIS_CLUSTER_READY_WAIT, || {
+                redis_cli(*port, &["ping"]).is_some_and(|o| o.trim() == "PONG")
+            });
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(
+            created.status.success(),
+            "redis-cli --cluster create: {created:?}"
+        );
+        for port in &cluster.ports {
+            wait_until("cluster_state:ok", REDIS_CLUSTER_READY_WAIT, || {
+                redis_cli(*port, &["cluster", "info"])
+                    .is_some_and(|o| o.contains("cluster_state:ok"))
+            });
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:PORT` of every node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// The ports of the nodes.
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for (port, node) in self.ports.iter().zip(self.nodes.iter_mut()) {
+            let _ = redis_cli(*port, &["shutdown", "nosave"]);
+            let _ = node.kill();
+            let _ = node.wait();
+        }
+    }
+}
+
+/// Runs `redis-cli -p PORT ARGS` and returns its output, if it ran and succeeded.
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Polls `ready` every 50 ms until it holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

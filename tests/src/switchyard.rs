@@ -158,6 +158,9 @@ pub struct WorldOptions {
     /// Keys of one `[[bank]]` table each (by position: bank-a, bank-b), applied after
     /// `bank_overrides`, e.g. `("transport", "\"tls\"")`. Values are TOML. Empty by default.
     pub per_bank_overrides: Vec<Vec<(String, String)>>,
+    /// Nodes of a Redis Cluster (`redis://127.0.0.1:PORT`) to use instead of the private
+    /// Redis; see [`crate::RedisCluster`]. Empty by default.
+    pub redis_cluster_nodes: Vec<String>,
 }
 
 impl Default for WorldOptions {
@@ -170,6 +173,7 @@ impl Default for WorldOptions {
             merchant_burst: 1000,
             bank_overrides: Vec::new(),
             per_bank_overrides: Vec::new(),
+            redis_cluster_nodes: Vec::new(),
         }
     }
 }
@@ -218,12 +222,14 @@ journal_writers = 2
 [redis]
 url = "{redis}"
 key_prefix = "{redis_prefix}"
+cluster_nodes = {cluster_nodes:?}
 
 [security]
 master_key_hex = "{master}"
 pan_hash_key_hex = "{pan}"
 "#,
             redis = redis_url(),
+            cluster_nodes = opts.redis_cluster_nodes,
             master = "11".repeat(32),
             pan = "22".repeat(32),
         );
