@@ -1,19 +1,25 @@
 //! `loadgen`: open-loop load against the switch, next to the same load through a bare
-//! frame relay (the ceiling), with percentile reports, CPU per transaction, steal time,
-//! a chart, and reconciliation against the bank simulators' records. See docs/loadtest.md.
+//! frame relay (the ceiling), with percentile reports, CPU per answered request by
+//! program (by PID tree, over the measured window), steal time, the switch's journal and
+//! Redis figures, PostgreSQL's top statements, a chart, and reconciliation against the
+//! bank simulators' records. See docs/loadtest.md.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use loadtest::load::mix::Mix;
+use loadtest::load::pg::{self, DbReport};
+use loadtest::load::proctree::{Roots, parse_role_pid};
 use loadtest::load::run::{self, RunSpec, Target};
 use loadtest::load::schedule::Search;
 use loadtest::load::stats::{RunReport, table};
 use loadtest::load::svg;
+use loadtest::load::window::Sources;
 use loadtest::merchant::Merchant;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -59,9 +65,33 @@ struct Args {
     /// Control endpoints (HTTP) of the bank simulators behind the switch; repeatable.
     #[arg(long)]
     bank_control: Vec<SocketAddr>,
-    /// The switch's process id, for CPU per transaction.
+    /// The switch's process id, for CPU per transaction (`forwarder` in its run).
     #[arg(long)]
     switch_pid: Option<u32>,
+    /// ROLE=PID, repeatable: CPU of this process and its descendants over the measured
+    /// window, reported per answered request under ROLE (several PIDs may share one
+    /// role, e.g. --pid bank_sim=A --pid bank_sim=B). Roles forwarder, loadgen and
+    /// machine are loadgen's own.
+    #[arg(long = "pid", value_name = "ROLE=PID", value_parser = parse_role_pid)]
+    pids: Vec<(String, u32)>,
+    /// The switch's admin address: its /metrics are read at the window's edges
+    /// (journal batches and commit time, its Redis calls).
+    #[arg(long, value_name = "ADDR")]
+    switch_metrics: Option<SocketAddr>,
+    /// Redis (host:port): INFO commandstats at the window's edges, for Redis commands
+    /// per answered request.
+    #[arg(long, value_name = "ADDR")]
+    redis: Option<SocketAddr>,
+    /// The switch's database: pg_stat_statements is reset at each window's start and
+    /// its top statements read at the switch window's end; table sizes are read too.
+    #[arg(long, value_name = "URL")]
+    pg_url: Option<String>,
+    /// Historical transactions preloaded before the switch started (for the report).
+    #[arg(long)]
+    preload_rows: Option<u64>,
+    /// How long the preload took (for the report).
+    #[arg(long)]
+    preload_seconds: Option<f64>,
     /// A relay already running (else one is started with --relay-upstream).
     #[arg(long)]
     relay: Option<SocketAddr>,
@@ -136,12 +166,27 @@ struct Plan {
     merchants: Vec<Merchant>,
     ceiling: Option<Ceiling>,
     nonce: u32,
+    sources: Sources,
 }
 
 impl Plan {
     fn spec(&mut self, relay: bool, rate: u64) -> RunSpec {
         self.nonce = (self.nonce + 1) % 1000;
         let a = &self.args;
+        let mut roots = Roots::new();
+        for (role, pid) in &a.pids {
+            roots.add(role, *pid);
+        }
+        let relay_pid = self.ceiling.as_ref().and_then(|c| c.pid);
+        match (relay, relay_pid) {
+            (true, Some(p)) => roots.add("forwarder", p),
+            // The idle relay (loadgen's child) is not loadgen's work.
+            (false, Some(p)) => roots.exclude(p),
+            _ => {}
+        }
+        if let (false, Some(p)) = (relay, a.switch_pid) {
+            roots.add("forwarder", p);
+        }
         let (name, target, processes, controls) = match (&self.ceiling, relay) {
             (Some(c), true) => (
                 "relay",
@@ -173,6 +218,8 @@ impl Plan {
             mix: self.mix,
             answer_timeout: Duration::from_millis(a.answer_timeout_ms),
             processes,
+            roots,
+            sources: self.sources.clone(),
             bank_controls: controls,
             reconcile_wait: Duration::from_secs(a.reconcile_wait_s),
             nonce: self.nonce,
@@ -221,10 +268,7 @@ async fn search(plan: &mut Plan, relay: bool) -> Result<(Option<u64>, Vec<RunRep
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args = Args::parse();
-    let mix = Mix::parse(&args.mix)?;
+fn merchants_of(args: &Args) -> Result<Vec<Merchant>> {
     if args.merchant.len() != args.key.len() {
         bail!("give one --key per --merchant");
     }
@@ -239,73 +283,56 @@ async fn main() -> Result<()> {
     if args.addr.is_some() && merchants.is_empty() {
         bail!("--addr needs --merchant and --key");
     }
-    let ceiling = if args.no_ceiling {
-        None
+    Ok(merchants)
+}
+
+async fn ceiling_of(args: &Args) -> Result<Option<Ceiling>> {
+    let control: Vec<SocketAddr> = args.relay_control.into_iter().collect();
+    if args.no_ceiling {
+        Ok(None)
     } else if let Some(addr) = args.relay {
-        Some(Ceiling {
+        Ok(Some(Ceiling {
             addr,
             pid: args.relay_pid,
-            control: args.relay_control.into_iter().collect(),
+            control,
             _child: None,
-        })
+        }))
     } else if let Some(up) = args.relay_upstream {
         let (addr, child) = start_relay(up).await?;
         eprintln!("relay listening on {addr}, forwarding to {up}");
-        Some(Ceiling {
+        Ok(Some(Ceiling {
             addr,
             pid: child.id(),
-            control: args.relay_control.into_iter().collect(),
+            control,
             _child: Some(child),
-        })
+        }))
     } else {
-        None
-    };
-    if args.addr.is_none() && ceiling.is_none() {
-        bail!("nothing to run: give --addr (the switch) and/or --relay / --relay-upstream");
+        Ok(None)
     }
-    if let Some(addr) = args.addr {
-        eprintln!("waiting for the switch's bank links ...");
-        run::wait_links_ready(addr, &merchants[0]).await?;
-    }
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating {}", args.out.display()))?;
-    let nonce = (codec::clock::unix_now() % 1000) as u32;
-    let mut plan = Plan {
-        args,
-        mix,
-        merchants,
-        ceiling,
-        nonce,
-    };
+}
+
+/// The runs in order (relay, then switch; each a search when asked), the runs to chart,
+/// and the search's result.
+async fn run_all(plan: &mut Plan) -> Result<(Vec<RunReport>, Vec<usize>, serde_json::Value)> {
     let has_switch = plan.args.addr.is_some();
     let has_relay = plan.ceiling.is_some();
-
     let mut runs: Vec<RunReport> = vec![];
     let mut chart_runs: Vec<usize> = vec![];
-    let mut search_result = serde_json::Value::Null;
-    if plan.args.search {
-        let mut best = serde_json::Map::new();
-        for (relay, present) in [(true, has_relay), (false, has_switch)] {
-            if !present {
-                continue;
-            }
-            let (b, reports) = search(&mut plan, relay).await?;
-            let name = if relay { "relay" } else { "switch" };
-            best.insert(name.into(), json!(b));
+    let mut best = serde_json::Map::new();
+    for (relay, present) in [(true, has_relay), (false, has_switch)] {
+        if !present {
+            continue;
+        }
+        if plan.args.search {
+            let (b, reports) = search(plan, relay).await?;
+            best.insert(if relay { "relay" } else { "switch" }.into(), json!(b));
             let best_idx = reports
                 .iter()
                 .position(|r| Some(r.offered_rate) == b)
                 .map(|i| runs.len() + i);
             runs.extend(reports);
             chart_runs.extend(best_idx);
-        }
-        best.insert("p99_target_ms".into(), json!(plan.args.p99_target_ms));
-        search_result = serde_json::Value::Object(best);
-    } else {
-        for (relay, present) in [(true, has_relay), (false, has_switch)] {
-            if !present {
-                continue;
-            }
+        } else {
             let spec = plan.spec(relay, plan.args.rate);
             let r = run::run(spec).await?;
             eprintln!("{}", summary_line(&r));
@@ -313,8 +340,50 @@ async fn main() -> Result<()> {
             runs.push(r);
         }
     }
+    if !plan.args.search {
+        return Ok((runs, chart_runs, serde_json::Value::Null));
+    }
+    best.insert("p99_target_ms".into(), json!(plan.args.p99_target_ms));
+    Ok((runs, chart_runs, serde_json::Value::Object(best)))
+}
 
-    let text = table(&runs);
+/// Table sizes now, or a note saying why not.
+async fn table_bytes(
+    pg: Option<&Arc<tokio_postgres::Client>>,
+    notes: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, Option<i64>> {
+    let Some(c) = pg else {
+        return Default::default();
+    };
+    pg::table_bytes(c).await.unwrap_or_else(|e| {
+        notes.push(format!("table sizes: {e}"));
+        Default::default()
+    })
+}
+
+/// The database section: the preload, sizes, and the last switch run's statements.
+async fn finish_db(plan: &Plan, mut db: DbReport, runs: &[RunReport]) -> DbReport {
+    db.table_bytes_end = table_bytes(plan.sources.pg.as_ref(), &mut db.notes).await;
+    if plan.sources.pg.is_some()
+        && let Some(r) = runs.iter().rev().find(|r| r.name == "switch")
+    {
+        db.top_statements_run = Some(format!("{} @{}/s", r.name, r.offered_rate));
+        db.top_statements = r.top_statements.clone();
+    }
+    db
+}
+
+/// Writes report.json, table.txt and chart.svg, and prints the table.
+fn write_reports(
+    plan: &Plan,
+    runs: &[RunReport],
+    chart_runs: &[usize],
+    search_result: &serde_json::Value,
+    db: &DbReport,
+) -> Result<()> {
+    let mut text = table(runs);
+    text.push('\n');
+    text.push_str(&pg::db_table(db));
     println!("{text}");
     if !search_result.is_null() {
         println!(
@@ -327,6 +396,7 @@ async fn main() -> Result<()> {
         "generated_at": date_text(),
         "mode": if plan.args.search { "search" } else { "fixed" },
         "search": search_result,
+        "db": db,
         "runs": runs,
     });
     std::fs::write(
@@ -338,18 +408,75 @@ async fn main() -> Result<()> {
     let title = format!("Switchyard load, {} ({})", date_text(), plan.args.mix);
     std::fs::write(out.join("chart.svg"), svg::chart(&charted, &title))?;
     eprintln!("reports in {}", out.display());
+    Ok(())
+}
 
+/// Prints reconciliation failures; true when there were any.
+fn report_failures(runs: &[RunReport]) -> bool {
     let failed: Vec<&RunReport> = runs.iter().filter(|r| !r.reconciliation.ok()).collect();
-    if !failed.is_empty() {
-        for r in failed {
-            eprintln!(
-                "RECONCILIATION FAILED for {} @{}/s:",
-                r.name, r.offered_rate
-            );
-            for f in &r.reconciliation.failures {
-                eprintln!("  {} x{}: {}", f.check, f.count, f.examples.join(", "));
-            }
+    for r in &failed {
+        eprintln!(
+            "RECONCILIATION FAILED for {} @{}/s:",
+            r.name, r.offered_rate
+        );
+        for f in &r.reconciliation.failures {
+            eprintln!("  {} x{}: {}", f.check, f.count, f.examples.join(", "));
         }
+    }
+    !failed.is_empty()
+}
+
+async fn sources_of(args: &Args) -> Result<Sources> {
+    let pg = match &args.pg_url {
+        Some(url) => Some(
+            pg::connect(url)
+                .await
+                .with_context(|| format!("connecting to {url}"))?,
+        ),
+        None => None,
+    };
+    Ok(Sources {
+        metrics: args.switch_metrics,
+        redis: args.redis,
+        pg,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let mix = Mix::parse(&args.mix)?;
+    let merchants = merchants_of(&args)?;
+    let ceiling = ceiling_of(&args).await?;
+    if args.addr.is_none() && ceiling.is_none() {
+        bail!("nothing to run: give --addr (the switch) and/or --relay / --relay-upstream");
+    }
+    if let Some(addr) = args.addr {
+        eprintln!("waiting for the switch's bank links ...");
+        run::wait_links_ready(addr, &merchants[0]).await?;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let sources = sources_of(&args).await?;
+    let mut db = DbReport {
+        preload_rows: args.preload_rows,
+        preload_seconds: args.preload_seconds,
+        ..DbReport::default()
+    };
+    db.table_bytes_start = table_bytes(sources.pg.as_ref(), &mut db.notes).await;
+    let nonce = (codec::clock::unix_now() % 1000) as u32;
+    let mut plan = Plan {
+        args,
+        mix,
+        merchants,
+        ceiling,
+        nonce,
+        sources,
+    };
+    let (runs, chart_runs, search_result) = run_all(&mut plan).await?;
+    let db = finish_db(&plan, db, &runs).await;
+    write_reports(&plan, &runs, &chart_runs, &search_result, &db)?;
+    if report_failures(&runs) {
         // Stops the relay this process started (exit skips destructors).
         drop(plan);
         std::process::exit(2);

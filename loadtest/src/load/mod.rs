@@ -4,13 +4,20 @@
 //! Decisions are plain functions, unit-tested: [`mix`] (what each slot sends),
 //! [`schedule`] (when it is due; the rate search), [`stats`] (percentiles, the table),
 //! [`reconcile`] (the harness against the bank's record), [`sysstat`] (steal and CPU
-//! from /proc), [`svg`] (the chart). [`run`] does the I/O; [`http`] reads the record.
+//! from /proc), [`proctree`] (CPU by role over a window, by PID tree), [`switchstats`]
+//! (journal and Redis figures from two snapshots), [`pg`] (statement figures), [`svg`]
+//! (the chart). [`run`] does the I/O, [`window`] samples the measured window; [`http`]
+//! reads the record and the switch's metrics.
 
 pub mod http;
 pub mod mix;
+pub mod pg;
+pub mod proctree;
 pub mod reconcile;
 pub mod run;
 pub mod schedule;
 pub mod stats;
 pub mod svg;
+pub mod switchstats;
 pub mod sysstat;
+pub mod window;

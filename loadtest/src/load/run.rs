@@ -9,15 +9,18 @@ use std::time::Duration;
 use codec::{MacCheck, Mti, OwnedMessage, builtin};
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::http::{self, HttpError};
 use super::mix::{Kind, Mix, amount_minor, expected_code};
+use super::proctree::Roots;
 use super::reconcile::{self, OriginalAnswer, Reconciliation, Seen, SimRecord};
 use super::schedule::{due_offset, slots};
 use super::stats::{Collector, CpuReport, Observation, ProcessCpu, ReportSpec, RunReport};
 use super::sysstat;
+use super::window::{self, Observed, Sources, WindowSpec};
 use crate::merchant::{
     self, Answer, Client, ClientError, Merchant, PurchaseSpec, luhn_complete, repeat_of,
 };
@@ -103,8 +106,13 @@ pub struct RunSpec {
     pub mix: Mix,
     /// A request unanswered this long after the last one was due counts as lost.
     pub answer_timeout: Duration,
-    /// Processes whose CPU time is measured: (name, pid).
+    /// Processes whose CPU time is measured over the whole run: (name, pid).
     pub processes: Vec<(String, u32)>,
+    /// Roles whose CPU is measured over the measured window, by PID tree (loadgen
+    /// adds itself).
+    pub roots: Roots,
+    /// The switch's metrics, Redis and PostgreSQL, read at the window's edges.
+    pub sources: Sources,
     /// Control endpoints of the bank simulators behind the target.
     pub bank_controls: Vec<SocketAddr>,
     /// How long reconciliation waits for reversals of `91`s to reach the bank.
@@ -394,7 +402,7 @@ async fn progress_loop(
     }
 }
 
-fn cpu_now(processes: &[(String, u32)]) -> (sysstat::MachineTicks, Vec<Option<u64>>) {
+fn cpu_now(processes: &[(String, u32)]) -> CpuSnapshot {
     let machine = sysstat::read_machine().unwrap_or_default();
     let procs = processes
         .iter()
@@ -472,13 +480,10 @@ pub async fn wait_links_ready(addr: SocketAddr, m: &Merchant) -> Result<(), RunE
     Ok(())
 }
 
-/// Runs one open-loop load run and reconciles it.
-pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
-    if spec.connections == 0 || spec.connections > CONNECTIONS_MAX {
-        return Err(RunError::Connections);
-    }
-    let spec = Arc::new(spec);
-    reset_banks(&spec.bank_controls).await?;
+type Receivers = Vec<mpsc::UnboundedReceiver<Answer<Tag>>>;
+
+/// Opens the run's connections; each takes the next merchant in turn.
+async fn connect_all(spec: &RunSpec) -> Result<(Vec<Arc<Conn>>, Receivers), RunError> {
     let dialect = match spec.target {
         Target::Switch { .. } => builtin::merchant(),
         Target::Relay { .. } => builtin::bank_bcd(),
@@ -499,50 +504,80 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
         }));
         receivers.push(rx);
     }
-    let terminals: HashSet<String> = conns.iter().map(|c| c.terminal.clone()).collect();
+    Ok((conns, receivers))
+}
 
-    let mut processes = spec.processes.clone();
-    processes.push(("loadgen".into(), std::process::id()));
-    let (m0, p0) = cpu_now(&processes);
+/// The tasks that run beside the senders.
+struct Tasks {
+    answers: Vec<JoinHandle<()>>,
+    progress: Option<JoinHandle<()>>,
+    window: JoinHandle<Observed>,
+    stop: CancellationToken,
+}
 
-    let t0 = Instant::now() + START_LEAD;
-    let total = slots(spec.rate, spec.warmup_s + spec.duration_s);
-    let state: Shared = Arc::new(Mutex::new(State {
-        collector: Collector::new(t0, Duration::from_secs(spec.warmup_s)),
-        seen: Vec::new(),
-        seen_dropped: 0,
-    }));
+fn start_tasks(
+    spec: &Arc<RunSpec>,
+    conns: &[Arc<Conn>],
+    receivers: Receivers,
+    state: &Shared,
+    t0: Instant,
+) -> Tasks {
     let stop = CancellationToken::new();
-    let mut answer_tasks = vec![];
-    for (conn, rx) in conns.iter().zip(receivers) {
-        answer_tasks.push(tokio::spawn(answer_loop(
-            conn.clone(),
-            rx,
-            state.clone(),
-            stop.clone(),
-        )));
-    }
+    let answers = conns
+        .iter()
+        .zip(receivers)
+        .map(|(conn, rx)| tokio::spawn(answer_loop(conn.clone(), rx, state.clone(), stop.clone())))
+        .collect();
     let progress = spec.progress.then(|| {
         tokio::spawn(progress_loop(
             spec.name.clone(),
             t0,
             spec.warmup_s + spec.duration_s,
-            conns.clone(),
+            conns.to_vec(),
             state.clone(),
             stop.clone(),
         ))
     });
+    let mut roots = spec.roots.clone();
+    roots.add("loadgen", std::process::id());
+    let start = t0 + Duration::from_secs(spec.warmup_s);
+    let window = tokio::spawn(window::observe(WindowSpec {
+        roots,
+        start,
+        end: start + Duration::from_secs(spec.duration_s),
+        switch_sources: matches!(spec.target, Target::Switch { .. }),
+        sources: spec.sources.clone(),
+    }));
+    Tasks {
+        answers,
+        progress,
+        window,
+        stop,
+    }
+}
+
+/// Sends the whole schedule, then waits for the answers (at most the answer timeout
+/// after the last request was due), then stops the tasks; returns what the window saw.
+async fn send_and_drain(
+    spec: &Arc<RunSpec>,
+    conns: &[Arc<Conn>],
+    tasks: Tasks,
+    state: &Shared,
+    t0: Instant,
+) -> Observed {
+    let total = slots(spec.rate, spec.warmup_s + spec.duration_s);
     let senders: Vec<_> = conns
         .iter()
         .enumerate()
         .map(|(c, conn)| {
+            let args = (conn.clone(), c, conns.len(), spec.clone(), t0, total);
             tokio::spawn(send_loop(
-                conn.clone(),
-                c,
-                conns.len(),
-                spec.clone(),
-                t0,
-                total,
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
                 state.clone(),
             ))
         })
@@ -555,80 +590,134 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
     while Instant::now() < drain_deadline && conns.iter().any(|c| c.client.in_flight() > 0) {
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    stop.cancel();
-    for t in answer_tasks {
+    tasks.stop.cancel();
+    for t in tasks.answers {
         let _ = t.await;
     }
-    if let Some(p) = progress {
+    if let Some(p) = tasks.progress {
         let _ = p.await;
     }
-    let (m1, p1) = cpu_now(&processes);
+    tasks.window.await.unwrap_or_else(|e| Observed {
+        notes: vec![format!("window observer failed: {e}")],
+        ..Observed::default()
+    })
+}
+
+/// Counts what is still unanswered as lost (and keeps it for reconciliation); returns
+/// the answers that matched no request.
+fn abandon_pending(conns: &[Arc<Conn>], state: &Shared) -> u64 {
     let mut unmatched = 0;
-    {
-        let mut s = lock(&state);
-        for conn in &conns {
-            unmatched += conn.client.unmatched();
-            for (_, tag) in conn.client.abandon_pending() {
-                s.collector.no_answer += 1;
-                s.seen.push(Seen {
-                    kind: tag.kind,
-                    terminal: conn.terminal.clone(),
-                    amount_minor: tag.amount,
-                    code: None,
-                    rrn: None,
-                    auth: None,
-                    original: tag.original,
-                });
-            }
+    let mut s = lock(state);
+    for conn in conns {
+        unmatched += conn.client.unmatched();
+        for (_, tag) in conn.client.abandon_pending() {
+            s.collector.no_answer += 1;
+            s.seen.push(Seen {
+                kind: tag.kind,
+                terminal: conn.terminal.clone(),
+                amount_minor: tag.amount,
+                code: None,
+                rrn: None,
+                auth: None,
+                original: tag.original,
+            });
         }
     }
-    drop(conns);
+    unmatched
+}
 
-    let (seen, mut report) = {
-        let mut s = lock(&state);
-        let report = s.collector.report(ReportSpec {
-            name: spec.name.clone(),
-            target: spec.target.addr().to_string(),
-            rate: spec.rate,
-            connections: spec.connections,
-            warmup_s: spec.warmup_s,
-            duration_s: spec.duration_s,
-            mix: match spec.target {
-                Target::Switch { .. } => spec.mix.to_string(),
-                Target::Relay { .. } => spec.mix.for_relay().to_string(),
-            },
-        });
-        (std::mem::take(&mut s.seen), report)
-    };
-    report.unmatched = unmatched;
-    let machine = m1.since(&m0);
+type CpuSnapshot = (sysstat::MachineTicks, Vec<Option<u64>>);
+
+/// The whole run's CPU figures (warm-up included) of the listed processes, and steal.
+fn cpu_report(
+    processes: &[(String, u32)],
+    a: &CpuSnapshot,
+    b: &CpuSnapshot,
+    answered: u64,
+) -> CpuReport {
+    let machine = b.0.since(&a.0);
     #[allow(clippy::float_arithmetic)]
     let steal_pct = if machine.total == 0 {
         0.0
     } else {
         machine.steal as f64 * 100.0 / machine.total as f64
     };
-    report.cpu = CpuReport {
+    let processes = processes
+        .iter()
+        .zip(a.1.iter().zip(&b.1))
+        .map(|((name, pid), (a, b))| {
+            let ticks = match (a, b) {
+                (Some(a), Some(b)) => b.saturating_sub(*a),
+                _ => 0,
+            };
+            ProcessCpu {
+                name: name.clone(),
+                pid: *pid,
+                ticks,
+                us_per_txn: sysstat::micros_per_txn(ticks, answered),
+            }
+        })
+        .collect();
+    CpuReport {
         steal_ticks: machine.steal,
         total_ticks: machine.total,
         steal_pct,
-        processes: processes
-            .iter()
-            .zip(p0.iter().zip(&p1))
-            .map(|((name, pid), (a, b))| {
-                let ticks = match (a, b) {
-                    (Some(a), Some(b)) => b.saturating_sub(*a),
-                    _ => 0,
-                };
-                ProcessCpu {
-                    name: name.clone(),
-                    pid: *pid,
-                    ticks,
-                    us_per_txn: sysstat::micros_per_txn(ticks, report.answered),
-                }
-            })
-            .collect(),
+        processes,
+    }
+}
+
+fn report_spec(spec: &RunSpec) -> ReportSpec {
+    ReportSpec {
+        name: spec.name.clone(),
+        target: spec.target.addr().to_string(),
+        rate: spec.rate,
+        connections: spec.connections,
+        warmup_s: spec.warmup_s,
+        duration_s: spec.duration_s,
+        mix: match spec.target {
+            Target::Switch { .. } => spec.mix.to_string(),
+            Target::Relay { .. } => spec.mix.for_relay().to_string(),
+        },
+    }
+}
+
+/// Runs one open-loop load run and reconciles it.
+pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
+    if spec.connections == 0 || spec.connections > CONNECTIONS_MAX {
+        return Err(RunError::Connections);
+    }
+    let spec = Arc::new(spec);
+    reset_banks(&spec.bank_controls).await?;
+    let (conns, receivers) = connect_all(&spec).await?;
+    let terminals: HashSet<String> = conns.iter().map(|c| c.terminal.clone()).collect();
+    let mut processes = spec.processes.clone();
+    processes.push(("loadgen".into(), std::process::id()));
+    let cpu0 = cpu_now(&processes);
+
+    let t0 = Instant::now() + START_LEAD;
+    let state: Shared = Arc::new(Mutex::new(State {
+        collector: Collector::new(
+            t0,
+            Duration::from_secs(spec.warmup_s),
+            Duration::from_secs(spec.duration_s),
+        ),
+        seen: Vec::new(),
+        seen_dropped: 0,
+    }));
+    let tasks = start_tasks(&spec, &conns, receivers, &state, t0);
+    let observed = send_and_drain(&spec, &conns, tasks, &state, t0).await;
+    let cpu1 = cpu_now(&processes);
+    let unmatched = abandon_pending(&conns, &state);
+    drop(conns);
+
+    let (seen, mut report) = {
+        let mut s = lock(&state);
+        let report = s.collector.report(report_spec(&spec));
+        (std::mem::take(&mut s.seen), report)
     };
+    report.unmatched = unmatched;
+    report.cpu = cpu_report(&processes, &cpu0, &cpu1, report.answered);
+    report.apply_window(observed);
     if !spec.bank_controls.is_empty() {
         report.reconciliation =
             reconcile_with_bank(&seen, &spec.bank_controls, &terminals, spec.reconcile_wait)

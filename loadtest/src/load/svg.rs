@@ -176,7 +176,7 @@ mod tests {
     // Proves the chart is one SVG document with two lines per run and escaped labels.
     #[test]
     fn chart_shape() {
-        let c = Collector::new(tokio::time::Instant::now(), Duration::ZERO);
+        let c = Collector::new(tokio::time::Instant::now(), Duration::ZERO, Duration::ZERO);
         let mut r = c.report(ReportSpec {
             name: "relay<1>".into(),
             target: String::new(),

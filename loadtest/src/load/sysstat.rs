@@ -1,5 +1,6 @@
-//! What the kernel says about CPU: steal time of the whole machine (`/proc/stat`) and
-//! CPU time of one process (`/proc/PID/stat`). Parsing is plain functions.
+//! What the kernel says about CPU: busy and steal time of the whole machine
+//! (`/proc/stat`) and CPU time of processes (`/proc/PID/stat`). Parsing is plain
+//! functions.
 
 use std::io;
 
@@ -13,6 +14,8 @@ pub const MICROS_PER_TICK: u64 = 1_000_000 / USER_HZ;
 pub struct MachineTicks {
     pub total: u64,
     pub steal: u64,
+    /// user + nice + system + irq + softirq: everything but idle, iowait and steal.
+    pub busy: u64,
 }
 
 impl MachineTicks {
@@ -20,6 +23,7 @@ impl MachineTicks {
         MachineTicks {
             total: self.total.saturating_sub(earlier.total),
             steal: self.steal.saturating_sub(earlier.steal),
+            busy: self.busy.saturating_sub(earlier.busy),
         }
     }
 }
@@ -40,6 +44,7 @@ pub fn parse_machine(stat: &str) -> Option<MachineTicks> {
     Some(MachineTicks {
         total: v.iter().sum(),
         steal: v[7],
+        busy: v[0] + v[1] + v[2] + v[5] + v[6],
     })
 }
 
@@ -52,6 +57,54 @@ pub fn parse_process(stat: &str) -> Option<u64> {
     let utime: u64 = f.get(11)?.parse().ok()?;
     let stime: u64 = f.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// One process as `/proc/PID/stat` describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcEntry {
+    pub pid: u32,
+    pub ppid: u32,
+    /// When it started, in ticks since boot: with the pid, it names one process even
+    /// when the pid is reused.
+    pub start: u64,
+    /// utime + stime of all its threads, live and exited.
+    pub ticks: u64,
+}
+
+/// Parses pid, ppid, start time and utime + stime from `/proc/PID/stat`.
+pub fn parse_proc_entry(stat: &str) -> Option<ProcEntry> {
+    let pid = stat.split_whitespace().next()?.parse().ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After the name: state is field 3 (index 0 here), ppid 4, utime 14, stime 15,
+    // starttime 22.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(ProcEntry {
+        pid,
+        ppid: f.get(1)?.parse().ok()?,
+        start: f.get(19)?.parse().ok()?,
+        ticks: parse_process(stat)?,
+    })
+}
+
+/// Every process on the machine now (those that exit while being read are skipped).
+pub fn read_all_processes() -> io::Result<Vec<ProcEntry>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            && let Some(p) = parse_proc_entry(&s)
+        {
+            out.push(p);
+        }
+    }
+    Ok(out)
 }
 
 pub fn read_machine() -> io::Result<MachineTicks> {
@@ -80,11 +133,14 @@ mod tests {
         let t = parse_machine(s).unwrap();
         assert_eq!(t.steal, 8);
         assert_eq!(t.total, 100 + 2 + 30 + 400 + 5 + 6 + 7 + 8);
+        assert_eq!(t.busy, 100 + 2 + 30 + 6 + 7);
         let later = MachineTicks {
             total: 700,
             steal: 20,
+            busy: 200,
         };
         assert_eq!(later.since(&t).steal, 12);
+        assert_eq!(later.since(&t).busy, 55);
         assert!(parse_machine("intr 1 2 3").is_none());
     }
 
@@ -95,6 +151,9 @@ mod tests {
         assert_eq!(parse_process(s), Some(300));
         assert_eq!(micros_per_txn(300, 1000), Some(3000));
         assert_eq!(micros_per_txn(300, 0), None);
+        let e = parse_proc_entry(s).unwrap();
+        assert_eq!((e.pid, e.ppid, e.ticks, e.start), (4242, 1, 300, 1000));
+        assert!(parse_proc_entry("4242 (x) S 1").is_none());
     }
 
     // Proves the live files parse on this machine.
@@ -102,5 +161,7 @@ mod tests {
     fn live_proc() {
         assert!(read_machine().unwrap().total > 0);
         read_process(std::process::id()).unwrap();
+        let all = read_all_processes().unwrap();
+        assert!(all.iter().any(|p| p.pid == std::process::id()));
     }
 }

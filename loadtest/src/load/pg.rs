@@ -1,0 +1,225 @@
+//! PostgreSQL figures of a benchmark: the statements that took the database's time in
+//! the measured window (`pg_stat_statements`, reset at the window's start), and the size
+//! of the journal's tables.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio_postgres::{Client, NoTls};
+
+/// Statements reported: the issue asks for the top ten.
+pub const TOP_STATEMENTS: i64 = 10;
+/// Characters of a statement's text kept in the report (enough to recognise it).
+pub const QUERY_TEXT_MAX: usize = 160;
+/// The tables whose size is reported (the journal's, which grow with every purchase).
+pub const SIZED_TABLES: [&str; 2] = ["transactions", "ledger_postings"];
+
+/// The bench database's statements by exec + plan time, with everyone's total for the
+/// share; our own statements about pg_stat_statements are left out.
+const TOP_SQL: &str = "
+WITH s AS (
+  SELECT calls, total_exec_time + total_plan_time AS t, rows, query
+  FROM pg_stat_statements
+  WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+    AND query NOT ILIKE '%pg_stat_statements%'
+)
+SELECT calls, t, rows, query, sum(t) OVER () FROM s ORDER BY t DESC LIMIT $1";
+
+/// One statement's share of the window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TopStatement {
+    pub calls: u64,
+    pub mean_ms: f64,
+    pub rows_per_call: f64,
+    pub total_ms: f64,
+    /// Percent of all statements' exec + plan time in the window.
+    pub share_pct: f64,
+    /// The normalised text, whitespace collapsed, cut at [`QUERY_TEXT_MAX`] characters.
+    pub query: String,
+}
+
+/// What report.json says about the database.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct DbReport {
+    /// Historical transactions written before the switch started (scripts/bench-preload.sql).
+    pub preload_rows: Option<u64>,
+    pub preload_seconds: Option<f64>,
+    /// pg_total_relation_size (table, indexes, TOAST) before the first run and after
+    /// the last; null when the table does not exist.
+    pub table_bytes_start: BTreeMap<String, Option<i64>>,
+    pub table_bytes_end: BTreeMap<String, Option<i64>>,
+    /// The run the statements are from (the last switch run).
+    pub top_statements_run: Option<String>,
+    pub top_statements: Vec<TopStatement>,
+    /// Problems reading the figures above.
+    pub notes: Vec<String>,
+}
+
+/// Whitespace collapsed to single spaces, cut at `max` characters.
+pub fn short_query(q: &str, max: usize) -> String {
+    let joined = q.split_whitespace().collect::<Vec<_>>().join(" ");
+    joined.chars().take(max).collect()
+}
+
+/// Turns (calls, exec+plan ms, rows, query, everyone's ms) rows into the report's form.
+#[allow(clippy::float_arithmetic)]
+pub fn shape(rows: &[(i64, f64, i64, String, f64)]) -> Vec<TopStatement> {
+    rows.iter()
+        .map(|(calls, t, r, q, all)| {
+            let calls = u64::try_from(*calls).unwrap_or(0);
+            let per = |x: f64| if calls == 0 { 0.0 } else { x / calls as f64 };
+            TopStatement {
+                calls,
+                mean_ms: per(*t),
+                rows_per_call: per(*r as f64),
+                total_ms: *t,
+                share_pct: if *all > 0.0 { t * 100.0 / all } else { 0.0 },
+                query: short_query(q, QUERY_TEXT_MAX),
+            }
+        })
+        .collect()
+}
+
+pub async fn connect(url: &str) -> Result<Arc<Client>, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            eprintln!("loadgen: PostgreSQL connection: {e}");
+        }
+    });
+    Ok(Arc::new(client))
+}
+
+pub async fn reset_statements(c: &Client) -> Result<(), tokio_postgres::Error> {
+    c.execute("SELECT pg_stat_statements_reset()", &[]).await?;
+    Ok(())
+}
+
+pub async fn top_statements(c: &Client) -> Result<Vec<TopStatement>, tokio_postgres::Error> {
+    let rows = c.query(TOP_SQL, &[&TOP_STATEMENTS]).await?;
+    let raw: Vec<(i64, f64, i64, String, f64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    Ok(shape(&raw))
+}
+
+pub async fn table_bytes(
+    c: &Client,
+) -> Result<BTreeMap<String, Option<i64>>, tokio_postgres::Error> {
+    let mut out = BTreeMap::new();
+    for t in SIZED_TABLES {
+        let row = c
+            .query_one("SELECT pg_total_relation_size(to_regclass($1))", &[&t])
+            .await?;
+        out.insert(t.to_owned(), row.get::<_, Option<i64>>(0));
+    }
+    Ok(out)
+}
+
+#[allow(clippy::float_arithmetic)]
+fn mib(b: Option<i64>) -> String {
+    b.map_or("-".to_owned(), |b| {
+        format!("{:.1} MiB", b as f64 / 1_048_576.0)
+    })
+}
+
+/// The database part of table.txt.
+pub fn db_table(db: &DbReport) -> String {
+    let mut out = String::new();
+    let preload = match (db.preload_rows, db.preload_seconds) {
+        (Some(n), Some(s)) => format!("{n} historical transactions in {s:.0} s"),
+        (Some(n), None) => format!("{n} historical transactions"),
+        _ => "none".to_owned(),
+    };
+    let _ = writeln!(out, "db: preload {preload}");
+    for t in SIZED_TABLES {
+        let size = |m: &BTreeMap<String, Option<i64>>| mib(m.get(t).copied().flatten());
+        let _ = writeln!(
+            out,
+            "  {t}: {} before the runs, {} after",
+            size(&db.table_bytes_start),
+            size(&db.table_bytes_end)
+        );
+    }
+    if let Some(run) = &db.top_statements_run {
+        let _ = writeln!(
+            out,
+            "top statements, {run}, measured window, by exec+plan time (pg_stat_statements):"
+        );
+        let _ = writeln!(
+            out,
+            "  {:>8} {:>8} {:>9} {:>10} {:>6}  query",
+            "calls", "mean ms", "rows/call", "total ms", "share"
+        );
+        for s in &db.top_statements {
+            let _ = writeln!(
+                out,
+                "  {:>8} {:>8.3} {:>9.2} {:>10.1} {:>5.1}%  {}",
+                s.calls, s.mean_ms, s.rows_per_call, s.total_ms, s.share_pct, s.query
+            );
+        }
+    }
+    for n in &db.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves statement rows become means, rows per call and shares, and that long
+    // statement texts are collapsed and cut on character boundaries.
+    #[test]
+    fn shapes_statements() {
+        let rows = vec![
+            (
+                100,
+                300.0,
+                200,
+                "INSERT  INTO t\n  VALUES ($1)".to_owned(),
+                400.0,
+            ),
+            (0, 0.0, 0, "BEGIN".to_owned(), 400.0),
+        ];
+        let s = shape(&rows);
+        assert_eq!(s[0].query, "INSERT INTO t VALUES ($1)");
+        assert!((s[0].mean_ms - 3.0).abs() < 1e-9);
+        assert!((s[0].rows_per_call - 2.0).abs() < 1e-9);
+        assert!((s[0].share_pct - 75.0).abs() < 1e-9);
+        assert_eq!(s[1].mean_ms, 0.0);
+        let long = "é".repeat(QUERY_TEXT_MAX + 10);
+        assert_eq!(
+            short_query(&long, QUERY_TEXT_MAX).chars().count(),
+            QUERY_TEXT_MAX
+        );
+    }
+
+    // Proves the database section names the preload, both sizes and every statement.
+    #[test]
+    fn db_section() {
+        let mut db = DbReport {
+            preload_rows: Some(1000),
+            preload_seconds: Some(2.0),
+            top_statements_run: Some("switch @1000/s".into()),
+            top_statements: shape(&[(1, 1.0, 1, "SELECT 1".into(), 1.0)]),
+            ..DbReport::default()
+        };
+        db.table_bytes_end
+            .insert("transactions".into(), Some(2 * 1_048_576));
+        let t = db_table(&db);
+        assert!(
+            t.contains("preload 1000 historical transactions in 2 s"),
+            "{t}"
+        );
+        assert!(
+            t.contains("transactions: - before the runs, 2.0 MiB after"),
+            "{t}"
+        );
+        assert!(t.contains("100.0%  SELECT 1"), "{t}");
+    }
+}
