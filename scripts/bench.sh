@@ -3,7 +3,10 @@
 # commit on) and Redis, a release build, two bank simulators, the switch, a merchant and
 # routes; then loadgen runs the ceiling (the same load through a bare frame relay to a
 # bank simulator) and the switch, reconciles both against the bank simulators' records,
-# and writes reports under target/bench/<time>/ (and target/bench/latest).
+# and writes reports under target/bench/<time>/ (and target/bench/latest): latency, CPU
+# per answered request of every program (by PID tree, over the measured window), the
+# switch's journal batches and Redis calls, and PostgreSQL's top statements
+# (pg_stat_statements, enabled in the private cluster).
 #
 # Environment (defaults in brackets):
 #   RATE [2000]  DURATION [20]  WARMUP [5]  CONNECTIONS [16]
@@ -12,6 +15,9 @@
 #   BANK_TIMEOUT_MS [2000]  SWITCH_LOG [warn] (RUST_LOG of the switch)
 #   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
+#   PRELOAD [0]: historical transactions written before the switch starts
+#     (scripts/bench-preload.sql; the standard run uses PRELOAD=1000000)
+# Refuses to start while another benchmark's loadgen is running.
 # See docs/loadtest.md.
 set -euo pipefail
 
@@ -34,6 +40,18 @@ SEARCH_MAX="${SEARCH_MAX:-20000}"
 BANK_TIMEOUT_MS="${BANK_TIMEOUT_MS:-2000}"
 SWITCH_LOG="${SWITCH_LOG:-warn}"
 DURABLE="${DURABLE:-1}"
+PRELOAD="${PRELOAD:-0}"
+case "$PRELOAD" in '' | *[!0-9]*) echo "PRELOAD must be a number of transactions, not '$PRELOAD'" >&2; exit 1 ;; esac
+
+# Two benchmarks at once measure each other: refuse while another loadgen runs.
+# (/proc directly: procps may not be installed.)
+for cmdline in /proc/[0-9]*/cmdline; do
+  if tr '\0' ' ' <"$cmdline" 2>/dev/null | grep -q '^[^ ]*target/release/loadgen '; then
+    other="${cmdline#/proc/}"
+    echo "another benchmark is running (loadgen pid ${other%/cmdline}); wait for it to finish" >&2
+    exit 1
+  fi
+done
 
 # shellcheck source=scripts/services.sh
 . scripts/services.sh
@@ -53,33 +71,52 @@ mkdir -p "$work"
 
 say "starting private PostgreSQL and Redis"
 services_start
+pg_conf="$SWITCHYARD_TEST_PG_DATA/postgresql.conf"
 if [ "$DURABLE" = 1 ]; then
   # services.sh turns durability off for tests; the benchmark measures it on.
-  cat >>"$SWITCHYARD_TEST_PG_DATA/postgresql.conf" <<EOF
+  cat >>"$pg_conf" <<EOF
 
 # scripts/bench.sh: durable commits
 fsync = on
 synchronous_commit = on
 full_page_writes = on
 EOF
-  if [ "$(id -u)" = 0 ]; then
-    runuser -u postgres -- "$SWITCHYARD_TEST_PG_BIN/pg_ctl" -D "$SWITCHYARD_TEST_PG_DATA" reload >/dev/null
-  else
-    "$SWITCHYARD_TEST_PG_BIN/pg_ctl" -D "$SWITCHYARD_TEST_PG_DATA" reload >/dev/null
-  fi
-  sleep 1
 fi
-psql() { "$SWITCHYARD_TEST_PG_BIN/psql" -qAt "$SWITCHYARD_TEST_PG_URL" "$@"; }
-echo "PostgreSQL fsync=$(psql -c 'SHOW fsync') synchronous_commit=$(psql -c 'SHOW synchronous_commit')"
+# Statement statistics for the report; a preloaded library needs a restart, not a reload.
+cat >>"$pg_conf" <<EOF
+
+# scripts/bench.sh: statement statistics
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track_planning = on
+EOF
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+as_pg "$SWITCHYARD_TEST_PG_BIN/pg_ctl" -D "$SWITCHYARD_TEST_PG_DATA" \
+  -l "$SWITCHYARD_TEST_PG_DATA/server.log" -w -t 60 restart >/dev/null
+psql() { "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$SWITCHYARD_TEST_PG_URL" "$@"; }
+echo "PostgreSQL fsync=$(psql -c 'SHOW fsync') synchronous_commit=$(psql -c 'SHOW synchronous_commit')" \
+  "shared_preload_libraries=$(psql -c 'SHOW shared_preload_libraries')"
+# The first line of postmaster.pid is the postmaster's pid (after the restart).
+pg_pid="$(head -n 1 "$SWITCHYARD_TEST_PG_DATA/postmaster.pid")"
+# services.sh starts Redis with its pidfile in its own directory.
+redis_pid="$(cat "$_sy_redis_dir/redis.pid")"
+echo "postmaster pid $pg_pid, redis pid $redis_pid"
 
 say "release build (switchyard, bank-sim, loadgen, relay)"
 cargo build --release -p switch -p loadtest
 
 declare -A listen control
+bank_pids=()
 for bank in bank-a bank-b; do
   RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
     >"$work/$bank.out" 2>"$work/$bank.log" &
   started+=($!)
+  bank_pids+=($!)
   line="$(wait_ready "$work/$bank.out" $! "$bank")"
   listen[$bank]="$(json_str listen "$line")"
   control[$bank]="$(json_str control "$line")"
@@ -87,6 +124,8 @@ for bank in bank-a bank-b; do
 done
 
 psql -c 'CREATE DATABASE switchyard_bench'
+bench_db_url="postgres://postgres@127.0.0.1:${SWITCHYARD_TEST_PG_PORT}/switchyard_bench"
+"$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -c 'CREATE EXTENSION pg_stat_statements'
 config="$work/switchyard.toml"
 cat >"$config" <<EOF
 # Written by scripts/bench.sh.
@@ -100,7 +139,7 @@ tcp = "127.0.0.1:0"
 idle_timeout_ms = 600000
 
 [database]
-url = "postgres://postgres@127.0.0.1:${SWITCHYARD_TEST_PG_PORT}/switchyard_bench"
+url = "$bench_db_url"
 
 [redis]
 url = "$SWITCHYARD_TEST_REDIS_URL"
@@ -139,6 +178,22 @@ key="$(json_str mac_key_hex "$added")"
 sy route add --low 4 --high 4 --bank bank-a
 sy route add --low 51 --high 55 --bank bank-b
 
+preload_args=()
+if [ "$PRELOAD" -gt 0 ]; then
+  say "preloading $PRELOAD historical transactions (scripts/bench-preload.sql)"
+  preload_t0="$EPOCHREALTIME"
+  if ! "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -v ON_ERROR_STOP=1 \
+    -v n="$PRELOAD" -v merchant="$merchant_id" -f scripts/bench-preload.sql >"$work/preload.log" 2>&1; then
+    cat "$work/preload.log" >&2
+    echo "PRELOAD FAILED: scripts/bench-preload.sql no longer fits the schema (migrations/*.sql)?" \
+      "Fix the preload or run with PRELOAD=0." >&2
+    exit 1
+  fi
+  preload_s="$(awk -v a="$preload_t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')"
+  echo "preloaded $PRELOAD transactions in $preload_s s"
+  preload_args=(--preload-rows "$PRELOAD" --preload-seconds "$preload_s")
+fi
+
 say "starting the switch"
 RUST_LOG="$SWITCH_LOG" ${SWITCH_WRAPPER:-} "$bin/switchyard" run --config "$config" >"$work/switch.out" 2>"$work/switch.log" &
 switch_pid=$!
@@ -154,6 +209,10 @@ args=(
   --mix "$MIX"
   --bank-control "${control[bank-a]}" --bank-control "${control[bank-b]}"
   --switch-pid "$switch_pid"
+  --pid "postgres=$pg_pid" --pid "redis=$redis_pid"
+  --pid "bank_sim=${bank_pids[0]}" --pid "bank_sim=${bank_pids[1]}"
+  --switch-metrics "$admin_addr" --redis "127.0.0.1:$SWITCHYARD_TEST_REDIS_PORT"
+  --pg-url "$bench_db_url" "${preload_args[@]}"
   --relay-upstream "${listen[bank-a]}" --relay-control "${control[bank-a]}"
   --out "$out"
 )
