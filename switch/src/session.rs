@@ -219,7 +219,7 @@ async fn write_loop<W>(
             // Keep draining so request tasks never block on a dead connection.
             continue;
         }
-        match tokio::time::timeout(timeout, writer.send(msg)).await {
+        match tokio::time::timeout(timeout, write_ready(&mut writer, msg, &mut rx)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "merchant connection write failed");
@@ -232,6 +232,31 @@ async fn write_loop<W>(
         }
     }
     let _ = tokio::time::timeout(timeout, SinkExt::<Bytes>::close(&mut writer)).await;
+}
+
+/// Answers written with one flush at most: bounds the time one connection's writer
+/// spends before it flushes, while answers keep arriving.
+pub const WRITE_COALESCE_MAX: usize = 64;
+
+/// Writes `first` and every answer already queued behind it (up to
+/// [`WRITE_COALESCE_MAX`]), then flushes once: one write(2) for all frames that are ready,
+/// instead of one per answer.
+async fn write_ready<W>(
+    writer: &mut FramedWrite<W, FrameCodec>,
+    first: Bytes,
+    rx: &mut mpsc::Receiver<Bytes>,
+) -> Result<(), codec::FrameError>
+where
+    W: AsyncWrite + Unpin,
+{
+    writer.feed(first).await?;
+    for _ in 1..WRITE_COALESCE_MAX {
+        match rx.try_recv() {
+            Ok(msg) => writer.feed(msg).await?,
+            Err(_) => break,
+        }
+    }
+    SinkExt::<Bytes>::flush(writer).await
 }
 
 /// Counts a connection for `max_connections_total` while it lives.
