@@ -15,6 +15,7 @@
 #   BANK_TIMEOUT_MS [2000]  SWITCH_LOG [warn] (RUST_LOG of the switch)
 #   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
+#   JOURNAL_WRITERS, JOURNAL_BATCH_MAX [the switch's defaults]: [database] settings to try
 #   PRELOAD [0]: historical transactions written before the switch starts
 #     (scripts/bench-preload.sql; the standard run uses PRELOAD=1000000)
 # Refuses to start while another benchmark's loadgen is running.
@@ -140,6 +141,8 @@ idle_timeout_ms = 600000
 
 [database]
 url = "$bench_db_url"
+$( [ -n "${JOURNAL_WRITERS:-}" ] && echo "journal_writers = $JOURNAL_WRITERS" || true)
+$( [ -n "${JOURNAL_BATCH_MAX:-}" ] && echo "journal_batch_max = $JOURNAL_BATCH_MAX" || true)
 
 [redis]
 url = "$SWITCHYARD_TEST_REDIS_URL"
