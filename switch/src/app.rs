@@ -22,7 +22,7 @@ use crate::crypto::Vault;
 use crate::engine::Engine;
 use crate::ids::Ids;
 use crate::inflight::InFlight;
-use crate::journal::Journal;
+use crate::store::Journal;
 use crate::limiter::{Limiter, Rate};
 use crate::merchants::Merchants;
 use crate::metrics::Metrics;

@@ -21,7 +21,7 @@ use crate::checks::{self, Authorisation, Rc};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow};
-use crate::journal::{Journal, NewTxn, Outcome};
+use crate::store::{Journal, NewTxn, Outcome};
 use crate::limiter::{Claim, ClaimRequest, Limiter, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;

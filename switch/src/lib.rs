@@ -12,7 +12,7 @@
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
 //! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
-//! - [`journal`]: group-committed records in PostgreSQL.
+//! - [`store`]: the one owner of durable state; [`store::journal`]: group-committed records.
 //! - [`ledger`]: the double-entry ledger: checks, balances, settlement totals.
 //! - [`lifecycle`]: the transaction state machine: what may follow what.
 //! - [`notify`]: notifications (0620) to merchants: stored, delivered, repeated until 0630.
@@ -39,7 +39,6 @@ pub mod engine;
 pub mod ids;
 pub mod inflight;
 pub mod inquiry;
-pub mod journal;
 pub mod ledger;
 pub mod lifecycle;
 pub mod limiter;
@@ -52,3 +51,4 @@ pub mod reversals;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod store;
