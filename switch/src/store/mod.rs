@@ -375,8 +375,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records and applies one advice a bank started, exactly once.
     async fn apply_bank_advice(&self, advice: &BankAdvice) -> Result<AdviceEffect, StoreError>;
 
-    /// Claims up to `max` due notifications per call for the `merchants` signed on here;
-    /// one sent for the first time takes `transmitted_at` (DE7) and a DE11 of its own.
+    /// Claims up to `max` due notifications of the `merchants` signed on here, leased
+    /// until their next repeat ([`crate::notify::retry_ms`]); one sent for the first time
+    /// takes `transmitted_at` (DE7) and a DE11 of its own.
     async fn claim_notifications(
         &self,
         merchants: &[String],
