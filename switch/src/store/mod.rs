@@ -401,3 +401,39 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// (`YYYY-MM-DD`).
     async fn ledger_totals(&self, day: Option<&str>) -> Result<Vec<Total>, StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(kind: Kind, state: State, rc: Option<&str>, auth: Option<&str>) -> Recorded {
+        Recorded {
+            kind,
+            state,
+            response_code: rc.map(str::to_string),
+            rrn: "000000123456".into(),
+            auth_code: auth.map(str::to_string),
+        }
+    }
+
+    // Proves a recorded request answers again as it was answered: nothing while its
+    // outcome is unknown, the switch's own DE38 only on approvals it gives one to.
+    #[test]
+    fn recorded_answers() {
+        assert_eq!(
+            recorded(Kind::Purchase, State::Authorising, None, None).answer(),
+            None
+        );
+        let refund = recorded(Kind::Refund, State::Approved, Some("00"), None).answer();
+        assert_eq!(refund.and_then(|a| a.auth), Some("123456".into()));
+        let purchase = recorded(Kind::Purchase, State::Approved, Some("00"), None).answer();
+        assert_eq!(purchase.map(|a| (a.rc, a.auth)), Some((Rc::APPROVED, None)));
+        let declined = recorded(Kind::Refund, State::Declined, Some("51"), None).answer();
+        assert_eq!(
+            declined.map(|a| (a.rc, a.auth, a.rrn)),
+            Some((Rc::INSUFFICIENT_FUNDS, None, Some("000000123456".into())))
+        );
+        let bank_auth = recorded(Kind::Completion, State::Approved, Some("00"), Some("A1"));
+        assert_eq!(bank_auth.answer().and_then(|a| a.auth), Some("A1".into()));
+    }
+}
