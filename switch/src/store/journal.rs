@@ -245,7 +245,7 @@ impl Writer {
     }
 }
 
-pub(super) const BATCH_SQL: &str = "
+const BATCH_SQL: &str = "
 WITH ins AS (
   INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
     processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn, bank_id, bank_stan,
@@ -414,4 +414,14 @@ async fn write_once(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    // Proves the batch statement posts by the one business-day rule every other posting
+    // uses (the statement itself stays as it is tuned).
+    #[test]
+    fn batch_uses_the_one_business_day_rule() {
+        assert!(super::BATCH_SQL.contains(&super::super::postings::business_day_sql(31)));
+    }
 }
