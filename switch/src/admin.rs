@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use admin_http::{Admin, AdminError, LinkView, TransactionView};
 use bank_links::{Bank, LinkState};
-use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::session::MerchantConnections;
+use crate::store::Store;
 
 /// How often gauges are sampled.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
@@ -30,7 +30,7 @@ const STATES: [LinkState; 5] = [
 pub struct SwitchAdmin {
     pub metrics: Arc<Metrics>,
     pub banks: HashMap<String, Bank>,
-    pub pool: Pool,
+    pub store: Arc<dyn Store>,
 }
 
 impl Admin for SwitchAdmin {
@@ -73,31 +73,23 @@ impl Admin for SwitchAdmin {
     }
 
     async fn transaction(&self, rrn: &str) -> Result<Option<TransactionView>, AdminError> {
-        let client = self
-            .pool
-            .get()
+        let found = self
+            .store
+            .transaction_by_rrn(rrn)
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        let row = client
-            .query_opt(
-                "SELECT rrn, merchant_id, terminal_id, kind, state, amount_minor, currency, response_code, pan_last4, \
-                 order_ref, bank_id FROM transactions WHERE rrn = $1",
-                &[&rrn],
-            )
-            .await
-            .map_err(|e| AdminError::Unavailable(e.to_string()))?;
-        Ok(row.map(|r| TransactionView {
-            rrn: r.get(0),
-            merchant_id: r.get(1),
-            terminal_id: r.get(2),
-            kind: r.get(3),
-            state: r.get(4),
-            amount_minor: r.get(5),
-            currency: r.get(6),
-            response_code: r.get(7),
-            card_last4: r.get(8),
-            order_ref: r.get(9),
-            bank_id: r.get(10),
+        Ok(found.map(|t| TransactionView {
+            rrn: t.rrn,
+            merchant_id: t.merchant_id,
+            terminal_id: t.terminal_id,
+            kind: t.kind.as_str().to_string(),
+            state: t.state.as_str().to_string(),
+            amount_minor: t.amount_minor as i64,
+            currency: t.currency as i16,
+            response_code: t.response_code,
+            card_last4: t.pan_last4,
+            order_ref: t.order_ref,
+            bank_id: t.bank_id,
         }))
     }
 }
@@ -140,26 +132,17 @@ pub async fn sample(
         if !tick.is_multiple_of(REVERSAL_SAMPLE_EVERY) {
             continue;
         }
-        let Ok(client) = admin.pool.get().await else {
+        let Ok(backlog) = admin.store.forward_backlog().await else {
             continue;
         };
-        let rows = client
-            .query(
-                "SELECT bank_id, count(*), coalesce(extract(epoch from now() - min(created_at)), 0)::bigint \
-                 FROM reversals WHERE state = 'pending' GROUP BY bank_id",
-                &[],
-            )
-            .await;
-        if let Ok(rows) = rows {
-            for b in admin.banks.keys() {
-                let row = rows.iter().find(|r| r.get::<_, String>(0) == *b);
-                m.reversals_pending
-                    .with_label_values(&[b.as_str()])
-                    .set(row.map(|r| r.get::<_, i64>(1)).unwrap_or(0));
-                m.reversals_oldest_age
-                    .with_label_values(&[b.as_str()])
-                    .set(row.map(|r| r.get::<_, i64>(2)).unwrap_or(0));
-            }
+        for b in admin.banks.keys() {
+            let row = backlog.iter().find(|r| r.bank_id == *b);
+            m.reversals_pending
+                .with_label_values(&[b.as_str()])
+                .set(row.map(|r| r.pending).unwrap_or(0));
+            m.reversals_oldest_age
+                .with_label_values(&[b.as_str()])
+                .set(row.map(|r| r.oldest_age_s).unwrap_or(0));
         }
     }
 }

@@ -1,16 +1,17 @@
 //! Messages banks start: advices about a transaction's later fate. Each is recorded
 //! before it is acknowledged, applied exactly once (a duplicate is acknowledged again and
-//! changes nothing), and raises a notification to the merchant.
+//! changes nothing), and raises a notification to the merchant. The decision is
+//! [`decide`]; the store ([`crate::store`]) records and applies it in one commit.
 //!
 //! Understood: 0420/0421 (the bank reversed a transaction on its own, named by DE37).
 //! Any other advice class is recorded and acknowledged without effect.
 
 use bytes::Bytes;
 use codec::{Message, MessageBuilder};
-use deadpool_postgres::Pool;
 
-use crate::db::DbError;
+use crate::checks::Kind;
 use crate::lifecycle::State;
+use crate::store::{BankAdvice, Store, StoreError};
 
 /// What an advice did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,7 @@ pub enum AdviceEffect {
 }
 
 impl AdviceEffect {
+    /// The `effect` recorded with the advice, and its name in logs.
     pub fn as_str(&self) -> &'static str {
         match self {
             AdviceEffect::Duplicate => "duplicate",
@@ -44,94 +46,35 @@ pub fn reversible(state: State) -> bool {
     matches!(state, State::Approved | State::Reversing)
 }
 
-/// Records and applies one advice from `bank_id`.
-pub async fn apply(pool: &Pool, bank_id: &str, msg: &Message) -> Result<AdviceEffect, DbError> {
-    let mti = msg.mti().original();
-    let stan = msg.get_str(11).map(|s| s.into_owned()).unwrap_or_default();
-    let de7 = msg.get_str(7).map(|s| s.into_owned()).unwrap_or_default();
-    let rrn = msg.get_str(37).map(|s| s.trim_end().to_string());
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let txn = match &rrn {
-        Some(rrn) => {
-            tx.query_opt(
-                "SELECT id, state, kind, coalesce(original_id, id) FROM transactions \
-                 WHERE rrn = $1 AND bank_id = $2 FOR UPDATE",
-                &[rrn, &bank_id],
-            )
-            .await?
+/// What an advice of MTI class `class` does to the transaction it names (its state
+/// and kind; `None` when it names none we know), before duplicates are considered. Only
+/// whole payments (purchases, pre-authorisations) are reversed by an advice; a bank
+/// reversing a completion or refund on its own is recorded for an operator.
+pub fn decide(class: u8, named: Option<(State, Kind)>) -> AdviceEffect {
+    match named {
+        Some((State::Authorising, _)) if class == 4 => AdviceEffect::Deferred,
+        Some((state, kind)) if class == 4 && reversible(state) && kind.is_root() => {
+            AdviceEffect::Reversed
         }
-        None => None,
+        _ => AdviceEffect::Recorded,
+    }
+}
+
+/// Records and applies one advice from `bank_id`, through the store; a store failure
+/// leaves it unacknowledged (the bank repeats it).
+pub async fn apply(
+    store: &dyn Store,
+    bank_id: &str,
+    msg: &Message,
+) -> Result<AdviceEffect, StoreError> {
+    let advice = BankAdvice {
+        bank_id: bank_id.to_string(),
+        mti: msg.mti().original(),
+        stan: msg.get_str(11).map(|s| s.into_owned()).unwrap_or_default(),
+        transmitted_at: msg.get_str(7).map(|s| s.into_owned()).unwrap_or_default(),
+        rrn: msg.get_str(37).map(|s| s.trim_end().to_string()),
     };
-    // Only whole payments (purchases, pre-authorisations) are reversed by an advice; a
-    // bank reversing a completion or refund on its own is recorded for an operator.
-    if mti.class() == 4
-        && txn
-            .as_ref()
-            .is_some_and(|r| State::parse(r.get::<_, &str>(1)) == Some(State::Authorising))
-    {
-        return Ok(AdviceEffect::Deferred);
-    }
-    let understood = mti.class() == 4
-        && txn.as_ref().is_some_and(|r| {
-            State::parse(r.get::<_, &str>(1)).is_some_and(reversible)
-                && matches!(r.get::<_, &str>(2), "purchase" | "preauth")
-        });
-    let effect = if understood {
-        AdviceEffect::Reversed
-    } else {
-        AdviceEffect::Recorded
-    };
-    let inserted = tx
-        .execute(
-            "INSERT INTO bank_advices (bank_id, mti, stan, transmitted_at, rrn, transaction_id, effect) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (bank_id, mti, stan, transmitted_at) DO NOTHING",
-            &[&bank_id, &mti.as_str(), &stan, &de7, &rrn, &txn.as_ref().map(|r| r.get::<_, i64>(0)), &effect.as_str()],
-        )
-        .await?;
-    if inserted == 0 {
-        return Ok(AdviceEffect::Duplicate);
-    }
-    if let (AdviceEffect::Reversed, Some(row)) = (effect, &txn) {
-        let id: i64 = row.get(0);
-        let root: i64 = row.get(3);
-        let was: String = row.get(1);
-        tx.execute(
-            "UPDATE transactions SET state = 'reversed', updated_at = now() WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-        // A reversal of ours still pending for it has nothing left to do.
-        tx.execute(
-            "UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(), last_response_code = 'AD' \
-             WHERE transaction_id = $1 AND state = 'pending'",
-            &[&id],
-        )
-        .await?;
-        if was == "approved" {
-            // Undo the ledger as a merchant reversal would: under a reversal row of its own.
-            // Its MTI (A420) is no merchant MTI and its STAN is qualified by the bank (each bank
-            // numbers its own), so it never takes a merchant request's or another advice's key.
-            tx.execute(
-                "WITH r AS (
-                   INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
-                     processing_code, amount_minor, currency, rrn, bank_id, original_id, state, response_code, reason)
-                   SELECT n.id, t.instance_id, t.merchant_id, t.terminal_id, $2, $3, 'A420', 'reversal',
-                     t.processing_code, t.amount_minor, t.currency, lpad((n.id % 1000000000000)::text, 12, '0'),
-                     t.bank_id, t.id, 'approved', '00', 'bank advice'
-                   FROM transactions t, (SELECT nextval('transaction_id_seq') AS id) n WHERE t.id = $1
-                   RETURNING id)
-                 INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
-                 SELECT r.id, p.account, -p.amount_minor, p.currency, current_date
-                 FROM r, ledger_postings p WHERE p.transaction_id = $1",
-                &[&id, &format!("{bank_id}:{stan}"), &de7],
-            )
-            .await?;
-        }
-        crate::notify::enqueue(&tx, root, id, "BANK_REVERSED").await?;
-    }
-    tx.commit().await?;
-    Ok(effect)
+    store.apply_bank_advice(&advice).await
 }
 
 /// The acknowledgement of an advice: its response MTI, echoing 7, 11, 32, 37 and 70,
@@ -164,5 +107,32 @@ mod tests {
         );
         assert!(!reversible(State::Declined));
         assert!(!reversible(State::Reversed));
+    }
+
+    // Proves an advice reverses only a whole payment it may change, waits for an
+    // outcome not yet recorded, and is otherwise only recorded.
+    #[test]
+    fn decisions() {
+        let approved = Some((State::Approved, Kind::Purchase));
+        assert_eq!(decide(4, approved), AdviceEffect::Reversed);
+        assert_eq!(
+            decide(4, Some((State::Reversing, Kind::Preauth))),
+            AdviceEffect::Reversed
+        );
+        assert_eq!(
+            decide(4, Some((State::Authorising, Kind::Purchase))),
+            AdviceEffect::Deferred
+        );
+        assert_eq!(
+            decide(4, Some((State::Approved, Kind::Refund))),
+            AdviceEffect::Recorded,
+            "an operator settles it"
+        );
+        assert_eq!(decide(4, None), AdviceEffect::Recorded);
+        assert_eq!(
+            decide(2, approved),
+            AdviceEffect::Recorded,
+            "not a reversal"
+        );
     }
 }

@@ -51,6 +51,13 @@ impl Answer {
     }
 }
 
+/// The contract puts DE38 on every approval. Banks often send none for completions,
+/// refunds and reversals; the switch then gives its own: the last six digits of the RRN,
+/// stable across retransmissions.
+pub fn switch_auth_code(rrn: &str) -> String {
+    rrn[rrn.len().saturating_sub(6)..].to_string()
+}
+
 /// Elements a response echoes from its request, when the request had them.
 pub const ECHOED: [u8; 8] = [3, 4, 7, 11, 41, 42, 49, 70];
 

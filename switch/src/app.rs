@@ -22,14 +22,14 @@ use crate::crypto::Vault;
 use crate::engine::Engine;
 use crate::ids::Ids;
 use crate::inflight::InFlight;
-use crate::journal::Journal;
 use crate::limiter::{Limiter, Rate};
 use crate::merchants::Merchants;
 use crate::metrics::Metrics;
-use crate::reversals::{ReversalWorker, recover};
+use crate::reversals::ReversalWorker;
 use crate::routing::Router;
 use crate::server::{Listening, accept_loop, tls_acceptor};
 use crate::session::{MerchantConnections, SessionLimits};
+use crate::store::{Journal, PgStore, Store, StoreError};
 use crate::{db, dialects};
 
 /// How long background workers (reversals, inquiries, notifications) get to stop.
@@ -57,6 +57,8 @@ pub enum StartError {
     Tls(#[from] crate::server::TlsError),
     #[error(transparent)]
     Redis(#[from] crate::limiter::LimiterError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -128,7 +130,12 @@ pub async fn run(
         r.timeout_ms,
     )
     .await?;
-    let recovered = recover(&pool, config.switch.instance_id).await?;
+    // Only the request path records through the journal: the handle the workers, the
+    // advices and the admin surface share has none, so the journal ends (writing what is
+    // queued) as soon as the engine is gone, whatever they are still doing.
+    let cutover = config.switch.business_day_cutover_hour;
+    let shared: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover));
+    let recovered = shared.recover(config.switch.instance_id).await?;
     if recovered > 0 {
         tracing::warn!(
             recovered,
@@ -196,7 +203,7 @@ pub async fn run(
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
-    tokio::spawn(log_notices(notice_rx, metrics.clone(), pool.clone()));
+    tokio::spawn(log_notices(notice_rx, metrics.clone(), shared.clone()));
 
     let db = &config.database;
     let (journal, journal_task) = Journal::start(
@@ -205,14 +212,15 @@ pub async fn run(
         db.journal_writers,
         db.journal_queue_max,
         metrics.clone(),
-        i32::from(config.switch.business_day_cutover_hour),
+        i32::from(cutover),
     );
+    let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover).with_journal(journal));
     let reversal_wake = Arc::new(Notify::new());
     let workers_shutdown = CancellationToken::new();
     let workers = TaskTracker::new();
     for b in &config.banks {
         let w = ReversalWorker {
-            pool: pool.clone(),
+            store: shared.clone(),
             bank: banks[&b.id].clone(),
             vault: vault.clone(),
             acquirer_id: b.acquirer_id.clone(),
@@ -221,7 +229,7 @@ pub async fn run(
         };
         workers.spawn(w.run(workers_shutdown.clone()));
         let inquiries = crate::inquiry::InquiryWorker {
-            pool: pool.clone(),
+            store: shared.clone(),
             bank: banks[&b.id].clone(),
             acquirer_id: b.acquirer_id.clone(),
             per_second: b.inquiries_per_second,
@@ -233,11 +241,10 @@ pub async fn run(
         merchants: merchants.clone(),
         router: router.clone(),
         banks,
-        journal,
+        store: store.clone(),
         limiter,
         vault: vault.clone(),
-        ids: Ids::new(pool.clone()),
-        pool: pool.clone(),
+        ids: Ids::new(store),
         inflight: Arc::new(InFlight::default()),
         card_rate: Rate::new(
             config.limits.card_velocity_per_minute,
@@ -246,13 +253,12 @@ pub async fn run(
         ),
         acquirer_ids,
         reversal_wake,
-        business_day_cutover_hour: config.switch.business_day_cutover_hour,
         sessions: Arc::new(crate::notify::Sessions::default()),
         metrics: metrics.clone(),
     });
 
     workers.spawn(crate::notify::run(
-        pool.clone(),
+        shared.clone(),
         engine.sessions.clone(),
         merchants.clone(),
         workers_shutdown.clone(),
@@ -294,7 +300,7 @@ pub async fn run(
     let admin = Arc::new(SwitchAdmin {
         metrics: metrics.clone(),
         banks: engine.banks.clone(),
-        pool: pool.clone(),
+        store: shared.clone(),
     });
     workers.spawn(crate::admin::sample(
         admin.clone(),
@@ -432,7 +438,7 @@ fn default_header(d: &Dialect) -> Bytes {
 async fn log_notices(
     mut rx: mpsc::Receiver<LinkNotice>,
     metrics: Arc<Metrics>,
-    pool: deadpool_postgres::Pool,
+    store: Arc<dyn Store>,
 ) {
     while let Some(n) = rx.recv().await {
         match n {
@@ -456,7 +462,7 @@ async fn log_notices(
                 }
                 // Links are named "<bank>.<index>".
                 let bank = link.rsplit_once('.').map(|(b, _)| b).unwrap_or(&link);
-                match crate::advices::apply(&pool, bank, &message).await {
+                match crate::advices::apply(&*store, bank, &message).await {
                     Ok(crate::advices::AdviceEffect::Deferred) => {
                         tracing::info!(%link, rrn = %message.get_str(37).unwrap_or_default(),
                             "bank advice deferred until its transaction's outcome is recorded; left unacknowledged")

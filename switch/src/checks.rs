@@ -95,6 +95,7 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The `kind` column's value.
     pub fn as_str(&self) -> &'static str {
         match self {
             Kind::Purchase => "purchase",
@@ -103,6 +104,23 @@ impl Kind {
             Kind::Refund => "refund",
             Kind::Reversal => "reversal",
         }
+    }
+
+    /// The kind a `kind` column value names; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "purchase" => Kind::Purchase,
+            "preauth" => Kind::Preauth,
+            "completion" => Kind::Completion,
+            "refund" => Kind::Refund,
+            "reversal" => Kind::Reversal,
+            _ => return None,
+        })
+    }
+
+    /// A payment's root: an original purchase or pre-authorisation.
+    pub fn is_root(&self) -> bool {
+        matches!(self, Kind::Purchase | Kind::Preauth)
     }
 }
 
@@ -232,6 +250,22 @@ pub fn business_checks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Proves every kind reads back from its column value, and nothing else reads as one.
+    #[test]
+    fn kinds_round_trip() {
+        for k in [
+            Kind::Purchase,
+            Kind::Preauth,
+            Kind::Completion,
+            Kind::Refund,
+            Kind::Reversal,
+        ] {
+            assert_eq!(Kind::parse(k.as_str()), Some(k));
+        }
+        assert_eq!(Kind::parse("Purchase"), None);
+        assert!(Kind::Preauth.is_root() && !Kind::Refund.is_root());
+    }
 
     // Proves Luhn accepts the contract's test cards and rejects a one-digit change.
     #[test]

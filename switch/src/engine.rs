@@ -1,10 +1,11 @@
 //! The request path: from a merchant's message to its answer.
 //!
 //! The checks are plain functions ([`crate::checks`]); this module orders them as the
-//! contract says and drives the parts with I/O: Redis (idempotency, limits), the journal
-//! (PostgreSQL), the router and the bank links.
+//! contract says and drives the parts with I/O: Redis (idempotency, limits), the store
+//! ([`crate::store`]: the journal and PostgreSQL), the router and the bank links.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,7 +13,6 @@ use std::time::{Duration, Instant};
 use bank_links::{Bank, Outcome as LinkOutcome};
 use bytes::Bytes;
 use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
-use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -21,12 +21,13 @@ use crate::checks::{self, Authorisation, Rc};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow};
-use crate::journal::{Journal, NewTxn, Outcome};
-use crate::limiter::{Claim, ClaimRequest, Limiter, Rate};
+use crate::lifecycle::{self, ReversalReason, State};
+use crate::limiter::{Claim, ClaimRequest, Limiter, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
 use crate::notify::Sessions;
 use crate::routing::Router;
+use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 
 /// How long an outcome that cannot be recorded is retried before the request is left
 /// to recovery (the bank's answer is then reversed after a restart).
@@ -73,18 +74,16 @@ pub struct Engine {
     pub merchants: Arc<Merchants>,
     pub router: Arc<Router>,
     pub banks: HashMap<String, Bank>,
-    pub journal: Journal,
+    /// Durable state: every record and lookup of the request path.
+    pub store: Arc<dyn Store>,
     pub limiter: Limiter,
     pub vault: Arc<Vault>,
     pub ids: Ids,
-    pub pool: Pool,
     pub inflight: Arc<InFlight>,
     pub card_rate: Rate,
     pub acquirer_ids: HashMap<String, String>,
     /// Wakes the reversal workers when a reversal has been recorded.
     pub reversal_wake: Arc<Notify>,
-    /// The business day (ledger) starts at this hour, UTC.
-    pub business_day_cutover_hour: u8,
     /// Merchant connections, for notifications.
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
@@ -199,49 +198,13 @@ impl Engine {
         authenticated: &mut Option<Arc<Merchant>>,
         trace: &mut Trace,
     ) -> Option<Bytes> {
-        let dialect = builtin::merchant();
-        let msg = match dialect.decode(frame.clone()) {
+        let msg = match builtin::merchant().decode(frame.clone()) {
             Ok(m) => m,
-            Err(e) => {
-                let Some(partial) = dialect.salvage(frame) else {
-                    tracing::warn!(error = %e, "merchant message without a readable MTI dropped");
-                    return None;
-                };
-                tracing::warn!(error = %e, mti = %partial.mti(), "merchant message refused: format error");
-                if !partial.mti().is_request() {
-                    return None;
-                }
-                let merchant = partial.raw(42).and_then(|id| self.merchants.get(id));
-                trace.rc = Some(Rc::FORMAT_ERROR);
-                let answer = Answer::refused(Rc::FORMAT_ERROR);
-                return respond_echoing(
-                    &partial,
-                    merchant.as_deref(),
-                    &answer,
-                    &[],
-                    &ECHOED_WHEN_UNPARSEABLE,
-                );
-            }
+            Err(e) => return self.unparseable(frame, &e, trace),
         };
         let mti = msg.mti();
         if !mti.is_request() {
-            // A 0630 answers one of our 0620 advices; any other response from a merchant
-            // has nothing to answer.
-            if mti == Mti::NOTIFICATION_RESPONSE
-                && let Some(m) = msg.raw(42).and_then(|id| self.merchants.get(id))
-                && msg.check_mac(&m.mac_key) == MacCheck::Valid
-            {
-                match crate::notify::acknowledged(&self.pool, &m.id, &msg).await {
-                    Ok(found) => {
-                        tracing::info!(merchant = %m.id, found, "notification acknowledged")
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "notification acknowledgement not recorded")
-                    }
-                }
-            } else {
-                tracing::debug!(mti = %mti, "merchant response ignored");
-            }
+            self.merchant_response(&msg).await;
             return None;
         }
         let Some(merchant) = msg.raw(42).and_then(|id| self.merchants.get(id)) else {
@@ -270,50 +233,110 @@ impl Engine {
             return self.refuse(trace, &msg, Some(&merchant), rc, why);
         }
         *authenticated = Some(merchant.clone());
-        let answer = match mti.original() {
-            Mti::NETWORK_REQUEST => return self.network(trace, &msg, &merchant, session),
+        self.dispatch(&msg, &merchant, session, trace).await
+    }
+
+    /// An authenticated request of an enabled merchant, to its handler by MTI.
+    async fn dispatch(
+        &self,
+        msg: &Message,
+        merchant: &Arc<Merchant>,
+        session: &SessionState,
+        trace: &mut Trace,
+    ) -> Option<Bytes> {
+        let answer = match msg.mti().original() {
+            Mti::NETWORK_REQUEST => return self.network(trace, msg, merchant, session),
             Mti::FINANCIAL_REQUEST | Mti::AUTHORISATION_REQUEST => {
-                match checks::required_authorisation(&msg) {
+                match checks::required_authorisation(msg) {
                     Err(rc) => {
                         return self.refuse(
                             trace,
-                            &msg,
-                            Some(&merchant),
+                            msg,
+                            Some(merchant),
                             rc,
                             "required element missing or malformed",
                         );
                     }
-                    Ok(Some(a)) => self.authorise(&msg, &merchant, a, trace).await,
-                    Ok(None) => self.refund(&msg, &merchant).await,
+                    Ok(Some(a)) => self.authorise(msg, merchant, a, trace).await,
+                    Ok(None) => self.refund(msg, merchant).await,
                 }
             }
-            Mti::COMPLETION_ADVICE => self.complete(&msg, &merchant).await,
-            Mti::REVERSAL_REQUEST => self.reverse(&msg, &merchant).await,
+            Mti::COMPLETION_ADVICE => self.complete(msg, merchant).await,
+            Mti::REVERSAL_REQUEST => self.reverse(msg, merchant).await,
             Mti::STATUS_REQUEST => {
-                let (answer, extra) = self.status(&msg, &merchant).await;
+                let (answer, extra) = self.status(msg, merchant).await;
                 trace.rc = Some(answer.rc);
                 let Some((de4, de48, de54)) = extra else {
-                    return respond(&msg, Some(&merchant), &answer, &[]);
+                    return respond(msg, Some(merchant), &answer, &[]);
                 };
                 let fields: [(u8, &[u8]); 3] = [
                     (4, de4.as_bytes()),
                     (48, de48.as_bytes()),
                     (54, de54.as_bytes()),
                 ];
-                return respond(&msg, Some(&merchant), &answer, &fields);
+                return respond(msg, Some(merchant), &answer, &fields);
             }
             _ => {
                 return self.refuse(
                     trace,
-                    &msg,
-                    Some(&merchant),
+                    msg,
+                    Some(merchant),
                     Rc::INVALID_TRANSACTION,
                     "message type not supported",
                 );
             }
         };
         trace.rc = Some(answer.rc);
-        respond(&msg, Some(&merchant), &answer, &[])
+        respond(msg, Some(merchant), &answer, &[])
+    }
+
+    /// A message that does not decode: a request whose MTI can be read is refused `30`,
+    /// echoing what could be read; anything else is dropped.
+    fn unparseable(
+        &self,
+        frame: Bytes,
+        e: &dyn std::fmt::Display,
+        trace: &mut Trace,
+    ) -> Option<Bytes> {
+        let Some(partial) = builtin::merchant().salvage(frame) else {
+            tracing::warn!(error = %e, "merchant message without a readable MTI dropped");
+            return None;
+        };
+        tracing::warn!(error = %e, mti = %partial.mti(), "merchant message refused: format error");
+        if !partial.mti().is_request() {
+            return None;
+        }
+        let merchant = partial.raw(42).and_then(|id| self.merchants.get(id));
+        trace.rc = Some(Rc::FORMAT_ERROR);
+        let answer = Answer::refused(Rc::FORMAT_ERROR);
+        respond_echoing(
+            &partial,
+            merchant.as_deref(),
+            &answer,
+            &[],
+            &ECHOED_WHEN_UNPARSEABLE,
+        )
+    }
+
+    /// A response from a merchant: a 0630 answers one of our 0620 advices; any other
+    /// has nothing to answer.
+    async fn merchant_response(&self, msg: &Message) {
+        let mti = msg.mti();
+        if mti == Mti::NOTIFICATION_RESPONSE
+            && let Some(m) = msg.raw(42).and_then(|id| self.merchants.get(id))
+            && msg.check_mac(&m.mac_key) == MacCheck::Valid
+        {
+            match crate::notify::acknowledged(&*self.store, &m.id, msg).await {
+                Ok(found) => {
+                    tracing::info!(merchant = %m.id, found, "notification acknowledged")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "notification acknowledgement not recorded")
+                }
+            }
+        } else {
+            tracing::debug!(mti = %mti, "merchant response ignored");
+        }
     }
 
     fn refuse(
@@ -399,9 +422,15 @@ impl Engine {
             guard.resolve(answer.clone());
             return answer;
         }
-        let answer = self
-            .authorise_claimed(msg, merchant, &a, &key, pan_hash, trace)
-            .await;
+        let request = AuthRequest {
+            msg,
+            merchant,
+            a: &a,
+            key: &key,
+            order_ref: text(a.order_ref),
+            pan_hash,
+        };
+        let answer = self.authorise_claimed(&request, trace).await;
         self.finish(key, &answer, guard);
         answer
     }
@@ -452,6 +481,17 @@ impl Engine {
         self.metrics
             .redis_latency
             .observe(redis_started.elapsed().as_secs_f64());
+        self.claimed(claim, key, guard).await
+    }
+
+    /// What the Redis claim says for the request owning `guard`: answered again (from
+    /// Redis or the record), refused `65`, or go ahead (with or without Redis).
+    async fn claimed(
+        &self,
+        claim: Result<Claim, LimiterError>,
+        key: &str,
+        guard: InFlightGuard,
+    ) -> Claimed {
         match claim {
             Ok(Claim::Known(v)) => {
                 self.metrics.idempotency_replays.inc();
@@ -526,70 +566,97 @@ impl Engine {
         });
     }
 
-    /// The recorded answer for a key, if its transaction has an outcome.
+    /// The recorded answer for a key, if its transaction has an outcome (a store that
+    /// cannot say counts as no answer).
     pub(crate) async fn answer_from_record(&self, key: &str) -> Option<Answer> {
         let parts: Vec<&str> = key.split('|').collect();
-        let [merchant, terminal, stan, de7, mti] = parts.as_slice() else {
+        let [merchant_id, terminal_id, stan, transmitted_at, mti] = parts.as_slice() else {
             return None;
         };
-        let client = self.pool.get().await.ok()?;
-        let row = client
-            .query_opt(
-                "SELECT state, response_code, rrn, auth_code, kind FROM transactions \
-                 WHERE merchant_id = $1 AND terminal_id = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5",
-                &[merchant, terminal, stan, de7, mti],
-            )
-            .await
-            .ok()??;
-        let state: String = row.get(0);
-        if state == "authorising" {
-            return None;
-        }
-        let rc = Rc::parse(&row.get::<_, Option<String>>(1)?)?;
-        let rrn: String = row.get(2);
-        let kind: &str = row.get(4);
-        // Approvals of completions, refunds and reversals carry the switch's own DE38
-        // when the bank gave none (docs/merchant-protocol.md), derived from the RRN.
-        let auth = row.get::<_, Option<String>>(3).or_else(|| {
-            (rc == Rc::APPROVED && !matches!(kind, "purchase" | "preauth"))
-                .then(|| crate::payments::switch_auth_code(&rrn))
-        });
-        Some(Answer {
-            rc,
-            rrn: Some(rrn),
-            auth,
-        })
+        let key = RequestRef {
+            merchant_id,
+            terminal_id,
+            stan,
+            transmitted_at,
+            mti,
+        };
+        self.store.recorded(&key).await.ok()??.answer()
     }
 
     async fn order_ref_live(&self, merchant_id: &str, order_ref: &str) -> bool {
-        let Ok(client) = self.pool.get().await else {
-            return false;
-        };
-        client
-            .query_opt(
-                "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
-                 AND kind IN ('purchase', 'preauth') AND order_live",
-                &[&merchant_id, &order_ref],
-            )
+        self.store
+            .order_ref_live(merchant_id, order_ref)
             .await
-            .ok()
-            .flatten()
-            .is_some()
+            .unwrap_or(false)
     }
 
-    async fn authorise_claimed(
-        &self,
-        msg: &Message,
-        merchant: &Merchant,
-        a: &Authorisation<'_>,
-        key: &str,
-        pan_hash: [u8; 32],
-        trace: &mut Trace,
-    ) -> Answer {
-        let order_ref = text(a.order_ref);
-        // Routing and reachability are decided before recording, so the record says
-        // where the request went; their refusals come after the order-reference check.
-        let route = self.router.lookup(a.pan);
+    /// Runs `write` until it succeeds, retrying a failure up to [`OUTCOME_RETRY_MAX`]
+    /// times [`OUTCOME_RETRY_PAUSE_MS`] apart; the last error if none succeeds. `what`
+    /// names the record in the logs.
+    pub(crate) async fn retrying<F, Fut>(&self, what: &str, mut write: F) -> Result<(), StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), StoreError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match write().await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < OUTCOME_RETRY_MAX => {
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "{what} not recorded yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A claimed purchase or pre-authorisation: admitted, recorded, asked of the bank,
+    /// its outcome recorded, answered.
+    async fn authorise_claimed(&self, r: &AuthRequest<'_, '_>, trace: &mut Trace) -> Answer {
+        let bank = match self.admit(r).await {
+            Ok(bank) => bank,
+            Err(answer) => return answer,
+        };
+        let sent = match self.record_request(r, bank).await {
+            Ok(sent) => sent,
+            Err(answer) => return answer,
+        };
+        let started = Instant::now();
+        let outcome = self.ask_bank(r, bank, &sent).await;
+        trace.bank_round_trip = started.elapsed();
+        self.metrics
+            .bank_round_trip
+            .with_label_values(&[bank.config.id.as_str()])
+            .observe(trace.bank_round_trip.as_secs_f64());
+        let (outcome, answer) = self.settle(bank, &sent, outcome, started);
+        let reversing = outcome.reversal.is_some();
+        // No answer before the outcome is recorded. If it cannot be, the row stays
+        // 'authorising' and recovery reverses it at the next start.
+        let recorded = self
+            .retrying("outcome", || self.store.record_outcome(outcome.clone()))
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, rrn = %sent.rrn, "outcome could not be recorded: answering 96; recovery will reverse");
+            return Answer {
+                rc: Rc::MALFUNCTION,
+                rrn: Some(sent.rrn),
+                auth: None,
+            };
+        }
+        if reversing {
+            self.reversal_wake.notify_waiters();
+        }
+        tracing::info!(rc = answer.rc.as_str(), rrn = %sent.rrn, bank = %bank.config.id,
+            bank_ms = started.elapsed().as_millis() as u64, "request answered");
+        answer
+    }
+
+    /// Routing and reachability, decided before recording so that the record says where
+    /// the request went; their refusals come after the order-reference check.
+    async fn admit(&self, r: &AuthRequest<'_, '_>) -> Result<&Bank, Answer> {
+        let route = self.router.lookup(r.a.pan);
         let bank = route.as_ref().and_then(|id| self.banks.get(&**id));
         let refusal = match (&route, bank) {
             (None, _) => Some((Rc::NO_ROUTE, "no bank serves this card")),
@@ -604,96 +671,118 @@ impl Engine {
             _ => None,
         };
         if let Some((rc, why)) = refusal {
-            if self.order_ref_live(&merchant.id, &order_ref).await {
+            if self.order_ref_live(&r.merchant.id, &r.order_ref).await {
                 tracing::info!(rc = "94", "request refused: order reference in use");
-                return Answer::refused(Rc::DUPLICATE);
+                return Err(Answer::refused(Rc::DUPLICATE));
             }
-            tracing::info!(rc = rc.as_str(), reason = why, card = %masked(a.pan), "request refused");
-            return Answer::refused(rc);
+            tracing::info!(rc = rc.as_str(), reason = why, card = %masked(r.a.pan), "request refused");
+            return Err(Answer::refused(rc));
         }
-        let bank = bank.expect("routed and reachable");
+        Ok(bank.expect("routed and reachable"))
+    }
+
+    /// Gives the request its id, RRN and STAN at the bank and records it
+    /// (`authorising`): nothing reaches the bank before this is durable. On refusal the
+    /// STAN and the breaker's probe are given back.
+    async fn record_request(&self, r: &AuthRequest<'_, '_>, bank: &Bank) -> Result<Sent, Answer> {
         let id = match self.ids.next().await {
             Ok(id) => id,
             Err(e) => {
                 bank.abandon(Instant::now());
                 tracing::error!(error = %e, "no transaction id: database unavailable");
-                return Answer::refused(Rc::MALFUNCTION);
+                return Err(Answer::refused(Rc::MALFUNCTION));
             }
         };
         let rrn = rrn_of(id);
         tracing::Span::current().record("rrn", rrn.as_str());
         let Ok(bank_stan) = bank.stans.allocate() else {
             bank.abandon(Instant::now());
-            return Answer::refused(Rc::ISSUER_DOWN);
+            return Err(Answer::refused(Rc::ISSUER_DOWN));
+        };
+        let unix = codec::clock::unix_now();
+        let sent = Sent {
+            id,
+            rrn,
+            bank_stan,
+            stan_digits: bank_links::stan::format_stan(bank_stan),
+            bank_de7: codec::clock::transmission(unix),
+            unix,
         };
         // Nothing reaches the bank after all: free the STAN and the breaker's probe.
-        let give_up = || {
+        let give_up = |answer: Answer| {
             bank.stans.release(bank_stan);
             bank.abandon(Instant::now());
+            Err(answer)
         };
-        let stan_digits = bank_links::stan::format_stan(bank_stan);
-        let unix = codec::clock::unix_now();
-        let bank_de7 = codec::clock::transmission(unix);
-        let card_enc = match self
-            .vault
-            .seal(Purpose::Card, &card_plaintext(a.pan, a.expiry))
-        {
-            Ok(c) => c,
-            Err(e) => {
-                give_up();
-                tracing::error!(error = %e, "card data could not be sealed");
-                return Answer::refused(Rc::MALFUNCTION);
-            }
+        let record = match self.new_txn(r, bank, &sent) {
+            Ok(record) => record,
+            Err(answer) => return give_up(answer),
         };
-        let record = NewTxn {
-            id,
-            instance_id: self.instance_id,
-            merchant_id: merchant.id.clone(),
-            terminal_id: text(a.terminal_id),
-            stan: text(a.stan),
-            transmitted_at: text(a.transmitted_at),
-            mti: msg.mti().original().as_str().to_string(),
-            kind: a.kind.as_str(),
-            processing_code: text(a.processing_code),
-            amount_minor: a.amount_minor as i64,
-            currency: a.currency as i16,
-            order_ref: Some(order_ref),
-            pan_hash: Some(pan_hash.to_vec()),
-            pan_last4: Some(text(&a.pan[a.pan.len() - 4..])),
-            card_enc: Some(card_enc),
-            rrn: rrn.clone(),
-            bank_id: Some(bank.config.id.clone()),
-            bank_stan: Some(text(&stan_digits)),
-            bank_transmitted_at: Some(text(&bank_de7)),
-            original_id: None,
-            state: "authorising",
-            response_code: None,
-            reason: None,
-        };
-        match self.journal.insert(record).await {
-            Ok(true) => {}
+        match self.store.insert(record).await {
+            Ok(true) => Ok(sent),
             Ok(false) => {
-                give_up();
                 // Either this very request is recorded already (Redis lost its key) or
                 // the order reference is live: the record decides which.
                 let answer = self
-                    .answer_from_record(key)
+                    .answer_from_record(r.key)
                     .await
                     .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
                 tracing::info!(
                     rc = answer.rc.as_str(),
                     "request already recorded or order reference in use"
                 );
-                return answer;
+                give_up(answer)
             }
             Err(e) => {
-                give_up();
                 tracing::error!(error = %e, "request not recorded: answering 96, nothing sent to the bank");
-                return Answer::refused(Rc::MALFUNCTION);
+                give_up(Answer::refused(Rc::MALFUNCTION))
             }
         }
+    }
 
-        let (de12, de13) = codec::clock::local_time_date(unix);
+    /// The request's record, its card sealed; `96` if it cannot be.
+    fn new_txn(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> Result<NewTxn, Answer> {
+        let a = r.a;
+        let card_enc = self
+            .vault
+            .seal(Purpose::Card, &card_plaintext(a.pan, a.expiry))
+            .map_err(|e| {
+                tracing::error!(error = %e, "card data could not be sealed");
+                Answer::refused(Rc::MALFUNCTION)
+            })?;
+        Ok(NewTxn {
+            id: sent.id,
+            instance_id: self.instance_id,
+            merchant_id: r.merchant.id.clone(),
+            terminal_id: text(a.terminal_id),
+            stan: text(a.stan),
+            transmitted_at: text(a.transmitted_at),
+            mti: r.msg.mti().original().as_str().to_string(),
+            kind: a.kind,
+            processing_code: text(a.processing_code),
+            amount_minor: a.amount_minor as i64,
+            currency: a.currency as i16,
+            order_ref: Some(r.order_ref.clone()),
+            pan_hash: Some(r.pan_hash.to_vec()),
+            pan_last4: Some(text(&a.pan[a.pan.len() - 4..])),
+            card_enc: Some(card_enc),
+            rrn: sent.rrn.clone(),
+            bank_id: Some(bank.config.id.clone()),
+            bank_stan: Some(text(&sent.stan_digits)),
+            bank_transmitted_at: Some(text(&sent.bank_de7)),
+            original_id: None,
+            state: State::Authorising,
+            response_code: None,
+            reason: None,
+            refund_reason: None,
+        })
+    }
+
+    /// Sends the recorded request to its bank and waits for the answer; the STAN and the
+    /// breaker are settled with the outcome.
+    async fn ask_bank(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> LinkOutcome {
+        let (a, msg) = (r.a, r.msg);
+        let (de12, de13) = codec::clock::local_time_date(sent.unix);
         let acquirer = self
             .acquirer_ids
             .get(&bank.config.id)
@@ -703,105 +792,92 @@ impl Engine {
         b.set(2, a.pan)
             .set(3, a.processing_code)
             .set(4, msg.raw(4).unwrap_or(b"0"))
-            .set(7, &bank_de7)
-            .set(11, &stan_digits)
+            .set(7, &sent.bank_de7)
+            .set(11, &sent.stan_digits)
             .set(12, &de12)
             .set(13, &de13)
             .set(14, a.expiry)
-            .set(37, rrn.as_bytes())
+            .set(37, sent.rrn.as_bytes())
             .set(41, a.terminal_id)
             .set(42, a.merchant_id)
             .set(49, msg.raw(49).unwrap_or(b"000"));
         crate::bank_io::set_acquirer(&mut b, bank, acquirer);
-        let started = Instant::now();
-        let outcome =
-            crate::bank_io::send(bank, msg.mti().class(), bank_stan, &rrn, b.encode()).await;
+        let outcome = crate::bank_io::send(
+            bank,
+            msg.mti().class(),
+            sent.bank_stan,
+            &sent.rrn,
+            b.encode(),
+        )
+        .await;
         bank.record_outcome(Instant::now(), &outcome);
-        bank.stans.release(bank_stan);
-        trace.bank_round_trip = started.elapsed();
-        self.metrics
-            .bank_round_trip
-            .with_label_values(&[bank.config.id.as_str()])
-            .observe(trace.bank_round_trip.as_secs_f64());
-        let (outcome, answer) = match outcome {
+        bank.stans.release(sent.bank_stan);
+        outcome
+    }
+
+    /// The outcome to record (with its reversal when the bank did not answer) and the
+    /// answer for the merchant, as [`lifecycle::authorisation_verdict`] decides.
+    fn settle(
+        &self,
+        bank: &Bank,
+        sent: &Sent,
+        outcome: LinkOutcome,
+        started: Instant,
+    ) -> (Outcome, Answer) {
+        let (bank_rc, auth) = match outcome {
             LinkOutcome::Answered(reply) => {
                 let rc = Rc::from_bank(reply.raw(39).unwrap_or(b"05"));
                 let auth = (rc == Rc::APPROVED)
                     .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
                     .flatten();
-                let state = if rc == Rc::APPROVED {
-                    "approved"
-                } else {
-                    "declined"
-                };
-                let answer = Answer {
-                    rc,
-                    rrn: Some(rrn.clone()),
-                    auth: auth.clone(),
-                };
-                (
-                    Outcome {
-                        id,
-                        state,
-                        response_code: rc.as_str().into(),
-                        auth_code: auth,
-                        reversal: None,
-                    },
-                    answer,
-                )
+                (Some(rc), auth)
             }
             LinkOutcome::TimedOut | LinkOutcome::LinkLost => {
                 self.metrics
                     .bank_timeouts
                     .with_label_values(&[bank.config.id.as_str()])
                     .inc();
-                tracing::warn!(bank = %bank.config.id, rrn = %rrn, elapsed_ms = started.elapsed().as_millis() as u64,
+                tracing::warn!(bank = %bank.config.id, rrn = %sent.rrn, elapsed_ms = started.elapsed().as_millis() as u64,
                     "bank did not answer: answering 91 and reversing");
-                let reversal = Some((bank.config.id.clone(), "timeout"));
-                let outcome = Outcome {
-                    id,
-                    state: "reversing",
-                    response_code: "91".into(),
-                    auth_code: None,
-                    reversal,
-                };
-                (
-                    outcome,
-                    Answer {
-                        rc: Rc::ISSUER_DOWN,
-                        rrn: Some(rrn.clone()),
-                        auth: None,
-                    },
-                )
+                (None, None)
             }
         };
-        let reversing = outcome.reversal.is_some();
-        // No answer before the outcome is recorded. If it cannot be, the row stays
-        // 'authorising' and recovery reverses it at the next start.
-        let mut attempt = 0;
-        loop {
-            match self.journal.record_outcome(outcome.clone()).await {
-                Ok(()) => break,
-                Err(e) if attempt < OUTCOME_RETRY_MAX => {
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "outcome not recorded yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, rrn = %rrn, "outcome could not be recorded: answering 96; recovery will reverse");
-                    return Answer {
-                        rc: Rc::MALFUNCTION,
-                        rrn: Some(rrn),
-                        auth: None,
-                    };
-                }
-            }
-        }
-        if reversing {
-            self.reversal_wake.notify_waiters();
-        }
-        tracing::info!(rc = answer.rc.as_str(), rrn = %rrn, bank = %bank.config.id,
-            bank_ms = started.elapsed().as_millis() as u64, "request answered");
-        answer
+        let verdict = lifecycle::authorisation_verdict(bank_rc);
+        let reversal = (verdict.state == State::Reversing)
+            .then(|| (bank.config.id.clone(), ReversalReason::Timeout));
+        let outcome = Outcome {
+            id: sent.id,
+            state: verdict.state,
+            response_code: verdict.rc.as_str().into(),
+            auth_code: auth.clone(),
+            reversal,
+        };
+        let answer = Answer {
+            rc: verdict.rc,
+            rrn: Some(sent.rrn.clone()),
+            auth,
+        };
+        (outcome, answer)
     }
+}
+
+/// A purchase or pre-authorisation on its way: what each step of it reads.
+struct AuthRequest<'r, 'm> {
+    msg: &'r Message,
+    merchant: &'r Merchant,
+    a: &'r Authorisation<'m>,
+    key: &'r str,
+    order_ref: String,
+    pan_hash: [u8; 32],
+}
+
+/// A recorded request, as it goes to the bank.
+struct Sent {
+    id: i64,
+    rrn: String,
+    bank_stan: u32,
+    stan_digits: [u8; 6],
+    bank_de7: [u8; 10],
+    /// When it was recorded (DE7, DE12 and DE13 to the bank), in Unix seconds.
+    unix: u64,
 }

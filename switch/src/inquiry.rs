@@ -2,15 +2,15 @@
 //! ask the bank (0600) what became of the original, at a bounded rate per bank, and settle
 //! the transaction when the answer shows nothing stands at the bank.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bank_links::{Bank, Outcome};
 use codec::{Message, MessageBuilder, Mti, tlv};
-use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::DbError;
 use crate::payments::bank_de90;
+use crate::store::{Store, StoreError};
 
 /// How often a worker looks for transactions to ask about.
 pub const INQUIRY_ROUND_MS: u64 = 1_000;
@@ -49,7 +49,7 @@ pub fn finding(answer: &Message) -> Finding {
 /// One bank's inquiry worker.
 #[derive(Debug, Clone)]
 pub struct InquiryWorker {
-    pub pool: Pool,
+    pub store: Arc<dyn Store>,
     pub bank: Bank,
     pub acquirer_id: String,
     /// Inquiries per second at most (0 disables the worker).
@@ -75,35 +75,27 @@ impl InquiryWorker {
         }
     }
 
-    async fn round(&self) -> Result<(), DbError> {
-        let client = self.pool.get().await?;
-        // Claim by stamping inquired_at, so instances do not ask about the same one at once.
-        let rows = client
-            .query(
-                "WITH due AS (
-                   SELECT t.id FROM reversals r JOIN transactions t ON t.id = r.transaction_id
-                   WHERE r.bank_id = $1 AND r.state = 'pending' AND r.attempts >= 1 AND t.state = 'reversing'
-                     AND (t.inquired_at IS NULL OR t.inquired_at < now() - ($3::bigint * interval '1 millisecond'))
-                   ORDER BY r.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED)
-                 UPDATE transactions t SET inquired_at = now(), inquiries = t.inquiries + 1
-                 FROM due, reversals r WHERE t.id = due.id AND r.transaction_id = t.id
-                 RETURNING t.id, t.rrn, t.mti, t.bank_stan, t.bank_transmitted_at, r.id",
-                &[&self.bank.config.id, &i64::from(self.per_second), &INQUIRY_REPEAT_MS],
+    async fn round(&self) -> Result<(), StoreError> {
+        let due = self
+            .store
+            .claim_inquiries(
+                &self.bank.config.id,
+                i64::from(self.per_second),
+                INQUIRY_REPEAT_MS,
             )
             .await?;
-        drop(client);
-        for r in rows {
-            let rrn: String = r.get(1);
-            let mti: String = r.get(2);
-            let bank_stan: Option<String> = r.get(3);
-            let bank_de7: Option<String> = r.get(4);
-            let reversal_id: i64 = r.get(5);
+        for q in due {
             let found = self
-                .ask(&rrn, &mti, bank_stan.as_deref(), bank_de7.as_deref())
+                .ask(
+                    &q.rrn,
+                    &q.mti,
+                    q.bank_stan.as_deref(),
+                    q.bank_transmitted_at.as_deref(),
+                )
                 .await;
-            tracing::info!(bank = %self.bank.config.id, rrn = %rrn, finding = ?found, "status inquiry answered");
+            tracing::info!(bank = %self.bank.config.id, rrn = %q.rrn, finding = ?found, "status inquiry answered");
             if found == Finding::NothingStands {
-                crate::reversals::acknowledge(&self.pool, reversal_id, "IQ").await?;
+                self.store.reversal_answered(q.reversal_id, "IQ").await?;
             }
         }
         Ok(())

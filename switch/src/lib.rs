@@ -1,6 +1,6 @@
 //! The Switchyard switch: merchant sessions to bank links, durable and idempotent.
 //!
-//! - [`advices`]: bank-initiated advices, applied exactly once.
+//! - [`advices`]: bank-initiated advices: what each does, acknowledged once recorded.
 //! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
 //! - [`bank_io`]: sending the switch's own requests to a bank.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
@@ -12,17 +12,21 @@
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
 //! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
-//! - [`journal`]: group-committed records in PostgreSQL.
+//! - [`store`]: the one owner of durable state (transactions, postings, the
+//!   store-and-forward queue, bank advices, in-doubt rows, notifications) behind the
+//!   [`store::Store`] trait; [`store::PgStore`] in PostgreSQL, with the group-committed
+//!   [`store::journal`] for the hot path. Nothing else writes SQL about them.
 //! - [`ledger`]: the double-entry ledger: checks, balances, settlement totals.
-//! - [`lifecycle`]: the transaction state machine: what may follow what.
+//! - [`lifecycle`]: the transaction state machine: what may follow what, and each step's
+//!   effect as a plain [`lifecycle::Transition`] the store applies.
 //! - [`notify`]: notifications (0620) to merchants: stored, delivered, repeated until 0630.
 //! - [`payments`]: completion, refund, reversal and status on the request path.
-//! - [`reversals`]: store-and-forward of reversals; crash recovery.
+//! - [`reversals`]: the store-and-forward workers (reversals and completion advices).
 //! - [`routing`]: BIN ranges to banks.
 //! - [`merchants`]: merchant records and their in-memory table.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`crypto`]: sealing MAC keys and card data; the card-number hash.
-//! - [`ids`]: transaction ids and RRNs.
+//! - [`ids`]: transaction ids (from blocks the store reserves) and RRNs.
 //! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
 
 pub mod admin;
@@ -39,7 +43,6 @@ pub mod engine;
 pub mod ids;
 pub mod inflight;
 pub mod inquiry;
-pub mod journal;
 pub mod ledger;
 pub mod lifecycle;
 pub mod limiter;
@@ -52,3 +55,4 @@ pub mod reversals;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod store;

@@ -5,6 +5,12 @@
 //! state and a request and say whether the request may proceed (or what code refuses
 //! it); the engine applies the effect under a row lock, so the answer holds under
 //! concurrency on any number of instances. See docs/lifecycle.md for the diagram.
+//!
+//! Each allowed step's effect is computed here as a plain value, a [`Transition`] (what
+//! changes, to what), from the payment as read under its lock; the store
+//! ([`crate::store`]) applies it in one commit. The money invariant (refunds settled and
+//! at the bank never exceed what was captured) is asserted where a transition is
+//! computed, and the database's `transactions_refunds_within_captured` enforces it too.
 
 use crate::checks::{Kind, Rc};
 
@@ -25,6 +31,7 @@ pub enum State {
 }
 
 impl State {
+    /// The state a `state` column value names; `None` for anything else.
     pub fn parse(s: &str) -> Option<State> {
         Some(match s {
             "authorising" => State::Authorising,
@@ -38,6 +45,7 @@ impl State {
         })
     }
 
+    /// The `state` column's value.
     pub fn as_str(&self) -> &'static str {
         match self {
             State::Authorising => "authorising",
@@ -119,6 +127,31 @@ impl Payment {
                 }
             }
         }
+    }
+}
+
+impl Payment {
+    /// The payment once `change` is applied. Amounts stop at zero (the invariants are
+    /// checked separately, see [`Payment::refunds_within_captured`]).
+    pub fn after(&self, change: &RootChange) -> Payment {
+        Payment {
+            state: change.state.unwrap_or(self.state),
+            captured_minor: change.captured_minor.unwrap_or(self.captured_minor),
+            refunded_minor: self
+                .refunded_minor
+                .saturating_add_signed(change.refunded_delta),
+            refund_reserved_minor: self
+                .refund_reserved_minor
+                .saturating_add_signed(change.refund_reserved_delta),
+            completion_pending: change.completion_pending.unwrap_or(self.completion_pending),
+            ..*self
+        }
+    }
+
+    /// The money invariant: refunds settled and at the bank stay within what was
+    /// captured (the database's `transactions_refunds_within_captured` too).
+    pub fn refunds_within_captured(&self) -> bool {
+        self.refunded_minor + self.refund_reserved_minor <= self.captured_minor
     }
 }
 
@@ -226,6 +259,291 @@ pub fn check_reversal(
         }
         Kind::Reversal => Err(Rc::INVALID_TRANSACTION),
     }
+}
+
+/// Why a reversal is stored for the bank (its store-and-forward row's `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalReason {
+    /// The bank did not answer in time, or the link was lost.
+    Timeout,
+    /// The merchant reversed it (0400).
+    Merchant,
+    /// A crash left it without an outcome; recovery reverses it at the next start.
+    Recovery,
+}
+
+impl ReversalReason {
+    /// The `reason` column's value.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReversalReason::Timeout => "timeout",
+            ReversalReason::Merchant => "merchant",
+            ReversalReason::Recovery => "recovery",
+        }
+    }
+}
+
+/// A message the bank gets by store and forward, repeated until it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// 0400, then 0401 repeats: undo the transaction at the bank.
+    Reversal(ReversalReason),
+    /// 0220, then 0221 repeats: a completion the merchant was answered already.
+    CompletionAdvice,
+}
+
+/// Which row of a step a part of its [`Transition`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    /// The step's own row: the completion, refund or reversal request itself.
+    Own,
+    /// The row the request names by DE90.
+    Named,
+}
+
+/// How a request the bank was asked about came out: its row's state and the code the
+/// merchant is answered with (and that the row records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub state: State,
+    pub rc: Rc,
+}
+
+/// A purchase's or pre-authorisation's verdict from the bank's mapped DE39 (`None`: no
+/// answer, timeout or lost link). An unanswered request is `reversing` (a reversal must
+/// follow) and answered `91`; any answer other than `00` declines.
+pub fn authorisation_verdict(bank_rc: Option<Rc>) -> Verdict {
+    match bank_rc {
+        Some(Rc::APPROVED) => Verdict {
+            state: State::Approved,
+            rc: Rc::APPROVED,
+        },
+        Some(rc) => Verdict {
+            state: State::Declined,
+            rc,
+        },
+        None => Verdict {
+            state: State::Reversing,
+            rc: Rc::ISSUER_DOWN,
+        },
+    }
+}
+
+/// A refund's verdict from the bank's mapped DE39 (`None`: no answer). Unlike an
+/// authorisation, a refund the bank answers `91` is treated as unanswered: reversed.
+pub fn refund_verdict(bank_rc: Option<Rc>) -> Verdict {
+    match bank_rc.unwrap_or(Rc::ISSUER_DOWN) {
+        Rc::APPROVED => Verdict {
+            state: State::Approved,
+            rc: Rc::APPROVED,
+        },
+        Rc::ISSUER_DOWN => Verdict {
+            state: State::Reversing,
+            rc: Rc::ISSUER_DOWN,
+        },
+        rc => Verdict {
+            state: State::Declined,
+            rc,
+        },
+    }
+}
+
+/// What a step changes on its payment's root row. Absent fields and zero deltas leave
+/// the row as it is; deltas are in minor units of the payment's currency.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootChange {
+    pub state: Option<State>,
+    pub captured_minor: Option<u64>,
+    pub refunded_delta: i64,
+    pub refund_reserved_delta: i64,
+    pub completion_pending: Option<bool>,
+}
+
+impl RootChange {
+    /// Whether the change leaves the root as it is.
+    pub fn is_empty(&self) -> bool {
+        *self == RootChange::default()
+    }
+}
+
+/// How a step's own row settles at once: its state, response code and DE38.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    pub state: State,
+    pub rc: Rc,
+    pub auth_code: Option<String>,
+}
+
+/// Ledger postings a step makes under its own row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Posting {
+    /// `+amount` to the row's bank (`bank:<id>`), `-amount` to its merchant
+    /// (`merchant:<id>`), in minor units of the row's currency; a negative amount posts the
+    /// other way (a refund).
+    Amount(i64),
+    /// The negation of every posting of the named row (a reversal).
+    NegateNamed,
+}
+
+/// What one lifecycle step changes, as a value: computed by the functions below from the
+/// payment as read under its row lock, applied by the store in one commit. The default
+/// changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transition {
+    /// The step's own row settles at once.
+    pub settle: Option<Settlement>,
+    /// The named row's new state.
+    pub named_state: Option<State>,
+    /// The payment's root.
+    pub root: RootChange,
+    /// Ledger postings under the step's own row.
+    pub posting: Option<Posting>,
+    /// A message for the bank by store and forward, about which row (sent to that row's
+    /// bank; a row without a bank has nothing to forward).
+    pub forward: Option<(Row, Forward)>,
+    /// The own row starts (`true`) or stops (`false`) waiting for the bank (`in_doubt`,
+    /// where recovery finds it after a crash).
+    pub in_doubt: Option<bool>,
+}
+
+fn signed(amount_minor: u64) -> i64 {
+    i64::try_from(amount_minor).expect("amounts have at most 12 digits")
+}
+
+/// A completion of `amount_minor` that [`check_completion`] allowed: settled at once
+/// (approved, `00`, `auth_code`), the payment captured for the amount and posted, and
+/// the bank told by a stored advice.
+pub fn completion_recorded(payment: &Payment, amount_minor: u64, auth_code: String) -> Transition {
+    assert!(amount_minor > 0 && amount_minor <= payment.amount_minor);
+    assert!(
+        payment.captured_minor == 0,
+        "one completion per pre-authorisation"
+    );
+    let t = Transition {
+        settle: Some(Settlement {
+            state: State::Approved,
+            rc: Rc::APPROVED,
+            auth_code: Some(auth_code),
+        }),
+        root: RootChange {
+            state: Some(State::Captured),
+            captured_minor: Some(amount_minor),
+            ..RootChange::default()
+        },
+        posting: Some(Posting::Amount(signed(amount_minor))),
+        forward: Some((Row::Own, Forward::CompletionAdvice)),
+        ..Transition::default()
+    };
+    debug_assert!(payment.after(&t.root).refunds_within_captured());
+    t
+}
+
+/// A refund of `amount_minor` that [`check_refund`] allowed, recorded before it goes to
+/// the bank: its row waits for the bank (`in_doubt`) and the amount is reserved on the
+/// payment, so no other refund can take it meanwhile.
+pub fn refund_reserved(payment: &Payment, amount_minor: u64) -> Transition {
+    assert!(amount_minor > 0 && amount_minor <= payment.refundable_minor());
+    let t = Transition {
+        root: RootChange {
+            refund_reserved_delta: signed(amount_minor),
+            ..RootChange::default()
+        },
+        in_doubt: Some(true),
+        ..Transition::default()
+    };
+    debug_assert!(payment.after(&t.root).refunds_within_captured());
+    t
+}
+
+/// A refund of `amount_minor` settled by the bank's `verdict`: approved moves the amount
+/// from reserved to refunded and posts it (bank -, merchant +); unknown (`reversing`)
+/// keeps it reserved until the bank acknowledges a stored reversal; declined releases it.
+pub fn refund_settled(
+    payment: &Payment,
+    amount_minor: u64,
+    verdict: Verdict,
+    auth_code: Option<String>,
+) -> Transition {
+    debug_assert!(
+        payment.refund_reserved_minor >= amount_minor,
+        "a refund at the bank is reserved"
+    );
+    let amount = signed(amount_minor);
+    let mut t = Transition {
+        settle: Some(Settlement {
+            state: verdict.state,
+            rc: verdict.rc,
+            auth_code,
+        }),
+        in_doubt: Some(false),
+        ..Transition::default()
+    };
+    match verdict.state {
+        State::Approved => {
+            t.root.refund_reserved_delta = -amount;
+            t.root.refunded_delta = amount;
+            t.posting = Some(Posting::Amount(-amount));
+        }
+        State::Reversing => {
+            t.forward = Some((Row::Own, Forward::Reversal(ReversalReason::Timeout)));
+        }
+        _ => t.root.refund_reserved_delta = -amount,
+    }
+    debug_assert!(payment.after(&t.root).refunds_within_captured());
+    t
+}
+
+/// A merchant's reversal of `named` that [`check_reversal`] allowed with `effect` (its
+/// own row is recorded approved). Unless the row was reversed already: the named row
+/// becomes `reversed`, the payment changes as `effect` says, the named row's postings are
+/// negated, and a reversal of it is stored for the bank.
+pub fn reversal_recorded(effect: ReversalEffect, named: &Named, payment: &Payment) -> Transition {
+    let mut root = RootChange::default();
+    match effect {
+        ReversalEffect::AlreadyReversed => return Transition::default(),
+        ReversalEffect::VoidPayment => {}
+        ReversalEffect::UndoCompletion => {
+            assert!(payment.refunded_minor + payment.refund_reserved_minor == 0);
+            root.state = Some(State::Approved);
+            root.captured_minor = Some(0);
+        }
+        ReversalEffect::UndoRefund => {
+            debug_assert!(payment.refunded_minor >= named.amount_minor);
+            root.refunded_delta = -signed(named.amount_minor);
+        }
+    }
+    let t = Transition {
+        named_state: Some(State::Reversed),
+        root,
+        posting: Some(Posting::NegateNamed),
+        forward: Some((Row::Named, Forward::Reversal(ReversalReason::Merchant))),
+        ..Transition::default()
+    };
+    debug_assert!(payment.after(&t.root).refunds_within_captured());
+    t
+}
+
+/// A reversal the bank acknowledged (or an inquiry settled) for a row of `kind` and
+/// `amount_minor` whose outcome was unknown, now `reversed`: a refund's reservation is
+/// released, a pending completion cleared; a purchase or pre-authorisation is the root
+/// itself and changes nothing more.
+pub fn reversal_confirmed(kind: Kind, payment: &Payment, amount_minor: u64) -> RootChange {
+    let change = match kind {
+        Kind::Refund => {
+            debug_assert!(payment.refund_reserved_minor >= amount_minor);
+            RootChange {
+                refund_reserved_delta: -signed(amount_minor),
+                ..RootChange::default()
+            }
+        }
+        Kind::Completion => RootChange {
+            completion_pending: Some(false),
+            ..RootChange::default()
+        },
+        _ => RootChange::default(),
+    };
+    debug_assert!(payment.after(&change).refunds_within_captured());
+    change
 }
 
 #[cfg(test)]
@@ -413,5 +731,175 @@ mod tests {
             Status::Declined
         );
         assert_eq!(p.status().as_str(), "APPROVED");
+    }
+
+    fn held(amount: u64) -> Payment {
+        Payment {
+            kind: Kind::Preauth,
+            captured_minor: 0,
+            ..purchase(amount)
+        }
+    }
+
+    // Proves every state reads back from its column value, and nothing else reads as one.
+    #[test]
+    fn states_round_trip() {
+        for s in [
+            State::Authorising,
+            State::Approved,
+            State::Declined,
+            State::Refused,
+            State::Reversing,
+            State::Reversed,
+            State::Captured,
+        ] {
+            assert_eq!(State::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(State::parse("APPROVED"), None);
+    }
+
+    // Proves a bank's 91 declines an authorisation but leaves a refund unknown, and no
+    // answer leaves either unknown (reversing, answered 91).
+    #[test]
+    fn verdicts() {
+        let unknown = Verdict {
+            state: State::Reversing,
+            rc: Rc::ISSUER_DOWN,
+        };
+        assert_eq!(authorisation_verdict(None), unknown);
+        assert_eq!(refund_verdict(None), unknown);
+        assert_eq!(refund_verdict(Some(Rc::ISSUER_DOWN)), unknown);
+        assert_eq!(
+            authorisation_verdict(Some(Rc::ISSUER_DOWN)).state,
+            State::Declined
+        );
+        assert_eq!(
+            authorisation_verdict(Some(Rc::INSUFFICIENT_FUNDS)),
+            Verdict {
+                state: State::Declined,
+                rc: Rc::INSUFFICIENT_FUNDS
+            }
+        );
+        assert_eq!(
+            refund_verdict(Some(Rc::APPROVED)).state,
+            State::Approved,
+            "approved"
+        );
+    }
+
+    // Proves a completion captures its amount, posts it and queues the advice, and the
+    // payment then reads CAPTURED and refundable up to the amount.
+    #[test]
+    fn completion_transition() {
+        let p = held(5000);
+        let t = completion_recorded(&p, 4000, "123456".into());
+        assert_eq!(t.settle.as_ref().map(|s| s.state), Some(State::Approved));
+        assert_eq!(t.posting, Some(Posting::Amount(4000)));
+        assert_eq!(t.forward, Some((Row::Own, Forward::CompletionAdvice)));
+        assert_eq!(t.in_doubt, None);
+        let after = p.after(&t.root);
+        assert_eq!(after.state, State::Captured);
+        assert_eq!(after.status(), Status::Captured);
+        assert_eq!(after.refundable_minor(), 4000);
+    }
+
+    // Proves a refund reserves its amount, and each verdict moves or releases it: the
+    // reserved plus refunded never exceed the captured amount.
+    #[test]
+    fn refund_transitions() {
+        let p = purchase(1000);
+        let reserve = refund_reserved(&p, 600);
+        assert_eq!(reserve.in_doubt, Some(true));
+        let at_bank = p.after(&reserve.root);
+        assert_eq!(
+            (at_bank.refund_reserved_minor, at_bank.refundable_minor()),
+            (600, 400)
+        );
+
+        let ok = refund_settled(&at_bank, 600, refund_verdict(Some(Rc::APPROVED)), None);
+        let done = at_bank.after(&ok.root);
+        assert_eq!((done.refunded_minor, done.refund_reserved_minor), (600, 0));
+        assert_eq!(ok.posting, Some(Posting::Amount(-600)));
+        assert_eq!(ok.in_doubt, Some(false));
+        assert_eq!(done.status(), Status::PartiallyRefunded);
+
+        let no = refund_settled(&at_bank, 600, refund_verdict(Some(Rc::DO_NOT_HONOUR)), None);
+        assert_eq!(
+            at_bank.after(&no.root),
+            p,
+            "declined releases the reservation"
+        );
+        assert_eq!(no.posting, None);
+
+        let unknown = refund_settled(&at_bank, 600, refund_verdict(None), None);
+        assert!(unknown.root.is_empty(), "held until the bank acknowledges");
+        assert_eq!(
+            unknown.forward,
+            Some((Row::Own, Forward::Reversal(ReversalReason::Timeout)))
+        );
+        let released = reversal_confirmed(Kind::Refund, &at_bank, 600);
+        assert_eq!(at_bank.after(&released), p);
+    }
+
+    // Proves a refund beyond what may be refunded is refused where the transition is
+    // computed, whatever a caller skipped.
+    #[test]
+    #[should_panic]
+    fn refund_beyond_captured_panics() {
+        let mut p = purchase(1000);
+        p.refunded_minor = 700;
+        refund_reserved(&p, 301);
+    }
+
+    // Proves each reversal effect: a void changes only the named row, an undone
+    // completion holds the payment again, an undone refund stops counting, and a second
+    // reversal changes nothing.
+    #[test]
+    fn reversal_transitions() {
+        let p = purchase(1000);
+        let n = named(Kind::Purchase, State::Approved, 1000);
+        let void = reversal_recorded(ReversalEffect::VoidPayment, &n, &p);
+        assert_eq!(void.named_state, Some(State::Reversed));
+        assert!(void.root.is_empty());
+        assert_eq!(void.posting, Some(Posting::NegateNamed));
+        assert_eq!(
+            void.forward,
+            Some((Row::Named, Forward::Reversal(ReversalReason::Merchant)))
+        );
+
+        let captured = Payment {
+            state: State::Captured,
+            captured_minor: 400,
+            ..held(1000)
+        };
+        let c = named(Kind::Completion, State::Approved, 400);
+        let undo = reversal_recorded(ReversalEffect::UndoCompletion, &c, &captured);
+        let again = captured.after(&undo.root);
+        assert_eq!((again.state, again.captured_minor), (State::Approved, 0));
+        assert_eq!(again.status(), Status::Approved);
+
+        let refunded = Payment {
+            refunded_minor: 300,
+            ..p
+        };
+        let r = named(Kind::Refund, State::Approved, 300);
+        let undo = reversal_recorded(ReversalEffect::UndoRefund, &r, &refunded);
+        assert_eq!(refunded.after(&undo.root), p);
+
+        let repeat = reversal_recorded(ReversalEffect::AlreadyReversed, &n, &p);
+        assert_eq!(repeat, Transition::default());
+    }
+
+    // Proves a confirmed reversal clears a pending completion and leaves a payment's
+    // money alone.
+    #[test]
+    fn confirmed_reversals() {
+        let pending = Payment {
+            completion_pending: true,
+            ..held(1000)
+        };
+        let c = reversal_confirmed(Kind::Completion, &pending, 400);
+        assert!(!pending.after(&c).completion_pending);
+        assert!(reversal_confirmed(Kind::Purchase, &purchase(1000), 1000).is_empty());
     }
 }

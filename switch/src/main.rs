@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use switch::config::Config;
 use switch::crypto::Vault;
+use switch::store::PgStore;
 use switch::{db, merchants, routing};
 use tokio_util::sync::CancellationToken;
 
@@ -265,9 +266,10 @@ async fn async_main(cli: Cli) -> Result<()> {
             let config = load(&config)?;
             let pool = db::pool(&config.database.url, 2)?;
             db::migrate(&config.database.url).await?;
+            let store = PgStore::new(pool, config.switch.business_day_cutover_hour);
             match command {
                 LedgerCommand::Check => {
-                    let violations = switch::ledger::check(&pool).await?;
+                    let violations = switch::ledger::check(&store).await?;
                     if let Some(first) = violations.first() {
                         for v in &violations {
                             eprintln!("violation [{}]: {}", v.rule, v.detail);
@@ -277,7 +279,7 @@ async fn async_main(cli: Cli) -> Result<()> {
                     println!("ledger check: ok");
                 }
                 LedgerCommand::Totals { day, csv } => {
-                    let totals = switch::ledger::totals(&pool, day.as_deref()).await?;
+                    let totals = switch::ledger::totals(&store, day.as_deref()).await?;
                     if csv {
                         print!("{}", switch::ledger::to_csv(&totals));
                     } else {

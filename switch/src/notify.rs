@@ -9,14 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use codec::{Message, MessageBuilder, Mti, tlv};
-use deadpool_postgres::{GenericClient, Pool};
+use codec::{EncodeError, MacKey, Message, MessageBuilder, Mti, tlv};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::DbError;
+use crate::checks::Kind;
 use crate::merchants::Merchants;
-use crate::payments::{TXN_COLUMNS, TxnRow};
+use crate::store::{Notification, Store, StoreError};
 
 /// Notifications sent per merchant per round at most.
 pub const NOTIFY_BATCH_MAX: i64 = 100;
@@ -27,27 +26,39 @@ pub const NOTIFY_POLL_MS: u64 = 500;
 pub const NOTIFY_RETRY_MS: u64 = 2_000;
 pub const NOTIFY_RETRY_MAX_MS: u64 = 60_000;
 
-/// Stores a notification of `event` about the payment `root_id`, caused by transaction
-/// `source_id`, with the payment's status as it is inside `tx` (so call it after the
-/// change). A duplicate (same source and event) is ignored.
-pub async fn enqueue<C: GenericClient>(
-    tx: &C,
-    root_id: i64,
-    source_id: i64,
-    event: &str,
-) -> Result<(), DbError> {
-    let q = format!("SELECT {TXN_COLUMNS}, merchant_id FROM transactions WHERE id = $1");
-    let row = tx.query_one(&q, &[&root_id]).await?;
-    let root = TxnRow::from_row(&row);
-    let merchant_id: String = row.get(21);
-    let status = root.payment().status();
-    tx.execute(
-        "INSERT INTO notifications (merchant_id, terminal_id, transaction_id, event, status, rrn, order_ref) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (transaction_id, event) DO NOTHING",
-        &[&merchant_id, &root.terminal_id, &source_id, &event, &status.as_str(), &root.rrn, &root.order_ref],
-    )
-    .await?;
-    Ok(())
+/// What a notification tells the merchant of (DE48 `EV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A purchase or pre-authorisation answered `91` is confirmed reversed at the bank.
+    TransactionReversed,
+    /// A refund answered `91` is confirmed reversed.
+    RefundReversed,
+    /// A completion whose outcome was unknown is confirmed reversed.
+    CompletionReversed,
+    /// The bank reversed a payment on its own (an 0420 advice).
+    BankReversed,
+}
+
+impl Event {
+    /// The event as DE48 `EV` carries it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Event::TransactionReversed => "TRANSACTION_REVERSED",
+            Event::RefundReversed => "REFUND_REVERSED",
+            Event::CompletionReversed => "COMPLETION_REVERSED",
+            Event::BankReversed => "BANK_REVERSED",
+        }
+    }
+
+    /// The event a merchant is told of when a transaction of `kind`, whose outcome was
+    /// unknown, is confirmed reversed at the bank.
+    pub fn reversed(kind: Kind) -> Event {
+        match kind {
+            Kind::Refund => Event::RefundReversed,
+            Kind::Completion => Event::CompletionReversed,
+            _ => Event::TransactionReversed,
+        }
+    }
 }
 
 /// A signed-on connection's way to send.
@@ -122,7 +133,7 @@ pub fn retry_ms(attempts: u32) -> u64 {
 
 /// Delivers due notifications to signed-on merchants until shutdown.
 pub async fn run(
-    pool: Pool,
+    store: Arc<dyn Store>,
     sessions: Arc<Sessions>,
     merchants: Arc<Merchants>,
     shutdown: CancellationToken,
@@ -137,68 +148,31 @@ pub async fn run(
         if online.is_empty() {
             continue;
         }
-        if let Err(e) = round(&pool, &sessions, &merchants, &online).await {
+        if let Err(e) = round(&*store, &sessions, &merchants, &online).await {
             tracing::warn!(error = %e, "notification round failed");
         }
     }
 }
 
 async fn round(
-    pool: &Pool,
+    store: &dyn Store,
     sessions: &Sessions,
     merchants: &Merchants,
     online: &[String],
-) -> Result<(), DbError> {
+) -> Result<(), StoreError> {
     let de7 =
         String::from_utf8_lossy(&codec::clock::transmission(codec::clock::unix_now())).into_owned();
-    let client = pool.get().await?;
-    // Claim with a lease (next_attempt_at) so two instances do not send the same one at once.
-    let rows = client
-        .query(
-            "WITH due AS (
-               SELECT id FROM notifications
-               WHERE merchant_id = ANY($1) AND delivered_at IS NULL AND next_attempt_at <= now()
-               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
-             UPDATE notifications n SET attempts = n.attempts + 1,
-               next_attempt_at = now() + (least($4::bigint * power(2, least(n.attempts, 16))::bigint, $5::bigint)
-                 * interval '1 millisecond'),
-               stan = coalesce(n.stan, lpad((n.id % 1000000)::text, 6, '0')),
-               transmitted_at = coalesce(n.transmitted_at, $3)
-             FROM due WHERE n.id = due.id
-             RETURNING n.id, n.merchant_id, n.terminal_id, n.event, n.status, n.rrn, n.order_ref, n.stan,
-               n.transmitted_at, n.attempts",
-            &[&online, &NOTIFY_BATCH_MAX, &de7, &(NOTIFY_RETRY_MS as i64), &(NOTIFY_RETRY_MAX_MS as i64)],
-        )
-        .await?;
-    for r in rows {
-        let merchant_id: String = r.get(1);
-        let Some(merchant) = merchants.get(merchant_id.as_bytes()) else {
+    for n in store
+        .claim_notifications(online, NOTIFY_BATCH_MAX, &de7)
+        .await?
+    {
+        let Some(merchant) = merchants.get(n.merchant_id.as_bytes()) else {
             continue;
         };
-        let terminal: String = r.get(2);
-        let event: String = r.get(3);
-        let status: String = r.get(4);
-        let rrn: String = r.get(5);
-        let order_ref: Option<String> = r.get(6);
-        let stan: String = r.get(7);
-        let transmitted: String = r.get(8);
-        let mut de48 = Vec::new();
-        let _ = tlv::push(&mut de48, b"EV", event.as_bytes());
-        if let Some(or) = &order_ref {
-            let _ = tlv::push(&mut de48, b"OR", or.as_bytes());
-        }
-        let _ = tlv::push(&mut de48, b"ST", status.as_bytes());
-        let mut b = MessageBuilder::new(codec::builtin::merchant(), Mti::NOTIFICATION_ADVICE);
-        b.set(7, transmitted.as_bytes())
-            .set(11, stan.as_bytes())
-            .set(37, rrn.as_bytes())
-            .set(41, terminal.as_bytes())
-            .set(42, merchant_id.as_bytes())
-            .set(48, &de48);
-        match b.encode_with_mac(&merchant.mac_key) {
+        match advice(&n, &merchant.mac_key) {
             Ok(bytes) => {
-                let sent = sessions.deliver(&merchant_id, bytes);
-                tracing::info!(merchant = %merchant_id, event = %event, rrn = %rrn, sent, attempts = r.get::<_, i32>(9),
+                let sent = sessions.deliver(&n.merchant_id, bytes);
+                tracing::info!(merchant = %n.merchant_id, event = %n.event, rrn = %n.rrn, sent, attempts = n.attempts,
                     "notification sent");
             }
             Err(e) => tracing::error!(error = %e, "notification could not be encoded"),
@@ -207,23 +181,37 @@ async fn round(
     Ok(())
 }
 
+/// The 0620 for a notification, MAC'd with the merchant's key.
+fn advice(n: &Notification, key: &MacKey) -> Result<Bytes, EncodeError> {
+    let mut de48 = Vec::new();
+    let _ = tlv::push(&mut de48, b"EV", n.event.as_bytes());
+    if let Some(or) = &n.order_ref {
+        let _ = tlv::push(&mut de48, b"OR", or.as_bytes());
+    }
+    let _ = tlv::push(&mut de48, b"ST", n.status.as_bytes());
+    let mut b = MessageBuilder::new(codec::builtin::merchant(), Mti::NOTIFICATION_ADVICE);
+    b.set(7, n.transmitted_at.as_bytes())
+        .set(11, n.stan.as_bytes())
+        .set(37, n.rrn.as_bytes())
+        .set(41, n.terminal_id.as_bytes())
+        .set(42, n.merchant_id.as_bytes())
+        .set(48, &de48);
+    b.encode_with_mac(key)
+}
+
 /// A merchant's 0630: the notification it answers is delivered.
-pub async fn acknowledged(pool: &Pool, merchant_id: &str, msg: &Message) -> Result<bool, DbError> {
+pub async fn acknowledged(
+    store: &dyn Store,
+    merchant_id: &str,
+    msg: &Message,
+) -> Result<bool, StoreError> {
     if msg.raw(39) != Some(b"00") {
         return Ok(false);
     }
     let (Some(stan), Some(de7)) = (msg.get_str(11), msg.get_str(7)) else {
         return Ok(false);
     };
-    let client = pool.get().await?;
-    let n = client
-        .execute(
-            "UPDATE notifications SET delivered_at = now() \
-             WHERE merchant_id = $1 AND stan = $2 AND transmitted_at = $3 AND delivered_at IS NULL",
-            &[&merchant_id, &stan.as_ref(), &de7.as_ref()],
-        )
-        .await?;
-    Ok(n > 0)
+    store.notification_answered(merchant_id, &stan, &de7).await
 }
 
 #[cfg(test)]
@@ -236,5 +224,18 @@ mod tests {
         assert_eq!(retry_ms(0), 2_000);
         assert_eq!(retry_ms(3), 16_000);
         assert_eq!(retry_ms(30), NOTIFY_RETRY_MAX_MS);
+    }
+
+    // Proves each reversed kind names its event, and the events read as the contract
+    // spells them.
+    #[test]
+    fn events() {
+        assert_eq!(Event::reversed(Kind::Refund), Event::RefundReversed);
+        assert_eq!(Event::reversed(Kind::Completion), Event::CompletionReversed);
+        assert_eq!(
+            Event::reversed(Kind::Purchase).as_str(),
+            "TRANSACTION_REVERSED"
+        );
+        assert_eq!(Event::BankReversed.as_str(), "BANK_REVERSED");
     }
 }

@@ -12,7 +12,9 @@ use std::time::Instant;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::Statement;
 
+use crate::checks::Kind;
 use crate::db::DbError;
+use crate::lifecycle::{ReversalReason, State};
 use crate::metrics::Metrics;
 
 /// A transaction record as first written (before anything goes to a bank).
@@ -25,7 +27,7 @@ pub struct NewTxn {
     pub stan: String,
     pub transmitted_at: String,
     pub mti: String,
-    pub kind: &'static str,
+    pub kind: Kind,
     pub processing_code: String,
     pub amount_minor: i64,
     pub currency: i16,
@@ -38,20 +40,22 @@ pub struct NewTxn {
     pub bank_stan: Option<String>,
     pub bank_transmitted_at: Option<String>,
     pub original_id: Option<i64>,
-    pub state: &'static str,
+    pub state: State,
     pub response_code: Option<String>,
     pub reason: Option<String>,
+    /// DE48 `RR` of a refund (not written by the journal: its rows are never refunds).
+    pub refund_reason: Option<String>,
 }
 
 /// A transaction's outcome, and the reversal it needs if the outcome is unknown.
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub id: i64,
-    pub state: &'static str,
+    pub state: State,
     pub response_code: String,
     pub auth_code: Option<String>,
     /// (bank id, reason): a reversal to store and forward, written in the same commit.
-    pub reversal: Option<(String, &'static str)>,
+    pub reversal: Option<(String, ReversalReason)>,
 }
 
 /// The journal could not record: the caller answers `96` (before a bank was asked) or
@@ -335,7 +339,7 @@ impl<'a> Columns<'a> {
         self.stan.push(&t.stan);
         self.transmitted.push(&t.transmitted_at);
         self.mti.push(&t.mti);
-        self.kind.push(t.kind);
+        self.kind.push(t.kind.as_str());
         self.pcode.push(&t.processing_code);
         self.amount.push(t.amount_minor);
         self.currency.push(t.currency);
@@ -348,20 +352,20 @@ impl<'a> Columns<'a> {
         self.bank_stan.push(t.bank_stan.as_deref());
         self.bank_transmitted.push(t.bank_transmitted_at.as_deref());
         self.original.push(t.original_id);
-        self.state.push(t.state);
+        self.state.push(t.state.as_str());
         self.rc.push(t.response_code.as_deref());
         self.reason.push(t.reason.as_deref());
     }
 
     fn push_update(&mut self, o: &'a Outcome) {
         self.u_id.push(o.id);
-        self.u_state.push(o.state);
+        self.u_state.push(o.state.as_str());
         self.u_rc.push(&o.response_code);
         self.u_auth.push(o.auth_code.as_deref());
         if let Some((bank, reason)) = &o.reversal {
             self.r_id.push(o.id);
             self.r_bank.push(bank);
-            self.r_reason.push(reason);
+            self.r_reason.push(reason.as_str());
         }
     }
 }
@@ -418,4 +422,14 @@ async fn write_once(
         )
         .await?;
     Ok(rows.iter().map(|r| r.get::<_, i64>(0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    // Proves the batch statement posts by the one business-day rule every other posting
+    // uses (the statement itself stays as it is tuned).
+    #[test]
+    fn batch_uses_the_one_business_day_rule() {
+        assert!(super::BATCH_SQL.contains(&super::super::postings::business_day_sql(31)));
+    }
 }

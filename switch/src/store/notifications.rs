@@ -1,0 +1,97 @@
+//! Notifications (0620) to merchants: stored in the same commit as the change they
+//! tell of, claimed with a lease for delivery, and marked delivered by the merchant's
+//! 0630.
+
+use deadpool_postgres::{GenericClient, Pool};
+
+use super::{Notification, StoreError, TxnRecord};
+use crate::lifecycle::Status;
+use crate::notify::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS};
+
+/// Stores a notification of `event` about the payment `root`, caused by transaction
+/// `source_id`, with the payment's `status` after the change. A duplicate (same source
+/// and event) is ignored.
+pub(super) async fn enqueue<C: GenericClient>(
+    c: &C,
+    root: &TxnRecord,
+    status: Status,
+    source_id: i64,
+    event: Event,
+) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT INTO notifications (merchant_id, terminal_id, transaction_id, event, status, rrn, order_ref) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (transaction_id, event) DO NOTHING",
+        &[
+            &root.merchant_id,
+            &root.terminal_id,
+            &source_id,
+            &event.as_str(),
+            &status.as_str(),
+            &root.rrn,
+            &root.order_ref,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Claims due notifications of the `online` merchants with a lease (`next_attempt_at`,
+/// backing off as [`crate::notify::retry_ms`] says) so two instances do not send the same
+/// one at once. A first send takes `de7` and a DE11 from the notification's id.
+pub(super) async fn claim(
+    pool: &Pool,
+    online: &[String],
+    max: i64,
+    de7: &str,
+) -> Result<Vec<Notification>, StoreError> {
+    let client = pool.get().await?;
+    let rows = client
+        .query(
+            "WITH due AS (
+               SELECT id FROM notifications
+               WHERE merchant_id = ANY($1) AND delivered_at IS NULL AND next_attempt_at <= now()
+               ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
+             UPDATE notifications n SET attempts = n.attempts + 1,
+               next_attempt_at = now() + (least($4::bigint * power(2, least(n.attempts, 16))::bigint, $5::bigint)
+                 * interval '1 millisecond'),
+               stan = coalesce(n.stan, lpad((n.id % 1000000)::text, 6, '0')),
+               transmitted_at = coalesce(n.transmitted_at, $3)
+             FROM due WHERE n.id = due.id
+             RETURNING n.id, n.merchant_id, n.terminal_id, n.event, n.status, n.rrn, n.order_ref, n.stan,
+               n.transmitted_at, n.attempts",
+            &[&online, &max, &de7, &(NOTIFY_RETRY_MS as i64), &(NOTIFY_RETRY_MAX_MS as i64)],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Notification {
+            merchant_id: r.get(1),
+            terminal_id: r.get(2),
+            event: r.get(3),
+            status: r.get(4),
+            rrn: r.get(5),
+            order_ref: r.get(6),
+            stan: r.get(7),
+            transmitted_at: r.get(8),
+            attempts: r.get(9),
+        })
+        .collect())
+}
+
+/// The merchant answered the notification sent with this DE11 and DE7.
+pub(super) async fn answered(
+    pool: &Pool,
+    merchant_id: &str,
+    stan: &str,
+    de7: &str,
+) -> Result<bool, StoreError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute(
+            "UPDATE notifications SET delivered_at = now() \
+             WHERE merchant_id = $1 AND stan = $2 AND transmitted_at = $3 AND delivered_at IS NULL",
+            &[&merchant_id, &stan, &de7],
+        )
+        .await?;
+    Ok(n > 0)
+}

@@ -1,0 +1,185 @@
+//! [`PgStore`]: the [`Store`] in PostgreSQL.
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+
+use super::{
+    Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, OriginalRef, Outcome,
+    PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
+};
+use super::{advices, notifications, payments, postings, reads, reversals};
+use crate::advices::AdviceEffect;
+use crate::ledger::{Total, Violation};
+use crate::lifecycle::Verdict;
+
+/// The store in PostgreSQL: the pool for everything, and the group-committed
+/// [`Journal`] for the hot path's records when it has one.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: Pool,
+    journal: Option<Journal>,
+    /// The business day starts at this hour, UTC (0..24).
+    cutover_hours: i32,
+}
+
+impl PgStore {
+    /// A store over `pool` without a journal: [`Store::insert`] and
+    /// [`Store::record_outcome`] fail with [`StoreError::NoJournal`]. For tools and the
+    /// background workers, so that they do not keep the journal running at shutdown.
+    pub fn new(pool: Pool, business_day_cutover_hour: u8) -> PgStore {
+        assert!(business_day_cutover_hour < 24);
+        PgStore {
+            pool,
+            journal: None,
+            cutover_hours: i32::from(business_day_cutover_hour),
+        }
+    }
+
+    /// The same store recording through `journal` (which ends, writing what is queued,
+    /// once every handle to it is dropped).
+    pub fn with_journal(self, journal: Journal) -> PgStore {
+        PgStore {
+            journal: Some(journal),
+            ..self
+        }
+    }
+
+    fn journal(&self) -> Result<&Journal, StoreError> {
+        self.journal.as_ref().ok_or(StoreError::NoJournal)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn insert(&self, t: NewTxn) -> Result<bool, StoreError> {
+        Ok(self.journal()?.insert(t).await?)
+    }
+
+    async fn record_outcome(&self, o: Outcome) -> Result<(), StoreError> {
+        Ok(self.journal()?.record_outcome(o).await?)
+    }
+
+    async fn id_block(&self) -> Result<i64, StoreError> {
+        payments::id_block(&self.pool).await
+    }
+
+    async fn recover(&self, instance_id: i16) -> Result<u64, StoreError> {
+        reversals::recover(&self.pool, instance_id).await
+    }
+
+    async fn recorded(&self, key: &RequestRef<'_>) -> Result<Option<Recorded>, StoreError> {
+        reads::recorded(&self.pool, key).await
+    }
+
+    async fn order_ref_live(&self, merchant_id: &str, order_ref: &str) -> Result<bool, StoreError> {
+        reads::order_ref_live(&self.pool, merchant_id, order_ref).await
+    }
+
+    async fn payment_of(
+        &self,
+        merchant_id: &str,
+        terminal_id: &str,
+        original: &OriginalRef,
+    ) -> Result<Option<TxnRecord>, StoreError> {
+        reads::payment_of(&self.pool, merchant_id, terminal_id, original).await
+    }
+
+    async fn payment_by_order_ref(
+        &self,
+        merchant_id: &str,
+        order_ref: &str,
+    ) -> Result<Option<TxnRecord>, StoreError> {
+        reads::payment_by_order_ref(&self.pool, merchant_id, order_ref).await
+    }
+
+    async fn transaction_by_rrn(&self, rrn: &str) -> Result<Option<TxnRecord>, StoreError> {
+        reads::by_rrn(&self.pool, rrn).await
+    }
+
+    async fn lock_payment(
+        &self,
+        merchant_id: &str,
+        terminal_id: &str,
+        original: &OriginalRef,
+    ) -> Result<Option<Box<dyn PaymentLock>>, StoreError> {
+        let cutover = self.cutover_hours;
+        payments::lock(&self.pool, cutover, merchant_id, terminal_id, original).await
+    }
+
+    async fn settle_refund(
+        &self,
+        id: i64,
+        verdict: Verdict,
+        auth_code: Option<String>,
+    ) -> Result<(), StoreError> {
+        payments::settle_refund(&self.pool, self.cutover_hours, id, verdict, auth_code).await
+    }
+
+    async fn claim_forwards(
+        &self,
+        bank_id: &str,
+        max: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<DueForward>, StoreError> {
+        reversals::claim(&self.pool, bank_id, max, lease_ms).await
+    }
+
+    async fn expire_forward(&self, id: i64) -> Result<(), StoreError> {
+        reversals::expire(&self.pool, id).await
+    }
+
+    async fn advice_answered(&self, id: i64, rc: &str) -> Result<(), StoreError> {
+        reversals::advice_answered(&self.pool, id, rc).await
+    }
+
+    async fn reversal_answered(&self, id: i64, rc: &str) -> Result<(), StoreError> {
+        reversals::reversal_answered(&self.pool, id, rc).await
+    }
+
+    async fn forward_unanswered(&self, id: i64, pause_ms: i64) -> Result<(), StoreError> {
+        reversals::unanswered(&self.pool, id, pause_ms).await
+    }
+
+    async fn forward_backlog(&self) -> Result<Vec<Backlog>, StoreError> {
+        reversals::backlog(&self.pool).await
+    }
+
+    async fn claim_inquiries(
+        &self,
+        bank_id: &str,
+        max: i64,
+        repeat_ms: i64,
+    ) -> Result<Vec<Inquiry>, StoreError> {
+        reversals::claim_inquiries(&self.pool, bank_id, max, repeat_ms).await
+    }
+
+    async fn apply_bank_advice(&self, advice: &BankAdvice) -> Result<AdviceEffect, StoreError> {
+        advices::apply(&self.pool, self.cutover_hours, advice).await
+    }
+
+    async fn claim_notifications(
+        &self,
+        merchants: &[String],
+        max: i64,
+        transmitted_at: &str,
+    ) -> Result<Vec<Notification>, StoreError> {
+        notifications::claim(&self.pool, merchants, max, transmitted_at).await
+    }
+
+    async fn notification_answered(
+        &self,
+        merchant_id: &str,
+        stan: &str,
+        transmitted_at: &str,
+    ) -> Result<bool, StoreError> {
+        notifications::answered(&self.pool, merchant_id, stan, transmitted_at).await
+    }
+
+    async fn ledger_violations(&self) -> Result<Vec<Violation>, StoreError> {
+        postings::violations(&self.pool).await
+    }
+
+    async fn ledger_totals(&self, day: Option<&str>) -> Result<Vec<Total>, StoreError> {
+        postings::totals(&self.pool, day).await
+    }
+}
