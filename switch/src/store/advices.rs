@@ -22,8 +22,10 @@ pub(super) async fn apply(
     let txn = match &a.rrn {
         Some(rrn) => tx
             .query_opt(
-                &format!("SELECT {TXN_COLUMNS} FROM transactions WHERE rrn = $1 AND bank_id = $2 FOR UPDATE"),
-                &[rrn, &a.bank_id],
+                &format!(
+                    "SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1 AND rrn = $2 AND bank_id = $3 FOR UPDATE"
+                ),
+                &[&crate::ids::id_of_rrn(rrn), rrn, &a.bank_id],
             )
             .await?
             .map(|r| txn_record(&r)),

@@ -129,7 +129,7 @@ pub(super) async fn order_ref_live(
     let row = client
         .query_opt(
             "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
-             AND kind IN ('purchase', 'preauth') AND order_live",
+             AND kind IN ('purchase', 'preauth') AND order_slot = 0",
             &[&merchant_id, &order_ref],
         )
         .await?;
@@ -172,8 +172,8 @@ pub(super) async fn by_rrn(pool: &Pool, rrn: &str) -> Result<Option<TxnRecord>, 
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            &format!("SELECT {TXN_COLUMNS} FROM transactions WHERE rrn = $1"),
-            &[&rrn],
+            &format!("SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1 AND rrn = $2"),
+            &[&crate::ids::id_of_rrn(rrn), &rrn],
         )
         .await?;
     Ok(row.map(|r| txn_record(&r)))
