@@ -15,7 +15,8 @@
 #   BANK_TIMEOUT_MS [2000]  SWITCH_LOG [warn] (RUST_LOG of the switch)
 #   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
-#   JOURNAL_WRITERS, JOURNAL_BATCH_MAX [the switch's defaults]: [database] settings to try
+#   JOURNAL_WRITERS, JOURNAL_BATCH_MAX, JOURNAL_COMMIT_INTERVAL_US [the switch's defaults]:
+#     [database] settings to try
 #   PRELOAD [0]: historical transactions written before the switch starts
 #     (scripts/bench-preload.sql; the standard run uses PRELOAD=1000000)
 # Refuses to start while another benchmark's loadgen is running.
@@ -143,6 +144,7 @@ idle_timeout_ms = 600000
 url = "$bench_db_url"
 $( [ -n "${JOURNAL_WRITERS:-}" ] && echo "journal_writers = $JOURNAL_WRITERS" || true)
 $( [ -n "${JOURNAL_BATCH_MAX:-}" ] && echo "journal_batch_max = $JOURNAL_BATCH_MAX" || true)
+$( [ -n "${JOURNAL_COMMIT_INTERVAL_US:-}" ] && echo "journal_commit_interval_us = $JOURNAL_COMMIT_INTERVAL_US" || true)
 
 [redis]
 url = "$SWITCHYARD_TEST_REDIS_URL"

@@ -29,7 +29,7 @@ use crate::reversals::ReversalWorker;
 use crate::routing::Router;
 use crate::server::{Listening, accept_loop, tls_acceptor};
 use crate::session::{MerchantConnections, SessionLimits};
-use crate::store::{Journal, PgStore, Store, StoreError};
+use crate::store::{Journal, JournalSettings, PgStore, Store, StoreError};
 use crate::{db, dialects};
 
 /// How long background workers (reversals, inquiries, notifications) get to stop.
@@ -207,12 +207,15 @@ pub async fn run(
 
     let db = &config.database;
     let (journal, journal_task) = Journal::start(
-        config.database.url.clone(),
-        db.journal_batch_max,
-        db.journal_writers,
-        db.journal_queue_max,
+        JournalSettings {
+            url: config.database.url.clone(),
+            batch_max: db.journal_batch_max,
+            writers: db.journal_writers,
+            queue_max: db.journal_queue_max,
+            commit_interval_us: db.journal_commit_interval_us,
+            cutover_hours: i32::from(cutover),
+        },
         metrics.clone(),
-        i32::from(cutover),
     );
     let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover).with_journal(journal));
     let reversal_wake = Arc::new(Notify::new());

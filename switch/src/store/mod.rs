@@ -38,7 +38,7 @@ use crate::ledger::{Total, Violation};
 use crate::lifecycle::{Named, Payment, Transition, Verdict};
 
 pub use crate::lifecycle::State;
-pub use journal::{Journal, JournalError, NewTxn, Outcome};
+pub use journal::{Journal, JournalError, JournalSettings, NewTxn, Outcome};
 pub use pg::PgStore;
 
 /// A store operation that failed: the caller answers `96`, retries, or logs, as before
