@@ -22,6 +22,9 @@ use crate::store::{DueForward, Store, StoreError};
 pub const REVERSAL_CLAIM_BATCH: i64 = 64;
 /// A worker looks for due reversals at least this often even when not woken.
 pub const REVERSAL_POLL_MS: u64 = 1_000;
+/// After a wake, a worker waits this long before claiming: at 5,000 purchases/s with 1 %
+/// timeouts, claiming at every wake was 15 % of the database's statement time.
+pub const REVERSAL_GATHER_MS: u64 = 50;
 /// Backoff between repeats of one reversal: doubling from the bank timeout up to this.
 pub const REVERSAL_BACKOFF_MAX_MS: u64 = 60_000;
 
@@ -60,7 +63,11 @@ impl ReversalWorker {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = self.wake.notified() => {}
+                _ = self.wake.notified() => {
+                    // Let the reversals recorded about now gather, so that a burst of
+                    // timeouts costs one claiming query, not one each.
+                    tokio::time::sleep(Duration::from_millis(REVERSAL_GATHER_MS)).await;
+                }
                 _ = tokio::time::sleep(Duration::from_millis(REVERSAL_POLL_MS)) => {}
             }
         }

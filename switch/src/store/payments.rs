@@ -25,7 +25,12 @@ pub const POOL_WAIT_PAUSE_MS: u64 = 200;
 pub(super) async fn id_block(pool: &Pool) -> Result<i64, StoreError> {
     let client = pool.get().await?;
     let row = client
-        .query_one("SELECT nextval('transaction_id_seq')", &[])
+        .query_one(
+            &client
+                .prepare_cached("SELECT nextval('transaction_id_seq')")
+                .await?,
+            &[],
+        )
         .await?;
     Ok(row.get(0))
 }

@@ -99,8 +99,8 @@ pub(super) async fn recorded(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT state, response_code, rrn, auth_code, kind FROM transactions \
-             WHERE merchant_id = $1 AND terminal_id = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5",
+            &client.prepare_cached("SELECT state, response_code, rrn, auth_code, kind FROM transactions \
+             WHERE merchant_id = $1 AND terminal_id = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5").await?,
             &[
                 &key.merchant_id,
                 &key.terminal_id,
@@ -128,8 +128,12 @@ pub(super) async fn order_ref_live(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
+            &client
+                .prepare_cached(
+                    "SELECT 1 FROM transactions WHERE merchant_id = $1 AND order_ref = $2 \
              AND kind IN ('purchase', 'preauth') AND order_slot = 0",
+                )
+                .await?,
             &[&merchant_id, &order_ref],
         )
         .await?;

@@ -66,7 +66,7 @@ pub(super) async fn claim(
     let client = pool.get().await?;
     let rows = client
         .query(
-            "WITH due AS (
+            &client.prepare_cached("WITH due AS (
                SELECT id FROM reversals q
                WHERE bank_id = $1 AND state = 'pending' AND next_attempt_at <= now()
                  -- in order per transaction: a completion's reversal never overtakes it
@@ -81,7 +81,7 @@ pub(super) async fn claim(
                t.bank_stan, t.bank_transmitted_at, t.card_enc, r.kind = 'advice',
                CASE WHEN r.kind = 'advice' THEN p.mti ELSE t.mti END,
                CASE WHEN r.kind = 'advice' THEN p.bank_stan ELSE t.bank_stan END,
-               CASE WHEN r.kind = 'advice' THEN p.bank_transmitted_at ELSE t.bank_transmitted_at END",
+               CASE WHEN r.kind = 'advice' THEN p.bank_transmitted_at ELSE t.bank_transmitted_at END").await?,
             &[&bank_id, &max, &lease_ms],
         )
         .await?;
@@ -158,13 +158,16 @@ pub(super) async fn reversal_answered(pool: &Pool, id: i64, rc: &str) -> Result<
     let tx = client.transaction().await?;
     let rows = tx
         .query(
-            "WITH r AS (
+            &tx.prepare_cached(
+                "WITH r AS (
                UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(),
                  attempts = attempts + 1, last_response_code = $2
                WHERE id = $1 AND state = 'pending' RETURNING transaction_id)
              UPDATE transactions t SET state = 'reversed', updated_at = now()
              FROM r WHERE t.id = r.transaction_id AND t.state = 'reversing'
              RETURNING t.id, t.kind, coalesce(t.original_id, t.id), t.amount_minor",
+            )
+            .await?,
             &[&id, &rc],
         )
         .await?;
@@ -215,14 +218,14 @@ pub(super) async fn claim_inquiries(
     let client = pool.get().await?;
     let rows = client
         .query(
-            "WITH due AS (
+            &client.prepare_cached("WITH due AS (
                SELECT t.id FROM reversals r JOIN transactions t ON t.id = r.transaction_id
                WHERE r.bank_id = $1 AND r.state = 'pending' AND r.attempts >= 1 AND t.state = 'reversing'
                  AND (t.inquired_at IS NULL OR t.inquired_at < now() - ($3::bigint * interval '1 millisecond'))
                ORDER BY r.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED)
              UPDATE transactions t SET inquired_at = now(), inquiries = t.inquiries + 1
              FROM due, reversals r WHERE t.id = due.id AND r.transaction_id = t.id
-             RETURNING t.id, t.rrn, t.mti, t.bank_stan, t.bank_transmitted_at, r.id",
+             RETURNING t.id, t.rrn, t.mti, t.bank_stan, t.bank_transmitted_at, r.id").await?,
             &[&bank_id, &max, &repeat_ms],
         )
         .await?;
