@@ -49,6 +49,15 @@ enum Command {
         #[command(subcommand)]
         command: MerchantCommand,
     },
+    /// Retention: removes settled payments of business days before a day, with their
+    /// postings, queue rows, notifications and advices (export totals first).
+    Prune {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The first business day to keep (YYYY-MM-DD).
+        #[arg(long)]
+        before: String,
+    },
     /// The double-entry ledger: check invariants, print settlement totals.
     Ledger {
         #[command(flatten)]
@@ -261,6 +270,18 @@ async fn async_main(cli: Cli) -> Result<()> {
                     println!("merchant {id} enabled");
                 }
             }
+        }
+        Command::Prune { config, before } => {
+            let config = load(&config)?;
+            let pool = db::pool(&config.database.url, 2)?;
+            db::migrate(&config.database.url).await?;
+            let store = PgStore::new(pool, config.switch.business_day_cutover_hour);
+            let pruned = store.prune_before(&before).await?;
+            println!(
+                "{}",
+                serde_json::json!({"before": before, "payments": pruned.payments,
+                    "transactions": pruned.transactions, "postings": pruned.postings})
+            );
         }
         Command::Ledger { config, command } => {
             let config = load(&config)?;

@@ -1003,3 +1003,83 @@ async fn ledger_totals_reconcile_with_the_banks() {
         "the merchant's account mirrors the banks'"
     );
 }
+
+// Proves `switchyard prune` removes settled payments of old business days whole (with
+// their postings), keeps a recent payment and anything still in doubt, and leaves the
+// ledger check clean; a second run finds nothing more to remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_old_settled_payments_whole() {
+    let (world, sw, mut c) = world_with_switch("lc_prune").await;
+    let sent = mixed_run(&mut c).await;
+    assert!(sent >= 100, "a long run: {sent} requests");
+    let db = pg_connect(&world.db_url).await;
+    let count = |sql: &'static str| {
+        let db = &db;
+        async move { db.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
+    };
+    // Everything so far happened 40 days ago; one purchase happens today.
+    db.execute(
+        "UPDATE transactions SET created_at = created_at - interval '40 days'",
+        &[],
+    )
+    .await
+    .expect("age the journal");
+    let recent = purchase(&c, 1234, VISA, "RECENT");
+    let recent_answer = expect(&mut c, &recent, "00", "a purchase today").await;
+    let old_before =
+        count("SELECT count(*) FROM transactions WHERE created_at < now() - interval '30 days'")
+            .await;
+    // The switch stops here, so that nothing settles between the two prunes below.
+    drop(c);
+    drop(sw);
+    let in_doubt_before = count("SELECT count(*) FROM in_doubt").await;
+
+    let cfg = world.config.to_str().expect("utf-8 path");
+    let day = db
+        .query_one("SELECT (current_date - 30)::text", &[])
+        .await
+        .expect("cut-off")
+        .get::<_, String>(0);
+    let out = run_to_end(&["prune", "--config", cfg, "--before", &day]);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).expect("prune prints JSON");
+    let payments = report["payments"].as_u64().expect("payments");
+    assert!(payments > 0, "old settled payments removed: {out}");
+    assert!(
+        report["postings"].as_u64().unwrap_or(0) > 0,
+        "with their postings: {out}"
+    );
+    let old_after =
+        count("SELECT count(*) FROM transactions WHERE created_at < now() - interval '30 days'")
+            .await;
+    assert_eq!(
+        old_before - old_after,
+        report["transactions"].as_i64().expect("transactions"),
+        "the rows it says it removed are gone"
+    );
+    let rrn = recent_answer.get_str(37).expect("DE37").into_owned();
+    let kept = db
+        .query_one("SELECT count(*) FROM transactions WHERE rrn = $1", &[&rrn])
+        .await
+        .expect("recent")
+        .get::<_, i64>(0);
+    assert_eq!(kept, 1, "today's purchase is kept");
+    assert_eq!(
+        count("SELECT count(*) FROM in_doubt").await,
+        in_doubt_before,
+        "nothing in doubt removed"
+    );
+    let orphans = count(
+        "SELECT count(*) FROM transactions c WHERE c.original_id IS NOT NULL \
+         AND NOT EXISTS (SELECT 1 FROM transactions p WHERE p.id = c.original_id)",
+    )
+    .await;
+    assert_eq!(
+        orphans, 0,
+        "no completion, refund or reversal outlives its payment"
+    );
+    let check = run_to_end(&["ledger", "check", "--config", cfg]);
+    assert!(check.contains("ok"), "ledger check after prune: {check}");
+    let again = run_to_end(&["prune", "--config", cfg, "--before", &day]);
+    let again: serde_json::Value = serde_json::from_str(again.trim()).expect("JSON");
+    assert_eq!(again["payments"], 0, "a second run removes nothing more");
+}

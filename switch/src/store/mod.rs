@@ -25,6 +25,7 @@ mod payments;
 mod pg;
 mod postings;
 mod reads;
+mod retention;
 mod reversals;
 
 use async_trait::async_trait;
@@ -40,6 +41,7 @@ use crate::lifecycle::{Named, Payment, Transition, Verdict};
 pub use crate::lifecycle::State;
 pub use journal::{Journal, JournalError, JournalSettings, NewTxn, Outcome};
 pub use pg::PgStore;
+pub use retention::{PRUNE_BATCH_MAX, Pruned};
 
 /// A store operation that failed: the caller answers `96`, retries, or logs, as before
 /// the store existed.

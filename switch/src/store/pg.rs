@@ -35,6 +35,13 @@ impl PgStore {
         }
     }
 
+    /// Removes settled payments of business days before `before` (`YYYY-MM-DD`) with
+    /// everything that names them: the retention command (`switchyard prune`). Not part
+    /// of [`Store`]: no request path prunes.
+    pub async fn prune_before(&self, before: &str) -> Result<super::Pruned, StoreError> {
+        super::retention::prune(&self.pool, self.cutover_hours, before).await
+    }
+
     /// The same store recording through `journal` (which ends, writing what is queued,
     /// once every handle to it is dropped).
     pub fn with_journal(self, journal: Journal) -> PgStore {
