@@ -5,6 +5,7 @@ use bytes::Bytes;
 use codec::{Message, MessageBuilder};
 
 use crate::checks::Rc;
+use crate::content::ContentDigest;
 use crate::merchants::Merchant;
 
 /// The parts of a response that make it the same answer when repeated.
@@ -25,13 +26,15 @@ impl Answer {
         }
     }
 
-    /// `A|rc|rrn|auth|` as stored under the idempotency key.
-    pub fn to_redis(&self) -> String {
+    /// `A|rc|rrn|auth|content` as stored under the idempotency key (`content`: the
+    /// request's digest in hex, [`crate::content`]).
+    pub fn to_redis(&self, content: ContentDigest) -> String {
         format!(
-            "A|{}|{}|{}|",
+            "A|{}|{}|{}|{}",
             self.rc.as_str(),
             self.rrn.as_deref().unwrap_or(""),
-            self.auth.as_deref().unwrap_or("")
+            self.auth.as_deref().unwrap_or(""),
+            content.to_hex()
         )
     }
 
@@ -48,6 +51,13 @@ impl Answer {
             rrn: opt(parts.next()),
             auth: opt(parts.next()),
         })
+    }
+
+    /// The content digest a Redis value remembers: the last field of an answer
+    /// (`A|rc|rrn|auth|content`) or of a claim (`P|instance|content`); None when it
+    /// remembers none (a rate-limit refusal stored before digests were kept).
+    pub fn content_in_redis(v: &str) -> Option<ContentDigest> {
+        ContentDigest::from_hex(v.rsplit('|').next()?)
     }
 }
 
@@ -130,11 +140,18 @@ mod tests {
             rrn: Some("000000001000".into()),
             auth: Some("A1B2C3".into()),
         };
-        assert_eq!(Answer::from_redis(&a.to_redis()), Some(a));
+        let content = ContentDigest([7; crate::content::DIGEST_LEN]);
+        let stored = a.to_redis(content);
+        assert_eq!(Answer::from_redis(&stored), Some(a));
+        assert_eq!(Answer::content_in_redis(&stored), Some(content));
         assert_eq!(
             Answer::from_redis("A|65|||"),
             Some(Answer::refused(Rc::FREQUENCY))
         );
-        assert_eq!(Answer::from_redis("P|1|42"), None);
+        assert_eq!(Answer::content_in_redis("A|65|||"), None, "no digest kept");
+        let claim = format!("P|1|{}", content.to_hex());
+        assert_eq!(Answer::from_redis(&claim), None);
+        assert_eq!(Answer::content_in_redis(&claim), Some(content));
+        assert_eq!(Answer::content_in_redis("P|1"), None, "an older claim");
     }
 }

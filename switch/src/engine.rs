@@ -18,9 +18,10 @@ use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
 use crate::checks::{self, Authorisation, Rc};
+use crate::content::{ContentDigest, same_request};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
-use crate::inflight::{InFlight, InFlightGuard, Registration, follow};
+use crate::inflight::{InFlight, InFlightGuard, Registration, follow, owner_gone};
 use crate::lifecycle::{self, ReversalReason, State};
 use crate::limiter::{Claim, ClaimRequest, Limiter, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
@@ -34,6 +35,10 @@ use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 pub const OUTCOME_RETRY_MAX: u32 = 50;
 /// Pause between outcome write attempts.
 pub const OUTCOME_RETRY_PAUSE_MS: u64 = 200;
+/// Times a request of other content waits for the request in flight under its identity
+/// before it is answered `94`: each wait ends with that request's answer, so this bounds
+/// a chain of requests reusing one identity at once.
+pub const IN_FLIGHT_RETRIES_MAX: usize = 4;
 
 /// The outcome of the retransmission check and the limits.
 pub(crate) enum Claimed {
@@ -133,6 +138,17 @@ fn today() -> (u32, u32) {
 
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).trim_end().to_string()
+}
+
+/// The answer to a request that carries an earlier request's identity with other
+/// content: `94`, nothing forwarded, the earlier record untouched (merchant-h2h.md,
+/// "Duplicates and idempotency").
+fn reused_identity() -> Answer {
+    tracing::info!(
+        rc = "94",
+        "request refused: its identity belongs to another request's content"
+    );
+    Answer::refused(Rc::DUPLICATE)
 }
 
 /// Masked card number for logs: BIN and last four.
@@ -406,11 +422,12 @@ impl Engine {
             a.transmitted_at,
             msg.mti(),
         );
+        let content = ContentDigest::of(msg);
         let local = checks::business_checks(&a, merchant, today());
         let pan_hash = self.vault.pan_hash(a.pan);
         let pan_hash_hex = hex::encode(&pan_hash[..16]);
         let guard = match self
-            .claim(&key, merchant, Some(&pan_hash_hex), local.is_err())
+            .claim(&key, content, merchant, Some(&pan_hash_hex), local.is_err())
             .await
         {
             Claimed::Proceed { guard, .. } => guard,
@@ -427,11 +444,12 @@ impl Engine {
             merchant,
             a: &a,
             key: &key,
+            content,
             order_ref: text(a.order_ref),
             pan_hash,
         };
         let answer = self.authorise_claimed(&request, trace).await;
-        self.finish(key, &answer, guard);
+        self.finish(key, content, &answer, guard);
         answer
     }
 
@@ -442,23 +460,17 @@ impl Engine {
     pub(crate) async fn claim(
         &self,
         key: &str,
+        content: ContentDigest,
         merchant: &Merchant,
         card_hash_hex: Option<&str>,
         lookup_only: bool,
     ) -> Claimed {
-        let guard = match self.inflight.register(key) {
-            Registration::Owner(g) => g,
-            Registration::Follower(rx) => {
-                self.metrics.idempotency_replays.inc();
-                tracing::info!("retransmission while in flight: waiting for the original");
-                return Claimed::Done(
-                    follow(rx)
-                        .await
-                        .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
-                );
-            }
+        let guard = match self.own_key(key, content).await {
+            Ok(guard) => guard,
+            Err(answer) => return Claimed::Done(answer),
         };
-        let claim_value = format!("P|{}", self.instance_id);
+        let content_hex = content.to_hex();
+        let claim_value = format!("P|{}|{content_hex}", self.instance_id);
         let no_card = Rate::new(0, 1, 0);
         let redis_started = Instant::now();
         let claim = self
@@ -474,6 +486,7 @@ impl Engine {
                     no_card
                 },
                 claim_value: &claim_value,
+                content_hex: &content_hex,
                 now_us: now_us(),
                 lookup_only,
             })
@@ -481,7 +494,32 @@ impl Engine {
         self.metrics
             .redis_latency
             .observe(redis_started.elapsed().as_secs_f64());
-        self.claimed(claim, key, guard).await
+        self.claimed(claim, key, content, guard).await
+    }
+
+    /// Makes this request the key's owner on this instance, or answers it: a
+    /// retransmission of the request in flight gets that request's answer. A request of
+    /// other content waits for the one in flight to end and tries again (that one may
+    /// itself have reused the identity and been refused); after
+    /// [`IN_FLIGHT_RETRIES_MAX`] turns it is answered `94`.
+    async fn own_key(&self, key: &str, content: ContentDigest) -> Result<InFlightGuard, Answer> {
+        for _ in 0..IN_FLIGHT_RETRIES_MAX {
+            match self.inflight.register(key, content) {
+                Registration::Owner(g) => return Ok(g),
+                Registration::Follower {
+                    answer,
+                    owner_content,
+                } if owner_content != content => owner_gone(answer).await,
+                Registration::Follower { answer, .. } => {
+                    self.metrics.idempotency_replays.inc();
+                    tracing::info!("retransmission while in flight: waiting for the original");
+                    return Err(follow(answer)
+                        .await
+                        .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)));
+                }
+            }
+        }
+        Err(reused_identity())
     }
 
     /// What the Redis claim says for the request owning `guard`: answered again (from
@@ -490,15 +528,19 @@ impl Engine {
         &self,
         claim: Result<Claim, LimiterError>,
         key: &str,
+        content: ContentDigest,
         guard: InFlightGuard,
     ) -> Claimed {
         match claim {
+            Ok(Claim::Known(v)) if !same_request(Answer::content_in_redis(&v), content) => {
+                Claimed::Done(reused_identity())
+            }
             Ok(Claim::Known(v)) => {
                 self.metrics.idempotency_replays.inc();
                 let answer = match Answer::from_redis(&v) {
                     Some(ans) => ans,
                     None => self
-                        .answer_from_record(key)
+                        .answer_from_record(key, content)
                         .await
                         .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)),
                 };
@@ -534,8 +576,8 @@ impl Engine {
         }
     }
 
-    /// Settles the request's idempotency key after its answer: a `96` before recording
-    /// releases the claim, so that a retry is processed afresh; an answer that is not
+    /// Settles the request's idempotency key after its answer: a `96` before recording,
+    /// or a `94` without an RRN, releases the claim, so that a retry is processed afresh; an answer that is not
     /// recorded in PostgreSQL (a refusal without an RRN) is stored in Redis, so that a
     /// retransmission gets it again. An answer with an RRN is recorded already: its claim
     /// stays, and a retransmission reads the answer from the record
@@ -543,7 +585,13 @@ impl Engine {
     ///
     /// The Redis write runs after the merchant is answered: the key stays registered here
     /// (so a retransmission arriving meanwhile gets the answer at once) until Redis has it.
-    pub(crate) fn finish(&self, key: String, answer: &Answer, guard: InFlightGuard) {
+    pub(crate) fn finish(
+        &self,
+        key: String,
+        content: ContentDigest,
+        answer: &Answer,
+        guard: InFlightGuard,
+    ) {
         if answer.rrn.is_some() {
             guard.resolve(answer.clone());
             return;
@@ -553,10 +601,14 @@ impl Engine {
         let metrics = self.metrics.clone();
         let answer = answer.clone();
         tokio::spawn(async move {
-            let res = if answer.rc == Rc::MALFUNCTION {
+            // Not this key's answer to keep: a 96 said nothing was recorded, and a 94
+            // without an RRN is either an identity reused with other content (the key's
+            // answer is the earlier request's) or an order reference in use (which a
+            // retry after it is freed may pass): both are processed afresh if sent again.
+            let res = if matches!(answer.rc, Rc::MALFUNCTION | Rc::DUPLICATE) {
                 limiter.release(&key).await
             } else {
-                limiter.store_answer(&key, &answer.to_redis()).await
+                limiter.store_answer(&key, &answer.to_redis(content)).await
             };
             if let Err(e) = res {
                 metrics.redis_errors.inc();
@@ -568,7 +620,14 @@ impl Engine {
 
     /// The recorded answer for a key, if its transaction has an outcome (a store that
     /// cannot say counts as no answer).
-    pub(crate) async fn answer_from_record(&self, key: &str) -> Option<Answer> {
+    ///
+    /// A record of another content (the identity reused for a different request) is
+    /// answered `94` ([`crate::content`]).
+    pub(crate) async fn answer_from_record(
+        &self,
+        key: &str,
+        content: ContentDigest,
+    ) -> Option<Answer> {
         let parts: Vec<&str> = key.split('|').collect();
         let [merchant_id, terminal_id, stan, transmitted_at, mti] = parts.as_slice() else {
             return None;
@@ -580,7 +639,11 @@ impl Engine {
             transmitted_at,
             mti,
         };
-        self.store.recorded(&key).await.ok()??.answer()
+        let recorded = self.store.recorded(&key).await.ok()??;
+        if !same_request(recorded.content, content) {
+            return Some(reused_identity());
+        }
+        recorded.answer()
     }
 
     async fn order_ref_live(&self, merchant_id: &str, order_ref: &str) -> bool {
@@ -724,7 +787,7 @@ impl Engine {
                 // Either this very request is recorded already (Redis lost its key) or
                 // the order reference is live: the record decides which.
                 let answer = self
-                    .answer_from_record(r.key)
+                    .answer_from_record(r.key, r.content)
                     .await
                     .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
                 tracing::info!(
@@ -775,6 +838,7 @@ impl Engine {
             response_code: None,
             reason: None,
             refund_reason: None,
+            content: Some(r.content),
         })
     }
 
@@ -867,6 +931,7 @@ struct AuthRequest<'r, 'm> {
     merchant: &'r Merchant,
     a: &'r Authorisation<'m>,
     key: &'r str,
+    content: ContentDigest,
     order_ref: String,
     pan_hash: [u8; 32],
 }

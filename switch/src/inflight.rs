@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::answer::Answer;
+use crate::content::ContentDigest;
 
 /// Shards of the map; a power of two well above the core count keeps lock waits rare.
 const SHARDS: usize = 64;
 
-type Slot = watch::Sender<Option<Answer>>;
+/// The owner's answer channel, and the owner's content digest (a follower with another
+/// content is not a retransmission).
+type Slot = (watch::Sender<Option<Answer>>, ContentDigest);
 
 /// The in-flight table.
 #[derive(Debug)]
@@ -36,9 +39,12 @@ impl Default for InFlight {
 pub enum Registration {
     /// This request owns the key until the guard is resolved or dropped.
     Owner(InFlightGuard),
-    /// Another request with the key is in flight here: wait on this for its answer
-    /// (`None` if it ended without one).
-    Follower(watch::Receiver<Option<Answer>>),
+    /// Another request with the key is in flight here: wait on `answer` for its answer
+    /// (`None` if it ended without one), if `owner_content` is the follower's too.
+    Follower {
+        answer: watch::Receiver<Option<Answer>>,
+        owner_content: ContentDigest,
+    },
 }
 
 /// Removes the key when dropped; waiters get the answer given to `resolve`, if any.
@@ -54,12 +60,15 @@ impl InFlight {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 
-    pub fn register(self: &Arc<Self>, key: &str) -> Registration {
+    pub fn register(self: &Arc<Self>, key: &str, content: ContentDigest) -> Registration {
         let mut shard = self.shard(key).lock().expect("in-flight lock");
-        if let Some(slot) = shard.get(key) {
-            return Registration::Follower(slot.subscribe());
+        if let Some((answer, owner_content)) = shard.get(key) {
+            return Registration::Follower {
+                answer: answer.subscribe(),
+                owner_content: *owner_content,
+            };
         }
-        shard.insert(key.to_string(), watch::channel(None).0);
+        shard.insert(key.to_string(), (watch::channel(None).0, content));
         Registration::Owner(InFlightGuard {
             table: self.clone(),
             key: key.to_string(),
@@ -83,7 +92,7 @@ impl InFlightGuard {
     /// Gives followers the answer now; the key stays registered until the guard goes.
     pub fn publish(&self, answer: Answer) {
         let shard = self.table.shard(&self.key).lock().expect("in-flight lock");
-        if let Some(slot) = shard.get(&self.key) {
+        if let Some((slot, _)) = shard.get(&self.key) {
             slot.send_replace(Some(answer));
         }
     }
@@ -101,10 +110,15 @@ impl Drop for InFlightGuard {
             .lock()
             .expect("in-flight lock")
             .remove(&self.key);
-        if let (Some(slot), Some(a)) = (slot, self.answer.take()) {
+        if let (Some((slot, _)), Some(a)) = (slot, self.answer.take()) {
             slot.send_replace(Some(a));
         }
     }
+}
+
+/// Waits until the owner is gone (its key removed), whatever it answered.
+pub async fn owner_gone(mut rx: watch::Receiver<Option<Answer>>) {
+    while rx.changed().await.is_ok() {}
 }
 
 /// Waits for the owner's answer.
@@ -124,20 +138,35 @@ mod tests {
     use super::*;
     use crate::checks::Rc;
 
-    // Proves a follower receives the owner's answer, and the key is free afterwards.
+    // Proves a follower with the owner's content receives the owner's answer, one with
+    // other content is told the owner's content, and the key is free afterwards.
     #[tokio::test]
     async fn follower_gets_owner_answer() {
         let t = Arc::new(InFlight::default());
-        let Registration::Owner(g) = t.register("k") else {
+        let mine = ContentDigest([1; crate::content::DIGEST_LEN]);
+        let other = ContentDigest([2; crate::content::DIGEST_LEN]);
+        let Registration::Owner(g) = t.register("k", mine) else {
             panic!("first is owner")
         };
-        let Registration::Follower(rx) = t.register("k") else {
+        let Registration::Follower {
+            answer,
+            owner_content,
+        } = t.register("k", mine)
+        else {
             panic!("second follows")
         };
-        let waiter = tokio::spawn(follow(rx));
+        assert_eq!(owner_content, mine);
+        let Registration::Follower { owner_content, .. } = t.register("k", other) else {
+            panic!("third follows")
+        };
+        assert_ne!(
+            owner_content, other,
+            "the caller can tell a reused identity"
+        );
+        let waiter = tokio::spawn(follow(answer));
         g.resolve(Answer::refused(Rc::DO_NOT_HONOUR));
         assert_eq!(waiter.await.unwrap().unwrap().rc, Rc::DO_NOT_HONOUR);
         assert!(t.is_empty());
-        assert!(matches!(t.register("k"), Registration::Owner(_)));
+        assert!(matches!(t.register("k", other), Registration::Owner(_)));
     }
 }

@@ -12,6 +12,7 @@
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
 //! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
+//! - [`content`]: the content digest that tells a retransmission from a reused identity.
 //! - [`store`]: the one owner of durable state (transactions, postings, the
 //!   store-and-forward queue, bank advices, in-doubt rows, notifications) behind the
 //!   [`store::Store`] trait; [`store::PgStore`] in PostgreSQL, with the group-committed
@@ -36,6 +37,7 @@ pub mod app;
 pub mod bank_io;
 pub mod checks;
 pub mod config;
+pub mod content;
 pub mod crypto;
 pub mod db;
 pub mod dialects;

@@ -19,7 +19,8 @@ use crate::config::RateAlgorithm;
 /// The script. KEYS: idempotency key, merchant rate key, card velocity key.
 /// ARGV: mode ("full" or "lookup"), now in microseconds, claim TTL in ms, claim value,
 /// algorithm ("gcra" or "bucket"), merchant interval and tolerance in microseconds, card
-/// interval and tolerance in microseconds (interval 0 disables), answer TTL in ms.
+/// interval and tolerance in microseconds (interval 0 disables), answer TTL in ms, the
+/// request's content digest (hex, kept with a refusal).
 /// Returns {0} claimed, {1, value} known, {2, "merchant"|"card"} limited (the refusal is
 /// stored as the known answer, so a retransmission gets it again).
 const SCRIPT: &str = r#"
@@ -53,12 +54,12 @@ local function check(key, interval, tolerance)
 end
 local m_ok, m_commit = check(KEYS[2], tonumber(ARGV[6]), tonumber(ARGV[7]))
 if not m_ok then
-  redis.call('SET', KEYS[1], 'A|65|||', 'PX', ARGV[10])
+  redis.call('SET', KEYS[1], 'A|65|||' .. ARGV[11], 'PX', ARGV[10])
   return {2, 'merchant'}
 end
 local c_ok, c_commit = check(KEYS[3], tonumber(ARGV[8]), tonumber(ARGV[9]))
 if not c_ok then
-  redis.call('SET', KEYS[1], 'A|65|||', 'PX', ARGV[10])
+  redis.call('SET', KEYS[1], 'A|65|||' .. ARGV[11], 'PX', ARGV[10])
   return {2, 'card'}
 end
 m_commit()
@@ -180,6 +181,8 @@ pub struct ClaimRequest<'a> {
     pub merchant_rate: Rate,
     pub card_rate: Rate,
     pub claim_value: &'a str,
+    /// The request's content digest in hex, kept with a rate-limit refusal.
+    pub content_hex: &'a str,
     pub now_us: u64,
     /// Only look the key up (the request will be refused locally anyway).
     pub lookup_only: bool,
@@ -266,7 +269,8 @@ impl Limiter {
             .arg(r.merchant_rate.tolerance_us)
             .arg(r.card_rate.interval_us)
             .arg(r.card_rate.tolerance_us)
-            .arg(self.answer_ttl_ms);
+            .arg(self.answer_ttl_ms)
+            .arg(r.content_hex);
         let fut = inv.invoke_async::<redis::Value>(&mut conn);
         let v = tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
             .await

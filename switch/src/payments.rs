@@ -15,6 +15,7 @@ use codec::{Message, MessageBuilder, Mti, tlv};
 
 use crate::answer::{Answer, switch_auth_code};
 use crate::checks::{Kind, Rc, valid_transmission};
+use crate::content::ContentDigest;
 use crate::crypto::{Purpose, split_card};
 use crate::engine::{Claimed, Engine, request_key};
 use crate::ids::rrn_of;
@@ -57,6 +58,8 @@ pub fn bank_de90(mti: &str, bank_stan: &str, bank_de7: &str, acquirer_id: &str) 
 /// Elements common to the lifecycle requests, checked present and well formed.
 struct Common {
     key: String,
+    /// What makes a retransmission of this request the same request.
+    content: ContentDigest,
     terminal_id: String,
     stan: String,
     transmitted_at: String,
@@ -83,6 +86,7 @@ fn common(msg: &Message, merchant: &Merchant) -> Result<Common, Rc> {
     let stan = msg.raw(11).ok_or(Rc::FORMAT_ERROR)?;
     Ok(Common {
         key: request_key(&merchant.id, terminal, stan, de7, msg.mti()),
+        content: ContentDigest::of(msg),
         terminal_id: String::from_utf8_lossy(terminal).trim_end().to_string(),
         stan: String::from_utf8_lossy(stan).into_owned(),
         transmitted_at: String::from_utf8_lossy(de7).into_owned(),
@@ -178,6 +182,7 @@ fn lifecycle_row(s: &Step<'_>, root: &TxnRecord, a: &Allotted, instance_id: i16)
         response_code: None,
         reason: None,
         refund_reason: s.reason.clone(),
+        content: Some(c.content),
     }
 }
 
@@ -215,6 +220,7 @@ fn reversal_row(
         response_code: Some(Rc::APPROVED.as_str().to_string()),
         reason: None,
         refund_reason: None,
+        content: Some(c.content),
     }
 }
 
@@ -332,7 +338,7 @@ impl Engine {
         kind: Kind,
         reason: Option<String>,
     ) -> Answer {
-        let (guard, _redis_ok) = match self.claim(&c.key, merchant, None, false).await {
+        let (guard, _redis_ok) = match self.claim(&c.key, c.content, merchant, None, false).await {
             Claimed::Proceed { guard, redis_ok } => (guard, redis_ok),
             Claimed::Done(answer) => return answer,
         };
@@ -347,7 +353,7 @@ impl Engine {
             Err(answer) | Ok(Reserved::Done(answer)) => answer,
             Ok(Reserved::Forward(fwd)) => self.forward(fwd).await,
         };
-        self.finish(step.c.key, &answer, guard);
+        self.finish(step.c.key, step.c.content, &answer, guard);
         answer
     }
 
@@ -393,7 +399,7 @@ impl Engine {
             Ok(false) => {
                 // Recorded before (Redis lost the key): the record answers.
                 let answer = self
-                    .answer_from_record(&s.c.key)
+                    .answer_from_record(&s.c.key, s.c.content)
                     .await
                     .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
                 allotted.release();
@@ -589,14 +595,14 @@ impl Engine {
             Ok(c) => c,
             Err(rc) => return Answer::refused(rc),
         };
-        let guard = match self.claim(&c.key, merchant, None, false).await {
+        let guard = match self.claim(&c.key, c.content, merchant, None, false).await {
             Claimed::Proceed { guard, .. } => guard,
             Claimed::Done(answer) => return answer,
         };
         let answer = match self.reverse_claimed(msg, merchant, &c).await {
             Ok(a) | Err(a) => a,
         };
-        self.finish(c.key, &answer, guard);
+        self.finish(c.key, c.content, &answer, guard);
         answer
     }
 
@@ -621,7 +627,7 @@ impl Engine {
             Ok(true) => {}
             Ok(false) => {
                 return Ok(self
-                    .answer_from_record(&c.key)
+                    .answer_from_record(&c.key, c.content)
                     .await
                     .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)));
             }

@@ -5,7 +5,7 @@
 
 use codec::{Message, OwnedMessage};
 use system_tests::switchyard::{
-    Client, SwitchProc, World, WorldOptions, answer_key, as_repeat, count_mti, next_stan,
+    Client, SwitchProc, WAIT, World, WorldOptions, answer_key, as_repeat, count_mti, next_stan,
     order_ref, rc, requests_for,
 };
 
@@ -300,4 +300,89 @@ async fn redis_flushed_mid_run() {
         before + 1,
         "no second charge: one 0200 since the in-flight purchase"
     );
+}
+
+/// `m` with another amount, card and order reference, and otherwise `m`'s identity.
+fn other_content(m: &OwnedMessage) -> OwnedMessage {
+    let mut other = m.clone();
+    other.fields.insert(4, b"000000900000".to_vec());
+    other.fields.insert(2, b"4012888888881881".to_vec());
+    other
+        .fields
+        .insert(48, format!("OR{:03}{}", 9, "OTHER-ORD").into_bytes());
+    other
+}
+
+// Proves a request that reuses an approved purchase's identity (DE42, DE41, DE11, DE7,
+// MTI) with another amount, card and order reference is answered 94 and reaches no bank,
+// as a 0200, as its 0201 and as a refund (DE3 20); and that the original's retransmission
+// still gets the original answer. The same after Redis forgets the key (the record
+// decides). merchant-h2h.md, "Duplicates and idempotency".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_identity_with_other_content_is_94() {
+    let world = World::new("idem_reuse", WorldOptions::default());
+    let sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let before = world.banks[0].record().await;
+    let req = purchase(&c, 1000, "REUSE");
+    let first = c.call(&req).await;
+    assert_eq!(rc(&first), "00");
+    let key = answer_key(&first);
+    let rrn = key.0.clone().expect("DE37");
+    let other = other_content(&req);
+    // A well-formed refund of this very purchase, under the purchase's own identity.
+    let stan = String::from_utf8(req.fields[&11].clone()).expect("DE11");
+    let mut refund = c.refund(&stan, &req, 1000, None);
+    refund.fields.insert(7, req.fields[&7].clone());
+    for round in ["with Redis", "after Redis forgot the key"] {
+        for (how, m) in [
+            ("other content", other.clone()),
+            ("other content as 0201", as_repeat(&other)),
+            ("as a refund", refund.clone()),
+        ] {
+            let a = c.call(&m).await;
+            assert_eq!(rc(&a), "94", "{round}: {how} is not a retransmission");
+            assert_eq!(
+                a.get_str(37),
+                None,
+                "{round}: {how}: no RRN of the original"
+            );
+        }
+        let again = c.call(&as_repeat(&req)).await;
+        assert_eq!(answer_key(&again), key, "{round}: the real retransmission");
+        world.flush_redis().await;
+    }
+    one_bank_request(&world, &rrn, count_mti(&before, "0200"), "reused identity").await;
+}
+
+// Proves a request with another content that arrives while the original (same identity)
+// is still at the bank is answered 94, and the original is approved alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_identity_while_in_flight_is_94() {
+    let world = slow_world("idem_reuse_fl", 400);
+    let sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let before = world.banks[0].record().await;
+    let req = purchase(&c, 1000, "REUSEFL");
+    c.send(&req).await;
+    let sent = count_mti(&before, "0200") + 1;
+    world.banks[0]
+        .wait_record("the original at the bank", WAIT, |r| {
+            count_mti(r, "0200") == sent
+        })
+        .await;
+    c.send(&other_content(&req)).await;
+    let (a, b) = (c.recv().await, c.recv().await);
+    let (original, reused) = if rc(&a) == "94" { (b, a) } else { (a, b) };
+    assert_eq!(rc(&reused), "94", "the other content is refused");
+    assert_eq!(
+        reused.get_str(4).as_deref(),
+        Some("000000900000"),
+        "it echoes its own DE4"
+    );
+    assert_eq!(rc(&original), "00", "the original is approved");
+    let rrn = answer_key(&original).0.expect("DE37");
+    one_bank_request(&world, &rrn, count_mti(&before, "0200"), "in flight").await;
 }

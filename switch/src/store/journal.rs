@@ -14,6 +14,7 @@ use tokio_postgres::Statement;
 use tokio_postgres::error::SqlState;
 
 use crate::checks::Kind;
+use crate::content::ContentDigest;
 use crate::db::DbError;
 use crate::lifecycle::{ReversalReason, State};
 use crate::metrics::Metrics;
@@ -46,6 +47,9 @@ pub struct NewTxn {
     pub reason: Option<String>,
     /// DE48 `RR` of a refund (not written by the journal: its rows are never refunds).
     pub refund_reason: Option<String>,
+    /// The request's content digest ([`crate::content`]); None for rows the switch makes
+    /// itself (bank advices).
+    pub content: Option<ContentDigest>,
 }
 
 /// A transaction's outcome, and the reversal it needs if the outcome is unknown.
@@ -376,10 +380,11 @@ macro_rules! batch_sql {
 WITH ins AS (
   INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
     processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn, bank_id, bank_stan,
-    bank_transmitted_at, original_id, state, response_code, reason)
+    bank_transmitted_at, original_id, state, response_code, reason, content_digest)
   SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
     $8::text[], $9::text[], $10::bigint[], $11::smallint[], $12::text[], $13::bytea[], $14::text[], $15::bytea[],
-    $16::text[], $17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[], $22::text[], $23::text[])
+    $16::text[], $17::text[], $18::text[], $19::text[], $20::bigint[], $21::text[], $22::text[], $23::text[],
+    $32::bytea[])
 ",
             $conflict,
             "  RETURNING id, instance_id, state
@@ -457,6 +462,7 @@ struct Columns<'a> {
     state: Vec<&'a str>,
     rc: Vec<Option<&'a str>>,
     reason: Vec<Option<&'a str>>,
+    content: Vec<Option<&'a [u8]>>,
     u_id: Vec<i64>,
     u_state: Vec<&'a str>,
     u_rc: Vec<&'a str>,
@@ -491,6 +497,7 @@ impl<'a> Columns<'a> {
         self.state.push(t.state.as_str());
         self.rc.push(t.response_code.as_deref());
         self.reason.push(t.reason.as_deref());
+        self.content.push(t.content.as_ref().map(|d| &d.0[..]));
     }
 
     fn push_update(&mut self, o: &'a Outcome) {
@@ -554,6 +561,7 @@ async fn write_once(
                 &c.r_bank,
                 &c.r_reason,
                 &cutover_hours,
+                &c.content,
             ],
         )
         .await?;

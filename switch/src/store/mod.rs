@@ -91,6 +91,8 @@ pub struct Recorded {
     pub response_code: Option<String>,
     pub rrn: String,
     pub auth_code: Option<String>,
+    /// The recorded request's content digest (None on rows written before it was kept).
+    pub content: Option<crate::content::ContentDigest>,
 }
 
 impl Recorded {
@@ -415,6 +417,7 @@ mod tests {
             response_code: rc.map(str::to_string),
             rrn: "000000123456".into(),
             auth_code: auth.map(str::to_string),
+            content: None,
         }
     }
 

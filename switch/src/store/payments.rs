@@ -212,9 +212,9 @@ async fn insert<C: GenericClient>(c: &C, t: &NewTxn) -> Result<bool, StoreError>
         .execute(
             "INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind, \
              processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn, bank_id, bank_stan, \
-             bank_transmitted_at, original_id, state, response_code, reason, refund_reason) \
+             bank_transmitted_at, original_id, state, response_code, reason, refund_reason, content_digest) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
-             $22, $23, $24) ON CONFLICT DO NOTHING",
+             $22, $23, $24, $25) ON CONFLICT DO NOTHING",
             &[
                 &t.id,
                 &t.instance_id,
@@ -240,6 +240,7 @@ async fn insert<C: GenericClient>(c: &C, t: &NewTxn) -> Result<bool, StoreError>
                 &t.response_code,
                 &t.reason,
                 &t.refund_reason,
+                &t.content.as_ref().map(|d| &d.0[..]),
             ],
         )
         .await?;

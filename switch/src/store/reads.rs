@@ -99,7 +99,7 @@ pub(super) async fn recorded(
     let client = pool.get().await?;
     let row = client
         .query_opt(
-            &client.prepare_cached("SELECT state, response_code, rrn, auth_code, kind FROM transactions \
+            &client.prepare_cached("SELECT state, response_code, rrn, auth_code, kind, content_digest FROM transactions \
              WHERE merchant_id = $1 AND terminal_id = $2 AND stan = $3 AND transmitted_at = $4 AND mti = $5").await?,
             &[
                 &key.merchant_id,
@@ -116,6 +116,9 @@ pub(super) async fn recorded(
         rrn: r.get(2),
         auth_code: r.get(3),
         kind: Kind::parse(r.get::<_, &str>(4)).unwrap_or(Kind::Reversal),
+        content: r
+            .get::<_, Option<&[u8]>>(5)
+            .and_then(crate::content::ContentDigest::from_bytes),
     }))
 }
 
