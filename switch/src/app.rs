@@ -241,6 +241,7 @@ pub async fn run(
     }
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,
+        incarnation: rand::random(),
         merchants: merchants.clone(),
         router: router.clone(),
         banks,

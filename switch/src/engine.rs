@@ -76,6 +76,10 @@ pub struct SessionState {
 /// Everything the request path needs.
 pub struct Engine {
     pub instance_id: i16,
+    /// This process's incarnation of `instance_id` (random at start): a claim in Redis
+    /// naming the same instance and another incarnation was left by a process that is
+    /// gone, since one instance id runs one process at a time.
+    pub incarnation: u64,
     pub merchants: Arc<Merchants>,
     pub router: Arc<Router>,
     pub banks: HashMap<String, Bank>,
@@ -138,6 +142,18 @@ fn today() -> (u32, u32) {
 
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).trim_end().to_string()
+}
+
+/// The instance and incarnation an in-flight claim (`P|instance|incarnation|content`)
+/// names; None for an answer or a claim without an incarnation.
+fn claim_holder(v: &str) -> Option<(i16, u64)> {
+    let mut parts = v.split('|');
+    if parts.next()? != "P" {
+        return None;
+    }
+    let instance = parts.next()?.parse().ok()?;
+    let incarnation = parts.next()?.parse().ok()?;
+    Some((instance, incarnation))
 }
 
 /// The answer to a request that carries an earlier request's identity with other
@@ -470,7 +486,7 @@ impl Engine {
             Err(answer) => return Claimed::Done(answer),
         };
         let content_hex = content.to_hex();
-        let claim_value = format!("P|{}|{content_hex}", self.instance_id);
+        let claim_value = format!("P|{}|{}|{content_hex}", self.instance_id, self.incarnation);
         let no_card = Rate::new(0, 1, 0);
         let redis_started = Instant::now();
         let claim = self
@@ -535,6 +551,9 @@ impl Engine {
             Ok(Claim::Known(v)) if !same_request(Answer::content_in_redis(&v), content) => {
                 Claimed::Done(reused_identity())
             }
+            Ok(Claim::Known(v)) if self.left_by_dead_process(&v) => {
+                self.take_over(key, content, &v, guard).await
+            }
             Ok(Claim::Known(v)) => {
                 self.metrics.idempotency_replays.inc();
                 let answer = match Answer::from_redis(&v) {
@@ -573,6 +592,54 @@ impl Engine {
                     redis_ok: false,
                 }
             }
+        }
+    }
+
+    /// Whether a Redis value is an in-flight claim of this instance id by another
+    /// incarnation: the process that made it is gone.
+    fn left_by_dead_process(&self, v: &str) -> bool {
+        claim_holder(v).is_some_and(|(instance, incarnation)| {
+            instance == self.instance_id && incarnation != self.incarnation
+        })
+    }
+
+    /// A retransmission of a request whose process died with it in flight
+    /// (merchant-h2h.md: answered with its real outcome, never `94` for longer than the
+    /// bank timeout). Recovery ran before this process took traffic, so the record is
+    /// final if the request was recorded: it answers. If it was not, nothing reached a
+    /// bank (nothing does before it is recorded): the request takes the claim over and
+    /// is processed as new.
+    async fn take_over(
+        &self,
+        key: &str,
+        content: ContentDigest,
+        dead_claim: &str,
+        guard: InFlightGuard,
+    ) -> Claimed {
+        if let Some(answer) = self.answer_from_record(key, content).await {
+            tracing::info!(
+                rc = answer.rc.as_str(),
+                "retransmission after a restart answered from the record"
+            );
+            guard.resolve(answer.clone());
+            return Claimed::Done(answer);
+        }
+        let value = format!(
+            "P|{}|{}|{}",
+            self.instance_id,
+            self.incarnation,
+            content.to_hex()
+        );
+        match self.limiter.take_over(key, dead_claim, &value).await {
+            Ok(true) => {
+                tracing::info!("claim left by a process that is gone taken over");
+                Claimed::Proceed {
+                    guard,
+                    redis_ok: true,
+                }
+            }
+            // Someone else took it over first, or Redis is away: not ours to process now.
+            Ok(false) | Err(_) => Claimed::Done(Answer::refused(Rc::DUPLICATE)),
         }
     }
 
@@ -945,4 +1012,27 @@ struct Sent {
     bank_de7: [u8; 10],
     /// When it was recorded (DE7, DE12 and DE13 to the bank), in Unix seconds.
     unix: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_holder;
+
+    // Proves only an in-flight claim with an incarnation names its holder.
+    #[test]
+    fn claim_holders() {
+        assert_eq!(claim_holder("P|1|42|00ff"), Some((1, 42)));
+        assert_eq!(claim_holder("P|3|7"), Some((3, 7)));
+        assert_eq!(
+            claim_holder("P|1|00ffee"),
+            None,
+            "a claim from before incarnations"
+        );
+        assert_eq!(claim_holder("P|1"), None);
+        assert_eq!(
+            claim_holder("A|00|000000001000|123456|00ff"),
+            None,
+            "an answer"
+        );
+    }
 }

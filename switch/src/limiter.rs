@@ -68,6 +68,14 @@ redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[3])
 return {0}
 "#;
 
+/// Compare-and-set of a claim. KEYS: idempotency key. ARGV: the value expected, the new
+/// value, its TTL in ms. Returns 1 if replaced, 0 if the key held something else.
+const TAKE_OVER_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
 /// A rate: `per_s` on average with bursts of `burst`, as interval and tolerance in µs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rate {
@@ -157,6 +165,7 @@ impl ConnectionLike for Conn {
 pub struct Limiter {
     conn: Conn,
     script: Script,
+    take_over_script: Script,
     prefix: String,
     algorithm: RateAlgorithm,
     claim_ttl_ms: u64,
@@ -219,6 +228,7 @@ impl Limiter {
         Ok(Limiter {
             conn,
             script: Script::new(SCRIPT),
+            take_over_script: Script::new(TAKE_OVER_SCRIPT),
             prefix,
             algorithm,
             claim_ttl_ms,
@@ -292,6 +302,27 @@ impl Limiter {
             .await
             .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
         Ok(())
+    }
+
+    /// Replaces the claim `dead` (left by a process that is gone) with `value`, if the
+    /// key still holds exactly `dead`: true when it did. One compare-and-set script call.
+    pub async fn take_over(
+        &self,
+        key: &str,
+        dead: &str,
+        value: &str,
+    ) -> Result<bool, LimiterError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.take_over_script.prepare_invoke();
+        inv.key(self.idem_key(key))
+            .arg(dead)
+            .arg(value)
+            .arg(self.claim_ttl_ms);
+        let fut = inv.invoke_async::<i64>(&mut conn);
+        let swapped = tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        Ok(swapped == 1)
     }
 
     /// Drops a claim (the request could not be recorded; a retry must be processed afresh).

@@ -386,3 +386,50 @@ async fn reused_identity_while_in_flight_is_94() {
     let rrn = answer_key(&original).0.expect("DE37");
     one_bank_request(&world, &rrn, count_mti(&before, "0200"), "in flight").await;
 }
+
+// Proves a request whose Redis claim was left by a process of this instance id that is
+// gone (a kill -9 between the claim and the record: nothing was recorded, nothing reached
+// a bank) is processed at once when sent again, instead of 94 until the claim expires;
+// its retransmission then replays the answer. Issue 11, defect 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_left_by_a_dead_process_is_taken_over() {
+    let world = World::new("idem_dead_claim", WorldOptions::default());
+    let sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let req = purchase(&c, 1000, "DEADCLAIM");
+    let field = |n: u8| String::from_utf8(req.fields[&n].clone()).expect("text");
+    let key = format!(
+        "{}idem:{{{}}}:{}|{}|{}|0200",
+        world.redis_prefix,
+        field(42),
+        field(41).trim_end(),
+        field(11),
+        field(7)
+    );
+    // What the dead process (instance 1, another incarnation) left: a claim, no record.
+    let client = redis::Client::open(system_tests::redis_url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg("P|1|4242")
+        .arg("PX")
+        .arg(120_000)
+        .query_async(&mut con)
+        .await
+        .expect("seed the dead claim");
+    let before = world.banks[0].record().await;
+    let first = c.call(&req).await;
+    assert_eq!(
+        rc(&first),
+        "00",
+        "processed, not 94 until the claim expires"
+    );
+    let again = c.call(&as_repeat(&req)).await;
+    assert_eq!(answer_key(&again), answer_key(&first), "then replayed");
+    let rrn = answer_key(&first).0.expect("DE37");
+    one_bank_request(&world, &rrn, count_mti(&before, "0200"), "taken over").await;
+}
