@@ -35,6 +35,11 @@ use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 pub const OUTCOME_RETRY_MAX: u32 = 50;
 /// Pause between outcome write attempts.
 pub const OUTCOME_RETRY_PAUSE_MS: u64 = 200;
+/// How often a request's first record is written again (every
+/// [`OUTCOME_RETRY_PAUSE_MS`]) when a write's outcome was not seen: about 2 s, after
+/// which the request is answered `96`. Shorter than the outcome's budget, because the
+/// merchant has not been answered anything yet and nothing has gone to a bank.
+pub const RECORD_RETRY_MAX: u32 = 10;
 /// Times a request of other content waits for the request in flight under its identity
 /// before it is answered `94`: each wait ends with that request's answer, so this bounds
 /// a chain of requests reusing one identity at once.
@@ -142,6 +147,19 @@ fn today() -> (u32, u32) {
 
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).trim_end().to_string()
+}
+
+/// The parts of a request key ([`request_key`]), for the store.
+fn request_ref(key: &str) -> Option<RequestRef<'_>> {
+    let mut parts = key.split('|');
+    let r = RequestRef {
+        merchant_id: parts.next()?,
+        terminal_id: parts.next()?,
+        stan: parts.next()?,
+        transmitted_at: parts.next()?,
+        mti: parts.next()?,
+    };
+    parts.next().is_none().then_some(r)
 }
 
 /// The instance and incarnation an in-flight claim (`P|instance|incarnation|content`)
@@ -695,17 +713,7 @@ impl Engine {
         key: &str,
         content: ContentDigest,
     ) -> Option<Answer> {
-        let parts: Vec<&str> = key.split('|').collect();
-        let [merchant_id, terminal_id, stan, transmitted_at, mti] = parts.as_slice() else {
-            return None;
-        };
-        let key = RequestRef {
-            merchant_id,
-            terminal_id,
-            stan,
-            transmitted_at,
-            mti,
-        };
+        let key = request_ref(key)?;
         let recorded = self.store.recorded(&key).await.ok()??;
         if !same_request(recorded.content, content) {
             return Some(reused_identity());
@@ -848,7 +856,7 @@ impl Engine {
             Ok(record) => record,
             Err(answer) => return give_up(answer),
         };
-        match self.store.insert(record).await {
+        match self.insert_resolved(record, r.key).await {
             Ok(true) => Ok(sent),
             Ok(false) => {
                 // Either this very request is recorded already (Redis lost its key) or
@@ -868,6 +876,39 @@ impl Engine {
                 give_up(Answer::refused(Rc::MALFUNCTION))
             }
         }
+    }
+
+    /// Records a request, resolving a write whose outcome was not seen (a commit can
+    /// succeed while its acknowledgement is lost): the record is written again, up to
+    /// [`RECORD_RETRY_MAX`] times, and when a later attempt finds a row under the key,
+    /// the row's id says whether it is this very record (the first write did commit:
+    /// `Ok(true)`) or another request's (`Ok(false)`). An error only when no attempt could
+    /// tell.
+    async fn insert_resolved(&self, record: NewTxn, key: &str) -> Result<bool, StoreError> {
+        let id = record.id;
+        let mut failed = false;
+        let mut attempt = 0;
+        loop {
+            match self.store.insert(record.clone()).await {
+                Ok(true) => return Ok(true),
+                Ok(false) if !failed => return Ok(false),
+                Ok(false) => return Ok(self.recorded_id(key).await == Some(id)),
+                Err(e) if attempt < RECORD_RETRY_MAX => {
+                    failed = true;
+                    attempt += 1;
+                    tracing::warn!(error = %e, attempt, "request's record not confirmed yet; writing it again");
+                    tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The id of the transaction recorded under a request key, if any can be read.
+    async fn recorded_id(&self, key: &str) -> Option<i64> {
+        let key = request_ref(key)?;
+        let recorded = self.store.recorded(&key).await.ok()??;
+        Some(crate::ids::id_of_rrn(&recorded.rrn))
     }
 
     /// The request's record, its card sealed; `96` if it cannot be.
