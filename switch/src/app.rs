@@ -239,6 +239,7 @@ pub async fn run(
         };
         workers.spawn(inquiries.run(workers_shutdown.clone()));
     }
+    let (replays, replays_task) = crate::replays::Replays::start(limiter.clone(), metrics.clone());
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,
         incarnation: rand::random(),
@@ -247,6 +248,7 @@ pub async fn run(
         banks,
         store: store.clone(),
         limiter,
+        replays,
         vault: vault.clone(),
         ids: Ids::new(store),
         inflight: Arc::new(InFlight::default()),
@@ -381,6 +383,7 @@ pub async fn run(
     drop(engine);
     // Every journal handle is gone now: the collector writes what is queued and ends.
     let _ = tokio::time::timeout(deadline, journal_task).await;
+    let _ = tokio::time::timeout(deadline, replays_task).await;
     // Let the links send their sign-offs.
     tokio::time::sleep(Duration::from_millis(SIGN_OFF_WAIT_MS)).await;
     tracing::info!("switch stopped");

@@ -27,6 +27,7 @@ use crate::limiter::{Claim, ClaimRequest, Limiter, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
 use crate::notify::Sessions;
+use crate::replays::Replays;
 use crate::routing::Router;
 use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 
@@ -91,6 +92,8 @@ pub struct Engine {
     /// Durable state: every record and lookup of the request path.
     pub store: Arc<dyn Store>,
     pub limiter: Limiter,
+    /// Recorded answers copied to Redis in batches, for replays.
+    pub replays: Replays,
     pub vault: Arc<Vault>,
     pub ids: Ids,
     pub inflight: Arc<InFlight>,
@@ -661,12 +664,14 @@ impl Engine {
         }
     }
 
-    /// Settles the request's idempotency key after its answer: a `96` before recording,
-    /// or a `94` without an RRN, releases the claim, so that a retry is processed afresh; an answer that is not
+    /// Settles the request's idempotency key after its answer: a `96` or `91` before
+    /// recording, or a `94` without an RRN, releases the claim, so that a retry is
+    /// processed afresh; an answer that is not
     /// recorded in PostgreSQL (a refusal without an RRN) is stored in Redis, so that a
-    /// retransmission gets it again. An answer with an RRN is recorded already: its claim
-    /// stays, and a retransmission reads the answer from the record
-    /// ([`Engine::answer_from_record`]), so a purchase costs one Redis round trip.
+    /// retransmission gets it again. An answer with an RRN is recorded already: a copy goes
+    /// to Redis in a batch ([`crate::replays`]), and until it is there a retransmission
+    /// reads the answer from the record ([`Engine::answer_from_record`]); a purchase
+    /// costs one Redis round trip of its own.
     ///
     /// The Redis write runs after the merchant is answered: the key stays registered here
     /// (so a retransmission arriving meanwhile gets the answer at once) until Redis has it.
@@ -678,6 +683,7 @@ impl Engine {
         guard: InFlightGuard,
     ) {
         if answer.rrn.is_some() {
+            self.replays.copy(key, answer.to_redis(content));
             guard.resolve(answer.clone());
             return;
         }
@@ -686,11 +692,11 @@ impl Engine {
         let metrics = self.metrics.clone();
         let answer = answer.clone();
         tokio::spawn(async move {
-            // Not this key's answer to keep: a 96 said nothing was recorded, and a 94
-            // without an RRN is either an identity reused with other content (the key's
+            // Not this key's answer to keep: a 96, or a 91 before recording, said nothing
+            // was recorded (merchant-h2h.md: not replayed), and a 94 without an RRN is either an identity reused with other content (the key's
             // answer is the earlier request's) or an order reference in use (which a
             // retry after it is freed may pass): both are processed afresh if sent again.
-            let res = if matches!(answer.rc, Rc::MALFUNCTION | Rc::DUPLICATE) {
+            let res = if matches!(answer.rc, Rc::MALFUNCTION | Rc::DUPLICATE | Rc::ISSUER_DOWN) {
                 limiter.release(&key).await
             } else {
                 limiter.store_answer(&key, &answer.to_redis(content)).await
@@ -809,6 +815,16 @@ impl Engine {
             _ => None,
         };
         if let Some((rc, why)) = refusal {
+            // A retransmission of a recorded request whose Redis key is gone (expired,
+            // flushed) gets its recorded answer, not this refusal: the record comes first
+            // in the order of checks (merchant-h2h.md).
+            if let Some(answer) = self.answer_from_record(r.key, r.content).await {
+                tracing::info!(
+                    rc = answer.rc.as_str(),
+                    "retransmission answered from the record"
+                );
+                return Err(answer);
+            }
             if self.order_ref_live(&r.merchant.id, &r.order_ref).await {
                 tracing::info!(rc = "94", "request refused: order reference in use");
                 return Err(Answer::refused(Rc::DUPLICATE));

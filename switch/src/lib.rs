@@ -10,6 +10,7 @@
 //! - [`checks`]: the checks as plain functions; response codes.
 //! - [`answer`]: answers, their Redis form, and response messages.
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
+//! - [`replays`]: recorded answers copied to Redis in batches, off the request path.
 //! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
 //! - [`content`]: the content digest that tells a retransmission from a reused identity.
@@ -53,6 +54,7 @@ pub mod metrics;
 pub mod notify;
 pub mod payments;
 pub mod quic;
+pub mod replays;
 pub mod reversals;
 pub mod routing;
 pub mod server;

@@ -304,6 +304,26 @@ impl Limiter {
         Ok(())
     }
 
+    /// Stores answers under their keys, as [`Limiter::store_answer`] does one, in one
+    /// pipelined round trip (each key in its own merchant's slot on a cluster).
+    pub async fn store_answers(&self, answers: &[(String, String)]) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        for (key, value) in answers {
+            pipe.cmd("SET")
+                .arg(self.idem_key(key))
+                .arg(value)
+                .arg("PX")
+                .arg(self.answer_ttl_ms)
+                .ignore();
+        }
+        let fut = pipe.query_async::<()>(&mut conn);
+        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        Ok(())
+    }
+
     /// Replaces the claim `dead` (left by a process that is gone) with `value`, if the
     /// key still holds exactly `dead`: true when it did. One compare-and-set script call.
     pub async fn take_over(

@@ -398,7 +398,9 @@ WITH ins AS (
   UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
     captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
   FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
-  WHERE t.id = ANY($24::bigint[]) AND t.id = u.id
+  -- An outcome settles a request still waiting for one: written again after a lost
+  -- acknowledgement, it must not undo what came after it (a merchant's reversal).
+  WHERE t.id = ANY($24::bigint[]) AND t.id = u.id AND t.state = 'authorising'
   RETURNING t.id, t.kind, t.state, t.amount_minor, t.currency, t.merchant_id, t.bank_id
 ), settled AS (
   DELETE FROM in_doubt WHERE transaction_id = ANY($24::bigint[])
