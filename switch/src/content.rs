@@ -104,27 +104,19 @@ mod tests {
     // own elements (a retransmission as 0201 or with another STAN still compares equal).
     #[test]
     fn digest_covers_the_compared_elements_only() {
-        let base = purchase(b"000000001000", b"4111111111111111", b"ORDER-1", b"000001");
-        assert_eq!(
-            base,
-            purchase(b"000000001000", b"4111111111111111", b"ORDER-1", b"000001")
-        );
-        assert_eq!(
-            base,
-            purchase(b"000000001000", b"4111111111111111", b"ORDER-1", b"000002")
-        );
-        assert_ne!(
-            base,
-            purchase(b"000000900000", b"4111111111111111", b"ORDER-1", b"000001")
-        );
-        assert_ne!(
-            base,
-            purchase(b"000000001000", b"5500000000000004", b"ORDER-1", b"000001")
-        );
-        assert_ne!(
-            base,
-            purchase(b"000000001000", b"4111111111111111", b"ORDER-2", b"000001")
-        );
+        let visa = b"4111111111111111";
+        let base = purchase(b"000000001000", visa, b"ORDER-1", b"000001");
+        let same = [
+            purchase(b"000000001000", visa, b"ORDER-1", b"000001"),
+            purchase(b"000000001000", visa, b"ORDER-1", b"000002"),
+        ];
+        let other = [
+            purchase(b"000000900000", visa, b"ORDER-1", b"000001"),
+            purchase(b"000000001000", b"5500000000000004", b"ORDER-1", b"000001"),
+            purchase(b"000000001000", visa, b"ORDER-2", b"000001"),
+        ];
+        assert!(same.iter().all(|d| *d == base), "same content");
+        assert!(other.iter().all(|d| *d != base), "other content");
     }
 
     // Proves hex and byte forms round-trip and that an unknown memory counts as the same.

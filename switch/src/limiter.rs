@@ -281,27 +281,27 @@ impl Limiter {
             .arg(r.card_rate.tolerance_us)
             .arg(self.answer_ttl_ms)
             .arg(r.content_hex);
-        let fut = inv.invoke_async::<redis::Value>(&mut conn);
-        let v = tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        let v = self
+            .timed(inv.invoke_async::<redis::Value>(&mut conn))
+            .await?;
         parse_reply(v)
     }
 
     /// Stores the final answer for a key (replacing the in-flight claim).
     pub async fn store_answer(&self, key: &str, value: &str) -> Result<(), LimiterError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("SET")
-            .arg(self.idem_key(key))
-            .arg(value)
-            .arg("PX")
-            .arg(self.answer_ttl_ms)
-            .to_owned();
-        let fut = cmd.query_async::<()>(&mut conn);
-        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
+        self.store_answers(&[(key.to_owned(), value.to_owned())])
             .await
-            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
-        Ok(())
+    }
+
+    /// Runs one Redis call within `timeout_ms`; past it Redis counts as unavailable.
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, redis::RedisError>>,
+    ) -> Result<T, LimiterError> {
+        let limit = Duration::from_millis(self.timeout_ms);
+        Ok(tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??)
     }
 
     /// Stores answers under their keys, as [`Limiter::store_answer`] does one, in one
@@ -317,11 +317,7 @@ impl Limiter {
                 .arg(self.answer_ttl_ms)
                 .ignore();
         }
-        let fut = pipe.query_async::<()>(&mut conn);
-        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
-        Ok(())
+        self.timed(pipe.query_async::<()>(&mut conn)).await
     }
 
     /// Replaces the claim `dead` (left by a process that is gone) with `value`, if the
@@ -338,10 +334,7 @@ impl Limiter {
             .arg(dead)
             .arg(value)
             .arg(self.claim_ttl_ms);
-        let fut = inv.invoke_async::<i64>(&mut conn);
-        let swapped = tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
+        let swapped = self.timed(inv.invoke_async::<i64>(&mut conn)).await?;
         Ok(swapped == 1)
     }
 
@@ -349,11 +342,7 @@ impl Limiter {
     pub async fn release(&self, key: &str) -> Result<(), LimiterError> {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("DEL").arg(self.idem_key(key)).to_owned();
-        let fut = cmd.query_async::<()>(&mut conn);
-        tokio::time::timeout(Duration::from_millis(self.timeout_ms), fut)
-            .await
-            .map_err(|_| LimiterError::Timeout(self.timeout_ms))??;
-        Ok(())
+        self.timed(cmd.query_async::<()>(&mut conn)).await
     }
 }
 
