@@ -50,7 +50,8 @@ enum Command {
         command: MerchantCommand,
     },
     /// Retention: removes settled payments of business days before a day, with their
-    /// postings, queue rows, notifications and advices (export totals first).
+    /// postings, queue rows, notifications and advices (export totals first), then
+    /// vacuums the journal's tables. Run it daily.
     Prune {
         #[command(flatten)]
         config: ConfigArg,

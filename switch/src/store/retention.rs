@@ -5,7 +5,8 @@
 //! it is settled and older than the cut-off: nothing in doubt, no message still to send,
 //! no notification undelivered. The ledger stays balanced (`switchyard ledger check`),
 //! because a payment's postings leave with its rows. Export what must be kept first
-//! (`switchyard ledger totals --day D --csv`).
+//! (`switchyard ledger totals --day D --csv`). It ends with `VACUUM (ANALYZE)` of the
+//! journal's tables, whose insert-driven autovacuum is off (migrations/V9): run it daily.
 
 use deadpool_postgres::Pool;
 
@@ -59,6 +60,9 @@ WITH RECURSIVE roots AS (
 SELECT (SELECT count(DISTINCT root) FROM doomed), (SELECT count(*) FROM t), (SELECT count(*) FROM p),
   (SELECT count(*) FROM roots), (SELECT coalesce(max(id), 0) FROM roots)";
 
+/// The journal's tables, vacuumed (and their statistics refreshed) after each prune.
+const VACUUM_SQL: &str = "VACUUM (ANALYZE) transactions, ledger_postings, in_doubt";
+
 /// Removes settled payments of business days before `before`, [`PRUNE_BATCH_MAX`] at a
 /// time, until none is left; returns what went. `cutover_hours` is
 /// `switch.business_day_cutover_hour`. Errors: the database's, or a malformed day.
@@ -85,6 +89,9 @@ pub(super) async fn prune(
         total.transactions += txns as u64;
         total.postings += postings as u64;
         if looked_at < PRUNE_BATCH_MAX {
+            // Insert-driven autovacuum is off on these tables (migrations/V9): this is
+            // their scheduled vacuum, outside any transaction.
+            client.batch_execute(VACUUM_SQL).await?;
             return Ok(total);
         }
         // Payments still blocked in this batch stay; the next batch starts after it.
