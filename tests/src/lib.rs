@@ -549,6 +549,8 @@ pub const REDIS_CLUSTER_NODES: usize = 3;
 pub struct RedisCluster {
     ports: Vec<u16>,
     nodes: Vec<Child>,
+    /// The nodes' files, removed with them.
+    dir: PathBuf,
 }
 
 impl RedisCluster {
@@ -562,6 +564,7 @@ impl RedisCluster {
         let mut cluster = RedisCluster {
             ports: Vec::new(),
             nodes: Vec::new(),
+            dir: dir.clone(),
         };
         for _ in 0..REDIS_CLUSTER_NODES {
             let port = free_port();
@@ -635,6 +638,7 @@ impl Drop for RedisCluster {
             let _ = node.kill();
             let _ = node.wait();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

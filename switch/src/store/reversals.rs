@@ -43,11 +43,18 @@ pub(super) async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, StoreE
     let n = client
         .execute(
             "WITH d AS (
-               DELETE FROM in_doubt WHERE instance_id = $1 RETURNING transaction_id
+               SELECT transaction_id FROM in_doubt WHERE instance_id = $1
              ), r AS (
                UPDATE transactions t SET state = 'reversing', response_code = '91', updated_at = now()
                FROM d WHERE t.id = d.transaction_id AND t.state = 'authorising' AND t.bank_id IS NOT NULL
-               RETURNING t.id, t.bank_id)
+               RETURNING t.id, t.bank_id
+             ), settled AS (
+               -- The rows reversed here, and those whose transaction has moved on; a row
+               -- still 'authorising' without a bank stays tracked (as of the statement's
+               -- snapshot, which the update above does not change).
+               DELETE FROM in_doubt i USING transactions t
+               WHERE i.instance_id = $1 AND t.id = i.transaction_id
+                 AND (t.state <> 'authorising' OR t.bank_id IS NOT NULL))
              INSERT INTO reversals (transaction_id, bank_id, reason)
              SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id, kind) DO NOTHING",
             &[&instance_id],
