@@ -154,6 +154,7 @@ async fn silent_echoes_take_the_link_down() {
         behaviour: Behaviour {
             ignore_echo: true,
             refuse_sign_on: false,
+            ..Behaviour::default()
         },
         ..Config::default()
     })
@@ -322,6 +323,7 @@ async fn refused_sign_on_never_ready() {
         behaviour: Behaviour {
             ignore_echo: false,
             refuse_sign_on: true,
+            ..Behaviour::default()
         },
         ..Config::default()
     })

@@ -298,6 +298,7 @@ async fn fault_switches() {
         behaviour: Behaviour {
             ignore_echo: true,
             refuse_sign_on: true,
+            ..Behaviour::default()
         },
         ..Config::default()
     };
@@ -456,4 +457,50 @@ async fn binary_ready_line_and_sigterm() {
         lines.next_line().await.unwrap().is_none(),
         "only one stdout line"
     );
+}
+
+// Proves a bank that answers reversals as a real one does: a reversal of an approval it
+// made gets 00, one naming an RRN it never saw gets the configured code (25) and is listed
+// under `unknown_reversals` in the record.
+#[tokio::test]
+async fn reversal_of_an_unknown_rrn_answered_25() {
+    let (addrs, handle) = start(Config {
+        behaviour: Behaviour {
+            unknown_reversal_code: Some(*b"25"),
+            ..Behaviour::default()
+        },
+        ..Config::default()
+    })
+    .await;
+    let mut link = connect(&addrs).await;
+    send(
+        &mut link,
+        purchase("000020", "000000000301", "000000002000"),
+    )
+    .await;
+    assert_eq!(
+        str_of(&recv(&mut link, ANSWER_WAIT).await.expect("answer"), 39),
+        "00"
+    );
+    for (orig_rrn, want) in [("000000000301", "00"), ("000000000399", "25")] {
+        let rev = reversal(
+            Mti::REVERSAL_REQUEST,
+            "000021",
+            "000020",
+            orig_rrn,
+            "000000002000",
+        );
+        send(&mut link, rev).await;
+        let r = recv(&mut link, ANSWER_WAIT).await.expect("reversal answer");
+        assert_eq!(
+            (r.mti(), str_of(&r, 39)),
+            (Mti::REVERSAL_RESPONSE, want.into()),
+            "reversal of {orig_rrn}"
+        );
+    }
+    let v = record(&addrs).await;
+    assert_eq!(v["approved"][0]["reversed"], true);
+    assert_eq!(v["unknown_reversals"]["000000000399"], 1);
+    assert!(v["unknown_reversals"].get("000000000301").is_none());
+    handle.shutdown().await;
 }

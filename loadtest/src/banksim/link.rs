@@ -228,6 +228,8 @@ fn handle(
     log_request(peer, &msg, &decision);
     port.observe(&msg, &frame.header, decision.response_code());
 
+    // A reversal naming nothing this bank saw is answered as a real bank would.
+    let mut unknown_reversal: Option<[u8; 2]> = None;
     let auth_code = match decision {
         Decision::Authorise => record.approve(Txn::of(&msg), true),
         Decision::Accept => record.approve(Txn::of(&msg), false),
@@ -244,7 +246,10 @@ fn handle(
             return None;
         }
         Decision::Reverse => {
-            record.reverse(msg.get_str(37).as_deref().map(str::trim_end));
+            let known = record.reverse(msg.get_str(37).as_deref().map(str::trim_end));
+            if let (false, Some(code)) = (known, shared.behaviour.unknown_reversal_code) {
+                unknown_reversal = Some(code);
+            }
             None
         }
         Decision::Inquire => {
@@ -269,7 +274,10 @@ fn handle(
         Decision::Network(_) => None,
         Decision::Ignore(_) => return None,
     };
-    let code = decision.response_code()?;
+    let code = match &unknown_reversal {
+        Some(code) => std::str::from_utf8(code).unwrap_or("25"),
+        None => decision.response_code()?,
+    };
     let message = match rules::build_response(shared.dialect, &msg, code, auth_code.as_deref()) {
         Ok(m) => m,
         Err(e) => {

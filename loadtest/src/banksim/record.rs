@@ -100,6 +100,9 @@ pub struct Snapshot {
     pub unanswered: Vec<Txn>,
     /// Reversals by the RRN they carry (the original's), with how many times each arrived.
     pub reversals: BTreeMap<String, u64>,
+    /// The reversals among them whose RRN this bank never saw (a real bank answers those
+    /// `25`), with how many times each arrived.
+    pub unknown_reversals: BTreeMap<String, u64>,
     /// Status inquiries (0600/0601) by the RRN they name, with how many times each arrived.
     pub inquiries: BTreeMap<String, u64>,
     /// Advices the simulator sent, in order.
@@ -120,6 +123,7 @@ struct Inner {
     declined_rrns: HashSet<String>,
     unanswered: Vec<Txn>,
     reversals: BTreeMap<String, u64>,
+    unknown_reversals: BTreeMap<String, u64>,
     inquiries: BTreeMap<String, u64>,
     advices: Vec<SentAdvice>,
     seen_rrns: HashSet<String>,
@@ -245,14 +249,21 @@ impl Record {
 
     /// Records a reversal of `rrn` (None when the reversal carried no DE37) and marks the
     /// approval it undoes, if there is one.
-    pub fn reverse(&self, rrn: Option<&str>) {
-        let Some(rrn) = rrn else { return };
+    /// Returns false for a reversal naming an RRN no financial request here carried
+    /// (true while the set of RRNs seen is too full to tell).
+    pub fn reverse(&self, rrn: Option<&str>) -> bool {
+        let Some(rrn) = rrn else { return false };
         let mut g = self.lock();
         let inner = &mut *g;
         Inner::bump(&mut inner.reversals, &mut inner.dropped, rrn);
         if let Some(&i) = inner.approved_by_rrn.get(rrn) {
             inner.approved[i].reversed = true;
         }
+        let known = inner.seen_rrns.contains(rrn) || inner.seen_rrns.len() >= RECORD_ENTRIES_MAX;
+        if !known {
+            Inner::bump(&mut inner.unknown_reversals, &mut inner.dropped, rrn);
+        }
+        known
     }
 
     /// Where the transaction with this RRN stands here: approved (and whether reversed
@@ -331,6 +342,7 @@ impl Record {
             declined: g.declined.clone(),
             unanswered: g.unanswered.clone(),
             reversals: g.reversals.clone(),
+            unknown_reversals: g.unknown_reversals.clone(),
             inquiries: g.inquiries.clone(),
             advices: g.advices.clone(),
             requests_by_rrn_dupes: g.dupes,
@@ -362,21 +374,28 @@ mod tests {
         }
     }
 
-    // Proves a reversal marks its approval, repeats are counted, and net excludes it.
+    // Proves a reversal marks its approval, repeats are counted, net excludes it, and a
+    // reversal of an RRN never seen is told apart and listed.
     #[test]
     fn reversal_marks_approval() {
         let r = Record::new();
         let code = r.approve(txn("000000000001", 1000), true).unwrap();
         assert_eq!(code.len(), 6);
         r.approve(txn("000000000002", 250), true);
-        r.reverse(Some("000000000001"));
-        r.reverse(Some("000000000001"));
-        r.reverse(Some("000000000099"));
+        assert!(r.reverse(Some("000000000001")), "a known RRN");
+        assert!(r.reverse(Some("000000000001")));
+        assert!(!r.reverse(Some("000000000099")), "an RRN never seen here");
         let s = r.snapshot();
         assert!(s.approved[0].reversed);
         assert!(!s.approved[1].reversed);
         assert_eq!(s.reversals["000000000001"], 2);
         assert_eq!(s.reversals["000000000099"], 1);
+        assert_eq!(
+            s.unknown_reversals.len(),
+            1,
+            "only the unknown one is listed"
+        );
+        assert_eq!(s.unknown_reversals["000000000099"], 1);
         assert_eq!(s.totals.approved_amount_minor, 1250);
         assert_eq!(s.totals.net_amount_minor, 250);
         assert_eq!(s.totals.approved_count, 2);

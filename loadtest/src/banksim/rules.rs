@@ -42,6 +42,9 @@ pub struct Behaviour {
     pub ignore_echo: bool,
     /// Answer sign-on (0800 DE70 001) with 91, so the link never comes up.
     pub refuse_sign_on: bool,
+    /// DE39 for a reversal naming an RRN this bank never saw, as a real bank answers one
+    /// (`25`, "unable to locate record"); None answers `00` like any other.
+    pub unknown_reversal_code: Option<[u8; 2]>,
 }
 
 /// The parts of a request the rules look at.
@@ -294,6 +297,7 @@ mod tests {
     const PLAIN: Behaviour = Behaviour {
         ignore_echo: false,
         refuse_sign_on: false,
+        unknown_reversal_code: None,
     };
 
     // Proves the test-card rules: last two digits of DE4 decide purchases and pre-auths.
@@ -352,6 +356,7 @@ mod tests {
         let faulty = Behaviour {
             ignore_echo: true,
             refuse_sign_on: true,
+            unknown_reversal_code: None,
         };
         assert_eq!(decide(&net(1), &faulty), Decision::Network("91"));
         assert!(matches!(decide(&net(301), &faulty), Decision::Ignore(_)));

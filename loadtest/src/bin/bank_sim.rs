@@ -43,6 +43,11 @@ struct Args {
     /// Answer sign-on (0800 DE70 001) with 91.
     #[arg(long)]
     refuse_sign_on: bool,
+    /// DE39 for a reversal of an RRN the simulator never saw, as a real bank answers one;
+    /// `00` answers it like any other. Such reversals are listed in the record's
+    /// `unknown_reversals`.
+    #[arg(long, default_value = "25", value_parser = parse_code)]
+    unknown_reversal_code: String,
     /// TLS: the simulator's certificate chain (PEM). With --tls-key, links use TLS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -73,6 +78,15 @@ struct Args {
     /// outcomes with status inquiries (0600).
     #[arg(long)]
     ignore_reversals: bool,
+}
+
+/// A DE39 value: two digits.
+fn parse_code(s: &str) -> Result<String, String> {
+    if s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("a response code is two digits, not {s:?}"))
+    }
 }
 
 fn transport(args: &Args) -> Result<Transport> {
@@ -127,6 +141,10 @@ async fn main() -> Result<()> {
         behaviour: Behaviour {
             ignore_echo: args.ignore_echo,
             refuse_sign_on: args.refuse_sign_on,
+            unknown_reversal_code: match args.unknown_reversal_code.as_bytes() {
+                b"00" => None,
+                code => Some([code[0], code[1]]),
+            },
         },
         transport: transport(&args)?,
         faults: Faults {
