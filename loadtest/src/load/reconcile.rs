@@ -28,6 +28,10 @@ pub struct SimRecord {
     pub unanswered: Vec<SimTxn>,
     #[serde(default)]
     pub reversals: BTreeMap<String, u64>,
+    /// Reversals naming an RRN the simulator never saw: for a request that never reached
+    /// the bank, a reversal is a phantom.
+    #[serde(default)]
+    pub unknown_reversals: BTreeMap<String, u64>,
     #[serde(default)]
     pub requests_by_rrn_dupes: u64,
     #[serde(default)]
@@ -59,6 +63,9 @@ impl SimRecord {
             all.unanswered.extend(r.unanswered);
             for (rrn, n) in r.reversals {
                 *all.reversals.entry(rrn).or_default() += n;
+            }
+            for (rrn, n) in r.unknown_reversals {
+                *all.unknown_reversals.entry(rrn).or_default() += n;
             }
             all.requests_by_rrn_dupes += r.requests_by_rrn_dupes;
             all.dropped += r.dropped;
@@ -270,6 +277,9 @@ pub fn reconcile(seen: &[Seen], sim: &SimRecord, terminals: &HashSet<String>) ->
             r.fail("withheld at the bank and never reversed", rrn.to_owned());
         }
     }
+    for rrn in sim.unknown_reversals.keys() {
+        r.fail("reversal of a request the bank never saw", rrn.clone());
+    }
     if sim.requests_by_rrn_dupes > 0 {
         for _ in 0..sim.requests_by_rrn_dupes {
             r.fail(
@@ -388,6 +398,22 @@ mod tests {
         let checks: Vec<&str> = r.failures.iter().map(|f| f.check.as_str()).collect();
         assert!(checks.contains(&"two approvals with one RRN"), "{checks:?}");
         assert!(checks.contains(&"retransmission answered differently from its original"));
+    }
+
+    // Proves a reversal of an RRN the bank never saw (a phantom) fails reconciliation.
+    #[test]
+    fn phantom_reversal() {
+        let (seen, mut sim) = clean();
+        sim.unknown_reversals.insert("000000000077".to_owned(), 1);
+        let r = reconcile(&seen, &sim, &terminals());
+        assert!(!r.ok());
+        assert!(
+            r.failures
+                .iter()
+                .any(|f| f.check == "reversal of a request the bank never saw"),
+            "{:?}",
+            r.failures
+        );
     }
 
     // Proves an unreversed 91 is pending (found by terminal and amount without DE37),
