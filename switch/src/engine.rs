@@ -152,6 +152,18 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).trim_end().to_string()
 }
 
+/// The answer when a bank's reply cannot be recorded within the retry budget: `96` with
+/// the RRN (the request is recorded, its outcome is not); recovery reverses it at the
+/// next start.
+pub(crate) fn outcome_unrecorded(rrn: String, e: &StoreError) -> Answer {
+    tracing::error!(error = %e, rrn = %rrn, "outcome could not be recorded: answering 96; recovery will reverse");
+    Answer {
+        rc: Rc::MALFUNCTION,
+        rrn: Some(rrn),
+        auth: None,
+    }
+}
+
 /// The parts of a request key ([`request_key`]), for the store.
 fn request_ref(key: &str) -> Option<RequestRef<'_>> {
     let mut parts = key.split('|');
@@ -507,7 +519,7 @@ impl Engine {
             Err(answer) => return Claimed::Done(answer),
         };
         let content_hex = content.to_hex();
-        let claim_value = format!("P|{}|{}|{content_hex}", self.instance_id, self.incarnation);
+        let claim_value = self.claim_value(&content_hex);
         let no_card = Rate::new(0, 1, 0);
         let redis_started = Instant::now();
         let claim = self
@@ -616,6 +628,12 @@ impl Engine {
         }
     }
 
+    /// This process's in-flight claim for a request of `content_hex`:
+    /// `P|instance|incarnation|content` (read back by [`claim_holder`]).
+    fn claim_value(&self, content_hex: &str) -> String {
+        format!("P|{}|{}|{content_hex}", self.instance_id, self.incarnation)
+    }
+
     /// Whether a Redis value is an in-flight claim of this instance id by another
     /// incarnation: the process that made it is gone.
     fn left_by_dead_process(&self, v: &str) -> bool {
@@ -645,12 +663,7 @@ impl Engine {
             guard.resolve(answer.clone());
             return Claimed::Done(answer);
         }
-        let value = format!(
-            "P|{}|{}|{}",
-            self.instance_id,
-            self.incarnation,
-            content.to_hex()
-        );
+        let value = self.claim_value(&content.to_hex());
         match self.limiter.take_over(key, dead_claim, &value).await {
             Ok(true) => {
                 tracing::info!("claim left by a process that is gone taken over");
@@ -782,12 +795,7 @@ impl Engine {
             .retrying("outcome", || self.store.record_outcome(outcome.clone()))
             .await;
         if let Err(e) = recorded {
-            tracing::error!(error = %e, rrn = %sent.rrn, "outcome could not be recorded: answering 96; recovery will reverse");
-            return Answer {
-                rc: Rc::MALFUNCTION,
-                rrn: Some(sent.rrn),
-                auth: None,
-            };
+            return outcome_unrecorded(sent.rrn, &e);
         }
         if reversing {
             self.reversal_wake.notify_waiters();

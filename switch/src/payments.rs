@@ -563,12 +563,7 @@ impl Engine {
             })
             .await;
         if let Err(e) = recorded {
-            tracing::error!(error = %e, rrn = %f.rrn, "outcome could not be recorded: answering 96; recovery will reverse");
-            return Answer {
-                rc: Rc::MALFUNCTION,
-                rrn: Some(f.rrn),
-                auth: None,
-            };
+            return crate::engine::outcome_unrecorded(f.rrn, &e);
         }
         if verdict.state == State::Reversing {
             self.reversal_wake.notify_waiters();
