@@ -76,6 +76,14 @@ impl InFlight {
         })
     }
 
+    /// The answer channel of the request in flight here under `key`, if any: for waiting
+    /// until it ends without owning or following the key (a reversal held for the request
+    /// it names).
+    pub fn watch(&self, key: &str) -> Option<watch::Receiver<Option<Answer>>> {
+        let shard = self.shard(key).lock().expect("in-flight lock");
+        shard.get(key).map(|(answer, _)| answer.subscribe())
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()

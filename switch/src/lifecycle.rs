@@ -261,6 +261,67 @@ pub fn check_reversal(
     }
 }
 
+/// How long a merchant reversal waits for the request it names (merchant-h2h.md,
+/// "Originals and what may follow them").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReversalHold {
+    /// Longest wait for a named request not seen at all (the contract's 2 s).
+    pub unseen_max_ms: u64,
+    /// Longest wait for a named request still in flight to have its outcome recorded
+    /// (the bank timeout, plus the time to record the outcome).
+    pub in_flight_max_ms: u64,
+}
+
+/// What a merchant reversal does with the request it names, as found after `held_ms`
+/// of waiting (`found` is `None` while no such request is recorded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReversalPlan {
+    /// Reverse it with this effect (recorded, then sent to the bank by store and forward).
+    Apply(ReversalEffect),
+    /// Not seen yet, or its outcome is not recorded yet: look again.
+    Hold,
+    /// It ended declined or refused: nothing was charged, so the reversal is answered
+    /// `00` and nothing is sent.
+    NothingToUndo,
+    /// Refused with this response code.
+    Refuse(Rc),
+}
+
+/// The contract's rules for a reversal racing its original: held while the original is
+/// in flight (at most `hold.in_flight_max_ms`, then `91`, nothing recorded, so a repeat
+/// is processed afresh), held while it is unseen (at most `hold.unseen_max_ms`, then
+/// `25`), then applied by [`check_reversal`]'s rules, a declined or refused original
+/// needing nothing.
+pub fn plan_reversal(
+    found: Option<(&Named, &Payment)>,
+    amount_minor: u64,
+    held_ms: u64,
+    hold: &ReversalHold,
+) -> ReversalPlan {
+    let Some((named, payment)) = found else {
+        return if held_ms < hold.unseen_max_ms {
+            ReversalPlan::Hold
+        } else {
+            ReversalPlan::Refuse(Rc::NO_ORIGINAL)
+        };
+    };
+    match named.state {
+        State::Authorising if held_ms < hold.in_flight_max_ms => ReversalPlan::Hold,
+        State::Authorising => ReversalPlan::Refuse(Rc::ISSUER_DOWN),
+        State::Declined | State::Refused if named.kind != Kind::Reversal => {
+            if amount_minor == named.amount_minor {
+                ReversalPlan::NothingToUndo
+            } else {
+                ReversalPlan::Refuse(Rc::INVALID_AMOUNT)
+            }
+        }
+        _ => match check_reversal(named, payment, amount_minor) {
+            Ok(effect) => ReversalPlan::Apply(effect),
+            Err(rc) => ReversalPlan::Refuse(rc),
+        },
+    }
+}
+
 /// Why a reversal is stored for the bank (its store-and-forward row's `reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReversalReason {
@@ -699,6 +760,55 @@ mod tests {
         assert_eq!(
             check_reversal(&named(Kind::Refund, State::Approved, 300), &refunded, 300),
             Ok(ReversalEffect::UndoRefund)
+        );
+    }
+
+    // Proves a reversal racing its original is held while the original is unseen or in
+    // flight, within the hold's limits, then applied to the outcome the original got.
+    #[test]
+    fn reversal_held_until_original_settles() {
+        let hold = ReversalHold {
+            unseen_max_ms: 2000,
+            in_flight_max_ms: 5000,
+        };
+        let p = purchase(1000);
+        assert_eq!(plan_reversal(None, 1000, 0, &hold), ReversalPlan::Hold);
+        assert_eq!(
+            plan_reversal(None, 1000, 2000, &hold),
+            ReversalPlan::Refuse(Rc::NO_ORIGINAL)
+        );
+        let in_flight = named(Kind::Purchase, State::Authorising, 1000);
+        let pending = Payment {
+            state: State::Authorising,
+            ..p
+        };
+        assert_eq!(
+            plan_reversal(Some((&in_flight, &pending)), 1000, 4999, &hold),
+            ReversalPlan::Hold
+        );
+        assert_eq!(
+            plan_reversal(Some((&in_flight, &pending)), 1000, 5000, &hold),
+            ReversalPlan::Refuse(Rc::ISSUER_DOWN)
+        );
+        let approved = named(Kind::Purchase, State::Approved, 1000);
+        assert_eq!(
+            plan_reversal(Some((&approved, &p)), 1000, 300, &hold),
+            ReversalPlan::Apply(ReversalEffect::VoidPayment)
+        );
+        let declined = named(Kind::Purchase, State::Declined, 1000);
+        assert_eq!(
+            plan_reversal(Some((&declined, &p)), 1000, 300, &hold),
+            ReversalPlan::NothingToUndo
+        );
+        assert_eq!(
+            plan_reversal(Some((&declined, &p)), 999, 300, &hold),
+            ReversalPlan::Refuse(Rc::INVALID_AMOUNT)
+        );
+        let unknown = named(Kind::Purchase, State::Reversing, 1000);
+        assert_eq!(
+            plan_reversal(Some((&unknown, &p)), 1000, 300, &hold),
+            ReversalPlan::Apply(ReversalEffect::AlreadyReversed),
+            "an unknown outcome is reversed by the switch anyway"
         );
     }
 

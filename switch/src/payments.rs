@@ -8,7 +8,7 @@
 //! (on one instance or several) are serialised by the database.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bank_links::{Bank, Outcome as LinkOutcome};
 use codec::{Message, MessageBuilder, Mti, tlv};
@@ -19,11 +19,21 @@ use crate::content::ContentDigest;
 use crate::crypto::{Purpose, split_card};
 use crate::engine::{Claimed, Engine, request_key};
 use crate::ids::rrn_of;
-use crate::lifecycle::{self, State, Status};
+use crate::inflight::owner_gone;
+use crate::lifecycle::{self, ReversalEffect, ReversalHold, ReversalPlan, State, Status};
 use crate::merchants::Merchant;
 use crate::store::{NewTxn, PaymentLock, TxnRecord};
 
 pub use crate::store::OriginalRef;
+
+/// The contract's wait for a reversal's named request that is not seen at all (ms).
+pub const REVERSAL_UNSEEN_MAX_MS: u64 = 2_000;
+/// Time allowed beyond the bank timeout for a named request's outcome to be recorded
+/// before a held reversal gives up with `91` (ms): the outcome write's retries.
+pub const REVERSAL_HOLD_MARGIN_MS: u64 = 2_000;
+/// Pause between looks at a named request that is unseen, or in flight elsewhere (ms);
+/// one in flight here is waited for directly.
+pub const REVERSAL_HOLD_POLL_MS: u64 = 25;
 
 /// Longest refund reason kept (DE48 `RR` is free text inside an LLLVAR of 999).
 pub const REFUND_REASON_MAX_LEN: usize = 255;
@@ -94,6 +104,21 @@ fn common(msg: &Message, merchant: &Merchant) -> Result<Common, Rc> {
         currency: msg.get_u64(49).ok_or(Rc::FORMAT_ERROR)? as u16,
         original,
     })
+}
+
+/// The idempotency key of the request a lifecycle request names by DE90 (same merchant
+/// and terminal).
+fn original_key(merchant: &Merchant, c: &Common) -> String {
+    // parse_de90 made `mti` four digits naming an original MTI.
+    let digits = <[u8; 4]>::try_from(c.original.mti.as_bytes()).unwrap_or(*b"0200");
+    let mti = Mti::from_digits(digits).unwrap_or(Mti::FINANCIAL_REQUEST);
+    request_key(
+        &merchant.id,
+        c.terminal_id.as_bytes(),
+        c.original.stan.as_bytes(),
+        c.original.transmitted_at.as_bytes(),
+        mti,
+    )
 }
 
 /// A completion or refund on its way: what each step of it reads.
@@ -601,19 +626,119 @@ impl Engine {
         answer
     }
 
+    /// Finds the request the reversal names, holding it while it is unseen or in flight
+    /// ([`lifecycle::plan_reversal`]), then reverses it.
     async fn reverse_claimed(
         &self,
         msg: &Message,
         merchant: &Merchant,
         c: &Common,
     ) -> Result<Answer, Answer> {
-        let lock = self.lock_named(merchant, c).await?;
+        let hold = self.reversal_hold();
+        let started = Instant::now();
+        let original_key = original_key(merchant, c);
+        loop {
+            let lock = self.find_named(merchant, c).await?;
+            let found = lock
+                .as_ref()
+                .map(|l| (l.named().named(), l.root().payment()));
+            let held_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let plan = lifecycle::plan_reversal(
+                found.as_ref().map(|(n, p)| (n, p)),
+                c.amount_minor,
+                held_ms,
+                &hold,
+            );
+            match (plan, lock) {
+                (ReversalPlan::Hold, lock) => {
+                    // The row lock must go before waiting: the original's outcome is
+                    // written under it.
+                    drop(lock);
+                    self.wait_for_original(&original_key).await;
+                }
+                (ReversalPlan::Refuse(rc), _) => {
+                    tracing::info!(
+                        rc = rc.as_str(),
+                        reason = rc.reason(),
+                        held_ms,
+                        "reversal refused"
+                    );
+                    return Err(Answer::refused(rc));
+                }
+                (ReversalPlan::NothingToUndo, _) => {
+                    tracing::info!(
+                        rc = "00",
+                        held_ms,
+                        "reversal of a declined or refused request: nothing to undo"
+                    );
+                    return Ok(Answer {
+                        rc: Rc::APPROVED,
+                        rrn: None,
+                        auth: None,
+                    });
+                }
+                (ReversalPlan::Apply(effect), Some(lock)) => {
+                    return self.record_reversal(msg, merchant, c, lock, effect).await;
+                }
+                (ReversalPlan::Apply(_), None) => {
+                    unreachable!("a reversal is applied only to a request found")
+                }
+            }
+        }
+    }
+
+    /// The hold's limits: the contract's 2 s for an unseen request; for one in flight,
+    /// the longest bank timeout and [`REVERSAL_HOLD_MARGIN_MS`] to record its outcome.
+    fn reversal_hold(&self) -> ReversalHold {
+        let bank_timeout_ms = self
+            .banks
+            .values()
+            .map(|b| b.config.request_timeout_ms)
+            .max()
+            .unwrap_or(0);
+        ReversalHold {
+            unseen_max_ms: REVERSAL_UNSEEN_MAX_MS,
+            in_flight_max_ms: bank_timeout_ms + REVERSAL_HOLD_MARGIN_MS,
+        }
+    }
+
+    /// Waits a little for the named request: until it ends if it is in flight here,
+    /// else one [`REVERSAL_HOLD_POLL_MS`] pause (it may be in flight on another instance,
+    /// or not arrived yet).
+    async fn wait_for_original(&self, original_key: &str) {
+        let pause = Duration::from_millis(REVERSAL_HOLD_POLL_MS);
+        match self.inflight.watch(original_key) {
+            Some(rx) => {
+                let _ = tokio::time::timeout(pause * 40, owner_gone(rx)).await;
+            }
+            None => tokio::time::sleep(pause).await,
+        }
+    }
+
+    /// The row the request names and its payment, both locked until the lock is
+    /// recorded or dropped; `None` when there is no such request (yet).
+    async fn find_named(
+        &self,
+        merchant: &Merchant,
+        c: &Common,
+    ) -> Result<Option<Box<dyn PaymentLock>>, Answer> {
+        self.store
+            .lock_payment(&merchant.id, &c.terminal_id, &c.original)
+            .await
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Records the reversal of the locked request with `effect` and wakes the reversal
+    /// workers; answered `00` with the reversal's own RRN.
+    async fn record_reversal(
+        &self,
+        msg: &Message,
+        merchant: &Merchant,
+        c: &Common,
+        lock: Box<dyn PaymentLock>,
+        effect: ReversalEffect,
+    ) -> Result<Answer, Answer> {
         let (named, root) = (lock.named().clone(), lock.root().clone());
-        let effect = lifecycle::check_reversal(&named.named(), &root.payment(), c.amount_minor)
-            .map_err(|rc| {
-                tracing::info!(rc = rc.as_str(), reason = rc.reason(), "reversal refused");
-                Answer::refused(rc)
-            })?;
         let id = self.ids.next().await.map_err(|e| self.db_error(e))?;
         let request = reversal_row(msg, merchant, c, &named, id, self.instance_id);
         let rrn = request.rrn.clone();
