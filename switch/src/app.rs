@@ -261,6 +261,7 @@ pub async fn run(
         reversal_wake,
         sessions: Arc::new(crate::notify::Sessions::default()),
         metrics: metrics.clone(),
+        limits_on_outage: config.redis.limits_on_outage,
     });
 
     workers.spawn(crate::notify::run(

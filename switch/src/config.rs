@@ -131,6 +131,24 @@ pub struct RedisSection {
     pub claim_ttl_ms: u64,
     #[serde(default = "d_redis_timeout_ms")]
     pub timeout_ms: u64,
+    /// What rate limits and card velocity do while Redis is unreachable (idempotency
+    /// falls back to PostgreSQL either way): `fail_open` (the default) lets requests
+    /// through unchecked, `fail_closed` refuses new requests with `91`.
+    #[serde(default)]
+    pub limits_on_outage: LimitsOnOutage,
+}
+
+/// The rate-limit policy while Redis is unreachable (`[redis] limits_on_outage`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitsOnOutage {
+    /// Requests go on without rate limits or card velocity (counted as
+    /// `switchyard_redis_outage_requests_total{limits="skipped"}`).
+    #[default]
+    FailOpen,
+    /// New requests are refused `91` (the switch cannot apply its limits); a
+    /// retransmission of a recorded request is still answered from PostgreSQL.
+    FailClosed,
 }
 
 #[derive(Debug, Clone, Deserialize)]

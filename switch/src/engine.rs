@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
 use crate::checks::{self, Authorisation, Rc};
+use crate::config::LimitsOnOutage;
 use crate::content::{ContentDigest, same_request};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
@@ -104,6 +105,8 @@ pub struct Engine {
     /// Merchant connections, for notifications.
     pub sessions: Arc<Sessions>,
     pub metrics: Arc<Metrics>,
+    /// What the limits do while Redis is unreachable.
+    pub limits_on_outage: LimitsOnOutage,
 }
 
 impl std::fmt::Debug for Engine {
@@ -543,7 +546,7 @@ impl Engine {
         self.metrics
             .redis_latency
             .observe(redis_started.elapsed().as_secs_f64());
-        self.claimed(claim, key, content, guard).await
+        self.claimed(claim, key, content, guard, lookup_only).await
     }
 
     /// Makes this request the key's owner on this instance, or answers it: a
@@ -579,6 +582,7 @@ impl Engine {
         key: &str,
         content: ContentDigest,
         guard: InFlightGuard,
+        lookup_only: bool,
     ) -> Claimed {
         match claim {
             Ok(Claim::Known(v)) if !same_request(Answer::content_in_redis(&v), content) => {
@@ -604,6 +608,17 @@ impl Engine {
                 Claimed::Done(answer)
             }
             Ok(Claim::Limited(which)) => {
+                // A retransmission of a recorded request whose key Redis lost (flushed,
+                // restarted) is answered from the record: that check comes before the
+                // limits (merchant-h2h.md, "Order of checks").
+                if let Some(answer) = self.answer_from_record(key, content).await {
+                    self.metrics.idempotency_replays.inc();
+                    if answer.rrn.is_some() {
+                        self.replays.copy(key.to_string(), answer.to_redis(content));
+                    }
+                    guard.resolve(answer.clone());
+                    return Claimed::Done(answer);
+                }
                 self.metrics
                     .rate_limit_refusals
                     .with_label_values(&[which])
@@ -618,14 +633,50 @@ impl Engine {
                 redis_ok: true,
             },
             Err(e) => {
-                self.metrics.redis_errors.inc();
-                tracing::warn!(error = %e, "redis unavailable: idempotency falls back to PostgreSQL, limits not applied");
-                Claimed::Proceed {
-                    guard,
-                    redis_ok: false,
-                }
+                self.without_redis(&e, key, content, guard, lookup_only)
+                    .await
             }
         }
+    }
+
+    /// Redis is unreachable: idempotency falls back to PostgreSQL (the request key's
+    /// unique index, then the record's answer), and the limits follow
+    /// `[redis] limits_on_outage`: skipped (`fail_open`), or new requests refused `91`
+    /// (`fail_closed`: not recorded, so a retry is processed afresh). A request refused
+    /// locally anyway (`lookup_only`) keeps its own refusal.
+    async fn without_redis(
+        &self,
+        e: &LimiterError,
+        key: &str,
+        content: ContentDigest,
+        guard: InFlightGuard,
+        lookup_only: bool,
+    ) -> Claimed {
+        self.metrics.redis_errors.inc();
+        if self.limits_on_outage == LimitsOnOutage::FailOpen || lookup_only {
+            self.metrics
+                .redis_outage_requests
+                .with_label_values(&["skipped"])
+                .inc();
+            tracing::warn!(error = %e, "redis unavailable: idempotency falls back to PostgreSQL, limits not applied");
+            return Claimed::Proceed {
+                guard,
+                redis_ok: false,
+            };
+        }
+        let answer = match self.answer_from_record(key, content).await {
+            Some(answer) => answer,
+            None => {
+                self.metrics
+                    .redis_outage_requests
+                    .with_label_values(&["refused"])
+                    .inc();
+                tracing::warn!(error = %e, rc = "91", "redis unavailable: limits cannot be applied (fail_closed), request refused");
+                Answer::refused(Rc::ISSUER_DOWN)
+            }
+        };
+        guard.resolve(answer.clone());
+        Claimed::Done(answer)
     }
 
     /// This process's in-flight claim for a request of `content_hex`:

@@ -2,9 +2,9 @@
 //! merchant's rate limit and the card velocity rule, and claims the key, atomically.
 //!
 //! Redis is the fast path only. If it is lost (flushed, restarted, unreachable) the
-//! PostgreSQL unique constraints still stop a second charge; rate limits are then not
-//! enforced until it returns (logged and counted), which fails open on availability
-//! rather than refusing every payment.
+//! PostgreSQL unique constraints still stop a second charge; while it is unreachable the
+//! limits follow `[redis] limits_on_outage` (`fail_open`: not enforced; `fail_closed`: new
+//! requests refused), logged and counted ([`crate::engine`]).
 
 use std::time::Duration;
 

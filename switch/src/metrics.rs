@@ -36,6 +36,9 @@ pub struct Metrics {
     pub journal_failures: IntCounter,
     pub redis_latency: Histogram,
     pub redis_errors: IntCounter,
+    /// Requests handled while Redis was unreachable, by what became of the limits
+    /// (`limits="skipped"` under `fail_open`, `"refused"` under `fail_closed`).
+    pub redis_outage_requests: IntCounterVec,
     pub idempotency_replays: IntCounter,
     pub rate_limit_refusals: IntCounterVec,
     pub bank_timeouts: IntCounterVec,
@@ -157,6 +160,14 @@ impl Metrics {
                 "Redis calls that failed or timed out",
             )
             .expect("metric"),
+            redis_outage_requests: IntCounterVec::new(
+                Opts::new(
+                    "redis_outage_requests_total",
+                    "Requests handled while Redis was unreachable, by what became of the limits",
+                ),
+                &["limits"],
+            )
+            .expect("metric"),
             idempotency_replays: IntCounter::new(
                 "idempotency_replays_total",
                 "Retransmissions answered from the record",
@@ -203,6 +214,7 @@ impl Metrics {
             Box::new(m.journal_failures.clone()),
             Box::new(m.redis_latency.clone()),
             Box::new(m.redis_errors.clone()),
+            Box::new(m.redis_outage_requests.clone()),
             Box::new(m.idempotency_replays.clone()),
             Box::new(m.rate_limit_refusals.clone()),
             Box::new(m.bank_timeouts.clone()),
@@ -210,6 +222,10 @@ impl Metrics {
         ];
         for c in all {
             reg.register(c).expect("metric names are unique");
+        }
+        // Known label values exist from the start, so that rate() sees the first event.
+        for limits in ["skipped", "refused"] {
+            m.redis_outage_requests.with_label_values(&[limits]);
         }
         m
     }

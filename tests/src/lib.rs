@@ -15,7 +15,8 @@
 //!   binary in parallel), and should hold a [`PgOutage`] guard so the server comes back even
 //!   when the test panics.
 //! - [`free_port`]: a TCP port that is free on 127.0.0.1.
-//! - [`RedisCluster`]: a private three-node Redis Cluster for one test.
+//! - [`RedisCluster`]: a private three-node Redis Cluster for one test; [`PrivateRedis`]: a
+//!   private single server a test may stop and start again (a Redis outage or restart).
 //! - [`unique_name`]: a name no other test of this run uses (Redis key prefixes, say).
 //! - [`spawn_binary`]: start a workspace binary from `target/debug`; the [`Spawned`] guard
 //!   kills it on drop. [`wait_for_line`] waits for a line on its stdout (or stderr) that
@@ -639,6 +640,73 @@ impl Drop for RedisCluster {
             let _ = node.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private single Redis server on a free port that a test may stop and start again on
+/// the same port (an outage, or a restart that loses every key: it keeps nothing on disk).
+/// Stopped when dropped.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    server: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts the server and waits until it answers PING.
+    pub fn start() -> PrivateRedis {
+        let mut redis = PrivateRedis {
+            port: free_port(),
+            server: None,
+        };
+        redis.resume();
+        redis
+    }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (connections refused until [`PrivateRedis::resume`]).
+    pub fn stop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+        wait_until("redis stopped", REDIS_CLUSTER_READY_WAIT, || {
+            redis_cli(self.port, &["ping"]).is_none()
+        });
+    }
+
+    /// Starts the server again on its port, empty, and waits until it answers PING.
+    pub fn resume(&mut self) {
+        assert!(self.server.is_none(), "redis is already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server (install the Debian package redis-server)");
+        self.server = Some(child);
+        let port = self.port;
+        wait_until("redis answers PING", REDIS_CLUSTER_READY_WAIT, || {
+            redis_cli(port, &["ping"]).is_some_and(|o| o.trim() == "PONG")
+        });
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
 }
 
