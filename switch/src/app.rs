@@ -37,6 +37,9 @@ pub const WORKERS_STOP_WAIT_MS: u64 = 2_000;
 /// How long the links get to send their sign-offs before the process ends.
 pub const SIGN_OFF_WAIT_MS: u64 = 200;
 
+/// The process's exit status when its lease was taken over ([`crate::lease::LeaseLost`]).
+pub const LEASE_LOST_EXIT_CODE: i32 = 75;
+
 /// Where the instance listens, once it does.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Bound {
@@ -135,6 +138,12 @@ pub async fn run(
     // queued) as soon as the engine is gone, whatever they are still doing.
     let cutover = config.switch.business_day_cutover_hour;
     let shared: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover));
+    // This process's incarnation of its instance id: names its Redis claims and its lease.
+    let incarnation: u64 = rand::random();
+    let lease_ms = i64::try_from(config.switch.lease_ms).unwrap_or(i64::MAX);
+    shared
+        .take_lease(config.switch.instance_id, incarnation as i64, lease_ms)
+        .await?;
     let recovered = shared.recover(config.switch.instance_id).await?;
     if recovered > 0 {
         tracing::warn!(
@@ -242,7 +251,7 @@ pub async fn run(
     let (replays, replays_task) = crate::replays::Replays::start(limiter.clone(), metrics.clone());
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,
-        incarnation: rand::random(),
+        incarnation,
         merchants: merchants.clone(),
         router: router.clone(),
         banks,
@@ -258,12 +267,20 @@ pub async fn run(
             config.limits.card_velocity_burst,
         ),
         acquirer_ids,
-        reversal_wake,
+        reversal_wake: reversal_wake.clone(),
         sessions: Arc::new(crate::notify::Sessions::default()),
         metrics: metrics.clone(),
         limits_on_outage: config.redis.limits_on_outage,
     });
 
+    workers.spawn(hold_lease(
+        shared.clone(),
+        &config,
+        incarnation,
+        reversal_wake.clone(),
+        metrics.clone(),
+        workers_shutdown.clone(),
+    ));
     workers.spawn(crate::notify::run(
         shared.clone(),
         engine.sessions.clone(),
@@ -393,6 +410,37 @@ pub async fn run(
 
 /// Where a bank's links get their connections: the transport, its certificates, and in
 /// listen mode the bound listener they share.
+/// Renews this instance's lease until shutdown ([`crate::lease`]). If another instance
+/// took it over (it expired while this process could not reach PostgreSQL), that instance
+/// is reversing this one's in-doubt transactions: answering them now could contradict
+/// the record, so the process ends at once, with [`LEASE_LOST_EXIT_CODE`].
+fn hold_lease(
+    store: Arc<dyn Store>,
+    config: &Config,
+    incarnation: u64,
+    reversal_wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + use<> {
+    let (instance_id, lease_ms) = (config.switch.instance_id, config.switch.lease_ms);
+    async move {
+        let held = crate::lease::run(
+            store,
+            instance_id,
+            incarnation as i64,
+            lease_ms,
+            reversal_wake,
+            metrics,
+            shutdown,
+        )
+        .await;
+        if let Err(lost) = held {
+            tracing::error!(error = %lost, "stopping at once: another instance is resolving this one's transactions");
+            std::process::exit(LEASE_LOST_EXIT_CODE);
+        }
+    }
+}
+
 async fn bank_endpoint(
     b: &crate::config::BankSection,
     shutdown: &CancellationToken,

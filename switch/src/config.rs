@@ -57,7 +57,15 @@ pub struct SwitchSection {
     /// The business day (ledger, settlement) starts at this hour, UTC.
     #[serde(default)]
     pub business_day_cutover_hour: u8,
+    /// This instance's lease in PostgreSQL lasts this long and is renewed three times per
+    /// lease; once another instance's lease has expired, this one takes over its in-doubt
+    /// transactions. At least [`LEASE_MS_MIN`].
+    #[serde(default = "d_lease_ms")]
+    pub lease_ms: u64,
 }
+
+/// The shortest lease allowed: renewals are a few database round trips per lease.
+pub const LEASE_MS_MIN: u64 = 1_000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +307,9 @@ fn d_breaker_timeout_rate_percent() -> u32 {
 fn d_breaker_open_ms() -> u64 {
     5_000
 }
+fn d_lease_ms() -> u64 {
+    15_000
+}
 fn d_shutdown_deadline_ms() -> u64 {
     10_000
 }
@@ -447,6 +458,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |s: String| Err(ConfigError::Invalid(s));
+        if self.switch.lease_ms < LEASE_MS_MIN {
+            return bad(format!(
+                "switch.lease_ms: {} is below the minimum of {LEASE_MS_MIN}",
+                self.switch.lease_ms
+            ));
+        }
         let l = &self.merchant_listener;
         if l.tcp.is_none() && l.tls.is_none() && l.quic.is_none() {
             return bad("merchant_listener: set tcp, tls or quic (or several)".into());

@@ -28,6 +28,7 @@
 //! - [`merchants`]: merchant records and their in-memory table.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`crypto`]: sealing MAC keys and card data; the card-number hash.
+//! - [`lease`]: this instance's lease in PostgreSQL; takeover of instances that never return.
 //! - [`ids`]: transaction ids (from blocks the store reserves) and RRNs.
 //! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
 
@@ -46,6 +47,7 @@ pub mod engine;
 pub mod ids;
 pub mod inflight;
 pub mod inquiry;
+pub mod lease;
 pub mod ledger;
 pub mod lifecycle;
 pub mod limiter;

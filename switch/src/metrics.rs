@@ -36,6 +36,8 @@ pub struct Metrics {
     pub journal_failures: IntCounter,
     pub redis_latency: Histogram,
     pub redis_errors: IntCounter,
+    /// Instances taken over after their lease expired.
+    pub lease_takeovers: IntCounter,
     /// Requests handled while Redis was unreachable, by what became of the limits
     /// (`limits="skipped"` under `fail_open`, `"refused"` under `fail_closed`).
     pub redis_outage_requests: IntCounterVec,
@@ -160,6 +162,11 @@ impl Metrics {
                 "Redis calls that failed or timed out",
             )
             .expect("metric"),
+            lease_takeovers: IntCounter::new(
+                "lease_takeovers_total",
+                "Instances taken over by this one after their lease expired",
+            )
+            .expect("metric"),
             redis_outage_requests: IntCounterVec::new(
                 Opts::new(
                     "redis_outage_requests_total",
@@ -215,6 +222,7 @@ impl Metrics {
             Box::new(m.redis_latency.clone()),
             Box::new(m.redis_errors.clone()),
             Box::new(m.redis_outage_requests.clone()),
+            Box::new(m.lease_takeovers.clone()),
             Box::new(m.idempotency_replays.clone()),
             Box::new(m.rate_limit_refusals.clone()),
             Box::new(m.bank_timeouts.clone()),

@@ -147,3 +147,87 @@ async fn sigterm_answers_in_flight_then_exits_0() {
         .expect("the switch exits after SIGTERM");
     assert!(status.success(), "exit status after SIGTERM: {status}");
 }
+
+// Proves an instance that never comes back is taken over: two instances share the
+// database (leases of 3 s), instance 2 is killed with SIGKILL while its purchase is at the
+// bank and never restarted; instance 1 reverses that purchase at the bank within a few
+// lease times, and a retransmission to instance 1 gets the final 91 with the same RRN and
+// no second bank request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_that_never_returns_is_taken_over() {
+    let world = slow_world("crash_lease", 4000);
+    let lease = [("SWITCHYARD__SWITCH__LEASE_MS", "3000")];
+    let survivor = world.start_switch_env(1, &lease);
+    let mut doomed = world.start_switch_env(2, &lease);
+    world.wait_links_ready(&survivor).await;
+    world.wait_links_ready(&doomed).await;
+    let mut c = world.client(&doomed).await;
+    let before = world.banks[0].record().await;
+    let known = approved_rrns(&before);
+
+    let stan = next_stan();
+    let req = c.purchase(&stan, 1234, VISA, &order_ref("LEASE", &stan));
+    c.send(&req).await;
+    let rec = world.banks[0]
+        .wait_record(
+            "the purchase received by the bank",
+            Duration::from_secs(30),
+            |r| count_mti(r, "0200") > count_mti(&before, "0200"),
+        )
+        .await;
+    let new: Vec<String> = approved_rrns(&rec).difference(&known).cloned().collect();
+    assert_eq!(new.len(), 1, "one new approval at the bank: {new:?}");
+    let rrn = new[0].clone();
+
+    doomed.process.signal("KILL");
+    doomed
+        .process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the killed switch exits");
+    let killed = std::time::Instant::now();
+    world.banks[0]
+        .wait_record(
+            "the survivor's reversal of the dead instance's purchase",
+            Duration::from_secs(30),
+            |r| r["reversals"][rrn.as_str()].as_u64().unwrap_or(0) >= 1,
+        )
+        .await;
+    // Lease expiry (3 s) plus at most one renewal interval (1 s); the rest is slack for a
+    // loaded machine.
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "taken over within a few lease times, not {:?}",
+        killed.elapsed()
+    );
+
+    let mut c = world.client(&survivor).await;
+    let r = c.call(&req).await;
+    assert_eq!(rc(&r), "91", "the retransmission gets the final 91");
+    assert_eq!(r.get_str(37).as_deref(), Some(rrn.as_str()), "same RRN");
+    let rec = world.banks[0].record().await;
+    assert_eq!(requests_for(&rec, &rrn), 1, "never a second bank request");
+}
+
+// Proves a process whose lease another instance has taken over stops at once (exit
+// status 75) rather than answering for transactions now being reversed: the lease row is
+// handed to another incarnation behind the running switch's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_whose_lease_was_taken_over_stops() {
+    let world = World::new("crash_lease_lost", WorldOptions::default());
+    let mut sw = world.start_switch_env(1, &[("SWITCHYARD__SWITCH__LEASE_MS", "1500")]);
+    world.wait_links_ready(&sw).await;
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let taken = db
+        .execute(
+            "UPDATE instance_leases SET incarnation = incarnation + 1 WHERE instance_id = 1",
+            &[],
+        )
+        .await
+        .expect("hand the lease over");
+    assert_eq!(taken, 1, "the running switch holds a lease");
+    let status = sw
+        .process
+        .wait_timeout(Duration::from_secs(30))
+        .expect("the switch stops once it finds its lease gone");
+    assert_eq!(status.code(), Some(75), "exit status of a lost lease");
+}

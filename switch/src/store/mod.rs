@@ -20,6 +20,7 @@
 pub mod journal;
 
 mod advices;
+pub mod leases;
 mod notifications;
 mod payments;
 mod pg;
@@ -298,6 +299,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Moves every transaction `instance_id` left without an outcome to `reversing`
     /// (answered `91`) with a reversal to send; how many were found.
     async fn recover(&self, instance_id: i16) -> Result<u64, StoreError>;
+
+    /// Takes `instance_id`'s lease for the process `incarnation`, valid `lease_ms`.
+    async fn take_lease(
+        &self,
+        instance_id: i16,
+        incarnation: i64,
+        lease_ms: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Renews the lease for another `lease_ms`; `Ok(false)` if this process no longer
+    /// holds it (taken over after it expired).
+    async fn renew_lease(
+        &self,
+        instance_id: i16,
+        incarnation: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Takes over, exactly once, every other instance whose lease has expired: its
+    /// in-doubt transactions are reversed as [`Store::recover`] does. The instances taken
+    /// over, each with how many transactions it left in doubt.
+    async fn take_over_expired(&self, own_instance: i16) -> Result<Vec<(i16, u64)>, StoreError>;
 
     /// What the record says about the request with this key, if it is recorded.
     async fn recorded(&self, key: &RequestRef<'_>) -> Result<Option<Recorded>, StoreError>;

@@ -7,7 +7,7 @@ use super::{
     Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, OriginalRef, Outcome,
     PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
 };
-use super::{advices, notifications, payments, postings, reads, reversals};
+use super::{advices, leases, notifications, payments, postings, reads, reversals};
 use crate::advices::AdviceEffect;
 use crate::ledger::{Total, Violation};
 use crate::lifecycle::Verdict;
@@ -72,6 +72,28 @@ impl Store for PgStore {
 
     async fn recover(&self, instance_id: i16) -> Result<u64, StoreError> {
         reversals::recover(&self.pool, instance_id).await
+    }
+
+    async fn take_lease(
+        &self,
+        instance_id: i16,
+        incarnation: i64,
+        lease_ms: i64,
+    ) -> Result<(), StoreError> {
+        leases::take(&self.pool, instance_id, incarnation, lease_ms).await
+    }
+
+    async fn renew_lease(
+        &self,
+        instance_id: i16,
+        incarnation: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        leases::renew(&self.pool, instance_id, incarnation, lease_ms).await
+    }
+
+    async fn take_over_expired(&self, own_instance: i16) -> Result<Vec<(i16, u64)>, StoreError> {
+        leases::take_over_expired(&self.pool, own_instance).await
     }
 
     async fn recorded(&self, key: &RequestRef<'_>) -> Result<Option<Recorded>, StoreError> {

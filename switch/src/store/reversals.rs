@@ -40,7 +40,15 @@ pub(super) async fn queue<C: GenericClient>(
 /// reversal to send; how many were found.
 pub(super) async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    let n = client
+    recover_on(&client, instance_id).await
+}
+
+/// [`recover`] on a connection or inside a transaction (a lease takeover's).
+pub(super) async fn recover_on<C: GenericClient>(
+    c: &C,
+    instance_id: i16,
+) -> Result<u64, StoreError> {
+    let n = c
         .execute(
             "WITH d AS (
                SELECT transaction_id FROM in_doubt WHERE instance_id = $1
