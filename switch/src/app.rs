@@ -37,6 +37,10 @@ pub const WORKERS_STOP_WAIT_MS: u64 = 2_000;
 /// How long the links get to send their sign-offs before the process ends.
 pub const SIGN_OFF_WAIT_MS: u64 = 200;
 
+/// Beyond the bank timeout and the outcome wait, how much older an in-doubt transaction
+/// must be before the sweep reverses it: scheduling delays under load.
+pub const STALE_MARGIN_MS: u64 = 10_000;
+
 /// The process's exit status when its lease was taken over ([`crate::lease::LeaseLost`]).
 pub const LEASE_LOST_EXIT_CODE: i32 = 75;
 
@@ -271,6 +275,7 @@ pub async fn run(
         sessions: Arc::new(crate::notify::Sessions::default()),
         metrics: metrics.clone(),
         limits_on_outage: config.redis.limits_on_outage,
+        outcome_wait_ms: config.switch.outcome_wait_ms,
     });
 
     workers.spawn(hold_lease(
@@ -422,18 +427,15 @@ fn hold_lease(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + use<> {
-    let (instance_id, lease_ms) = (config.switch.instance_id, config.switch.lease_ms);
+    let bank_timeout_ms = config.banks.iter().map(|b| b.timeout_ms).max().unwrap_or(0);
+    let lease = crate::lease::Lease {
+        instance_id: config.switch.instance_id,
+        incarnation: incarnation as i64,
+        lease_ms: config.switch.lease_ms,
+        stale_ms: bank_timeout_ms + config.switch.outcome_wait_ms + STALE_MARGIN_MS,
+    };
     async move {
-        let held = crate::lease::run(
-            store,
-            instance_id,
-            incarnation as i64,
-            lease_ms,
-            reversal_wake,
-            metrics,
-            shutdown,
-        )
-        .await;
+        let held = crate::lease::run(store, lease, reversal_wake, metrics, shutdown).await;
         if let Err(lost) = held {
             tracing::error!(error = %lost, "stopping at once: another instance is resolving this one's transactions");
             std::process::exit(LEASE_LOST_EXIT_CODE);

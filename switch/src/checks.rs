@@ -13,6 +13,11 @@ pub struct Rc(pub [u8; 2]);
 
 impl Rc {
     pub const APPROVED: Rc = Rc(*b"00");
+    /// Not a code that is sent: the request's outcome could not be recorded within
+    /// `switch.outcome_wait_ms`, so no answer is sent at all (a guess could contradict
+    /// the record); the merchant's retransmission is answered from the record once the
+    /// outcome, or the reversal of an unrecorded one, is recorded.
+    pub const WITHHELD: Rc = Rc(*b"--");
     pub const DO_NOT_HONOUR: Rc = Rc(*b"05");
     pub const INVALID_TRANSACTION: Rc = Rc(*b"12");
     pub const INVALID_AMOUNT: Rc = Rc(*b"13");

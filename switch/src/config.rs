@@ -62,7 +62,15 @@ pub struct SwitchSection {
     /// transactions. At least [`LEASE_MS_MIN`].
     #[serde(default = "d_lease_ms")]
     pub lease_ms: u64,
+    /// How long a request's outcome write (the bank's answer) is retried while the
+    /// database is unreachable before the answer is withheld; the in-doubt sweep then
+    /// reverses the request once the database is back. At least [`OUTCOME_WAIT_MS_MIN`].
+    #[serde(default = "d_outcome_wait_ms")]
+    pub outcome_wait_ms: u64,
 }
+
+/// The shortest outcome wait allowed: a commit under load takes milliseconds.
+pub const OUTCOME_WAIT_MS_MIN: u64 = 1_000;
 
 /// The shortest lease allowed: renewals are a few database round trips per lease.
 pub const LEASE_MS_MIN: u64 = 1_000;
@@ -307,6 +315,9 @@ fn d_breaker_timeout_rate_percent() -> u32 {
 fn d_breaker_open_ms() -> u64 {
     5_000
 }
+fn d_outcome_wait_ms() -> u64 {
+    60_000
+}
 fn d_lease_ms() -> u64 {
     15_000
 }
@@ -462,6 +473,12 @@ impl Config {
             return bad(format!(
                 "switch.lease_ms: {} is below the minimum of {LEASE_MS_MIN}",
                 self.switch.lease_ms
+            ));
+        }
+        if self.switch.outcome_wait_ms < OUTCOME_WAIT_MS_MIN {
+            return bad(format!(
+                "switch.outcome_wait_ms: {} is below the minimum of {OUTCOME_WAIT_MS_MIN}",
+                self.switch.outcome_wait_ms
             ));
         }
         let l = &self.merchant_listener;

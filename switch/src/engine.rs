@@ -32,10 +32,7 @@ use crate::replays::Replays;
 use crate::routing::Router;
 use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 
-/// How long an outcome that cannot be recorded is retried before the request is left
-/// to recovery (the bank's answer is then reversed after a restart).
-pub const OUTCOME_RETRY_MAX: u32 = 50;
-/// Pause between outcome write attempts.
+/// Pause between outcome write attempts (retried for `switch.outcome_wait_ms`).
 pub const OUTCOME_RETRY_PAUSE_MS: u64 = 200;
 /// How often a request's first record is written again (every
 /// [`OUTCOME_RETRY_PAUSE_MS`]) when a write's outcome was not seen: about 2 s, after
@@ -107,6 +104,8 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     /// What the limits do while Redis is unreachable.
     pub limits_on_outage: LimitsOnOutage,
+    /// How long a request's outcome write is retried before its answer is withheld.
+    pub outcome_wait_ms: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -155,13 +154,15 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).trim_end().to_string()
 }
 
-/// The answer when a bank's reply cannot be recorded within the retry budget: `96` with
-/// the RRN (the request is recorded, its outcome is not); recovery reverses it at the
-/// next start.
+/// The answer when a bank's reply cannot be recorded within `switch.outcome_wait_ms`:
+/// none at all ([`Rc::WITHHELD`]): the request is recorded and was at the bank, its
+/// outcome is not recorded, and the last write may yet have committed. The in-doubt
+/// sweep ([`crate::lease`]) reverses it once the database is back if no outcome landed;
+/// a retransmission is then answered from the record.
 pub(crate) fn outcome_unrecorded(rrn: String, e: &StoreError) -> Answer {
-    tracing::error!(error = %e, rrn = %rrn, "outcome could not be recorded: answering 96; recovery will reverse");
+    tracing::error!(error = %e, rrn = %rrn, "outcome could not be recorded: no answer; the in-doubt sweep reverses it");
     Answer {
-        rc: Rc::MALFUNCTION,
+        rc: Rc::WITHHELD,
         rrn: Some(rrn),
         auth: None,
     }
@@ -354,6 +355,9 @@ impl Engine {
                 );
             }
         };
+        if answer.rc == Rc::WITHHELD {
+            return None;
+        }
         trace.rc = Some(answer.rc);
         respond(msg, Some(merchant), &answer, &[])
     }
@@ -746,6 +750,11 @@ impl Engine {
         answer: &Answer,
         guard: InFlightGuard,
     ) {
+        if answer.rc == Rc::WITHHELD {
+            // Nothing to replay: the claim stays until the record is final (or it
+            // expires), and followers of the key get no answer either.
+            return;
+        }
         if answer.rrn.is_some() {
             self.replays.copy(key, answer.to_redis(content));
             guard.resolve(answer.clone());
@@ -798,19 +807,21 @@ impl Engine {
             .unwrap_or(false)
     }
 
-    /// Runs `write` until it succeeds, retrying a failure up to [`OUTCOME_RETRY_MAX`]
-    /// times [`OUTCOME_RETRY_PAUSE_MS`] apart; the last error if none succeeds. `what`
-    /// names the record in the logs.
-    pub(crate) async fn retrying<F, Fut>(&self, what: &str, mut write: F) -> Result<(), StoreError>
+    /// Runs `write` until it succeeds, retrying a failure [`OUTCOME_RETRY_PAUSE_MS`] apart
+    /// for `outcome_wait_ms`: how many attempts failed before it did, or the last error if
+    /// none succeeds. `what` names the record in the logs.
+    pub(crate) async fn retrying<F, Fut>(&self, what: &str, mut write: F) -> Result<u32, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), StoreError>>,
     {
-        let mut attempt = 0;
+        let started = Instant::now();
+        let budget = Duration::from_millis(self.outcome_wait_ms);
+        let mut attempt = 0u32;
         loop {
             match write().await {
-                Ok(()) => return Ok(()),
-                Err(e) if attempt < OUTCOME_RETRY_MAX => {
+                Ok(()) => return Ok(attempt),
+                Err(e) if started.elapsed() < budget => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "{what} not recorded yet; retrying");
                     tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
@@ -845,9 +856,17 @@ impl Engine {
         let recorded = self
             .retrying("outcome", || self.store.record_outcome(outcome.clone()))
             .await;
-        if let Err(e) = recorded {
-            return outcome_unrecorded(sent.rrn, &e);
-        }
+        let answer = match recorded {
+            Ok(0) => answer,
+            // A retried write: an earlier attempt may have committed after all, or another
+            // instance may have taken this one's transactions over meanwhile (its lease
+            // ran out): the record, not this process's view, is the answer.
+            Ok(_) => self
+                .answer_from_record(r.key, r.content)
+                .await
+                .unwrap_or(answer),
+            Err(e) => return outcome_unrecorded(sent.rrn, &e),
+        };
         if reversing {
             self.reversal_wake.notify_waiters();
         }

@@ -4,6 +4,11 @@
 //! ([`Store::take_over_expired`], exactly once across instances). Pending reversals and
 //! notifications need no takeover: every instance's workers serve them.
 //!
+//! The same beat sweeps this instance's own in-doubt transactions that no request path is
+//! resolving any more (recorded longer ago than the bank timeout plus the outcome wait):
+//! their outcome could not be recorded, so they are reversed ([`Store::recover_stale`]),
+//! and no request stays `authorising` after a long database outage.
+//!
 //! The decisions are plain ([`Heartbeat`], time as input); [`run`] is the thin loop.
 
 use std::sync::Arc;
@@ -75,13 +80,17 @@ impl Heartbeat {
 /// over.
 pub async fn run(
     store: Arc<dyn Store>,
-    instance_id: i16,
-    incarnation: i64,
-    lease_ms: u64,
+    lease: Lease,
     reversal_wake: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), LeaseLost> {
+    let Lease {
+        instance_id,
+        incarnation,
+        lease_ms,
+        stale_ms,
+    } = lease;
     let mut beat = Heartbeat::new(lease_ms);
     let lease = i64::try_from(lease_ms).unwrap_or(i64::MAX);
     loop {
@@ -98,9 +107,37 @@ pub async fn run(
                 continue;
             }
         }
+        sweep(&*store, instance_id, stale_ms, &reversal_wake).await;
         if beat.may_take_over(Instant::now()) {
             take_over(&*store, instance_id, &reversal_wake, &metrics).await;
         }
+    }
+}
+
+/// What the lease loop needs to know about this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub instance_id: i16,
+    /// This process's incarnation (see [`crate::engine::Engine::incarnation`]).
+    pub incarnation: i64,
+    pub lease_ms: u64,
+    /// Own in-doubt transactions recorded longer ago than this are reversed.
+    pub stale_ms: u64,
+}
+
+/// Reverses this instance's in-doubt transactions older than `stale_ms`.
+async fn sweep(store: &dyn Store, instance_id: i16, stale_ms: u64, wake: &Notify) {
+    let older_than_ms = i64::try_from(stale_ms).unwrap_or(i64::MAX);
+    match store.recover_stale(instance_id, older_than_ms).await {
+        Ok(0) => {}
+        Ok(reversed) => {
+            tracing::warn!(
+                reversed,
+                "requests whose outcome could not be recorded: reversing them"
+            );
+            wake.notify_waiters();
+        }
+        Err(e) => tracing::warn!(error = %e, "could not sweep in-doubt transactions"),
     }
 }
 

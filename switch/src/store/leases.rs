@@ -80,7 +80,7 @@ pub(super) async fn take_over_expired(
             )
             .await?;
         if deleted == 1 {
-            let recovered = recover_on(&tx, instance_id).await?;
+            let recovered = recover_on(&tx, instance_id, 0).await?;
             tx.commit().await?;
             taken.push((instance_id, recovered));
         }

@@ -300,6 +300,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// (answered `91`) with a reversal to send; how many were found.
     async fn recover(&self, instance_id: i16) -> Result<u64, StoreError>;
 
+    /// [`Store::recover`] of the transactions recorded at least `older_than_ms` ago only:
+    /// the live instance's sweep of requests that no request path is resolving any more.
+    async fn recover_stale(&self, instance_id: i16, older_than_ms: i64) -> Result<u64, StoreError>;
+
     /// Takes `instance_id`'s lease for the process `incarnation`, valid `lease_ms`.
     async fn take_lease(
         &self,

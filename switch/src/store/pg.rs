@@ -74,6 +74,10 @@ impl Store for PgStore {
         reversals::recover(&self.pool, instance_id).await
     }
 
+    async fn recover_stale(&self, instance_id: i16, older_than_ms: i64) -> Result<u64, StoreError> {
+        reversals::recover_stale(&self.pool, instance_id, older_than_ms).await
+    }
+
     async fn take_lease(
         &self,
         instance_id: i16,

@@ -40,13 +40,26 @@ pub(super) async fn queue<C: GenericClient>(
 /// reversal to send; how many were found.
 pub(super) async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, StoreError> {
     let client = pool.get().await?;
-    recover_on(&client, instance_id).await
+    recover_on(&client, instance_id, 0).await
 }
 
-/// [`recover`] on a connection or inside a transaction (a lease takeover's).
+/// [`recover`] of the transactions recorded at least `older_than_ms` ago only: the
+/// live instance's sweep of requests no request path is still resolving.
+pub(super) async fn recover_stale(
+    pool: &Pool,
+    instance_id: i16,
+    older_than_ms: i64,
+) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    recover_on(&client, instance_id, older_than_ms).await
+}
+
+/// [`recover`] (of transactions recorded at least `older_than_ms` ago) on a connection or
+/// inside a transaction (a lease takeover's).
 pub(super) async fn recover_on<C: GenericClient>(
     c: &C,
     instance_id: i16,
+    older_than_ms: i64,
 ) -> Result<u64, StoreError> {
     let n = c
         .execute(
@@ -55,6 +68,7 @@ pub(super) async fn recover_on<C: GenericClient>(
              ), r AS (
                UPDATE transactions t SET state = 'reversing', response_code = '91', updated_at = now()
                FROM d WHERE t.id = d.transaction_id AND t.state = 'authorising' AND t.bank_id IS NOT NULL
+                 AND t.created_at <= now() - $2::bigint * interval '1 millisecond'
                RETURNING t.id, t.bank_id
              ), settled AS (
                -- The rows reversed here, and those whose transaction has moved on; a row
@@ -62,10 +76,11 @@ pub(super) async fn recover_on<C: GenericClient>(
                -- snapshot, which the update above does not change).
                DELETE FROM in_doubt i USING transactions t
                WHERE i.instance_id = $1 AND t.id = i.transaction_id
-                 AND (t.state <> 'authorising' OR t.bank_id IS NOT NULL))
+                 AND (t.state <> 'authorising' OR (t.bank_id IS NOT NULL
+                      AND t.created_at <= now() - $2::bigint * interval '1 millisecond')))
              INSERT INTO reversals (transaction_id, bank_id, reason)
              SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id, kind) DO NOTHING",
-            &[&instance_id],
+            &[&instance_id, &older_than_ms],
         )
         .await?;
     Ok(n)
