@@ -242,6 +242,7 @@ pub async fn run(
             acquirer_id: b.acquirer_id.clone(),
             max_age_ms: b.reversal_max_age_ms,
             wake: reversal_wake.clone(),
+            metrics: metrics.clone(),
         };
         workers.spawn(w.run(workers_shutdown.clone()));
         let inquiries = crate::inquiry::InquiryWorker {

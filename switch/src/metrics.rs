@@ -30,6 +30,8 @@ pub struct Metrics {
     pub link_round_trip_us: IntGaugeVec,
     pub link_queue_depth: IntGaugeVec,
     pub reversals_pending: IntGaugeVec,
+    /// Reversals and advices that reached `reversal_max_age_ms` unacknowledged, by bank.
+    pub reversals_expired: IntCounterVec,
     pub reversals_oldest_age: IntGaugeVec,
     pub journal_batch_size: Histogram,
     pub journal_commit: Histogram,
@@ -116,6 +118,14 @@ impl Metrics {
                     "Requests and answers queued for a bank link's task",
                 ),
                 &["link"],
+            )
+            .expect("metric"),
+            reversals_expired: IntCounterVec::new(
+                Opts::new(
+                    "reversals_expired_total",
+                    "Reversals and advices given up unacknowledged after reversal_max_age_ms",
+                ),
+                &["bank"],
             )
             .expect("metric"),
             reversals_pending: IntGaugeVec::new(
@@ -215,6 +225,7 @@ impl Metrics {
             Box::new(m.link_round_trip_us.clone()),
             Box::new(m.link_queue_depth.clone()),
             Box::new(m.reversals_pending.clone()),
+            Box::new(m.reversals_expired.clone()),
             Box::new(m.reversals_oldest_age.clone()),
             Box::new(m.journal_batch_size.clone()),
             Box::new(m.journal_commit.clone()),

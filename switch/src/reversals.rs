@@ -37,6 +37,7 @@ pub struct ReversalWorker {
     pub acquirer_id: String,
     pub max_age_ms: u64,
     pub wake: Arc<Notify>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The pause before repeat number `attempts`.
@@ -50,6 +51,10 @@ impl ReversalWorker {
     /// Sends due messages until `shutdown`: woken when one is stored, and at least every
     /// [`REVERSAL_POLL_MS`].
     pub async fn run(self, shutdown: CancellationToken) {
+        // The label exists from the start, so that rate() sees the first expiry.
+        self.metrics
+            .reversals_expired
+            .with_label_values(&[self.bank.config.id.as_str()]);
         loop {
             let more = match self.round().await {
                 Ok(more) => more,
@@ -90,6 +95,10 @@ impl ReversalWorker {
                 tracing::error!(bank = %self.bank.config.id, rrn = %d.rrn, attempts = d.attempts,
                     "reversal expired unacknowledged: an operator must settle it with the bank");
                 self.store.expire_forward(d.id).await?;
+                self.metrics
+                    .reversals_expired
+                    .with_label_values(&[self.bank.config.id.as_str()])
+                    .inc();
                 continue;
             }
             self.send(d).await?;

@@ -90,3 +90,58 @@ async fn completion_advice_waits_for_the_bank() {
     system_tests::switchyard::run_to_end(&["ledger", "check", "--config", &cfg]);
     world.banks.insert(0, bank);
 }
+
+// Proves reversal expiry (`reversal_max_age_ms`): a purchase the switch timed out (91) is
+// approved at a bank that never answers reversals; the switch repeats the reversal until it
+// is 3 s old, then gives it up: the queue row is `expired`, the transaction stays
+// `reversing` (status UNKNOWN for the merchant), and the switch logs that an operator must
+// settle it with the bank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversal_expires_unacknowledged() {
+    let opts = WorldOptions {
+        bank_args: vec![
+            // Amounts ending 77 are answered after 1.5 s, past the switch's timeout.
+            vec![
+                "--late-ms".into(),
+                "1500".into(),
+                "--ignore-reversals".into(),
+            ],
+            vec![],
+        ],
+        bank_timeout_ms: 800,
+        bank_overrides: vec![("reversal_max_age_ms".into(), "3000".into())],
+        ..Default::default()
+    };
+    let world = World::new("saf_expiry", opts);
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let stan = next_stan();
+    let buy = c.purchase(&stan, 1077, "4111111111111111", &format!("EXP-{stan}"));
+    let r = c.call(&buy).await;
+    assert_eq!(rc(&r), "91", "the bank answers after the switch's timeout");
+    let rrn = r.get_str(37).expect("DE37").trim_end().to_string();
+
+    system_tests::wait_for_line(
+        sw.process.stderr(),
+        |l| l.contains("reversal expired unacknowledged") && l.contains(rrn.as_str()),
+        Duration::from_secs(60),
+    )
+    .expect("the expiry is logged with the RRN");
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let row = db
+        .query_one(
+            "SELECT t.state, r.state, r.attempts FROM transactions t \
+             JOIN reversals r ON r.transaction_id = t.id WHERE t.rrn = $1",
+            &[&rrn],
+        )
+        .await
+        .expect("the purchase and its reversal");
+    let (txn, queued, attempts): (String, String, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(queued, "expired", "the reversal is given up");
+    assert_eq!(txn, "reversing", "the outcome stays unknown");
+    assert!(attempts >= 1, "it was sent before it expired");
+    let status = c.call(&c.status_by_ref(&next_stan(), &buy)).await;
+    let de48 = status.get_str(48).unwrap_or_default().into_owned();
+    assert!(de48.contains("ST007UNKNOWN"), "status UNKNOWN: {de48}");
+}
