@@ -965,36 +965,60 @@ impl Engine {
                 );
                 give_up(answer)
             }
-            Err(e) => {
-                tracing::error!(error = %e, "request not recorded: answering 96, nothing sent to the bank");
+            Err(Unresolved {
+                error,
+                maybe_written: false,
+            }) => {
+                tracing::error!(error = %error, "request not recorded: answering 96, nothing sent to the bank");
                 give_up(Answer::refused(Rc::MALFUNCTION))
+            }
+            // Perhaps recorded, certainly not at the bank: neither 96 ("not recorded") nor
+            // anything else can be said; the in-doubt sweep settles the row if it exists.
+            Err(Unresolved { error, .. }) => {
+                tracing::error!(error = %error, "request's record unknown: no answer, nothing sent to the bank");
+                give_up(Answer {
+                    rc: Rc::WITHHELD,
+                    rrn: None,
+                    auth: None,
+                })
             }
         }
     }
 
     /// Records a request, resolving a write whose outcome was not seen (a commit can
-    /// succeed while its acknowledgement is lost): the record is written again, up to
-    /// [`RECORD_RETRY_MAX`] times, and when a later attempt finds a row under the key,
-    /// the row's id says whether it is this very record (the first write did commit:
-    /// `Ok(true)`) or another request's (`Ok(false)`). An error only when no attempt could
-    /// tell.
-    async fn insert_resolved(&self, record: NewTxn, key: &str) -> Result<bool, StoreError> {
+    /// succeed while its acknowledgement is lost): the record is written again, and when a
+    /// later attempt finds a row under the key, the row's id says whether it is this very
+    /// record (the first write did commit: `Ok(true)`) or another request's (`Ok(false)`).
+    /// Writes that certainly did not commit are retried [`RECORD_RETRY_MAX`] times (then
+    /// `Err` with `maybe_written` false: answered `96`); once one may have committed, for
+    /// `outcome_wait_ms` (then `maybe_written` true: no answer can be given).
+    async fn insert_resolved(&self, record: NewTxn, key: &str) -> Result<bool, Unresolved> {
         let id = record.id;
-        let mut failed = false;
-        let mut attempt = 0;
+        let started = Instant::now();
+        let (mut failed, mut maybe_written, mut attempt) = (false, false, 0u32);
         loop {
-            match self.store.insert(record.clone()).await {
+            let error = match self.store.insert(record.clone()).await {
                 Ok(true) => return Ok(true),
                 Ok(false) if !failed => return Ok(false),
                 Ok(false) => return Ok(self.recorded_id(key).await == Some(id)),
-                Err(e) if attempt < RECORD_RETRY_MAX => {
-                    failed = true;
-                    attempt += 1;
-                    tracing::warn!(error = %e, attempt, "request's record not confirmed yet; writing it again");
-                    tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
-                }
-                Err(e) => return Err(e),
+                Err(e) => e,
+            };
+            failed = true;
+            maybe_written |= !error.certainly_not_written();
+            let more = if maybe_written {
+                started.elapsed() < Duration::from_millis(self.outcome_wait_ms)
+            } else {
+                attempt < RECORD_RETRY_MAX
+            };
+            if !more {
+                return Err(Unresolved {
+                    error,
+                    maybe_written,
+                });
             }
+            attempt += 1;
+            tracing::warn!(error = %error, attempt, maybe_written, "request's record not confirmed yet; writing it again");
+            tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
         }
     }
 
@@ -1136,6 +1160,13 @@ struct AuthRequest<'r, 'm> {
     content: ContentDigest,
     order_ref: String,
     pan_hash: [u8; 32],
+}
+
+/// A request's record that could not be confirmed.
+struct Unresolved {
+    error: StoreError,
+    /// Some attempt may have committed (its acknowledgement lost).
+    maybe_written: bool,
 }
 
 /// A recorded request, as it goes to the bank.

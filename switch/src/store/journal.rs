@@ -67,8 +67,13 @@ pub struct Outcome {
 /// retries (after).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JournalError {
+    /// The batch may or may not have committed (the connection was lost while it ran).
     #[error("journal write failed: {0}")]
     Write(String),
+    /// The batch certainly did not commit (no connection could be made, or the statement
+    /// was refused).
+    #[error("journal write not made: {0}")]
+    NotWritten(String),
     #[error("journal has stopped")]
     Stopped,
 }
@@ -329,10 +334,19 @@ impl Writer {
         let started = Instant::now();
         let n = batch.len();
         let cutover_hours = self.cutover_hours;
-        let result = match self.connection().await {
-            Ok(c) => c.write(&batch, cutover_hours).await,
-            Err(e) => Err(e),
+        let c = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics.journal_failures.inc();
+                tracing::error!(error = %e, ops = n, "journal batch not written: no connection");
+                let err = JournalError::NotWritten(e.to_string());
+                for op in batch {
+                    op.ack(Err(&err));
+                }
+                return;
+            }
         };
+        let result = c.write(&batch, cutover_hours).await;
         match result {
             Ok(inserted) => {
                 self.metrics.journal_batch_size.observe(n as f64);
@@ -354,7 +368,14 @@ impl Writer {
             Err(e) => {
                 self.metrics.journal_failures.inc();
                 tracing::error!(error = %e, ops = n, "journal batch failed");
-                let err = JournalError::Write(e.to_string());
+                // A statement PostgreSQL refused did not commit; anything else (the
+                // connection lost on the way) may have.
+                let refused = matches!(&e, DbError::Postgres(pe) if pe.as_db_error().is_some());
+                let err = if refused {
+                    JournalError::NotWritten(e.to_string())
+                } else {
+                    JournalError::Write(e.to_string())
+                };
                 for op in batch {
                     op.ack(Err(&err));
                 }

@@ -60,6 +60,17 @@ pub enum StoreError {
     LockLost,
 }
 
+impl StoreError {
+    /// Whether the write certainly did not happen (as opposed to: it may have committed
+    /// while its acknowledgement was lost).
+    pub fn certainly_not_written(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Journal(JournalError::NotWritten(_)) | StoreError::NoJournal
+        )
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         StoreError::Db(e.into())
