@@ -15,6 +15,7 @@
 //!   binary in parallel), and should hold a [`PgOutage`] guard so the server comes back even
 //!   when the test panics.
 //! - [`free_port`]: a TCP port that is free on 127.0.0.1.
+//! - [`pgproxy::PgProxy`]: a proxy in front of PostgreSQL that loses a commit's acknowledgement.
 //! - [`RedisCluster`]: a private three-node Redis Cluster for one test; [`PrivateRedis`]: a
 //!   private single server a test may stop and start again (a Redis outage or restart).
 //! - [`unique_name`]: a name no other test of this run uses (Redis key prefixes, say).
@@ -35,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 
+pub mod pgproxy;
 pub mod switchyard;
 
 /// Re-exported so test files need no direct dependency for the common cases.
