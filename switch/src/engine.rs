@@ -592,10 +592,10 @@ impl Engine {
             Ok(Claim::Known(v)) if !same_request(Answer::content_in_redis(&v), content) => {
                 Claimed::Done(reused_identity())
             }
-            Ok(Claim::Known(v)) if self.left_by_dead_process(&v) => {
-                self.take_over(key, content, &v, guard).await
-            }
             Ok(Claim::Known(v)) => {
+                if self.left_by_dead_process(&v).await {
+                    return self.take_over(key, content, &v, guard).await;
+                }
                 self.metrics.idempotency_replays.inc();
                 let answer = match Answer::from_redis(&v) {
                     Some(ans) => ans,
@@ -689,12 +689,22 @@ impl Engine {
         format!("P|{}|{}|{content_hex}", self.instance_id, self.incarnation)
     }
 
-    /// Whether a Redis value is an in-flight claim of this instance id by another
-    /// incarnation: the process that made it is gone.
-    fn left_by_dead_process(&self, v: &str) -> bool {
-        claim_holder(v).is_some_and(|(instance, incarnation)| {
-            instance == self.instance_id && incarnation != self.incarnation
-        })
+    /// Whether a Redis value is an in-flight claim left by a process that is gone and
+    /// whose transactions were recovered: of this instance id by another incarnation (one
+    /// instance id runs one process at a time, and this one recovered at start), or of
+    /// another instance whose lease that incarnation no longer holds (restarted, or taken
+    /// over after its lease expired). Unknown counts as alive.
+    async fn left_by_dead_process(&self, v: &str) -> bool {
+        let Some((instance, incarnation)) = claim_holder(v) else {
+            return false;
+        };
+        if instance == self.instance_id {
+            return incarnation != self.incarnation;
+        }
+        matches!(
+            self.store.lease_held(instance, incarnation as i64).await,
+            Ok(false)
+        )
     }
 
     /// A retransmission of a request whose process died with it in flight

@@ -433,3 +433,49 @@ async fn claim_left_by_a_dead_process_is_taken_over() {
     let rrn = answer_key(&first).0.expect("DE37");
     one_bank_request(&world, &rrn, count_mti(&before, "0200"), "taken over").await;
 }
+
+// Proves another instance's claim is judged by that instance's lease: a claim of instance
+// 2 whose lease names another incarnation (restarted or taken over: its transactions were
+// recovered) is processed at once, while a claim of instance 3 whose process still holds
+// its lease is a request in flight there (94).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_of_another_instance_is_judged_by_its_lease() {
+    let world = World::new("idem_other_claim", WorldOptions::default());
+    let sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let mut c = world.client(&sw).await;
+    let db = system_tests::pg_connect(&world.db_url).await;
+    db.batch_execute(
+        "INSERT INTO instance_leases VALUES (2, 1, now(), now() + interval '1 hour'), \
+         (3, 777, now(), now() + interval '1 hour')",
+    )
+    .await
+    .expect("seed the leases");
+    let client = redis::Client::open(system_tests::redis_url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    for (claim, want) in [("P|2|4242", "00"), ("P|3|777", "94")] {
+        let req = purchase(&c, 1000, "OTHERCLAIM");
+        let field = |n: u8| String::from_utf8(req.fields[&n].clone()).expect("text");
+        let key = format!(
+            "{}idem:{{{}}}:{}|{}|{}|0200",
+            world.redis_prefix,
+            field(42),
+            field(41).trim_end(),
+            field(11),
+            field(7)
+        );
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(claim)
+            .arg("PX")
+            .arg(120_000)
+            .query_async(&mut con)
+            .await
+            .expect("seed the claim");
+        let answer = c.call(&req).await;
+        assert_eq!(rc(&answer), want, "a request claimed as {claim}");
+    }
+}

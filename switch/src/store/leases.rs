@@ -51,6 +51,22 @@ pub(super) async fn renew(
     Ok(n == 1)
 }
 
+/// Whether `instance_id`'s lease names `incarnation`.
+pub(super) async fn held(
+    pool: &Pool,
+    instance_id: i16,
+    incarnation: i64,
+) -> Result<bool, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM instance_leases WHERE instance_id = $1 AND incarnation = $2)",
+            &[&instance_id, &incarnation],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Takes over every other instance whose lease has expired: deletes its lease and
 /// reverses its in-doubt transactions, in one transaction per instance, so that of two
 /// instances trying at once exactly one does it. The instances taken over, with how many

@@ -332,6 +332,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         lease_ms: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Whether the process `incarnation` of `instance_id` still holds its lease (expired
+    /// or not: an expired lease not yet taken over still names a process whose
+    /// transactions nobody has recovered).
+    async fn lease_held(&self, instance_id: i16, incarnation: i64) -> Result<bool, StoreError>;
+
     /// Takes over, exactly once, every other instance whose lease has expired: its
     /// in-doubt transactions are reversed as [`Store::recover`] does. The instances taken
     /// over, each with how many transactions it left in doubt.

@@ -96,6 +96,10 @@ impl Store for PgStore {
         leases::renew(&self.pool, instance_id, incarnation, lease_ms).await
     }
 
+    async fn lease_held(&self, instance_id: i16, incarnation: i64) -> Result<bool, StoreError> {
+        leases::held(&self.pool, instance_id, incarnation).await
+    }
+
     async fn take_over_expired(&self, own_instance: i16) -> Result<Vec<(i16, u64)>, StoreError> {
         leases::take_over_expired(&self.pool, own_instance).await
     }
