@@ -10,20 +10,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bank_links::{Bank, Outcome as LinkOutcome};
+use bank_links::Bank;
 use bytes::Bytes;
 use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
+use crate::bank_io::Exchange;
 use crate::checks::{self, Authorisation, Rc};
 use crate::config::LimitsOnOutage;
 use crate::content::{ContentDigest, same_request};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow, owner_gone};
-use crate::lifecycle::{self, ReversalReason, State};
+use crate::lifecycle::{self, BankReply, ReversalReason, State};
 use crate::limiter::{Claim, ClaimRequest, Limiter, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
@@ -853,13 +854,13 @@ impl Engine {
             Err(answer) => return answer,
         };
         let started = Instant::now();
-        let outcome = self.ask_bank(r, bank, &sent).await;
+        let exchange = self.ask_bank(r, bank, &sent).await;
         trace.bank_round_trip = started.elapsed();
         self.metrics
             .bank_round_trip
             .with_label_values(&[bank.config.id.as_str()])
             .observe(trace.bank_round_trip.as_secs_f64());
-        let (outcome, answer) = self.settle(bank, &sent, outcome, started);
+        let (outcome, answer) = self.settle(bank, &sent, exchange, started);
         let reversing = outcome.reversal.is_some();
         // No answer before the outcome is recorded. If it cannot be, the row stays
         // 'authorising' and recovery reverses it at the next start.
@@ -1080,7 +1081,7 @@ impl Engine {
 
     /// Sends the recorded request to its bank and waits for the answer; the STAN and the
     /// breaker are settled with the outcome.
-    async fn ask_bank(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> LinkOutcome {
+    async fn ask_bank(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> Exchange {
         let (a, msg) = (r.a, r.msg);
         let (de12, de13) = codec::clock::local_time_date(sent.unix);
         let acquirer = self
@@ -1102,7 +1103,7 @@ impl Engine {
             .set(42, a.merchant_id)
             .set(49, msg.raw(49).unwrap_or(b"000"));
         crate::bank_io::set_acquirer(&mut b, bank, acquirer);
-        let outcome = crate::bank_io::send(
+        let exchange = crate::bank_io::send(
             bank,
             msg.mti().class(),
             sent.bank_stan,
@@ -1110,9 +1111,9 @@ impl Engine {
             b.encode(),
         )
         .await;
-        bank.record_outcome(Instant::now(), &outcome);
+        exchange.report(bank, Instant::now());
         bank.stans.release(sent.bank_stan);
-        outcome
+        exchange
     }
 
     /// The outcome to record (with its reversal when the bank did not answer) and the
@@ -1121,28 +1122,25 @@ impl Engine {
         &self,
         bank: &Bank,
         sent: &Sent,
-        outcome: LinkOutcome,
+        exchange: Exchange,
         started: Instant,
     ) -> (Outcome, Answer) {
-        let (bank_rc, auth) = match outcome {
-            LinkOutcome::Answered(reply) => {
-                let rc = Rc::from_bank(reply.raw(39).unwrap_or(b"05"));
-                let auth = (rc == Rc::APPROVED)
-                    .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
-                    .flatten();
-                (Some(rc), auth)
-            }
-            LinkOutcome::TimedOut | LinkOutcome::LinkLost => {
+        let (reply, auth) = exchange.reply();
+        match reply {
+            BankReply::Unknown => {
                 self.metrics
                     .bank_timeouts
                     .with_label_values(&[bank.config.id.as_str()])
                     .inc();
                 tracing::warn!(bank = %bank.config.id, rrn = %sent.rrn, elapsed_ms = started.elapsed().as_millis() as u64,
                     "bank did not answer: answering 91 and reversing");
-                (None, None)
             }
-        };
-        let verdict = lifecycle::authorisation_verdict(bank_rc);
+            BankReply::NotSent => {
+                tracing::warn!(bank = %bank.config.id, rrn = %sent.rrn, "not sent to the bank: answering 91, nothing to reverse");
+            }
+            BankReply::Answered(_) => {}
+        }
+        let verdict = lifecycle::authorisation_verdict(reply);
         let reversal = (verdict.state == State::Reversing)
             .then(|| (bank.config.id.clone(), ReversalReason::Timeout));
         let outcome = Outcome {

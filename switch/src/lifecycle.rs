@@ -370,39 +370,59 @@ pub struct Verdict {
     pub rc: Rc,
 }
 
-/// A purchase's or pre-authorisation's verdict from the bank's mapped DE39 (`None`: no
-/// answer, timeout or lost link). An unanswered request is `reversing` (a reversal must
-/// follow) and answered `91`; any answer other than `00` declines.
-pub fn authorisation_verdict(bank_rc: Option<Rc>) -> Verdict {
-    match bank_rc {
-        Some(Rc::APPROVED) => Verdict {
+/// What a request to a bank came to, as the verdicts read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BankReply {
+    /// Never handed to a link (no ready link, could not be encoded): the bank never saw
+    /// it, so nothing needs reversing.
+    NotSent,
+    /// Sent, and no answer came (timed out, link lost): the outcome at the bank is unknown.
+    Unknown,
+    /// Answered with this DE39 (mapped to the switch's codes).
+    Answered(Rc),
+}
+
+/// The verdict on a request the bank never saw: refused by the switch, answered `91`.
+const NOT_SENT: Verdict = Verdict {
+    state: State::Refused,
+    rc: Rc::ISSUER_DOWN,
+};
+
+/// The verdict on a request whose outcome at the bank is unknown: `reversing` (a
+/// reversal must follow), answered `91`.
+const UNKNOWN: Verdict = Verdict {
+    state: State::Reversing,
+    rc: Rc::ISSUER_DOWN,
+};
+
+/// A purchase's or pre-authorisation's verdict from the bank's reply. Any answer other
+/// than `00` declines.
+pub fn authorisation_verdict(reply: BankReply) -> Verdict {
+    match reply {
+        BankReply::NotSent => NOT_SENT,
+        BankReply::Unknown => UNKNOWN,
+        BankReply::Answered(Rc::APPROVED) => Verdict {
             state: State::Approved,
             rc: Rc::APPROVED,
         },
-        Some(rc) => Verdict {
+        BankReply::Answered(rc) => Verdict {
             state: State::Declined,
             rc,
-        },
-        None => Verdict {
-            state: State::Reversing,
-            rc: Rc::ISSUER_DOWN,
         },
     }
 }
 
-/// A refund's verdict from the bank's mapped DE39 (`None`: no answer). Unlike an
-/// authorisation, a refund the bank answers `91` is treated as unanswered: reversed.
-pub fn refund_verdict(bank_rc: Option<Rc>) -> Verdict {
-    match bank_rc.unwrap_or(Rc::ISSUER_DOWN) {
-        Rc::APPROVED => Verdict {
+/// A refund's verdict from the bank's reply. Unlike an authorisation, a refund the bank
+/// answers `91` is treated as unanswered: reversed.
+pub fn refund_verdict(reply: BankReply) -> Verdict {
+    match reply {
+        BankReply::NotSent => NOT_SENT,
+        BankReply::Unknown | BankReply::Answered(Rc::ISSUER_DOWN) => UNKNOWN,
+        BankReply::Answered(Rc::APPROVED) => Verdict {
             state: State::Approved,
             rc: Rc::APPROVED,
         },
-        Rc::ISSUER_DOWN => Verdict {
-            state: State::Reversing,
-            rc: Rc::ISSUER_DOWN,
-        },
-        rc => Verdict {
+        BankReply::Answered(rc) => Verdict {
             state: State::Declined,
             rc,
         },
@@ -868,30 +888,44 @@ mod tests {
         assert_eq!(State::parse("APPROVED"), None);
     }
 
-    // Proves a bank's 91 declines an authorisation but leaves a refund unknown, and no
-    // answer leaves either unknown (reversing, answered 91).
+    // Proves a bank's 91 declines an authorisation but leaves a refund unknown, no answer
+    // leaves either unknown (reversing, answered 91), and a request never sent is refused
+    // (91, nothing to reverse).
     #[test]
     fn verdicts() {
         let unknown = Verdict {
             state: State::Reversing,
             rc: Rc::ISSUER_DOWN,
         };
-        assert_eq!(authorisation_verdict(None), unknown);
-        assert_eq!(refund_verdict(None), unknown);
-        assert_eq!(refund_verdict(Some(Rc::ISSUER_DOWN)), unknown);
+        assert_eq!(authorisation_verdict(BankReply::Unknown), unknown);
+        assert_eq!(refund_verdict(BankReply::Unknown), unknown);
         assert_eq!(
-            authorisation_verdict(Some(Rc::ISSUER_DOWN)).state,
+            refund_verdict(BankReply::Answered(Rc::ISSUER_DOWN)),
+            unknown
+        );
+        let refused = Verdict {
+            state: State::Refused,
+            rc: Rc::ISSUER_DOWN,
+        };
+        assert_eq!(
+            authorisation_verdict(BankReply::NotSent),
+            refused,
+            "never sent"
+        );
+        assert_eq!(refund_verdict(BankReply::NotSent), refused, "never sent");
+        assert_eq!(
+            authorisation_verdict(BankReply::Answered(Rc::ISSUER_DOWN)).state,
             State::Declined
         );
         assert_eq!(
-            authorisation_verdict(Some(Rc::INSUFFICIENT_FUNDS)),
+            authorisation_verdict(BankReply::Answered(Rc::INSUFFICIENT_FUNDS)),
             Verdict {
                 state: State::Declined,
                 rc: Rc::INSUFFICIENT_FUNDS
             }
         );
         assert_eq!(
-            refund_verdict(Some(Rc::APPROVED)).state,
+            refund_verdict(BankReply::Answered(Rc::APPROVED)).state,
             State::Approved,
             "approved"
         );
@@ -926,14 +960,24 @@ mod tests {
             (600, 400)
         );
 
-        let ok = refund_settled(&at_bank, 600, refund_verdict(Some(Rc::APPROVED)), None);
+        let ok = refund_settled(
+            &at_bank,
+            600,
+            refund_verdict(BankReply::Answered(Rc::APPROVED)),
+            None,
+        );
         let done = at_bank.after(&ok.root);
         assert_eq!((done.refunded_minor, done.refund_reserved_minor), (600, 0));
         assert_eq!(ok.posting, Some(Posting::Amount(-600)));
         assert_eq!(ok.in_doubt, Some(false));
         assert_eq!(done.status(), Status::PartiallyRefunded);
 
-        let no = refund_settled(&at_bank, 600, refund_verdict(Some(Rc::DO_NOT_HONOUR)), None);
+        let no = refund_settled(
+            &at_bank,
+            600,
+            refund_verdict(BankReply::Answered(Rc::DO_NOT_HONOUR)),
+            None,
+        );
         assert_eq!(
             at_bank.after(&no.root),
             p,
@@ -941,7 +985,7 @@ mod tests {
         );
         assert_eq!(no.posting, None);
 
-        let unknown = refund_settled(&at_bank, 600, refund_verdict(None), None);
+        let unknown = refund_settled(&at_bank, 600, refund_verdict(BankReply::Unknown), None);
         assert!(unknown.root.is_empty(), "held until the bank acknowledges");
         assert_eq!(
             unknown.forward,

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bank_links::{Bank, Outcome as LinkOutcome};
+use bank_links::Bank;
 use codec::{Message, MessageBuilder, Mti, tlv};
 
 use crate::answer::{Answer, switch_auth_code};
@@ -569,19 +569,10 @@ impl Engine {
             f.message.clone(),
         )
         .await;
-        f.bank.record_outcome(Instant::now(), &outcome);
+        outcome.report(&f.bank, Instant::now());
         f.bank.stans.release(f.bank_stan);
-        let (bank_rc, auth) = match &outcome {
-            LinkOutcome::Answered(reply) => {
-                let rc = Rc::from_bank(reply.raw(39).unwrap_or(b"05"));
-                let auth = (rc == Rc::APPROVED)
-                    .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
-                    .flatten();
-                (Some(rc), auth)
-            }
-            _ => (None, None),
-        };
-        let verdict = lifecycle::refund_verdict(bank_rc);
+        let (reply, auth) = outcome.reply();
+        let verdict = lifecycle::refund_verdict(reply);
         let recorded = self
             .retrying("lifecycle outcome", || {
                 self.store.settle_refund(f.txn_id, verdict, auth.clone())
