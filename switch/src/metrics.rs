@@ -38,6 +38,8 @@ pub fn mti_label(mti: Option<Mti>) -> &'static str {
 
 /// Every value [`mti_label`] returns.
 pub const MTI_LABELS: [&str; 7] = ["0800", "0100", "0200", "0220", "0400", "0600", "other"];
+/// Response codes of `requests_total` that exist for every request MTI from the start.
+pub const INITIAL_RCS: [&str; 3] = ["00", "91", "96"];
 /// The `rule` label of `rate_limit_refusals_total` (the limiter's rules).
 pub const RATE_LIMIT_RULES: [&str; 2] = ["merchant", "card"];
 /// The `reason` label of `merchant_mac_failures_total` (the contract's MAC checks).
@@ -338,6 +340,14 @@ impl Metrics {
     fn init_fixed_labels(&self) {
         for mti in MTI_LABELS {
             self.switch_latency.with_label_values(&[mti]);
+        }
+        // The codes the error-ratio alert divides by and counts: approved, and the
+        // switch's own failures (91 bank unavailable, 96 system malfunction). Other codes
+        // appear with their first answer.
+        for mti in &MTI_LABELS[..MTI_LABELS.len() - 1] {
+            for rc in INITIAL_RCS {
+                self.requests.with_label_values(&[mti, rc]);
+            }
         }
         for rule in RATE_LIMIT_RULES {
             self.rate_limit_refusals.with_label_values(&[rule]);
