@@ -5,30 +5,12 @@
 //! pending without changing anything; routes are listed with ids and removed by id.
 
 use std::collections::BTreeSet;
-use std::process::ExitStatus;
 
-use system_tests::switchyard::WAIT;
-use system_tests::{
-    fresh_database, pg_connect, redis_url, spawn_binary, unique_name, wait_for_line,
-};
+use system_tests::switchyard::run_binary;
+use system_tests::{fresh_database, pg_connect, redis_url, unique_name};
 
 /// Every binary of the workspace an operator or integrator runs.
 const BINARIES: [&str; 5] = ["switchyard", "bank-sim", "loadgen", "relay", "demo-traffic"];
-
-/// Runs a workspace binary to its end: exit status, stdout, stderr.
-fn run(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (ExitStatus, String, String) {
-    let mut p = spawn_binary(bin, args, env);
-    let mut out = Vec::new();
-    while let Ok(line) = wait_for_line(p.stdout(), |_| true, WAIT) {
-        out.push(line);
-    }
-    let mut err = Vec::new();
-    while let Ok(line) = wait_for_line(p.stderr(), |_| true, WAIT) {
-        err.push(line);
-    }
-    let status = p.wait_timeout(WAIT).expect("command finished");
-    (status, out.join("\n"), err.join("\n"))
-}
 
 /// A config file for a fresh database (no schema yet) and the database's URL.
 fn config_for_fresh_database(name: &str) -> (std::path::PathBuf, String) {
@@ -72,7 +54,7 @@ acquirer_id = "123450"
 #[test]
 fn every_binary_has_version() {
     for bin in BINARIES {
-        let (status, out, err) = run(bin, &["--version"], &[]);
+        let (status, out, err) = run_binary(bin, &["--version"], &[]);
         assert!(status.success(), "{bin} --version failed: {err}");
         assert_eq!(out.trim(), format!("{bin} {}", env!("CARGO_PKG_VERSION")));
     }
@@ -127,7 +109,7 @@ fn every_command_and_option_has_help() {
         while let Some(path) = todo.pop() {
             let mut args: Vec<&str> = path.iter().map(String::as_str).collect();
             args.push("--help");
-            let (status, out, err) = run(bin, &args, &[]);
+            let (status, out, err) = run_binary(bin, &args, &[]);
             assert!(status.success(), "{bin} {args:?} failed: {err}");
             pages += 1;
             let (bare, commands) = undocumented_and_commands(&out);
@@ -171,7 +153,7 @@ fn config_option_before_or_after_the_command() {
         vec!["check-config", "-c", cfg],
         vec!["check-config", "--config", cfg],
     ] {
-        let (status, out, err) = run("switchyard", &args, &[]);
+        let (status, out, err) = run_binary("switchyard", &args, &[]);
         assert!(status.success(), "switchyard {args:?}: {err}");
         assert!(out.contains("configuration ok"), "{out}");
     }
@@ -212,7 +194,7 @@ fn user_errors_are_one_line_without_backtrace() {
     ];
     let env = [("RUST_BACKTRACE", "1"), ("RUST_LOG", "off")];
     for (bin, args, names, ours) in cases {
-        let (status, _, err) = run(bin, &args, &env);
+        let (status, _, err) = run_binary(bin, &args, &env);
         assert!(!status.success(), "{bin} {args:?} succeeded");
         let lower = err.to_lowercase();
         assert!(
@@ -265,7 +247,7 @@ async fn read_only_commands_never_migrate() {
     ] {
         let mut all = vec!["-c", cfg];
         all.extend_from_slice(args);
-        let (status, _, err) = run("switchyard", &all, &[]);
+        let (status, _, err) = run_binary("switchyard", &all, &[]);
         assert!(
             !status.success(),
             "switchyard {args:?} ran on an empty schema"
@@ -280,7 +262,7 @@ async fn read_only_commands_never_migrate() {
         );
     }
 
-    let (status, out, _) = run("switchyard", &["migrate", "--check", "-c", cfg], &[]);
+    let (status, out, _) = run_binary("switchyard", &["migrate", "--check", "-c", cfg], &[]);
     assert_eq!(status.code(), Some(3), "pending migrations: exit 3\n{out}");
     let pending = out.lines().filter(|l| l.starts_with("pending V")).count();
     assert_eq!(pending, migrations, "{out}");
@@ -289,19 +271,19 @@ async fn read_only_commands_never_migrate() {
         "migrate --check migrated"
     );
 
-    let (status, out, err) = run("switchyard", &["migrate", "-c", cfg], &[]);
+    let (status, out, err) = run_binary("switchyard", &["migrate", "-c", cfg], &[]);
     assert!(status.success(), "{err}");
     assert!(
         out.contains(&format!("{migrations} migration(s) applied")),
         "{out}"
     );
-    let (status, out, _) = run("switchyard", &["migrate", "--check", "-c", cfg], &[]);
+    let (status, out, _) = run_binary("switchyard", &["migrate", "--check", "-c", cfg], &[]);
     assert_eq!(status.code(), Some(0), "{out}");
     assert!(out.contains("up to date"), "{out}");
     for args in [["ledger", "check"], ["merchant", "list"]] {
         let mut all = vec!["-c", cfg];
         all.extend_from_slice(&args);
-        let (status, _, err) = run("switchyard", &all, &[]);
+        let (status, _, err) = run_binary("switchyard", &all, &[]);
         assert!(status.success(), "switchyard {args:?}: {err}");
     }
 
@@ -311,7 +293,7 @@ async fn read_only_commands_never_migrate() {
         let args = [
             "-c", cfg, "route", "add", "--low", low, "--high", high, "--bank", "bank-a",
         ];
-        let (status, out, err) = run("switchyard", &args, &[]);
+        let (status, out, err) = run_binary("switchyard", &args, &[]);
         assert!(status.success(), "{err}");
         let id: i64 = out.split_whitespace().nth(1).unwrap().parse().unwrap();
         ids.push(id);
@@ -327,15 +309,15 @@ async fn read_only_commands_never_migrate() {
             })
             .collect()
     };
-    let (_, out, _) = run("switchyard", &["-c", cfg, "route", "list"], &[]);
+    let (_, out, _) = run_binary("switchyard", &["-c", cfg, "route", "list"], &[]);
     assert_eq!(list(&out), [(ids[0], "4".into()), (ids[1], "51".into())]);
     let first = ids[0].to_string();
-    let (status, out, err) = run("switchyard", &["-c", cfg, "route", "remove", &first], &[]);
+    let (status, out, err) = run_binary("switchyard", &["-c", cfg, "route", "remove", &first], &[]);
     assert!(status.success(), "{err}");
     assert!(out.contains("removed"), "{out}");
-    let (_, out, _) = run("switchyard", &["-c", cfg, "route", "list"], &[]);
+    let (_, out, _) = run_binary("switchyard", &["-c", cfg, "route", "list"], &[]);
     assert_eq!(list(&out), [(ids[1], "51".into())]);
-    let (status, _, err) = run("switchyard", &["-c", cfg, "route", "remove", &first], &[]);
+    let (status, _, err) = run_binary("switchyard", &["-c", cfg, "route", "remove", &first], &[]);
     assert!(!status.success());
     assert!(err.contains(&format!("no route {first}")), "{err}");
 }
