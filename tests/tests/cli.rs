@@ -6,7 +6,7 @@
 
 use std::collections::BTreeSet;
 
-use system_tests::switchyard::run_binary;
+use system_tests::switchyard::{WAIT, run_binary};
 use system_tests::{fresh_database, pg_connect, redis_url, unique_name};
 
 /// Every binary of the workspace an operator or integrator runs.
@@ -320,4 +320,63 @@ async fn read_only_commands_never_migrate() {
     let (status, _, err) = run_binary("switchyard", &["-c", cfg, "route", "remove", &first], &[]);
     assert!(!status.success());
     assert!(err.contains(&format!("no route {first}")), "{err}");
+}
+
+/// Runs the workspace binary `bin` with `args` on a pseudo-terminal (`script`, from
+/// util-linux), as in an operator's terminal, with `env` added; waits for a line containing
+/// `ready`, stops the binary with SIGTERM and returns every line it printed.
+fn on_terminal(bin: &str, args: &[&str], env: &[(&str, &str)], ready: &str) -> Vec<String> {
+    let path = system_tests::binary_path(bin);
+    // `exec` keeps the shell's pid, printed first, so the binary itself gets the SIGTERM.
+    let command = format!("echo pid=$$; exec {} {}", path.display(), args.join(" "));
+    let mut p = system_tests::spawn_path(
+        std::path::Path::new("script"),
+        ["-qfec", command.as_str(), "/dev/null"],
+        env.iter().copied(),
+    );
+    let pid_line = system_tests::wait_for_line(p.stdout(), |l| l.starts_with("pid="), WAIT)
+        .expect("the shell's pid");
+    let pid = pid_line.trim_start_matches("pid=").trim().to_string();
+    system_tests::wait_for_line(p.stdout(), |l| l.contains(ready), WAIT).expect("ready");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success(), "kill -TERM {pid}");
+    p.wait_timeout(WAIT).expect("the binary stops on SIGTERM");
+    p.stdout().drain();
+    p.stdout().seen().to_vec()
+}
+
+// Proves log colours follow the terminal and NO_COLOR: on a pseudo-terminal the switch's and
+// the bank simulator's log lines are coloured (so the terminal is real to them), and with
+// NO_COLOR=1 the same lines carry no ANSI escape.
+#[test]
+fn no_colour_with_no_color_even_on_a_terminal() {
+    let (path, _) = config_for_fresh_database("cli_no_color");
+    let cfg = path.to_str().unwrap();
+    let runs: [(&str, Vec<&str>); 2] =
+        [("bank-sim", vec![]), ("switchyard", vec!["-c", cfg, "run"])];
+    for (bin, args) in runs {
+        // NO_COLOR empty counts as unset (https://no-color.org/).
+        let coloured = on_terminal(
+            bin,
+            &args,
+            &[("NO_COLOR", ""), ("RUST_LOG", "info")],
+            "ready",
+        );
+        assert!(
+            coloured.iter().any(|l| l.contains('\u{1b}')),
+            "{bin} on a terminal wrote no colour: the test's terminal is not one\n{coloured:#?}"
+        );
+        let plain = on_terminal(
+            bin,
+            &args,
+            &[("NO_COLOR", "1"), ("RUST_LOG", "info")],
+            "ready",
+        );
+        assert!(plain.len() >= 2, "{bin}: {plain:#?}");
+        let escaped: Vec<&String> = plain.iter().filter(|l| l.contains('\u{1b}')).collect();
+        assert!(escaped.is_empty(), "{bin} with NO_COLOR=1: {escaped:#?}");
+    }
 }
