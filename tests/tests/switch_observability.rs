@@ -162,8 +162,8 @@ fn closed_line(sw: &mut SwitchProc, peer: SocketAddr) -> String {
 // Proves merchant connections are logged when they open and close, with the peer and the
 // reason; a connection the client resets is logged as reset by peer and never as a frame
 // that cannot be resynchronised, while a real framing fault (a zero length prefix) is; and
-// that no log line of the switch or the bank simulators, written to a pipe, holds an ANSI
-// escape (ESC) byte.
+// that bank links log their connects and drops (with the reason); and that no log line of
+// the switch or the bank simulators, written to a pipe, holds an ANSI escape (ESC) byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_logged_resets_apart_from_framing_faults_no_colour() {
     let mut world = admin_world("obs_logs");
@@ -209,6 +209,24 @@ async fn connections_logged_resets_apart_from_framing_faults_no_colour() {
         logs.join("\n")
     );
     assert!(resync(fault_peer), "the framing fault is not logged as one");
+
+    // The bank side: links say when they connect, and when a bank drops them and why.
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("bank link connected") && l.contains("bank-b.0")),
+        "no connect line for bank-b.0"
+    );
+    world.banks[1].process.kill();
+    let dropped = wait_for_line(
+        sw.process.stderr(),
+        |l| l.contains("bank link connection closed") && l.contains("bank-b.0"),
+        WAIT,
+    )
+    .expect("the drop is logged");
+    assert!(
+        dropped.contains("closed by bank") || dropped.contains("transport error"),
+        "{dropped}"
+    );
 
     sw.process.signal("TERM");
     sw.process
