@@ -434,4 +434,28 @@ mod tests {
         );
         assert!(text.contains("switchyard_switch_latency_seconds_bucket"));
     }
+
+    // Proves labelled series exist at zero before their first event: the fixed label
+    // values at construction, banks and links once they are known.
+    #[test]
+    fn known_labels_start_at_zero() {
+        let m = Metrics::new();
+        m.init_bank_labels(&[("bank-a", vec!["bank-a.0", "bank-a.1"])]);
+        let text = m.render();
+        for series in [
+            r#"switchyard_rate_limit_refusals_total{rule="card"} 0"#,
+            r#"switchyard_merchant_mac_failures_total{reason="missing"} 0"#,
+            r#"switchyard_admin_auth_failures_total{reason="forbidden"} 0"#,
+            r#"switchyard_requests_total{mti="0400",rc="91"} 0"#,
+            r#"switchyard_bank_timeouts_total{bank="bank-a"} 0"#,
+            r#"switchyard_bank_late_answers_total{link="bank-a.1"} 0"#,
+            r#"switchyard_bank_link_state{link="bank-a.0",state="connecting"} 1"#,
+            r#"switchyard_bank_round_trip_seconds_count{bank="bank-a"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+        assert!(text.contains("switchyard_build_info{profile="));
+        assert_eq!(mti_label(Some(Mti::FINANCIAL_REPEAT)), "other");
+        assert!(MTI_LABELS.contains(&mti_label(Some(Mti::STATUS_REQUEST))));
+    }
 }

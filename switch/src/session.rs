@@ -337,3 +337,34 @@ impl Drop for ConnectionSlot {
         self.0.total.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a reset or a connection closed inside a frame (i/o errors) is the peer's doing,
+    // and only a frame the codec refuses is a framing fault.
+    #[test]
+    fn resets_are_not_framing_faults() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::Other,
+        ] {
+            let e = codec::FrameError::Io(Error::new(kind, "gone"));
+            assert!(matches!(ReadEnd::from_frame_error(&e), ReadEnd::Reset(_)));
+        }
+        for e in [
+            codec::FrameError::ZeroLength,
+            codec::FrameError::BadLength,
+            codec::FrameError::TooLong {
+                len: 9000,
+                max: 4096,
+            },
+        ] {
+            let end = ReadEnd::from_frame_error(&e);
+            assert_eq!(end.reason(), "framing fault");
+        }
+    }
+}
