@@ -213,14 +213,32 @@ async fn admin_pool(config: &Config, migrate: bool) -> Result<Pool> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Errors are printed with their causes on one line, never with anyhow's backtrace
-    // (RUST_BACKTRACE=1 would add one to `{:?}`): a user error is not a crash.
+    // (RUST_BACKTRACE=1 would add one to the `{:?}` form that returning it from `main`
+    // prints): a user error is not a crash.
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("switchyard: error: {e:#}");
+            eprintln!("switchyard: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by `: ` (as `{:#}` does), each text once: some errors
+/// repeat their source's message in their own, which would print it twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

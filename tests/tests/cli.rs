@@ -212,6 +212,12 @@ fn user_errors_are_one_line_without_backtrace() {
         );
         if ours {
             assert_eq!(err.lines().count(), 1, "{bin} {args:?}: {err}");
+            let os = "No such file or directory";
+            assert_eq!(
+                err.matches(os).count(),
+                1,
+                "{bin} {args:?} repeats itself: {err}"
+            );
         }
     }
 }
