@@ -76,9 +76,31 @@ pub enum AdminError {
     Unavailable(String),
 }
 
+/// Why a request was refused before reaching its route: a security signal the switch
+/// counts (`switchyard_admin_auth_failures_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthRefusal {
+    /// No bearer token, or one that is not configured (HTTP 401).
+    Unauthenticated,
+    /// A valid token whose role does not allow the route (HTTP 403).
+    Forbidden,
+}
+
+impl AuthRefusal {
+    /// The metric label value: `unauthenticated` or `forbidden`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthRefusal::Unauthenticated => "unauthenticated",
+            AuthRefusal::Forbidden => "forbidden",
+        }
+    }
+}
+
 /// What the switch provides to the admin surface.
 pub trait Admin: Send + Sync + 'static {
     fn metrics(&self) -> String;
+    /// A request was refused for its token (counted and logged by the switch).
+    fn auth_refused(&self, why: AuthRefusal);
     fn links(&self) -> Vec<LinkView>;
     fn set_link(
         &self,
@@ -112,12 +134,24 @@ fn role_of(headers: &HeaderMap, tokens: &[Token]) -> Option<Role> {
 
 // axum handlers return `Result<_, Response>`; boxing the error would only add noise.
 #[allow(clippy::result_large_err)]
-fn require<A>(state: &AppState<A>, headers: &HeaderMap, needed: Role) -> Result<(), Response> {
-    match role_of(headers, &state.tokens) {
-        Some(r) if r >= needed => Ok(()),
-        Some(_) => Err((StatusCode::FORBIDDEN, "role not allowed\n").into_response()),
-        None => Err((StatusCode::UNAUTHORIZED, "bearer token required\n").into_response()),
-    }
+fn require<A: Admin>(
+    state: &AppState<A>,
+    headers: &HeaderMap,
+    needed: Role,
+) -> Result<(), Response> {
+    let (why, answer) = match role_of(headers, &state.tokens) {
+        Some(r) if r >= needed => return Ok(()),
+        Some(_) => (
+            AuthRefusal::Forbidden,
+            (StatusCode::FORBIDDEN, "role not allowed\n"),
+        ),
+        None => (
+            AuthRefusal::Unauthenticated,
+            (StatusCode::UNAUTHORIZED, "bearer token required\n"),
+        ),
+    };
+    state.admin.auth_refused(why);
+    Err(answer.into_response())
 }
 
 fn error_response(e: AdminError) -> Response {
@@ -200,11 +234,18 @@ pub async fn serve<A: Admin>(
 mod tests {
     use super::*;
 
-    struct Fake;
+    /// Counts refusals, so the test can see each one reported.
+    #[derive(Default)]
+    struct Fake {
+        refused: std::sync::Mutex<Vec<AuthRefusal>>,
+    }
 
     impl Admin for Fake {
         fn metrics(&self) -> String {
             "switchyard_up 1\n".into()
+        }
+        fn auth_refused(&self, why: AuthRefusal) {
+            self.refused.lock().unwrap().push(why);
         }
         fn links(&self) -> Vec<LinkView> {
             vec![LinkView {
@@ -229,6 +270,15 @@ mod tests {
     }
 
     async fn call(method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+        call_on(Arc::new(Fake::default()), method, path, token).await
+    }
+
+    async fn call_on(
+        fake: Arc<Fake>,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tokens = vec![
             Token {
@@ -242,7 +292,7 @@ mod tests {
         ];
         let (addr, _task) = serve(
             "127.0.0.1:0".parse().unwrap(),
-            Arc::new(Fake),
+            fake,
             tokens,
             CancellationToken::new(),
         )
@@ -284,5 +334,28 @@ mod tests {
         assert_eq!(call("POST", "/links/a.0/sign-off", Some("op")).await.0, 200);
         assert_eq!(call("POST", "/links/zz/sign-off", Some("op")).await.0, 404);
         assert_eq!(call("GET", "/transactions/1", Some("view")).await.0, 404);
+    }
+
+    // Proves every refusal is reported to the switch with its reason, and nothing else is.
+    #[tokio::test]
+    async fn refusals_are_reported() {
+        let fake = Arc::new(Fake::default());
+        for (path, token, method) in [
+            ("/links", None, "GET"),
+            ("/links", Some("wrong"), "GET"),
+            ("/links/a.0/sign-off", Some("view"), "POST"),
+            ("/links", Some("view"), "GET"),
+            ("/metrics", None, "GET"),
+        ] {
+            call_on(fake.clone(), method, path, token).await;
+        }
+        assert_eq!(
+            *fake.refused.lock().unwrap(),
+            [
+                AuthRefusal::Unauthenticated,
+                AuthRefusal::Unauthenticated,
+                AuthRefusal::Forbidden
+            ]
+        );
     }
 }

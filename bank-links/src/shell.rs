@@ -291,6 +291,7 @@ pub fn spawn_link(
         rx,
         weak_tx: tx.downgrade(),
         signed_off: false,
+        close_reason: "closed",
     };
     tokio::spawn(task.run(endpoint, backoff, shutdown));
     LinkHandle { tx, shared }
@@ -315,6 +316,8 @@ struct LinkTask {
     weak_tx: mpsc::WeakSender<Command>,
     /// Signed off on command: do not reconnect until told to sign on.
     signed_off: bool,
+    /// Why the current connection ended, for the log line that says it did.
+    close_reason: &'static str,
 }
 
 /// What one turn of the connection loop ends with.
@@ -349,7 +352,10 @@ impl LinkTask {
                         )
                         .await;
                         match connected {
-                            Ok(Ok(c)) => Some(c),
+                            Ok(Ok(c)) => {
+                                tracing::info!(link = %self.shared.name, %addr, "bank link connected");
+                                Some(c)
+                            }
                             Ok(Err(e)) => {
                                 tracing::warn!(link = %self.shared.name, %addr, error = %e, "bank link connect failed");
                                 self.shared.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -369,9 +375,11 @@ impl LinkTask {
                 };
                 if let Some(conn) = conn {
                     self.shared.connects.fetch_add(1, Ordering::Relaxed);
+                    self.close_reason = "closed";
                     if self.serve(conn, &shutdown).await {
                         attempt = 0;
                     }
+                    tracing::info!(link = %self.shared.name, reason = self.close_reason, "bank link connection closed");
                 }
                 self.link.handle_disconnected(now());
                 self.drain_events();
@@ -455,17 +463,23 @@ impl LinkTask {
         loop {
             while let Some((frame, kind)) = self.link.poll_transmit_kind() {
                 if wire.write(frame, kind).await.is_err() {
+                    self.close_reason = "write failed";
                     return was_ready;
                 }
             }
             if wire.flush().await.is_err() {
+                self.close_reason = "write failed";
                 return was_ready;
             }
             self.drain_events();
             self.publish();
             match self.link.state() {
                 LinkState::Ready => was_ready = true,
-                LinkState::Down => return was_ready,
+                LinkState::Down => {
+                    // Echo tests unanswered, sign-on refused, or signed off.
+                    self.close_reason = "link down";
+                    return was_ready;
+                }
                 _ => {}
             }
             let timer = self.link.poll_timeout().map(tokio::time::Instant::from_std);
@@ -503,6 +517,7 @@ impl LinkTask {
                 }
                 _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
                     if sign_off_deadline.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        self.close_reason = "signed off for shutdown";
                         Flow::Close
                     } else {
                         self.link.handle_timeout(now());
@@ -546,15 +561,22 @@ impl LinkTask {
             }
             Some(Err(e)) => {
                 tracing::warn!(link = %self.shared.name, error = %e, "bank link transport error");
+                self.close_reason = "transport error";
                 Flow::Close
             }
-            None => Flow::Close,
+            None => {
+                self.close_reason = "closed by bank";
+                Flow::Close
+            }
         }
     }
 
     fn command(&mut self, cmd: Option<Command>) -> Flow {
         match cmd {
-            None => return Flow::Close,
+            None => {
+                self.close_reason = "link dropped by the switch";
+                return Flow::Close;
+            }
             Some(Command::Send {
                 key,
                 message,

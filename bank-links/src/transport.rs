@@ -289,6 +289,7 @@ async fn accept_stream(
             }
         };
         let _ = stream.set_nodelay(true);
+        tracing::info!(%peer, "bank connection accepted");
         let (tx, acceptor, shutdown) = (tx.clone(), acceptor.clone(), shutdown.clone());
         // Handshakes run beside the accept loop so one slow peer does not hold up others.
         tokio::spawn(async move {

@@ -8,8 +8,10 @@
 //!   answers matched by DE11, DE7, DE41) and the contract's request builders.
 //! - [`load`]: the open-loop load harness behind `loadgen`.
 //! - [`relay`]: the bare frame relay behind `relay` (the ceiling run).
+//! - [`cli`]: what the binaries share at their edges: plain logs, one-line errors.
 
 pub mod banksim;
+pub mod cli;
 pub mod load;
 pub mod merchant;
 pub mod relay;

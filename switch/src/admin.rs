@@ -4,26 +4,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admin_http::{Admin, AdminError, LinkView, TransactionView};
-use bank_links::{Bank, LinkState};
+use admin_http::{Admin, AdminError, AuthRefusal, LinkView, TransactionView};
+use bank_links::Bank;
+use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use crate::metrics::{LINK_STATES, Metrics};
 use crate::session::MerchantConnections;
 use crate::store::Store;
 
 /// How often gauges are sampled.
 pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
-/// How often the reversal queue is measured (it costs a query).
+/// How often (in samples) the backlogs are measured and PostgreSQL probed (they cost
+/// queries).
 pub const REVERSAL_SAMPLE_EVERY: u32 = 5;
 
-const STATES: [LinkState; 5] = [
-    LinkState::Connecting,
-    LinkState::SigningOn,
-    LinkState::Ready,
-    LinkState::Draining,
-    LinkState::Down,
-];
+/// A probe query slower than this counts as failed (and does not hold the sampler up).
+pub const PROBE_TIMEOUT_MS: u64 = 2_000;
 
 /// What the admin surface reads and acts on.
 #[derive(Debug)]
@@ -31,11 +28,21 @@ pub struct SwitchAdmin {
     pub metrics: Arc<Metrics>,
     pub banks: HashMap<String, Bank>,
     pub store: Arc<dyn Store>,
+    /// The request path's pool: sampled for its gauges and probed.
+    pub pool: Pool,
 }
 
 impl Admin for SwitchAdmin {
     fn metrics(&self) -> String {
         self.metrics.render()
+    }
+
+    fn auth_refused(&self, why: AuthRefusal) {
+        self.metrics
+            .admin_auth_failures
+            .with_label_values(&[why.as_str()])
+            .inc();
+        tracing::warn!(reason = why.as_str(), "admin request refused");
     }
 
     fn links(&self) -> Vec<LinkView> {
@@ -94,7 +101,9 @@ impl Admin for SwitchAdmin {
     }
 }
 
-/// Keeps the gauges that are states rather than events current.
+/// Keeps the gauges that are states rather than events current: every
+/// [`SAMPLE_INTERVAL_MS`] the connections, links and the PostgreSQL pool; every
+/// [`REVERSAL_SAMPLE_EVERY`]-th time the backlogs (they cost queries) and a probe query.
 pub async fn sample(
     admin: Arc<SwitchAdmin>,
     connections: Arc<MerchantConnections>,
@@ -109,40 +118,84 @@ pub async fn sample(
         }
         m.merchant_connections
             .set(connections.total.load(std::sync::atomic::Ordering::Relaxed) as i64);
-        for b in admin.banks.values() {
-            for l in &b.links {
-                let now = l.state();
-                for s in STATES {
-                    m.link_state
-                        .with_label_values(&[l.name(), s.as_str()])
-                        .set(i64::from(s == now));
-                }
-                m.link_in_flight
-                    .with_label_values(&[l.name()])
-                    .set(l.in_flight() as i64);
-                m.link_round_trip_us
-                    .with_label_values(&[l.name()])
-                    .set(l.round_trip_us().unwrap_or(0) as i64);
-                m.link_queue_depth
-                    .with_label_values(&[l.name()])
-                    .set(l.queue_depth() as i64);
-            }
-        }
+        sample_links(&admin);
+        sample_pool(m, &admin.pool);
         tick = tick.wrapping_add(1);
-        if !tick.is_multiple_of(REVERSAL_SAMPLE_EVERY) {
-            continue;
+        if tick.is_multiple_of(REVERSAL_SAMPLE_EVERY) {
+            probe_postgres(m, &admin.pool).await;
+            sample_backlogs(&admin).await;
         }
-        let Ok(backlog) = admin.store.forward_backlog().await else {
-            continue;
-        };
-        for b in admin.banks.keys() {
-            let row = backlog.iter().find(|r| r.bank_id == *b);
-            m.reversals_pending
-                .with_label_values(&[b.as_str()])
-                .set(row.map(|r| r.pending).unwrap_or(0));
-            m.reversals_oldest_age
-                .with_label_values(&[b.as_str()])
-                .set(row.map(|r| r.oldest_age_s).unwrap_or(0));
+    }
+}
+
+fn sample_links(admin: &SwitchAdmin) {
+    let m = &admin.metrics;
+    for b in admin.banks.values() {
+        for l in &b.links {
+            let now = l.state();
+            for s in LINK_STATES {
+                m.link_state
+                    .with_label_values(&[l.name(), s.as_str()])
+                    .set(i64::from(s == now));
+            }
+            m.link_in_flight
+                .with_label_values(&[l.name()])
+                .set(l.in_flight() as i64);
+            m.link_queue_depth
+                .with_label_values(&[l.name()])
+                .set(l.queue_depth() as i64);
         }
+    }
+}
+
+/// The pool as the request path sees it: connections in use and idle, tasks waiting.
+fn sample_pool(m: &Metrics, pool: &Pool) {
+    let s = pool.status();
+    let in_use = s.size.saturating_sub(s.available);
+    m.pool_connections
+        .with_label_values(&["idle"])
+        .set(s.available as i64);
+    m.pool_connections
+        .with_label_values(&["in_use"])
+        .set(in_use as i64);
+    m.pool_max.set(s.max_size as i64);
+    m.pool_waiting.set(s.waiting as i64);
+}
+
+/// `SELECT 1` on a pooled connection, timed: PostgreSQL's latency and reachability as
+/// this instance sees them, also when no traffic flows.
+async fn probe_postgres(m: &Metrics, pool: &Pool) {
+    let started = std::time::Instant::now();
+    let probe = async {
+        match pool.get().await {
+            Ok(c) => c.query_one("SELECT 1", &[]).await.is_ok(),
+            Err(_) => false,
+        }
+    };
+    let limit = Duration::from_millis(PROBE_TIMEOUT_MS);
+    if tokio::time::timeout(limit, probe).await == Ok(true) {
+        m.postgres_probe.observe(started.elapsed().as_secs_f64());
+    } else {
+        m.postgres_probe_failures.inc();
+    }
+}
+
+async fn sample_backlogs(admin: &SwitchAdmin) {
+    let m = &admin.metrics;
+    if let Ok(n) = admin.store.notification_backlog().await {
+        m.notifications_pending.set(n.pending);
+        m.notifications_oldest_age.set(n.oldest_age_s);
+    }
+    let Ok(backlog) = admin.store.forward_backlog().await else {
+        return;
+    };
+    for b in admin.banks.keys() {
+        let row = backlog.iter().find(|r| r.bank_id == *b);
+        m.reversals_pending
+            .with_label_values(&[b.as_str()])
+            .set(row.map(|r| r.pending).unwrap_or(0));
+        m.reversals_oldest_age
+            .with_label_values(&[b.as_str()])
+            .set(row.map(|r| r.oldest_age_s).unwrap_or(0));
     }
 }

@@ -216,6 +216,16 @@ pub async fn run(
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
+    let labels: Vec<(&str, Vec<&str>)> = banks
+        .values()
+        .map(|b: &Bank| {
+            (
+                b.config.id.as_str(),
+                b.links.iter().map(|l| l.name()).collect(),
+            )
+        })
+        .collect();
+    metrics.init_bank_labels(&labels);
     tokio::spawn(log_notices(notice_rx, metrics.clone(), shared.clone()));
 
     let db = &config.database;
@@ -331,6 +341,7 @@ pub async fn run(
         metrics: metrics.clone(),
         banks: engine.banks.clone(),
         store: shared.clone(),
+        pool: pool.clone(),
     });
     workers.spawn(crate::admin::sample(
         admin.clone(),

@@ -16,6 +16,13 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("migrations: {0}")]
     Migration(String),
+    /// Read-only commands refuse to run on an older schema rather than migrate it.
+    #[error(
+        "the database schema is behind this binary: {} migration(s) pending ({}); run `switchyard migrate` first",
+        .0.len(),
+        .0.join(", ")
+    )]
+    SchemaBehind(Vec<String>),
     #[error("merchant {0}: MAC key does not open with the configured master key")]
     Key(String),
     #[error("{0}")]
@@ -62,4 +69,73 @@ pub async fn migrate(url: &str) -> Result<usize, DbError> {
     drop(client);
     let _ = task.await;
     Ok(report.applied_migrations().len())
+}
+
+/// Where the database's schema stands against the migrations built into this binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// Migrations of this binary not applied yet, as `V<version>__<name>`, oldest first.
+    pub pending: Vec<String>,
+    /// Versions applied to the database that this binary does not know (a newer binary
+    /// migrated it).
+    pub unknown_applied: Vec<i32>,
+}
+
+impl SchemaStatus {
+    /// The decision of a command that only reads: `Ok` when every migration is applied,
+    /// otherwise why it must not run (it never migrates on its own).
+    pub fn require_current(&self) -> Result<(), DbError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        Err(DbError::SchemaBehind(self.pending.clone()))
+    }
+}
+
+/// Reads which migrations are applied, without changing anything (no history table is
+/// created): a database without refinery's history table has every migration pending.
+pub async fn schema_status(url: &str) -> Result<SchemaStatus, DbError> {
+    let (mut client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let runner = embedded::migrations::runner();
+    let has_history: bool = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let applied: Vec<i32> = if has_history {
+        runner
+            .get_applied_migrations_async(&mut client)
+            .await
+            .map_err(|e| DbError::Migration(e.to_string()))?
+            .iter()
+            .map(|m| m.version())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    drop(client);
+    let _ = task.await;
+    let known: Vec<i32> = runner
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .collect();
+    let mut pending: Vec<&refinery::Migration> = runner
+        .get_migrations()
+        .iter()
+        .filter(|m| !applied.contains(&m.version()))
+        .collect();
+    pending.sort_by_key(|m| m.version());
+    Ok(SchemaStatus {
+        pending: pending
+            .iter()
+            .map(|m| format!("V{}__{}", m.version(), m.name()))
+            .collect(),
+        unknown_applied: applied.into_iter().filter(|v| !known.contains(v)).collect(),
+    })
 }

@@ -234,16 +234,7 @@ impl Engine {
             .instrument(span)
             .await;
         self.metrics.in_flight.dec();
-        // Only MTIs of the contract become label values, so the label set stays bounded.
-        let mti_label = match mti {
-            Some(Mti::NETWORK_REQUEST) => "0800",
-            Some(Mti::AUTHORISATION_REQUEST) => "0100",
-            Some(Mti::FINANCIAL_REQUEST) => "0200",
-            Some(Mti::COMPLETION_ADVICE) => "0220",
-            Some(Mti::REVERSAL_REQUEST) => "0400",
-            Some(Mti::STATUS_REQUEST) => "0600",
-            _ => "other",
-        };
+        let mti_label = crate::metrics::mti_label(mti);
         if let Some(rc) = trace.rc {
             self.metrics
                 .requests
@@ -295,11 +286,17 @@ impl Engine {
         }
         let why = match msg.check_mac(&merchant.mac_key) {
             MacCheck::Valid => None,
-            MacCheck::Misplaced => Some((Rc::FORMAT_ERROR, "MAC in the wrong element")),
-            MacCheck::Missing => Some((Rc::SECURITY_VIOLATION, "MAC missing")),
-            MacCheck::Invalid => Some((Rc::SECURITY_VIOLATION, "MAC invalid")),
+            MacCheck::Misplaced => {
+                Some((Rc::FORMAT_ERROR, "MAC in the wrong element", "misplaced"))
+            }
+            MacCheck::Missing => Some((Rc::SECURITY_VIOLATION, "MAC missing", "missing")),
+            MacCheck::Invalid => Some((Rc::SECURITY_VIOLATION, "MAC invalid", "invalid")),
         };
-        if let Some((rc, why)) = why {
+        if let Some((rc, why, reason)) = why {
+            self.metrics
+                .merchant_mac_failures
+                .with_label_values(&[reason])
+                .inc();
             return self.refuse(trace, &msg, Some(&merchant), rc, why);
         }
         *authenticated = Some(merchant.clone());

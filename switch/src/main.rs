@@ -1,9 +1,16 @@
 //! The `switchyard` binary: runs the switch and administers it.
+//!
+//! Only `run` and `migrate` change the database schema (and the commands that write:
+//! `merchant add/enable/disable`, `route add/remove`, `prune`); the commands that only
+//! read (`merchant list`, `route list`, `ledger check`, `ledger totals`,
+//! `migrate --check`) never do: on a schema behind this binary they say so and fail.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use deadpool_postgres::Pool;
 use switch::config::Config;
 use switch::crypto::Vault;
 use switch::store::PgStore;
@@ -12,26 +19,31 @@ use tokio_util::sync::CancellationToken;
 
 mod iso8583_cli;
 
+/// Exit status of `migrate --check` when migrations are pending (0: up to date; 1: an
+/// error; 2: a usage error, from clap).
+const EXIT_MIGRATIONS_PENDING: u8 = 3;
+
 #[derive(Parser, Debug)]
 #[command(name = "switchyard", version, about = "Switchyard payment switch")]
 struct Cli {
+    /// The configuration file (TOML); SWITCHYARD__SECTION__KEY variables override it.
+    /// Accepted before or after the command.
+    #[arg(
+        long,
+        short,
+        env = "SWITCHYARD_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(clap::Args, Debug)]
-struct ConfigArg {
-    /// The configuration file (TOML); SWITCHYARD__SECTION__KEY variables override it.
-    #[arg(long, short, env = "SWITCHYARD_CONFIG", global = true)]
-    config: Option<PathBuf>,
-}
-
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the switch until SIGTERM or SIGINT.
+    /// Runs the switch until SIGTERM or SIGINT (applies pending migrations first).
     Run {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Log JSON lines (overrides switch.log_json).
         #[arg(long)]
         log_json: bool,
@@ -39,13 +51,16 @@ enum Command {
     /// Decodes and encodes ISO 8583 messages in any dialect (for integrators).
     Iso8583(iso8583_cli::Iso8583Args),
     /// Checks the configuration and exits.
-    CheckConfig(ConfigArg),
-    /// Applies database migrations.
-    Migrate(ConfigArg),
+    CheckConfig,
+    /// Applies database migrations (or, with --check, lists the pending ones).
+    Migrate {
+        /// List pending migrations without applying them; exit status 0 when the schema
+        /// is up to date, 3 when migrations are pending.
+        #[arg(long)]
+        check: bool,
+    },
     /// Merchants: add, list, enable, disable.
     Merchant {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         command: MerchantCommand,
     },
@@ -53,23 +68,18 @@ enum Command {
     /// postings, queue rows, notifications and advices (export totals first), then
     /// vacuums the journal's tables. Run it daily.
     Prune {
-        #[command(flatten)]
-        config: ConfigArg,
         /// The first business day to keep (YYYY-MM-DD).
         #[arg(long)]
         before: String,
     },
     /// The double-entry ledger: check invariants, print settlement totals.
     Ledger {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         command: LedgerCommand,
     },
-    /// BIN routes: add, list. A running switch picks changes up within its reload interval or on SIGHUP.
+    /// BIN routes: add, list, remove. A running switch picks changes up within its reload
+    /// interval or on SIGHUP.
     Route {
-        #[command(flatten)]
-        config: ConfigArg,
         #[command(subcommand)]
         command: RouteCommand,
     },
@@ -82,6 +92,7 @@ enum MerchantCommand {
         /// DE42 value (1 to 15 printable characters).
         #[arg(long)]
         id: String,
+        /// The merchant's name, for operators.
         #[arg(long)]
         name: String,
         /// ISO 4217 numeric codes, comma separated (e.g. 840,978).
@@ -97,11 +108,16 @@ enum MerchantCommand {
         #[arg(long, default_value_t = 200)]
         burst: u32,
     },
+    /// Prints every merchant as a JSON line (never its MAC key).
     List,
+    /// Refuses the merchant's requests (answered 58, not permitted) from the next reload on.
     Disable {
+        /// The merchant's DE42 value.
         id: String,
     },
+    /// Accepts the merchant's requests again.
     Enable {
+        /// The merchant's DE42 value.
         id: String,
     },
 }
@@ -123,18 +139,36 @@ enum LedgerCommand {
 
 #[derive(Subcommand, Debug)]
 enum RouteCommand {
-    /// Routes cards whose leading digits lie in [low, high] (same length) to a bank.
+    /// Routes cards whose leading digits lie in [low, high] (same length) to a bank;
+    /// prints the new route's id.
     Add {
+        /// The lowest leading digits of the range (1 to 19 digits).
         #[arg(long)]
         low: String,
+        /// The highest leading digits of the range (as many digits as --low).
         #[arg(long)]
         high: String,
+        /// The bank's id (a [[bank]] of the configuration).
         #[arg(long)]
         bank: String,
+        /// Breaks ties between ranges of the same width: the higher wins.
         #[arg(long, default_value_t = 0)]
         priority: i32,
     },
+    /// Prints every route with its id as a JSON line, in the order they were added.
     List,
+    /// Removes a route by its id (see `route list`).
+    Remove {
+        /// The route's id.
+        id: i64,
+    },
+}
+
+/// Whether log lines may carry ANSI colour codes: only on a terminal, and never with
+/// `NO_COLOR` set to a non-empty value (<https://no-color.org/>).
+fn ansi_wanted() -> bool {
+    use std::io::IsTerminal;
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()) && std::io::stderr().is_terminal()
 }
 
 fn init_logs(json: bool) {
@@ -142,6 +176,7 @@ fn init_logs(json: bool) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi_wanted())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -156,19 +191,61 @@ fn vault(c: &Config) -> Result<Vault> {
     Vault::new(&master, &pan).context("security keys")
 }
 
-fn load(arg: &ConfigArg) -> Result<Config> {
-    let Some(path) = &arg.config else {
+fn load(config: &Option<PathBuf>) -> Result<Config> {
+    let Some(path) = config else {
         bail!("--config FILE (or SWITCHYARD_CONFIG) is required")
     };
     Config::load(path).with_context(|| format!("configuration {}", path.display()))
 }
 
-fn main() -> Result<()> {
+/// A small pool for an administrative command. `migrate`: apply pending migrations first
+/// (commands that write); otherwise refuse a schema that is behind (commands that read).
+async fn admin_pool(config: &Config, migrate: bool) -> Result<Pool> {
+    let url = &config.database.url;
+    if migrate {
+        db::migrate(url).await?;
+    } else {
+        db::schema_status(url).await?.require_current()?;
+    }
+    Ok(db::pool(url, 2)?)
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Errors are printed with their causes on one line, never with anyhow's backtrace
+    // (RUST_BACKTRACE=1 would add one to the `{:?}` form that returning it from `main`
+    // prints): a user error is not a crash.
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("switchyard: error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes joined by `: ` (as `{:#}` does), each text once: some errors
+/// repeat their source's message in their own, which would print it twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     // The codec tool needs no runtime, no configuration and no logs.
     let cli = match cli.command {
-        Command::Iso8583(args) => return iso8583_cli::run(args),
-        command => Cli { command },
+        Command::Iso8583(args) => return iso8583_cli::run(args).map(|()| ExitCode::SUCCESS),
+        command => Cli { command, ..cli },
     };
     // One crypto provider for the whole process (quinn and tokio-rustls must agree).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -178,104 +255,23 @@ fn main() -> Result<()> {
     rt.block_on(async_main(cli))
 }
 
-async fn async_main(cli: Cli) -> Result<()> {
+async fn async_main(cli: Cli) -> Result<ExitCode> {
+    let config = load(&cli.config)?;
     match cli.command {
-        Command::Iso8583(args) => iso8583_cli::run(args)?,
-        Command::Run {
-            config: arg,
-            log_json,
-        } => {
-            let config = load(&arg)?;
-            init_logs(log_json || config.switch.log_json);
-            let shutdown = CancellationToken::new();
-            let s = shutdown.clone();
-            // Installed before anything is bound, so a signal right after the ready line
-            // is a clean shutdown, never the default exit.
-            use tokio::signal::unix::{SignalKind, signal};
-            let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-            let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                s.cancel();
-            });
-            switch::app::run(config, shutdown, |bound| {
-                let line = serde_json::json!({"event": "ready", "merchant_tcp": bound.merchant_tcp, "merchant_tls": bound.merchant_tls, "merchant_quic": bound.merchant_quic, "admin": bound.admin});
-                println!("{line}");
-                use std::io::Write;
-                let _ = std::io::stdout().flush();
-            })
-            .await?;
-        }
-        Command::CheckConfig(arg) => {
-            let config = load(&arg)?;
+        Command::Iso8583(_) => unreachable!("handled before the runtime starts"),
+        Command::Run { log_json } => run_switch(config, log_json).await?,
+        Command::CheckConfig => {
             switch::dialects::load(&config.switch.dialect_files)?;
             println!("configuration ok: {} bank(s)", config.banks.len());
         }
-        Command::Migrate(arg) => {
-            let config = load(&arg)?;
+        Command::Migrate { check: false } => {
             let n = db::migrate(&config.database.url).await?;
             println!("{n} migration(s) applied");
         }
-        Command::Merchant { config, command } => {
-            let config = load(&config)?;
-            let pool = db::pool(&config.database.url, 2)?;
-            db::migrate(&config.database.url).await?;
-            match command {
-                MerchantCommand::Add {
-                    id,
-                    name,
-                    currencies,
-                    limit_minor,
-                    rate,
-                    burst,
-                } => {
-                    let vault = vault(&config)?;
-                    let m = merchants::NewMerchant {
-                        id: id.clone(),
-                        name,
-                        currencies,
-                        per_txn_limit_minor: limit_minor,
-                        rate_per_s: rate,
-                        rate_burst: burst,
-                    };
-                    let key = merchants::add(&pool, &vault, &m).await?;
-                    println!(
-                        "{}",
-                        serde_json::json!({"id": id, "mac_key_hex": hex::encode(key)})
-                    );
-                    eprintln!("The MAC key is shown this once; store it with the merchant.");
-                }
-                MerchantCommand::List => {
-                    let vault = vault(&config)?;
-                    for m in merchants::load_all(&pool, &vault).await? {
-                        println!(
-                            "{}",
-                            serde_json::json!({"id": m.id, "name": m.name, "enabled": m.enabled, "currencies": m.currencies,
-                                "per_txn_limit_minor": m.per_txn_limit_minor, "rate_per_s": m.rate_per_s, "rate_burst": m.rate_burst})
-                        );
-                    }
-                }
-                MerchantCommand::Disable { id } => {
-                    if !merchants::set_enabled(&pool, &id, false).await? {
-                        bail!("no merchant {id}");
-                    }
-                    println!("merchant {id} disabled");
-                }
-                MerchantCommand::Enable { id } => {
-                    if !merchants::set_enabled(&pool, &id, true).await? {
-                        bail!("no merchant {id}");
-                    }
-                    println!("merchant {id} enabled");
-                }
-            }
-        }
-        Command::Prune { config, before } => {
-            let config = load(&config)?;
-            let pool = db::pool(&config.database.url, 2)?;
-            db::migrate(&config.database.url).await?;
+        Command::Migrate { check: true } => return migrate_check(&config).await,
+        Command::Merchant { command } => merchant(&config, command).await?,
+        Command::Prune { before } => {
+            let pool = admin_pool(&config, true).await?;
             let store = PgStore::new(pool, config.switch.business_day_cutover_hour);
             let pruned = store.prune_before(&before).await?;
             println!(
@@ -284,73 +280,177 @@ async fn async_main(cli: Cli) -> Result<()> {
                     "transactions": pruned.transactions, "postings": pruned.postings})
             );
         }
-        Command::Ledger { config, command } => {
-            let config = load(&config)?;
-            let pool = db::pool(&config.database.url, 2)?;
-            db::migrate(&config.database.url).await?;
-            let store = PgStore::new(pool, config.switch.business_day_cutover_hour);
-            match command {
-                LedgerCommand::Check => {
-                    let violations = switch::ledger::check(&store).await?;
-                    if let Some(first) = violations.first() {
-                        for v in &violations {
-                            eprintln!("violation [{}]: {}", v.rule, v.detail);
-                        }
-                        bail!("ledger check failed: [{}] {}", first.rule, first.detail);
-                    }
-                    println!("ledger check: ok");
+        Command::Ledger { command } => ledger(&config, command).await?,
+        Command::Route { command } => route(&config, command).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_switch(config: Config, log_json: bool) -> Result<()> {
+    init_logs(log_json || config.switch.log_json);
+    let shutdown = CancellationToken::new();
+    let s = shutdown.clone();
+    // Installed before anything is bound, so a signal right after the ready line
+    // is a clean shutdown, never the default exit.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        s.cancel();
+    });
+    switch::app::run(config, shutdown, |bound| {
+        let line = serde_json::json!({"event": "ready", "merchant_tcp": bound.merchant_tcp, "merchant_tls": bound.merchant_tls, "merchant_quic": bound.merchant_quic, "admin": bound.admin});
+        println!("{line}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    })
+    .await?;
+    Ok(())
+}
+
+/// `migrate --check`: prints each pending migration (one a line), changes nothing.
+async fn migrate_check(config: &Config) -> Result<ExitCode> {
+    let status = db::schema_status(&config.database.url).await?;
+    for v in &status.unknown_applied {
+        eprintln!("note: the database has migration V{v}, which this binary does not know");
+    }
+    if status.pending.is_empty() {
+        println!("schema up to date: no migration pending");
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &status.pending {
+        println!("pending {m}");
+    }
+    println!(
+        "{} migration(s) pending: `switchyard migrate` applies them",
+        status.pending.len()
+    );
+    Ok(ExitCode::from(EXIT_MIGRATIONS_PENDING))
+}
+
+async fn merchant(config: &Config, command: MerchantCommand) -> Result<()> {
+    let pool = admin_pool(config, !matches!(command, MerchantCommand::List)).await?;
+    match command {
+        MerchantCommand::Add {
+            id,
+            name,
+            currencies,
+            limit_minor,
+            rate,
+            burst,
+        } => {
+            let vault = vault(config)?;
+            let m = merchants::NewMerchant {
+                id: id.clone(),
+                name,
+                currencies,
+                per_txn_limit_minor: limit_minor,
+                rate_per_s: rate,
+                rate_burst: burst,
+            };
+            let key = merchants::add(&pool, &vault, &m).await?;
+            println!(
+                "{}",
+                serde_json::json!({"id": id, "mac_key_hex": hex::encode(key)})
+            );
+            eprintln!("The MAC key is shown this once; store it with the merchant.");
+        }
+        MerchantCommand::List => {
+            let vault = vault(config)?;
+            for m in merchants::load_all(&pool, &vault).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": m.id, "name": m.name, "enabled": m.enabled, "currencies": m.currencies,
+                        "per_txn_limit_minor": m.per_txn_limit_minor, "rate_per_s": m.rate_per_s, "rate_burst": m.rate_burst})
+                );
+            }
+        }
+        MerchantCommand::Disable { id } => set_enabled(&pool, &id, false).await?,
+        MerchantCommand::Enable { id } => set_enabled(&pool, &id, true).await?,
+    }
+    Ok(())
+}
+
+async fn set_enabled(pool: &Pool, id: &str, enabled: bool) -> Result<()> {
+    if !merchants::set_enabled(pool, id, enabled).await? {
+        bail!("no merchant {id}");
+    }
+    let word = if enabled { "enabled" } else { "disabled" };
+    println!("merchant {id} {word}");
+    Ok(())
+}
+
+async fn ledger(config: &Config, command: LedgerCommand) -> Result<()> {
+    let pool = admin_pool(config, false).await?;
+    let store = PgStore::new(pool, config.switch.business_day_cutover_hour);
+    match command {
+        LedgerCommand::Check => {
+            let violations = switch::ledger::check(&store).await?;
+            if let Some(first) = violations.first() {
+                for v in &violations {
+                    eprintln!("violation [{}]: {}", v.rule, v.detail);
                 }
-                LedgerCommand::Totals { day, csv } => {
-                    let totals = switch::ledger::totals(&store, day.as_deref()).await?;
-                    if csv {
-                        print!("{}", switch::ledger::to_csv(&totals));
-                    } else {
-                        for t in totals {
-                            println!(
-                                "{}",
-                                serde_json::json!({"business_day": t.business_day, "account": t.account,
-                                    "currency": t.currency, "postings": t.postings, "amount_minor": t.amount_minor})
-                            );
-                        }
-                    }
+                bail!("ledger check failed: [{}] {}", first.rule, first.detail);
+            }
+            println!("ledger check: ok");
+        }
+        LedgerCommand::Totals { day, csv } => {
+            let totals = switch::ledger::totals(&store, day.as_deref()).await?;
+            if csv {
+                print!("{}", switch::ledger::to_csv(&totals));
+            } else {
+                for t in totals {
+                    println!(
+                        "{}",
+                        serde_json::json!({"business_day": t.business_day, "account": t.account,
+                            "currency": t.currency, "postings": t.postings, "amount_minor": t.amount_minor})
+                    );
                 }
             }
         }
-        Command::Route { config, command } => {
-            let config = load(&config)?;
-            let pool = db::pool(&config.database.url, 2)?;
-            db::migrate(&config.database.url).await?;
-            match command {
-                RouteCommand::Add {
-                    low,
-                    high,
-                    bank,
-                    priority,
-                } => {
-                    if !config.banks.iter().any(|b| b.id == bank) {
-                        bail!("bank {bank} is not in the configuration");
-                    }
-                    let id = routing::add_route(
-                        &pool,
-                        &routing::Route {
-                            low,
-                            high,
-                            bank_id: bank,
-                            priority,
-                        },
-                    )
-                    .await?;
-                    println!("route {id} added");
-                }
-                RouteCommand::List => {
-                    for r in routing::load_routes(&pool).await? {
-                        println!(
-                            "{}",
-                            serde_json::json!({"low": r.low, "high": r.high, "bank": r.bank_id, "priority": r.priority})
-                        );
-                    }
-                }
+    }
+    Ok(())
+}
+
+async fn route(config: &Config, command: RouteCommand) -> Result<()> {
+    let pool = admin_pool(config, !matches!(command, RouteCommand::List)).await?;
+    match command {
+        RouteCommand::Add {
+            low,
+            high,
+            bank,
+            priority,
+        } => {
+            if !config.banks.iter().any(|b| b.id == bank) {
+                bail!("bank {bank} is not in the configuration");
             }
+            let r = routing::Route {
+                low,
+                high,
+                bank_id: bank,
+                priority,
+            };
+            let id = routing::add_route(&pool, &r).await?;
+            println!("route {id} added");
+        }
+        RouteCommand::List => {
+            for s in routing::list_routes(&pool).await? {
+                let r = s.route;
+                println!(
+                    "{}",
+                    serde_json::json!({"id": s.id, "low": r.low, "high": r.high, "bank": r.bank_id, "priority": r.priority})
+                );
+            }
+        }
+        RouteCommand::Remove { id } => {
+            if !routing::remove_route(&pool, id).await? {
+                bail!("no route {id}");
+            }
+            println!("route {id} removed");
         }
     }
     Ok(())

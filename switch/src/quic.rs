@@ -96,13 +96,15 @@ async fn serve_connection(conn: quinn::Connection, l: Listening) {
         shared.clone(),
     ));
     let streams = tokio_util::task::TaskTracker::new();
-    loop {
+    tracing::info!(%peer, transport = "quic", "merchant connection opened");
+    let reason = loop {
         let (send, recv) = tokio::select! {
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
-                Err(_) => break,
+                // Closed by the peer, timed out or reset: quinn's error says which.
+                Err(e) => break e.to_string(),
             },
-            _ = l.shutdown.cancelled() => break,
+            _ = l.shutdown.cancelled() => break "shutdown".to_string(),
         };
         let stream = tokio::io::join(recv, send);
         streams.spawn(serve_stream(
@@ -112,7 +114,8 @@ async fn serve_connection(conn: quinn::Connection, l: Listening) {
             shared.clone(),
             false,
         ));
-    }
+    };
+    tracing::info!(%peer, transport = "quic", %reason, "merchant connection closed");
     streams.close();
     streams.wait().await;
     shared.close(&l.engine, &l.connections);

@@ -179,23 +179,53 @@ impl Router {
     }
 }
 
+/// Every route, in the order they were added.
 pub async fn load_routes(pool: &Pool) -> Result<Vec<Route>, DbError> {
+    Ok(list_routes(pool)
+        .await?
+        .into_iter()
+        .map(|s| s.route)
+        .collect())
+}
+
+/// A route as stored: its id (what `route remove` takes) and the route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRoute {
+    pub id: i64,
+    pub route: Route,
+}
+
+/// Every route with its id, in the order they were added.
+pub async fn list_routes(pool: &Pool) -> Result<Vec<StoredRoute>, DbError> {
     let client = pool.get().await?;
     let rows = client
         .query(
-            "SELECT bin_low, bin_high, bank_id, priority FROM bin_routes ORDER BY id",
+            "SELECT id, bin_low, bin_high, bank_id, priority FROM bin_routes ORDER BY id",
             &[],
         )
         .await?;
     Ok(rows
         .iter()
-        .map(|r| Route {
-            low: r.get(0),
-            high: r.get(1),
-            bank_id: r.get(2),
-            priority: r.get(3),
+        .map(|r| StoredRoute {
+            id: r.get(0),
+            route: Route {
+                low: r.get(1),
+                high: r.get(2),
+                bank_id: r.get(3),
+                priority: r.get(4),
+            },
         })
         .collect())
+}
+
+/// Removes the route `id`; false when there is none. Running switches drop it at their
+/// next reload (interval or SIGHUP).
+pub async fn remove_route(pool: &Pool, id: i64) -> Result<bool, DbError> {
+    let client = pool.get().await?;
+    let n = client
+        .execute("DELETE FROM bin_routes WHERE id = $1", &[&id])
+        .await?;
+    Ok(n > 0)
 }
 
 pub async fn add_route(pool: &Pool, r: &Route) -> Result<i64, DbError> {

@@ -133,27 +133,24 @@ pub async fn serve_stream<S>(
     let (state, bound, session_id) = (conn.state.clone(), conn.bound.clone(), conn.session_id);
     let over_limit = CancellationToken::new();
     let idle = Duration::from_millis(limits.idle_timeout_ms);
+    if owns {
+        tracing::info!(%peer, "merchant connection opened");
+    }
 
-    loop {
+    let end = loop {
         let permit = tokio::select! {
             p = in_flight.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break ReadEnd::Shutdown,
         };
         let frame = tokio::select! {
             f = tokio::time::timeout(idle, reader.next()) => f,
-            _ = shutdown.cancelled() => break,
-            _ = over_limit.cancelled() => break,
+            _ = shutdown.cancelled() => break ReadEnd::Shutdown,
+            _ = over_limit.cancelled() => break ReadEnd::OverLimit,
         };
         let frame = match frame {
-            Err(_) => {
-                tracing::info!(%peer, "merchant connection idle: closing");
-                break;
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                tracing::warn!(%peer, error = %e, "merchant frame cannot be resynchronised: closing the connection");
-                break;
-            }
+            Err(_) => break ReadEnd::Idle,
+            Ok(None) => break ReadEnd::PeerClosed,
+            Ok(Some(Err(e))) => break ReadEnd::from_frame_error(&e),
             Ok(Some(Ok(frame))) => frame,
         };
         // Accepted: carried through to its outcome even if the connection goes.
@@ -185,7 +182,8 @@ pub async fn serve_stream<S>(
             }
             drop(permit);
         });
-    }
+    };
+    end.log(&peer, owns);
     if owns {
         // From here no request binds the connection, so the notifier holds no sender of it.
         conn.close(&engine, &connections);
@@ -193,6 +191,66 @@ pub async fn serve_stream<S>(
     drop(tx);
     // The writer ends once every accepted request has answered (each holds a sender).
     let _ = writing.await;
+}
+
+/// Why a merchant connection (or QUIC stream) stopped reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The peer closed its side after whole frames.
+    PeerClosed,
+    /// The transport failed: the peer reset or aborted the connection, or closed it in
+    /// the middle of a frame. The peer's doing, not a fault of its framing.
+    Reset(String),
+    /// A frame the codec refuses (bad length prefix, over the limit): the stream cannot
+    /// be resynchronised.
+    FramingFault(String),
+    /// Nothing arrived for `idle_timeout_ms`.
+    Idle,
+    /// The switch is shutting down.
+    Shutdown,
+    /// The merchant is over `max_connections_per_merchant`.
+    OverLimit,
+}
+
+impl ReadEnd {
+    /// A read error: an i/o error is the transport's (a reset, or EOF inside a frame, which
+    /// tokio-util reports as an i/o error), anything else the framing's.
+    pub fn from_frame_error(e: &codec::FrameError) -> ReadEnd {
+        match e {
+            codec::FrameError::Io(io) => ReadEnd::Reset(io.to_string()),
+            other => ReadEnd::FramingFault(other.to_string()),
+        }
+    }
+
+    /// The `reason` field of the close line.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReadEnd::PeerClosed => "closed by peer",
+            ReadEnd::Reset(_) => "reset by peer",
+            ReadEnd::FramingFault(_) => "framing fault",
+            ReadEnd::Idle => "idle timeout",
+            ReadEnd::Shutdown => "shutdown",
+            ReadEnd::OverLimit => "connection limit",
+        }
+    }
+
+    /// Logs the end: a framing fault as a warning of its own; the close line (with the
+    /// peer and the reason) when the connection ends with this stream (`owns`).
+    fn log(&self, peer: &str, owns: bool) {
+        let detail = match self {
+            ReadEnd::FramingFault(e) => {
+                tracing::warn!(%peer, error = %e, "merchant frame cannot be resynchronised: closing the connection");
+                e.as_str()
+            }
+            ReadEnd::Reset(e) => e.as_str(),
+            _ => "",
+        };
+        if owns {
+            tracing::info!(%peer, reason = self.reason(), detail, "merchant connection closed");
+        } else if let ReadEnd::Reset(e) = self {
+            tracing::debug!(%peer, error = %e, "merchant stream reset by peer");
+        }
+    }
 }
 
 /// Which merchant a connection is counted for, and whether it is closing.
@@ -277,5 +335,36 @@ impl ConnectionSlot {
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a reset or a connection closed inside a frame (i/o errors) is the peer's doing,
+    // and only a frame the codec refuses is a framing fault.
+    #[test]
+    fn resets_are_not_framing_faults() {
+        use std::io::{Error, ErrorKind};
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::UnexpectedEof,
+            ErrorKind::Other,
+        ] {
+            let e = codec::FrameError::Io(Error::new(kind, "gone"));
+            assert!(matches!(ReadEnd::from_frame_error(&e), ReadEnd::Reset(_)));
+        }
+        for e in [
+            codec::FrameError::ZeroLength,
+            codec::FrameError::BadLength,
+            codec::FrameError::TooLong {
+                len: 9000,
+                max: 4096,
+            },
+        ] {
+            let end = ReadEnd::from_frame_error(&e);
+            assert_eq!(end.reason(), "framing fault");
+        }
     }
 }

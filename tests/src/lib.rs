@@ -269,7 +269,7 @@ pub fn free_port() -> u16 {
 /// The directory holding the workspace's binaries: the parent of this test executable's
 /// `deps/` when the binary is there (this follows `CARGO_TARGET_DIR` and the profile),
 /// otherwise `<workspace>/target/debug` (the workspace being `CARGO_MANIFEST_DIR/..`).
-fn binary_path(name: &str) -> PathBuf {
+pub fn binary_path(name: &str) -> PathBuf {
     let exe_name = format!("{name}{}", std::env::consts::EXE_SUFFIX);
     if let Ok(exe) = std::env::current_exe()
         && let Some(dir) = exe.parent()

@@ -843,7 +843,17 @@ impl Client {
 /// Runs `switchyard` with arguments to completion, whatever its exit status: the
 /// status, its stdout and its stderr.
 pub fn run_status(args: &[&str]) -> (std::process::ExitStatus, String, String) {
-    let mut p = spawn_binary("switchyard", args, &[("RUST_LOG", "warn")]);
+    run_binary("switchyard", args, &[("RUST_LOG", "warn")])
+}
+
+/// Runs the workspace binary `bin` with `args` and extra environment `env` to its end: its
+/// exit status, stdout and stderr.
+pub fn run_binary(
+    bin: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::ExitStatus, String, String) {
+    let mut p = spawn_binary(bin, args, env);
     let mut out = Vec::new();
     while let Ok(line) = wait_for_line(p.stdout(), |_| true, WAIT) {
         out.push(line);

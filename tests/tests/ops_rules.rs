@@ -60,9 +60,75 @@ fn alert_rules_are_valid_and_pass_their_unit_tests() {
     assert_success(&["test", "rules", "ops/prometheus/alerts_test.yml"]);
 }
 
+/// The process collector's series (the prometheus crate's `process` feature), exported
+/// without the `switchyard_` prefix as Prometheus' conventions name them.
+const PROCESS_METRICS: [&str; 7] = [
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "process_threads",
+];
+
+// Proves every alert carries a severity, a summary, a description and a `runbook_url` that
+// points at a section of docs/operations.md that exists (the `runbook` annotation of old is
+// gone), and that the PostgreSQL and Redis health of the switch is alerted on.
+#[test]
+fn alerts_have_runbook_urls_that_resolve() {
+    let rules = read("ops/prometheus/alerts.yml");
+    let doc = read("docs/operations.md");
+    // GitHub-style anchors of the runbook's headings: lower case, no spaces kept.
+    let anchors: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("### "))
+        .map(|h| h.trim().to_lowercase().replace(' ', "-"))
+        .collect();
+    let mut alerts = 0;
+    for block in rules.split("- alert: ").skip(1) {
+        alerts += 1;
+        let name = block.lines().next().unwrap().trim();
+        for key in ["severity:", "summary:", "description:", "runbook_url:"] {
+            assert!(block.contains(key), "alert {name} has no {key}");
+        }
+        assert!(
+            !block.contains("runbook:"),
+            "alert {name} still uses `runbook`"
+        );
+        let url = block
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("runbook_url:"))
+            .unwrap()
+            .trim()
+            .trim_matches('"');
+        let anchor = url.strip_prefix("docs/operations.md#").unwrap_or_else(|| {
+            panic!("alert {name}: runbook_url {url} is not in docs/operations.md")
+        });
+        assert_eq!(
+            anchor,
+            name.to_lowercase(),
+            "alert {name}: runbook_url {url}"
+        );
+        assert!(
+            anchors.contains(anchor),
+            "alert {name}: no section ### {name} in docs/operations.md"
+        );
+    }
+    assert!(alerts >= 15, "only {alerts} alerts found");
+    for needed in [
+        "switchyard_postgres_probe_failures_total",
+        "switchyard_postgres_pool_waiting",
+        "switchyard_redis_seconds_bucket",
+        "switchyard_redis_errors_total",
+    ] {
+        assert!(rules.contains(needed), "no alert on {needed}");
+    }
+}
+
 /// Every series name the switch exports: the names registered in switch/src/metrics.rs with
 /// the registry's `switchyard_` prefix, and for histograms their `_bucket`, `_sum` and `_count`
-/// series.
+/// series; and the process collector's.
 fn exported_metric_names() -> BTreeSet<String> {
     let src = read("switch/src/metrics.rs");
     assert!(
@@ -104,6 +170,11 @@ fn exported_metric_names() -> BTreeSet<String> {
             registered += 1;
         }
     }
+    assert!(
+        src.contains("ProcessCollector::for_self()"),
+        "switch/src/metrics.rs no longer registers the process collector"
+    );
+    names.extend(PROCESS_METRICS.map(String::from));
     let boxed = src.matches("Box::new(m.").count();
     assert_eq!(
         registered, boxed,
@@ -277,10 +348,21 @@ fn metric_name_extraction_works() {
         "switchyard_journal_batch_size_bucket",
         "switchyard_redis_seconds_bucket",
         "switchyard_bank_late_answers_total",
+        "switchyard_postgres_probe_seconds_bucket",
+        "switchyard_postgres_pool_waiting",
+        "switchyard_notifications_pending",
+        "switchyard_merchant_mac_failures_total",
+        "switchyard_admin_auth_failures_total",
+        "switchyard_build_info",
+        "process_cpu_seconds_total",
     ] {
         assert!(names.contains(n), "{n} not among {names:?}");
     }
     assert!(!names.contains("switchyard_requests_total_bucket"));
+    assert!(
+        names.iter().all(|n| !n.contains("microseconds")),
+        "metrics use base units (seconds)"
+    );
 }
 
 fn dashboard_exprs() -> Vec<String> {
@@ -305,8 +387,10 @@ fn dashboard_exprs() -> Vec<String> {
 fn dashboard_queries_use_only_exported_metrics() {
     let known = exported_metric_names();
     let mut unknown = Vec::new();
+    let mut used = BTreeSet::new();
     for e in dashboard_exprs() {
         let names = selected_metrics(&e);
+        used.extend(names.iter().cloned());
         assert!(!names.is_empty(), "query selects no metric: {e}");
         for n in names {
             if !known.contains(&n) {
@@ -319,6 +403,20 @@ fn dashboard_queries_use_only_exported_metrics() {
         "the dashboard queries metrics that switch/src/metrics.rs does not export:\n{}",
         unknown.join("\n")
     );
+    // PostgreSQL and Redis as the switch sees them, the security counters and the process.
+    for needed in [
+        "switchyard_postgres_probe_seconds_bucket",
+        "switchyard_postgres_pool_waiting",
+        "switchyard_postgres_pool_connections",
+        "switchyard_redis_seconds_bucket",
+        "switchyard_redis_errors_total",
+        "switchyard_merchant_mac_failures_total",
+        "switchyard_admin_auth_failures_total",
+        "switchyard_notifications_pending",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(used.contains(needed), "no dashboard panel shows {needed}");
+    }
 
     let dashboard: Value = serde_json::from_str(&read("ops/grafana/switchyard.json")).unwrap();
     assert!(

@@ -13,11 +13,11 @@ use clap::Parser;
 use codec::{Dialect, builtin};
 use loadtest::banksim::{self, Behaviour, Config, Faults, Transport, tls};
 use tracing::info;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "bank-sim",
+    version,
     about = "Simulated bank for Switchyard tests and load runs"
 )]
 struct Args {
@@ -125,13 +125,12 @@ fn load_dialect(args: &Args) -> Result<&'static Dialect> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> std::process::ExitCode {
+    loadtest::cli::exit("bank-sim", try_main().await)
+}
+
+async fn try_main() -> Result<()> {
+    loadtest::cli::init_logs("info");
     let args = Args::parse();
     let config = Config {
         listen: args.listen,

@@ -25,6 +25,7 @@ const CURRENCY: &str = "840";
 #[derive(Debug, Parser)]
 #[command(
     name = "demo-traffic",
+    version,
     about = "Walks a merchant through the demo cases"
 )]
 struct Args {
@@ -195,7 +196,11 @@ fn expect(step: &str, a: &Answer<()>, code: &str) -> Result<()> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    loadtest::cli::exit("demo-traffic", try_main().await)
+}
+
+async fn try_main() -> Result<()> {
     let args = Args::parse();
     let m = Merchant::new(&args.merchant, &args.key).context("--key is not 64 hex digits")?;
     if !args.no_wait {

@@ -28,7 +28,11 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const RELAY_READY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Parser)]
-#[command(name = "loadgen", about = "Open-loop load harness for Switchyard")]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Open-loop load harness for Switchyard"
+)]
 struct Args {
     /// The switch's merchant listener (omit to run the ceiling only).
     #[arg(long)]
@@ -57,6 +61,7 @@ struct Args {
     /// Raise the rate until p99 passes --p99-target-ms; report the highest that met it.
     #[arg(long)]
     search: bool,
+    /// The p99 latency, in milliseconds, a search step must stay under.
     #[arg(long, default_value_t = 50.0)]
     p99_target_ms: f64,
     /// The highest rate a search tries.
@@ -443,7 +448,11 @@ async fn sources_of(args: &Args) -> Result<Sources> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> std::process::ExitCode {
+    loadtest::cli::exit("loadgen", try_main().await)
+}
+
+async fn try_main() -> Result<()> {
     let args = Args::parse();
     let mix = Mix::parse(&args.mix)?;
     let merchants = merchants_of(&args)?;

@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::net::TcpListener;
-use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "relay",
+    version,
     about = "Bare frame relay (the load harness's ceiling)"
 )]
 struct Args {
@@ -26,13 +26,12 @@ struct Args {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+async fn main() -> std::process::ExitCode {
+    loadtest::cli::exit("relay", try_main().await)
+}
+
+async fn try_main() -> Result<()> {
+    loadtest::cli::init_logs("warn");
     let args = Args::parse();
     let listener = TcpListener::bind(args.listen)
         .await

@@ -239,6 +239,15 @@ pub struct DueForward {
     pub first_de7: Option<String>,
 }
 
+/// Merchant notifications (0620) stored and not yet acknowledged (0630).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NotificationBacklog {
+    /// How many.
+    pub pending: i64,
+    /// Seconds since the oldest of them was stored (0 when none).
+    pub oldest_age_s: i64,
+}
+
 /// The store-and-forward backlog of one bank.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backlog {
@@ -440,6 +449,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         stan: &str,
         transmitted_at: &str,
     ) -> Result<bool, StoreError>;
+
+    /// Notifications not yet acknowledged by their merchant (0630), all merchants.
+    async fn notification_backlog(&self) -> Result<NotificationBacklog, StoreError>;
 
     /// The ledger's broken invariants, at most ten per rule (none when sound).
     async fn ledger_violations(&self) -> Result<Vec<Violation>, StoreError>;

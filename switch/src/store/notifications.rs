@@ -4,7 +4,7 @@
 
 use deadpool_postgres::{GenericClient, Pool};
 
-use super::{Notification, StoreError, TxnRecord};
+use super::{Notification, NotificationBacklog, StoreError, TxnRecord};
 use crate::lifecycle::Status;
 use crate::notify::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS};
 
@@ -94,4 +94,21 @@ pub(super) async fn answered(
         )
         .await?;
     Ok(n > 0)
+}
+
+/// Undelivered notifications of every merchant (the partial index
+/// `notifications_undelivered` holds exactly these).
+pub(super) async fn backlog(pool: &Pool) -> Result<NotificationBacklog, StoreError> {
+    let client = pool.get().await?;
+    let row = client
+        .query_one(
+            "SELECT count(*), coalesce(extract(epoch from now() - min(created_at)), 0)::bigint \
+             FROM notifications WHERE delivered_at IS NULL",
+            &[],
+        )
+        .await?;
+    Ok(NotificationBacklog {
+        pending: row.get(0),
+        oldest_age_s: row.get(1),
+    })
 }

@@ -4,8 +4,8 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 
 use super::{
-    Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, OriginalRef, Outcome,
-    PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
+    Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, NotificationBacklog,
+    OriginalRef, Outcome, PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
 };
 use super::{advices, leases, notifications, payments, postings, reads, reversals};
 use crate::advices::AdviceEffect;
@@ -201,6 +201,10 @@ impl Store for PgStore {
         transmitted_at: &str,
     ) -> Result<Vec<Notification>, StoreError> {
         notifications::claim(&self.pool, merchants, max, transmitted_at).await
+    }
+
+    async fn notification_backlog(&self) -> Result<NotificationBacklog, StoreError> {
+        notifications::backlog(&self.pool).await
     }
 
     async fn notification_answered(
