@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(clap::Args, Debug)]
 struct ConfigArg {
-    /// The configuration file (TOML); SWITCHYARD__SECTION__KEY variables override it.
+    /// The configuration file (TOML); SWITCHYARD__SECTION__KEY and
+    /// SWITCHYARD__BANK__<i>__KEY variables override it (docs/operations.md).
     #[arg(long, short, env = "SWITCHYARD_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
@@ -211,7 +212,10 @@ async fn async_main(cli: Cli) -> Result<()> {
         }
         Command::CheckConfig(arg) => {
             let config = load(&arg)?;
-            switch::dialects::load(&config.switch.dialect_files)?;
+            switch::app::preflight(&config)?;
+            for u in switch::app::resolve_banks(&config).await {
+                eprintln!("warning: {u}");
+            }
             println!("configuration ok: {} bank(s)", config.banks.len());
         }
         Command::Migrate(arg) => {

@@ -40,6 +40,9 @@ pub struct Metrics {
     pub rate_limit_refusals: IntCounterVec,
     pub bank_timeouts: IntCounterVec,
     pub late_answers: IntCounterVec,
+    /// Bank messages dropped for a missing or wrong MAC, by bank: a security signal
+    /// (tampering on the link, or keys that differ).
+    pub bank_mac_failures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -183,6 +186,14 @@ impl Metrics {
                 &["link"],
             )
             .expect("metric"),
+            bank_mac_failures: IntCounterVec::new(
+                Opts::new(
+                    "bank_mac_failures_total",
+                    "Bank messages dropped because their MAC was missing or wrong",
+                ),
+                &["bank"],
+            )
+            .expect("metric"),
             registry: r,
         };
         let reg = &m.registry;
@@ -207,6 +218,7 @@ impl Metrics {
             Box::new(m.rate_limit_refusals.clone()),
             Box::new(m.bank_timeouts.clone()),
             Box::new(m.late_answers.clone()),
+            Box::new(m.bank_mac_failures.clone()),
         ];
         for c in all {
             reg.register(c).expect("metric names are unique");
