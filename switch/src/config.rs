@@ -899,8 +899,10 @@ impl Provider for EnvVars {
             // Lists and tables keep their shape; numbers and flags stay text, which the
             // lossy extraction reads as a number or flag only where the key wants one (so
             // an all-digit id or hex key stays as written).
+            // A quoted value is the text inside the quotes.
             let value = match raw.parse::<Value>() {
                 Ok(v @ (Value::Array(..) | Value::Dict(..))) => v,
+                Ok(Value::String(_, text)) if raw.trim_start().starts_with('"') => text.into(),
                 _ => Value::from(raw.clone()),
             };
             insert_at(&mut dict, key, value);
