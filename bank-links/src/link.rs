@@ -643,8 +643,13 @@ mod tests {
 
     /// Plays the bank: answers a network request frame with the given code.
     fn answer(link: &mut Link, now: Now, frame: Frame, rc: &[u8]) {
+        link.handle_frame(now, answer_frame(&frame, rc, None));
+    }
+
+    /// The bank's answer to `frame` with code `rc`, signed when `key` is given.
+    fn answer_frame(frame: &Frame, rc: &[u8], key: Option<&MacKey>) -> Frame {
         let d = builtin::bank_bcd();
-        let req = d.decode(frame.message).unwrap();
+        let req = d.decode(frame.message.clone()).unwrap();
         let mut b = MessageBuilder::new(d, req.mti().response());
         let vals: Vec<(u8, Vec<u8>)> = [7u8, 11, 37, 70]
             .iter()
@@ -654,13 +659,14 @@ mod tests {
             b.set(*n, v);
         }
         b.set(39, rc);
-        link.handle_frame(
-            now,
-            Frame {
-                header: frame.header,
-                message: b.encode().unwrap(),
-            },
-        );
+        let message = match key {
+            Some(key) => b.encode_with_mac(key).unwrap(),
+            None => b.encode().unwrap(),
+        };
+        Frame {
+            header: frame.header.clone(),
+            message,
+        }
     }
 
     /// A link whose sign-on the bank answered 00 at `t0`.
@@ -966,25 +972,13 @@ mod tests {
     /// Plays a bank that signs: answers `frame` 00 with the MAC `key` gives, then flips
     /// one bit of the MAC when `tamper`.
     fn signed_answer(frame: &Frame, key: &MacKey, tamper: bool) -> Frame {
-        let d = builtin::bank_bcd();
-        let req = d.decode(frame.message.clone()).unwrap();
-        let mut b = MessageBuilder::new(d, req.mti().response());
-        let vals: Vec<(u8, Vec<u8>)> = [7u8, 11, 37, 70]
-            .iter()
-            .filter_map(|&n| req.get(n).map(|v| (n, v.into_owned())))
-            .collect();
-        for (n, v) in &vals {
-            b.set(*n, v);
-        }
-        b.set(39, b"00");
-        let mut message = b.encode_with_mac(key).unwrap().to_vec();
+        let mut f = answer_frame(frame, b"00", Some(key));
         if tamper {
+            let mut message = f.message.to_vec();
             *message.last_mut().unwrap() ^= 0x01;
+            f.message = Bytes::from(message);
         }
-        Frame {
-            header: frame.header.clone(),
-            message: Bytes::from(message),
-        }
+        f
     }
 
     // Proves a link with a MAC key signs what it sends, drops an answer whose MAC fails

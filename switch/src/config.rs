@@ -970,7 +970,8 @@ where
 mod tests {
     use super::*;
 
-    const MIN: &str = r#"
+    /// A configuration with one bank, for tests to extend.
+    pub(super) const MIN: &str = r#"
 [switch]
 instance_id = 1
 [merchant_listener]
@@ -1061,29 +1062,13 @@ mod layered_tests {
             .into_iter()
     }
 
-    const TWO_BANKS: &str = r#"
-[switch]
-instance_id = 1
-[merchant_listener]
-tcp = "127.0.0.1:0"
-[database]
-url = "postgres://x"
-[redis]
-url = "redis://x"
-[security]
-master_key_hex = "0000000000000000000000000000000000000000000000000000000000000001"
-pan_hash_key_hex = "0000000000000000000000000000000000000000000000000000000000000002"
-[[bank]]
-id = "a"
-dialect = "bank-bcd-v1"
-addr = "127.0.0.1:9"
-acquirer_id = "1"
-[[bank]]
-id = "b"
-dialect = "bank-ebcdic-v1"
-addr = "bank-b.internal:35151"
-acquirer_id = "2"
-"#;
+    /// Two banks: `a` (bank-bcd-v1, an IP address) and `b` (bank-ebcdic-v1, a host name).
+    fn two_banks() -> String {
+        format!(
+            "{}[[bank]]\nid = \"b\"\ndialect = \"bank-ebcdic-v1\"\naddr = \"bank-b.internal:35151\"\nacquirer_id = \"2\"\n",
+            super::tests::MIN
+        )
+    }
 
     // Proves a variable reaches one key of one [[bank]] entry (the rest of the entry and
     // the other banks stay as the file has them), keeps digits and hex as text, and can
@@ -1104,7 +1089,7 @@ acquirer_id = "2"
             ("SWITCHYARD__BANK__2__ADDR", "10.0.0.3:1"),
             ("SWITCHYARD__BANK__2__ACQUIRER_ID", "3"),
         ]);
-        let c = Config::from_toml_with_env(TWO_BANKS, env).unwrap();
+        let c = Config::from_toml_with_env(&two_banks(), env).unwrap();
         assert_eq!(c.banks.len(), 3);
         assert_eq!(c.banks[0].acquirer_id, "000123");
         assert_eq!(c.banks[0].mac, BankMac::X919);
@@ -1115,7 +1100,7 @@ acquirer_id = "2"
         assert_eq!(c.banks[1].dialect, "bank-ebcdic-v1");
         assert_eq!(c.banks[2].id, "c");
         let c = Config::from_toml_with_env(
-            TWO_BANKS,
+            &two_banks(),
             vars(&[
                 ("SWITCHYARD__ADMIN__ADDR", "127.0.0.1:0"),
                 (
@@ -1133,13 +1118,14 @@ acquirer_id = "2"
     // blame, and the file's key and value when the file is.
     #[test]
     fn errors_name_source_key_and_value() {
-        let e = Config::from_toml_with_env(TWO_BANKS, vars(&[("SWITCHYARD__BANK__1__LINKS", "0")]))
-            .unwrap_err()
-            .to_string();
+        let e =
+            Config::from_toml_with_env(&two_banks(), vars(&[("SWITCHYARD__BANK__1__LINKS", "0")]))
+                .unwrap_err()
+                .to_string();
         assert!(e.contains("SWITCHYARD__BANK__1__LINKS"), "{e}");
         assert!(e.contains("bank.1.links = \"0\""), "{e}");
         let e = Config::from_toml_with_env(
-            TWO_BANKS,
+            &two_banks(),
             vars(&[("SWITCHYARD__BANK__0__TIMEOUT_MS", "soon")]),
         )
         .unwrap_err()
@@ -1149,7 +1135,7 @@ acquirer_id = "2"
             "{e}"
         );
         let e = Config::from_toml_with_env(
-            &TWO_BANKS.replace("bank-ebcdic-v1", "bank-nope-v9"),
+            &two_banks().replace("bank-ebcdic-v1", "bank-nope-v9"),
             std::iter::empty(),
         )
         .unwrap_err()
@@ -1158,14 +1144,14 @@ acquirer_id = "2"
         assert!(e.contains("configuration text, key bank.1.dialect"), "{e}");
         assert!(e.contains("unknown dialect"), "{e}");
         let e = Config::from_toml_with_env(
-            &TWO_BANKS.replace("bank-b.internal:35151", "bank-b.internal"),
+            &two_banks().replace("bank-b.internal:35151", "bank-b.internal"),
             std::iter::empty(),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("bank.1.addr = \"bank-b.internal\""), "{e}");
         let e = Config::from_toml_with_env(
-            TWO_BANKS,
+            &two_banks(),
             vars(&[
                 ("SWITCHYARD__BANK__0__MAC", "x9.19"),
                 ("SWITCHYARD__BANK__0__MAC_KEY_HEX", "00"),
