@@ -388,16 +388,8 @@ impl Link {
         };
         // Checked before anything is read from it: a message that fails is not the
         // bank's, so it neither answers a request nor counts as the link being alive.
-        if let Some(key) = &self.config.mac {
-            let check = msg.check_mac(key);
-            if check != MacCheck::Valid {
-                self.events.push_back(Event::BadMac {
-                    mti: msg.mti(),
-                    stan: msg.get_u64(11),
-                    check,
-                });
-                return;
-            }
+        if self.mac_rejects(&msg) {
+            return;
         }
         self.last_rx = now.mono;
         self.echoes_missed = 0;
@@ -429,13 +421,7 @@ impl Link {
             return;
         };
         self.untrack(&key, &p);
-        let rtt_us = now.mono.saturating_duration_since(p.sent).as_micros() as u64;
-        self.rtt_ewma_us = Some(match self.rtt_ewma_us {
-            None => rtt_us,
-            Some(avg) => {
-                (avg * (16 - RTT_EWMA_WEIGHT_SIXTEENTHS) + rtt_us * RTT_EWMA_WEIGHT_SIXTEENTHS) / 16
-            }
-        });
+        self.observe_round_trip(now.mono.saturating_duration_since(p.sent));
         match p.origin {
             Origin::User(id) => {
                 self.user_in_flight -= 1;
@@ -462,7 +448,33 @@ impl Link {
         }
     }
 
-    /// Answers a bank's own sign-on or echo.
+    /// With a MAC key: whether `msg` fails its MAC check (reported as [`Event::BadMac`]).
+    fn mac_rejects(&mut self, msg: &Message) -> bool {
+        let Some(key) = &self.config.mac else {
+            return false;
+        };
+        let check = msg.check_mac(key);
+        if check == MacCheck::Valid {
+            return false;
+        }
+        self.events.push_back(Event::BadMac {
+            mti: msg.mti(),
+            stan: msg.get_u64(11),
+            check,
+        });
+        true
+    }
+
+    fn observe_round_trip(&mut self, rtt: Duration) {
+        let rtt_us = rtt.as_micros() as u64;
+        self.rtt_ewma_us = Some(match self.rtt_ewma_us {
+            None => rtt_us,
+            Some(avg) => {
+                (avg * (16 - RTT_EWMA_WEIGHT_SIXTEENTHS) + rtt_us * RTT_EWMA_WEIGHT_SIXTEENTHS) / 16
+            }
+        });
+    }
+
     /// Answers a message the bank started (an advice), once its owner has made it durable.
     /// `header` is the frame header it came with; the answer's swaps source and destination.
     pub fn answer(&mut self, header: &Bytes, message: Bytes) {
@@ -479,6 +491,7 @@ impl Link {
         ));
     }
 
+    /// Answers a bank's own sign-on or echo.
     fn answer_network(&mut self, header: &Bytes, msg: &Message) {
         let mut b = MessageBuilder::new(self.config.dialect, Mti::NETWORK_RESPONSE);
         let values: Vec<(u8, Vec<u8>)> = [7u8, 11, 32, 70]

@@ -23,6 +23,8 @@ use serde::{Deserialize, Deserializer};
 pub const ENV_PREFIX: &str = "SWITCHYARD__";
 /// Separates the levels of a key in an environment variable's name.
 pub const ENV_SEPARATOR: &str = "__";
+/// How errors name the environment as a source.
+const ENV_METADATA_NAME: &str = "environment";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -807,12 +809,16 @@ fn locate(figment: &Figment, key: &str) -> (String, String) {
         Value::Array(..) | Value::Dict(..) => "(a table or list)".into(),
         other => format!("{other:?}"),
     };
-    let source = match figment.get_metadata(value.tag()) {
-        Some(md) => {
-            let parts: Vec<&str> = key.split('.').collect();
-            md.interpolate(&Profile::Default, &parts)
-        }
-        None => "default".into(),
+    let Some(md) = figment.get_metadata(value.tag()) else {
+        return (shown, "default".into());
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let name = md.interpolate(&Profile::Default, &parts);
+    // A variable's name says it all; a file needs its path and the key.
+    let source = match &md.source {
+        Some(file) => format!("{file}, key {name}"),
+        None if md.name == ENV_METADATA_NAME => name,
+        None => format!("{}, key {name}", md.name),
     };
     (shown, source)
 }
@@ -826,13 +832,15 @@ struct TomlFile {
 
 impl Provider for TomlFile {
     fn metadata(&self) -> Metadata {
-        let name = match &self.path {
-            Some(p) => p.display().to_string(),
-            None => "configuration text".into(),
-        };
-        Metadata::named("configuration file").interpolater(move |_: &Profile, keys: &[&str]| {
-            format!("{name}, key {}", keys.join("."))
-        })
+        let keys = |_: &Profile, keys: &[&str]| keys.join(".");
+        match &self.path {
+            // Custom, not a file source: figment would shorten the path relative to the
+            // working directory, and the path as given is what the operator knows.
+            Some(p) => Metadata::named("configuration file")
+                .source(figment::Source::Custom(p.display().to_string()))
+                .interpolater(keys),
+            None => Metadata::named("configuration text").interpolater(keys),
+        }
     }
 
     fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
@@ -887,7 +895,7 @@ impl EnvVars {
 
 impl Provider for EnvVars {
     fn metadata(&self) -> Metadata {
-        Metadata::named("environment").interpolater(|_: &Profile, keys: &[&str]| {
+        Metadata::named(ENV_METADATA_NAME).interpolater(|_: &Profile, keys: &[&str]| {
             let upper: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
             format!("{ENV_PREFIX}{}", upper.join(ENV_SEPARATOR))
         })
