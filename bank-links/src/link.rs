@@ -994,8 +994,8 @@ mod tests {
         f
     }
 
-    // Proves a link with a MAC key signs what it sends, drops an answer whose MAC fails
-    // (reporting it, staying up) and takes one whose MAC verifies.
+    // Proves a link with a MAC key signs what it sends, drops an answer whose MAC is wrong
+    // or missing (reporting it, staying up) and takes one whose MAC verifies.
     #[test]
     fn mac_signs_and_checks() {
         let t0 = Instant::now();
@@ -1018,6 +1018,14 @@ mod tests {
             e,
             Event::BadMac {
                 check: MacCheck::Invalid,
+                ..
+            }
+        )));
+        link.handle_frame(at(t0, 1), answer_frame(&sign_on, b"00", None));
+        assert!(events(&mut link).iter().any(|e| matches!(
+            e,
+            Event::BadMac {
+                check: MacCheck::Missing,
                 ..
             }
         )));
