@@ -279,7 +279,6 @@ mod tests {
         path: &str,
         token: Option<&str>,
     ) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let tokens = vec![
             Token {
                 token: "view".into(),
@@ -298,18 +297,14 @@ mod tests {
         )
         .await
         .unwrap();
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let code = out[9..12].parse().unwrap();
-        (code, out)
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = reqwest::Client::new().request(method, format!("http://{addr}{path}"));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.unwrap();
+        let code = response.status().as_u16();
+        (code, response.text().await.unwrap())
     }
 
     // Proves metrics are open, reads need a viewer token, actions need an operator token.

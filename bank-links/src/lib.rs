@@ -10,6 +10,7 @@
 //! - [`breaker`]: the per-bank circuit breaker.
 //! - [`bank`]: a bank's set of links, spreading traffic by least in-flight.
 
+pub mod backoff;
 pub mod bank;
 pub mod breaker;
 pub mod link;
@@ -21,6 +22,7 @@ pub mod transport;
 /// The shell's former name, kept for callers.
 pub use shell as tcp;
 
+pub use backoff::Backoff;
 pub use bank::{Bank, BankConfig};
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use link::{Event, Link, LinkConfig, LinkState, MatchKey, Outcome, TransmitKind};

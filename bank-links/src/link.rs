@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use codec::{DecodeError, Dialect, Frame, Message, MessageBuilder, Mti};
+use codec::{DecodeError, Dialect, Frame, MacCheck, MacKey, Message, MessageBuilder, Mti};
 
 use crate::stan::{StanAllocator, format_stan};
 
@@ -67,6 +67,10 @@ pub struct LinkConfig {
     pub echo_missed_max: u32,
     /// Requests in flight on this link at most.
     pub in_flight_max: usize,
+    /// The bank's message MAC key (X9.19 or HMAC-SHA256): when set, every message sent is
+    /// signed and every message received must carry a MAC that verifies, or it is dropped
+    /// unread (docs/bank-protocol.md).
+    pub mac: Option<MacKey>,
 }
 
 /// What keeps a response apart from every other one in flight on the link: the request
@@ -127,6 +131,13 @@ pub enum Event {
     Garbage(DecodeError),
     /// The bank answered the sign-on with something other than `00`.
     SignOnRefused(String),
+    /// A message whose MAC was missing or wrong: dropped unread; the link stays up.
+    BadMac {
+        mti: Mti,
+        /// DE11, when the message has one (to find it in the bank's logs).
+        stan: Option<u64>,
+        check: MacCheck,
+    },
 }
 
 /// Why a request was not sent.
@@ -138,6 +149,8 @@ pub enum SendError {
     Busy(usize),
     #[error("a request with the same match key is in flight")]
     KeyInUse,
+    #[error("the request cannot be signed with the bank's MAC")]
+    Unsignable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +294,7 @@ impl Link {
         if self.pending.contains_key(&key) {
             return Err(SendError::KeyInUse);
         }
+        let message = self.sign(message).ok_or(SendError::Unsignable)?;
         let deadline = now.mono + timeout;
         self.track(key, Origin::User(id), deadline, now.mono);
         self.user_in_flight += 1;
@@ -325,7 +339,7 @@ impl Link {
         if self.config.dialect.field(32).is_some() && !self.config.acquirer_id.is_empty() {
             b.set(32, self.config.acquirer_id.as_bytes());
         }
-        match b.encode() {
+        match self.encode(&b) {
             Ok(message) => {
                 let key = MatchKey {
                     class: 8,
@@ -346,17 +360,39 @@ impl Link {
         }
     }
 
+    /// Encodes a message the link writes itself, signed when the bank uses a MAC.
+    fn encode(&self, b: &MessageBuilder<'_>) -> Result<Bytes, codec::EncodeError> {
+        match &self.config.mac {
+            Some(key) => b.encode_with_mac(key),
+            None => b.encode(),
+        }
+    }
+
+    /// Signs a message encoded elsewhere when the bank uses a MAC; None if it cannot be.
+    fn sign(&self, message: Bytes) -> Option<Bytes> {
+        match &self.config.mac {
+            Some(key) => codec::mac::sign_encoded(self.config.dialect, message, key).ok(),
+            None => Some(message),
+        }
+    }
+
     /// A frame arrived from the bank.
     pub fn handle_frame(&mut self, now: Now, frame: Frame) {
-        self.last_rx = now.mono;
-        self.echoes_missed = 0;
         let msg = match self.config.dialect.decode(frame.message) {
             Ok(m) => m,
             Err(e) => {
+                self.last_rx = now.mono;
                 self.events.push_back(Event::Garbage(e));
                 return;
             }
         };
+        // Checked before anything is read from it: a message that fails is not the
+        // bank's, so it neither answers a request nor counts as the link being alive.
+        if self.mac_rejects(&msg) {
+            return;
+        }
+        self.last_rx = now.mono;
+        self.echoes_missed = 0;
         if msg.mti().is_request() {
             if msg.mti() == Mti::NETWORK_REQUEST {
                 self.answer_network(&frame.header, &msg);
@@ -385,13 +421,7 @@ impl Link {
             return;
         };
         self.untrack(&key, &p);
-        let rtt_us = now.mono.saturating_duration_since(p.sent).as_micros() as u64;
-        self.rtt_ewma_us = Some(match self.rtt_ewma_us {
-            None => rtt_us,
-            Some(avg) => {
-                (avg * (16 - RTT_EWMA_WEIGHT_SIXTEENTHS) + rtt_us * RTT_EWMA_WEIGHT_SIXTEENTHS) / 16
-            }
-        });
+        self.observe_round_trip(now.mono.saturating_duration_since(p.sent));
         match p.origin {
             Origin::User(id) => {
                 self.user_in_flight -= 1;
@@ -418,10 +448,40 @@ impl Link {
         }
     }
 
-    /// Answers a bank's own sign-on or echo.
+    /// With a MAC key: whether `msg` fails its MAC check (reported as [`Event::BadMac`]).
+    fn mac_rejects(&mut self, msg: &Message) -> bool {
+        let Some(key) = &self.config.mac else {
+            return false;
+        };
+        let check = msg.check_mac(key);
+        if check == MacCheck::Valid {
+            return false;
+        }
+        self.events.push_back(Event::BadMac {
+            mti: msg.mti(),
+            stan: msg.get_u64(11),
+            check,
+        });
+        true
+    }
+
+    fn observe_round_trip(&mut self, rtt: Duration) {
+        let rtt_us = rtt.as_micros() as u64;
+        self.rtt_ewma_us = Some(match self.rtt_ewma_us {
+            None => rtt_us,
+            Some(avg) => {
+                (avg * (16 - RTT_EWMA_WEIGHT_SIXTEENTHS) + rtt_us * RTT_EWMA_WEIGHT_SIXTEENTHS) / 16
+            }
+        });
+    }
+
     /// Answers a message the bank started (an advice), once its owner has made it durable.
     /// `header` is the frame header it came with; the answer's swaps source and destination.
     pub fn answer(&mut self, header: &Bytes, message: Bytes) {
+        // One that cannot be signed is not sent: the bank repeats its advice.
+        let Some(message) = self.sign(message) else {
+            return;
+        };
         self.outbox.push_back((
             Frame {
                 header: swap_tpdu(header),
@@ -431,6 +491,7 @@ impl Link {
         ));
     }
 
+    /// Answers a bank's own sign-on or echo.
     fn answer_network(&mut self, header: &Bytes, msg: &Message) {
         let mut b = MessageBuilder::new(self.config.dialect, Mti::NETWORK_RESPONSE);
         let values: Vec<(u8, Vec<u8>)> = [7u8, 11, 32, 70]
@@ -441,7 +502,7 @@ impl Link {
             b.set(*n, v);
         }
         b.set(39, b"00");
-        if let Ok(message) = b.encode() {
+        if let Ok(message) = self.encode(&b) {
             self.outbox.push_back((
                 Frame {
                     header: swap_tpdu(header),
@@ -582,6 +643,7 @@ mod tests {
             echo_timeout_ms: 1000,
             echo_missed_max: 2,
             in_flight_max: 2,
+            mac: None,
         }
     }
 
@@ -594,8 +656,13 @@ mod tests {
 
     /// Plays the bank: answers a network request frame with the given code.
     fn answer(link: &mut Link, now: Now, frame: Frame, rc: &[u8]) {
+        link.handle_frame(now, answer_frame(&frame, rc, None));
+    }
+
+    /// The bank's answer to `frame` with code `rc`, signed when `key` is given.
+    fn answer_frame(frame: &Frame, rc: &[u8], key: Option<&MacKey>) -> Frame {
         let d = builtin::bank_bcd();
-        let req = d.decode(frame.message).unwrap();
+        let req = d.decode(frame.message.clone()).unwrap();
         let mut b = MessageBuilder::new(d, req.mti().response());
         let vals: Vec<(u8, Vec<u8>)> = [7u8, 11, 37, 70]
             .iter()
@@ -605,13 +672,14 @@ mod tests {
             b.set(*n, v);
         }
         b.set(39, rc);
-        link.handle_frame(
-            now,
-            Frame {
-                header: frame.header,
-                message: b.encode().unwrap(),
-            },
-        );
+        let message = match key {
+            Some(key) => b.encode_with_mac(key).unwrap(),
+            None => b.encode().unwrap(),
+        };
+        Frame {
+            header: frame.header.clone(),
+            message,
+        }
     }
 
     /// A link whose sign-on the bank answered 00 at `t0`.
@@ -912,5 +980,62 @@ mod tests {
         let m = d.decode(frame.message).unwrap();
         assert_eq!(m.mti(), Mti::NETWORK_RESPONSE);
         assert_eq!(m.get_str(39).unwrap(), "00");
+    }
+
+    /// Plays a bank that signs: answers `frame` 00 with the MAC `key` gives, then flips
+    /// one bit of the MAC when `tamper`.
+    fn signed_answer(frame: &Frame, key: &MacKey, tamper: bool) -> Frame {
+        let mut f = answer_frame(frame, b"00", Some(key));
+        if tamper {
+            let mut message = f.message.to_vec();
+            *message.last_mut().unwrap() ^= 0x01;
+            f.message = Bytes::from(message);
+        }
+        f
+    }
+
+    // Proves a link with a MAC key signs what it sends, drops an answer whose MAC is wrong
+    // or missing (reporting it, staying up) and takes one whose MAC verifies.
+    #[test]
+    fn mac_signs_and_checks() {
+        let t0 = Instant::now();
+        let key = MacKey::x9_19(&[0x5A; 16]);
+        let mut link = Link::new(
+            LinkConfig {
+                mac: Some(key.clone()),
+                ..config()
+            },
+            Arc::new(StanAllocator::default()),
+            t0,
+        );
+        link.handle_connected(at(t0, 0));
+        let sign_on = link.poll_transmit().unwrap();
+        let sent = builtin::bank_bcd().decode(sign_on.message.clone()).unwrap();
+        assert_eq!(sent.check_mac(&key), MacCheck::Valid);
+        link.handle_frame(at(t0, 1), signed_answer(&sign_on, &key, true));
+        assert_eq!(link.state(), LinkState::SigningOn);
+        assert!(events(&mut link).iter().any(|e| matches!(
+            e,
+            Event::BadMac {
+                check: MacCheck::Invalid,
+                ..
+            }
+        )));
+        link.handle_frame(at(t0, 1), answer_frame(&sign_on, b"00", None));
+        assert!(events(&mut link).iter().any(|e| matches!(
+            e,
+            Event::BadMac {
+                check: MacCheck::Missing,
+                ..
+            }
+        )));
+        link.handle_frame(at(t0, 2), signed_answer(&sign_on, &key, false));
+        assert_eq!(link.state(), LinkState::Ready);
+        let (k, msg) = purchase(600);
+        link.send(at(t0, 3), 1, k, msg, Duration::from_secs(1))
+            .unwrap();
+        let purchase = link.poll_transmit().unwrap();
+        let sent = builtin::bank_bcd().decode(purchase.message).unwrap();
+        assert_eq!(sent.check_mac(&key), MacCheck::Valid);
     }
 }

@@ -71,25 +71,12 @@ impl From<SendError> for LinkError {
     fn from(e: SendError) -> Self {
         match e {
             SendError::NotReady => LinkError::NotReady,
-            SendError::Busy(_) | SendError::KeyInUse => LinkError::Busy,
+            SendError::Busy(_) | SendError::KeyInUse | SendError::Unsignable => LinkError::Busy,
         }
     }
 }
 
-/// Bounded exponential backoff with jitter: `min * 2^attempt`, capped at `max`, then
-/// scaled by a factor in [0.5, 1.0] so that many links do not reconnect in lockstep.
-pub fn backoff_delay(attempt: u32, min_ms: u64, max_ms: u64, jitter_permille: u64) -> Duration {
-    let exp = min_ms.saturating_mul(1u64 << attempt.min(20)).min(max_ms);
-    let jitter = 500 + jitter_permille.min(1000) / 2;
-    Duration::from_millis(exp * jitter / 1000)
-}
-
-/// Reconnect timing.
-#[derive(Debug, Clone, Copy)]
-pub struct Backoff {
-    pub min_ms: u64,
-    pub max_ms: u64,
-}
+pub use crate::backoff::Backoff;
 
 enum Command {
     Send {
@@ -116,6 +103,7 @@ struct Shared {
     round_trip_us: AtomicU64,
     connects: AtomicU64,
     connect_failures: AtomicU64,
+    mac_failures: AtomicU64,
 }
 
 fn state_code(s: LinkState) -> u8 {
@@ -216,6 +204,11 @@ impl LinkHandle {
         self.shared.connect_failures.load(Ordering::Relaxed)
     }
 
+    /// Messages from the bank dropped because their MAC was missing or wrong.
+    pub fn mac_failures(&self) -> u64 {
+        self.shared.mac_failures.load(Ordering::Relaxed)
+    }
+
     /// Sends a request and waits for its outcome (answered, timed out or link lost).
     pub async fn send(
         &self,
@@ -258,7 +251,7 @@ pub fn spawn_tcp(
     shutdown: CancellationToken,
 ) -> LinkHandle {
     let endpoint = LinkEndpoint::Connect {
-        addr,
+        addr: addr.to_string(),
         connector: Connector::Tcp,
     };
     spawn_link(config, endpoint, stans, backoff, notices, shutdown)
@@ -281,6 +274,7 @@ pub fn spawn_link(
         round_trip_us: AtomicU64::new(0),
         connects: AtomicU64::new(0),
         connect_failures: AtomicU64::new(0),
+        mac_failures: AtomicU64::new(0),
     });
     let task = LinkTask {
         link: Link::new(config, stans, Instant::now()),
@@ -331,7 +325,7 @@ impl LinkTask {
     async fn run(mut self, endpoint: LinkEndpoint, backoff: Backoff, shutdown: CancellationToken) {
         let mut attempt = 0u32;
         let port = match &endpoint {
-            LinkEndpoint::Connect { addr, .. } => addr.port(),
+            LinkEndpoint::Connect { addr, .. } => addr.len() as u16,
             LinkEndpoint::Listen(l) => l.local_addr().port(),
         };
         let mut seed = Instant::now().elapsed().as_nanos() as u64
@@ -348,7 +342,7 @@ impl LinkTask {
                     LinkEndpoint::Connect { addr, connector } => {
                         let connected = tokio::time::timeout(
                             Duration::from_millis(CONNECT_TIMEOUT_MS),
-                            connector.connect(*addr),
+                            connector.connect(addr),
                         )
                         .await;
                         match connected {
@@ -398,7 +392,7 @@ impl LinkTask {
                 // The bank redials; there is nothing to back off from.
                 Duration::ZERO
             } else {
-                backoff_delay(attempt, backoff.min_ms, backoff.max_ms, seed % 1001)
+                backoff.jittered(attempt, seed % 1001)
             };
             attempt = attempt.saturating_add(1);
             let wake = tokio::time::Instant::now() + delay;
@@ -643,6 +637,11 @@ impl LinkTask {
                 Event::SignOnRefused(rc) => {
                     tracing::warn!(link = %self.shared.name, rc = %rc, "bank refused sign-on")
                 }
+                Event::BadMac { mti, stan, check } => {
+                    self.shared.mac_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(link = %self.shared.name, %mti, stan = ?stan, check = ?check,
+                        "bank message dropped: MAC missing or wrong (tampered, or keys differ)")
+                }
             }
         }
     }
@@ -823,31 +822,5 @@ async fn accept_bank_streams(
                 let _ = send.finish();
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Proves backoff doubles, is capped, and jitter keeps it within [half, full].
-    #[test]
-    fn backoff_bounds() {
-        assert_eq!(
-            backoff_delay(0, 100, 10_000, 1000),
-            Duration::from_millis(100)
-        );
-        assert_eq!(
-            backoff_delay(3, 100, 10_000, 1000),
-            Duration::from_millis(800)
-        );
-        assert_eq!(
-            backoff_delay(30, 100, 10_000, 1000),
-            Duration::from_millis(10_000)
-        );
-        assert_eq!(
-            backoff_delay(30, 100, 10_000, 0),
-            Duration::from_millis(5_000)
-        );
     }
 }

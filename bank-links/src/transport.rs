@@ -157,8 +157,28 @@ impl Connector {
         })
     }
 
-    /// One connection attempt (the caller bounds it with a timeout).
-    pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, TransportError> {
+    /// One connection attempt to `host:port` (the caller bounds it with a timeout). The
+    /// name is resolved afresh on every attempt, so a bank that moves (a service name
+    /// pointing elsewhere) is found on the next reconnect; each address it resolves to is
+    /// tried in turn.
+    pub async fn connect(&self, addr: &str) -> Result<Conn, TransportError> {
+        let mut last = None;
+        for resolved in tokio::net::lookup_host(addr).await? {
+            match self.connect_to(resolved).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{addr} resolves to no address"),
+            )
+            .into()
+        }))
+    }
+
+    async fn connect_to(&self, addr: SocketAddr) -> Result<Conn, TransportError> {
         match self {
             Connector::Tcp => {
                 let s = TcpStream::connect(addr).await?;
@@ -199,11 +219,9 @@ impl Connector {
 /// Where a link's connection comes from.
 #[derive(Debug, Clone)]
 pub enum LinkEndpoint {
-    /// The switch dials `addr`, reconnecting with backoff.
-    Connect {
-        addr: SocketAddr,
-        connector: Connector,
-    },
+    /// The switch dials `addr` (`host:port`, the host a name or an IP address, resolved
+    /// on every attempt), reconnecting with backoff.
+    Connect { addr: String, connector: Connector },
     /// The bank dials the switch; links take accepted connections from a shared listener.
     Listen(Arc<BankListener>),
 }

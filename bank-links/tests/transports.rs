@@ -237,3 +237,33 @@ async fn listen_mode_quic_bank_streams() {
     link.shutdown.cancel();
     stop.cancel();
 }
+
+// Proves a bank address may be a host name: a link to `localhost:PORT` signs on and
+// carries traffic, and one to a name that does not resolve keeps trying (each attempt
+// resolves the name again and fails on its own) without ever getting ready.
+#[tokio::test]
+async fn host_name_addresses_resolve_on_every_connect() {
+    let (addrs, sim) = sim(Transport::Tcp, Faults::default()).await;
+    let stans = Arc::new(StanAllocator::default());
+    let endpoint = LinkEndpoint::Connect {
+        addr: format!("localhost:{}", addrs.listen.port()),
+        connector: connector(TransportKind::Tcp, None),
+    };
+    let link = spawn(link_config("bank.0"), endpoint, stans.clone());
+    ready(&link.handle).await;
+    let outcome = pay(&link.handle, &stans, 1, 1_000, Duration::from_secs(10)).await;
+    assert_eq!(rc(&outcome).as_deref(), Some("00"));
+    link.shutdown.cancel();
+
+    let endpoint = LinkEndpoint::Connect {
+        addr: "bank.does-not-resolve.invalid:9".into(),
+        connector: connector(TransportKind::Tcp, None),
+    };
+    let lost = spawn(link_config("bank.1"), endpoint, stans);
+    let h = lost.handle.clone();
+    eventually("three failed resolutions", || h.connect_failures() >= 3).await;
+    assert_ne!(h.state(), LinkState::Ready);
+    assert_eq!(h.connects(), 0);
+    lost.shutdown.cancel();
+    sim.shutdown().await;
+}

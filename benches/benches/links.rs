@@ -103,6 +103,7 @@ async fn pair(kind: TransportKind, pki: &Pki) -> Pair {
         echo_timeout_ms: 5_000,
         echo_missed_max: 3,
         in_flight_max: PIPELINE * 2,
+        mac: None,
     };
     let stans = Arc::new(StanAllocator::default());
     let (notices, mut notice_rx) = tokio::sync::mpsc::channel(1024);
@@ -112,7 +113,7 @@ async fn pair(kind: TransportKind, pki: &Pki) -> Pair {
     let link = spawn_link(
         config,
         LinkEndpoint::Connect {
-            addr: addrs.listen,
+            addr: addrs.listen.to_string(),
             connector,
         },
         stans.clone(),

@@ -521,6 +521,11 @@ pub mod builtin {
     pub fn bank_bcd() -> &'static Dialect {
         get(BANK_BCD_V1).expect("bank dialect is built in")
     }
+
+    /// The EBCDIC bank dialect.
+    pub fn bank_ebcdic() -> &'static Dialect {
+        get(BANK_EBCDIC_V1).expect("bank dialect is built in")
+    }
 }
 
 /// Makes a dialect loaded at run time live as long as the built-in ones.

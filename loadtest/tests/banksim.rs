@@ -102,19 +102,16 @@ fn str_of(m: &Message, n: u8) -> String {
     m.get_str(n).map(|s| s.into_owned()).unwrap_or_default()
 }
 
-/// A plain HTTP/1.1 request over a fresh connection: (status, body).
+/// An HTTP request with no body to the control endpoint: (status, body).
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").expect("HTTP head");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let response = reqwest::Client::new()
+        .request(method, format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
 }
 
 async fn record(addrs: &Addrs) -> Value {
@@ -502,5 +499,53 @@ async fn reversal_of_an_unknown_rrn_answered_25() {
     assert_eq!(v["approved"][0]["reversed"], true);
     assert_eq!(v["unknown_reversals"]["000000000399"], 1);
     assert!(v["unknown_reversals"].get("000000000301").is_none());
+    handle.shutdown().await;
+}
+
+// Proves a simulator with a MAC key drops (and counts) a request without a MAC or with a
+// wrong one, answers a signed one with an answer whose MAC verifies, and under
+// --tamper-mac-every sends a financial answer whose MAC fails.
+#[tokio::test]
+async fn mac_checked_and_signed() {
+    let key = codec::MacKey::x9_19(&[0x3C; 16]);
+    let config = Config {
+        mac: Some(key.clone()),
+        faults: banksim::Faults {
+            tamper_mac_every: Some(2),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let (addrs, handle) = start(config).await;
+    let mut link = connect(&addrs).await;
+    let d = builtin::bank_bcd();
+    send(&mut link, network("000001", "001")).await;
+    assert!(recv(&mut link, NO_ANSWER_WAIT).await.is_none(), "unsigned");
+    let signed = codec::mac::sign_encoded(d, network("000002", "001"), &key).unwrap();
+    let mut wrong = signed.to_vec();
+    *wrong.last_mut().unwrap() ^= 0x80;
+    send(&mut link, Bytes::from(wrong)).await;
+    assert!(recv(&mut link, NO_ANSWER_WAIT).await.is_none(), "wrong MAC");
+    send(&mut link, signed).await;
+    let r = recv(&mut link, ANSWER_WAIT)
+        .await
+        .expect("signed sign-on answered");
+    assert_eq!(r.check_mac(&key), codec::MacCheck::Valid);
+    for (i, expect) in [codec::MacCheck::Valid, codec::MacCheck::Invalid]
+        .into_iter()
+        .enumerate()
+    {
+        let stan = format!("{:06}", 20 + i);
+        let rrn = format!("{:012}", 2000 + i);
+        let p = codec::mac::sign_encoded(d, purchase(&stan, &rrn, "000000001000"), &key);
+        send(&mut link, p.unwrap()).await;
+        let r = recv(&mut link, ANSWER_WAIT)
+            .await
+            .expect("purchase answered");
+        assert_eq!(r.check_mac(&key), expect, "purchase {i}");
+    }
+    let v = record(&addrs).await;
+    assert_eq!(v["mac_failures"], 2);
+    assert_eq!(v["macs_tampered"], 1);
     handle.shutdown().await;
 }

@@ -130,7 +130,11 @@ pub async fn sample(
 
 fn sample_links(admin: &SwitchAdmin) {
     let m = &admin.metrics;
-    for b in admin.banks.values() {
+    for (id, b) in admin.banks.iter() {
+        // The links count what they drop; the counter follows their sum.
+        let mac_failures: u64 = b.links.iter().map(|l| l.mac_failures()).sum();
+        let counter = m.bank_mac_failures.with_label_values(&[id.as_str()]);
+        counter.inc_by(mac_failures.saturating_sub(counter.get()));
         for l in &b.links {
             let now = l.state();
             for s in LINK_STATES {

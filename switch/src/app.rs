@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::SwitchAdmin;
-use crate::config::Config;
+use crate::config::{BankMode, BankTransport, Config};
 use crate::crypto::Vault;
 use crate::engine::Engine;
 use crate::ids::Ids;
@@ -83,35 +83,13 @@ pub async fn run(
     on_ready: impl FnOnce(&Bound),
 ) -> Result<(), StartError> {
     // Checks that need no network first: dialects, keys, TLS files.
-    let dialects = dialects::load(&config.switch.dialect_files)?;
-    let mut bank_dialects: HashMap<String, &'static Dialect> = HashMap::new();
-    for b in &config.banks {
-        let d = dialects.get(&b.dialect).copied().ok_or_else(|| {
-            StartError::Invalid(format!("bank {}: unknown dialect {}", b.id, b.dialect))
-        })?;
-        let header_len = b
-            .header_hex
-            .as_ref()
-            .map(|h| h.len() / 2)
-            .unwrap_or(usize::from(d.framing.header_len));
-        if header_len != usize::from(d.framing.header_len) {
-            return Err(StartError::Invalid(format!(
-                "bank {}: header_hex must be {} bytes for dialect {}",
-                b.id, d.framing.header_len, d.name
-            )));
-        }
-        bank_dialects.insert(b.id.clone(), d);
-    }
-    let master = hex::decode(config.security.master_key_hex.trim())
-        .map_err(|e| StartError::Invalid(e.to_string()))?;
-    let pan_key = hex::decode(config.security.pan_hash_key_hex.trim())
-        .map_err(|e| StartError::Invalid(e.to_string()))?;
-    let vault =
-        Arc::new(Vault::new(&master, &pan_key).map_err(|e| StartError::Invalid(e.to_string()))?);
-    let tls = match &config.merchant_listener.tls {
-        Some(t) => Some((t.addr, tls_acceptor(&t.cert_pem, &t.key_pem)?)),
-        None => None,
-    };
+    let Preflight {
+        bank_dialects,
+        vault,
+        merchant_tls: tls,
+        mut bank_tls,
+    } = preflight(&config)?;
+    resolve_banks(&config).await;
 
     // Then the stores: migrations, merchants, routes, Redis, recovery.
     let applied = db::migrate(&config.database.url).await?;
@@ -143,7 +121,9 @@ pub async fn run(
     let cutover = config.switch.business_day_cutover_hour;
     let shared: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover));
     // This process's incarnation of its instance id: names its Redis claims and its lease.
-    let incarnation: u64 = rand::random();
+    let incarnation: u64 = vault
+        .random_u64()
+        .map_err(|e| StartError::Invalid(e.to_string()))?;
     let lease_ms = i64::try_from(config.switch.lease_ms).unwrap_or(i64::MAX);
     shared
         .take_lease(config.switch.instance_id, incarnation as i64, lease_ms)
@@ -157,6 +137,12 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::new());
+    for b in &config.banks {
+        // Present from the start, so rate() sees the first failure.
+        metrics
+            .bank_mac_failures
+            .with_label_values(&[b.id.as_str()]);
+    }
     // Bank links.
     let links_shutdown = CancellationToken::new();
     let (notice_tx, notice_rx) = mpsc::channel(bank_links::tcp::LINK_EVENT_QUEUE_MAX);
@@ -173,7 +159,8 @@ pub async fn run(
         let stans = Arc::new(StanAllocator::starting_at(
             (codec::clock::unix_now() % 999_999) as u32 + 1,
         ));
-        let endpoint = bank_endpoint(b, &links_shutdown).await?;
+        let endpoint = bank_endpoint(b, bank_tls.remove(&b.id).flatten(), &links_shutdown).await?;
+        let mac = b.mac_key();
         let links = (0..b.links)
             .map(|i| {
                 let lc = LinkConfig {
@@ -186,6 +173,7 @@ pub async fn run(
                     echo_timeout_ms: b.echo_timeout_ms,
                     echo_missed_max: b.echo_missed_max,
                     in_flight_max: b.in_flight_per_link,
+                    mac: mac.clone(),
                 };
                 let backoff = Backoff {
                     min_ms: b.reconnect_min_ms,
@@ -425,6 +413,98 @@ pub async fn run(
     Ok(())
 }
 
+/// What the checks before start-up produce: each bank's dialect, the vault, the
+/// merchant TLS acceptor, and each bank's TLS material (None over plain TCP).
+pub struct Preflight {
+    pub bank_dialects: HashMap<String, &'static Dialect>,
+    pub vault: Arc<Vault>,
+    pub merchant_tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
+    pub bank_tls: HashMap<String, Option<bank_links::TlsMaterial>>,
+}
+
+impl std::fmt::Debug for Preflight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preflight")
+            .field("banks", &self.bank_dialects.keys())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Every check `run` makes before it touches the network or binds a port, beyond
+/// [`Config::validate`] (which loading already ran): dialects loaded and looked up, keys
+/// made into a vault, every certificate and key parsed. `check-config` runs exactly this.
+pub fn preflight(config: &Config) -> Result<Preflight, StartError> {
+    let dialects = dialects::load(&config.switch.dialect_files)?;
+    let mut bank_dialects = HashMap::new();
+    let mut bank_tls = HashMap::new();
+    for b in &config.banks {
+        let d = dialects.get(&b.dialect).copied().ok_or_else(|| {
+            StartError::Invalid(format!("bank {}: unknown dialect {:?}", b.id, b.dialect))
+        })?;
+        bank_dialects.insert(b.id.clone(), d);
+        bank_tls.insert(b.id.clone(), bank_tls_material(b)?);
+    }
+    let key =
+        |hex_key: &str| hex::decode(hex_key.trim()).map_err(|e| StartError::Invalid(e.to_string()));
+    let sec = &config.security;
+    let vault = Vault::new(&key(&sec.master_key_hex)?, &key(&sec.pan_hash_key_hex)?)
+        .map_err(|e| StartError::Invalid(e.to_string()))?;
+    let l = &config.merchant_listener;
+    let merchant_tls = match &l.tls {
+        Some(t) => Some((t.addr, tls_acceptor(&t.cert_pem, &t.key_pem)?)),
+        None => None,
+    };
+    if let Some(q) = &l.quic {
+        crate::server::tls_server_config(&q.cert_pem, &q.key_pem)?;
+    }
+    Ok(Preflight {
+        bank_dialects,
+        vault: Arc::new(vault),
+        merchant_tls,
+        bank_tls,
+    })
+}
+
+/// Resolves each connect-mode bank's address once, so a name that does not resolve is
+/// reported at start; not fatal, since links resolve again on every connect (a bank's
+/// name may appear later, as services start in any order).
+pub async fn resolve_banks(config: &Config) -> Vec<String> {
+    let mut unresolved = Vec::new();
+    for b in &config.banks {
+        let Some(addr) = b.addr.as_deref().filter(|_| b.mode == BankMode::Connect) else {
+            continue;
+        };
+        match tokio::net::lookup_host(addr)
+            .await
+            .map(|found| found.count())
+        {
+            Ok(n) if n > 0 => {}
+            Ok(_) => unresolved.push(format!("bank {}: {addr} resolves to no address", b.id)),
+            Err(e) => unresolved.push(format!("bank {}: {addr} does not resolve: {e}", b.id)),
+        }
+    }
+    for u in &unresolved {
+        tracing::warn!("{u}; its links keep trying");
+    }
+    unresolved
+}
+
+fn bank_tls_material(
+    b: &crate::config::BankSection,
+) -> Result<Option<bank_links::TlsMaterial>, StartError> {
+    let invalid = |e: &dyn std::fmt::Display| StartError::Invalid(format!("bank {}: {e}", b.id));
+    match (b.transport, &b.cert_pem, &b.key_pem, &b.ca_pem) {
+        (BankTransport::Tcp, ..) => Ok(None),
+        (_, Some(cert), Some(key), Some(ca)) => {
+            let name = b.server_name.as_deref().unwrap_or("localhost");
+            bank_links::TlsMaterial::from_pem_files(cert, key, ca, name)
+                .map(Some)
+                .map_err(|e| invalid(&e))
+        }
+        _ => Err(invalid(&"TLS needs cert_pem, key_pem and ca_pem")),
+    }
+}
+
 /// Where a bank's links get their connections: the transport, its certificates, and in
 /// listen mode the bound listener they share.
 /// Renews this instance's lease until shutdown ([`crate::lease`]). If another instance
@@ -457,27 +537,19 @@ fn hold_lease(
 
 async fn bank_endpoint(
     b: &crate::config::BankSection,
+    tls: Option<bank_links::TlsMaterial>,
     shutdown: &CancellationToken,
 ) -> Result<bank_links::LinkEndpoint, StartError> {
-    use crate::config::{BankMode, BankTransport};
-    use bank_links::{BankListener, Connector, LinkEndpoint, TlsMaterial, TransportKind};
+    use bank_links::{BankListener, Connector, LinkEndpoint, TransportKind};
     let invalid = |e: &dyn std::fmt::Display| StartError::Invalid(format!("bank {}: {e}", b.id));
     let kind = match b.transport {
         BankTransport::Tcp => TransportKind::Tcp,
         BankTransport::Tls => TransportKind::Tls,
         BankTransport::Quic => TransportKind::Quic,
     };
-    let tls = match (kind, &b.cert_pem, &b.key_pem, &b.ca_pem) {
-        (TransportKind::Tcp, ..) => None,
-        (_, Some(cert), Some(key), Some(ca)) => {
-            let name = b.server_name.as_deref().unwrap_or("localhost");
-            Some(TlsMaterial::from_pem_files(cert, key, ca, name).map_err(|e| invalid(&e))?)
-        }
-        _ => return Err(invalid(&"TLS needs cert_pem, key_pem and ca_pem")),
-    };
-    match (b.mode, b.addr, b.listen_addr) {
+    match (b.mode, &b.addr, b.listen_addr) {
         (BankMode::Connect, Some(addr), _) => Ok(LinkEndpoint::Connect {
-            addr,
+            addr: addr.clone(),
             connector: Connector::new(kind, tls.as_ref()).map_err(|e| invalid(&e))?,
         }),
         (BankMode::Listen, _, Some(addr)) => {

@@ -37,7 +37,8 @@ impl Exchange {
         match self {
             Exchange::NotSent => (BankReply::NotSent, None),
             Exchange::Sent(Outcome::Answered(reply)) => {
-                let rc = Rc::from_bank(reply.raw(39).unwrap_or(b"05"));
+                // The logical value: on an EBCDIC link the wire bytes are not ASCII digits.
+                let rc = Rc::from_bank(reply.get(39).as_deref().unwrap_or(b"05"));
                 let auth = (rc == Rc::APPROVED)
                     .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
                     .flatten();

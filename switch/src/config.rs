@@ -1,14 +1,30 @@
-//! The configuration file (TOML) with environment overrides, checked as a whole before
-//! any port is bound. `SWITCHYARD__SECTION__KEY=value` overrides `[section] key`.
+//! The configuration: a TOML file, then environment variables over it, layered by
+//! `figment` so every value remembers where it came from, and checked as a whole before
+//! any port is bound.
+//!
+//! `SWITCHYARD__SECTION__KEY=value` overrides `[section] key`;
+//! `SWITCHYARD__BANK__<i>__KEY=value` overrides `key` of the `i`-th `[[bank]]` (from 0),
+//! or adds a bank when there is no `i`-th (it then needs every required key); the same
+//! goes for `SWITCHYARD__ADMIN__TOKENS__<i>__TOKEN`/`ROLE`. A value is taken as TOML-like
+//! text: a bare word or number is a string where the key wants text and a number where
+//! it wants one, `[a, b]` is a list. Errors name the key, the value and its source (the
+//! file's path or the variable's name). docs/operations.md has the whole scheme.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use serde::{Deserialize, Deserializer};
 
-/// Environment variables with this prefix override file values (`__` separates levels).
+/// Environment variables with this prefix override file values.
 pub const ENV_PREFIX: &str = "SWITCHYARD__";
+/// Separates the levels of a key in an environment variable's name.
+pub const ENV_SEPARATOR: &str = "__";
+/// How errors name the environment as a source.
+const ENV_METADATA_NAME: &str = "environment";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -20,7 +36,7 @@ pub struct Config {
     pub security: SecuritySection,
     #[serde(default)]
     pub limits: LimitsSection,
-    #[serde(default, rename = "bank")]
+    #[serde(default, rename = "bank", deserialize_with = "indexed")]
     pub banks: Vec<BankSection>,
     /// The operators' HTTP surface (metrics, links, transactions); off when absent.
     pub admin: Option<AdminSection>,
@@ -34,7 +50,7 @@ pub const ADMIN_TOKEN_MIN_LEN: usize = 24;
 pub struct AdminSection {
     pub addr: SocketAddr,
     /// Bearer tokens and their roles (viewer, operator).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "indexed")]
     pub tokens: Vec<admin_http::Token>,
 }
 
@@ -212,10 +228,11 @@ pub struct BankSection {
     pub id: String,
     /// A built-in dialect name or one from `switch.dialect_files`.
     pub dialect: String,
-    /// Where the bank listens; the switch connects (one connection per link). Required
+    /// Where the bank listens, `host:port` (the host a name or an IP address); the switch
+    /// connects (one connection per link), resolving the name on every connect. Required
     /// in connect mode.
     #[serde(default)]
-    pub addr: Option<SocketAddr>,
+    pub addr: Option<String>,
     /// `tcp`, `tls` (TLS over TCP) or `quic`; TLS and QUIC authenticate both ends.
     #[serde(default)]
     pub transport: BankTransport,
@@ -282,6 +299,39 @@ pub struct BankSection {
     /// Hex of the fixed frame header (TPDU) sent on this bank's links.
     #[serde(default)]
     pub header_hex: Option<String>,
+    /// The message MAC on this bank's links (`none`, `x9.19`, `hmac-sha256`): every
+    /// message sent is signed and every message received checked (docs/bank-protocol.md).
+    #[serde(default)]
+    pub mac: BankMac,
+    /// The MAC key in hex: 16 bytes (K then K') for `x9.19`, 32 bytes for `hmac-sha256`.
+    #[serde(default)]
+    pub mac_key_hex: Option<String>,
+}
+
+/// The message MAC of a bank's links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum BankMac {
+    #[default]
+    #[serde(rename = "none")]
+    None,
+    /// ANSI X9.19 retail MAC (single-DES CBC-MAC, last block 3DES), a 16-byte key.
+    #[serde(rename = "x9.19")]
+    X919,
+    /// HMAC-SHA256 truncated to 8 bytes, a 32-byte key.
+    #[serde(rename = "hmac-sha256")]
+    HmacSha256,
+}
+
+impl BankSection {
+    /// The bank's MAC key, once [`Config`] validated it; None when the bank uses no MAC.
+    pub fn mac_key(&self) -> Option<codec::MacKey> {
+        let raw = hex::decode(self.mac_key_hex.as_deref()?.trim()).ok()?;
+        match self.mac {
+            BankMac::None => None,
+            BankMac::X919 => Some(codec::MacKey::x9_19(raw.as_slice().try_into().ok()?)),
+            BankMac::HmacSha256 => Some(codec::MacKey::new(raw.as_slice().try_into().ok()?)),
+        }
+    }
 }
 
 /// How a bank's links are carried.
@@ -418,7 +468,8 @@ fn d_reversal_max_age_ms() -> u64 {
     86_400_000
 }
 
-/// A configuration that cannot be used; says which key and why.
+/// A configuration that cannot be used; says which key, its value, where the value came
+/// from and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
@@ -426,76 +477,146 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("configuration syntax: {0}")]
-    Syntax(String),
-    #[error("environment override {var}: {why}")]
-    Env { var: String, why: String },
+    /// Unreadable TOML, an unknown key, a value of the wrong type: figment's message, with
+    /// the key and the file or variable.
     #[error("configuration: {0}")]
-    Invalid(String),
+    Syntax(String),
+    #[error("configuration: {key} = {value} (from {origin}): {why}")]
+    Invalid {
+        key: String,
+        value: String,
+        /// The file's path and key, or the variable's name; "default" when unset.
+        origin: String,
+        why: String,
+    },
+}
+
+/// A value that breaks a rule: its key (`bank.0.links`) and why, before its source is
+/// looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: String,
+    pub why: String,
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> Result<(), Invalid> {
+    Err(Invalid {
+        key: key.into(),
+        why: why.into(),
+    })
 }
 
 impl Config {
-    /// Reads the file, applies environment overrides and checks everything.
+    /// Reads the file, applies the process's environment and checks everything.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
-        Config::from_toml_with_env(&text, std::env::vars())
+        Config::from_sources(&text, Some(path), std::env::vars())
     }
 
+    /// The same from TOML text (its source named "configuration text") and these
+    /// variables.
     pub fn from_toml_with_env(
         text: &str,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut value: toml::Table =
-            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        for (var, raw) in env {
-            let Some(path) = var.strip_prefix(ENV_PREFIX) else {
-                continue;
-            };
-            let keys: Vec<String> = path.split("__").map(|k| k.to_ascii_lowercase()).collect();
-            apply_override(&mut value, &keys, &raw).map_err(|why| ConfigError::Env {
-                var: var.clone(),
+        Config::from_sources(text, None, env)
+    }
+
+    fn from_sources(
+        text: &str,
+        path: Option<&Path>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let figment = Figment::new()
+            .merge(TomlFile {
+                text: text.to_owned(),
+                path: path.map(Path::to_path_buf),
+            })
+            .merge(EnvVars::new(env));
+        let syntax = |e: figment::Error| {
+            let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
+            ConfigError::Syntax(all.join("; "))
+        };
+        // Lossy: a variable's `5000` or `true` reaches a number or flag key as one.
+        let config: Config = figment.extract_lossy().map_err(syntax)?;
+        config.validate().map_err(|Invalid { key, why }| {
+            let (value, origin) = locate(&figment, &key);
+            ConfigError::Invalid {
+                key,
+                value,
+                origin,
                 why,
-            })?;
-        }
-        let config: Config = toml::Value::Table(value)
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Syntax(e.to_string()))?;
-        config.validate()?;
+            }
+        })?;
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |s: String| Err(ConfigError::Invalid(s));
-        if self.switch.lease_ms < LEASE_MS_MIN {
-            return bad(format!(
-                "switch.lease_ms: {} is below the minimum of {LEASE_MS_MIN}",
-                self.switch.lease_ms
-            ));
+    /// Every rule a configuration must keep, first broken one reported: sizes, keys,
+    /// files, and each bank's dialect, header, transport and MAC. `run` and
+    /// `check-config` both rely on it (plus [`crate::app::preflight`], which also parses
+    /// the certificates).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.validate_listener()?;
+        self.validate_sizes()?;
+        self.validate_security()?;
+        let dialects = crate::dialects::load(&self.switch.dialect_files).map_err(|e| Invalid {
+            key: "switch.dialect_files".into(),
+            why: e.to_string(),
+        })?;
+        let mut ids = BTreeSet::new();
+        for (i, b) in self.banks.iter().enumerate() {
+            if !ids.insert(&b.id) {
+                return invalid(format!("bank.{i}.id"), "another bank has this id");
+            }
+            b.validate(i, &dialects)?;
         }
-        if self.switch.outcome_wait_ms < OUTCOME_WAIT_MS_MIN {
-            return bad(format!(
-                "switch.outcome_wait_ms: {} is below the minimum of {OUTCOME_WAIT_MS_MIN}",
-                self.switch.outcome_wait_ms
-            ));
-        }
+        Ok(())
+    }
+
+    fn validate_listener(&self) -> Result<(), Invalid> {
         let l = &self.merchant_listener;
         if l.tcp.is_none() && l.tls.is_none() && l.quic.is_none() {
-            return bad("merchant_listener: set tcp, tls or quic (or several)".into());
+            return invalid("merchant_listener", "set tcp, tls or quic (or several)");
         }
-        for tls in l.tls.iter().chain(l.quic.iter()) {
-            for p in [&tls.cert_pem, &tls.key_pem] {
+        for (name, t) in [("tls", &l.tls), ("quic", &l.quic)] {
+            for (key, p) in t
+                .iter()
+                .flat_map(|t| [("cert_pem", &t.cert_pem), ("key_pem", &t.key_pem)])
+            {
                 if !p.exists() {
-                    return bad(format!(
-                        "merchant_listener.tls: {} does not exist",
-                        p.display()
-                    ));
+                    return invalid(format!("merchant_listener.{name}.{key}"), "no such file");
                 }
             }
         }
-        for (name, v) in [
+        if !(64..=codec::MESSAGE_LEN_LIMIT_BYTES).contains(&l.max_message_len) {
+            return invalid(
+                "merchant_listener.max_message_len",
+                format!("must be 64..={}", codec::MESSAGE_LEN_LIMIT_BYTES),
+            );
+        }
+        if let Some(a) = &self.admin
+            && let Some(i) = a
+                .tokens
+                .iter()
+                .position(|t| t.token.len() < ADMIN_TOKEN_MIN_LEN)
+        {
+            return invalid(
+                format!("admin.tokens.{i}.token"),
+                format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"),
+            );
+        }
+        if self.switch.business_day_cutover_hour > 23 {
+            return invalid("switch.business_day_cutover_hour", "must be 0..=23");
+        }
+        Ok(())
+    }
+
+    fn validate_sizes(&self) -> Result<(), Invalid> {
+        let (l, db) = (&self.merchant_listener, &self.database);
+        for (key, v) in [
             (
                 "merchant_listener.max_connections_total",
                 l.max_connections_total,
@@ -508,154 +629,410 @@ impl Config {
                 "merchant_listener.max_in_flight_per_connection",
                 l.max_in_flight_per_connection,
             ),
-            ("database.pool_size", self.database.pool_size),
-            (
-                "database.journal_batch_max",
-                self.database.journal_batch_max,
-            ),
-            ("database.journal_writers", self.database.journal_writers),
-            (
-                "database.journal_queue_max",
-                self.database.journal_queue_max,
-            ),
+            ("database.pool_size", db.pool_size),
+            ("database.journal_batch_max", db.journal_batch_max),
+            ("database.journal_writers", db.journal_writers),
+            ("database.journal_queue_max", db.journal_queue_max),
         ] {
             if v == 0 {
-                return bad(format!("{name} must be at least 1"));
+                return invalid(key, "must be at least 1");
             }
         }
-        if !(64..=codec::MESSAGE_LEN_LIMIT_BYTES).contains(&l.max_message_len) {
-            return bad(format!(
-                "merchant_listener.max_message_len must be 64..={}",
-                codec::MESSAGE_LEN_LIMIT_BYTES
-            ));
+        let sw = &self.switch;
+        if sw.lease_ms < LEASE_MS_MIN {
+            return invalid(
+                "switch.lease_ms",
+                format!("must be at least {LEASE_MS_MIN}"),
+            );
         }
-        for (name, hex_key) in [
-            ("security.master_key_hex", &self.security.master_key_hex),
-            ("security.pan_hash_key_hex", &self.security.pan_hash_key_hex),
+        if sw.outcome_wait_ms < OUTCOME_WAIT_MS_MIN {
+            return invalid(
+                "switch.outcome_wait_ms",
+                format!("must be at least {OUTCOME_WAIT_MS_MIN}"),
+            );
+        }
+        Ok(())
+    }
+
+    fn validate_security(&self) -> Result<(), Invalid> {
+        let sec = &self.security;
+        for (key, hex_key) in [
+            ("security.master_key_hex", &sec.master_key_hex),
+            ("security.pan_hash_key_hex", &sec.pan_hash_key_hex),
         ] {
             if hex::decode(hex_key.trim()).map(|k| k.len()) != Ok(32) {
-                return bad(format!("{name} must be 32 bytes in hex (64 characters)"));
+                return invalid(key, "must be 32 bytes in hex (64 characters)");
             }
         }
-        if self.security.master_key_hex.trim() == self.security.pan_hash_key_hex.trim() {
-            return bad("security: master_key_hex and pan_hash_key_hex must differ".into());
-        }
-        if let Some(a) = &self.admin
-            && a.tokens.iter().any(|t| t.token.len() < ADMIN_TOKEN_MIN_LEN)
-        {
-            return bad(format!(
-                "admin.tokens: every token must be at least {ADMIN_TOKEN_MIN_LEN} characters"
-            ));
-        }
-        if self.switch.business_day_cutover_hour > 23 {
-            return bad("switch.business_day_cutover_hour must be 0..=23".into());
-        }
-        let mut ids = BTreeSet::new();
-        for b in &self.banks {
-            if !ids.insert(&b.id) {
-                return bad(format!("bank {}: defined twice", b.id));
-            }
-            if b.links == 0
-                || b.in_flight_per_link == 0
-                || b.timeout_ms == 0
-                || b.echo_missed_max == 0
-            {
-                return bad(format!(
-                    "bank {}: links, in_flight_per_link, timeout_ms and echo_missed_max must be at least 1",
-                    b.id
-                ));
-            }
-            if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
-                return bad(format!(
-                    "bank {}: need 0 < reconnect_min_ms <= reconnect_max_ms",
-                    b.id
-                ));
-            }
-            if let Some(h) = &b.header_hex
-                && hex::decode(h).is_err()
-            {
-                return bad(format!("bank {}: header_hex is not hex", b.id));
-            }
-            b.validate_transport().map_err(ConfigError::Invalid)?;
+        if sec.master_key_hex.trim() == sec.pan_hash_key_hex.trim() {
+            return invalid(
+                "security.pan_hash_key_hex",
+                "must differ from master_key_hex",
+            );
         }
         Ok(())
     }
 }
 
 impl BankSection {
-    /// Mode, addresses and certificates fit together.
-    fn validate_transport(&self) -> Result<(), String> {
+    /// The bank's own rules; `i` is its place among the banks (for the key's name).
+    fn validate(
+        &self,
+        i: usize,
+        dialects: &std::collections::HashMap<String, &'static codec::Dialect>,
+    ) -> Result<(), Invalid> {
         let id = &self.id;
-        match self.mode {
-            BankMode::Connect if self.addr.is_none() => {
-                return Err(format!("bank {id}: mode = \"connect\" needs addr"));
+        let key = |k: &str| format!("bank.{i}.{k}");
+        let Some(dialect) = dialects.get(&self.dialect) else {
+            let mut known: Vec<&str> = dialects.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return invalid(
+                key("dialect"),
+                format!("bank {id}: unknown dialect; known: {}", known.join(", ")),
+            );
+        };
+        for (k, v) in [
+            ("links", self.links as u64),
+            ("in_flight_per_link", self.in_flight_per_link as u64),
+            ("timeout_ms", self.timeout_ms),
+            ("echo_missed_max", u64::from(self.echo_missed_max)),
+            ("reconnect_min_ms", self.reconnect_min_ms),
+        ] {
+            if v == 0 {
+                return invalid(key(k), format!("bank {id}: must be at least 1"));
             }
-            BankMode::Listen if self.listen_addr.is_none() => {
-                return Err(format!("bank {id}: mode = \"listen\" needs listen_addr"));
+        }
+        if self.reconnect_min_ms > self.reconnect_max_ms {
+            return invalid(
+                key("reconnect_max_ms"),
+                format!("bank {id}: must be at least reconnect_min_ms"),
+            );
+        }
+        if let Some(h) = &self.header_hex {
+            let want = usize::from(dialect.framing.header_len);
+            match hex::decode(h) {
+                Err(_) => return invalid(key("header_hex"), format!("bank {id}: not hex")),
+                Ok(b) if b.len() != want => {
+                    return invalid(
+                        key("header_hex"),
+                        format!("bank {id}: dialect {} needs {want} bytes", dialect.name),
+                    );
+                }
+                Ok(_) => {}
+            }
+        }
+        self.validate_mac(i, dialect)?;
+        self.validate_transport(i)
+    }
+
+    fn validate_mac(&self, i: usize, dialect: &codec::Dialect) -> Result<(), Invalid> {
+        let id = &self.id;
+        let key = |k: &str| format!("bank.{i}.{k}");
+        let want = match self.mac {
+            BankMac::None if self.mac_key_hex.is_some() => {
+                return invalid(
+                    key("mac"),
+                    format!("bank {id}: mac_key_hex is set: set mac too"),
+                );
+            }
+            BankMac::None => return Ok(()),
+            BankMac::X919 => codec::mac::X9_19_KEY_LEN_BYTES,
+            BankMac::HmacSha256 => codec::mac::MAC_KEY_LEN_BYTES,
+        };
+        let Some(k) = &self.mac_key_hex else {
+            return invalid(key("mac"), format!("bank {id}: needs mac_key_hex"));
+        };
+        if hex::decode(k.trim()).map(|k| k.len()) != Ok(want) {
+            return invalid(
+                key("mac_key_hex"),
+                format!(
+                    "bank {id}: must be {want} bytes in hex ({} characters)",
+                    want * 2
+                ),
+            );
+        }
+        if dialect.mac_field(false).is_none() {
+            return invalid(
+                key("mac"),
+                format!("bank {id}: dialect {} has no MAC element", dialect.name),
+            );
+        }
+        Ok(())
+    }
+
+    /// Mode, addresses, certificates and breaker fit together.
+    fn validate_transport(&self, i: usize) -> Result<(), Invalid> {
+        let id = &self.id;
+        let key = |k: &str| format!("bank.{i}.{k}");
+        match (self.mode, &self.addr) {
+            (BankMode::Connect, None) => {
+                return invalid(
+                    key("addr"),
+                    format!("bank {id}: mode \"connect\" needs addr"),
+                );
+            }
+            (BankMode::Connect, Some(a)) if !is_host_port(a) => {
+                return invalid(
+                    key("addr"),
+                    format!("bank {id}: not host:port (a name or IP address, then a port)"),
+                );
+            }
+            (BankMode::Listen, _) if self.listen_addr.is_none() => {
+                return invalid(
+                    key("listen_addr"),
+                    format!("bank {id}: mode \"listen\" needs listen_addr"),
+                );
             }
             _ => {}
         }
         if self.transport != BankTransport::Tcp {
-            for (key, p) in [
+            for (k, p) in [
                 ("cert_pem", &self.cert_pem),
                 ("key_pem", &self.key_pem),
                 ("ca_pem", &self.ca_pem),
             ] {
                 match p {
-                    None => return Err(format!("bank {id}: transport tls/quic needs {key}")),
+                    None => {
+                        return invalid(key(k), format!("bank {id}: transport tls/quic needs it"));
+                    }
                     Some(p) if !p.exists() => {
-                        return Err(format!("bank {id}: {key} {} does not exist", p.display()));
+                        return invalid(key(k), format!("bank {id}: no such file"));
                     }
                     Some(_) => {}
                 }
             }
             if self.mode == BankMode::Connect && self.server_name.is_none() {
-                return Err(format!(
-                    "bank {id}: transport tls/quic in connect mode needs server_name"
-                ));
+                return invalid(
+                    key("server_name"),
+                    format!("bank {id}: transport tls/quic in connect mode needs it"),
+                );
             }
         }
         if self.breaker_timeout_rate_percent > 100 {
-            return Err(format!(
-                "bank {id}: breaker_timeout_rate_percent must be 0..=100"
-            ));
+            return invalid(
+                key("breaker_timeout_rate_percent"),
+                format!("bank {id}: must be 0..=100"),
+            );
         }
-        if self.breaker_timeout_rate_percent > 0
-            && (self.breaker_window_ms == 0 || self.breaker_open_ms == 0)
-        {
-            return Err(format!(
-                "bank {id}: breaker_window_ms and breaker_open_ms must be at least 1"
-            ));
+        if self.breaker_timeout_rate_percent > 0 {
+            for (k, v) in [
+                ("breaker_window_ms", self.breaker_window_ms),
+                ("breaker_open_ms", self.breaker_open_ms),
+            ] {
+                if v == 0 {
+                    return invalid(key(k), format!("bank {id}: must be at least 1"));
+                }
+            }
         }
         Ok(())
     }
 }
 
-fn apply_override(table: &mut toml::Table, keys: &[String], raw: &str) -> Result<(), String> {
-    let (last, parents) = keys.split_last().ok_or("empty key")?;
-    let mut t = table;
-    for k in parents {
-        t = t
-            .entry(k.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| format!("{k} is not a section"))?;
+/// `host:port` with a non-empty host (a name, an IPv4 address or a bracketed IPv6 one)
+/// and a port number; whether the name resolves is only known when connecting.
+pub fn is_host_port(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return true;
     }
-    // A value written as TOML keeps its type (numbers, booleans, quoted strings, arrays and
-    // inline tables such as admin tokens); anything else is taken as a bare string.
-    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    t.insert(last.clone(), value);
-    Ok(())
+    match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_')
+        }
+        None => false,
+    }
+}
+
+/// The value at `key` as written, and where it came from: a file's path, a variable's
+/// name, or "default" when no source set it.
+fn locate(figment: &Figment, key: &str) -> (String, String) {
+    let Ok(value) = figment.find_value(key) else {
+        return ("(not set)".into(), "default".into());
+    };
+    let shown = match &value {
+        Value::String(_, s) => format!("{s:?}"),
+        Value::Num(_, n) => match n.to_u128() {
+            Some(u) => u.to_string(),
+            None => format!("{n:?}"),
+        },
+        Value::Bool(_, b) => b.to_string(),
+        Value::Array(..) | Value::Dict(..) => "(a table or list)".into(),
+        other => format!("{other:?}"),
+    };
+    let Some(md) = figment.get_metadata(value.tag()) else {
+        return (shown, "default".into());
+    };
+    let parts: Vec<&str> = key.split('.').collect();
+    let name = md.interpolate(&Profile::Default, &parts);
+    // A variable's name says it all; a file needs its path and the key.
+    let source = match &md.source {
+        Some(file) => format!("{file}, key {name}"),
+        None if md.name == ENV_METADATA_NAME => name,
+        None => format!("{}, key {name}", md.name),
+    };
+    (shown, source)
+}
+
+/// The configuration file (or text) as a figment source: arrays of tables (`[[bank]]`)
+/// become tables keyed by index, so a variable can reach one entry's key.
+struct TomlFile {
+    text: String,
+    path: Option<PathBuf>,
+}
+
+impl Provider for TomlFile {
+    fn metadata(&self) -> Metadata {
+        let keys = |_: &Profile, keys: &[&str]| keys.join(".");
+        match &self.path {
+            // Custom, not a file source: figment would shorten the path relative to the
+            // working directory, and the path as given is what the operator knows.
+            Some(p) => Metadata::named("configuration file")
+                .source(figment::Source::Custom(p.display().to_string()))
+                .interpolater(keys),
+            None => Metadata::named("configuration text").interpolater(keys),
+        }
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut data = Toml::string(&self.text).data()?;
+        for dict in data.values_mut() {
+            for v in dict.values_mut() {
+                index_arrays(v);
+            }
+        }
+        Ok(data)
+    }
+}
+
+/// Turns every array of tables under `v` into a table keyed "0", "1", ...
+fn index_arrays(v: &mut Value) {
+    match v {
+        Value::Dict(_, d) => d.values_mut().for_each(index_arrays),
+        Value::Array(tag, items)
+            if !items.is_empty() && items.iter().all(|i| i.as_dict().is_some()) =>
+        {
+            let mut d = Dict::new();
+            for (i, mut item) in std::mem::take(items).into_iter().enumerate() {
+                index_arrays(&mut item);
+                d.insert(i.to_string(), item);
+            }
+            *v = Value::Dict(*tag, d);
+        }
+        _ => {}
+    }
+}
+
+/// `SWITCHYARD__A__B=value` variables as a figment source; each error names the variable.
+struct EnvVars {
+    vars: Vec<(String, String)>,
+}
+
+impl EnvVars {
+    fn new(env: impl Iterator<Item = (String, String)>) -> Self {
+        let vars = env
+            .filter_map(|(k, v)| {
+                let path = k.strip_prefix(ENV_PREFIX)?;
+                let keys: Vec<String> = path
+                    .split(ENV_SEPARATOR)
+                    .map(str::to_ascii_lowercase)
+                    .collect();
+                (!keys.iter().any(String::is_empty)).then(|| (keys.join("."), v))
+            })
+            .collect();
+        EnvVars { vars }
+    }
+}
+
+impl Provider for EnvVars {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_METADATA_NAME).interpolater(|_: &Profile, keys: &[&str]| {
+            let upper: Vec<String> = keys.iter().map(|k| k.to_ascii_uppercase()).collect();
+            format!("{ENV_PREFIX}{}", upper.join(ENV_SEPARATOR))
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut dict = Dict::new();
+        for (key, raw) in &self.vars {
+            // Lists and tables keep their shape; numbers and flags stay text, which the
+            // lossy extraction reads as a number or flag only where the key wants one (so
+            // an all-digit id or hex key stays as written).
+            // A quoted value is the text inside the quotes.
+            let value = match raw.parse::<Value>() {
+                Ok(v @ (Value::Array(..) | Value::Dict(..))) => v,
+                Ok(Value::String(_, text)) if raw.trim_start().starts_with('"') => text.into(),
+                _ => Value::from(raw.clone()),
+            };
+            insert_at(&mut dict, key, value);
+        }
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Puts `value` at the dotted `key`, making tables on the way (a value already on the
+/// way is replaced by a table: the longer key is the more specific).
+fn insert_at(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+        Some((first, rest)) => {
+            let slot = dict
+                .entry(first.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if slot.as_dict().is_none() {
+                *slot = Value::from(Dict::new());
+            }
+            if let Value::Dict(_, inner) = slot {
+                insert_at(inner, rest, value);
+            }
+        }
+    }
+}
+
+/// A list written as an array (the file) or as a table keyed by index (after a variable
+/// reached one entry), in index order.
+fn indexed<'de, D, T>(de: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Visit<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list, or a table keyed by index (0, 1, ...)")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = seq.next_element()? {
+                out.push(v);
+            }
+            Ok(out)
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<T>, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some(k) = map.next_key::<String>()? {
+                let i: usize = k.parse().map_err(|_| {
+                    serde::de::Error::custom(format!("`{k}` is not an index (0, 1, ...)"))
+                })?;
+                out.insert(i, map.next_value()?);
+            }
+            Ok(out.into_values().collect())
+        }
+    }
+    de.deserialize_any(Visit(std::marker::PhantomData))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const MIN: &str = r#"
+    /// A configuration with one bank, for tests to extend.
+    pub(super) const MIN: &str = r#"
 [switch]
 instance_id = 1
 [merchant_listener]
@@ -731,6 +1108,138 @@ acquirer_id = "1"
             e.to_string().contains("breaker_timeout_rate_percent"),
             "{e}"
         );
+    }
+}
+
+#[cfg(test)]
+mod layered_tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// Two banks: `a` (bank-bcd-v1, an IP address) and `b` (bank-ebcdic-v1, a host name).
+    fn two_banks() -> String {
+        format!(
+            "{}[[bank]]\nid = \"b\"\ndialect = \"bank-ebcdic-v1\"\naddr = \"bank-b.internal:35151\"\nacquirer_id = \"2\"\n",
+            super::tests::MIN
+        )
+    }
+
+    // Proves a variable reaches one key of one [[bank]] entry (the rest of the entry and
+    // the other banks stay as the file has them), keeps digits and hex as text, and can
+    // add a bank the file does not have.
+    #[test]
+    fn env_overrides_a_bank_field() {
+        let env = vars(&[
+            ("SWITCHYARD__BANK__1__ADDR", "localhost:35152"),
+            ("SWITCHYARD__BANK__1__TIMEOUT_MS", "1500"),
+            ("SWITCHYARD__BANK__0__ACQUIRER_ID", "000123"),
+            ("SWITCHYARD__BANK__0__MAC", "x9.19"),
+            (
+                "SWITCHYARD__BANK__0__MAC_KEY_HEX",
+                "0123456789ABCDEFFEDCBA9876543210",
+            ),
+            ("SWITCHYARD__BANK__2__ID", "c"),
+            ("SWITCHYARD__BANK__2__DIALECT", "bank-bcd-v1"),
+            ("SWITCHYARD__BANK__2__ADDR", "10.0.0.3:1"),
+            ("SWITCHYARD__BANK__2__ACQUIRER_ID", "3"),
+        ]);
+        let c = Config::from_toml_with_env(&two_banks(), env).unwrap();
+        assert_eq!(c.banks.len(), 3);
+        assert_eq!(c.banks[0].acquirer_id, "000123");
+        assert_eq!(c.banks[0].mac, BankMac::X919);
+        assert!(c.banks[0].mac_key().is_some());
+        assert_eq!(c.banks[1].id, "b");
+        assert_eq!(c.banks[1].addr.as_deref(), Some("localhost:35152"));
+        assert_eq!(c.banks[1].timeout_ms, 1500);
+        assert_eq!(c.banks[1].dialect, "bank-ebcdic-v1");
+        assert_eq!(c.banks[2].id, "c");
+        let c = Config::from_toml_with_env(
+            &two_banks(),
+            vars(&[
+                ("SWITCHYARD__ADMIN__ADDR", "127.0.0.1:0"),
+                (
+                    "SWITCHYARD__ADMIN__TOKENS__0__TOKEN",
+                    "abcdefghijklmnopqrstuvwxyz",
+                ),
+                ("SWITCHYARD__ADMIN__TOKENS__0__ROLE", "viewer"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.admin.unwrap().tokens.len(), 1);
+    }
+
+    // Proves an error names the variable, the key and the value when a variable is to
+    // blame, and the file's key and value when the file is.
+    #[test]
+    fn errors_name_source_key_and_value() {
+        let e =
+            Config::from_toml_with_env(&two_banks(), vars(&[("SWITCHYARD__BANK__1__LINKS", "0")]))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("SWITCHYARD__BANK__1__LINKS"), "{e}");
+        assert!(e.contains("bank.1.links = \"0\""), "{e}");
+        let e = Config::from_toml_with_env(
+            &two_banks(),
+            vars(&[("SWITCHYARD__BANK__0__TIMEOUT_MS", "soon")]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SWITCHYARD__BANK__0__TIMEOUT_MS") && e.contains("soon"),
+            "{e}"
+        );
+        let e = Config::from_toml_with_env(
+            &two_banks().replace("bank-ebcdic-v1", "bank-nope-v9"),
+            std::iter::empty(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bank.1.dialect = \"bank-nope-v9\""), "{e}");
+        assert!(e.contains("configuration text, key bank.1.dialect"), "{e}");
+        assert!(e.contains("unknown dialect"), "{e}");
+        let e = Config::from_toml_with_env(
+            &two_banks().replace("bank-b.internal:35151", "bank-b.internal"),
+            std::iter::empty(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("bank.1.addr = \"bank-b.internal\""), "{e}");
+        let e = Config::from_toml_with_env(
+            &two_banks(),
+            vars(&[
+                ("SWITCHYARD__BANK__0__MAC", "x9.19"),
+                ("SWITCHYARD__BANK__0__MAC_KEY_HEX", "00"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("SWITCHYARD__BANK__0__MAC_KEY_HEX") && e.contains("16 bytes"),
+            "{e}"
+        );
+    }
+
+    // Proves addresses may be host names or IP addresses with a port, nothing else.
+    #[test]
+    fn host_port_syntax() {
+        for ok in [
+            "localhost:35151",
+            "bank-a.svc.cluster.local:1",
+            "127.0.0.1:9",
+            "[::1]:9",
+        ] {
+            assert!(is_host_port(ok), "{ok}");
+        }
+        for bad in ["localhost", ":9", "host:port", "a b:9", "host:70000"] {
+            assert!(!is_host_port(bad), "{bad}");
+        }
     }
 }
 

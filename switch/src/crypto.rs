@@ -59,6 +59,13 @@ impl Vault {
         })
     }
 
+    /// A random number from the system's generator (this process's incarnation).
+    pub fn random_u64(&self) -> Result<u64, CryptoError> {
+        let mut b = [0u8; 8];
+        self.rng.fill(&mut b).map_err(|_| CryptoError::Random)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
     /// nonce || ciphertext || tag.
     pub fn seal(&self, purpose: Purpose, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];

@@ -261,7 +261,10 @@ async fn async_main(cli: Cli) -> Result<ExitCode> {
         Command::Iso8583(_) => unreachable!("handled before the runtime starts"),
         Command::Run { log_json } => run_switch(config, log_json).await?,
         Command::CheckConfig => {
-            switch::dialects::load(&config.switch.dialect_files)?;
+            switch::app::preflight(&config)?;
+            for u in switch::app::resolve_banks(&config).await {
+                eprintln!("warning: {u}");
+            }
             println!("configuration ok: {} bank(s)", config.banks.len());
         }
         Command::Migrate { check: false } => {

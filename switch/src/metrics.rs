@@ -101,6 +101,9 @@ pub struct Metrics {
     /// `process_*` (CPU, memory, file descriptors, threads, start time), unprefixed as
     /// Prometheus' conventions have them: a registry of its own.
     pub process: Registry,
+    /// Bank messages dropped for a missing or wrong MAC, by bank: a security signal
+    /// (tampering on the link, or keys that differ).
+    pub bank_mac_failures: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -323,6 +326,14 @@ impl Metrics {
             )
             .expect("metric"),
             process: process_registry(),
+            bank_mac_failures: IntCounterVec::new(
+                Opts::new(
+                    "bank_mac_failures_total",
+                    "Bank messages dropped because their MAC was missing or wrong",
+                ),
+                &["bank"],
+            )
+            .expect("metric"),
             registry: r,
         };
         let reg = &m.registry;
@@ -359,6 +370,7 @@ impl Metrics {
             Box::new(m.postgres_probe.clone()),
             Box::new(m.postgres_probe_failures.clone()),
             Box::new(m.build_info.clone()),
+            Box::new(m.bank_mac_failures.clone()),
         ];
         for c in all {
             reg.register(c).expect("metric names are unique");

@@ -126,9 +126,11 @@ impl Sessions {
 
 /// The pause before repeat number `attempts` of a notification.
 pub fn retry_ms(attempts: u32) -> u64 {
-    NOTIFY_RETRY_MS
-        .saturating_mul(1u64 << attempts.min(16))
-        .min(NOTIFY_RETRY_MAX_MS)
+    bank_links::Backoff {
+        min_ms: NOTIFY_RETRY_MS,
+        max_ms: NOTIFY_RETRY_MAX_MS,
+    }
+    .delay_ms(attempts)
 }
 
 /// Delivers due notifications to signed-on merchants until shutdown.

@@ -42,9 +42,11 @@ pub struct ReversalWorker {
 
 /// The pause before repeat number `attempts`.
 pub fn reversal_backoff_ms(attempts: u32, base_ms: u64) -> u64 {
-    base_ms
-        .saturating_mul(1u64 << attempts.min(16))
-        .min(REVERSAL_BACKOFF_MAX_MS)
+    bank_links::Backoff {
+        min_ms: base_ms.min(REVERSAL_BACKOFF_MAX_MS),
+        max_ms: REVERSAL_BACKOFF_MAX_MS,
+    }
+    .delay_ms(attempts)
 }
 
 impl ReversalWorker {

@@ -124,6 +124,7 @@ pub fn link_config(name: &str) -> LinkConfig {
         echo_timeout_ms: 5_000,
         echo_missed_max: 3,
         in_flight_max: 1024,
+        mac: None,
     }
 }
 
@@ -161,6 +162,7 @@ pub fn dial(
     connector: Connector,
     stans: Arc<StanAllocator>,
 ) -> TestLink {
+    let addr = addr.to_string();
     spawn(config, LinkEndpoint::Connect { addr, connector }, stans)
 }
 

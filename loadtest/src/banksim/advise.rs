@@ -123,6 +123,8 @@ type Pending = HashMap<(String, String), oneshot::Sender<Option<String>>>;
 pub(crate) struct Advisor {
     dialect: &'static Dialect,
     record: Arc<Record>,
+    /// Signs advices when the bank uses a MAC.
+    mac: Option<codec::MacKey>,
     ports: Mutex<BTreeMap<u64, Arc<Port>>>,
     next_port: AtomicU64,
     /// Advices in flight on byte-stream links, by (DE11, DE37).
@@ -171,10 +173,15 @@ impl AdviceRequest<'_> {
 }
 
 impl Advisor {
-    pub(crate) fn new(dialect: &'static Dialect, record: Arc<Record>) -> Self {
+    pub(crate) fn new(
+        dialect: &'static Dialect,
+        record: Arc<Record>,
+        mac: Option<codec::MacKey>,
+    ) -> Self {
         Advisor {
             dialect,
             record,
+            mac,
             ports: Mutex::new(BTreeMap::new()),
             next_port: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
@@ -257,6 +264,11 @@ impl Advisor {
             rrn,
         )
         .map_err(|e| AdviseError::Encode(e.to_string()))?;
+        let message = match &self.mac {
+            Some(key) => codec::mac::sign_encoded(self.dialect, message, key)
+                .map_err(|e| AdviseError::Encode(e.to_string()))?,
+            None => message,
+        };
         let mti = if repeat { "0421" } else { "0420" };
         let header = lock(&port.header).clone().unwrap_or_default();
         let frame = Frame { header, message };
@@ -417,7 +429,7 @@ mod tests {
     // Proves fresh STANs are six digits, never 000000, and distinct in sequence.
     #[test]
     fn fresh_stans() {
-        let a = Advisor::new(builtin::bank_bcd(), Arc::new(Record::new()));
+        let a = Advisor::new(builtin::bank_bcd(), Arc::new(Record::new()), None);
         let s: Vec<String> = (0..3).map(|_| a.fresh_stan()).collect();
         assert_eq!(s, ["000001", "000002", "000003"]);
     }
@@ -427,7 +439,7 @@ mod tests {
     #[tokio::test]
     async fn answers_matched_and_ports_learn() {
         let d = builtin::bank_bcd();
-        let advisor = Arc::new(Advisor::new(d, Arc::new(Record::new())));
+        let advisor = Arc::new(Advisor::new(d, Arc::new(Record::new()), None));
         assert!(advisor.pick().is_none());
         let (tx, _rx) = mpsc::channel(4);
         let attached = advisor.attach(Way::Stream(tx.downgrade()));

@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub latency: Duration,
     pub faults: Faults,
     pub record: Arc<Record>,
+    /// The bank's MAC key, when its messages carry a MAC.
+    pub mac: Option<codec::MacKey>,
     pub advisor: Arc<Advisor>,
 }
 
@@ -66,7 +68,13 @@ pub(crate) fn plan(
     served: &mut u64,
 ) -> Plan {
     let header = frame.header.clone();
+    if !mac_verifies(shared, peer, &frame) {
+        return Plan::Answer(Vec::new());
+    }
     let Some((reply, amount)) = handle(shared, port, peer, frame) else {
+        return Plan::Answer(Vec::new());
+    };
+    let Some(mut reply) = sign(shared, peer, reply) else {
         return Plan::Answer(Vec::new());
     };
     let f = &shared.faults;
@@ -85,6 +93,14 @@ pub(crate) fn plan(
     {
         delay = late;
     }
+    if financial
+        && f.tamper_mac_every
+            .is_some_and(|n| n > 0 && (*served).is_multiple_of(n))
+        && tamper_mac(shared.dialect, &mut reply)
+    {
+        info!(%peer, served = *served, "fault: answer sent with a broken MAC");
+        shared.record.mac_tampered();
+    }
     let mut out = Vec::with_capacity(3);
     if financial
         && f.garbage_every
@@ -97,6 +113,60 @@ pub(crate) fn plan(
     }
     out.push((delay, reply));
     Plan::Answer(out)
+}
+
+/// Whether the frame's MAC verifies (always, when the bank uses no MAC); a failure is
+/// logged and counted, and the frame is not answered.
+fn mac_verifies(shared: &Shared, peer: SocketAddr, frame: &Frame) -> bool {
+    let Some(key) = &shared.mac else {
+        return true;
+    };
+    // An undecodable frame is left to `handle`, which reports it as such.
+    let Ok(msg) = shared.dialect.decode(frame.message.clone()) else {
+        return true;
+    };
+    let check = msg.check_mac(key);
+    if check == codec::MacCheck::Valid {
+        return true;
+    }
+    warn!(%peer, mti = %msg.mti(), check = ?check, "message from the switch dropped: MAC missing or wrong");
+    shared.record.mac_failure();
+    false
+}
+
+/// Signs an answer when the bank uses a MAC; None (logged) if it cannot be signed.
+pub(crate) fn sign(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<Frame> {
+    let Some(key) = &shared.mac else {
+        return Some(frame);
+    };
+    match codec::mac::sign_encoded(shared.dialect, frame.message, key) {
+        Ok(message) => Some(Frame {
+            header: frame.header,
+            message,
+        }),
+        Err(e) => {
+            warn!(%peer, error = %e, "cannot sign answer; not answered");
+            None
+        }
+    }
+}
+
+/// Flips one bit of a signed frame's MAC; false if it carries none.
+fn tamper_mac(dialect: &'static Dialect, frame: &mut Frame) -> bool {
+    let Ok(msg) = dialect.decode(frame.message.clone()) else {
+        return false;
+    };
+    let Some(at) = dialect
+        .mac_field(msg.has_secondary_bitmap())
+        .and_then(|f| msg.mac_input(f))
+        .map(|(covered, _)| covered.len())
+    else {
+        return false;
+    };
+    let mut bytes = frame.message.to_vec();
+    bytes[at] ^= 0x01;
+    frame.message = Bytes::from(bytes);
+    true
 }
 
 /// Amounts ending in these two digits are answered late under `--late-ms`.

@@ -69,6 +69,9 @@ pub struct Faults {
     /// Never answer reversals (0400/0401), nor record them as taken; the switch's status
     /// inquiries are then its only way to settle an unknown outcome.
     pub ignore_reversals: bool,
+    /// With a MAC key: break the MAC of every n-th financial answer after signing it (one
+    /// bit flipped), as tampering on the link would; the switch must drop those answers.
+    pub tamper_mac_every: Option<u64>,
 }
 
 /// How to run the simulator.
@@ -85,6 +88,10 @@ pub struct Config {
     pub behaviour: Behaviour,
     pub transport: Transport,
     pub faults: Faults,
+    /// The bank's message MAC key (X9.19 or HMAC-SHA256): when set, every message from the
+    /// switch must carry a MAC that verifies (or it is dropped and counted in the
+    /// record's `mac_failures`), and every message the simulator sends is signed.
+    pub mac: Option<codec::MacKey>,
 }
 
 impl Config {
@@ -99,6 +106,7 @@ impl Config {
             behaviour: Behaviour::default(),
             transport: Transport::Tcp,
             faults: Faults::default(),
+            mac: None,
         }
     }
 }
@@ -166,7 +174,12 @@ pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
         latency: config.latency,
         faults: config.faults,
         record: record.clone(),
-        advisor: Arc::new(advise::Advisor::new(config.dialect, record.clone())),
+        mac: config.mac.clone(),
+        advisor: Arc::new(advise::Advisor::new(
+            config.dialect,
+            record.clone(),
+            config.mac.clone(),
+        )),
     });
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();

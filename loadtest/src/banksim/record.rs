@@ -113,6 +113,10 @@ pub struct Snapshot {
     pub totals: Totals,
     /// Entries not stored because a list was at [`RECORD_ENTRIES_MAX`].
     pub dropped: u64,
+    /// Messages from the switch dropped because their MAC was missing or wrong.
+    pub mac_failures: u64,
+    /// Answers whose MAC the simulator broke on purpose (`--tamper-mac-every`).
+    pub macs_tampered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +134,8 @@ struct Inner {
     dupes: u64,
     counts_by_mti: BTreeMap<Mti, u64>,
     dropped: u64,
+    mac_failures: u64,
+    macs_tampered: u64,
 }
 
 impl Inner {
@@ -186,6 +192,16 @@ impl Record {
     /// Counts a decoded message by MTI.
     pub fn count(&self, mti: Mti) {
         *self.lock().counts_by_mti.entry(mti).or_default() += 1;
+    }
+
+    /// A message from the switch failed its MAC check (and was dropped).
+    pub fn mac_failure(&self) {
+        self.lock().mac_failures += 1;
+    }
+
+    /// An answer went out with its MAC broken on purpose.
+    pub fn mac_tampered(&self) {
+        self.lock().macs_tampered += 1;
     }
 
     /// Records an approval and returns its authorisation code (when `with_auth_code`).
@@ -353,6 +369,8 @@ impl Record {
                 .collect(),
             totals,
             dropped: g.dropped,
+            mac_failures: g.mac_failures,
+            macs_tampered: g.macs_tampered,
         }
     }
 }

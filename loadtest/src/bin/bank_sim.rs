@@ -78,6 +78,42 @@ struct Args {
     /// outcomes with status inquiries (0600).
     #[arg(long)]
     ignore_reversals: bool,
+    /// The bank's message MAC: `x9.19` (ANSI X9.19 retail MAC, a 16-byte key) or
+    /// `hmac-sha256` (a 32-byte key); needs --mac-key-hex. Messages from the switch
+    /// whose MAC fails are dropped and counted (`mac_failures` in the record).
+    #[arg(long, requires = "mac_key_hex", value_parser = ["x9.19", "hmac-sha256"])]
+    mac: Option<String>,
+    /// The MAC key in hex (16 bytes, K then K', for x9.19; 32 bytes for hmac-sha256).
+    #[arg(long, requires = "mac")]
+    mac_key_hex: Option<String>,
+    /// Fault: break the MAC of every N-th financial answer after signing it (needs
+    /// --mac), as tampering on the link would.
+    #[arg(long, requires = "mac")]
+    tamper_mac_every: Option<u64>,
+}
+
+/// The MAC key `--mac` and `--mac-key-hex` describe.
+fn mac_key(args: &Args) -> Result<Option<codec::MacKey>> {
+    let (Some(algorithm), Some(hex_key)) = (&args.mac, &args.mac_key_hex) else {
+        return Ok(None);
+    };
+    let raw: Vec<u8> = (0..hex_key.len())
+        .step_by(2)
+        .map(|i| {
+            hex_key
+                .get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .with_context(|| format!("--mac-key-hex {hex_key:?} is not hex"))?;
+    let len = raw.len();
+    let key = match algorithm.as_str() {
+        "x9.19" => raw.try_into().ok().map(|k| codec::MacKey::x9_19(&k)),
+        _ => raw.try_into().ok().map(|k| codec::MacKey::new(&k)),
+    };
+    key.map(Some).with_context(|| {
+        format!("--mac-key-hex: {len} bytes is the wrong length for --mac {algorithm}")
+    })
 }
 
 /// A DE39 value: two digits.
@@ -152,7 +188,9 @@ async fn try_main() -> Result<()> {
             garbage_every: args.garbage_every,
             late: args.late_ms.map(Duration::from_millis),
             ignore_reversals: args.ignore_reversals,
+            tamper_mac_every: args.tamper_mac_every,
         },
+        mac: mac_key(&args)?,
     };
     // Handlers first: a SIGTERM right after the ready line must stop us cleanly.
     let signals = Signals::install()?;
