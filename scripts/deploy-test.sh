@@ -31,7 +31,7 @@ step() { printf 'deploy-test: %s (%d s)\n' "$*" "$((SECONDS - start))"; }
 [ "$(id -u)" = 0 ] || { echo "deploy-test: needs root (debootstrap, chroot, mount)" >&2; exit 1; }
 deb="${1:-$(ls -t target/debian/switchyard_*.deb 2>/dev/null | head -n 1 || true)}"
 [ -r "$deb" ] || { echo "deploy-test: no package: run scripts/package.sh first" >&2; exit 1; }
-mkdir -p "$work" "$archives"
+mkdir -p "$work" "$archives/partial"
 
 if [ ! -s "$tarball" ]; then
   command -v debootstrap >/dev/null || {
@@ -116,11 +116,23 @@ args=(--deb "/root/deploy/$(basename "$deb")" --pg-port "$pg_port" --redis-port 
   --merchant-listen "$merchant" --admin-listen "$admin"
   --bank-sim-listen "$sim" --bank-sim-control "$sim_control")
 
+# run_deploy LOG: deploy.sh in the root, with a clean environment as on a fresh machine,
+# its output shown as it comes (from the log file: the daemons it starts must not keep a
+# pipe of ours open).
+run_deploy() {
+  local log="$1" pid status=0
+  timeout "$deploy_limit_s" chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    HOME=/root LANG=C.UTF-8 TERM=dumb /bin/bash /root/deploy/deploy.sh "${args[@]}" \
+    >"$log" 2>&1 </dev/null &
+  pid=$!
+  tail -n +1 -f --pid="$pid" "$log" | sed 's/^/  | /'
+  wait "$pid" || status=$?
+  [ "$status" = 0 ] || echo "deploy-test: deploy.sh failed with status $status (124: over $deploy_limit_s s)" >&2
+  return "$status"
+}
+
 step "chroot: scripts/deploy.sh ${args[*]}"
-timeout "$deploy_limit_s" chroot "$root" /bin/bash /root/deploy/deploy.sh "${args[@]}" </dev/null 2>&1 |
-  tee "$work/deploy-1.log" | sed 's/^/  | /'
-status="${PIPESTATUS[0]}"
-[ "$status" = 0 ] || { echo "deploy-test: deploy.sh failed ($status)" >&2; exit 1; }
+run_deploy "$work/deploy-1.log"
 
 # From outside the root: the admin listener answers, and the smoke purchase was counted.
 get() {
@@ -139,10 +151,7 @@ grep -q 'Generated secrets' "$work/deploy-1.log" || { echo "deploy-test: no keys
 keys_before="$(grep KEY_HEX "$root/etc/switchyard/switchyard.env")"
 
 step "chroot: scripts/deploy.sh again (an upgrade in place: keys kept, smoke test again)"
-timeout "$deploy_limit_s" chroot "$root" /bin/bash /root/deploy/deploy.sh "${args[@]}" </dev/null 2>&1 |
-  tee "$work/deploy-2.log" | sed 's/^/  | /'
-status="${PIPESTATUS[0]}"
-[ "$status" = 0 ] || { echo "deploy-test: second deploy.sh failed ($status)" >&2; exit 1; }
+run_deploy "$work/deploy-2.log"
 [ "$(grep KEY_HEX "$root/etc/switchyard/switchyard.env")" = "$keys_before" ] ||
   { echo "deploy-test: the second run changed the keys" >&2; exit 1; }
 grep -q 'Generated secrets' "$work/deploy-2.log" && { echo "deploy-test: the second run printed new secrets" >&2; exit 1; }

@@ -159,6 +159,7 @@ find_deb() {
     deb="$("$here/package.sh" | tail -n 1)"
   fi
   [ -r "$deb" ] || die "no package found (looked for target/debian/switchyard_*.deb)"
+  deb="$(realpath "$deb")"
 }
 
 # --- PostgreSQL ------------------------------------------------------------------------
@@ -431,6 +432,8 @@ main() {
   local start=$SECONDS
   find_deb
   echo "package: $deb"
+  # The service users must be able to enter the working directory.
+  cd /
   if [ "$has_systemd" = 0 ]; then
     echo "systemd is not PID 1 here: services are started directly (fallback; see the top of this script)"
   fi
@@ -445,7 +448,7 @@ main() {
   [ -n "$redis_url" ] || setup_local_redis
 
   log "installing $(basename "$deb")"
-  apt_install "$(realpath "$deb")"
+  apt_install "$deb"
   install -d -o switchyard -g switchyard -m 0750 "$run_dir" "$log_dir"
 
   log "writing $config and $env_file"

@@ -74,9 +74,7 @@ async fn make_traffic(world: &World) {
         approved.get_or_insert(m);
     }
     let original = approved.expect("an approved purchase");
-    let a = c
-        .call(&c.refund(&next_stan(), &original, 400, None))
-        .await;
+    let a = c.call(&c.refund(&next_stan(), &original, 400, None)).await;
     assert_eq!(rc(&a), "00", "refund");
     drop(c);
     let mut sw = sw;
@@ -105,12 +103,24 @@ async fn pg_dump_and_pg_restore_give_an_equal_consistent_database() {
     let dump_arg = dump.to_str().expect("utf-8 path");
     run_pg(
         "pg_dump",
-        &["--format=custom", "--file", dump_arg, "--dbname", &world.db_url],
+        &[
+            "--format=custom",
+            "--file",
+            dump_arg,
+            "--dbname",
+            &world.db_url,
+        ],
     );
     let restored = fresh_database("restored");
     run_pg(
         "pg_restore",
-        &["--no-owner", "--exit-on-error", "--dbname", &restored, dump_arg],
+        &[
+            "--no-owner",
+            "--exit-on-error",
+            "--dbname",
+            &restored,
+            dump_arg,
+        ],
     );
     let _ = std::fs::remove_file(&dump);
 
@@ -121,7 +131,10 @@ async fn pg_dump_and_pg_restore_give_an_equal_consistent_database() {
     std::fs::write(&config, text.replace(&world.db_url, &restored)).expect("write config");
     let cfg = config.to_str().expect("utf-8 path");
     let (status, out, err) = run_status(&["ledger", "check", "--config", cfg]);
-    assert!(status.success(), "ledger check on the restored copy: {out}\n{err}");
+    assert!(
+        status.success(),
+        "ledger check on the restored copy: {out}\n{err}"
+    );
     assert!(out.contains("ledger check: ok"), "{out}");
     // The restored database is at the same schema version: nothing left to migrate.
     let (status, out, err) = run_status(&["migrate", "--config", cfg]);

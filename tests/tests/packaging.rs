@@ -49,39 +49,48 @@ fn verify_root(dir: &Path) {
     copy(Path::new("/bin/kill"), &dir.join("bin/kill"));
 }
 
-#[test]
-fn packaged_units_pass_systemd_analyze_verify() {
-    // Both units verify with no complaint at all (verify exits 0 on unknown keys, so any
-    // output counts as a failure).
+/// A fresh verify root under target/test-configs, named by `tag` and this process.
+fn fresh_root(tag: &str) -> PathBuf {
     let dir = workspace()
         .join("target/test-configs")
-        .join(format!("unit-root-{}", std::process::id()));
+        .join(format!("unit-root-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     verify_root(&dir);
+    dir
+}
+
+/// `systemd-analyze verify --root=DIR UNITS`: its exit status and everything it printed.
+/// Removes DIR afterwards.
+fn verify(dir: &Path, units: &[&str]) -> (bool, String) {
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", dir.display()))
-        .args(["switchyard.service", "switchyard-bank-sim.service"])
+        .args(units)
         .output()
         .expect("systemd-analyze is not installed: install the Debian package systemd");
+    let _ = std::fs::remove_dir_all(dir);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "verify failed: {text}");
+    (out.status.success(), text)
+}
+
+#[test]
+fn packaged_units_pass_systemd_analyze_verify() {
+    // Both units verify with no complaint at all (verify exits 0 on unknown keys, so any
+    // output counts as a failure).
+    let dir = fresh_root("good");
+    let (ok, text) = verify(&dir, &["switchyard.service", "switchyard-bank-sim.service"]);
+    assert!(ok, "verify failed: {text}");
     assert!(text.trim().is_empty(), "verify complained: {text}");
 }
 
 #[test]
 fn verify_catches_a_bad_directive() {
     // The check above can fail: a misspelt hardening key is reported.
-    let dir = workspace()
-        .join("target/test-configs")
-        .join(format!("unit-root-bad-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    verify_root(&dir);
+    let dir = fresh_root("bad");
     let unit = dir.join("lib/systemd/system/switchyard.service");
     let text = std::fs::read_to_string(&unit).expect("unit");
     std::fs::write(
@@ -89,13 +98,6 @@ fn verify_catches_a_bad_directive() {
         text.replace("ProtectSystem=strict", "ProtectSystm=strict"),
     )
     .expect("write unit");
-    let out = Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(format!("--root={}", dir.display()))
-        .arg("switchyard.service")
-        .output()
-        .expect("systemd-analyze");
-    let _ = std::fs::remove_dir_all(&dir);
-    let said = String::from_utf8_lossy(&out.stderr);
+    let (_, said) = verify(&dir, &["switchyard.service"]);
     assert!(said.contains("ProtectSystm"), "no complaint: {said}");
 }
