@@ -416,7 +416,7 @@ smoke_test() {
     sy route add --low 4 --high 4 --bank sim
     sy route add --low 51 --high 55 --bank sim
   }
-  id="SMOKE$(date -u +%y%m%d%H%M)"
+  id="SMOKE$(date -u +%m%d%H%M%S)"
   key="$(sy merchant add --id "$id" --name "deploy smoke test" --currencies 840 \
     --limit-minor 100000 | tail -n 1 | sed -n 's/.*"mac_key_hex":"\([0-9a-f]*\)".*/\1/p')"
   [ -n "$key" ] || die "merchant add printed no MAC key"

@@ -23,5 +23,6 @@ fi
 # in loadtest, so everything is built first and cargo-deb packs what is there.
 echo "package: cargo build --release -p switch -p loadtest --bins" >&2
 cargo build --release -p switch -p loadtest --bins >&2
-echo "package: cargo deb -p switch --no-build" >&2
-cargo deb -p switch --no-build "$@" | tail -n 1
+echo "package: cargo deb -p switch --no-build --strip" >&2
+# Stripped (Debian policy for binaries); the release profile keeps debug info for profiling.
+cargo deb -p switch --no-build --strip "$@" | tail -n 1
