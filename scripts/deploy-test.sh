@@ -121,6 +121,7 @@ args=(--deb "/root/deploy/$(basename "$deb")" --pg-port "$pg_port" --redis-port 
 # pipe of ours open).
 run_deploy() {
   local log="$1" pid status=0
+  : >"$log"
   timeout "$deploy_limit_s" chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/root LANG=C.UTF-8 TERM=dumb /bin/bash /root/deploy/deploy.sh "${args[@]}" \
     >"$log" 2>&1 </dev/null &
@@ -154,6 +155,9 @@ step "chroot: scripts/deploy.sh again (an upgrade in place: keys kept, smoke tes
 run_deploy "$work/deploy-2.log"
 [ "$(grep KEY_HEX "$root/etc/switchyard/switchyard.env")" = "$keys_before" ] ||
   { echo "deploy-test: the second run changed the keys" >&2; exit 1; }
-grep -q 'Generated secrets' "$work/deploy-2.log" && { echo "deploy-test: the second run printed new secrets" >&2; exit 1; }
+if grep -q 'Generated secrets' "$work/deploy-2.log"; then
+  echo "deploy-test: the second run printed new secrets" >&2
+  exit 1
+fi
 
 step "passed; stopping what runs in the root"

@@ -138,13 +138,16 @@ as_service() {
 # A switchyard command as the service would run it.
 sy() { RUST_LOG=warn as_service /usr/bin/switchyard "$@"; }
 
+# apt's and dpkg's chatter goes to this file; its tail is shown when a step fails.
+apt_log=/var/log/switchyard-deploy-apt.log
 apt_updated=0
 apt_install() {
   if [ "$apt_updated" = 0 ]; then
-    apt-get update -qq
+    apt-get update -qq >>"$apt_log" 2>&1 || { tail -n 20 "$apt_log" >&2; die "apt-get update failed (log: $apt_log)"; }
     apt_updated=1
   fi
-  apt-get install -y -qq -o Dpkg::Options::=--force-confold "$@" </dev/null
+  apt-get install -y -qq -o Dpkg::Options::=--force-confold "$@" </dev/null >>"$apt_log" 2>&1 ||
+    { tail -n 20 "$apt_log" >&2; die "apt-get install $* failed (log: $apt_log)"; }
 }
 
 find_deb() {
