@@ -15,7 +15,7 @@ fn unit_value<'a>(unit: &'a str, key: &str) -> Option<&'a str> {
     let prefix = format!("{key}=");
     unit.lines()
         .filter_map(|l| l.trim().strip_prefix(prefix.as_str()))
-        .last()
+        .next_back()
 }
 
 /// A systemd time span of plain seconds or `Ns` / `Nmin`, in milliseconds.
