@@ -32,6 +32,14 @@ step() { printf 'deploy-test: %s (%d s)\n' "$*" "$((SECONDS - start))"; }
 deb="${1:-$(ls -t target/debian/switchyard_*.deb 2>/dev/null | head -n 1 || true)}"
 [ -r "$deb" ] || { echo "deploy-test: no package: run scripts/package.sh first" >&2; exit 1; }
 mkdir -p "$work" "$archives/partial"
+# The root with PostgreSQL and Redis installed takes about 600 MB; say so plainly rather
+# than let dpkg fail halfway with "No space left on device".
+need_mb=1500
+free_mb="$(df -Pm "$work" | awk 'NR == 2 { print $4 }')"
+if [ "$free_mb" -lt "$need_mb" ]; then
+  echo "deploy-test: only $free_mb MB free under $work; the test needs $need_mb MB" >&2
+  exit 1
+fi
 
 if [ ! -s "$tarball" ]; then
   command -v debootstrap >/dev/null || {
