@@ -65,16 +65,16 @@ smoke="${DEPLOY_SMOKE:-1}"
 
 while [ $# -gt 0 ]; do
   case "$1" in
-    --deb) deb="$2"; shift 2 ;;
-    --database-url) database_url="$2"; shift 2 ;;
-    --redis-url) redis_url="$2"; shift 2 ;;
-    --pg-port) pg_port="$2"; shift 2 ;;
-    --redis-port) redis_port="$2"; shift 2 ;;
-    --merchant-listen) merchant_listen="$2"; shift 2 ;;
-    --admin-listen) admin_listen="$2"; shift 2 ;;
-    --banks) banks_file="$2"; shift 2 ;;
-    --bank-sim-listen) sim_listen="$2"; shift 2 ;;
-    --bank-sim-control) sim_control="$2"; shift 2 ;;
+    --deb) deb="${2:?$1 needs a value}"; shift 2 ;;
+    --database-url) database_url="${2:?$1 needs a value}"; shift 2 ;;
+    --redis-url) redis_url="${2:?$1 needs a value}"; shift 2 ;;
+    --pg-port) pg_port="${2:?$1 needs a value}"; shift 2 ;;
+    --redis-port) redis_port="${2:?$1 needs a value}"; shift 2 ;;
+    --merchant-listen) merchant_listen="${2:?$1 needs a value}"; shift 2 ;;
+    --admin-listen) admin_listen="${2:?$1 needs a value}"; shift 2 ;;
+    --banks) banks_file="${2:?$1 needs a value}"; shift 2 ;;
+    --bank-sim-listen) sim_listen="${2:?$1 needs a value}"; shift 2 ;;
+    --bank-sim-control) sim_control="${2:?$1 needs a value}"; shift 2 ;;
     --no-smoke) smoke=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown option: $1" ;;
