@@ -8,6 +8,10 @@
 # Prometheus (Debian's `prometheus`, installed when missing) scraping the switch with the
 # alert rules of ops/prometheus/alerts.yml. Files (config, logs) go under target/demo/.
 # Everything listens on 127.0.0.1 only, on free ports.
+#
+# SWITCHYARD_DEMO_CHECK=1 (scripts/test.sh uses it): instead of running until Ctrl-C, check
+# what the demo shows operators (the switch's /healthz and /metrics, Prometheus scraping it
+# with the alert rules loaded), then stop as Ctrl-C would; non-zero if anything is missing.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -194,6 +198,36 @@ say "demo traffic"
 "$bin/demo-traffic" --addr "$merchant_addr" --merchant "$merchant_id" --key "$key" \
   --bank-control "${control[bank-a]}" --bank-control "${control[bank-b]}"
 
+# GET http://ADDR/PATH with bash's /dev/tcp (curl may not be installed): the body.
+http_body() {
+  local addr="$1" path="$2" reply
+  exec 3<>"/dev/tcp/${addr%:*}/${addr##*:}" || return 1
+  printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$path" "$addr" >&3
+  reply="$(cat <&3)"
+  exec 3<&-
+  sed '1,/^\r\{0,1\}$/d' <<<"$reply"
+}
+
+# What the operators' side of the demo promises, checked: health, the approval counted in
+# the metrics, Prometheus scraping the switch (target up) with the rules of ops/ loaded.
+check_operators_side() {
+  local rules
+  [ "$(http_body "$admin_addr" /healthz)" = ok ] || { echo "demo check: /healthz is not ok" >&2; return 1; }
+  http_body "$admin_addr" /metrics | grep -q '^switchyard_requests_total{mti="0200",rc="00"}' ||
+    { echo "demo check: no approval in /metrics" >&2; return 1; }
+  rules="$(grep -cE '^[[:space:]]*- alert:' ops/prometheus/alerts.yml)"
+  for _ in $(seq 1 300); do
+    if http_body "$prom_addr" /api/v1/targets | grep -q '"health":"up"' &&
+      [ "$(http_body "$prom_addr" /api/v1/rules | grep -o '"type":"alerting"' | wc -l)" = "$rules" ]; then
+      echo "demo check: /healthz ok, approvals in /metrics, Prometheus scrapes the switch with $rules alert rules"
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "demo check: Prometheus does not scrape the switch with the $rules rules of ops/ within 30 s" >&2
+  return 1
+}
+
 say "running"
 cat <<EOF
 Operators' side:
@@ -219,4 +253,8 @@ The switch listens for merchants on $merchant_addr (port ${merchant_addr##*:}).
   bank records: curl http://${control[bank-a]}/record  http://${control[bank-b]}/record
 Press Ctrl-C to stop everything; it removes $removes.
 EOF
+if [ "${SWITCHYARD_DEMO_CHECK:-0}" = 1 ]; then
+  check_operators_side
+  exit
+fi
 wait "$switch_pid"

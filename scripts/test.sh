@@ -39,8 +39,13 @@ phase "cargo test --workspace --no-fail-fast"
 status=0
 cargo test --workspace --no-fail-fast </dev/null || status=$?
 
-# The Debian package and the one-command deployment, end to end on a fresh Debian root
-# (scripts/deploy-test.sh says how). They run whatever cargo test said.
+# The demo (the README's first command), the Debian package and the one-command
+# deployment, end to end on a fresh Debian root (scripts/deploy-test.sh says how). They run
+# whatever cargo test said.
+phase "demo: SWITCHYARD_DEMO_CHECK=1 scripts/demo.sh (admin listener, private Prometheus with the alert rules)"
+demo_status=0
+SWITCHYARD_DEMO_CHECK=1 scripts/demo.sh </dev/null || demo_status=$?
+
 phase "packaging: scripts/package.sh (release build, cargo deb)"
 package_status=0
 deb="$(scripts/package.sh </dev/null | tail -n 1)" || package_status=$?
@@ -52,5 +57,5 @@ else
   deploy_status=$package_status
 fi
 
-phase "done: cargo test exited with $status, package.sh with $package_status, deploy-test.sh with $deploy_status"
-[ "$status" = 0 ] && [ "$package_status" = 0 ] && [ "$deploy_status" = 0 ]
+phase "done: cargo test exited with $status, demo.sh with $demo_status, package.sh with $package_status, deploy-test.sh with $deploy_status"
+[ "$status" = 0 ] && [ "$demo_status" = 0 ] && [ "$package_status" = 0 ] && [ "$deploy_status" = 0 ]
