@@ -106,16 +106,14 @@ bind_one() {
 }
 mount_all
 
-free_port() {
-  python3 -c 'import socket
-s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-pg_port="$(free_port)"
-redis_port="$(free_port)"
-merchant="127.0.0.1:$(free_port)"
-admin="127.0.0.1:$(free_port)"
-sim="127.0.0.1:$(free_port)"
-sim_control="127.0.0.1:$(free_port)"
+# shellcheck source=scripts/services.sh
+. scripts/services.sh # for _sy_free_port only: no server of its own is started here
+pg_port="$(_sy_free_port)"
+redis_port="$(_sy_free_port)"
+merchant="127.0.0.1:$(_sy_free_port)"
+admin="127.0.0.1:$(_sy_free_port)"
+sim="127.0.0.1:$(_sy_free_port)"
+sim_control="127.0.0.1:$(_sy_free_port)"
 
 mkdir -p "$root/root/deploy"
 cp scripts/deploy.sh "$root/root/deploy/"
