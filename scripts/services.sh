@@ -8,8 +8,9 @@
 #     services_start
 #
 # services_start installs the Debian packages `postgresql` and `redis-server` when a binary is
-# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs; a failure there
-# is only logged, that test then fails on its own), picks free TCP ports, starts a PostgreSQL
+# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs, and `systemd`
+# when `systemd-analyze` is, for tests/tests/packaging.rs; a failure there is only logged,
+# that test then fails on its own), picks free TCP ports, starts a PostgreSQL
 # cluster of its own (data under target/test-services/pg-XXXX) and a Redis of its own
 # (target/test-services/redis-XXXX), and exports for the tests:
 #
@@ -80,7 +81,7 @@ _sy_pg_bin_dir() {
 # Install the Debian packages when a binary is missing (only then, and quietly).
 _sy_ensure_packages() {
   _sy_ensure_servers || return 1
-  _sy_ensure_promtool
+  _sy_ensure_tools
   return 0
 }
 
@@ -101,20 +102,29 @@ _sy_ensure_servers() {
   command -v redis-server >/dev/null || { _sy_log "no redis-server after install"; return 1; }
 }
 
-# promtool (package prometheus) checks the alert rules in ops/. Not needed by the servers, so
-# a failure is only logged: tests/tests/ops_rules.rs then fails and says why.
-_sy_ensure_promtool() {
-  command -v promtool >/dev/null && return 0
+# Tools some tests need besides the servers: promtool (package prometheus) checks the alert
+# rules in ops/, systemd-analyze (package systemd) the packaged units. A failure is only
+# logged: tests/tests/ops_rules.rs or packaging.rs then fails and says why.
+_sy_ensure_tools() {
+  _sy_ensure_tool promtool prometheus
+  _sy_ensure_tool systemd-analyze systemd
+  return 0
+}
+
+# _sy_ensure_tool COMMAND PACKAGE: installs the Debian package when the command is missing.
+_sy_ensure_tool() {
+  local tool="$1" package="$2"
+  command -v "$tool" >/dev/null && return 0
   if [ "$(id -u)" != 0 ]; then
-    _sy_log "promtool is missing and this is not root: install the Debian package prometheus"
+    _sy_log "$tool is missing and this is not root: install the Debian package $package"
     return 1
   fi
-  _sy_log "installing prometheus for promtool (apt-get)"
+  _sy_log "installing $package for $tool (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || { _sy_log "apt-get update failed"; return 1; }
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null </dev/null ||
-    { _sy_log "apt-get install prometheus failed"; return 1; }
-  command -v promtool >/dev/null || { _sy_log "no promtool after installing prometheus"; return 1; }
+  apt-get install -y -qq --no-install-recommends "$package" >/dev/null </dev/null ||
+    { _sy_log "apt-get install $package failed"; return 1; }
+  command -v "$tool" >/dev/null || { _sy_log "no $tool after installing $package"; return 1; }
 }
 
 # Print a TCP port that is free on 127.0.0.1 right now.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: formatting, lints, then the whole workspace's tests against a private
-# PostgreSQL and a private Redis (started here on free ports, stopped at exit).
+# PostgreSQL and a private Redis (started here on free ports, stopped at exit), then the
+# Debian package and the deployment script, tested on a fresh Debian root.
 # Runs the same on a developer's machine and in CI (CI=true, no stdin, a fresh clone, root).
 set -euo pipefail
 
@@ -38,5 +39,23 @@ phase "cargo test --workspace --no-fail-fast"
 status=0
 cargo test --workspace --no-fail-fast </dev/null || status=$?
 
-phase "done: cargo test exited with $status"
-exit "$status"
+# The demo (the README's first command), the Debian package and the one-command
+# deployment, end to end on a fresh Debian root (scripts/deploy-test.sh says how). They run
+# whatever cargo test said.
+phase "demo: SWITCHYARD_DEMO_CHECK=1 scripts/demo.sh (admin listener, private Prometheus with the alert rules)"
+demo_status=0
+SWITCHYARD_DEMO_CHECK=1 scripts/demo.sh </dev/null || demo_status=$?
+
+phase "packaging: scripts/package.sh (release build, cargo deb)"
+package_status=0
+deb="$(scripts/package.sh </dev/null | tail -n 1)" || package_status=$?
+deploy_status=0
+if [ "$package_status" = 0 ]; then
+  phase "deployment: scripts/deploy-test.sh $deb (debootstrap root, chroot, deploy.sh, smoke test)"
+  scripts/deploy-test.sh "$deb" </dev/null || deploy_status=$?
+else
+  deploy_status=$package_status
+fi
+
+phase "done: cargo test exited with $status, demo.sh with $demo_status, package.sh with $package_status, deploy-test.sh with $deploy_status"
+[ "$status" = 0 ] && [ "$demo_status" = 0 ] && [ "$package_status" = 0 ] && [ "$deploy_status" = 0 ]

@@ -1,7 +1,8 @@
 //! `demo-traffic`: the demo's merchant. Signs on and walks through the interesting cases
 //! one request at a time, printing a line per step: an approval, two bank declines, a
 //! bank timeout (answered 91, reversed at the bank), a retransmission of the approval
-//! (same DE37/DE38), and an echo.
+//! (same DE37/DE38), and an echo. With `--smoke` only the sign-on, the approval and the
+//! echo: `scripts/deploy.sh` proves a fresh installation with it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -45,6 +46,10 @@ struct Args {
     /// reversal of the timed-out purchase is recorded and print what each recorded.
     #[arg(long)]
     bank_control: Vec<SocketAddr>,
+    /// Smoke test of a deployment: only the sign-on, one approved purchase and an echo
+    /// (each must be answered 00); exits non-zero otherwise.
+    #[arg(long)]
+    smoke: bool,
 }
 
 /// How long to wait for the reversal of the timed-out purchase to reach the bank.
@@ -195,6 +200,14 @@ fn expect(step: &str, a: &Answer<()>, code: &str) -> Result<()> {
     Ok(())
 }
 
+/// A network echo (0800 DE70=301), which must be answered 00.
+async fn echo(d: &mut Demo) -> Result<()> {
+    let msg = d.network(network_code::ECHO);
+    let a = d.send(&msg).await?;
+    line("echo", "0800 DE70=301", &a);
+    expect("echo", &a, "00")
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     loadtest::cli::exit("demo-traffic", try_main().await)
@@ -225,6 +238,11 @@ async fn try_main() -> Result<()> {
     let a = d.send(&approval).await?;
     line("approval", "0200 4111...1111 10.00 USD", &a);
     expect("approval", &a, "00")?;
+    if args.smoke {
+        echo(&mut d).await?;
+        println!("smoke test passed");
+        return Ok(());
+    }
     let (rrn, auth) = (field(&a, 37), field(&a, 38));
 
     let msg = d.purchase("4111111111111111", 1051);
@@ -275,10 +293,7 @@ async fn try_main() -> Result<()> {
         ""
     );
 
-    let msg = d.network(network_code::ECHO);
-    let a = d.send(&msg).await?;
-    line("echo", "0800 DE70=301", &a);
-    expect("echo", &a, "00")?;
+    echo(&mut d).await?;
     if !args.bank_control.is_empty() {
         println!();
         wait_reversal(&args.bank_control, &timeout_rrn).await?;

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Builds the Debian package: target/debian/switchyard_VERSION-1_ARCH.deb (its path is the
+# last line printed). Installs the cargo-deb tool from crates.io when it is missing.
+#
+# The package holds the release binaries switchyard (/usr/bin), and bank-sim and
+# demo-traffic (/usr/lib/switchyard, for smoke tests), the systemd units, the annotated
+# configuration (/etc/switchyard/switchyard.toml), the migrations, alert rules and
+# dashboard (/usr/share/switchyard) and the operations guide (/usr/share/doc/switchyard).
+# What goes where is [package.metadata.deb] in switch/Cargo.toml.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# cargo-deb's version is pinned so that a package built today and one built next month
+# come from the same tool.
+cargo_deb_version="${CARGO_DEB_VERSION:-3.8.0}"
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "package: installing cargo-deb $cargo_deb_version (cargo install --locked)" >&2
+  cargo install cargo-deb --locked --version "$cargo_deb_version" >&2
+fi
+
+# cargo-deb builds only the switch package's own binaries; bank-sim and demo-traffic live
+# in loadtest, so everything is built first and cargo-deb packs what is there.
+echo "package: cargo build --release -p switch -p loadtest --bins" >&2
+cargo build --release -p switch -p loadtest --bins >&2
+echo "package: cargo deb -p switch --no-build --strip" >&2
+# Stripped (Debian policy for binaries); the release profile keeps debug info for profiling.
+cargo deb -p switch --no-build --strip "$@" | tail -n 1
