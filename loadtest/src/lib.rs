@@ -10,6 +10,7 @@
 //! - [`relay`]: the bare frame relay behind `relay` (the ceiling run).
 
 pub mod banksim;
+pub mod chaos;
 pub mod load;
 pub mod merchant;
 pub mod relay;

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub faults: Faults,
     pub record: Arc<Record>,
     pub advisor: Arc<Advisor>,
+    /// Cuts ordered through the control endpoint.
+    pub gate: super::gate::LinkGate,
 }
 
 /// What to do about one received frame.
@@ -120,10 +122,17 @@ pub(crate) async fn run<S>(
     let writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec), rx, peer));
     let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_MAX));
     let mut served = 0u64;
+    let mut cuts = shared.gate.subscribe();
 
     'read: loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = cuts.changed() => {
+                // Cut: answers not yet written are lost with the link, as on a real outage.
+                info!(%peer, "bank link cut on command");
+                writer.abort();
+                return;
+            }
             next = reader.next() => next,
         };
         let frame = match next {
