@@ -120,6 +120,8 @@ async fn run(a: RunArgs) -> Result<()> {
     if a.wait_links {
         load_run::wait_links_ready(a.addr, &merchant).await?;
     }
+    // The script injects its faults once the orders flow (stdout: the ready line only).
+    println!(r#"{{"event":"ready","rate":{}}}"#, a.rate);
     let cfg = client::RunConfig {
         addr: a.addr,
         merchant,
@@ -201,6 +203,10 @@ fn print_summary(v: &Verdict, ledger_status: i32, ledger: &str) {
     println!(
         "retransmissions: {} (answers 94: {}, 96: {}); bank RRN repeats: {}",
         v.retransmissions, v.answers_94, v.answers_96, v.bank_rrn_repeats
+    );
+    println!(
+        "reversals of requests the bank never saw, after a 91 (no money moved): {}",
+        v.unseen_reversals_after_91
     );
     for (name, c) in v.counts() {
         println!("{name}: {}", c.count);

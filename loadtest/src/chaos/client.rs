@@ -350,6 +350,7 @@ async fn schedule(shared: &Arc<Shared>) -> Vec<OrderLog> {
     let mut tasks = JoinSet::new();
     let mut next_progress = start + PROGRESS_EVERY;
     let mut index = 0u64;
+    let mut orders = Vec::new();
     while Instant::now() < end {
         tokio::time::sleep_until(start + every * (index as u32)).await;
         let permit = room.clone().acquire_owned().await.expect("never closed");
@@ -360,6 +361,10 @@ async fn schedule(shared: &Arc<Shared>) -> Vec<OrderLog> {
             o
         });
         index += 1;
+        // Ended orders are collected as they end, so the set holds the open ones.
+        while let Some(r) = tasks.try_join_next() {
+            orders.push(r.expect("an order task panicked"));
+        }
         if Instant::now() >= next_progress {
             next_progress += PROGRESS_EVERY;
             progress(shared, index, tasks.len());
@@ -369,7 +374,6 @@ async fn schedule(shared: &Arc<Shared>) -> Vec<OrderLog> {
         "chaos-merchant: {index} orders started; waiting for the {} still open",
         tasks.len()
     );
-    let mut orders = Vec::with_capacity(index as usize);
     while let Some(r) = tasks.join_next().await {
         orders.push(r.expect("an order task panicked"));
     }

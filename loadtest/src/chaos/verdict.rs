@@ -8,7 +8,10 @@
 //! - **doubled**: the bank holds two or more standing charges for one order.
 //! - **phantom**: a standing bank charge the merchant was not told of (a decline, a `91`,
 //!   a reversal answered `00`, or no final answer), or one matching no order; and a
-//!   reversal the bank got for an RRN it never saw.
+//!   reversal the bank got for an RRN it never saw, unless the merchant was told `91` for
+//!   that request: the switch cannot know whether a request written as its link broke
+//!   reached the bank, and the contract has it reverse such an unknown outcome (the bank
+//!   answers `25`, no money moves; counted apart as `unseen_reversals_after_91`).
 //! - **unresolved**: a request of the merchant without a final answer, or a journal row
 //!   left `authorising` or `reversing`, or a reversal left pending or expired.
 //! - **journal mismatch**: the journal's state of the order disagrees with what the
@@ -107,6 +110,8 @@ pub struct Verdict {
     pub answers_96: u64,
     /// Financial requests the banks got with an RRN seen before (a resend, not a charge).
     pub bank_rrn_repeats: u64,
+    /// Reversals of requests the bank never saw, after the merchant was told `91`.
+    pub unseen_reversals_after_91: u64,
     pub lost: Count,
     pub doubled: Count,
     pub phantom: Count,
@@ -333,9 +338,25 @@ fn judge_strays(
                 .add(|| format!("bank charge {} ({term}, {amount}) matches no order", c.rrn));
         }
     }
+    let by_rrn = orders_by_rrn(log, journal);
     for (rrn, n) in &bank.unknown_reversals {
-        v.phantom
-            .add(|| format!("the bank got {n} reversal(s) of RRN {rrn}, which it never saw"));
+        let order = by_rrn.get(rrn.as_str());
+        let told = order.and_then(|o| o.purchase.final_answer.as_ref());
+        if told.is_some_and(|a| a.code == "91" && a.rrn.as_deref() == Some(rrn.as_str())) {
+            v.unseen_reversals_after_91 += 1;
+            continue;
+        }
+        v.phantom.add(|| {
+            let what = order.map_or("no order".to_owned(), |o| {
+                let charges = idx.charges.get(&(o.terminal.as_str(), o.amount_minor));
+                describe(
+                    o,
+                    charges.map_or(&[], |c| c.as_slice()),
+                    &idx.rows(&o.order_ref),
+                )
+            });
+            format!("the bank got {n} reversal(s) of RRN {rrn}, which it never saw: {what}")
+        });
     }
     let order_refs: HashSet<&str> = log.orders.iter().map(|o| o.order_ref.as_str()).collect();
     let of_orders: HashSet<i64> = journal
@@ -357,34 +378,69 @@ fn judge_strays(
     }
 }
 
+/// Each order by every RRN it was told or the journal gave it.
+fn orders_by_rrn<'a>(
+    log: &'a MerchantLog,
+    journal: &'a [JournalRow],
+) -> HashMap<&'a str, &'a OrderLog> {
+    let by_ref: HashMap<&str, &OrderLog> = log
+        .orders
+        .iter()
+        .map(|o| (o.order_ref.as_str(), o))
+        .collect();
+    let mut m = HashMap::new();
+    for o in &log.orders {
+        let answers = std::iter::once(&o.purchase)
+            .chain(&o.reversal)
+            .flat_map(|r| &r.answers);
+        for rrn in answers.filter_map(|a| a.rrn.as_deref()) {
+            m.insert(rrn, o);
+        }
+    }
+    for r in journal {
+        if let Some(o) = r.order_ref.as_deref().and_then(|x| by_ref.get(x)) {
+            m.insert(r.rrn.as_str(), *o);
+        }
+    }
+    m
+}
+
+/// Answers in order, runs of one code and RRN collapsed: `96 x153 @43556..120930ms rrn R`.
+fn answer_runs(answers: &[AnswerSeen]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < answers.len() {
+        let a = &answers[i];
+        let run = answers[i..]
+            .iter()
+            .take_while(|b| (&b.code, &b.rrn) == (&a.code, &a.rrn))
+            .count();
+        let last = &answers[i + run - 1];
+        let rrn = a
+            .rrn
+            .as_ref()
+            .map(|x| format!(" rrn {x}"))
+            .unwrap_or_default();
+        out.push(if run == 1 {
+            format!("{}@{}ms{rrn}", a.code, a.at_ms)
+        } else {
+            format!("{} x{run} @{}..{}ms{rrn}", a.code, a.at_ms, last.at_ms)
+        });
+        i += run;
+    }
+    out.join(", ")
+}
+
 fn describe(o: &OrderLog, charges: &[Charge], rows: &[&JournalRow]) -> String {
     let request = |r: &RequestLog| {
-        let answers: Vec<String> = r
-            .answers
-            .iter()
-            .map(|a| {
-                format!(
-                    "{}@{}ms{}",
-                    a.code,
-                    a.at_ms,
-                    a.rrn
-                        .as_ref()
-                        .map(|x| format!(" rrn {x}"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect();
+        let answers = answer_runs(&r.answers);
         let fin = r
             .final_answer
             .as_ref()
             .map_or("none".into(), |a| a.code.clone());
         format!(
-            "{} stan {} de7 {} sent {}x answers [{}] final {fin}",
-            r.mti,
-            r.stan,
-            r.de7,
-            r.sends,
-            answers.join(", ")
+            "{} stan {} de7 {} sent {}x answers [{answers}] final {fin}",
+            r.mti, r.stan, r.de7, r.sends
         )
     };
     let bank: Vec<String> = charges
@@ -569,10 +625,22 @@ mod tests {
         b.unanswered[0].amount_minor = Some(600);
         b.approved.push(bank_charge("R7", 7777, false));
         b.unknown_reversals.insert("R8".into(), 1);
+        // The reversal of a request answered 91 that the bank never saw is no phantom.
+        l.orders.push(order(6, &[answer("91", "R6")]));
+        b.unknown_reversals.insert("R6".into(), 1);
         let v = verdict(&l, &b, &j);
         assert_eq!(v.phantom.count, 3, "{:?}", v.phantom.examples);
+        assert_eq!(v.unseen_reversals_after_91, 1);
         // The 91 order has no journal row: the journal mismatch is not what is judged here.
         assert_eq!(v.lost.count + v.doubled.count, 0);
+    }
+
+    // Proves runs of one answer are collapsed in the explanations.
+    #[test]
+    fn answer_runs_collapse() {
+        let mut a = vec![answer("96", ""), answer("96", ""), answer("00", "R1")];
+        a[1].at_ms = 20;
+        assert_eq!(answer_runs(&a), "96 x2 @10..20ms, 00@10ms rrn R1");
     }
 
     // Proves a request given up, a row left authorising and a pending reversal are unresolved.
