@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use loadtest::chaos::plan::RetryPolicy;
 use loadtest::chaos::verdict::{MerchantLog, Verdict, verdict};
@@ -188,10 +188,12 @@ async fn reconcile(a: ReconcileArgs) -> Result<()> {
     std::fs::write(&a.summary, serde_json::to_string_pretty(&summary)?)
         .with_context(|| format!("writing {}", a.summary.display()))?;
     if !v.ok() || a.ledger_status != 0 {
-        bail!(
-            "the fault run found defects (see above and {})",
+        // A finding, not a failure of this program: said plainly, without a backtrace.
+        eprintln!(
+            "chaos-merchant: the fault run found defects (see above and {})",
             a.summary.display()
         );
+        std::process::exit(1);
     }
     Ok(())
 }

@@ -17,7 +17,9 @@
 //! - **journal mismatch**: the journal's state of the order disagrees with what the
 //!   merchant was told; **ledger mismatch**: the order's postings on its bank's account
 //!   do not add up to the amount the journal says is charged.
-//! - **inconsistent answers**: two final answers to one request that differ.
+//! - **inconsistent answers**: two final answers to one request that differ;
+//!   **contradictory 96**: a `96` that carries DE37 (the contract: a `96` means nothing
+//!   was recorded and nothing reached a bank; any answer with DE37 is recorded under it).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -119,6 +121,7 @@ pub struct Verdict {
     pub journal_mismatch: Count,
     pub ledger_mismatch: Count,
     pub inconsistent_answers: Count,
+    pub contradictory_96: Count,
 }
 
 impl Verdict {
@@ -128,7 +131,7 @@ impl Verdict {
     }
 
     /// The counts by name, in the order the summary prints them.
-    pub fn counts(&self) -> [(&'static str, &Count); 7] {
+    pub fn counts(&self) -> [(&'static str, &Count); 8] {
         [
             ("lost", &self.lost),
             ("doubled", &self.doubled),
@@ -137,6 +140,7 @@ impl Verdict {
             ("journal_mismatch", &self.journal_mismatch),
             ("ledger_mismatch", &self.ledger_mismatch),
             ("inconsistent_answers", &self.inconsistent_answers),
+            ("contradictory_96", &self.contradictory_96),
         ]
     }
 }
@@ -288,6 +292,10 @@ fn judge_order(o: &OrderLog, idx: &Index<'_>, v: &mut Verdict) {
     }
     if requests.clone().any(|r| !finals_agree(r)) {
         v.inconsistent_answers.add(why);
+    }
+    let answers = requests.clone().flat_map(|r| &r.answers);
+    if answers.clone().any(|a| a.code == "96" && a.rrn.is_some()) {
+        v.contradictory_96.add(why);
     }
     let purchase_rows: Vec<&&JournalRow> = rows.iter().filter(|r| r.kind == "purchase").collect();
     let journal_charged = purchase_rows.iter().any(|r| r.charged());
@@ -667,20 +675,22 @@ mod tests {
     }
 
     // Proves the journal and ledger are held to what the merchant was told, and differing
-    // final answers to one request are caught.
+    // final answers to one request and a 96 with DE37 are caught.
     #[test]
     fn journal_ledger_and_answers() {
         let (mut l, b, mut j) = clean();
         j[1].state = "approved".into();
         j[0].bank_net_minor = 200;
         l.orders[0].purchase.answers.push(answer("05", "R0"));
+        l.orders[1].purchase.answers.insert(0, answer("96", "R1"));
         let v = verdict(&l, &b, &j);
         assert_eq!(
             counts(&v),
             [
                 ("journal_mismatch", 1),
                 ("ledger_mismatch", 2),
-                ("inconsistent_answers", 1)
+                ("inconsistent_answers", 1),
+                ("contradictory_96", 1)
             ]
         );
     }
