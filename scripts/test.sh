@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # THE test command: formatting, lints, then the whole workspace's tests against a private
-# PostgreSQL and a private Redis (started here on free ports, stopped at exit).
+# PostgreSQL and a private Redis (started here on free ports, stopped at exit), then the
+# fault run (scripts/chaos.sh).
 # Runs the same on a developer's machine and in CI (CI=true, no stdin, a fresh clone, root).
 set -euo pipefail
 
@@ -38,5 +39,15 @@ phase "cargo test --workspace --no-fail-fast"
 status=0
 cargo test --workspace --no-fail-fast </dev/null || status=$?
 
-phase "done: cargo test exited with $status"
+# The fault run (issue 11): the switch under load while it, Redis, PostgreSQL and the bank
+# links are broken, then reconciled three ways. 60 s of load by default (DURATION= makes it
+# longer); it starts its own PostgreSQL and Redis, since it stops and kills them.
+phase "scripts/chaos.sh (fault run, ${DURATION:-60} s of load)"
+chaos_status=0
+scripts/chaos.sh </dev/null || chaos_status=$?
+
+phase "done: cargo test exited with $status, scripts/chaos.sh with $chaos_status"
+if [ "$status" = 0 ]; then
+  status="$chaos_status"
+fi
 exit "$status"
