@@ -280,19 +280,21 @@ started+=("$merchant_pid")
 wait_ready "$out/merchant.out" "$merchant_pid" chaos-merchant >/dev/null
 load_t0="$EPOCHREALTIME"
 
-# The faults in order, each followed by a pause; the pauses share what the faults leave of
-# DURATION (the faults themselves take about 50 s, the restarts included).
+# The faults in order, each after a pause; the pauses share what the faults leave of
+# DURATION (the faults themselves take about 50 s, the restarts included). No restart
+# follows the long PostgreSQL outage until the load has ended: what it leaves behind must
+# be resolved by the running switch, not by the recovery of a restart.
 schedule=(
   "f_kill"
   "f_redis_restart"
   "f_bank_cut bank-a 3000"
   "f_pg_outage 5"
   "f_kill"
-  "f_redis_flush"
   "f_redis_outage 10"
   "f_bank_flap bank-b 5"
-  "f_pg_outage 15"
   "f_kill"
+  "f_pg_outage 15"
+  "f_redis_flush"
 )
 gap="$(awk -v d="$DURATION" -v n="${#schedule[@]}" 'BEGIN { g = (d - 50) / (n + 1); if (g < 1) g = 1; printf "%.1f", g }')"
 for step in "${schedule[@]}"; do
@@ -314,8 +316,16 @@ tail -n 3 "$out/merchant.log"
 [ "$merchant_status" = 0 ] || { echo "chaos-merchant failed ($merchant_status); see $out/merchant.log" >&2; exit 1; }
 
 switch_check
-left="$(psql -c "SELECT count(*) FROM transactions WHERE state IN ('authorising', 'reversing')")"
-fault "before the last restart: $left transaction(s) authorising or reversing"
+# Every request must have an outcome by now without a restart's recovery (issue 11: an outage
+# longer than the outcome-retry budget never leaves a transaction authorising).
+left="$(psql -c "SELECT count(*) FROM transactions WHERE state = 'authorising'")"
+if [ "$left" != 0 ]; then
+  finding "$left transaction(s) still authorising after the load, before the last restart:"
+  psql -c "SELECT id, rrn, kind, stan, order_ref, response_code, updated_at FROM transactions
+    WHERE state = 'authorising' ORDER BY id LIMIT 10" | sed 's/^/    /' | tee -a "$faults_log"
+else
+  fault "after the load, before the last restart: no transaction authorising"
+fi
 say "restarting the switch (graceful stop, start: recovery runs)"
 kill "$switch_pid"
 wait_gone "$switch_pid" 300 || { finding "the switch did not stop within 30 s of SIGTERM"; kill -9 "$switch_pid"; }
