@@ -96,12 +96,7 @@ redis_pidfile="$_sy_redis_dir/redis.pid"
 
 declare -A listen control
 for bank in bank-a bank-b; do
-  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
-    >"$out/$bank.out" 2>"$out/$bank.log" &
-  started+=($!)
-  line="$(wait_ready "$out/$bank.out" $! "$bank")"
-  listen[$bank]="$(json_str listen "$line")"
-  control[$bank]="$(json_str control "$line")"
+  start_bank_sim "$bank" "$out"
 done
 
 merchant_port="$(_sy_free_port)"
