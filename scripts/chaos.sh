@@ -356,6 +356,10 @@ psql -c "\copy (SELECT t.id, t.instance_id, t.terminal_id, t.stan, t.transmitted
   r.attempts AS reversal_attempts, r.last_response_code AS reversal_rc
   FROM transactions t LEFT JOIN reversals r ON r.transaction_id = t.id ORDER BY t.id)
   TO '$out/journal.csv' CSV HEADER" || echo "could not write $out/journal.csv" >&2
+for bank in bank-a bank-b; do
+  curl -fsS "http://${control[$bank]}/record" >"$out/$bank.record.json" ||
+    echo "could not write $out/$bank.record.json" >&2
+done
 echo "switch logs: $(cat "$out"/switch-*.log | grep -c ERROR || true) ERROR lines ($out/switch-*.log)"
 if [ "$findings" -gt 0 ]; then
   echo "chaos.sh: $findings finding(s) beside the reconciliation (see $faults_log)" >&2
