@@ -311,6 +311,12 @@ tail -n 3 "$out/merchant.log"
 [ "$merchant_status" = 0 ] || { echo "chaos-merchant failed ($merchant_status); see $out/merchant.log" >&2; exit 1; }
 
 switch_check
+# What the switch's database connections are doing now (a stuck pool shows here).
+psql -c "SELECT pid, state, wait_event_type, wait_event, now() - xact_start AS in_transaction,
+    now() - query_start AS in_query, left(regexp_replace(query, '\s+', ' ', 'g'), 160)
+  FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+  ORDER BY xact_start NULLS LAST" >"$out/pg-activity.txt" 2>&1 || true
+fault "database sessions after the load: $(cut -d'|' -f2 "$out/pg-activity.txt" | sort | uniq -c | tr -s ' \n' ' ')(pg-activity.txt)"
 # Every request must have an outcome by now without a restart's recovery (issue 11: an outage
 # longer than the outcome-retry budget never leaves a transaction authorising).
 left="$(psql -c "SELECT count(*) FROM transactions WHERE state = 'authorising'")"
