@@ -127,13 +127,8 @@ cargo build --release -p switch -p loadtest
 declare -A listen control
 bank_pids=()
 for bank in bank-a bank-b; do
-  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
-    >"$work/$bank.out" 2>"$work/$bank.log" &
-  started+=($!)
-  bank_pids+=($!)
-  line="$(wait_ready "$work/$bank.out" $! "$bank")"
-  listen[$bank]="$(json_str listen "$line")"
-  control[$bank]="$(json_str control "$line")"
+  start_bank_sim "$bank" "$work"
+  bank_pids+=("${started[-1]}")
   echo "$bank: links ${listen[$bank]}, control ${control[$bank]}"
 done
 

@@ -96,12 +96,7 @@ rm -f "$dir"/*.out "$dir"/*.log "$dir"/switchyard.toml
 
 declare -A listen control
 for bank in bank-a bank-b; do
-  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
-    >"$dir/$bank.out" 2>"$dir/$bank.log" &
-  started+=($!)
-  line="$(wait_ready "$dir/$bank.out" $! "$bank")"
-  listen[$bank]="$(json_str listen "$line")"
-  control[$bank]="$(json_str control "$line")"
+  start_bank_sim "$bank" "$dir"
   echo "$bank: bank links on ${listen[$bank]}, record at http://${control[$bank]}/record"
 done
 

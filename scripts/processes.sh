@@ -47,5 +47,19 @@ wait_ready() {
   return 1
 }
 
+# start_bank_sim NAME DIR: starts a bank simulator (binary in $bin) logging to DIR/NAME.log,
+# waits for it, and sets listen[NAME] (its bank links) and control[NAME] (its control
+# endpoint); the caller declares both arrays (`declare -A listen control`). Its PID is the
+# last of `started`.
+start_bank_sim() {
+  local name="$1" dir="$2" line
+  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
+    >"$dir/$name.out" 2>"$dir/$name.log" &
+  started+=($!)
+  line="$(wait_ready "$dir/$name.out" $! "$name")" || return 1
+  listen[$name]="$(json_str listen "$line")"
+  control[$name]="$(json_str control "$line")"
+}
+
 # json_str KEY JSON: the string value of KEY in a one-line JSON object.
 json_str() { sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p" <<<"$2"; }

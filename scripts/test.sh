@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # THE test command: formatting, lints, then the whole workspace's tests against a private
 # PostgreSQL and a private Redis (started here on free ports, stopped at exit), then the
-# Debian package and the deployment script, tested on a fresh Debian root.
+# fault run (scripts/chaos.sh), the Debian package and the deployment script, tested on a
+# fresh Debian root.
 # Runs the same on a developer's machine and in CI (CI=true, no stdin, a fresh clone, root).
 set -euo pipefail
 
@@ -39,6 +40,13 @@ phase "cargo test --workspace --no-fail-fast"
 status=0
 cargo test --workspace --no-fail-fast </dev/null || status=$?
 
+# The fault run (issue 11): the switch under load while it, Redis, PostgreSQL and the bank
+# links are broken, then reconciled three ways. 60 s of load by default (DURATION= makes it
+# longer); it starts its own PostgreSQL and Redis, since it stops and kills them.
+phase "scripts/chaos.sh (fault run, ${DURATION:-60} s of load)"
+chaos_status=0
+scripts/chaos.sh </dev/null || chaos_status=$?
+
 # The demo (the README's first command), the Debian package and the one-command
 # deployment, end to end on a fresh Debian root (scripts/deploy-test.sh says how). They run
 # whatever cargo test said.
@@ -57,5 +65,5 @@ else
   deploy_status=$package_status
 fi
 
-phase "done: cargo test exited with $status, demo.sh with $demo_status, package.sh with $package_status, deploy-test.sh with $deploy_status"
-[ "$status" = 0 ] && [ "$demo_status" = 0 ] && [ "$package_status" = 0 ] && [ "$deploy_status" = 0 ]
+phase "done: cargo test exited with $status, chaos.sh with $chaos_status, demo.sh with $demo_status, package.sh with $package_status, deploy-test.sh with $deploy_status"
+[ "$status" = 0 ] && [ "$chaos_status" = 0 ] && [ "$demo_status" = 0 ] && [ "$package_status" = 0 ] && [ "$deploy_status" = 0 ]

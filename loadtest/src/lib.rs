@@ -11,6 +11,7 @@
 //! - [`cli`]: what the binaries share at their edges: plain logs, one-line errors.
 
 pub mod banksim;
+pub mod chaos;
 pub mod cli;
 pub mod load;
 pub mod merchant;

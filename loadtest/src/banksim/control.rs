@@ -19,6 +19,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/health", get(health))
         .route("/reset", post(reset))
         .route("/advise/reversal/{rrn}", post(advise_reversal))
+        .route("/links/cut", post(cut_links))
         .with_state(shared)
 }
 
@@ -33,6 +34,24 @@ async fn health() -> &'static str {
 async fn reset(State(shared): State<Arc<Shared>>) -> StatusCode {
     shared.record.reset();
     StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Deserialize)]
+struct CutQuery {
+    #[serde(default)]
+    down_ms: u64,
+}
+
+/// `POST /links/cut?down_ms=N`: closes every bank link now and refuses connections for N
+/// milliseconds (0 by default, at most [`super::gate::LINK_DOWN_MAX`]); answers
+/// `{"cuts": n}`.
+async fn cut_links(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<CutQuery>,
+) -> Json<serde_json::Value> {
+    let down = std::time::Duration::from_millis(q.down_ms);
+    let n = shared.gate.cut(down, tokio::time::Instant::now());
+    Json(serde_json::json!({ "cuts": n }))
 }
 
 /// `?repeat_of_stan=S&de7=D`: send the advice again as 0421 with these DE11 and DE7.

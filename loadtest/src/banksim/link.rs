@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     /// The bank's MAC key, when its messages carry a MAC.
     pub mac: Option<codec::MacKey>,
     pub advisor: Arc<Advisor>,
+    /// Cuts ordered through the control endpoint.
+    pub gate: super::gate::LinkGate,
 }
 
 /// What to do about one received frame.
@@ -190,10 +192,17 @@ pub(crate) async fn run<S>(
     let writer = tokio::spawn(write_loop(FramedWrite::new(wr, codec), rx, peer));
     let in_flight = Arc::new(Semaphore::new(LINK_IN_FLIGHT_MAX));
     let mut served = 0u64;
+    let mut cuts = shared.gate.subscribe();
 
     'read: loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = cuts.changed() => {
+                // Cut: answers not yet written are lost with the link, as on a real outage.
+                info!(%peer, "bank link cut on command");
+                writer.abort();
+                return;
+            }
             next = reader.next() => next,
         };
         let frame = match next {

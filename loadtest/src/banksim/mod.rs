@@ -9,9 +9,11 @@
 //! - [`tls`]: server certificates that require the switch's client certificate.
 //! - [`advise`]: advices the bank starts (0420 reversal advices), on command.
 //! - `control`: the HTTP control endpoint.
+//! - [`gate`]: cutting the links on command (fault runs).
 
 pub mod advise;
 mod control;
+pub mod gate;
 mod link;
 mod quic;
 pub mod record;
@@ -180,6 +182,7 @@ pub async fn serve(config: Config) -> Result<(Addrs, Handle), ServeError> {
             record.clone(),
             config.mac.clone(),
         )),
+        gate: gate::LinkGate::default(),
     });
     let cancel = CancellationToken::new();
     let tasks = TaskTracker::new();
@@ -264,6 +267,10 @@ async fn accept_loop(
                 continue;
             }
         };
+        if shared.gate.is_down(tokio::time::Instant::now()) {
+            info!(%peer, "links are cut: connection closed");
+            continue;
+        }
         // Answers are small and latency-sensitive; Nagle would hold them back.
         if let Err(e) = stream.set_nodelay(true) {
             warn!(%peer, error = %e, "cannot set TCP_NODELAY");

@@ -62,6 +62,11 @@ pub(crate) async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         let peer = incoming.remote_address();
+        if shared.gate.is_down(tokio::time::Instant::now()) {
+            info!(%peer, "links are cut: QUIC connection refused");
+            incoming.refuse();
+            continue;
+        }
         let (shared, cancel) = (shared.clone(), cancel.clone());
         tasks.spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
@@ -88,9 +93,15 @@ async fn run(
     // Shared by every stream of the connection, as on a TCP link.
     let served = Arc::new(std::sync::Mutex::new(0u64));
     let attached = Arc::new(shared.advisor.attach(Way::Quic(conn.clone())));
+    let mut cuts = shared.gate.subscribe();
     loop {
         let (send, recv) = tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = cuts.changed() => {
+                info!(%peer, "bank link cut on command (QUIC)");
+                conn.close(quinn::VarInt::from_u32(0), b"cut");
+                break;
+            }
             s = conn.accept_bi() => match s {
                 Ok(s) => s,
                 Err(e) => {

@@ -25,7 +25,7 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Address of the HTTP control endpoint (GET /record, GET /health, POST /reset,
-    /// POST /advise/reversal/{rrn}[?repeat_of_stan=S&de7=D]).
+    /// POST /advise/reversal/{rrn}[?repeat_of_stan=S&de7=D], POST /links/cut[?down_ms=N]).
     #[arg(long, default_value = "127.0.0.1:0")]
     control: SocketAddr,
     /// A built-in dialect name.

@@ -411,7 +411,8 @@ fn cpu_now(processes: &[(String, u32)]) -> CpuSnapshot {
     (machine, procs)
 }
 
-async fn fetch_records(controls: &[SocketAddr]) -> Result<SimRecord, RunError> {
+/// The simulators' records, merged.
+pub async fn fetch_records(controls: &[SocketAddr]) -> Result<SimRecord, RunError> {
     let mut all = vec![];
     for c in controls {
         let body = http::request(*c, "GET", "/record").await?;
