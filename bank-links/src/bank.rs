@@ -78,7 +78,7 @@ impl Bank {
         match outcome {
             Outcome::Answered(_) => self.record(now, true),
             Outcome::TimedOut => self.record(now, false),
-            Outcome::LinkLost => self.abandon(now),
+            Outcome::LinkLost | Outcome::NotSent => self.abandon(now),
         }
     }
 

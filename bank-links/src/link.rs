@@ -109,6 +109,9 @@ pub enum Outcome {
     TimedOut,
     /// The link went down with the request in flight: the outcome is unknown.
     LinkLost,
+    /// Refused before any of it was written (no connection, not ready, no room): the bank
+    /// never saw it.
+    NotSent,
 }
 
 /// What the link tells its owner.

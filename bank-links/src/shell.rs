@@ -403,7 +403,7 @@ impl LinkTask {
                     _ = shutdown.cancelled() => break,
                     cmd = self.rx.recv() => match cmd {
                         None => return,
-                        Some(Command::Send { reply, .. }) => { let _ = reply.send(Outcome::LinkLost); }
+                        Some(Command::Send { reply, .. }) => { let _ = reply.send(Outcome::NotSent); }
                         Some(Command::SignOn) => { self.signed_off = false; attempt = 0; break; }
                         Some(Command::SignOff) => self.signed_off = true,
                         // No connection to answer on: the bank repeats its advice.
@@ -429,7 +429,7 @@ impl LinkTask {
                 _ = shutdown.cancelled() => return None,
                 cmd = self.rx.recv() => match cmd {
                     None => return None,
-                    Some(Command::Send { reply, .. }) => { let _ = reply.send(Outcome::LinkLost); }
+                    Some(Command::Send { reply, .. }) => { let _ = reply.send(Outcome::NotSent); }
                     Some(Command::SignOff) => { self.signed_off = true; return None; }
                     Some(Command::SignOn) | Some(Command::Answer { .. }) => {}
                 },
@@ -583,7 +583,7 @@ impl LinkTask {
                         self.replies.insert(self.next_id, reply);
                     }
                     Err(_) => {
-                        let _ = reply.send(Outcome::LinkLost);
+                        let _ = reply.send(Outcome::NotSent);
                     }
                 }
             }

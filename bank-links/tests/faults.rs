@@ -340,8 +340,8 @@ async fn refused_sign_on_never_ready() {
     assert!(!seen_ready);
     let out = pay(&h, &stans, 1, 1_000, Duration::from_secs(1)).await;
     assert!(
-        matches!(out, Outcome::LinkLost),
-        "nothing is sent before sign-on"
+        matches!(out, Outcome::NotSent),
+        "nothing is sent before sign-on, and the outcome says so"
     );
     assert!(sim.record().snapshot().approved.is_empty());
     sim.shutdown().await;

@@ -35,7 +35,7 @@ impl Exchange {
     /// approval.
     pub fn reply(&self) -> (BankReply, Option<String>) {
         match self {
-            Exchange::NotSent => (BankReply::NotSent, None),
+            Exchange::NotSent | Exchange::Sent(Outcome::NotSent) => (BankReply::NotSent, None),
             Exchange::Sent(Outcome::Answered(reply)) => {
                 // The logical value: on an EBCDIC link the wire bytes are not ASCII digits.
                 let rc = Rc::from_bank(reply.get(39).as_deref().unwrap_or(b"05"));
@@ -82,7 +82,7 @@ pub async fn send(
     let key = MatchKey { class, stan, rrn };
     let timeout = Duration::from_millis(bank.config.request_timeout_ms);
     match link.send(key, message, timeout).await {
+        Ok(Outcome::NotSent) | Err(_) => Exchange::NotSent,
         Ok(outcome) => Exchange::Sent(outcome),
-        Err(_) => Exchange::NotSent,
     }
 }

@@ -388,6 +388,10 @@ impl Engine {
     /// ledger posted) and stored for the bank, which gets it by store and forward (0220,
     /// then 0221 repeats, until it answers); the merchant is answered at once.
     async fn reserve(&self, s: &Step<'_>) -> Result<Reserved, Answer> {
+        // The id first: a new block of ids needs a pooled connection, which must never be
+        // awaited while this task holds a payment's lock (and so a connection): under a
+        // full pool that waits on itself.
+        let id = self.ids.next().await.map_err(|e| self.db_error(e))?;
         let lock = self.lock_named(s.merchant, &s.c).await?;
         let (named, root) = (lock.named().clone(), lock.root().clone());
         let payment = root.payment();
@@ -408,7 +412,7 @@ impl Engine {
             return Err(Answer::refused(rc));
         }
         let bank = self.lifecycle_bank(&root, s.kind)?;
-        let allotted = self.allot(bank, s.kind == Kind::Refund).await?;
+        let allotted = self.allot(id, bank, s.kind == Kind::Refund)?;
         let change = match s.kind {
             Kind::Completion => {
                 lifecycle::completion_recorded(&payment, amount, switch_auth_code(&allotted.rrn))
@@ -460,18 +464,11 @@ impl Engine {
 
     /// The request's id, RRN and STAN at `bank`; `gated` when the breaker let it
     /// through (its probe is given back on failure).
-    async fn allot(&self, bank: Bank, gated: bool) -> Result<Allotted, Answer> {
-        let abandon = || {
+    fn allot(&self, id: i64, bank: Bank, gated: bool) -> Result<Allotted, Answer> {
+        let bank_stan = bank.stans.allocate().map_err(|_| {
             if gated {
                 bank.abandon(Instant::now());
             }
-        };
-        let id = self.ids.next().await.map_err(|e| {
-            abandon();
-            self.db_error(e)
-        })?;
-        let bank_stan = bank.stans.allocate().map_err(|_| {
-            abandon();
             Answer::refused(Rc::ISSUER_DOWN)
         })?;
         Ok(Allotted {
@@ -628,6 +625,8 @@ impl Engine {
         let hold = self.reversal_hold();
         let started = Instant::now();
         let original_key = original_key(merchant, c);
+        // Before any lock (see `reserve`); unused if nothing is recorded.
+        let id = self.ids.next().await.map_err(|e| self.db_error(e))?;
         loop {
             let lock = self.find_named(merchant, c).await?;
             let found = lock
@@ -669,7 +668,9 @@ impl Engine {
                     });
                 }
                 (ReversalPlan::Apply(effect), Some(lock)) => {
-                    return self.record_reversal(msg, merchant, c, lock, effect).await;
+                    return self
+                        .record_reversal(msg, merchant, c, (id, lock), effect)
+                        .await;
                 }
                 (ReversalPlan::Apply(_), None) => {
                     unreachable!("a reversal is applied only to a request found")
@@ -726,11 +727,10 @@ impl Engine {
         msg: &Message,
         merchant: &Merchant,
         c: &Common,
-        lock: Box<dyn PaymentLock>,
+        (id, lock): (i64, Box<dyn PaymentLock>),
         effect: ReversalEffect,
     ) -> Result<Answer, Answer> {
         let (named, root) = (lock.named().clone(), lock.root().clone());
-        let id = self.ids.next().await.map_err(|e| self.db_error(e))?;
         let request = reversal_row(msg, merchant, c, &named, id, self.instance_id);
         let rrn = request.rrn.clone();
         let change = lifecycle::reversal_recorded(effect, &named.named(), &root.payment());

@@ -225,7 +225,7 @@ impl ReversalWorker {
                     self.store.reversal_answered(d.id, &rc).await
                 }
             }
-            Outcome::TimedOut | Outcome::LinkLost => {
+            Outcome::TimedOut | Outcome::LinkLost | Outcome::NotSent => {
                 let pause =
                     reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
                 tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause, what,
