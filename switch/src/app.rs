@@ -119,7 +119,9 @@ pub async fn run(
     // advices and the admin surface share has none, so the journal ends (writing what is
     // queued) as soon as the engine is gone, whatever they are still doing.
     let cutover = config.switch.business_day_cutover_hour;
-    let shared: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover));
+    // One PgStore (cloned), so that its limit on payment locks holds across all its users.
+    let pg = PgStore::new(pool.clone(), cutover);
+    let shared: Arc<dyn Store> = Arc::new(pg.clone());
     // This process's incarnation of its instance id: names its Redis claims and its lease.
     let incarnation: u64 = vault
         .random_u64()
@@ -228,7 +230,7 @@ pub async fn run(
         },
         metrics.clone(),
     );
-    let store: Arc<dyn Store> = Arc::new(PgStore::new(pool.clone(), cutover).with_journal(journal));
+    let store: Arc<dyn Store> = Arc::new(pg.with_journal(journal));
     let reversal_wake = Arc::new(Notify::new());
     let workers_shutdown = CancellationToken::new();
     let workers = TaskTracker::new();

@@ -107,6 +107,7 @@ impl PaymentLock for PgPaymentLock {
 pub(super) async fn lock(
     pool: &Pool,
     cutover_hours: i32,
+    permit: tokio::sync::OwnedSemaphorePermit,
     merchant_id: &str,
     terminal_id: &str,
     original: &OriginalRef,
@@ -118,7 +119,12 @@ pub(super) async fn lock(
         terminal_id: terminal_id.to_string(),
         original: original.clone(),
     };
-    tokio::spawn(hold(pool.clone(), cutover_hours, key, held_tx, commit_rx));
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        hold(pool, cutover_hours, key, held_tx, commit_rx).await;
+        // The lock, and its connection, are given back: another may be taken.
+        drop(permit);
+    });
     let held = held_rx.await.map_err(|_| StoreError::LockLost)??;
     Ok(held.map(|(named, root)| {
         Box::new(PgPaymentLock {

@@ -1,7 +1,10 @@
 //! [`PgStore`]: the [`Store`] in PostgreSQL.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use tokio::sync::Semaphore;
 
 use super::{
     Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, NotificationBacklog,
@@ -17,6 +20,9 @@ use crate::lifecycle::Verdict;
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: Pool,
+    /// Payment locks held at once: each holds a pooled connection until it is recorded or
+    /// dropped, so at most half the pool, leaving the rest to everything else.
+    payment_locks: Arc<Semaphore>,
     journal: Option<Journal>,
     /// The business day starts at this hour, UTC (0..24).
     cutover_hours: i32,
@@ -28,8 +34,10 @@ impl PgStore {
     /// background workers, so that they do not keep the journal running at shutdown.
     pub fn new(pool: Pool, business_day_cutover_hour: u8) -> PgStore {
         assert!(business_day_cutover_hour < 24);
+        let locks_max = (pool.status().max_size / 2).max(1);
         PgStore {
             pool,
+            payment_locks: Arc::new(Semaphore::new(locks_max)),
             journal: None,
             cutover_hours: i32::from(business_day_cutover_hour),
         }
@@ -140,7 +148,21 @@ impl Store for PgStore {
         original: &OriginalRef,
     ) -> Result<Option<Box<dyn PaymentLock>>, StoreError> {
         let cutover = self.cutover_hours;
-        payments::lock(&self.pool, cutover, merchant_id, terminal_id, original).await
+        let permit = self
+            .payment_locks
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::LockLost)?;
+        payments::lock(
+            &self.pool,
+            cutover,
+            permit,
+            merchant_id,
+            terminal_id,
+            original,
+        )
+        .await
     }
 
     async fn settle_refund(
