@@ -144,6 +144,23 @@ pub struct WorldOptions {
     pub redis_cluster_nodes: Vec<String>,
 }
 
+impl WorldOptions {
+    /// Options whose bank-a answers everything (sign-on and echo too) after `latency_ms`,
+    /// with the switch's bank timeout (10 s) and sign-on and echo timeouts (15 s)
+    /// stretched to match: a request is still at the bank when a racing one arrives.
+    pub fn slow_bank_a(latency_ms: u64) -> WorldOptions {
+        WorldOptions {
+            bank_args: vec![vec!["--latency-ms".into(), latency_ms.to_string()], vec![]],
+            bank_timeout_ms: 10_000,
+            bank_overrides: vec![
+                ("sign_on_timeout_ms".into(), "15000".into()),
+                ("echo_timeout_ms".into(), "15000".into()),
+            ],
+            ..WorldOptions::default()
+        }
+    }
+}
+
 impl Default for WorldOptions {
     fn default() -> Self {
         WorldOptions {

@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use codec::OwnedMessage;
 use system_tests::switchyard::{
-    World, WorldOptions, count_mti, next_stan, order_ref, rc, requests_for,
+    Client, World, WorldOptions, count_mti, next_stan, order_ref, rc, requests_for,
 };
 
 const VISA: &str = "4111111111111111";
@@ -13,18 +14,27 @@ const VISA: &str = "4111111111111111";
 /// A world whose bank-a answers everything (sign-on and echo too) after `latency_ms`; the
 /// link's timeouts are stretched to match.
 fn slow_world(name: &str, latency_ms: u64) -> World {
-    World::new(
-        name,
-        WorldOptions {
-            bank_args: vec![vec!["--latency-ms".into(), latency_ms.to_string()], vec![]],
-            bank_timeout_ms: 10_000,
-            bank_overrides: vec![
-                ("sign_on_timeout_ms".into(), "15000".into()),
-                ("echo_timeout_ms".into(), "15000".into()),
-            ],
-            ..WorldOptions::default()
-        },
-    )
+    World::new(name, WorldOptions::slow_bank_a(latency_ms))
+}
+
+/// Sends a purchase tagged `tag` and waits until bank-a has approved it (its answer still
+/// on the way); the request and the RRN the bank approved.
+async fn purchase_at_bank(world: &World, c: &mut Client, tag: &str) -> (OwnedMessage, String) {
+    let before = world.banks[0].record().await;
+    let known = approved_rrns(&before);
+    let stan = next_stan();
+    let req = c.purchase(&stan, 1234, VISA, &order_ref(tag, &stan));
+    c.send(&req).await;
+    let rec = world.banks[0]
+        .wait_record(
+            "the purchase received by the bank",
+            Duration::from_secs(30),
+            |r| count_mti(r, "0200") > count_mti(&before, "0200"),
+        )
+        .await;
+    let new: Vec<String> = approved_rrns(&rec).difference(&known).cloned().collect();
+    assert_eq!(new.len(), 1, "one new approval at the bank: {new:?}");
+    (req, new[0].clone())
 }
 
 fn approved_rrns(record: &serde_json::Value) -> HashSet<String> {
@@ -49,21 +59,7 @@ async fn kill_9_between_forwarding_and_answering() {
     world.wait_links_ready(&sw).await;
     let mut c = world.client(&sw).await;
     let before = world.banks[0].record().await;
-    let known = approved_rrns(&before);
-
-    let stan = next_stan();
-    let req = c.purchase(&stan, 1234, VISA, &order_ref("CRASH", &stan));
-    c.send(&req).await;
-    let rec = world.banks[0]
-        .wait_record(
-            "the purchase received by the bank",
-            Duration::from_secs(30),
-            |r| count_mti(r, "0200") > count_mti(&before, "0200"),
-        )
-        .await;
-    let new: Vec<String> = approved_rrns(&rec).difference(&known).cloned().collect();
-    assert_eq!(new.len(), 1, "one new approval at the bank: {new:?}");
-    let rrn = new[0].clone();
+    let (req, rrn) = purchase_at_bank(&world, &mut c, "CRASH").await;
 
     sw.process.signal("KILL");
     sw.process
@@ -162,22 +158,7 @@ async fn instance_that_never_returns_is_taken_over() {
     world.wait_links_ready(&survivor).await;
     world.wait_links_ready(&doomed).await;
     let mut c = world.client(&doomed).await;
-    let before = world.banks[0].record().await;
-    let known = approved_rrns(&before);
-
-    let stan = next_stan();
-    let req = c.purchase(&stan, 1234, VISA, &order_ref("LEASE", &stan));
-    c.send(&req).await;
-    let rec = world.banks[0]
-        .wait_record(
-            "the purchase received by the bank",
-            Duration::from_secs(30),
-            |r| count_mti(r, "0200") > count_mti(&before, "0200"),
-        )
-        .await;
-    let new: Vec<String> = approved_rrns(&rec).difference(&known).cloned().collect();
-    assert_eq!(new.len(), 1, "one new approval at the bank: {new:?}");
-    let rrn = new[0].clone();
+    let (req, rrn) = purchase_at_bank(&world, &mut c, "LEASE").await;
 
     doomed.process.signal("KILL");
     doomed

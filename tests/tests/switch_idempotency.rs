@@ -25,6 +25,33 @@ fn slow_world(name: &str, latency_ms: u64) -> World {
     )
 }
 
+/// Puts `claim` in Redis under `req`'s idempotency key, as a process that claimed the
+/// request and never answered it would have left it (for two minutes).
+async fn seed_claim(world: &World, req: &OwnedMessage, claim: &str) {
+    let field = |n: u8| String::from_utf8(req.fields[&n].clone()).expect("text");
+    let key = format!(
+        "{}idem:{{{}}}:{}|{}|{}|0200",
+        world.redis_prefix,
+        field(42),
+        field(41).trim_end(),
+        field(11),
+        field(7)
+    );
+    let client = redis::Client::open(system_tests::redis_url()).expect("redis url");
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(claim)
+        .arg("PX")
+        .arg(120_000)
+        .query_async(&mut con)
+        .await
+        .expect("seed the claim");
+}
+
 fn purchase(c: &Client, amount: u64, tag: &str) -> OwnedMessage {
     let stan = next_stan();
     let order = order_ref(tag, &stan);
@@ -398,29 +425,8 @@ async fn claim_left_by_a_dead_process_is_taken_over() {
     world.wait_links_ready(&sw).await;
     let mut c = world.client(&sw).await;
     let req = purchase(&c, 1000, "DEADCLAIM");
-    let field = |n: u8| String::from_utf8(req.fields[&n].clone()).expect("text");
-    let key = format!(
-        "{}idem:{{{}}}:{}|{}|{}|0200",
-        world.redis_prefix,
-        field(42),
-        field(41).trim_end(),
-        field(11),
-        field(7)
-    );
     // What the dead process (instance 1, another incarnation) left: a claim, no record.
-    let client = redis::Client::open(system_tests::redis_url()).expect("redis url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let _: () = redis::cmd("SET")
-        .arg(&key)
-        .arg("P|1|4242")
-        .arg("PX")
-        .arg(120_000)
-        .query_async(&mut con)
-        .await
-        .expect("seed the dead claim");
+    seed_claim(&world, &req, "P|1|4242").await;
     let before = world.banks[0].record().await;
     let first = c.call(&req).await;
     assert_eq!(
@@ -451,30 +457,9 @@ async fn claim_of_another_instance_is_judged_by_its_lease() {
     )
     .await
     .expect("seed the leases");
-    let client = redis::Client::open(system_tests::redis_url()).expect("redis url");
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
     for (claim, want) in [("P|2|4242", "00"), ("P|3|777", "94")] {
         let req = purchase(&c, 1000, "OTHERCLAIM");
-        let field = |n: u8| String::from_utf8(req.fields[&n].clone()).expect("text");
-        let key = format!(
-            "{}idem:{{{}}}:{}|{}|{}|0200",
-            world.redis_prefix,
-            field(42),
-            field(41).trim_end(),
-            field(11),
-            field(7)
-        );
-        let _: () = redis::cmd("SET")
-            .arg(&key)
-            .arg(claim)
-            .arg("PX")
-            .arg(120_000)
-            .query_async(&mut con)
-            .await
-            .expect("seed the claim");
+        seed_claim(&world, &req, claim).await;
         let answer = c.call(&req).await;
         assert_eq!(rc(&answer), want, "a request claimed as {claim}");
     }

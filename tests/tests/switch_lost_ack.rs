@@ -16,18 +16,7 @@ const VISA: &str = "4111111111111111";
 /// A world (bank-a answering after `latency_ms`) whose switch reaches PostgreSQL through
 /// a fresh proxy.
 async fn world_through_proxy(name: &str, latency_ms: u64) -> (World, SwitchProc, Client, PgProxy) {
-    let world = World::new(
-        name,
-        WorldOptions {
-            bank_args: vec![vec!["--latency-ms".into(), latency_ms.to_string()], vec![]],
-            bank_timeout_ms: 10_000,
-            bank_overrides: vec![
-                ("sign_on_timeout_ms".into(), "15000".into()),
-                ("echo_timeout_ms".into(), "15000".into()),
-            ],
-            ..WorldOptions::default()
-        },
-    );
+    let world = World::new(name, WorldOptions::slow_bank_a(latency_ms));
     let proxy = PgProxy::start(pg_port()).await;
     let url = proxy.url(&world.db_url);
     let sw = world.start_switch_env(1, &[("SWITCHYARD__DATABASE__URL", url.as_str())]);

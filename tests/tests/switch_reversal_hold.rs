@@ -16,18 +16,7 @@ const VISA: &str = "4111111111111111";
 /// A world whose bank-a answers after `latency_ms` (timeouts stretched to match), with a
 /// ready switch (instance 1) and a client of it.
 async fn world_with_latency(name: &str, latency_ms: u64) -> (World, SwitchProc, Client) {
-    let world = World::new(
-        name,
-        WorldOptions {
-            bank_args: vec![vec!["--latency-ms".into(), latency_ms.to_string()], vec![]],
-            bank_timeout_ms: 10_000,
-            bank_overrides: vec![
-                ("sign_on_timeout_ms".into(), "15000".into()),
-                ("echo_timeout_ms".into(), "15000".into()),
-            ],
-            ..WorldOptions::default()
-        },
-    );
+    let world = World::new(name, WorldOptions::slow_bank_a(latency_ms));
     let sw = world.start_switch(1);
     world.wait_links_ready(&sw).await;
     let c = world.client(&sw).await;
