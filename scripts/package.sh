@@ -21,8 +21,17 @@ fi
 
 # cargo-deb builds only the switch package's own binaries; bank-sim and demo-traffic live
 # in loadtest, so everything is built first and cargo-deb packs what is there.
-echo "package: cargo build --release -p switch -p loadtest --bins" >&2
-cargo build --release -p switch -p loadtest --bins >&2
-echo "package: cargo deb -p switch --no-build --strip" >&2
+# PACKAGE_PROFILE=dev packs the debug build instead (the test command's: it is built
+# already, and a release build would add minutes to every CI run); never ship that one.
+profile="${PACKAGE_PROFILE:-release}"
+case "$profile" in
+  release) build_flag="--release" ;;
+  dev) build_flag="" ;;
+  *) echo "package: PACKAGE_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
+esac
+echo "package: cargo build $build_flag -p switch -p loadtest --bins" >&2
+# shellcheck disable=SC2086 # an empty flag must vanish
+cargo build $build_flag -p switch -p loadtest --bins >&2
+echo "package: cargo deb -p switch --no-build --strip --profile $profile" >&2
 # Stripped (Debian policy for binaries); the release profile keeps debug info for profiling.
-cargo deb -p switch --no-build --strip "$@" | tail -n 1
+cargo deb -p switch --no-build --strip --profile "$profile" "$@" | tail -n 1
