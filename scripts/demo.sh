@@ -88,8 +88,12 @@ say "Ctrl-C (at any time) stops everything the demo started and removes $removes
 say "starting private PostgreSQL and Redis"
 services_start
 
-say "building (cargo build --workspace)"
-cargo build --workspace
+# The test command has built everything already (SWITCHYARD_PREBUILT=1): building again with
+# another feature set would only rebuild the same binaries.
+if [ "${SWITCHYARD_PREBUILT:-0}" != 1 ]; then
+  say "building (cargo build --workspace)"
+  cargo build --workspace
+fi
 
 mkdir -p "$dir"
 rm -f "$dir"/*.out "$dir"/*.log "$dir"/switchyard.toml

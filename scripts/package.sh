@@ -29,9 +29,12 @@ case "$profile" in
   dev) build_flag="" ;;
   *) echo "package: PACKAGE_PROFILE must be release or dev, not '$profile'" >&2; exit 2 ;;
 esac
-echo "package: cargo build $build_flag -p switch -p loadtest --bins" >&2
-# shellcheck disable=SC2086 # an empty flag must vanish
-cargo build $build_flag -p switch -p loadtest --bins >&2
+# The test command has built the debug binaries already (SWITCHYARD_PREBUILT=1).
+if [ "$profile" != dev ] || [ "${SWITCHYARD_PREBUILT:-0}" != 1 ]; then
+  echo "package: cargo build $build_flag -p switch -p loadtest --bins" >&2
+  # shellcheck disable=SC2086 # an empty flag must vanish
+  cargo build $build_flag -p switch -p loadtest --bins >&2
+fi
 echo "package: cargo deb -p switch --no-build --strip --profile $profile" >&2
 # Stripped (Debian policy for binaries); the release profile keeps debug info for profiling.
 cargo deb -p switch --no-build --strip --profile "$profile" "$@" | tail -n 1
