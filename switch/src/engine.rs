@@ -25,7 +25,7 @@ use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow, owner_gone};
 use crate::lifecycle::{self, BankReply, ReversalReason, State};
-use crate::limiter::{Claim, ClaimRequest, Limiter, LimiterError, Rate};
+use crate::limiter::{Claim, ClaimRequest, KeyWrite, Limiter, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
 use crate::notify::Sessions;
@@ -769,25 +769,17 @@ impl Engine {
             return;
         }
         guard.publish(answer.clone());
-        let limiter = self.limiter.clone();
-        let metrics = self.metrics.clone();
-        let answer = answer.clone();
-        tokio::spawn(async move {
-            // Not this key's answer to keep: a 96, or a 91 before recording, said nothing
-            // was recorded (merchant-h2h.md: not replayed), and a 94 without an RRN is either an identity reused with other content (the key's
-            // answer is the earlier request's) or an order reference in use (which a
-            // retry after it is freed may pass): both are processed afresh if sent again.
-            let res = if matches!(answer.rc, Rc::MALFUNCTION | Rc::DUPLICATE | Rc::ISSUER_DOWN) {
-                limiter.release(&key).await
-            } else {
-                limiter.store_answer(&key, &answer.to_redis(content)).await
-            };
-            if let Err(e) = res {
-                metrics.redis_errors.inc();
-                tracing::warn!(error = %e, "answer not stored in redis");
-            }
-            guard.resolve(answer);
-        });
+        // Not this key's answer to keep: a 96, or a 91 before recording, said nothing was
+        // recorded (merchant-h2h.md: not replayed), and a 94 without an RRN is either an
+        // identity reused with other content (the key's answer is the earlier request's)
+        // or an order reference in use (which a retry after it is freed may pass): both
+        // are processed afresh if sent again.
+        let write = if matches!(answer.rc, Rc::MALFUNCTION | Rc::DUPLICATE | Rc::ISSUER_DOWN) {
+            KeyWrite::Release(key)
+        } else {
+            KeyWrite::Store(key, answer.to_redis(content))
+        };
+        self.replays.settle(write, guard, answer.clone());
     }
 
     /// The recorded answer for a key, if its transaction has an outcome (a store that

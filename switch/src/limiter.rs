@@ -100,6 +100,15 @@ impl Rate {
     }
 }
 
+/// A change to a request key once its answer is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyWrite {
+    /// Keep this answer (its Redis form) under the key, for retransmissions.
+    Store(String, String),
+    /// Free the key: the answer said nothing was recorded, so a retry is processed afresh.
+    Release(String),
+}
+
 /// What the script decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -307,15 +316,29 @@ impl Limiter {
     /// Stores answers under their keys, as [`Limiter::store_answer`] does one, in one
     /// pipelined round trip (each key in its own merchant's slot on a cluster).
     pub async fn store_answers(&self, answers: &[(String, String)]) -> Result<(), LimiterError> {
+        let writes: Vec<KeyWrite> = answers
+            .iter()
+            .map(|(k, v)| KeyWrite::Store(k.clone(), v.clone()))
+            .collect();
+        self.write_keys(&writes).await
+    }
+
+    /// Applies `writes` to their keys in one pipelined round trip: answers stored (with
+    /// `answer_ttl_ms`), claims released.
+    pub async fn write_keys(&self, writes: &[KeyWrite]) -> Result<(), LimiterError> {
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();
-        for (key, value) in answers {
-            pipe.cmd("SET")
-                .arg(self.idem_key(key))
-                .arg(value)
-                .arg("PX")
-                .arg(self.answer_ttl_ms)
-                .ignore();
+        for w in writes {
+            match w {
+                KeyWrite::Store(key, value) => pipe
+                    .cmd("SET")
+                    .arg(self.idem_key(key))
+                    .arg(value)
+                    .arg("PX")
+                    .arg(self.answer_ttl_ms)
+                    .ignore(),
+                KeyWrite::Release(key) => pipe.cmd("DEL").arg(self.idem_key(key)).ignore(),
+            };
         }
         self.timed(pipe.query_async::<()>(&mut conn)).await
     }
