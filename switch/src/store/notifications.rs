@@ -6,7 +6,7 @@ use deadpool_postgres::{GenericClient, Pool};
 
 use super::{Notification, NotificationBacklog, StoreError, TxnRecord};
 use crate::lifecycle::Status;
-use crate::notify::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS};
+use crate::notify::Event;
 
 /// Stores a notification of `event` about the payment `root`, caused by transaction
 /// `source_id`, with the payment's `status` after the change. A duplicate (same source
@@ -35,6 +35,18 @@ pub(super) async fn enqueue<C: GenericClient>(
     Ok(())
 }
 
+/// Attempts after which the pause stops growing ([`crate::notify::retry_ms`] is at its
+/// maximum well before): the last index of [`retry_table`].
+const RETRY_TABLE_LAST: u32 = 16;
+
+/// The pause before repeat `k` for k in `0..=RETRY_TABLE_LAST`, in ms: the tested
+/// [`crate::notify::retry_ms`] handed to SQL, which picks each row's by its attempts.
+fn retry_table() -> Vec<i64> {
+    (0..=RETRY_TABLE_LAST)
+        .map(|k| i64::try_from(crate::notify::retry_ms(k)).unwrap_or(i64::MAX))
+        .collect()
+}
+
 /// Claims due notifications of the `online` merchants with a lease (`next_attempt_at`,
 /// backing off as [`crate::notify::retry_ms`] says) so two instances do not send the same
 /// one at once. A first send takes `de7` and a DE11 from the notification's id.
@@ -52,14 +64,14 @@ pub(super) async fn claim(
                WHERE merchant_id = ANY($1) AND delivered_at IS NULL AND next_attempt_at <= now()
                ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)
              UPDATE notifications n SET attempts = n.attempts + 1,
-               next_attempt_at = now() + (least($4::bigint * power(2, least(n.attempts, 16))::bigint, $5::bigint)
-                 * interval '1 millisecond'),
+               next_attempt_at = now() + ($4::bigint[])[least(n.attempts, $5::int) + 1]
+                 * interval '1 millisecond',
                stan = coalesce(n.stan, lpad((n.id % 1000000)::text, 6, '0')),
                transmitted_at = coalesce(n.transmitted_at, $3)
              FROM due WHERE n.id = due.id
              RETURNING n.id, n.merchant_id, n.terminal_id, n.event, n.status, n.rrn, n.order_ref, n.stan,
                n.transmitted_at, n.attempts",
-            &[&online, &max, &de7, &(NOTIFY_RETRY_MS as i64), &(NOTIFY_RETRY_MAX_MS as i64)],
+            &[&online, &max, &de7, &retry_table(), &(RETRY_TABLE_LAST as i32)],
         )
         .await?;
     Ok(rows
