@@ -6,29 +6,73 @@
 //! - `POST /links/{name}/sign-off`, `POST /links/{name}/sign-on` (role `operator`).
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
 //!
-//! Every route but the first two needs `Authorization: Bearer TOKEN`; tokens and their
-//! roles come from configuration and are compared in constant time.
+//! - `/v1/...`: the back office's JSON API (see [`v1`]).
+//!
+//! Every route but the first two and `POST /v1/login` needs `Authorization: Bearer
+//! TOKEN`: a static token from configuration (compared in constant time), a session token
+//! from `POST /v1/login`, or an API key; roles are ordered `merchant` < `viewer` <
+//! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
+//! routes open to them).
+
+pub mod v1;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-/// What an operator may do.
+/// What an account, API key or token may do; each role may do what those before it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A merchant's staff: its own merchant's transactions only.
+    Merchant,
     /// Read state.
     Viewer,
     /// Read state and act on links.
     Operator,
+    /// Approve what another person requested (maker-checker).
+    Approver,
+    /// Manage accounts and API keys, read the audit log.
+    Admin,
+    /// Everything, including creating admins.
+    Superadmin,
+}
+
+impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 6] = [
+        Role::Merchant,
+        Role::Viewer,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+        Role::Superadmin,
+    ];
+
+    /// The lower-case name, as in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Merchant => "merchant",
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Superadmin => "superadmin",
+        }
+    }
+
+    /// The role of a lower-case name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 /// A bearer token and its role.
@@ -74,6 +118,21 @@ pub enum AdminError {
     NotFound(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The request is well-formed but refused (a weak password, an unknown role...).
+    #[error("{0}")]
+    Invalid(String),
+    /// Wrong credentials, or none.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Clashes with what exists (a username taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// The account is locked after repeated failures.
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// Why a request was refused before reaching its route: a security signal the switch
@@ -111,6 +170,68 @@ pub trait Admin: Send + Sync + 'static {
         &self,
         rrn: &str,
     ) -> impl Future<Output = Result<Option<TransactionView>, AdminError>> + Send;
+    /// The principal of a session token or API key (`None`: neither, or expired or
+    /// revoked); `source` is the client's address. Using a session keeps it alive.
+    fn authenticate(
+        &self,
+        bearer: &str,
+        source: &str,
+    ) -> impl Future<Output = Result<Option<v1::Principal>, AdminError>> + Send;
+    /// Checks credentials and opens a session (recorded in the audit log either way).
+    fn login(
+        &self,
+        req: v1::LoginRequest,
+        source: &str,
+    ) -> impl Future<Output = Result<v1::LoginGranted, AdminError>> + Send;
+    /// Revokes the session `token` of `who`.
+    fn logout(
+        &self,
+        who: &v1::Principal,
+        token: &str,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    /// Starts (or restarts) TOTP enrolment for the caller's account.
+    fn totp_enrol(
+        &self,
+        who: &v1::Principal,
+    ) -> impl Future<Output = Result<v1::TotpEnrolment, AdminError>> + Send;
+    /// Confirms enrolment with a code; the session `token` counts as second-factored.
+    fn totp_confirm(
+        &self,
+        who: &v1::Principal,
+        token: &str,
+        code: &str,
+    ) -> impl Future<Output = Result<v1::RecoveryCodes, AdminError>> + Send;
+    /// Changes the caller's password; every other session of the account ends.
+    fn change_password(
+        &self,
+        who: &v1::Principal,
+        token: &str,
+        change: v1::PasswordChange,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn accounts(
+        &self,
+        who: &v1::Principal,
+    ) -> impl Future<Output = Result<Vec<v1::AccountView>, AdminError>> + Send;
+    fn create_account(
+        &self,
+        who: &v1::Principal,
+        new: v1::NewAccount,
+    ) -> impl Future<Output = Result<v1::AccountView, AdminError>> + Send;
+    fn unlock(
+        &self,
+        who: &v1::Principal,
+        username: &str,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn create_api_key(
+        &self,
+        who: &v1::Principal,
+        new: v1::NewApiKey,
+    ) -> impl Future<Output = Result<v1::ApiKeyCreated, AdminError>> + Send;
+    fn audit(
+        &self,
+        who: &v1::Principal,
+        query: v1::AuditQuery,
+    ) -> impl Future<Output = Result<v1::AuditPage, AdminError>> + Send;
 }
 
 struct AppState<A> {
@@ -122,36 +243,68 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The role a request's bearer token grants, if any.
-fn role_of(headers: &HeaderMap, tokens: &[Token]) -> Option<Role> {
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let presented = auth.strip_prefix("Bearer ")?.trim();
-    tokens
+    Some(auth.strip_prefix("Bearer ")?.trim())
+}
+
+/// Who a request's bearer token stands for: a configured static token, else a session or
+/// an API key as the switch knows them.
+async fn principal_of<A: Admin>(
+    state: &AppState<A>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Option<v1::Principal>, AdminError> {
+    let Some(presented) = bearer(headers) else {
+        return Ok(None);
+    };
+    let source = peer.ip().to_string();
+    let configured = state
+        .tokens
         .iter()
-        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
-        .map(|t| t.role)
+        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()));
+    if let Some(t) = configured {
+        return Ok(Some(v1::Principal {
+            actor: format!("token:{}", t.role.as_str()),
+            role: t.role,
+            merchant_id: None,
+            mfa_done: true,
+            source,
+        }));
+    }
+    state.admin.authenticate(presented, &source).await
 }
 
 // axum handlers return `Result<_, Response>`; boxing the error would only add noise.
 #[allow(clippy::result_large_err)]
-fn require<A: Admin>(
+async fn require<A: Admin>(
     state: &AppState<A>,
     headers: &HeaderMap,
+    peer: SocketAddr,
     needed: Role,
 ) -> Result<(), Response> {
-    let (why, answer) = match role_of(headers, &state.tokens) {
-        Some(r) if r >= needed => return Ok(()),
+    let found = principal_of(state, headers, peer)
+        .await
+        .map_err(error_response)?;
+    let (why, answer) = match found {
+        Some(p) if p.role >= needed && p.mfa_done => return Ok(()),
         Some(_) => (
             AuthRefusal::Forbidden,
-            (StatusCode::FORBIDDEN, "role not allowed\n"),
+            (StatusCode::FORBIDDEN, "role not allowed\n").into_response(),
         ),
         None => (
             AuthRefusal::Unauthenticated,
-            (StatusCode::UNAUTHORIZED, "bearer token required\n"),
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"switchyard\"")],
+                "bearer token required\n",
+            )
+                .into_response(),
         ),
     };
     state.admin.auth_refused(why);
-    Err(answer.into_response())
+    Err(answer)
 }
 
 fn error_response(e: AdminError) -> Response {
@@ -164,6 +317,7 @@ fn error_response(e: AdminError) -> Response {
             format!("unavailable: {w}\n"),
         )
             .into_response(),
+        other => v1::problem(other),
     }
 }
 
@@ -174,41 +328,61 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<Arc<AppState<A>>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.admin.metrics())
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.admin.metrics(),
+                )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/links",
-            get(|State(s): State<Arc<AppState<A>>>, h: HeaderMap| async move {
-                require(&s, &h, Role::Viewer)?;
-                Ok::<_, Response>(axum::Json(s.admin.links()))
-            }),
+            get(
+                |State(s): State<Arc<AppState<A>>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 h: HeaderMap| async move {
+                    require(&s, &h, peer, Role::Viewer).await?;
+                    Ok::<_, Response>(axum::Json(s.admin.links()))
+                },
+            ),
         )
         .route(
             "/links/{name}/{action}",
-            post(|State(s): State<Arc<AppState<A>>>, h: HeaderMap, Path((name, action)): Path<(String, String)>| async move {
-                require(&s, &h, Role::Operator)?;
-                let on = match action.as_str() {
-                    "sign-on" => true,
-                    "sign-off" => false,
-                    _ => return Err((StatusCode::NOT_FOUND, "unknown action\n").into_response()),
-                };
-                tracing::info!(link = %name, action = %action, "operator action on bank link");
-                s.admin.set_link(&name, on).await.map_err(error_response)?;
-                Ok("done\n".into_response())
-            }),
+            post(
+                |State(s): State<Arc<AppState<A>>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 h: HeaderMap,
+                 Path((name, action)): Path<(String, String)>| async move {
+                    require(&s, &h, peer, Role::Operator).await?;
+                    let on = match action.as_str() {
+                        "sign-on" => true,
+                        "sign-off" => false,
+                        _ => {
+                            return Err((StatusCode::NOT_FOUND, "unknown action\n").into_response());
+                        }
+                    };
+                    tracing::info!(link = %name, action = %action, "operator action on bank link");
+                    s.admin.set_link(&name, on).await.map_err(error_response)?;
+                    Ok("done\n".into_response())
+                },
+            ),
         )
         .route(
             "/transactions/{rrn}",
-            get(|State(s): State<Arc<AppState<A>>>, h: HeaderMap, Path(rrn): Path<String>| async move {
-                require(&s, &h, Role::Viewer)?;
-                match s.admin.transaction(&rrn).await.map_err(error_response)? {
-                    Some(t) => Ok(axum::Json(t).into_response()),
-                    None => Err(error_response(AdminError::NotFound(rrn))),
-                }
-            }),
+            get(
+                |State(s): State<Arc<AppState<A>>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 h: HeaderMap,
+                 Path(rrn): Path<String>| async move {
+                    require(&s, &h, peer, Role::Viewer).await?;
+                    match s.admin.transaction(&rrn).await.map_err(error_response)? {
+                        Some(t) => Ok(axum::Json(t).into_response()),
+                        None => Err(error_response(AdminError::NotFound(rrn))),
+                    }
+                },
+            ),
         )
+        .merge(v1::routes::<A>())
         .with_state(state)
 }
 
@@ -223,6 +397,7 @@ pub async fn serve<A: Admin>(
     let bound = listener.local_addr()?;
     let app = router(admin, tokens);
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -266,6 +441,74 @@ mod tests {
         }
         async fn transaction(&self, _rrn: &str) -> Result<Option<TransactionView>, AdminError> {
             Ok(None)
+        }
+        // The account routes are tested against the switch (tests/tests/backoffice.rs);
+        // this fake knows no sessions or keys.
+        async fn authenticate(
+            &self,
+            _bearer: &str,
+            _source: &str,
+        ) -> Result<Option<v1::Principal>, AdminError> {
+            Ok(None)
+        }
+        async fn login(
+            &self,
+            _req: v1::LoginRequest,
+            _source: &str,
+        ) -> Result<v1::LoginGranted, AdminError> {
+            Err(AdminError::Unauthenticated("no accounts here".into()))
+        }
+        async fn logout(&self, _who: &v1::Principal, _token: &str) -> Result<(), AdminError> {
+            Ok(())
+        }
+        async fn totp_enrol(&self, _who: &v1::Principal) -> Result<v1::TotpEnrolment, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn totp_confirm(
+            &self,
+            _who: &v1::Principal,
+            _token: &str,
+            _code: &str,
+        ) -> Result<v1::RecoveryCodes, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn change_password(
+            &self,
+            _who: &v1::Principal,
+            _token: &str,
+            _change: v1::PasswordChange,
+        ) -> Result<(), AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn accounts(&self, _who: &v1::Principal) -> Result<Vec<v1::AccountView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn create_account(
+            &self,
+            _who: &v1::Principal,
+            _new: v1::NewAccount,
+        ) -> Result<v1::AccountView, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn unlock(&self, _who: &v1::Principal, u: &str) -> Result<(), AdminError> {
+            Err(AdminError::NotFound(u.into()))
+        }
+        async fn create_api_key(
+            &self,
+            _who: &v1::Principal,
+            _new: v1::NewApiKey,
+        ) -> Result<v1::ApiKeyCreated, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn audit(
+            &self,
+            _who: &v1::Principal,
+            _q: v1::AuditQuery,
+        ) -> Result<v1::AuditPage, AdminError> {
+            Ok(v1::AuditPage {
+                entries: Vec::new(),
+                next_before_id: None,
+            })
         }
     }
 

@@ -4,11 +4,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admin_http::v1::{
+    AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
+    NewApiKey, PasswordChange, Principal, RecoveryCodes, TotpEnrolment,
+};
 use admin_http::{Admin, AdminError, AuthRefusal, LinkView, TransactionView};
 use bank_links::Bank;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoffice::BackOffice;
 use crate::metrics::{LINK_STATES, Metrics};
 use crate::session::MerchantConnections;
 use crate::store::Store;
@@ -30,6 +35,8 @@ pub struct SwitchAdmin {
     pub store: Arc<dyn Store>,
     /// The request path's pool: sampled for its gauges and probed.
     pub pool: Pool,
+    /// Accounts, sessions and the audit log (`/v1`).
+    pub backoffice: BackOffice,
 }
 
 impl Admin for SwitchAdmin {
@@ -98,6 +105,72 @@ impl Admin for SwitchAdmin {
             order_ref: t.order_ref,
             bank_id: t.bank_id,
         }))
+    }
+
+    async fn authenticate(
+        &self,
+        bearer: &str,
+        source: &str,
+    ) -> Result<Option<Principal>, AdminError> {
+        self.backoffice.authenticate(bearer, source).await
+    }
+
+    async fn login(&self, req: LoginRequest, source: &str) -> Result<LoginGranted, AdminError> {
+        self.backoffice.login(req, source).await
+    }
+
+    async fn logout(&self, who: &Principal, token: &str) -> Result<(), AdminError> {
+        self.backoffice.logout(who, token).await
+    }
+
+    async fn totp_enrol(&self, who: &Principal) -> Result<TotpEnrolment, AdminError> {
+        self.backoffice.totp_enrol(who).await
+    }
+
+    async fn totp_confirm(
+        &self,
+        who: &Principal,
+        token: &str,
+        code: &str,
+    ) -> Result<RecoveryCodes, AdminError> {
+        self.backoffice.totp_confirm(who, token, code).await
+    }
+
+    async fn change_password(
+        &self,
+        who: &Principal,
+        token: &str,
+        change: PasswordChange,
+    ) -> Result<(), AdminError> {
+        self.backoffice.change_password(who, change, token).await
+    }
+
+    async fn accounts(&self, _who: &Principal) -> Result<Vec<AccountView>, AdminError> {
+        self.backoffice.accounts().await
+    }
+
+    async fn create_account(
+        &self,
+        who: &Principal,
+        new: NewAccount,
+    ) -> Result<AccountView, AdminError> {
+        self.backoffice.create_account(who, new).await
+    }
+
+    async fn unlock(&self, who: &Principal, username: &str) -> Result<(), AdminError> {
+        self.backoffice.unlock(who, username).await
+    }
+
+    async fn create_api_key(
+        &self,
+        who: &Principal,
+        new: NewApiKey,
+    ) -> Result<ApiKeyCreated, AdminError> {
+        self.backoffice.create_api_key(who, new).await
+    }
+
+    async fn audit(&self, _who: &Principal, query: AuditQuery) -> Result<AuditPage, AdminError> {
+        self.backoffice.search_audit(query).await
     }
 }
 

@@ -342,6 +342,11 @@ pub async fn run(
         banks: engine.banks.clone(),
         store: shared.clone(),
         pool: pool.clone(),
+        backoffice: crate::backoffice::BackOffice {
+            store: crate::store::accounts::AccountStore::new(pool.clone()),
+            vault: vault.clone(),
+            metrics: metrics.clone(),
+        },
     });
     workers.spawn(crate::admin::sample(
         admin.clone(),

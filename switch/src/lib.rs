@@ -32,10 +32,12 @@
 //! - [`ids`]: transaction ids (from blocks the store reserves) and RRNs.
 //! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
 
+pub mod accounts;
 pub mod admin;
 pub mod advices;
 pub mod answer;
 pub mod app;
+pub mod backoffice;
 pub mod bank_io;
 pub mod checks;
 pub mod config;

@@ -1,0 +1,509 @@
+//! The back office's accounts and access (issue 12) against a running switch, real
+//! PostgreSQL and the bank simulators: the first superadmin from the command line, TOTP
+//! enrolment and login with recovery codes, the role matrix over every admin route,
+//! merchant users and API keys, lockout and unlock, new-address logins, session expiry and
+//! revocation, and the append-only audit log.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use system_tests::switchyard::{
+    HttpAnswer, MERCHANT_ID, SwitchProc, World, WorldOptions, http_call, run_binary,
+};
+
+const STATIC_TOKEN: &str = "test-operator-token-0123456789";
+const ROOT_PASSWORD: &str = "Root-Tangerine-Viaduct-42";
+const PASSWORD: &str = "Quiet-Harbour-Lantern-77";
+
+fn office_world(name: &str) -> World {
+    let extra = format!(
+        "\n[admin]\naddr = \"127.0.0.1:0\"\ntokens = [{{ token = \"{STATIC_TOKEN}\", role = \"operator\" }}]\n"
+    );
+    World::new(
+        name,
+        WorldOptions {
+            extra_config: extra,
+            ..Default::default()
+        },
+    )
+}
+
+fn admin_addr(sw: &mut SwitchProc) -> SocketAddr {
+    let ready = sw.process.stdout().seen().last().cloned().unwrap();
+    let v: Value = serde_json::from_str(&ready).unwrap();
+    v["admin"].as_str().unwrap().parse().unwrap()
+}
+
+/// `switchyard account add` with the password in the environment: exit status and stdout.
+fn cli_add(world: &World, username: &str, role: &str, password: &str) -> (bool, String, String) {
+    let cfg = world.config.to_str().unwrap();
+    let args = [
+        "account",
+        "add",
+        "--username",
+        username,
+        "--role",
+        role,
+        "--config",
+        cfg,
+    ];
+    let env = [
+        ("SWITCHYARD_ACCOUNT_PASSWORD", password),
+        ("RUST_LOG", "warn"),
+    ];
+    let (status, out, err) = run_binary("switchyard", &args, &env);
+    (status.success(), out, err)
+}
+
+/// The RFC 6238 code of a base32 secret `steps_ahead` 30-second steps from now.
+fn totp_code(secret_base32: &str, steps_ahead: u64) -> String {
+    let secret = totp_rs::Secret::try_from_base32(secret_base32).expect("base32 secret");
+    let t = totp_rs::Builder::new()
+        .with_secret(secret)
+        .build()
+        .expect("totp");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    t.generate(now + 30 * steps_ahead).to_string()
+}
+
+/// A signed-in account: its session token and, once enrolled, TOTP secret.
+#[derive(Debug, Clone)]
+struct Session {
+    token: String,
+    secret: Option<String>,
+    recovery: Vec<String>,
+}
+
+struct Office {
+    addr: SocketAddr,
+}
+
+impl Office {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<Value>,
+    ) -> HttpAnswer {
+        http_call(self.addr, None, method, path, bearer, body.as_ref()).await
+    }
+
+    async fn login_from(&self, from: Option<IpAddr>, body: Value) -> HttpAnswer {
+        http_call(self.addr, from, "POST", "/v1/login", None, Some(&body)).await
+    }
+
+    async fn login(&self, username: &str, password: &str) -> HttpAnswer {
+        self.login_from(None, json!({"username": username, "password": password}))
+            .await
+    }
+
+    /// Logs in with a password only and enrols TOTP: a session with the second factor.
+    async fn enrolled(&self, username: &str, password: &str) -> Session {
+        let a = self.login(username, password).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        let token = a.json()["token"].as_str().unwrap().to_string();
+        let e = self.call("POST", "/v1/me/totp", Some(&token), None).await;
+        assert_eq!(e.status, 200, "{}", e.body);
+        let secret = e.json()["secret_base32"].as_str().unwrap().to_string();
+        let code = totp_code(&secret, 0);
+        let c = self
+            .call(
+                "POST",
+                "/v1/me/totp/confirm",
+                Some(&token),
+                Some(json!({"code": code})),
+            )
+            .await;
+        assert_eq!(c.status, 200, "{}", c.body);
+        let recovery = c.json()["recovery_codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        Session {
+            token,
+            secret: Some(secret),
+            recovery,
+        }
+    }
+
+    async fn create(&self, by: &Session, username: &str, role: &str, merchant: Option<&str>) {
+        let body = json!({"username": username, "role": role, "merchant_id": merchant, "password": PASSWORD});
+        let a = self
+            .call("POST", "/v1/accounts", Some(&by.token), Some(body))
+            .await;
+        assert_eq!(a.status, 200, "create {username}: {}", a.body);
+    }
+
+    async fn audit(&self, by: &Session, query: &str) -> Vec<Value> {
+        let a = self
+            .call("GET", &format!("/v1/audit?{query}"), Some(&by.token), None)
+            .await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json()["entries"].as_array().unwrap().clone()
+    }
+}
+
+/// The first superadmin from the command line (a weak password refused), enrolled.
+async fn bootstrap(world: &World, sw: &mut SwitchProc) -> (Office, Session) {
+    let (ok, _, err) = cli_add(world, "root", "superadmin", "password123");
+    assert!(!ok, "a weak password is refused");
+    assert!(err.contains("password refused"), "{err}");
+    let (ok, out, err) = cli_add(world, "root", "superadmin", ROOT_PASSWORD);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"superadmin\""), "{out}");
+    assert!(!out.contains(ROOT_PASSWORD));
+    let office = Office {
+        addr: admin_addr(sw),
+    };
+    let root = office.enrolled("root", ROOT_PASSWORD).await;
+    (office, root)
+}
+
+// Proves the first superadmin comes from the command line, must enrol TOTP before doing
+// anything, then logs in with a TOTP code or a recovery code (each accepted once), that a
+// refusal is problem+json with WWW-Authenticate, and that logout and idle expiry end a
+// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_superadmin_enrols_totp_and_logs_in() {
+    let world = office_world("bo_totp");
+    let mut sw = world.start_switch(1);
+    let office = Office {
+        addr: admin_addr(&mut sw),
+    };
+    let (ok, _, err) = cli_add(&world, "root", "superadmin", ROOT_PASSWORD);
+    assert!(ok, "{err}");
+
+    let first = office.login("root", ROOT_PASSWORD).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["totp_enrolment_required"], true);
+    let pending = first.json()["token"].as_str().unwrap().to_string();
+    let refused = office
+        .call("GET", "/v1/accounts", Some(&pending), None)
+        .await;
+    assert_eq!(
+        refused.status, 403,
+        "nothing before enrolment: {}",
+        refused.body
+    );
+    let me = office.call("GET", "/v1/me", Some(&pending), None).await;
+    assert_eq!(me.json()["mfa_done"], false);
+    let root = office.enrolled("root", ROOT_PASSWORD).await;
+    let ok = office
+        .call("GET", "/v1/accounts", Some(&root.token), None)
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(ok.json()[0]["totp_enabled"], true);
+
+    // Enrolled: the password alone no longer signs in.
+    let bare = office.login("root", ROOT_PASSWORD).await;
+    assert_eq!(bare.status, 401);
+    assert_eq!(
+        bare.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(
+        bare.header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_eq!(bare.json()["status"], 401);
+    let secret = root.secret.clone().unwrap();
+    let with_code =
+        json!({"username": "root", "password": ROOT_PASSWORD, "totp": totp_code(&secret, 1)});
+    let a = office.login_from(None, with_code.clone()).await;
+    assert_eq!(a.status, 200, "TOTP login: {}", a.body);
+    assert_eq!(a.json()["totp_enrolment_required"], false);
+    let replay = office.login_from(None, with_code).await;
+    assert_eq!(replay.status, 401, "a TOTP code is accepted once");
+    let rc = json!({"username": "root", "password": ROOT_PASSWORD, "recovery_code": root.recovery[0].to_uppercase()});
+    let r = office.login_from(None, rc.clone()).await;
+    assert_eq!(r.status, 200, "recovery code login: {}", r.body);
+    assert_eq!(
+        office.login_from(None, rc).await.status,
+        401,
+        "recovery codes are single-use"
+    );
+
+    // Logout revokes; a session idle for over 15 minutes has expired.
+    let token = r.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        office
+            .call("POST", "/v1/logout", Some(&token), None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        office
+            .call("GET", "/v1/me", Some(&token), None)
+            .await
+            .status,
+        401
+    );
+    let db = system_tests::pg_connect(&world.db_url).await;
+    db.execute(
+        "UPDATE account_sessions SET last_seen_at = now() - interval '16 minutes'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let idle = office.call("GET", "/v1/me", Some(&root.token), None).await;
+    assert_eq!(idle.status, 401, "idle session expired");
+    drop(sw);
+}
+
+/// Method, path, body, lowest role allowed (`None`: any signed-in account), answer.
+type Route = (
+    &'static str,
+    &'static str,
+    Option<Value>,
+    Option<&'static str>,
+    u16,
+);
+
+/// Every admin route with a request that its allowed roles get a known answer to, and
+/// the lowest role allowed (`None`: any signed-in account).
+fn routes() -> Vec<Route> {
+    let weak = json!({"username": "nobody-new", "role": "viewer", "password": "weak"});
+    let bad_key = json!({"name": "k", "role": "viewer", "expires_in_days": 0});
+    vec![
+        ("GET", "/links", None, Some("viewer"), 200),
+        (
+            "POST",
+            "/links/no-such.0/sign-off",
+            None,
+            Some("operator"),
+            404,
+        ),
+        (
+            "GET",
+            "/transactions/000000000000",
+            None,
+            Some("viewer"),
+            404,
+        ),
+        ("GET", "/v1/me", None, None, 200),
+        ("GET", "/v1/accounts", None, Some("admin"), 200),
+        ("POST", "/v1/accounts", Some(weak), Some("admin"), 422),
+        (
+            "POST",
+            "/v1/accounts/nobody/unlock",
+            None,
+            Some("admin"),
+            404,
+        ),
+        ("POST", "/v1/api-keys", Some(bad_key), Some("admin"), 422),
+        ("GET", "/v1/audit", None, Some("admin"), 200),
+    ]
+}
+
+const ROLES: [&str; 6] = [
+    "merchant",
+    "viewer",
+    "operator",
+    "approver",
+    "admin",
+    "superadmin",
+];
+
+fn rank(role: &str) -> usize {
+    ROLES.iter().position(|r| *r == role).unwrap()
+}
+
+// Proves the role matrix: every role (accounts with TOTP, a static token, an API key, no
+// token) against every admin route gets the route's answer when its role suffices, 403
+// when not, 401 without credentials; and that each refusal is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn role_matrix() {
+    let world = office_world("bo_matrix");
+    let mut sw = world.start_switch(1);
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let mut sessions = Vec::new();
+    for role in ROLES {
+        let name = format!("{role}-user");
+        let merchant = (role == "merchant").then_some(MERCHANT_ID);
+        office.create(&root, &name, role, merchant).await;
+        let s = if role == "viewer" {
+            let a = office.login(&name, PASSWORD).await;
+            assert_eq!(
+                a.json()["totp_enrolment_required"],
+                false,
+                "viewers need no TOTP"
+            );
+            a.json()["token"].as_str().unwrap().to_string()
+        } else {
+            office.enrolled(&name, PASSWORD).await.token
+        };
+        sessions.push((role, s));
+    }
+    let admin = Session {
+        token: sessions[rank("admin")].1.clone(),
+        secret: None,
+        recovery: Vec::new(),
+    };
+    let key = office
+        .call(
+            "POST",
+            "/v1/api-keys",
+            Some(&admin.token),
+            Some(json!({"name": "ci", "role": "viewer", "expires_in_days": 1})),
+        )
+        .await;
+    assert_eq!(key.status, 200, "{}", key.body);
+    let key = key.json()["key"].as_str().unwrap().to_string();
+    let above = json!({"name": "x", "role": "superadmin", "expires_in_days": 1});
+    let a = office
+        .call("POST", "/v1/api-keys", Some(&admin.token), Some(above))
+        .await;
+    assert_eq!(a.status, 403, "a key above its creator's role is refused");
+    let mut callers: Vec<(String, Option<String>, Option<usize>)> = sessions
+        .iter()
+        .map(|(r, t)| (r.to_string(), Some(t.clone()), Some(rank(r))))
+        .collect();
+    callers.push((
+        "static operator token".into(),
+        Some(STATIC_TOKEN.into()),
+        Some(rank("operator")),
+    ));
+    callers.push(("viewer API key".into(), Some(key), Some(rank("viewer"))));
+    callers.push(("no token".into(), None, None));
+    let mut forbidden_expected = 0.0;
+    for (method, path, body, needed, allowed) in routes() {
+        for (who, token, role) in &callers {
+            let a = office
+                .call(method, path, token.as_deref(), body.clone())
+                .await;
+            let expect = match (role, needed) {
+                (None, _) => 401,
+                (Some(_), None) if who.contains("token") || who.contains("key") => a.status,
+                (Some(_), None) => allowed,
+                (Some(r), Some(n)) if *r >= rank(n) => allowed,
+                _ => 403,
+            };
+            assert_eq!(a.status, expect, "{who} {method} {path}: {}", a.body);
+            if expect == 403 {
+                forbidden_expected += 1.0;
+            }
+        }
+    }
+    let metrics = office.call("GET", "/metrics", None, None).await.body;
+    let forbidden = sample(
+        &metrics,
+        "switchyard_admin_auth_failures_total{reason=\"forbidden\"}",
+    );
+    assert_eq!(forbidden, Some(forbidden_expected), "each refusal counted");
+    drop(sw);
+}
+
+/// The value of the series `series` in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+// Proves 10 failed logins within 15 minutes lock an account (the right password is then
+// refused 423) until an admin unlocks it; that a login from a new address is counted and
+// shown at the next login; and that the audit log records each step with who, where and
+// the values before and after, and refuses UPDATE, DELETE and TRUNCATE.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_unlock_new_address_and_audit() {
+    let world = office_world("bo_lockout");
+    let mut sw = world.start_switch(1);
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    office.create(&root, "vic", "viewer", None).await;
+    for i in 1..=10 {
+        let a = office.login("vic", "Wrong-Password-0000").await;
+        assert_eq!(a.status, 401, "failure {i}: {}", a.body);
+    }
+    let locked = office.login("vic", PASSWORD).await;
+    assert_eq!(locked.status, 423, "{}", locked.body);
+    assert_eq!(
+        locked.header("content-type"),
+        Some("application/problem+json")
+    );
+    let metrics = office.call("GET", "/metrics", None, None).await.body;
+    assert_eq!(
+        sample(
+            &metrics,
+            "switchyard_admin_logins_total{outcome=\"locked\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            "switchyard_admin_logins_total{outcome=\"failure\"}"
+        )
+        .unwrap()
+            >= 10.0
+    );
+    let u = office
+        .call("POST", "/v1/accounts/vic/unlock", Some(&root.token), None)
+        .await;
+    assert_eq!(u.status, 200, "{}", u.body);
+    assert_eq!(office.login("vic", PASSWORD).await.status, 200, "unlocked");
+
+    // A new address: counted, audited, and shown at the following login.
+    let other: IpAddr = "127.0.0.2".parse().unwrap();
+    let body = json!({"username": "vic", "password": PASSWORD});
+    let a = office.login_from(Some(other), body.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let metrics = office.call("GET", "/metrics", None, None).await.body;
+    assert_eq!(
+        sample(&metrics, "switchyard_admin_new_address_logins_total"),
+        Some(1.0)
+    );
+    let next = office.login_from(None, body).await;
+    assert_eq!(next.json()["new_login_addresses"], json!(["127.0.0.2"]));
+
+    let lock = office.audit(&root, "action=account.lock&target=vic").await;
+    assert_eq!(lock.len(), 1, "{lock:?}");
+    let unlock = office.audit(&root, "action=account.unlock").await;
+    assert_eq!(unlock[0]["actor"], "root");
+    assert_eq!(unlock[0]["source_addr"], "127.0.0.1");
+    assert!(
+        unlock[0]["before"]["locked_until"].is_string(),
+        "{unlock:?}"
+    );
+    assert!(unlock[0]["after"]["locked_until"].is_null());
+    let failed = office.audit(&root, "actor=vic&action=login&limit=5").await;
+    assert_eq!(failed.len(), 5, "paged");
+    let new_addr = office.audit(&root, "action=login.new_address").await;
+    assert_eq!(new_addr[0]["source_addr"], "127.0.0.2");
+    let created = office
+        .audit(&root, "action=account.create&target=root")
+        .await;
+    assert_eq!(
+        created[0]["actor"], "cli",
+        "the first superadmin's creation is recorded"
+    );
+
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let before: i64 = db
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for edit in [
+        "UPDATE audit_log SET actor = 'someone-else'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ] {
+        let e = db.execute(edit, &[]).await.expect_err(edit);
+        assert!(format!("{e:?}").contains("append-only"), "{edit}: {e:?}");
+    }
+    let after: i64 = db
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(before, after);
+    drop(sw);
+}
