@@ -14,6 +14,7 @@
 //! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
 //! routes open to them).
 
+pub mod transactions;
 pub mod v1;
 
 use std::future::Future;
@@ -232,6 +233,18 @@ pub trait Admin: Send + Sync + 'static {
         who: &v1::Principal,
         query: v1::AuditQuery,
     ) -> impl Future<Output = Result<v1::AuditPage, AdminError>> + Send;
+    /// Transactions matching `query`, confined to the merchant of a merchant user.
+    fn search_transactions(
+        &self,
+        who: &v1::Principal,
+        query: transactions::TxnQuery,
+    ) -> impl Future<Output = Result<transactions::TxnPage, AdminError>> + Send;
+    /// A transaction and its chain; `NotFound` also for another merchant's.
+    fn transaction_chain(
+        &self,
+        who: &v1::Principal,
+        rrn: &str,
+    ) -> impl Future<Output = Result<transactions::TxnDetail, AdminError>> + Send;
 }
 
 struct AppState<A> {
@@ -383,6 +396,7 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
             ),
         )
         .merge(v1::routes::<A>())
+        .merge(transactions::routes::<A>())
         .with_state(state)
 }
 
@@ -509,6 +523,20 @@ mod tests {
                 entries: Vec::new(),
                 next_before_id: None,
             })
+        }
+        async fn search_transactions(
+            &self,
+            _who: &v1::Principal,
+            _q: transactions::TxnQuery,
+        ) -> Result<transactions::TxnPage, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn transaction_chain(
+            &self,
+            _who: &v1::Principal,
+            rrn: &str,
+        ) -> Result<transactions::TxnDetail, AdminError> {
+            Err(AdminError::NotFound(rrn.into()))
         }
     }
 

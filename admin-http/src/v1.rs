@@ -262,7 +262,7 @@ async fn me<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Response {
 }
 
 /// Runs `act` for a principal allowed `needed`; its value as JSON, or the problem.
-async fn guarded<A, T, F, Fut>(
+pub(crate) async fn guarded<A, T, F, Fut>(
     s: Arc<AppState<A>>,
     h: HeaderMap,
     peer: Peer,

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
     NewApiKey, PasswordChange, Principal, RecoveryCodes, TotpEnrolment,
@@ -171,6 +172,18 @@ impl Admin for SwitchAdmin {
 
     async fn audit(&self, _who: &Principal, query: AuditQuery) -> Result<AuditPage, AdminError> {
         self.backoffice.search_audit(query).await
+    }
+
+    async fn search_transactions(
+        &self,
+        who: &Principal,
+        query: TxnQuery,
+    ) -> Result<TxnPage, AdminError> {
+        self.backoffice.search_transactions(who, query).await
+    }
+
+    async fn transaction_chain(&self, who: &Principal, rrn: &str) -> Result<TxnDetail, AdminError> {
+        self.backoffice.transaction_chain(who, rrn).await
     }
 }
 

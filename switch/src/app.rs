@@ -344,6 +344,7 @@ pub async fn run(
         pool: pool.clone(),
         backoffice: crate::backoffice::BackOffice {
             store: crate::store::accounts::AccountStore::new(pool.clone()),
+            search: crate::store::search::TxnSearch::new(pool.clone()),
             vault: vault.clone(),
             metrics: metrics.clone(),
         },

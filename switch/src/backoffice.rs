@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
     NewApiKey, PasswordChange, Principal, RecoveryCodes, TotpEnrolment,
@@ -18,6 +19,7 @@ use crate::crypto::{Purpose, Vault};
 use crate::metrics::Metrics;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountRow, AccountStore, AuditRecord, CreateError};
+use crate::store::search::{SearchError, TxnSearch};
 
 /// The answer to every credential failure: which part was wrong is not said.
 const BAD_CREDENTIALS: &str = "wrong username, password or code";
@@ -26,6 +28,7 @@ const BAD_CREDENTIALS: &str = "wrong username, password or code";
 #[derive(Debug, Clone)]
 pub struct BackOffice {
     pub store: AccountStore,
+    pub search: TxnSearch,
     pub vault: Arc<Vault>,
     pub metrics: Arc<Metrics>,
 }
@@ -613,6 +616,47 @@ impl BackOffice {
         Ok(AuditPage {
             entries,
             next_before_id,
+        })
+    }
+}
+
+impl BackOffice {
+    /// Transactions matching `q`, confined to the merchant of a merchant user.
+    pub async fn search_transactions(
+        &self,
+        who: &Principal,
+        mut q: TxnQuery,
+    ) -> Result<TxnPage, AdminError> {
+        q.merchant_id = admin_http::transactions::scope(who, q.merchant_id.as_deref())?;
+        self.search.search(&q).await.map_err(|e| match e {
+            SearchError::BadFilter(w) => AdminError::Invalid(w),
+            SearchError::Store(e) => unavailable(e),
+        })
+    }
+
+    /// A transaction and its chain; another merchant's is `NotFound` to a merchant user.
+    pub async fn transaction_chain(
+        &self,
+        who: &Principal,
+        rrn: &str,
+    ) -> Result<TxnDetail, AdminError> {
+        let not_found = || AdminError::NotFound(format!("transaction {rrn}"));
+        let (transaction, timeline) = self
+            .search
+            .chain(rrn)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(not_found)?;
+        if who
+            .merchant_id
+            .as_ref()
+            .is_some_and(|m| *m != transaction.merchant_id)
+        {
+            return Err(not_found());
+        }
+        Ok(TxnDetail {
+            transaction,
+            timeline,
         })
     }
 }

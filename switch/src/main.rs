@@ -387,7 +387,8 @@ async fn account(config: &Config, command: AccountCommand) -> Result<()> {
     let password = read_new_password()?;
     let pool = admin_pool(config, true).await?;
     let office = switch::backoffice::BackOffice {
-        store: switch::store::accounts::AccountStore::new(pool),
+        store: switch::store::accounts::AccountStore::new(pool.clone()),
+        search: switch::store::search::TxnSearch::new(pool),
         vault: std::sync::Arc::new(vault(config)?),
         metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
     };

@@ -9,7 +9,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use system_tests::switchyard::{
-    HttpAnswer, MERCHANT_ID, SwitchProc, World, WorldOptions, http_call, run_binary,
+    Client, HttpAnswer, MERCHANT_ID, MerchantCreds, SwitchProc, World, WorldOptions, http_call,
+    next_stan, rc, run_binary,
 };
 
 const STATIC_TOKEN: &str = "test-operator-token-0123456789";
@@ -301,6 +302,14 @@ fn routes() -> Vec<Route> {
         ),
         ("POST", "/v1/api-keys", Some(bad_key), Some("admin"), 422),
         ("GET", "/v1/audit", None, Some("admin"), 200),
+        ("GET", "/v1/transactions", None, Some("merchant"), 200),
+        (
+            "GET",
+            "/v1/transactions/000000000000",
+            None,
+            Some("merchant"),
+            404,
+        ),
     ]
 }
 
@@ -505,5 +514,227 @@ async fn lockout_unlock_new_address_and_audit() {
         .unwrap()
         .get(0);
     assert_eq!(before, after);
+    drop(sw);
+}
+
+const OTHER_MERCHANT: &str = "MERCHANT0000002";
+
+/// Adds a second merchant (before the switch starts, so it is loaded); its credentials.
+fn add_other_merchant(world: &World) -> MerchantCreds {
+    let out = world.admin(&[
+        "merchant",
+        "add",
+        "--id",
+        OTHER_MERCHANT,
+        "--name",
+        "Other Merchant",
+        "--currencies",
+        "840",
+        "--limit-minor",
+        "1000000",
+    ]);
+    let v: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    MerchantCreds {
+        id: OTHER_MERCHANT.into(),
+        key_hex: v["mac_key_hex"].as_str().unwrap().into(),
+    }
+}
+
+/// The RRN of an answer.
+fn rrn_of(m: &codec::Message) -> String {
+    m.get_str(37).unwrap().to_string()
+}
+
+fn rrns(page: &Value) -> Vec<String> {
+    page["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["rrn"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// Proves transaction search by merchant, order reference, amount range, RRN and time with
+// cursor pagination and masked card numbers; a transaction's chain as a timeline (purchase
+// then refund); and that a merchant user sees only its own merchant's transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_search_timeline_and_merchant_scope() {
+    let world = office_world("bo_search");
+    let other = add_other_merchant(&world);
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let pan = "4111111111111111";
+    let mut mine = world.client(&sw).await;
+    let purchase = mine.purchase(&next_stan(), 2500, pan, "BO-ORDER-1");
+    let paid = mine.call(&purchase).await;
+    assert_eq!(rc(&paid), "00");
+    let refund = mine.refund(&next_stan(), &purchase, 1000, Some("damaged"));
+    let refunded = mine.call(&refund).await;
+    assert_eq!(rc(&refunded), "00");
+    let mut theirs = Client::connect(sw.merchant_addr, other).await;
+    let their_paid = theirs
+        .call(&theirs.purchase(&next_stan(), 4200, pan, "BO-ORDER-2"))
+        .await;
+    assert_eq!(rc(&their_paid), "00");
+    let (my_rrn, their_rrn) = (rrn_of(&paid), rrn_of(&their_paid));
+
+    let q = |s: &str| format!("/v1/transactions{s}");
+    let all = office.call("GET", &q(""), Some(&root.token), None).await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    assert!(!all.body.contains(pan), "card numbers masked");
+    let everything = rrns(&all.json());
+    for r in [&my_rrn, &their_rrn, &rrn_of(&refunded)] {
+        assert!(everything.contains(r), "{r} in {everything:?}");
+    }
+    let by_merchant = office
+        .call(
+            "GET",
+            &q(&format!("?merchant_id={OTHER_MERCHANT}")),
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(rrns(&by_merchant.json()), [their_rrn.as_str()]);
+    assert_eq!(
+        by_merchant.json()["transactions"][0]["card"],
+        "************1111"
+    );
+    let by_amount = office
+        .call(
+            "GET",
+            &q("?amount_min=2000&amount_max=3000"),
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(rrns(&by_amount.json()), [my_rrn.as_str()]);
+    let by_order = office
+        .call(
+            "GET",
+            &q("?order_ref=BO-ORDER-1&kind=purchase"),
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(rrns(&by_order.json()), [my_rrn.as_str()]);
+    let by_rrn = office
+        .call(
+            "GET",
+            &q(&format!("?rrn={my_rrn}")),
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(rrns(&by_rrn.json()), [my_rrn.as_str()]);
+    let future = office
+        .call(
+            "GET",
+            &q("?from=2100-01-01T00:00:00Z"),
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert!(rrns(&future.json()).is_empty());
+    let bad = office
+        .call("GET", &q("?from=not-a-time"), Some(&root.token), None)
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let mut paged = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let page = office
+            .call(
+                "GET",
+                &q(&format!("?limit=2{cursor}")),
+                Some(&root.token),
+                None,
+            )
+            .await
+            .json();
+        paged.extend(rrns(&page));
+        match page["next_cursor"].as_i64() {
+            Some(c) => cursor = format!("&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(
+        paged, everything,
+        "pages of 2 add up to the whole, in order, without overlap"
+    );
+
+    let detail = office
+        .call(
+            "GET",
+            &q(&format!("/{}", rrn_of(&refunded))),
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(detail.status, 200, "{}", detail.body);
+    let timeline = detail.json()["timeline"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = timeline
+        .iter()
+        .filter(|e| e["source"] == "transaction")
+        .map(|e| e["what"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["purchase", "refund"], "{timeline:?}");
+    assert_eq!(
+        detail.json()["transaction"]["original_rrn"],
+        my_rrn.as_str()
+    );
+
+    // A merchant user: its own merchant only, whatever it asks.
+    office
+        .create(&root, "shop-clerk", "merchant", Some(MERCHANT_ID))
+        .await;
+    let clerk = office.enrolled("shop-clerk", PASSWORD).await;
+    let own = office
+        .call("GET", &q(""), Some(&clerk.token), None)
+        .await
+        .json();
+    assert!(rrns(&own).contains(&my_rrn));
+    assert!(!rrns(&own).contains(&their_rrn));
+    let merchants: Vec<&Value> = own["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &t["merchant_id"])
+        .collect();
+    assert!(merchants.iter().all(|m| *m == MERCHANT_ID), "{merchants:?}");
+    let asked = office
+        .call(
+            "GET",
+            &q(&format!("?merchant_id={OTHER_MERCHANT}")),
+            Some(&clerk.token),
+            None,
+        )
+        .await;
+    assert_eq!(asked.status, 403);
+    let by_their_rrn = office
+        .call(
+            "GET",
+            &q(&format!("?rrn={their_rrn}")),
+            Some(&clerk.token),
+            None,
+        )
+        .await;
+    assert!(rrns(&by_their_rrn.json()).is_empty());
+    let theirs_detail = office
+        .call(
+            "GET",
+            &q(&format!("/{their_rrn}")),
+            Some(&clerk.token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        theirs_detail.status, 404,
+        "another merchant's transaction does not exist for it"
+    );
+    let own_detail = office
+        .call("GET", &q(&format!("/{my_rrn}")), Some(&clerk.token), None)
+        .await;
+    assert_eq!(own_detail.status, 200);
     drop(sw);
 }

@@ -31,6 +31,7 @@ mod postings;
 mod reads;
 mod retention;
 mod reversals;
+pub mod search;
 
 use async_trait::async_trait;
 use codec::Mti;
