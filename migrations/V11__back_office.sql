@@ -99,3 +99,32 @@ CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON audit_log
     FOR EACH ROW EXECUTE FUNCTION audit_log_refuse_change();
 CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
     FOR EACH STATEMENT EXECUTE FUNCTION audit_log_refuse_change();
+
+-- Refunds requested from the back office (maker-checker): above the configured amount a
+-- request waits for a different approver; it is executed through the merchant request
+-- path (same checks, journal and bank messages) with the DE11 and DE7 kept here, so a
+-- request is sent as one merchant request, once.
+CREATE TABLE refund_requests (
+    id              BIGSERIAL PRIMARY KEY,
+    requested_by    TEXT NOT NULL,
+    -- The requester's key: the same key again returns this request instead of a new one.
+    idempotency_key TEXT NOT NULL,
+    original_rrn    TEXT NOT NULL,
+    merchant_id     TEXT NOT NULL,
+    amount_minor    BIGINT NOT NULL CHECK (amount_minor > 0),
+    reason          TEXT NOT NULL,
+    state           TEXT NOT NULL CHECK (state IN ('pending', 'approved', 'rejected', 'expired', 'executed')),
+    needs_approval  BOOLEAN NOT NULL,
+    created_at      TIMESTAMPTZ NOT NULL,
+    expires_at      TIMESTAMPTZ NOT NULL,
+    decided_by      TEXT,
+    decided_at      TIMESTAMPTZ,
+    sent_stan       TEXT,
+    sent_de7        TEXT,
+    refund_rrn      TEXT,
+    response_code   TEXT,
+    UNIQUE (requested_by, idempotency_key),
+    -- Maker-checker: the database itself refuses a request approved by its requester.
+    CHECK (decided_by IS NULL OR decided_by <> requested_by OR NOT needs_approval)
+);
+CREATE INDEX refund_requests_pending ON refund_requests (id) WHERE state = 'pending';

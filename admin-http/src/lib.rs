@@ -14,6 +14,7 @@
 //! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
 //! routes open to them).
 
+pub mod refunds;
 pub mod transactions;
 pub mod v1;
 
@@ -245,6 +246,26 @@ pub trait Admin: Send + Sync + 'static {
         who: &v1::Principal,
         rrn: &str,
     ) -> impl Future<Output = Result<transactions::TxnDetail, AdminError>> + Send;
+    /// Records a refund request of transaction `rrn` and executes it unless it needs
+    /// approval; the same idempotency key again returns the same request.
+    fn request_refund(
+        &self,
+        who: &v1::Principal,
+        rrn: &str,
+        ask: refunds::RefundAsk,
+    ) -> impl Future<Output = Result<refunds::RefundRequestView, AdminError>> + Send;
+    fn refund_requests(
+        &self,
+        who: &v1::Principal,
+        query: refunds::RefundListQuery,
+    ) -> impl Future<Output = Result<Vec<refunds::RefundRequestView>, AdminError>> + Send;
+    /// Approves (and executes) or rejects a pending request; never its requester's.
+    fn decide_refund(
+        &self,
+        who: &v1::Principal,
+        id: i64,
+        approve: bool,
+    ) -> impl Future<Output = Result<refunds::RefundRequestView, AdminError>> + Send;
 }
 
 struct AppState<A> {
@@ -397,6 +418,7 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
         )
         .merge(v1::routes::<A>())
         .merge(transactions::routes::<A>())
+        .merge(refunds::routes::<A>())
         .with_state(state)
 }
 
@@ -537,6 +559,29 @@ mod tests {
             rrn: &str,
         ) -> Result<transactions::TxnDetail, AdminError> {
             Err(AdminError::NotFound(rrn.into()))
+        }
+        async fn request_refund(
+            &self,
+            _who: &v1::Principal,
+            rrn: &str,
+            _ask: refunds::RefundAsk,
+        ) -> Result<refunds::RefundRequestView, AdminError> {
+            Err(AdminError::NotFound(rrn.into()))
+        }
+        async fn refund_requests(
+            &self,
+            _who: &v1::Principal,
+            _q: refunds::RefundListQuery,
+        ) -> Result<Vec<refunds::RefundRequestView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn decide_refund(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+            _approve: bool,
+        ) -> Result<refunds::RefundRequestView, AdminError> {
+            Err(AdminError::NotFound(format!("request {id}")))
         }
     }
 

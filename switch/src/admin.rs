@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
@@ -184,6 +185,32 @@ impl Admin for SwitchAdmin {
 
     async fn transaction_chain(&self, who: &Principal, rrn: &str) -> Result<TxnDetail, AdminError> {
         self.backoffice.transaction_chain(who, rrn).await
+    }
+
+    async fn request_refund(
+        &self,
+        who: &Principal,
+        rrn: &str,
+        ask: RefundAsk,
+    ) -> Result<RefundRequestView, AdminError> {
+        self.backoffice.request_refund(who, rrn, ask).await
+    }
+
+    async fn refund_requests(
+        &self,
+        who: &Principal,
+        query: RefundListQuery,
+    ) -> Result<Vec<RefundRequestView>, AdminError> {
+        self.backoffice.refund_requests(who, query).await
+    }
+
+    async fn decide_refund(
+        &self,
+        who: &Principal,
+        id: i64,
+        approve: bool,
+    ) -> Result<RefundRequestView, AdminError> {
+        self.backoffice.decide_refund(who, id, approve).await
     }
 }
 

@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
@@ -17,6 +18,7 @@ use serde_json::json;
 use crate::accounts as rules;
 use crate::crypto::{Purpose, Vault};
 use crate::metrics::Metrics;
+use crate::refund_desk::RefundDesk;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountRow, AccountStore, AuditRecord, CreateError};
 use crate::store::search::{SearchError, TxnSearch};
@@ -29,6 +31,8 @@ const BAD_CREDENTIALS: &str = "wrong username, password or code";
 pub struct BackOffice {
     pub store: AccountStore,
     pub search: TxnSearch,
+    /// Refunds with maker-checker; `None` in tools without a request path.
+    pub desk: Option<RefundDesk>,
     pub vault: Arc<Vault>,
     pub metrics: Arc<Metrics>,
 }
@@ -658,6 +662,70 @@ impl BackOffice {
             transaction,
             timeline,
         })
+    }
+}
+
+impl BackOffice {
+    fn desk(&self) -> Result<&RefundDesk, AdminError> {
+        self.desk
+            .as_ref()
+            .ok_or_else(|| AdminError::Unavailable("no request path here".into()))
+    }
+
+    /// Records (and, at or below the approval amount, executes) a refund request.
+    pub async fn request_refund(
+        &self,
+        who: &Principal,
+        rrn: &str,
+        ask: RefundAsk,
+    ) -> Result<RefundRequestView, AdminError> {
+        let (view, created) = self.desk()?.request(who, rrn, &ask).await?;
+        if created {
+            let id = view.id.to_string();
+            let mut rec = Self::record(who, "refund.request", Some(&id));
+            rec.after = serde_json::to_value(&view).ok();
+            self.audit(rec).await?;
+        }
+        Ok(view)
+    }
+
+    pub async fn refund_requests(
+        &self,
+        who: &Principal,
+        q: RefundListQuery,
+    ) -> Result<Vec<RefundRequestView>, AdminError> {
+        self.desk()?.list(who, &q).await
+    }
+
+    /// Approves (and executes) or rejects a request; refusals are audited too.
+    pub async fn decide_refund(
+        &self,
+        who: &Principal,
+        id: i64,
+        approve: bool,
+    ) -> Result<RefundRequestView, AdminError> {
+        let action = if approve {
+            "refund.approve"
+        } else {
+            "refund.reject"
+        };
+        let target = id.to_string();
+        match self.desk()?.decide(who, id, approve).await {
+            Ok((before, after)) => {
+                let mut rec = Self::record(who, action, Some(&target));
+                rec.before = serde_json::to_value(&before).ok();
+                rec.after = serde_json::to_value(&after).ok();
+                self.audit(rec).await?;
+                Ok(after)
+            }
+            Err(e) => {
+                let mut rec = Self::record(who, action, Some(&target));
+                rec.outcome = "refused";
+                rec.after = Some(json!({ "reason": e.to_string() }));
+                self.audit(rec).await?;
+                Err(e)
+            }
+        }
     }
 }
 

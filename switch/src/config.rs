@@ -36,6 +36,21 @@ pub struct AdminSection {
     /// Bearer tokens and their roles (viewer, operator).
     #[serde(default)]
     pub tokens: Vec<admin_http::Token>,
+    /// Back-office refunds above this amount (minor units) need a second person with role
+    /// `approver` (maker-checker); at or below it they are executed at once.
+    #[serde(default = "default_refund_approval_above_minor")]
+    pub refund_approval_above_minor: i64,
+    /// A refund request nobody decides within this expires (ms).
+    #[serde(default = "default_refund_request_ttl_ms")]
+    pub refund_request_ttl_ms: u64,
+}
+
+fn default_refund_approval_above_minor() -> i64 {
+    10_000
+}
+
+fn default_refund_request_ttl_ms() -> u64 {
+    24 * 3600 * 1000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod notify;
 pub mod payments;
 pub mod quic;
+pub mod refund_desk;
 pub mod replays;
 pub mod reversals;
 pub mod routing;

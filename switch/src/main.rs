@@ -389,6 +389,7 @@ async fn account(config: &Config, command: AccountCommand) -> Result<()> {
     let office = switch::backoffice::BackOffice {
         store: switch::store::accounts::AccountStore::new(pool.clone()),
         search: switch::store::search::TxnSearch::new(pool),
+        desk: None,
         vault: std::sync::Arc::new(vault(config)?),
         metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
     };

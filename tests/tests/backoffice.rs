@@ -9,17 +9,20 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use system_tests::switchyard::{
-    Client, HttpAnswer, MERCHANT_ID, MerchantCreds, SwitchProc, World, WorldOptions, http_call,
-    next_stan, rc, run_binary,
+    Client, HttpAnswer, MERCHANT_ID, MerchantCreds, SwitchProc, WAIT, World, WorldOptions,
+    de48_tag, http_call, next_stan, rc, run_binary,
 };
 
 const STATIC_TOKEN: &str = "test-operator-token-0123456789";
 const ROOT_PASSWORD: &str = "Root-Tangerine-Viaduct-42";
 const PASSWORD: &str = "Quiet-Harbour-Lantern-77";
 
+/// Back-office refunds above this need an approver in these tests.
+const APPROVAL_ABOVE_MINOR: i64 = 1000;
+
 fn office_world(name: &str) -> World {
     let extra = format!(
-        "\n[admin]\naddr = \"127.0.0.1:0\"\ntokens = [{{ token = \"{STATIC_TOKEN}\", role = \"operator\" }}]\n"
+        "\n[admin]\naddr = \"127.0.0.1:0\"\nrefund_approval_above_minor = {APPROVAL_ABOVE_MINOR}\ntokens = [{{ token = \"{STATIC_TOKEN}\", role = \"operator\" }}]\n"
     );
     World::new(
         name,
@@ -274,6 +277,7 @@ type Route = (
 fn routes() -> Vec<Route> {
     let weak = json!({"username": "nobody-new", "role": "viewer", "password": "weak"});
     let bad_key = json!({"name": "k", "role": "viewer", "expires_in_days": 0});
+    let refund = json!({"amount_minor": 100, "reason": "matrix", "idempotency_key": "m"});
     vec![
         ("GET", "/links", None, Some("viewer"), 200),
         (
@@ -310,8 +314,33 @@ fn routes() -> Vec<Route> {
             Some("merchant"),
             404,
         ),
+        (
+            "POST",
+            "/v1/transactions/000000000000/refunds",
+            Some(refund),
+            Some(REQUESTERS),
+            404,
+        ),
+        ("GET", "/v1/refund-requests", None, Some("merchant"), 200),
+        (
+            "POST",
+            "/v1/refund-requests/999999/approve",
+            None,
+            Some("approver"),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/refund-requests/999999/reject",
+            None,
+            Some("approver"),
+            404,
+        ),
     ]
 }
+
+/// Who may ask for refunds: merchant users and operators and up, not viewers.
+const REQUESTERS: &str = "merchant or operator and up";
 
 const ROLES: [&str; 6] = [
     "merchant",
@@ -393,6 +422,8 @@ async fn role_matrix() {
                 (None, _) => 401,
                 (Some(_), None) if who.contains("token") || who.contains("key") => a.status,
                 (Some(_), None) => allowed,
+                (Some(r), Some(REQUESTERS)) if *r == 0 || *r >= rank("operator") => allowed,
+                (Some(_), Some(REQUESTERS)) => 403,
                 (Some(r), Some(n)) if *r >= rank(n) => allowed,
                 _ => 403,
             };
@@ -736,5 +767,194 @@ async fn transaction_search_timeline_and_merchant_scope() {
         .call("GET", &q(&format!("/{my_rrn}")), Some(&clerk.token), None)
         .await;
     assert_eq!(own_detail.status, 200);
+    drop(sw);
+}
+
+/// Asks for a refund of `rrn`.
+async fn ask_refund(
+    office: &Office,
+    by: &Session,
+    rrn: &str,
+    amount: i64,
+    key: &str,
+) -> HttpAnswer {
+    let body = json!({"amount_minor": amount, "reason": "goods returned", "idempotency_key": key});
+    office
+        .call(
+            "POST",
+            &format!("/v1/transactions/{rrn}/refunds"),
+            Some(&by.token),
+            Some(body),
+        )
+        .await
+}
+
+async fn decide(office: &Office, by: &Session, id: i64, verb: &str) -> HttpAnswer {
+    office
+        .call(
+            "POST",
+            &format!("/v1/refund-requests/{id}/{verb}"),
+            Some(&by.token),
+            None,
+        )
+        .await
+}
+
+// Proves maker-checker end to end: a refund above the approval amount waits; the same
+// idempotency key returns the same request; its requester and a merchant user cannot
+// approve it; a different approver's approval sends it through the merchant path (the
+// bank simulator records it once, the merchant gets a 0620, the ledger balances); a
+// decided request cannot be decided again; a small refund is executed at once; an expired
+// request cannot be approved; a rejected one is never sent; and each decision is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_with_maker_checker() {
+    let world = office_world("bo_refunds");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    for (name, role, merchant) in [
+        // An approver too: only being the requester stops it approving.
+        ("maker", "approver", None),
+        ("checker", "approver", None),
+        ("clerk", "merchant", Some(MERCHANT_ID)),
+    ] {
+        office.create(&root, name, role, merchant).await;
+    }
+    let maker = office.enrolled("maker", PASSWORD).await;
+    let checker = office.enrolled("checker", PASSWORD).await;
+    let clerk = office.enrolled("clerk", PASSWORD).await;
+    let mut c = world.client(&sw).await;
+    assert_eq!(
+        rc(&c.call(&c.network(&next_stan(), "001")).await),
+        "00",
+        "signed on for 0620s"
+    );
+    let paid = c
+        .call(&c.purchase(&next_stan(), 5000, "4111111111111111", "BO-REFUND-1"))
+        .await;
+    assert_eq!(rc(&paid), "00");
+    let rrn = paid.get_str(37).unwrap().to_string();
+
+    let asked = ask_refund(&office, &maker, &rrn, 3000, "k1").await;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    let req = asked.json();
+    assert_eq!(req["state"], "pending");
+    assert_eq!(req["needs_approval"], true);
+    let id = req["id"].as_i64().unwrap();
+    let again = ask_refund(&office, &maker, &rrn, 3000, "k1").await.json();
+    assert_eq!(again["id"], id, "same key, same request");
+    assert_eq!(
+        decide(&office, &maker, id, "approve").await.status,
+        403,
+        "maker is not checker"
+    );
+    assert_eq!(
+        decide(&office, &clerk, id, "approve").await.status,
+        403,
+        "merchant users do not approve"
+    );
+    let approved = decide(&office, &checker, id, "approve").await;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    let done = approved.json();
+    assert_eq!(done["state"], "executed");
+    assert_eq!(done["response_code"], "00");
+    assert_eq!(done["decided_by"], "checker");
+    let refund_rrn = done["refund_rrn"].as_str().unwrap().to_string();
+    assert_eq!(
+        decide(&office, &checker, id, "approve").await.status,
+        409,
+        "decided once"
+    );
+    assert_eq!(
+        world.banks[0].requests_for(&refund_rrn).await,
+        1,
+        "the bank got the refund once"
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let note = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (m, _) = c.recv_mti("0620", left).await;
+        let m = m.expect("a 0620 about the refund");
+        if de48_tag(&m, b"EV").as_deref() == Some("BACK_OFFICE_REFUND") {
+            break m;
+        }
+    };
+    assert!(c.mac_ok(&note));
+    assert_eq!(note.get_str(37).as_deref(), Some(rrn.as_str()));
+    assert_eq!(
+        de48_tag(&note, b"ST").as_deref(),
+        Some("PARTIALLY_REFUNDED")
+    );
+    world.admin(&["ledger", "check"]);
+
+    // At or below the approval amount: executed at once, for a merchant user too.
+    let small = ask_refund(&office, &clerk, &rrn, 500, "k-small")
+        .await
+        .json();
+    assert_eq!(small["needs_approval"], false);
+    assert_eq!(small["state"], "executed");
+    assert_eq!(small["response_code"], "00");
+    // More than what is left to refund (1500): approved here, refused by the switch's own
+    // checks as a merchant's refund would be.
+    let more = ask_refund(&office, &maker, &rrn, 2000, "k-more")
+        .await
+        .json()["id"]
+        .as_i64()
+        .unwrap();
+    let too_much = decide(&office, &checker, more, "approve").await.json();
+    assert_eq!(too_much["state"], "executed");
+    assert_ne!(too_much["response_code"], "00", "{too_much}");
+
+    // Expired and rejected requests are never sent.
+    let late = ask_refund(&office, &maker, &rrn, 1200, "k2").await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let db = system_tests::pg_connect(&world.db_url).await;
+    db.execute(
+        "UPDATE refund_requests SET expires_at = now() - interval '1 second' WHERE id = $1",
+        &[&late],
+    )
+    .await
+    .unwrap();
+    let expired = decide(&office, &checker, late, "approve").await;
+    assert_eq!(expired.status, 409, "{}", expired.body);
+    let listed = office
+        .call(
+            "GET",
+            "/v1/refund-requests?state=expired",
+            Some(&checker.token),
+            None,
+        )
+        .await
+        .json();
+    assert_eq!(listed[0]["id"], late);
+    let no = ask_refund(&office, &maker, &rrn, 1100, "k3").await.json()["id"]
+        .as_i64()
+        .unwrap();
+    let rejected = decide(&office, &checker, no, "reject").await.json();
+    assert_eq!(rejected["state"], "rejected");
+    assert!(rejected["refund_rrn"].is_null());
+    let own = office
+        .call("GET", "/v1/refund-requests", Some(&clerk.token), None)
+        .await
+        .json();
+    assert_eq!(own.as_array().unwrap().len(), 5, "{own}");
+    world.admin(&["ledger", "check"]);
+
+    let approvals = office.audit(&root, "action=refund.approve").await;
+    let target = id.to_string();
+    let ok: Vec<&Value> = approvals
+        .iter()
+        .filter(|e| e["outcome"] == "ok" && e["target"] == target.as_str())
+        .collect();
+    assert_eq!(ok.len(), 1, "{approvals:?}");
+    assert_eq!(ok[0]["actor"], "checker");
+    assert_eq!(ok[0]["before"]["state"], "pending");
+    assert_eq!(ok[0]["after"]["state"], "executed");
+    assert!(
+        approvals
+            .iter()
+            .any(|e| e["actor"] == "maker" && e["outcome"] == "refused")
+    );
     drop(sw);
 }

@@ -29,6 +29,7 @@ mod payments;
 mod pg;
 mod postings;
 mod reads;
+pub mod refund_requests;
 mod retention;
 mod reversals;
 pub mod search;
