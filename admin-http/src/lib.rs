@@ -6,7 +6,8 @@
 //! - `POST /links/{name}/sign-off`, `POST /links/{name}/sign-on` (role `operator`).
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
 //!
-//! - `/v1/...`: the back office's JSON API (see [`v1`]).
+//! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`]).
+//! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
 //!
 //! Every route but the first two and `POST /v1/login` needs `Authorization: Bearer
 //! TOKEN`: a static token from configuration (compared in constant time), a session token
@@ -14,6 +15,7 @@
 //! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
 //! routes open to them).
 
+pub mod openapi;
 pub mod refunds;
 pub mod transactions;
 pub mod v1;
@@ -31,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// What an account, API key or token may do; each role may do what those before it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// A merchant's staff: its own merchant's transactions only.
@@ -416,9 +420,16 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
                 },
             ),
         )
-        .merge(v1::routes::<A>())
-        .merge(transactions::routes::<A>())
-        .merge(refunds::routes::<A>())
+        .merge(
+            v1::routes::<A>()
+                .merge(transactions::routes::<A>())
+                .merge(refunds::routes::<A>())
+                .layer(axum::middleware::map_response(openapi::as_problem)),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(<openapi::ApiDoc as utoipa::OpenApi>::openapi()) }),
+        )
         .with_state(state)
 }
 

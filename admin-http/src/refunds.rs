@@ -23,7 +23,7 @@ use crate::v1::{guarded, guarded_if};
 use crate::{Admin, AppState, Role};
 
 /// `POST /v1/transactions/{rrn}/refunds`: refund part or all of a purchase or completion.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct RefundAsk {
     pub amount_minor: i64,
     /// Why (sent to the bank as DE48 `RR`, at most 255 characters).
@@ -33,7 +33,7 @@ pub struct RefundAsk {
 }
 
 /// A refund request and where it stands.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RefundRequestView {
     pub id: i64,
     /// pending, approved, rejected, expired, executed.
@@ -55,7 +55,8 @@ pub struct RefundRequestView {
 }
 
 /// `GET /v1/refund-requests` filters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RefundListQuery {
     pub state: Option<String>,
 }
@@ -66,7 +67,8 @@ pub fn may_request(role: Role) -> bool {
     role == Role::Merchant || role >= Role::Operator
 }
 
-async fn ask<A: Admin>(
+#[utoipa::path(post, path = "/v1/transactions/{rrn}/refunds", params(("rrn" = String, Path, description = "the purchase or completion")), request_body = RefundAsk, responses((status = 200, body = RefundRequestView), (status = "default", body = crate::v1::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn ask<A: Admin>(
     State(s): State<Arc<AppState<A>>>,
     peer: axum::extract::ConnectInfo<std::net::SocketAddr>,
     h: HeaderMap,
@@ -79,7 +81,8 @@ async fn ask<A: Admin>(
     .await
 }
 
-async fn list<A: Admin>(
+#[utoipa::path(get, path = "/v1/refund-requests", params(RefundListQuery), responses((status = 200, body = Vec<RefundRequestView>), (status = "default", body = crate::v1::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn list<A: Admin>(
     State(s): State<Arc<AppState<A>>>,
     peer: axum::extract::ConnectInfo<std::net::SocketAddr>,
     h: HeaderMap,
@@ -91,7 +94,8 @@ async fn list<A: Admin>(
     .await
 }
 
-async fn decide<A: Admin>(
+#[utoipa::path(post, path = "/v1/refund-requests/{id}/{verb}", params(("id" = i64, Path, description = "the request"), ("verb" = String, Path, description = "approve or reject")), responses((status = 200, body = RefundRequestView), (status = "default", body = crate::v1::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn decide<A: Admin>(
     State(s): State<Arc<AppState<A>>>,
     peer: axum::extract::ConnectInfo<std::net::SocketAddr>,
     h: HeaderMap,

@@ -21,7 +21,8 @@ use crate::v1::{Principal, guarded};
 use crate::{Admin, AppState, Role};
 
 /// `GET /v1/transactions` filters (all optional, combined with AND); newest first.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TxnQuery {
     pub merchant_id: Option<String>,
     pub order_ref: Option<String>,
@@ -45,7 +46,7 @@ pub struct TxnQuery {
 }
 
 /// A transaction in a list (the card number masked to its last four digits).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TxnSummary {
     pub rrn: String,
     pub kind: String,
@@ -66,7 +67,7 @@ pub struct TxnSummary {
 }
 
 /// A page of transactions.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TxnPage {
     pub transactions: Vec<TxnSummary>,
     /// Pass as `cursor` for the next page; absent on the last.
@@ -74,7 +75,7 @@ pub struct TxnPage {
 }
 
 /// One event of a payment's life.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TimelineEvent {
     /// RFC 3339, UTC.
     pub at: String,
@@ -94,7 +95,7 @@ pub struct TimelineEvent {
 
 /// A transaction with its whole chain: the original, completions, refunds, reversals,
 /// notifications and store-and-forward rows, oldest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TxnDetail {
     pub transaction: TxnSummary,
     pub timeline: Vec<TimelineEvent>,
@@ -112,10 +113,11 @@ pub fn scope(who: &Principal, asked: Option<&str>) -> Result<Option<String>, cra
     }
 }
 
-type S<A> = State<Arc<AppState<A>>>;
-type Peer = axum::extract::ConnectInfo<std::net::SocketAddr>;
+pub(crate) type S<A> = State<Arc<AppState<A>>>;
+pub(crate) type Peer = axum::extract::ConnectInfo<std::net::SocketAddr>;
 
-async fn search<A: Admin>(
+#[utoipa::path(get, path = "/v1/transactions", params(TxnQuery), responses((status = 200, body = TxnPage), (status = "default", body = crate::v1::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn search<A: Admin>(
     State(s): S<A>,
     peer: Peer,
     h: HeaderMap,
@@ -127,7 +129,8 @@ async fn search<A: Admin>(
     .await
 }
 
-async fn detail<A: Admin>(
+#[utoipa::path(get, path = "/v1/transactions/{rrn}", params(("rrn" = String, Path, description = "12 digits")), responses((status = 200, body = TxnDetail), (status = "default", body = crate::v1::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn detail<A: Admin>(
     State(s): S<A>,
     peer: Peer,
     h: HeaderMap,

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Admin, AdminError, AppState, AuthRefusal, Role};
 
 /// Who is asking, once authenticated.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
     /// `username` of an account, `apikey:NAME` of an API key, `token:ROLE` of a
     /// configured static token.
@@ -38,7 +38,7 @@ pub struct Principal {
 }
 
 /// `POST /v1/login`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     pub username: String,
     pub password: String,
@@ -49,7 +49,7 @@ pub struct LoginRequest {
 }
 
 /// A granted login: the session token (send as `Authorization: Bearer`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LoginGranted {
     pub token: String,
     pub role: Role,
@@ -62,7 +62,7 @@ pub struct LoginGranted {
 }
 
 /// `POST /v1/accounts`: the account's first password is set by whoever creates it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewAccount {
     pub username: String,
     pub role: Role,
@@ -72,7 +72,7 @@ pub struct NewAccount {
 }
 
 /// An account as admins see it (never its password hash or TOTP secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     pub username: String,
     pub role: Role,
@@ -84,7 +84,7 @@ pub struct AccountView {
 }
 
 /// `POST /v1/me/totp`: a fresh secret to load into an authenticator app.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TotpEnrolment {
     /// RFC 4648 base32, no padding.
     pub secret_base32: String,
@@ -93,26 +93,26 @@ pub struct TotpEnrolment {
 }
 
 /// `POST /v1/me/totp/confirm`: a code from the enrolled secret.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct TotpConfirm {
     pub code: String,
 }
 
 /// The recovery codes, shown once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecoveryCodes {
     pub recovery_codes: Vec<String>,
 }
 
 /// `POST /v1/me/password`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct PasswordChange {
     pub current_password: String,
     pub new_password: String,
 }
 
 /// `POST /v1/api-keys`: a key for automation, at most the creator's role.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct NewApiKey {
     pub name: String,
     pub role: Role,
@@ -122,7 +122,7 @@ pub struct NewApiKey {
 }
 
 /// The new key, shown once.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKeyCreated {
     pub id: i64,
     pub key: String,
@@ -131,7 +131,8 @@ pub struct ApiKeyCreated {
 }
 
 /// `GET /v1/audit` filters; newest first, `before_id` is the cursor.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub actor: Option<String>,
     pub action: Option<String>,
@@ -142,7 +143,7 @@ pub struct AuditQuery {
 }
 
 /// One audit record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     /// RFC 3339, UTC.
@@ -153,16 +154,30 @@ pub struct AuditEntry {
     pub action: String,
     pub target: Option<String>,
     pub outcome: String,
+    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
 }
 
 /// A page of the audit log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Pass as `before_id` for the next page; absent on the last.
     pub next_before_id: Option<i64>,
+}
+
+/// An error as `application/problem+json` (RFC 9457).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `/problems/<slug>`: unauthenticated, forbidden, not-found, invalid-request,
+    /// conflict, account-locked, unavailable, bad-request.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
 }
 
 /// An RFC 9457 problem document's slug, title and status for an error.
@@ -181,18 +196,7 @@ fn problem_parts(e: &AdminError) -> (&'static str, StatusCode) {
 /// An error as `application/problem+json` (RFC 9457); a 401 with `WWW-Authenticate`.
 pub fn problem(e: AdminError) -> Response {
     let (slug, status) = problem_parts(&e);
-    let body = serde_json::json!({
-        "type": format!("/problems/{slug}"),
-        "title": status.canonical_reason().unwrap_or("error"),
-        "status": status.as_u16(),
-        "detail": e.to_string(),
-    });
-    let mut r = (
-        status,
-        [(header::CONTENT_TYPE, "application/problem+json")],
-        body.to_string(),
-    )
-        .into_response();
+    let mut r = problem_response(status, slug, e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -200,6 +204,22 @@ pub fn problem(e: AdminError) -> Response {
         );
     }
     r
+}
+
+/// A problem document with `status`, `/problems/{slug}` and `detail`.
+pub fn problem_response(status: StatusCode, slug: &str, detail: String) -> Response {
+    let body = Problem {
+        kind: format!("/problems/{slug}"),
+        title: status.canonical_reason().unwrap_or("error").to_string(),
+        status: status.as_u16(),
+        detail,
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        serde_json::to_string(&body).unwrap_or_default(),
+    )
+        .into_response()
 }
 
 type S<A> = State<Arc<AppState<A>>>;
@@ -246,6 +266,7 @@ fn peer_of(ConnectInfo(peer): Peer) -> SocketAddr {
     peer
 }
 
+#[utoipa::path(post, path = "/v1/login", request_body = LoginRequest, responses((status = 200, body = LoginGranted), (status = "default", body = Problem, content_type = "application/problem+json")))]
 async fn login<A: Admin>(State(s): S<A>, peer: Peer, Json(req): Json<LoginRequest>) -> Response {
     let from = peer_of(peer).ip().to_string();
     match s.admin.login(req, &from).await {
@@ -254,6 +275,7 @@ async fn login<A: Admin>(State(s): S<A>, peer: Peer, Json(req): Json<LoginReques
     }
 }
 
+#[utoipa::path(get, path = "/v1/me", responses((status = 200, body = Principal), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn me<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Response {
     match authorize(&s, &h, peer_of(peer), |_| true, true).await {
         Ok(p) => Json(p).into_response(),
@@ -305,11 +327,12 @@ where
 }
 
 /// `{}`: the answer of actions with nothing to return.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Done {
     pub done: bool,
 }
 
+#[utoipa::path(post, path = "/v1/logout", responses((status = 200, body = Done), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn logout<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Response {
     guarded(
         s,
@@ -328,6 +351,7 @@ async fn logout<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Response 
     .await
 }
 
+#[utoipa::path(post, path = "/v1/me/totp", responses((status = 200, body = TotpEnrolment), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn totp_enrol<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Response {
     guarded(s, h, peer, Role::Merchant, true, |s, p| async move {
         s.admin.totp_enrol(&p).await
@@ -335,6 +359,7 @@ async fn totp_enrol<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Respo
     .await
 }
 
+#[utoipa::path(post, path = "/v1/me/totp/confirm", request_body = TotpConfirm, responses((status = 200, body = RecoveryCodes), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn totp_confirm<A: Admin>(
     State(s): S<A>,
     peer: Peer,
@@ -348,6 +373,7 @@ async fn totp_confirm<A: Admin>(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/me/password", request_body = PasswordChange, responses((status = 200, body = Done), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn change_password<A: Admin>(
     State(s): S<A>,
     peer: Peer,
@@ -364,6 +390,7 @@ async fn change_password<A: Admin>(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/accounts", responses((status = 200, body = Vec<AccountView>), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn list_accounts<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Response {
     guarded(s, h, peer, Role::Admin, false, |s, p| async move {
         s.admin.accounts(&p).await
@@ -371,6 +398,7 @@ async fn list_accounts<A: Admin>(State(s): S<A>, peer: Peer, h: HeaderMap) -> Re
     .await
 }
 
+#[utoipa::path(post, path = "/v1/accounts", request_body = NewAccount, responses((status = 200, body = AccountView), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn create_account<A: Admin>(
     State(s): S<A>,
     peer: Peer,
@@ -383,6 +411,7 @@ async fn create_account<A: Admin>(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{username}/unlock", params(("username" = String, Path, description = "the account")), responses((status = 200, body = Done), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn unlock<A: Admin>(
     State(s): S<A>,
     peer: Peer,
@@ -398,6 +427,7 @@ async fn unlock<A: Admin>(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/api-keys", request_body = NewApiKey, responses((status = 200, body = ApiKeyCreated), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn create_api_key<A: Admin>(
     State(s): S<A>,
     peer: Peer,
@@ -410,6 +440,7 @@ async fn create_api_key<A: Admin>(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/audit", params(AuditQuery), responses((status = 200, body = AuditPage), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn audit<A: Admin>(
     State(s): S<A>,
     peer: Peer,

@@ -37,7 +37,15 @@ pub struct BackOffice {
     pub metrics: Arc<Metrics>,
 }
 
-fn unavailable(e: StoreError) -> AdminError {
+/// A store failure as the API answers it: a value PostgreSQL cannot take (SQLSTATE class
+/// 22, data exception: a NUL byte, an unreadable time) is the request's fault (422);
+/// anything else is the store being unavailable (503).
+pub fn unavailable(e: StoreError) -> AdminError {
+    if let StoreError::Db(crate::db::DbError::Postgres(pg)) = &e
+        && pg.code().is_some_and(|c| c.code().starts_with("22"))
+    {
+        return AdminError::Invalid(format!("a value the database cannot take: {pg}"));
+    }
     AdminError::Unavailable(e.to_string())
 }
 

@@ -13,10 +13,11 @@ use admin_http::v1::Principal;
 use admin_http::{AdminError, Role};
 use codec::{Mti, OwnedMessage, builtin};
 
+use crate::backoffice::unavailable;
 use crate::engine::{Engine, SessionState};
 use crate::payments::REFUND_REASON_MAX_LEN;
+use crate::store::Store;
 use crate::store::refund_requests::{NewRefundRequest, Original, RefundRequests, RequestRow};
-use crate::store::{Store, StoreError};
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
@@ -107,10 +108,6 @@ pub fn refund_message(
 /// guarantee for a terminal that reaches the 900000s.
 pub fn stan_of(request_id: i64) -> String {
     format!("9{:05}", request_id.rem_euclid(100_000))
-}
-
-fn unavailable(e: StoreError) -> AdminError {
-    AdminError::Unavailable(e.to_string())
 }
 
 /// The desk: requests, decisions, execution.

@@ -8,7 +8,6 @@
 use admin_http::transactions::{TimelineEvent, TxnPage, TxnQuery, TxnSummary};
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
-use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 
@@ -58,13 +57,9 @@ fn summary_of(r: &Row) -> TxnSummary {
 }
 
 fn bad_filter(e: tokio_postgres::Error) -> SearchError {
-    let readable = [
-        SqlState::INVALID_DATETIME_FORMAT,
-        SqlState::DATETIME_FIELD_OVERFLOW,
-        SqlState::INVALID_TEXT_REPRESENTATION,
-    ];
+    // SQLSTATE class 22, data exception: an unreadable time, a NUL byte...
     match e.code() {
-        Some(c) if readable.contains(c) => SearchError::BadFilter(
+        Some(c) if c.code().starts_with("22") => SearchError::BadFilter(
             e.as_db_error()
                 .map(|d| d.message().to_string())
                 .unwrap_or_default(),
