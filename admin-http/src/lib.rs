@@ -2,6 +2,8 @@
 //!
 //! - `GET /metrics`: Prometheus text format (open, for scrapers on the admin network).
 //! - `GET /healthz`: 200 while the instance serves.
+//! - `GET /readyz`: 200 when PostgreSQL and Redis answer and every bank has a ready link,
+//!   503 otherwise; each check reported in JSON (open, for load balancers).
 //! - `GET /links`: every bank link's state and load (role `viewer`).
 //! - `POST /links/{name}/sign-off`, `POST /links/{name}/sign-on` (role `operator`).
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
@@ -9,7 +11,7 @@
 //! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`]).
 //! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
 //!
-//! Every route but the first two and `POST /v1/login` needs `Authorization: Bearer
+//! Every route but the first three, `/openapi.json` and `POST /v1/login` needs `Authorization: Bearer
 //! TOKEN`: a static token from configuration (compared in constant time), a session token
 //! from `POST /v1/login`, or an API key; roles are ordered `merchant` < `viewer` <
 //! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
@@ -117,6 +119,23 @@ pub struct TransactionView {
     pub bank_id: Option<String>,
 }
 
+/// One dependency's readiness, for `/readyz`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// `postgres`, `redis`, or `bank:<id>`.
+    pub name: String,
+    pub ok: bool,
+    /// Why not, or what was seen (e.g. `1 of 2 links ready`).
+    pub detail: String,
+}
+
+/// What `/readyz` answers: ready when every check is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<Check>,
+}
+
 /// A failed admin action.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -167,6 +186,8 @@ pub trait Admin: Send + Sync + 'static {
     /// A request was refused for its token (counted and logged by the switch).
     fn auth_refused(&self, why: AuthRefusal);
     fn links(&self) -> Vec<LinkView>;
+    /// PostgreSQL, Redis and at least one ready link per bank, each reported.
+    fn readiness(&self) -> impl Future<Output = Readiness> + Send;
     fn set_link(
         &self,
         name: &str,
@@ -374,6 +395,18 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
+            "/readyz",
+            get(|State(s): State<Arc<AppState<A>>>| async move {
+                let r = s.admin.readiness().await;
+                let status = if r.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, axum::Json(r))
+            }),
+        )
+        .route(
             "/links",
             get(
                 |State(s): State<Arc<AppState<A>>>,
@@ -468,6 +501,12 @@ mod tests {
         }
         fn auth_refused(&self, why: AuthRefusal) {
             self.refused.lock().unwrap().push(why);
+        }
+        async fn readiness(&self) -> Readiness {
+            Readiness {
+                ready: true,
+                checks: Vec::new(),
+            }
         }
         fn links(&self) -> Vec<LinkView> {
             vec![LinkView {

@@ -10,8 +10,9 @@ use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
     NewApiKey, PasswordChange, Principal, RecoveryCodes, TotpEnrolment,
 };
-use admin_http::{Admin, AdminError, AuthRefusal, LinkView, TransactionView};
+use admin_http::{Admin, AdminError, AuthRefusal, Check, LinkView, Readiness, TransactionView};
 use bank_links::Bank;
+use bank_links::LinkState;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
@@ -39,6 +40,8 @@ pub struct SwitchAdmin {
     pub pool: Pool,
     /// Accounts, sessions and the audit log (`/v1`).
     pub backoffice: BackOffice,
+    /// Redis, pinged by `/readyz`.
+    pub limiter: crate::limiter::Limiter,
 }
 
 impl Admin for SwitchAdmin {
@@ -52,6 +55,42 @@ impl Admin for SwitchAdmin {
             .with_label_values(&[why.as_str()])
             .inc();
         tracing::warn!(reason = why.as_str(), "admin request refused");
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let limit = Duration::from_millis(PROBE_TIMEOUT_MS);
+        let pg = async {
+            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            c.query_one("SELECT 1", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        let pg = match tokio::time::timeout(limit, pg).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT_MS} ms")),
+        };
+        let redis = self.limiter.ping().await.map_err(|e| e.to_string());
+        let mut checks = vec![check("postgres", pg), check("redis", redis)];
+        let mut banks: Vec<&Bank> = self.banks.values().collect();
+        banks.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        for b in banks {
+            let ready = b
+                .links
+                .iter()
+                .filter(|l| l.state() == LinkState::Ready)
+                .count();
+            let detail = format!("{ready} of {} links ready", b.links.len());
+            checks.push(Check {
+                name: format!("bank:{}", b.config.id),
+                ok: ready > 0,
+                detail,
+            });
+        }
+        Readiness {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
     }
 
     fn links(&self) -> Vec<LinkView> {
@@ -211,6 +250,14 @@ impl Admin for SwitchAdmin {
         approve: bool,
     ) -> Result<RefundRequestView, AdminError> {
         self.backoffice.decide_refund(who, id, approve).await
+    }
+}
+
+fn check(name: &str, r: Result<(), String>) -> Check {
+    Check {
+        name: name.to_string(),
+        ok: r.is_ok(),
+        detail: r.err().unwrap_or_else(|| "ok".into()),
     }
 }
 

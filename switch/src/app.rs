@@ -342,6 +342,7 @@ pub async fn run(
         banks: engine.banks.clone(),
         store: shared.clone(),
         pool: pool.clone(),
+        limiter: engine.limiter.clone(),
         backoffice: crate::backoffice::BackOffice {
             store: crate::store::accounts::AccountStore::new(pool.clone()),
             search: crate::store::search::TxnSearch::new(pool.clone()),

@@ -958,3 +958,78 @@ async fn refunds_with_maker_checker() {
     );
     drop(sw);
 }
+
+/// `/readyz`: its status and its checks by name.
+async fn readyz(office: &Office) -> (u16, Value) {
+    let a = office.call("GET", "/readyz", None, None).await;
+    (a.status, a.json())
+}
+
+fn check_ok(checks: &Value, name: &str) -> bool {
+    checks["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {checks}"))["ok"]
+        == true
+}
+
+// Proves /readyz reports PostgreSQL, Redis and each bank: ready with every link up, 503
+// naming the bank whose links are all signed off, ready again once one is signed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_each_dependency() {
+    let world = office_world("bo_readyz");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let office = Office {
+        addr: admin_addr(&mut sw),
+    };
+    let (status, r) = readyz(&office).await;
+    assert_eq!(status, 200, "{r}");
+    for name in ["postgres", "redis", "bank:bank-a", "bank:bank-b"] {
+        assert!(check_ok(&r, name), "{name}: {r}");
+    }
+    let links = office
+        .call("GET", "/links", Some(STATIC_TOKEN), None)
+        .await
+        .json();
+    let bank_a: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["bank"] == "bank-a")
+        .map(|l| l["name"].as_str().unwrap().to_string())
+        .collect();
+    for l in &bank_a {
+        let path = format!("/links/{l}/sign-off");
+        assert_eq!(
+            office
+                .call("POST", &path, Some(STATIC_TOKEN), None)
+                .await
+                .status,
+            200
+        );
+    }
+    let (status, r) = readyz(&office).await;
+    assert_eq!(status, 503, "{r}");
+    assert!(!check_ok(&r, "bank:bank-a"));
+    assert!(check_ok(&r, "bank:bank-b") && check_ok(&r, "postgres") && check_ok(&r, "redis"));
+    let path = format!("/links/{}/sign-on", bank_a[0]);
+    assert_eq!(
+        office
+            .call("POST", &path, Some(STATIC_TOKEN), None)
+            .await
+            .status,
+        200
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while readyz(&office).await.0 != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready again after sign-on"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(sw);
+}
