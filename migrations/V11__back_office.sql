@@ -128,3 +128,8 @@ CREATE TABLE refund_requests (
     CHECK (decided_by IS NULL OR decided_by <> requested_by OR NOT needs_approval)
 );
 CREATE INDEX refund_requests_pending ON refund_requests (id) WHERE state = 'pending';
+
+-- MAC key rotation with an overlap window: the previous key (sealed like the current one)
+-- still verifies requests until mac_key_prev_until; answers use the current key.
+ALTER TABLE merchants ADD COLUMN mac_key_prev_enc BYTEA;
+ALTER TABLE merchants ADD COLUMN mac_key_prev_until TIMESTAMPTZ;

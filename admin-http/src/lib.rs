@@ -17,6 +17,7 @@
 //! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
 //! routes open to them).
 
+pub mod merchants;
 pub mod openapi;
 pub mod refunds;
 pub mod transactions;
@@ -284,6 +285,33 @@ pub trait Admin: Send + Sync + 'static {
         who: &v1::Principal,
         query: refunds::RefundListQuery,
     ) -> impl Future<Output = Result<Vec<refunds::RefundRequestView>, AdminError>> + Send;
+    fn merchants(
+        &self,
+    ) -> impl Future<Output = Result<Vec<merchants::MerchantView>, AdminError>> + Send;
+    fn create_merchant(
+        &self,
+        who: &v1::Principal,
+        new: merchants::NewMerchantBody,
+    ) -> impl Future<Output = Result<merchants::MacKeyIssued, AdminError>> + Send;
+    fn set_merchant_enabled(
+        &self,
+        who: &v1::Principal,
+        id: &str,
+        enabled: bool,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn set_merchant_limits(
+        &self,
+        who: &v1::Principal,
+        id: &str,
+        limits: merchants::Limits,
+    ) -> impl Future<Output = Result<merchants::MerchantView, AdminError>> + Send;
+    /// A new MAC key; the previous one verifies until the overlap ends.
+    fn rotate_merchant_key(
+        &self,
+        who: &v1::Principal,
+        id: &str,
+        rotation: merchants::Rotation,
+    ) -> impl Future<Output = Result<merchants::MacKeyIssued, AdminError>> + Send;
     /// Approves (and executes) or rejects a pending request; never its requester's.
     fn decide_refund(
         &self,
@@ -457,6 +485,7 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
             v1::routes::<A>()
                 .merge(transactions::routes::<A>())
                 .merge(refunds::routes::<A>())
+                .merge(merchants::routes::<A>())
                 .layer(axum::middleware::map_response(openapi::as_problem)),
         )
         .route(
@@ -624,6 +653,40 @@ mod tests {
             _q: refunds::RefundListQuery,
         ) -> Result<Vec<refunds::RefundRequestView>, AdminError> {
             Ok(Vec::new())
+        }
+        async fn merchants(&self) -> Result<Vec<merchants::MerchantView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn create_merchant(
+            &self,
+            _who: &v1::Principal,
+            _new: merchants::NewMerchantBody,
+        ) -> Result<merchants::MacKeyIssued, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn set_merchant_enabled(
+            &self,
+            _who: &v1::Principal,
+            id: &str,
+            _enabled: bool,
+        ) -> Result<(), AdminError> {
+            Err(AdminError::NotFound(id.into()))
+        }
+        async fn set_merchant_limits(
+            &self,
+            _who: &v1::Principal,
+            id: &str,
+            _limits: merchants::Limits,
+        ) -> Result<merchants::MerchantView, AdminError> {
+            Err(AdminError::NotFound(id.into()))
+        }
+        async fn rotate_merchant_key(
+            &self,
+            _who: &v1::Principal,
+            id: &str,
+            _rotation: merchants::Rotation,
+        ) -> Result<merchants::MacKeyIssued, AdminError> {
+            Err(AdminError::NotFound(id.into()))
         }
         async fn decide_refund(
             &self,

@@ -8,7 +8,7 @@ use axum::response::Response;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{refunds, transactions, v1};
+use crate::{merchants, refunds, transactions, v1};
 
 /// The `/v1` API.
 #[derive(Debug, utoipa::OpenApi)]
@@ -35,6 +35,11 @@ use crate::{refunds, transactions, v1};
         refunds::ask,
         refunds::list,
         refunds::decide,
+        merchants::list,
+        merchants::create,
+        merchants::switch_on_off,
+        merchants::limits,
+        merchants::rotate,
     ),
     modifiers(&Bearer)
 )]

@@ -113,6 +113,14 @@ pub fn scope(who: &Principal, asked: Option<&str>) -> Result<Option<String>, cra
     }
 }
 
+/// Whether a principal may see a transaction of `merchant_id`: operators all, merchant
+/// users their own merchant's only.
+pub fn visible_to(who: &Principal, merchant_id: &str) -> bool {
+    who.merchant_id
+        .as_deref()
+        .is_none_or(|own| own == merchant_id)
+}
+
 pub(crate) type S<A> = State<Arc<AppState<A>>>;
 pub(crate) type Peer = axum::extract::ConnectInfo<std::net::SocketAddr>;
 

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use admin_http::merchants::{Limits, MacKeyIssued, MerchantView, NewMerchantBody, Rotation};
 use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
@@ -241,6 +242,45 @@ impl Admin for SwitchAdmin {
         query: RefundListQuery,
     ) -> Result<Vec<RefundRequestView>, AdminError> {
         self.backoffice.refund_requests(who, query).await
+    }
+
+    async fn merchants(&self) -> Result<Vec<MerchantView>, AdminError> {
+        self.backoffice.merchant_views().await
+    }
+
+    async fn create_merchant(
+        &self,
+        who: &Principal,
+        new: NewMerchantBody,
+    ) -> Result<MacKeyIssued, AdminError> {
+        self.backoffice.create_merchant(who, new).await
+    }
+
+    async fn set_merchant_enabled(
+        &self,
+        who: &Principal,
+        id: &str,
+        enabled: bool,
+    ) -> Result<(), AdminError> {
+        self.backoffice.set_merchant_enabled(who, id, enabled).await
+    }
+
+    async fn set_merchant_limits(
+        &self,
+        who: &Principal,
+        id: &str,
+        limits: Limits,
+    ) -> Result<MerchantView, AdminError> {
+        self.backoffice.set_merchant_limits(who, id, limits).await
+    }
+
+    async fn rotate_merchant_key(
+        &self,
+        who: &Principal,
+        id: &str,
+        rotation: Rotation,
+    ) -> Result<MacKeyIssued, AdminError> {
+        self.backoffice.rotate_merchant_key(who, id, rotation).await
     }
 
     async fn decide_refund(

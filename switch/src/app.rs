@@ -346,6 +346,8 @@ pub async fn run(
         backoffice: crate::backoffice::BackOffice {
             store: crate::store::accounts::AccountStore::new(pool.clone()),
             search: crate::store::search::TxnSearch::new(pool.clone()),
+            pool: pool.clone(),
+            merchants: Some(engine.merchants.clone()),
             desk: Some(crate::refund_desk::RefundDesk {
                 requests: crate::store::refund_requests::RefundRequests::new(pool.clone()),
                 engine: Arc::downgrade(&engine),

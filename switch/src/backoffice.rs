@@ -6,6 +6,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use admin_http::merchants::{Limits, MacKeyIssued, MerchantView, NewMerchantBody, Rotation};
 use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
@@ -33,6 +34,11 @@ pub struct BackOffice {
     pub search: TxnSearch,
     /// Refunds with maker-checker; `None` in tools without a request path.
     pub desk: Option<RefundDesk>,
+    /// For the merchants' SQL (in [`crate::merchants`]).
+    pub pool: deadpool_postgres::Pool,
+    /// This instance's merchant table, reloaded after a change so that it applies here at
+    /// once (other instances pick it up at their reload interval); `None` in tools.
+    pub merchants: Option<Arc<crate::merchants::Merchants>>,
     pub vault: Arc<Vault>,
     pub metrics: Arc<Metrics>,
 }
@@ -659,11 +665,7 @@ impl BackOffice {
             .await
             .map_err(unavailable)?
             .ok_or_else(not_found)?;
-        if who
-            .merchant_id
-            .as_ref()
-            .is_some_and(|m| *m != transaction.merchant_id)
-        {
+        if !admin_http::transactions::visible_to(who, &transaction.merchant_id) {
             return Err(not_found());
         }
         Ok(TxnDetail {
@@ -734,6 +736,146 @@ impl BackOffice {
                 Err(e)
             }
         }
+    }
+}
+
+fn db_problem(e: crate::db::DbError) -> AdminError {
+    match e {
+        crate::db::DbError::Invalid(w) => AdminError::Invalid(w),
+        crate::db::DbError::Postgres(pg)
+            if pg.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+        {
+            AdminError::Conflict("merchant exists".into())
+        }
+        other => unavailable(StoreError::Db(other)),
+    }
+}
+
+impl BackOffice {
+    /// Reloads this instance's merchants after a change.
+    async fn reload_merchants(&self) -> Result<(), AdminError> {
+        if let Some(m) = &self.merchants {
+            m.reload(&self.pool, &self.vault)
+                .await
+                .map_err(db_problem)?;
+        }
+        Ok(())
+    }
+
+    async fn merchant_view(&self, id: &str) -> Result<MerchantView, AdminError> {
+        crate::merchants::views(&self.pool)
+            .await
+            .map_err(db_problem)?
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| AdminError::NotFound(format!("merchant {id}")))
+    }
+
+    pub async fn merchant_views(&self) -> Result<Vec<MerchantView>, AdminError> {
+        crate::merchants::views(&self.pool)
+            .await
+            .map_err(db_problem)
+    }
+
+    /// Creates a merchant; its MAC key is returned once.
+    pub async fn create_merchant(
+        &self,
+        who: &Principal,
+        new: NewMerchantBody,
+    ) -> Result<MacKeyIssued, AdminError> {
+        let m = crate::merchants::NewMerchant {
+            id: new.id.clone(),
+            name: new.name,
+            currencies: new.currencies,
+            per_txn_limit_minor: new.limit_minor,
+            rate_per_s: new.rate_per_s,
+            rate_burst: new.burst,
+        };
+        let key = crate::merchants::add(&self.pool, &self.vault, &m)
+            .await
+            .map_err(db_problem)?;
+        self.reload_merchants().await?;
+        let mut rec = Self::record(who, "merchant.create", Some(&new.id));
+        rec.after = serde_json::to_value(self.merchant_view(&new.id).await?).ok();
+        self.audit(rec).await?;
+        Ok(MacKeyIssued {
+            id: new.id,
+            mac_key_hex: hex::encode(key),
+            previous_key_valid_until: None,
+        })
+    }
+
+    pub async fn set_merchant_enabled(
+        &self,
+        who: &Principal,
+        id: &str,
+        enabled: bool,
+    ) -> Result<(), AdminError> {
+        let before = self.merchant_view(id).await?;
+        crate::merchants::set_enabled(&self.pool, id, enabled)
+            .await
+            .map_err(db_problem)?;
+        self.reload_merchants().await?;
+        let action = if enabled {
+            "merchant.enable"
+        } else {
+            "merchant.disable"
+        };
+        let mut rec = Self::record(who, action, Some(id));
+        rec.before = Some(json!({ "enabled": before.enabled }));
+        rec.after = Some(json!({ "enabled": enabled }));
+        self.audit(rec).await
+    }
+
+    pub async fn set_merchant_limits(
+        &self,
+        who: &Principal,
+        id: &str,
+        l: Limits,
+    ) -> Result<MerchantView, AdminError> {
+        let before = self.merchant_view(id).await?;
+        crate::merchants::set_limits(
+            &self.pool,
+            id,
+            &l.currencies,
+            l.limit_minor,
+            l.rate_per_s,
+            l.burst,
+        )
+        .await
+        .map_err(db_problem)?;
+        self.reload_merchants().await?;
+        let after = self.merchant_view(id).await?;
+        let mut rec = Self::record(who, "merchant.limits", Some(id));
+        rec.before = serde_json::to_value(&before).ok();
+        rec.after = serde_json::to_value(&after).ok();
+        self.audit(rec).await?;
+        Ok(after)
+    }
+
+    /// A new MAC key for the merchant; the old one verifies until the overlap ends.
+    pub async fn rotate_merchant_key(
+        &self,
+        who: &Principal,
+        id: &str,
+        r: Rotation,
+    ) -> Result<MacKeyIssued, AdminError> {
+        let (key, _until) = crate::merchants::rotate_key(&self.pool, &self.vault, id, r.overlap_s)
+            .await
+            .map_err(db_problem)?
+            .ok_or_else(|| AdminError::NotFound(format!("merchant {id}")))?;
+        self.reload_merchants().await?;
+        let view = self.merchant_view(id).await?;
+        let mut rec = Self::record(who, "merchant.rotate_key", Some(id));
+        rec.after = Some(
+            json!({ "overlap_s": r.overlap_s, "previous_key_valid_until": view.previous_key_valid_until }),
+        );
+        self.audit(rec).await?;
+        Ok(MacKeyIssued {
+            id: id.to_string(),
+            mac_key_hex: hex::encode(key),
+            previous_key_valid_until: view.previous_key_valid_until,
+        })
     }
 }
 

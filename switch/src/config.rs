@@ -33,7 +33,8 @@ pub const ADMIN_TOKEN_MIN_LEN: usize = 24;
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub addr: SocketAddr,
-    /// Bearer tokens and their roles (viewer, operator).
+    /// Bearer tokens and their roles (viewer, operator, approver, admin, superadmin; not
+    /// merchant).
     #[serde(default)]
     pub tokens: Vec<admin_http::Token>,
     /// Back-office refunds above this amount (minor units) need a second person with role
@@ -561,6 +562,12 @@ impl Config {
             return bad(format!(
                 "admin.tokens: every token must be at least {ADMIN_TOKEN_MIN_LEN} characters"
             ));
+        }
+        // A static token names no merchant: with role `merchant` it would see them all.
+        if let Some(a) = &self.admin
+            && a.tokens.iter().any(|t| t.role == admin_http::Role::Merchant)
+        {
+            return bad("admin.tokens: role merchant is for accounts and API keys only".into());
         }
         if self.switch.business_day_cutover_hour > 23 {
             return bad("switch.business_day_cutover_hour must be 0..=23".into());

@@ -388,8 +388,10 @@ async fn account(config: &Config, command: AccountCommand) -> Result<()> {
     let pool = admin_pool(config, true).await?;
     let office = switch::backoffice::BackOffice {
         store: switch::store::accounts::AccountStore::new(pool.clone()),
-        search: switch::store::search::TxnSearch::new(pool),
+        search: switch::store::search::TxnSearch::new(pool.clone()),
         desk: None,
+        pool,
+        merchants: None,
         vault: std::sync::Arc::new(vault(config)?),
         metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
     };

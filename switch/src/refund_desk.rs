@@ -144,11 +144,7 @@ impl RefundDesk {
             .await
             .map_err(unavailable)?
             .ok_or_else(not_found)?;
-        if who
-            .merchant_id
-            .as_ref()
-            .is_some_and(|m| *m != original.merchant_id)
-        {
+        if !admin_http::transactions::visible_to(who, &original.merchant_id) {
             return Err(not_found());
         }
         let now = SystemTime::now();
@@ -199,9 +195,7 @@ impl RefundDesk {
             .get(id)
             .await
             .map_err(unavailable)?
-            .filter(|r| {
-                who.merchant_id.is_none() || who.merchant_id.as_ref() == Some(&r.view.merchant_id)
-            })
+            .filter(|r| admin_http::transactions::visible_to(who, &r.view.merchant_id))
             .ok_or_else(|| AdminError::NotFound(format!("refund request {id}")))?;
         let now = SystemTime::now();
         if let Some(why) = refusal(who, &row, now) {

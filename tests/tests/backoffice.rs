@@ -322,6 +322,14 @@ fn routes() -> Vec<Route> {
             404,
         ),
         ("GET", "/v1/refund-requests", None, Some("merchant"), 200),
+        ("GET", "/v1/merchants", None, Some("viewer"), 200),
+        (
+            "POST",
+            "/v1/merchants/NO-SUCH/disable",
+            None,
+            Some("admin"),
+            404,
+        ),
         (
             "POST",
             "/v1/refund-requests/999999/approve",
@@ -618,55 +626,31 @@ async fn transaction_search_timeline_and_merchant_scope() {
     for r in [&my_rrn, &their_rrn, &rrn_of(&refunded)] {
         assert!(everything.contains(r), "{r} in {everything:?}");
     }
-    let by_merchant = office
-        .call(
-            "GET",
-            &q(&format!("?merchant_id={OTHER_MERCHANT}")),
-            Some(&root.token),
-            None,
-        )
-        .await;
-    assert_eq!(rrns(&by_merchant.json()), [their_rrn.as_str()]);
-    assert_eq!(
-        by_merchant.json()["transactions"][0]["card"],
-        "************1111"
-    );
-    let by_amount = office
-        .call(
-            "GET",
-            &q("?amount_min=2000&amount_max=3000"),
-            Some(&root.token),
-            None,
-        )
-        .await;
-    assert_eq!(rrns(&by_amount.json()), [my_rrn.as_str()]);
-    let by_order = office
-        .call(
-            "GET",
-            &q("?order_ref=BO-ORDER-1&kind=purchase"),
-            Some(&root.token),
-            None,
-        )
-        .await;
-    assert_eq!(rrns(&by_order.json()), [my_rrn.as_str()]);
-    let by_rrn = office
-        .call(
-            "GET",
-            &q(&format!("?rrn={my_rrn}")),
-            Some(&root.token),
-            None,
-        )
-        .await;
-    assert_eq!(rrns(&by_rrn.json()), [my_rrn.as_str()]);
-    let future = office
-        .call(
-            "GET",
-            &q("?from=2100-01-01T00:00:00Z"),
-            Some(&root.token),
-            None,
-        )
-        .await;
-    assert!(rrns(&future.json()).is_empty());
+    // Each filter alone: the one transaction it should find (none for a future time).
+    let filters = [
+        (format!("?merchant_id={OTHER_MERCHANT}"), Some(&their_rrn)),
+        (
+            "?amount_min=2000&amount_max=3000".to_string(),
+            Some(&my_rrn),
+        ),
+        (
+            "?order_ref=BO-ORDER-1&kind=purchase".to_string(),
+            Some(&my_rrn),
+        ),
+        (format!("?rrn={my_rrn}"), Some(&my_rrn)),
+        ("?from=2100-01-01T00:00:00Z".to_string(), None),
+    ];
+    for (filter, want) in filters {
+        let found = office
+            .call("GET", &q(&filter), Some(&root.token), None)
+            .await
+            .json();
+        let want: Vec<&str> = want.map(String::as_str).into_iter().collect();
+        assert_eq!(rrns(&found), want, "{filter}");
+        if !want.is_empty() {
+            assert_eq!(found["transactions"][0]["card"], "************1111");
+        }
+    }
     let bad = office
         .call("GET", &q("?from=not-a-time"), Some(&root.token), None)
         .await;
@@ -1030,6 +1014,140 @@ async fn readyz_reports_each_dependency() {
             "ready again after sign-on"
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(sw);
+}
+
+/// A purchase of `amount` by `c` with a fresh STAN and order reference; its answer.
+async fn pay(c: &mut Client, amount: u64) -> codec::Message {
+    let stan = next_stan();
+    let order = format!("BO-M-{stan}");
+    let m = c.purchase(&stan, amount, "4111111111111111", &order);
+    c.call(&m).await
+}
+
+// Proves merchants from the back office: one created there pays with the key it was
+// given; lowering its limit refuses larger amounts (61); disabling refuses (58) until it is
+// enabled; and a MAC key rotation lets the old key verify until the overlap ends (answers
+// MAC'd with the new key), then refuses it (63) while the new key keeps working; each
+// change audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merchants_limits_and_key_rotation() {
+    let world = office_world("bo_merchants");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let new = json!({"id": "MERCHANT0000003", "name": "Third", "currencies": [840],
+        "limit_minor": 100000, "rate_per_s": 100, "burst": 100});
+    let made = office
+        .call("POST", "/v1/merchants", Some(&root.token), Some(new))
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let creds = MerchantCreds {
+        id: "MERCHANT0000003".into(),
+        key_hex: made.json()["mac_key_hex"].as_str().unwrap().into(),
+    };
+    let mut third = Client::connect(sw.merchant_addr, creds).await;
+    assert_eq!(rc(&pay(&mut third, 1500).await), "00");
+    let limits = json!({"currencies": [840], "limit_minor": 1000, "rate_per_s": 100, "burst": 100});
+    let path = "/v1/merchants/MERCHANT0000003/limits";
+    assert_eq!(
+        office
+            .call("PUT", path, Some(&root.token), Some(limits))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(rc(&pay(&mut third, 1500).await), "61");
+    let off = office
+        .call(
+            "POST",
+            "/v1/merchants/MERCHANT0000003/disable",
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    assert_eq!(rc(&pay(&mut third, 500).await), "58");
+    office
+        .call(
+            "POST",
+            "/v1/merchants/MERCHANT0000003/enable",
+            Some(&root.token),
+            None,
+        )
+        .await;
+    assert_eq!(rc(&pay(&mut third, 500).await), "00");
+
+    // Rotation: both keys verify during the overlap; answers carry the new key's MAC.
+    let mut old = world.client(&sw).await;
+    let rotated_at = std::time::Instant::now();
+    let path = format!("/v1/merchants/{MERCHANT_ID}/rotate-key");
+    let r = office
+        .call(
+            "POST",
+            &path,
+            Some(&root.token),
+            Some(json!({"overlap_s": 3})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.json()["previous_key_valid_until"].is_string());
+    let new_creds = MerchantCreds {
+        id: MERCHANT_ID.into(),
+        key_hex: r.json()["mac_key_hex"].as_str().unwrap().into(),
+    };
+    let mut new = Client::connect(sw.merchant_addr, new_creds).await;
+    let by_old = pay(&mut old, 700).await;
+    assert_eq!(rc(&by_old), "00", "the old key verifies during the overlap");
+    assert!(
+        new.mac_ok(&by_old) && !old.mac_ok(&by_old),
+        "answers use the new key"
+    );
+    assert_eq!(rc(&pay(&mut new, 700).await), "00");
+    let listed = office
+        .call("GET", "/v1/merchants", Some(&root.token), None)
+        .await
+        .json();
+    let mine = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == MERCHANT_ID)
+        .unwrap()
+        .clone();
+    assert!(mine["previous_key_valid_until"].is_string(), "{mine}");
+    let refused = loop {
+        let a = pay(&mut old, 700).await;
+        if rc(&a) != "00" {
+            break a;
+        }
+        assert!(
+            rotated_at.elapsed() < WAIT,
+            "the old key never stopped verifying"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        rc(&refused),
+        "63",
+        "after the overlap the old key is refused"
+    );
+    assert!(
+        rotated_at.elapsed() >= std::time::Duration::from_secs(2),
+        "not before the window ends"
+    );
+    assert_eq!(rc(&pay(&mut new, 700).await), "00");
+
+    for action in [
+        "merchant.create",
+        "merchant.limits",
+        "merchant.disable",
+        "merchant.rotate_key",
+    ] {
+        let found = office.audit(&root, &format!("action={action}")).await;
+        assert_eq!(found.len(), 1, "{action}: {found:?}");
+        assert_eq!(found[0]["actor"], "root");
     }
     drop(sw);
 }
