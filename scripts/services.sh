@@ -8,7 +8,8 @@
 #     services_start
 #
 # services_start installs the Debian packages `postgresql` and `redis-server` when a binary is
-# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs; a failure there
+# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs, and `chromium` and
+# `chromium-driver` when `chromedriver` is, for the console's browser test; a failure there
 # is only logged, that test then fails on its own), picks free TCP ports, starts a PostgreSQL
 # cluster of its own (data under target/test-services/pg-XXXX) and a Redis of its own
 # (target/test-services/redis-XXXX), and exports for the tests:
@@ -80,7 +81,8 @@ _sy_pg_bin_dir() {
 # Install the Debian packages when a binary is missing (only then, and quietly).
 _sy_ensure_packages() {
   _sy_ensure_servers || return 1
-  _sy_ensure_promtool
+  _sy_ensure_tool promtool prometheus
+  _sy_ensure_tool chromedriver chromium chromium-driver
   return 0
 }
 
@@ -101,20 +103,25 @@ _sy_ensure_servers() {
   command -v redis-server >/dev/null || { _sy_log "no redis-server after install"; return 1; }
 }
 
-# promtool (package prometheus) checks the alert rules in ops/. Not needed by the servers, so
-# a failure is only logged: tests/tests/ops_rules.rs then fails and says why.
-_sy_ensure_promtool() {
-  command -v promtool >/dev/null && return 0
+# Tools some tests need beside the servers: promtool (package prometheus) checks the alert
+# rules in ops/ (tests/tests/ops_rules.rs); chromium and chromium-driver drive the console
+# in a browser (tests/tests/backoffice.rs). Not needed by the servers, so a failure is only
+# logged: the test that needs the tool then fails and says why.
+# Usage: _sy_ensure_tool COMMAND PACKAGE...
+_sy_ensure_tool() {
+  local cmd=$1
+  shift
+  command -v "$cmd" >/dev/null && return 0
   if [ "$(id -u)" != 0 ]; then
-    _sy_log "promtool is missing and this is not root: install the Debian package prometheus"
+    _sy_log "$cmd is missing and this is not root: install the Debian package(s) $*"
     return 1
   fi
-  _sy_log "installing prometheus for promtool (apt-get)"
+  _sy_log "installing $* for $cmd (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || { _sy_log "apt-get update failed"; return 1; }
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null </dev/null ||
-    { _sy_log "apt-get install prometheus failed"; return 1; }
-  command -v promtool >/dev/null || { _sy_log "no promtool after installing prometheus"; return 1; }
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null </dev/null ||
+    { _sy_log "apt-get install $* failed"; return 1; }
+  command -v "$cmd" >/dev/null || { _sy_log "no $cmd after installing $*"; return 1; }
 }
 
 # Print a TCP port that is free on 127.0.0.1 right now.

@@ -10,6 +10,7 @@
 //!
 //! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`]).
 //! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
+//! - `/console/...`: the web console (see [`console`]).
 //!
 //! Every route but the first three, `/openapi.json` and `POST /v1/login` needs `Authorization: Bearer
 //! TOKEN`: a static token from configuration (compared in constant time), a session token
@@ -17,6 +18,7 @@
 //! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
 //! routes open to them).
 
+pub mod console;
 pub mod merchants;
 pub mod openapi;
 pub mod refunds;
@@ -326,7 +328,7 @@ struct AppState<A> {
     tokens: Vec<Token>,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -488,6 +490,7 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
                 .merge(merchants::routes::<A>())
                 .layer(axum::middleware::map_response(openapi::as_problem)),
         )
+        .merge(console::routes::<A>())
         .route(
             "/openapi.json",
             get(|| async { axum::Json(<openapi::ApiDoc as utoipa::OpenApi>::openapi()) }),

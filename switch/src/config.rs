@@ -565,7 +565,9 @@ impl Config {
         }
         // A static token names no merchant: with role `merchant` it would see them all.
         if let Some(a) = &self.admin
-            && a.tokens.iter().any(|t| t.role == admin_http::Role::Merchant)
+            && a.tokens
+                .iter()
+                .any(|t| t.role == admin_http::Role::Merchant)
         {
             return bad("admin.tokens: role merchant is for accounts and API keys only".into());
         }

@@ -140,6 +140,36 @@ impl HttpAnswer {
     }
 }
 
+/// An HTTP/1.1 answer's bytes: to its Content-Length when it has one (some servers, such
+/// as chromedriver, keep the connection open despite `Connection: close`), else to the
+/// last chunk or the end of the stream.
+async fn read_answer(s: &mut TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            let complete = match length {
+                Some(n) => buf.len() >= end + 4 + n,
+                None => head.contains("chunked") && buf.ends_with(b"0\r\n\r\n"),
+            };
+            if complete {
+                return buf;
+            }
+        }
+        let n = s.read(&mut chunk).await.expect("read response");
+        if n == 0 {
+            return buf;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// One HTTP/1.1 request to `addr` from the local address `from` (any when `None`; e.g.
 /// 127.0.0.2 to appear as another client), with an optional bearer token and JSON body.
 pub async fn http_call(
@@ -150,7 +180,6 @@ pub async fn http_call(
     bearer: Option<&str>,
     body: Option<&serde_json::Value>,
 ) -> HttpAnswer {
-    use tokio::io::AsyncReadExt;
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     if let Some(ip) = from {
         socket
@@ -172,8 +201,7 @@ pub async fn http_call(
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write request");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read response");
+    let buf = read_answer(&mut s).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let mut lines = head.lines();

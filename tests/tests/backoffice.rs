@@ -1151,3 +1151,235 @@ async fn merchants_limits_and_key_rotation() {
     }
     drop(sw);
 }
+
+/// A headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`).
+struct Browser {
+    _driver: system_tests::Spawned,
+    addr: SocketAddr,
+    session: String,
+}
+
+/// W3C WebDriver's key for element references.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    async fn start(name: &str) -> Browser {
+        let port = system_tests::free_port();
+        let log = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target/test-browser/chromedriver-{port}.log"));
+        let driver = system_tests::spawn_path(
+            std::path::Path::new("/usr/bin/chromedriver"),
+            [
+                format!("--port={port}"),
+                format!("--log-path={}", log.display()),
+            ],
+            std::iter::empty::<(&str, &str)>(),
+        );
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let up = tokio::net::TcpStream::connect(addr).await.is_ok()
+                && http_call(addr, None, "GET", "/status", None, None)
+                    .await
+                    .json()["value"]["ready"]
+                    == true;
+            if up {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "chromedriver never ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-browser");
+        std::fs::create_dir_all(&dir).unwrap();
+        let profile = dir
+            .canonicalize()
+            .unwrap()
+            .join(system_tests::unique_name(name));
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,900", format!("--user-data-dir={}", profile.display())]}}}});
+        let s = http_call(addr, None, "POST", "/session", None, Some(&caps)).await;
+        assert_eq!(s.status, 200, "new session: {}", s.body);
+        let session = s.json()["value"]["sessionId"].as_str().unwrap().to_string();
+        Browser {
+            _driver: driver,
+            addr,
+            session,
+        }
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let path = format!("/session/{}{path}", self.session);
+        let a = http_call(self.addr, None, method, &path, None, body.as_ref()).await;
+        assert_eq!(a.status, 200, "{method} {path}: {}", a.body);
+        a.json()["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url}))).await;
+    }
+
+    /// The element for a CSS selector, waiting for it to appear.
+    async fn find(&self, css: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let path = format!("/session/{}/element", self.session);
+            let body = json!({"using": "css selector", "value": css});
+            let a = http_call(self.addr, None, "POST", &path, None, Some(&body)).await;
+            if a.status == 200 {
+                return a.json()["value"][ELEMENT].as_str().unwrap().to_string();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no element {css}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
+            .await;
+    }
+
+    /// Waits until the element's text contains `want`; the text.
+    async fn wait_text(&self, css: &str, want: &str) -> String {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let e = self.find(css).await;
+            let path = format!("/session/{}/element/{e}/text", self.session);
+            let a = http_call(self.addr, None, "GET", &path, None, None).await;
+            let text = a.json()["value"].as_str().unwrap_or_default().to_string();
+            if a.status == 200 && text.contains(want) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never showed {want:?}: {text:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn sign_in(&self, base: &str, username: &str, totp: &str) {
+        self.goto(&format!("{base}/console/login")).await;
+        self.type_into("#username", username).await;
+        self.type_into("#password", PASSWORD).await;
+        self.type_into("#totp", totp).await;
+        self.click("#sign-in").await;
+        self.wait_text("h1", "Overview").await;
+    }
+
+    async fn quit(self) {
+        let path = format!("/session/{}", self.session);
+        http_call(self.addr, None, "DELETE", &path, None, None).await;
+    }
+}
+
+// Proves the console in a real browser: an operator signs in with password and TOTP,
+// searches transactions (htmx), requests a refund above the approval amount; another
+// person with role approver signs in and approves it from the queue; the refund reaches the
+// bank simulator; and a screenshot of the overview is saved under target/.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_in_a_browser() {
+    let world = office_world("bo_console");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    office.create(&root, "maker", "operator", None).await;
+    office.create(&root, "checker", "approver", None).await;
+    let maker = office.enrolled("maker", PASSWORD).await;
+    let checker = office.enrolled("checker", PASSWORD).await;
+    let mut c = world.client(&sw).await;
+    let paid = c
+        .call(&c.purchase(&next_stan(), 5000, "4111111111111111", "BO-CONSOLE-1"))
+        .await;
+    assert_eq!(rc(&paid), "00");
+    let rrn = paid.get_str(37).unwrap().to_string();
+    let base = format!("http://{}", office.addr);
+
+    let browser = Browser::start("console").await;
+    browser
+        .sign_in(
+            &base,
+            "maker",
+            &totp_code(maker.secret.as_ref().unwrap(), 1),
+        )
+        .await;
+    browser.goto(&format!("{base}/console/transactions")).await;
+    browser.type_into("#order_ref", "BO-CONSOLE-1").await;
+    browser.click("#search-button").await;
+    let row = format!("#txn-{rrn}");
+    browser.wait_text(&row, "BO-CONSOLE-1").await;
+    browser
+        .type_into(&format!("{row} .refund-amount"), "3000")
+        .await;
+    browser
+        .type_into(&format!("{row} .refund-reason"), "damaged in transit")
+        .await;
+    browser.click(&format!("{row} .refund-button")).await;
+    let pending = browser.wait_text("#refunds", "pending").await;
+    assert!(pending.contains("maker"), "{pending}");
+    assert!(
+        browser
+            .cmd(
+                "POST",
+                "/elements",
+                Some(json!({"using": "css selector", "value": ".approve"}))
+            )
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the requester gets no approve button"
+    );
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+
+    browser
+        .sign_in(
+            &base,
+            "checker",
+            &totp_code(checker.secret.as_ref().unwrap(), 1),
+        )
+        .await;
+    browser.goto(&format!("{base}/console/refunds")).await;
+    browser.click(".approve").await;
+    browser.wait_text("#refunds", "executed").await;
+    let listed = office
+        .call("GET", "/v1/refund-requests", Some(&root.token), None)
+        .await
+        .json();
+    let done = &listed[0];
+    assert_eq!(done["response_code"], "00", "{listed}");
+    assert_eq!(done["decided_by"], "checker");
+    let refund_rrn = done["refund_rrn"].as_str().unwrap();
+    assert_eq!(world.banks[0].requests_for(refund_rrn).await, 1);
+
+    browser.goto(&format!("{base}/console/overview")).await;
+    browser.wait_text("#links", "ready").await;
+    let shot = browser.cmd("GET", "/screenshot", None).await;
+    use base64::Engine as _;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot.as_str().unwrap())
+        .unwrap();
+    let out =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-overview.png");
+    std::fs::write(&out, &png).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", out.display());
+    browser.quit().await;
+    drop(sw);
+}
