@@ -181,6 +181,23 @@ fn csrf_ok(token: &str, presented: &str) -> bool {
     constant_time_eq(csrf_of(token).as_bytes(), presented.as_bytes())
 }
 
+/// The signed-in principal of a form that changes something, its CSRF token checked; else
+/// the answer (to the login page, or 403).
+async fn changing<A: Admin>(
+    s: &AppState<A>,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    csrf: &str,
+) -> Result<(Principal, String), Response> {
+    let Some((p, token)) = signed_in(s, h, peer).await else {
+        return Err(to_login());
+    };
+    if !csrf_ok(&token, csrf) {
+        return Err((StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response());
+    }
+    Ok((p, token))
+}
+
 async fn logout<A: Admin>(
     State(s): S<A>,
     ConnectInfo(peer): Peer,
@@ -270,6 +287,7 @@ async fn transactions_page<A: Admin>(
     )
 }
 
+/// The transactions page, or only its rows for htmx's requests (`HX-Request`).
 async fn transactions<A: Admin>(
     State(s): S<A>,
     ConnectInfo(peer): Peer,
@@ -279,20 +297,12 @@ async fn transactions<A: Admin>(
     let Some((p, token)) = signed_in(&s, &h, peer).await else {
         return to_login();
     };
-    transactions_page(&s, p, &token, q, "transactions.html").await
-}
-
-/// The rows alone, for htmx.
-async fn rows<A: Admin>(
-    State(s): S<A>,
-    ConnectInfo(peer): Peer,
-    h: HeaderMap,
-    Query(q): Query<TxnQuery>,
-) -> Response {
-    let Some((p, token)) = signed_in(&s, &h, peer).await else {
-        return (StatusCode::UNAUTHORIZED, "signed out\n").into_response();
+    let template = if h.contains_key("hx-request") {
+        "rows.html"
+    } else {
+        "transactions.html"
     };
-    transactions_page(&s, p, &token, q, "rows.html").await
+    transactions_page(&s, p, &token, q, template).await
 }
 
 /// The refund form of a transaction row.
@@ -311,12 +321,10 @@ async fn refund<A: Admin>(
     Path(rrn): Path<String>,
     Form(f): Form<RefundForm>,
 ) -> Response {
-    let Some((p, token)) = signed_in(&s, &h, peer).await else {
-        return to_login();
+    let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
     };
-    if !csrf_ok(&token, &f.csrf) {
-        return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
-    }
     let result = match f.amount_minor.trim().parse::<i64>() {
         Ok(amount_minor) => {
             let ask = RefundAsk {
@@ -369,12 +377,10 @@ async fn decide<A: Admin>(
     Path((id, verb)): Path<(i64, String)>,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    let Some((p, token)) = signed_in(&s, &h, peer).await else {
-        return to_login();
+    let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
     };
-    if !csrf_ok(&token, &f.csrf) {
-        return (StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response();
-    }
     let decided = if p.role < Role::Approver {
         Err(AdminError::Forbidden("approvers decide".into()))
     } else {
@@ -404,7 +410,6 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/logout", post(logout::<A>))
         .route("/console/overview", get(overview::<A>))
         .route("/console/transactions", get(transactions::<A>))
-        .route("/console/transactions/rows", get(rows::<A>))
         .route("/console/transactions/{rrn}/refund", post(refund::<A>))
         .route("/console/refunds", get(refunds::<A>))
         .route("/console/refunds/{id}/{verb}", post(decide::<A>))

@@ -97,6 +97,11 @@ impl Office {
         http_call(self.addr, None, method, path, bearer, body.as_ref()).await
     }
 
+    /// `GET path` with a bearer token.
+    async fn get(&self, path: &str, bearer: &str) -> HttpAnswer {
+        self.call("GET", path, Some(bearer), None).await
+    }
+
     async fn login_from(&self, from: Option<IpAddr>, body: Value) -> HttpAnswer {
         http_call(self.addr, from, "POST", "/v1/login", None, Some(&body)).await
     }
@@ -188,20 +193,16 @@ async fn first_superadmin_enrols_totp_and_logs_in() {
     assert_eq!(first.status, 200, "{}", first.body);
     assert_eq!(first.json()["totp_enrolment_required"], true);
     let pending = first.json()["token"].as_str().unwrap().to_string();
-    let refused = office
-        .call("GET", "/v1/accounts", Some(&pending), None)
-        .await;
+    let refused = office.get("/v1/accounts", &pending).await;
     assert_eq!(
         refused.status, 403,
         "nothing before enrolment: {}",
         refused.body
     );
-    let me = office.call("GET", "/v1/me", Some(&pending), None).await;
+    let me = office.get("/v1/me", &pending).await;
     assert_eq!(me.json()["mfa_done"], false);
     let root = office.enrolled("root", ROOT_PASSWORD).await;
-    let ok = office
-        .call("GET", "/v1/accounts", Some(&root.token), None)
-        .await;
+    let ok = office.get("/v1/accounts", &root.token).await;
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(ok.json()[0]["totp_enabled"], true);
 
@@ -244,13 +245,7 @@ async fn first_superadmin_enrols_totp_and_logs_in() {
             .status,
         200
     );
-    assert_eq!(
-        office
-            .call("GET", "/v1/me", Some(&token), None)
-            .await
-            .status,
-        401
-    );
+    assert_eq!(office.get("/v1/me", &token).await.status, 401);
     let db = system_tests::pg_connect(&world.db_url).await;
     db.execute(
         "UPDATE account_sessions SET last_seen_at = now() - interval '16 minutes'",
@@ -258,7 +253,7 @@ async fn first_superadmin_enrols_totp_and_logs_in() {
     )
     .await
     .unwrap();
-    let idle = office.call("GET", "/v1/me", Some(&root.token), None).await;
+    let idle = office.get("/v1/me", &root.token).await;
     assert_eq!(idle.status, 401, "idle session expired");
     drop(sw);
 }
@@ -619,7 +614,7 @@ async fn transaction_search_timeline_and_merchant_scope() {
     let (my_rrn, their_rrn) = (rrn_of(&paid), rrn_of(&their_paid));
 
     let q = |s: &str| format!("/v1/transactions{s}");
-    let all = office.call("GET", &q(""), Some(&root.token), None).await;
+    let all = office.get(&q(""), &root.token).await;
     assert_eq!(all.status, 200, "{}", all.body);
     assert!(!all.body.contains(pan), "card numbers masked");
     let everything = rrns(&all.json());
@@ -641,30 +636,20 @@ async fn transaction_search_timeline_and_merchant_scope() {
         ("?from=2100-01-01T00:00:00Z".to_string(), None),
     ];
     for (filter, want) in filters {
-        let found = office
-            .call("GET", &q(&filter), Some(&root.token), None)
-            .await
-            .json();
+        let found = office.get(&q(&filter), &root.token).await.json();
         let want: Vec<&str> = want.map(String::as_str).into_iter().collect();
         assert_eq!(rrns(&found), want, "{filter}");
         if !want.is_empty() {
             assert_eq!(found["transactions"][0]["card"], "************1111");
         }
     }
-    let bad = office
-        .call("GET", &q("?from=not-a-time"), Some(&root.token), None)
-        .await;
+    let bad = office.get(&q("?from=not-a-time"), &root.token).await;
     assert_eq!(bad.status, 422, "{}", bad.body);
     let mut paged = Vec::new();
     let mut cursor = String::new();
     loop {
         let page = office
-            .call(
-                "GET",
-                &q(&format!("?limit=2{cursor}")),
-                Some(&root.token),
-                None,
-            )
+            .get(&q(&format!("?limit=2{cursor}")), &root.token)
             .await
             .json();
         paged.extend(rrns(&page));
@@ -704,10 +689,7 @@ async fn transaction_search_timeline_and_merchant_scope() {
         .create(&root, "shop-clerk", "merchant", Some(MERCHANT_ID))
         .await;
     let clerk = office.enrolled("shop-clerk", PASSWORD).await;
-    let own = office
-        .call("GET", &q(""), Some(&clerk.token), None)
-        .await
-        .json();
+    let own = office.get(&q(""), &clerk.token).await.json();
     assert!(rrns(&own).contains(&my_rrn));
     assert!(!rrns(&own).contains(&their_rrn));
     let merchants: Vec<&Value> = own["transactions"]
@@ -718,38 +700,19 @@ async fn transaction_search_timeline_and_merchant_scope() {
         .collect();
     assert!(merchants.iter().all(|m| *m == MERCHANT_ID), "{merchants:?}");
     let asked = office
-        .call(
-            "GET",
-            &q(&format!("?merchant_id={OTHER_MERCHANT}")),
-            Some(&clerk.token),
-            None,
-        )
+        .get(&q(&format!("?merchant_id={OTHER_MERCHANT}")), &clerk.token)
         .await;
     assert_eq!(asked.status, 403);
     let by_their_rrn = office
-        .call(
-            "GET",
-            &q(&format!("?rrn={their_rrn}")),
-            Some(&clerk.token),
-            None,
-        )
+        .get(&q(&format!("?rrn={their_rrn}")), &clerk.token)
         .await;
     assert!(rrns(&by_their_rrn.json()).is_empty());
-    let theirs_detail = office
-        .call(
-            "GET",
-            &q(&format!("/{their_rrn}")),
-            Some(&clerk.token),
-            None,
-        )
-        .await;
+    let theirs_detail = office.get(&q(&format!("/{their_rrn}")), &clerk.token).await;
     assert_eq!(
         theirs_detail.status, 404,
         "another merchant's transaction does not exist for it"
     );
-    let own_detail = office
-        .call("GET", &q(&format!("/{my_rrn}")), Some(&clerk.token), None)
-        .await;
+    let own_detail = office.get(&q(&format!("/{my_rrn}")), &clerk.token).await;
     assert_eq!(own_detail.status, 200);
     drop(sw);
 }
@@ -903,12 +866,7 @@ async fn refunds_with_maker_checker() {
     let expired = decide(&office, &checker, late, "approve").await;
     assert_eq!(expired.status, 409, "{}", expired.body);
     let listed = office
-        .call(
-            "GET",
-            "/v1/refund-requests?state=expired",
-            Some(&checker.token),
-            None,
-        )
+        .get("/v1/refund-requests?state=expired", &checker.token)
         .await
         .json();
     assert_eq!(listed[0]["id"], late);
@@ -918,10 +876,7 @@ async fn refunds_with_maker_checker() {
     let rejected = decide(&office, &checker, no, "reject").await.json();
     assert_eq!(rejected["state"], "rejected");
     assert!(rejected["refund_rrn"].is_null());
-    let own = office
-        .call("GET", "/v1/refund-requests", Some(&clerk.token), None)
-        .await
-        .json();
+    let own = office.get("/v1/refund-requests", &clerk.token).await.json();
     assert_eq!(own.as_array().unwrap().len(), 5, "{own}");
     world.admin(&["ledger", "check"]);
 
@@ -974,10 +929,7 @@ async fn readyz_reports_each_dependency() {
     for name in ["postgres", "redis", "bank:bank-a", "bank:bank-b"] {
         assert!(check_ok(&r, name), "{name}: {r}");
     }
-    let links = office
-        .call("GET", "/links", Some(STATIC_TOKEN), None)
-        .await
-        .json();
+    let links = office.get("/links", STATIC_TOKEN).await.json();
     let bank_a: Vec<String> = links
         .as_array()
         .unwrap()
@@ -1105,10 +1057,7 @@ async fn merchants_limits_and_key_rotation() {
         "answers use the new key"
     );
     assert_eq!(rc(&pay(&mut new, 700).await), "00");
-    let listed = office
-        .call("GET", "/v1/merchants", Some(&root.token), None)
-        .await
-        .json();
+    let listed = office.get("/v1/merchants", &root.token).await.json();
     let mine = listed
         .as_array()
         .unwrap()
@@ -1274,11 +1223,13 @@ impl Browser {
         }
     }
 
-    async fn sign_in(&self, base: &str, username: &str, totp: &str) {
+    /// Signs in as `username` with the code of the step after the one `session` used.
+    async fn sign_in(&self, base: &str, username: &str, session: &Session) {
+        let totp = totp_code(session.secret.as_ref().unwrap(), 1);
         self.goto(&format!("{base}/console/login")).await;
         self.type_into("#username", username).await;
         self.type_into("#password", PASSWORD).await;
-        self.type_into("#totp", totp).await;
+        self.type_into("#totp", &totp).await;
         self.click("#sign-in").await;
         self.wait_text("h1", "Overview").await;
     }
@@ -1312,13 +1263,7 @@ async fn console_in_a_browser() {
     let base = format!("http://{}", office.addr);
 
     let browser = Browser::start("console").await;
-    browser
-        .sign_in(
-            &base,
-            "maker",
-            &totp_code(maker.secret.as_ref().unwrap(), 1),
-        )
-        .await;
+    browser.sign_in(&base, "maker", &maker).await;
     browser.goto(&format!("{base}/console/transactions")).await;
     browser.type_into("#order_ref", "BO-CONSOLE-1").await;
     browser.click("#search-button").await;
@@ -1349,20 +1294,11 @@ async fn console_in_a_browser() {
     browser.click("#logout").await;
     browser.wait_text("h1", "Sign in").await;
 
-    browser
-        .sign_in(
-            &base,
-            "checker",
-            &totp_code(checker.secret.as_ref().unwrap(), 1),
-        )
-        .await;
+    browser.sign_in(&base, "checker", &checker).await;
     browser.goto(&format!("{base}/console/refunds")).await;
     browser.click(".approve").await;
     browser.wait_text("#refunds", "executed").await;
-    let listed = office
-        .call("GET", "/v1/refund-requests", Some(&root.token), None)
-        .await
-        .json();
+    let listed = office.get("/v1/refund-requests", &root.token).await.json();
     let done = &listed[0];
     assert_eq!(done["response_code"], "00", "{listed}");
     assert_eq!(done["decided_by"], "checker");
