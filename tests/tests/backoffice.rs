@@ -1188,20 +1188,32 @@ impl Browser {
         }
     }
 
+    /// Acts on the element for `css` (`value`, `click`), finding it again while the page
+    /// replaces it (htmx swaps, navigation): a stale element is not a failure.
+    async fn act(&self, css: &str, action: &str, body: Value) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let e = self.find(css).await;
+            let path = format!("/session/{}/element/{e}/{action}", self.session);
+            let a = http_call(self.addr, None, "POST", &path, None, Some(&body)).await;
+            if a.status == 200 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{action} {css}: {}",
+                a.body
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     async fn type_into(&self, css: &str, text: &str) {
-        let e = self.find(css).await;
-        self.cmd(
-            "POST",
-            &format!("/element/{e}/value"),
-            Some(json!({"text": text})),
-        )
-        .await;
+        self.act(css, "value", json!({"text": text})).await;
     }
 
     async fn click(&self, css: &str) {
-        let e = self.find(css).await;
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
-            .await;
+        self.act(css, "click", json!({})).await;
     }
 
     /// Waits until the element's text contains `want`; the text.
@@ -1269,6 +1281,19 @@ async fn console_in_a_browser() {
     browser.click("#search-button").await;
     let row = format!("#txn-{rrn}");
     browser.wait_text(&row, "BO-CONSOLE-1").await;
+    // The search's rows replaced the page's: only the payment searched for is left.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while browser
+        .wait_text("#rows", "BO-CONSOLE-1")
+        .await
+        .contains("READY-")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the search never narrowed the rows"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     browser
         .type_into(&format!("{row} .refund-amount"), "3000")
         .await;
