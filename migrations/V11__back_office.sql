@@ -133,3 +133,14 @@ CREATE INDEX refund_requests_pending ON refund_requests (id) WHERE state = 'pend
 -- still verifies requests until mac_key_prev_until; answers use the current key.
 ALTER TABLE merchants ADD COLUMN mac_key_prev_enc BYTEA;
 ALTER TABLE merchants ADD COLUMN mac_key_prev_until TIMESTAMPTZ;
+
+-- Administrator-initiated password resets: a one-time token (stored as SHA-256) that lets
+-- the account set a new password once, before it expires.
+CREATE TABLE password_resets (
+    token_hash BYTEA PRIMARY KEY,
+    account_id BIGINT NOT NULL REFERENCES accounts (id),
+    created_by TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL,
+    used_at    TIMESTAMPTZ
+);

@@ -257,6 +257,18 @@ pub trait Admin: Send + Sync + 'static {
         who: &v1::Principal,
         new: v1::NewApiKey,
     ) -> impl Future<Output = Result<v1::ApiKeyCreated, AdminError>> + Send;
+    /// A one-time password reset token for `username`; its sessions end.
+    fn issue_reset(
+        &self,
+        who: &v1::Principal,
+        username: &str,
+    ) -> impl Future<Output = Result<v1::ResetIssued, AdminError>> + Send;
+    /// Sets a new password with a reset token (once, before it expires).
+    fn reset_password(
+        &self,
+        req: v1::ResetPassword,
+        source: &str,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
     fn audit(
         &self,
         who: &v1::Principal,
@@ -617,6 +629,20 @@ mod tests {
             _new: v1::NewApiKey,
         ) -> Result<v1::ApiKeyCreated, AdminError> {
             Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn issue_reset(
+            &self,
+            _who: &v1::Principal,
+            u: &str,
+        ) -> Result<v1::ResetIssued, AdminError> {
+            Err(AdminError::NotFound(u.into()))
+        }
+        async fn reset_password(
+            &self,
+            _req: v1::ResetPassword,
+            _source: &str,
+        ) -> Result<(), AdminError> {
+            Err(AdminError::Unauthenticated("no accounts here".into()))
         }
         async fn audit(
             &self,

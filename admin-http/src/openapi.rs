@@ -29,6 +29,8 @@ use crate::{merchants, refunds, transactions, v1};
         v1::create_account,
         v1::unlock,
         v1::create_api_key,
+        v1::reset,
+        v1::password_reset,
         v1::audit,
         transactions::search,
         transactions::detail,

@@ -7,7 +7,8 @@
 //! | `POST /v1/login` | anyone (username, password, TOTP code or recovery code) |
 //! | `POST /v1/logout`, `GET /v1/me`, `POST /v1/me/totp`, `POST /v1/me/totp/confirm` | any signed-in account, also before its second factor is enrolled |
 //! | `POST /v1/me/password` | any signed-in account |
-//! | `GET /v1/accounts`, `POST /v1/accounts`, `POST /v1/accounts/{username}/unlock`, `POST /v1/api-keys`, `GET /v1/audit` | `admin` |
+//! | `POST /v1/password-reset` | anyone with a reset token |
+//! | `POST /v1/accounts/{username}/reset`, `GET /v1/accounts`, `POST /v1/accounts`, `POST /v1/accounts/{username}/unlock`, `POST /v1/api-keys`, `GET /v1/audit` | `admin` |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,6 +109,21 @@ pub struct RecoveryCodes {
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 pub struct PasswordChange {
     pub current_password: String,
+    pub new_password: String,
+}
+
+/// `POST /v1/accounts/{username}/reset`: a one-time token to hand to the account's owner.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ResetIssued {
+    pub reset_token: String,
+    /// RFC 3339, UTC.
+    pub expires_at: String,
+}
+
+/// `POST /v1/password-reset`: a new password with the token an admin issued.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+pub struct ResetPassword {
+    pub reset_token: String,
     pub new_password: String,
 }
 
@@ -427,6 +443,31 @@ async fn unlock<A: Admin>(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/accounts/{username}/reset", params(("username" = String, Path, description = "the account")), responses((status = 200, body = ResetIssued), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+pub(crate) async fn reset<A: Admin>(
+    State(s): S<A>,
+    peer: Peer,
+    h: HeaderMap,
+    Path(username): Path<String>,
+) -> Response {
+    guarded(s, h, peer, Role::Admin, false, |s, p| async move {
+        s.admin.issue_reset(&p, &username).await
+    })
+    .await
+}
+
+#[utoipa::path(post, path = "/v1/password-reset", request_body = ResetPassword, responses((status = 200, body = Done), (status = "default", body = Problem, content_type = "application/problem+json")))]
+pub(crate) async fn password_reset<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    Json(req): Json<ResetPassword>,
+) -> Response {
+    match s.admin.reset_password(req, &peer.ip().to_string()).await {
+        Ok(()) => Json(Done { done: true }).into_response(),
+        Err(e) => problem(e),
+    }
+}
+
 #[utoipa::path(post, path = "/v1/api-keys", request_body = NewApiKey, responses((status = 200, body = ApiKeyCreated), (status = "default", body = Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 async fn create_api_key<A: Admin>(
     State(s): S<A>,
@@ -468,5 +509,7 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         )
         .route("/v1/accounts/{username}/unlock", post(unlock::<A>))
         .route("/v1/api-keys", post(create_api_key::<A>))
+        .route("/v1/accounts/{username}/reset", post(reset::<A>))
+        .route("/v1/password-reset", post(password_reset::<A>))
         .route("/v1/audit", get(audit::<A>))
 }

@@ -9,7 +9,7 @@ use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
-    NewApiKey, PasswordChange, Principal, RecoveryCodes, TotpEnrolment,
+    NewApiKey, PasswordChange, Principal, RecoveryCodes, ResetIssued, ResetPassword, TotpEnrolment,
 };
 use admin_http::{Admin, AdminError, AuthRefusal, Check, LinkView, Readiness, TransactionView};
 use bank_links::Bank;
@@ -209,6 +209,18 @@ impl Admin for SwitchAdmin {
         new: NewApiKey,
     ) -> Result<ApiKeyCreated, AdminError> {
         self.backoffice.create_api_key(who, new).await
+    }
+
+    async fn issue_reset(
+        &self,
+        who: &Principal,
+        username: &str,
+    ) -> Result<ResetIssued, AdminError> {
+        self.backoffice.issue_reset(who, username).await
+    }
+
+    async fn reset_password(&self, req: ResetPassword, source: &str) -> Result<(), AdminError> {
+        self.backoffice.reset_password(req, source).await
     }
 
     async fn audit(&self, _who: &Principal, query: AuditQuery) -> Result<AuditPage, AdminError> {

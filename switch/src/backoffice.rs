@@ -11,7 +11,7 @@ use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
     AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
-    NewApiKey, PasswordChange, Principal, RecoveryCodes, TotpEnrolment,
+    NewApiKey, PasswordChange, Principal, RecoveryCodes, ResetIssued, ResetPassword, TotpEnrolment,
 };
 use admin_http::{AdminError, Role};
 use serde_json::json;
@@ -574,6 +574,86 @@ impl BackOffice {
         let mut rec = Self::record(who, "account.unlock", Some(username));
         rec.before = Some(json!({ "locked_until": acct.locked_until_text }));
         rec.after = Some(json!({ "locked_until": null }));
+        self.audit(rec).await
+    }
+
+    /// A one-time reset token for an account whose role the caller may grant; the
+    /// account's sessions end.
+    pub async fn issue_reset(
+        &self,
+        who: &Principal,
+        username: &str,
+    ) -> Result<ResetIssued, AdminError> {
+        let acct = self
+            .store
+            .by_username(username)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| AdminError::NotFound(format!("account {username}")))?;
+        if !may_grant(who.role, acct.role) {
+            return Err(AdminError::Forbidden(
+                "may not reset an account of that role".into(),
+            ));
+        }
+        let now = SystemTime::now();
+        let (token, hash) = rules::new_token(rules::RESET_PREFIX);
+        let until = now + Duration::from_millis(rules::RESET_TTL_MS);
+        let expires_at = self
+            .store
+            .insert_reset(&hash, acct.id, &who.actor, now, until)
+            .await
+            .map_err(unavailable)?;
+        let mut rec = Self::record(who, "password.reset_issued", Some(username));
+        rec.after = Some(json!({ "expires_at": expires_at }));
+        self.audit(rec).await?;
+        Ok(ResetIssued {
+            reset_token: token,
+            expires_at,
+        })
+    }
+
+    /// Sets a new password with a reset token, once; lifts a lockout.
+    pub async fn reset_password(&self, req: ResetPassword, source: &str) -> Result<(), AdminError> {
+        rules::check_password(&req.new_password)
+            .map_err(|p| AdminError::Invalid(format!("password refused: {p}")))?;
+        let now = SystemTime::now();
+        let hash = rules::token_hash(&req.reset_token);
+        let Some(acct) = self
+            .store
+            .use_reset(&hash, now)
+            .await
+            .map_err(unavailable)?
+        else {
+            let rec = login_record(
+                "unknown",
+                None,
+                source,
+                "password.reset",
+                "refused",
+                "unknown, used or expired token",
+            );
+            self.audit(rec).await?;
+            return Err(AdminError::Unauthenticated(
+                "reset token unknown, used or expired".into(),
+            ));
+        };
+        let phc = rules::hash_password(&req.new_password).map_err(AdminError::Unavailable)?;
+        self.store
+            .set_password(acct.id, &phc, None, now)
+            .await
+            .map_err(unavailable)?;
+        self.store
+            .set_lock(acct.id, None)
+            .await
+            .map_err(unavailable)?;
+        let rec = login_record(
+            &acct.username,
+            Some(acct.role),
+            source,
+            "password.reset",
+            "ok",
+            "reset token used",
+        );
         self.audit(rec).await
     }
 

@@ -299,6 +299,13 @@ fn routes() -> Vec<Route> {
             Some("admin"),
             404,
         ),
+        (
+            "POST",
+            "/v1/accounts/nobody/reset",
+            None,
+            Some("admin"),
+            404,
+        ),
         ("POST", "/v1/api-keys", Some(bad_key), Some("admin"), 422),
         ("GET", "/v1/audit", None, Some("admin"), 200),
         ("GET", "/v1/transactions", None, Some("merchant"), 200),
@@ -1342,5 +1349,81 @@ async fn console_in_a_browser() {
     std::fs::write(&out, &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", out.display());
     browser.quit().await;
+    drop(sw);
+}
+
+// Proves an administrator-initiated password reset: the token ends the account's sessions,
+// sets a new password once (strength rules apply), cannot be reused or used once expired;
+// an admin cannot reset a superadmin; both steps are audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_password_reset() {
+    let world = office_world("bo_reset");
+    let mut sw = world.start_switch(1);
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    office.create(&root, "vic", "viewer", None).await;
+    office.create(&root, "ada", "admin", None).await;
+    let vic = office.login("vic", PASSWORD).await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let issue = |by: String, who: &'static str| {
+        let path = format!("/v1/accounts/{who}/reset");
+        let office = &office;
+        async move { office.call("POST", &path, Some(&by), None).await }
+    };
+    let issued = issue(root.token.clone(), "vic").await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let token = issued.json()["reset_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        office.get("/v1/me", &vic).await.status,
+        401,
+        "sessions ended"
+    );
+    let reset = |pw: &'static str, token: String| {
+        let office = &office;
+        async move {
+            let body = json!({"reset_token": token, "new_password": pw});
+            office
+                .call("POST", "/v1/password-reset", None, Some(body))
+                .await
+        }
+    };
+    assert_eq!(reset("weak", token.clone()).await.status, 422);
+    let new_password = "Fresh-Meadow-Compass-19";
+    assert_eq!(reset(new_password, token.clone()).await.status, 200);
+    assert_eq!(reset(new_password, token).await.status, 401, "used once");
+    assert_eq!(office.login("vic", PASSWORD).await.status, 401);
+    assert_eq!(office.login("vic", new_password).await.status, 200);
+
+    let ada = office.enrolled("ada", PASSWORD).await;
+    assert_eq!(
+        issue(ada.token.clone(), "root").await.status,
+        403,
+        "an admin does not reset a superadmin"
+    );
+    let late = issue(ada.token.clone(), "vic").await.json()["reset_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let db = system_tests::pg_connect(&world.db_url).await;
+    db.execute(
+        "UPDATE password_resets SET expires_at = now() - interval '1 second' WHERE used_at IS NULL",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        reset("Other-Meadow-Compass-20", late).await.status,
+        401,
+        "expired"
+    );
+    let issued = office.audit(&root, "action=password.reset_issued").await;
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    let used = office.audit(&root, "action=password.reset").await;
+    assert!(
+        used.iter()
+            .any(|e| e["actor"] == "vic" && e["outcome"] == "ok"),
+        "{used:?}"
+    );
     drop(sw);
 }

@@ -30,6 +30,10 @@ pub const API_KEY_MAX_DAYS: u32 = 365;
 pub const SESSION_PREFIX: &str = "sys_";
 /// Prefix of API keys.
 pub const API_KEY_PREFIX: &str = "syk_";
+/// Prefix of password reset tokens.
+pub const RESET_PREFIX: &str = "syr_";
+/// How long a password reset token is valid.
+pub const RESET_TTL_MS: u64 = 60 * 60 * 1000;
 
 const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
 

@@ -407,6 +407,55 @@ impl AccountStore {
         Ok(())
     }
 
+    /// Stores a one-time password reset token for an account, revoking its sessions; the
+    /// expiry as RFC 3339 UTC.
+    pub async fn insert_reset(
+        &self,
+        token_hash: &[u8],
+        account_id: i64,
+        created_by: &str,
+        now: SystemTime,
+        expires_at: SystemTime,
+    ) -> Result<String, StoreError> {
+        let mut c = self.pool.get().await?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_one(
+                concat!(
+                    "INSERT INTO password_resets (token_hash, account_id, created_by, created_at,
+                   expires_at) VALUES ($1, $2, $3, $4, $5) RETURNING ",
+                    utc_text!("expires_at")
+                ),
+                &[&token_hash, &account_id, &created_by, &now, &expires_at],
+            )
+            .await?;
+        tx.execute(
+            "UPDATE account_sessions SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
+            &[&account_id, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(row.get(0))
+    }
+
+    /// Uses a reset token once: the account it was for, if unused and not expired at
+    /// `now` (it is then used).
+    pub async fn use_reset(
+        &self,
+        token_hash: &[u8],
+        now: SystemTime,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "WITH used AS (UPDATE password_resets SET used_at = $2
+               WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2 RETURNING account_id)
+             SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = (SELECT account_id FROM used)"
+        );
+        Ok(c.query_opt(&sql, &[&token_hash, &now])
+            .await?
+            .map(|r| account_of(&r)))
+    }
+
     /// Stores an API key; its id and expiry (RFC 3339 UTC).
     #[allow(clippy::too_many_arguments)]
     pub async fn insert_api_key(
