@@ -1253,9 +1253,31 @@ impl Browser {
         self.wait_text("h1", "Overview").await;
     }
 
-    async fn quit(self) {
+    async fn quit(mut self) {
         let path = format!("/session/{}", self.session);
         http_call(self.addr, None, "DELETE", &path, None, None).await;
+        self.session.clear();
+    }
+}
+
+impl Drop for Browser {
+    /// A test that fails before [`Browser::quit`] still closes Chromium (ending
+    /// chromedriver alone would leave the browser running).
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        if self.session.is_empty() {
+            return;
+        }
+        let Ok(mut s) = std::net::TcpStream::connect(self.addr) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+        let req = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.session, self.addr
+        );
+        let _ = s.write_all(req.as_bytes());
+        let _ = s.read(&mut [0u8; 1024]);
     }
 }
 
