@@ -8,9 +8,10 @@
 #     services_start
 #
 # services_start installs the Debian packages `postgresql` and `redis-server` when a binary is
-# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs, and `systemd`
-# when `systemd-analyze` is, for tests/tests/packaging.rs; a failure there is only logged,
-# that test then fails on its own), picks free TCP ports, starts a PostgreSQL
+# missing (and `prometheus` when `promtool` is, for tests/tests/ops_rules.rs, `systemd`
+# when `systemd-analyze` is, for tests/tests/packaging.rs, and `chromium` and
+# `chromium-driver` when `chromedriver` is, for the console's browser test; a failure
+# there is only logged, that test then fails on its own), picks free TCP ports, starts a PostgreSQL
 # cluster of its own (data under target/test-services/pg-XXXX) and a Redis of its own
 # (target/test-services/redis-XXXX), and exports for the tests:
 #
@@ -103,28 +104,32 @@ _sy_ensure_servers() {
 }
 
 # Tools some tests need besides the servers: promtool (package prometheus) checks the alert
-# rules in ops/, systemd-analyze (package systemd) the packaged units. A failure is only
-# logged: tests/tests/ops_rules.rs or packaging.rs then fails and says why.
+# rules in ops/, systemd-analyze (package systemd) the packaged units, chromium and
+# chromium-driver drive the console in a browser (tests/tests/backoffice.rs). A failure is
+# only logged: the test that needs the tool then fails and says why.
 _sy_ensure_tools() {
   _sy_ensure_tool promtool prometheus
   _sy_ensure_tool systemd-analyze systemd
+  _sy_ensure_tool chromedriver chromium chromium-driver
   return 0
 }
 
-# _sy_ensure_tool COMMAND PACKAGE: installs the Debian package when the command is missing.
+# Usage: _sy_ensure_tool COMMAND PACKAGE...: installs the Debian packages when the command is
+# missing.
 _sy_ensure_tool() {
-  local tool="$1" package="$2"
-  command -v "$tool" >/dev/null && return 0
+  local cmd=$1
+  shift
+  command -v "$cmd" >/dev/null && return 0
   if [ "$(id -u)" != 0 ]; then
-    _sy_log "$tool is missing and this is not root: install the Debian package $package"
+    _sy_log "$cmd is missing and this is not root: install the Debian package(s) $*"
     return 1
   fi
-  _sy_log "installing $package for $tool (apt-get)"
+  _sy_log "installing $* for $cmd (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || { _sy_log "apt-get update failed"; return 1; }
-  apt-get install -y -qq --no-install-recommends "$package" >/dev/null </dev/null ||
-    { _sy_log "apt-get install $package failed"; return 1; }
-  command -v "$tool" >/dev/null || { _sy_log "no $tool after installing $package"; return 1; }
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null </dev/null ||
+    { _sy_log "apt-get install $* failed"; return 1; }
+  command -v "$cmd" >/dev/null || { _sy_log "no $cmd after installing $*"; return 1; }
 }
 
 # Print a TCP port that is free on 127.0.0.1 right now.

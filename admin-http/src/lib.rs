@@ -2,33 +2,88 @@
 //!
 //! - `GET /metrics`: Prometheus text format (open, for scrapers on the admin network).
 //! - `GET /healthz`: 200 while the instance serves.
+//! - `GET /readyz`: 200 when PostgreSQL and Redis answer and every bank has a ready link,
+//!   503 otherwise; each check reported in JSON (open, for load balancers).
 //! - `GET /links`: every bank link's state and load (role `viewer`).
 //! - `POST /links/{name}/sign-off`, `POST /links/{name}/sign-on` (role `operator`).
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
 //!
-//! Every route but the first two needs `Authorization: Bearer TOKEN`; tokens and their
-//! roles come from configuration and are compared in constant time.
+//! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`]).
+//! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
+//! - `/console/...`: the web console (see [`console`]).
+//!
+//! Every route but the first three, `/openapi.json` and `POST /v1/login` needs `Authorization: Bearer
+//! TOKEN`: a static token from configuration (compared in constant time), a session token
+//! from `POST /v1/login`, or an API key; roles are ordered `merchant` < `viewer` <
+//! `operator` < `approver` < `admin` < `superadmin` (merchant users only reach `/v1`
+//! routes open to them).
+
+pub mod console;
+pub mod merchants;
+pub mod openapi;
+pub mod refunds;
+pub mod transactions;
+pub mod v1;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-/// What an operator may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+/// What an account, API key or token may do; each role may do what those before it may.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A merchant's staff: its own merchant's transactions only.
+    Merchant,
     /// Read state.
     Viewer,
     /// Read state and act on links.
     Operator,
+    /// Approve what another person requested (maker-checker).
+    Approver,
+    /// Manage accounts and API keys, read the audit log.
+    Admin,
+    /// Everything, including creating admins.
+    Superadmin,
+}
+
+impl Role {
+    /// Every role, lowest first.
+    pub const ALL: [Role; 6] = [
+        Role::Merchant,
+        Role::Viewer,
+        Role::Operator,
+        Role::Approver,
+        Role::Admin,
+        Role::Superadmin,
+    ];
+
+    /// The lower-case name, as in JSON and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Merchant => "merchant",
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+            Role::Superadmin => "superadmin",
+        }
+    }
+
+    /// The role of a lower-case name; `None` for anything else.
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.as_str() == name)
+    }
 }
 
 /// A bearer token and its role.
@@ -67,6 +122,23 @@ pub struct TransactionView {
     pub bank_id: Option<String>,
 }
 
+/// One dependency's readiness, for `/readyz`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    /// `postgres`, `redis`, or `bank:<id>`.
+    pub name: String,
+    pub ok: bool,
+    /// Why not, or what was seen (e.g. `1 of 2 links ready`).
+    pub detail: String,
+}
+
+/// What `/readyz` answers: ready when every check is.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<Check>,
+}
+
 /// A failed admin action.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
@@ -74,6 +146,21 @@ pub enum AdminError {
     NotFound(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The request is well-formed but refused (a weak password, an unknown role...).
+    #[error("{0}")]
+    Invalid(String),
+    /// Wrong credentials, or none.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Clashes with what exists (a username taken).
+    #[error("{0}")]
+    Conflict(String),
+    /// The account is locked after repeated failures.
+    #[error("{0}")]
+    Locked(String),
 }
 
 /// Why a request was refused before reaching its route: a security signal the switch
@@ -102,6 +189,8 @@ pub trait Admin: Send + Sync + 'static {
     /// A request was refused for its token (counted and logged by the switch).
     fn auth_refused(&self, why: AuthRefusal);
     fn links(&self) -> Vec<LinkView>;
+    /// PostgreSQL, Redis and at least one ready link per bank, each reported.
+    fn readiness(&self) -> impl Future<Output = Readiness> + Send;
     fn set_link(
         &self,
         name: &str,
@@ -111,6 +200,139 @@ pub trait Admin: Send + Sync + 'static {
         &self,
         rrn: &str,
     ) -> impl Future<Output = Result<Option<TransactionView>, AdminError>> + Send;
+    /// The principal of a session token or API key (`None`: neither, or expired or
+    /// revoked); `source` is the client's address. Using a session keeps it alive.
+    fn authenticate(
+        &self,
+        bearer: &str,
+        source: &str,
+    ) -> impl Future<Output = Result<Option<v1::Principal>, AdminError>> + Send;
+    /// Checks credentials and opens a session (recorded in the audit log either way).
+    fn login(
+        &self,
+        req: v1::LoginRequest,
+        source: &str,
+    ) -> impl Future<Output = Result<v1::LoginGranted, AdminError>> + Send;
+    /// Revokes the session `token` of `who`.
+    fn logout(
+        &self,
+        who: &v1::Principal,
+        token: &str,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    /// Starts (or restarts) TOTP enrolment for the caller's account.
+    fn totp_enrol(
+        &self,
+        who: &v1::Principal,
+    ) -> impl Future<Output = Result<v1::TotpEnrolment, AdminError>> + Send;
+    /// Confirms enrolment with a code; the session `token` counts as second-factored.
+    fn totp_confirm(
+        &self,
+        who: &v1::Principal,
+        token: &str,
+        code: &str,
+    ) -> impl Future<Output = Result<v1::RecoveryCodes, AdminError>> + Send;
+    /// Changes the caller's password; every other session of the account ends.
+    fn change_password(
+        &self,
+        who: &v1::Principal,
+        token: &str,
+        change: v1::PasswordChange,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn accounts(
+        &self,
+        who: &v1::Principal,
+    ) -> impl Future<Output = Result<Vec<v1::AccountView>, AdminError>> + Send;
+    fn create_account(
+        &self,
+        who: &v1::Principal,
+        new: v1::NewAccount,
+    ) -> impl Future<Output = Result<v1::AccountView, AdminError>> + Send;
+    fn unlock(
+        &self,
+        who: &v1::Principal,
+        username: &str,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn create_api_key(
+        &self,
+        who: &v1::Principal,
+        new: v1::NewApiKey,
+    ) -> impl Future<Output = Result<v1::ApiKeyCreated, AdminError>> + Send;
+    /// A one-time password reset token for `username`; its sessions end.
+    fn issue_reset(
+        &self,
+        who: &v1::Principal,
+        username: &str,
+    ) -> impl Future<Output = Result<v1::ResetIssued, AdminError>> + Send;
+    /// Sets a new password with a reset token (once, before it expires).
+    fn reset_password(
+        &self,
+        req: v1::ResetPassword,
+        source: &str,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn audit(
+        &self,
+        who: &v1::Principal,
+        query: v1::AuditQuery,
+    ) -> impl Future<Output = Result<v1::AuditPage, AdminError>> + Send;
+    /// Transactions matching `query`, confined to the merchant of a merchant user.
+    fn search_transactions(
+        &self,
+        who: &v1::Principal,
+        query: transactions::TxnQuery,
+    ) -> impl Future<Output = Result<transactions::TxnPage, AdminError>> + Send;
+    /// A transaction and its chain; `NotFound` also for another merchant's.
+    fn transaction_chain(
+        &self,
+        who: &v1::Principal,
+        rrn: &str,
+    ) -> impl Future<Output = Result<transactions::TxnDetail, AdminError>> + Send;
+    /// Records a refund request of transaction `rrn` and executes it unless it needs
+    /// approval; the same idempotency key again returns the same request.
+    fn request_refund(
+        &self,
+        who: &v1::Principal,
+        rrn: &str,
+        ask: refunds::RefundAsk,
+    ) -> impl Future<Output = Result<refunds::RefundRequestView, AdminError>> + Send;
+    fn refund_requests(
+        &self,
+        who: &v1::Principal,
+        query: refunds::RefundListQuery,
+    ) -> impl Future<Output = Result<Vec<refunds::RefundRequestView>, AdminError>> + Send;
+    fn merchants(
+        &self,
+    ) -> impl Future<Output = Result<Vec<merchants::MerchantView>, AdminError>> + Send;
+    fn create_merchant(
+        &self,
+        who: &v1::Principal,
+        new: merchants::NewMerchantBody,
+    ) -> impl Future<Output = Result<merchants::MacKeyIssued, AdminError>> + Send;
+    fn set_merchant_enabled(
+        &self,
+        who: &v1::Principal,
+        id: &str,
+        enabled: bool,
+    ) -> impl Future<Output = Result<(), AdminError>> + Send;
+    fn set_merchant_limits(
+        &self,
+        who: &v1::Principal,
+        id: &str,
+        limits: merchants::Limits,
+    ) -> impl Future<Output = Result<merchants::MerchantView, AdminError>> + Send;
+    /// A new MAC key; the previous one verifies until the overlap ends.
+    fn rotate_merchant_key(
+        &self,
+        who: &v1::Principal,
+        id: &str,
+        rotation: merchants::Rotation,
+    ) -> impl Future<Output = Result<merchants::MacKeyIssued, AdminError>> + Send;
+    /// Approves (and executes) or rejects a pending request; never its requester's.
+    fn decide_refund(
+        &self,
+        who: &v1::Principal,
+        id: i64,
+        approve: bool,
+    ) -> impl Future<Output = Result<refunds::RefundRequestView, AdminError>> + Send;
 }
 
 struct AppState<A> {
@@ -118,40 +340,72 @@ struct AppState<A> {
     tokens: Vec<Token>,
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The role a request's bearer token grants, if any.
-fn role_of(headers: &HeaderMap, tokens: &[Token]) -> Option<Role> {
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let presented = auth.strip_prefix("Bearer ")?.trim();
-    tokens
+    Some(auth.strip_prefix("Bearer ")?.trim())
+}
+
+/// Who a request's bearer token stands for: a configured static token, else a session or
+/// an API key as the switch knows them.
+async fn principal_of<A: Admin>(
+    state: &AppState<A>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Option<v1::Principal>, AdminError> {
+    let Some(presented) = bearer(headers) else {
+        return Ok(None);
+    };
+    let source = peer.ip().to_string();
+    let configured = state
+        .tokens
         .iter()
-        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()))
-        .map(|t| t.role)
+        .find(|t| constant_time_eq(t.token.as_bytes(), presented.as_bytes()));
+    if let Some(t) = configured {
+        return Ok(Some(v1::Principal {
+            actor: format!("token:{}", t.role.as_str()),
+            role: t.role,
+            merchant_id: None,
+            mfa_done: true,
+            source,
+        }));
+    }
+    state.admin.authenticate(presented, &source).await
 }
 
 // axum handlers return `Result<_, Response>`; boxing the error would only add noise.
 #[allow(clippy::result_large_err)]
-fn require<A: Admin>(
+async fn require<A: Admin>(
     state: &AppState<A>,
     headers: &HeaderMap,
+    peer: SocketAddr,
     needed: Role,
 ) -> Result<(), Response> {
-    let (why, answer) = match role_of(headers, &state.tokens) {
-        Some(r) if r >= needed => return Ok(()),
+    let found = principal_of(state, headers, peer)
+        .await
+        .map_err(error_response)?;
+    let (why, answer) = match found {
+        Some(p) if p.role >= needed && p.mfa_done => return Ok(()),
         Some(_) => (
             AuthRefusal::Forbidden,
-            (StatusCode::FORBIDDEN, "role not allowed\n"),
+            (StatusCode::FORBIDDEN, "role not allowed\n").into_response(),
         ),
         None => (
             AuthRefusal::Unauthenticated,
-            (StatusCode::UNAUTHORIZED, "bearer token required\n"),
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"switchyard\"")],
+                "bearer token required\n",
+            )
+                .into_response(),
         ),
     };
     state.admin.auth_refused(why);
-    Err(answer.into_response())
+    Err(answer)
 }
 
 fn error_response(e: AdminError) -> Response {
@@ -164,6 +418,7 @@ fn error_response(e: AdminError) -> Response {
             format!("unavailable: {w}\n"),
         )
             .into_response(),
+        other => v1::problem(other),
     }
 }
 
@@ -174,40 +429,83 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
         .route(
             "/metrics",
             get(|State(s): State<Arc<AppState<A>>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], s.admin.metrics())
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    s.admin.metrics(),
+                )
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
-            "/links",
-            get(|State(s): State<Arc<AppState<A>>>, h: HeaderMap| async move {
-                require(&s, &h, Role::Viewer)?;
-                Ok::<_, Response>(axum::Json(s.admin.links()))
+            "/readyz",
+            get(|State(s): State<Arc<AppState<A>>>| async move {
+                let r = s.admin.readiness().await;
+                let status = if r.ready {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, axum::Json(r))
             }),
+        )
+        .route(
+            "/links",
+            get(
+                |State(s): State<Arc<AppState<A>>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 h: HeaderMap| async move {
+                    require(&s, &h, peer, Role::Viewer).await?;
+                    Ok::<_, Response>(axum::Json(s.admin.links()))
+                },
+            ),
         )
         .route(
             "/links/{name}/{action}",
-            post(|State(s): State<Arc<AppState<A>>>, h: HeaderMap, Path((name, action)): Path<(String, String)>| async move {
-                require(&s, &h, Role::Operator)?;
-                let on = match action.as_str() {
-                    "sign-on" => true,
-                    "sign-off" => false,
-                    _ => return Err((StatusCode::NOT_FOUND, "unknown action\n").into_response()),
-                };
-                tracing::info!(link = %name, action = %action, "operator action on bank link");
-                s.admin.set_link(&name, on).await.map_err(error_response)?;
-                Ok("done\n".into_response())
-            }),
+            post(
+                |State(s): State<Arc<AppState<A>>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 h: HeaderMap,
+                 Path((name, action)): Path<(String, String)>| async move {
+                    require(&s, &h, peer, Role::Operator).await?;
+                    let on = match action.as_str() {
+                        "sign-on" => true,
+                        "sign-off" => false,
+                        _ => {
+                            return Err((StatusCode::NOT_FOUND, "unknown action\n").into_response());
+                        }
+                    };
+                    tracing::info!(link = %name, action = %action, "operator action on bank link");
+                    s.admin.set_link(&name, on).await.map_err(error_response)?;
+                    Ok("done\n".into_response())
+                },
+            ),
         )
         .route(
             "/transactions/{rrn}",
-            get(|State(s): State<Arc<AppState<A>>>, h: HeaderMap, Path(rrn): Path<String>| async move {
-                require(&s, &h, Role::Viewer)?;
-                match s.admin.transaction(&rrn).await.map_err(error_response)? {
-                    Some(t) => Ok(axum::Json(t).into_response()),
-                    None => Err(error_response(AdminError::NotFound(rrn))),
-                }
-            }),
+            get(
+                |State(s): State<Arc<AppState<A>>>,
+                 ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 h: HeaderMap,
+                 Path(rrn): Path<String>| async move {
+                    require(&s, &h, peer, Role::Viewer).await?;
+                    match s.admin.transaction(&rrn).await.map_err(error_response)? {
+                        Some(t) => Ok(axum::Json(t).into_response()),
+                        None => Err(error_response(AdminError::NotFound(rrn))),
+                    }
+                },
+            ),
+        )
+        .merge(
+            v1::routes::<A>()
+                .merge(transactions::routes::<A>())
+                .merge(refunds::routes::<A>())
+                .merge(merchants::routes::<A>())
+                .layer(axum::middleware::map_response(openapi::as_problem)),
+        )
+        .merge(console::routes::<A>())
+        .route(
+            "/openapi.json",
+            get(|| async { axum::Json(<openapi::ApiDoc as utoipa::OpenApi>::openapi()) }),
         )
         .with_state(state)
 }
@@ -223,6 +521,7 @@ pub async fn serve<A: Admin>(
     let bound = listener.local_addr()?;
     let app = router(admin, tokens);
     let task = tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
@@ -247,6 +546,12 @@ mod tests {
         fn auth_refused(&self, why: AuthRefusal) {
             self.refused.lock().unwrap().push(why);
         }
+        async fn readiness(&self) -> Readiness {
+            Readiness {
+                ready: true,
+                checks: Vec::new(),
+            }
+        }
         fn links(&self) -> Vec<LinkView> {
             vec![LinkView {
                 name: "a.0".into(),
@@ -266,6 +571,159 @@ mod tests {
         }
         async fn transaction(&self, _rrn: &str) -> Result<Option<TransactionView>, AdminError> {
             Ok(None)
+        }
+        // The account routes are tested against the switch (tests/tests/backoffice.rs);
+        // this fake knows no sessions or keys.
+        async fn authenticate(
+            &self,
+            _bearer: &str,
+            _source: &str,
+        ) -> Result<Option<v1::Principal>, AdminError> {
+            Ok(None)
+        }
+        async fn login(
+            &self,
+            _req: v1::LoginRequest,
+            _source: &str,
+        ) -> Result<v1::LoginGranted, AdminError> {
+            Err(AdminError::Unauthenticated("no accounts here".into()))
+        }
+        async fn logout(&self, _who: &v1::Principal, _token: &str) -> Result<(), AdminError> {
+            Ok(())
+        }
+        async fn totp_enrol(&self, _who: &v1::Principal) -> Result<v1::TotpEnrolment, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn totp_confirm(
+            &self,
+            _who: &v1::Principal,
+            _token: &str,
+            _code: &str,
+        ) -> Result<v1::RecoveryCodes, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn change_password(
+            &self,
+            _who: &v1::Principal,
+            _token: &str,
+            _change: v1::PasswordChange,
+        ) -> Result<(), AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn accounts(&self, _who: &v1::Principal) -> Result<Vec<v1::AccountView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn create_account(
+            &self,
+            _who: &v1::Principal,
+            _new: v1::NewAccount,
+        ) -> Result<v1::AccountView, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn unlock(&self, _who: &v1::Principal, u: &str) -> Result<(), AdminError> {
+            Err(AdminError::NotFound(u.into()))
+        }
+        async fn create_api_key(
+            &self,
+            _who: &v1::Principal,
+            _new: v1::NewApiKey,
+        ) -> Result<v1::ApiKeyCreated, AdminError> {
+            Err(AdminError::Forbidden("no accounts here".into()))
+        }
+        async fn issue_reset(
+            &self,
+            _who: &v1::Principal,
+            u: &str,
+        ) -> Result<v1::ResetIssued, AdminError> {
+            Err(AdminError::NotFound(u.into()))
+        }
+        async fn reset_password(
+            &self,
+            _req: v1::ResetPassword,
+            _source: &str,
+        ) -> Result<(), AdminError> {
+            Err(AdminError::Unauthenticated("no accounts here".into()))
+        }
+        async fn audit(
+            &self,
+            _who: &v1::Principal,
+            _q: v1::AuditQuery,
+        ) -> Result<v1::AuditPage, AdminError> {
+            Ok(v1::AuditPage {
+                entries: Vec::new(),
+                next_before_id: None,
+            })
+        }
+        async fn search_transactions(
+            &self,
+            _who: &v1::Principal,
+            _q: transactions::TxnQuery,
+        ) -> Result<transactions::TxnPage, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn transaction_chain(
+            &self,
+            _who: &v1::Principal,
+            rrn: &str,
+        ) -> Result<transactions::TxnDetail, AdminError> {
+            Err(AdminError::NotFound(rrn.into()))
+        }
+        async fn request_refund(
+            &self,
+            _who: &v1::Principal,
+            rrn: &str,
+            _ask: refunds::RefundAsk,
+        ) -> Result<refunds::RefundRequestView, AdminError> {
+            Err(AdminError::NotFound(rrn.into()))
+        }
+        async fn refund_requests(
+            &self,
+            _who: &v1::Principal,
+            _q: refunds::RefundListQuery,
+        ) -> Result<Vec<refunds::RefundRequestView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn merchants(&self) -> Result<Vec<merchants::MerchantView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn create_merchant(
+            &self,
+            _who: &v1::Principal,
+            _new: merchants::NewMerchantBody,
+        ) -> Result<merchants::MacKeyIssued, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn set_merchant_enabled(
+            &self,
+            _who: &v1::Principal,
+            id: &str,
+            _enabled: bool,
+        ) -> Result<(), AdminError> {
+            Err(AdminError::NotFound(id.into()))
+        }
+        async fn set_merchant_limits(
+            &self,
+            _who: &v1::Principal,
+            id: &str,
+            _limits: merchants::Limits,
+        ) -> Result<merchants::MerchantView, AdminError> {
+            Err(AdminError::NotFound(id.into()))
+        }
+        async fn rotate_merchant_key(
+            &self,
+            _who: &v1::Principal,
+            id: &str,
+            _rotation: merchants::Rotation,
+        ) -> Result<merchants::MacKeyIssued, AdminError> {
+            Err(AdminError::NotFound(id.into()))
+        }
+        async fn decide_refund(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+            _approve: bool,
+        ) -> Result<refunds::RefundRequestView, AdminError> {
+            Err(AdminError::NotFound(format!("request {id}")))
         }
     }
 

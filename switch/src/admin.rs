@@ -4,11 +4,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use admin_http::{Admin, AdminError, AuthRefusal, LinkView, TransactionView};
+use admin_http::merchants::{Limits, MacKeyIssued, MerchantView, NewMerchantBody, Rotation};
+use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
+use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
+use admin_http::v1::{
+    AccountView, ApiKeyCreated, AuditPage, AuditQuery, LoginGranted, LoginRequest, NewAccount,
+    NewApiKey, PasswordChange, Principal, RecoveryCodes, ResetIssued, ResetPassword, TotpEnrolment,
+};
+use admin_http::{Admin, AdminError, AuthRefusal, Check, LinkView, Readiness, TransactionView};
 use bank_links::Bank;
+use bank_links::LinkState;
 use deadpool_postgres::Pool;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoffice::BackOffice;
 use crate::metrics::{LINK_STATES, Metrics};
 use crate::session::MerchantConnections;
 use crate::store::Store;
@@ -30,6 +39,10 @@ pub struct SwitchAdmin {
     pub store: Arc<dyn Store>,
     /// The request path's pool: sampled for its gauges and probed.
     pub pool: Pool,
+    /// Accounts, sessions and the audit log (`/v1`).
+    pub backoffice: BackOffice,
+    /// Redis, pinged by `/readyz`.
+    pub limiter: crate::limiter::Limiter,
 }
 
 impl Admin for SwitchAdmin {
@@ -43,6 +56,42 @@ impl Admin for SwitchAdmin {
             .with_label_values(&[why.as_str()])
             .inc();
         tracing::warn!(reason = why.as_str(), "admin request refused");
+    }
+
+    async fn readiness(&self) -> Readiness {
+        let limit = Duration::from_millis(PROBE_TIMEOUT_MS);
+        let pg = async {
+            let c = self.pool.get().await.map_err(|e| e.to_string())?;
+            c.query_one("SELECT 1", &[])
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<(), String>(())
+        };
+        let pg = match tokio::time::timeout(limit, pg).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {PROBE_TIMEOUT_MS} ms")),
+        };
+        let redis = self.limiter.ping().await.map_err(|e| e.to_string());
+        let mut checks = vec![check("postgres", pg), check("redis", redis)];
+        let mut banks: Vec<&Bank> = self.banks.values().collect();
+        banks.sort_by(|a, b| a.config.id.cmp(&b.config.id));
+        for b in banks {
+            let ready = b
+                .links
+                .iter()
+                .filter(|l| l.state() == LinkState::Ready)
+                .count();
+            let detail = format!("{ready} of {} links ready", b.links.len());
+            checks.push(Check {
+                name: format!("bank:{}", b.config.id),
+                ok: ready > 0,
+                detail,
+            });
+        }
+        Readiness {
+            ready: checks.iter().all(|c| c.ok),
+            checks,
+        }
     }
 
     fn links(&self) -> Vec<LinkView> {
@@ -98,6 +147,169 @@ impl Admin for SwitchAdmin {
             order_ref: t.order_ref,
             bank_id: t.bank_id,
         }))
+    }
+
+    async fn authenticate(
+        &self,
+        bearer: &str,
+        source: &str,
+    ) -> Result<Option<Principal>, AdminError> {
+        self.backoffice.authenticate(bearer, source).await
+    }
+
+    async fn login(&self, req: LoginRequest, source: &str) -> Result<LoginGranted, AdminError> {
+        self.backoffice.login(req, source).await
+    }
+
+    async fn logout(&self, who: &Principal, token: &str) -> Result<(), AdminError> {
+        self.backoffice.logout(who, token).await
+    }
+
+    async fn totp_enrol(&self, who: &Principal) -> Result<TotpEnrolment, AdminError> {
+        self.backoffice.totp_enrol(who).await
+    }
+
+    async fn totp_confirm(
+        &self,
+        who: &Principal,
+        token: &str,
+        code: &str,
+    ) -> Result<RecoveryCodes, AdminError> {
+        self.backoffice.totp_confirm(who, token, code).await
+    }
+
+    async fn change_password(
+        &self,
+        who: &Principal,
+        token: &str,
+        change: PasswordChange,
+    ) -> Result<(), AdminError> {
+        self.backoffice.change_password(who, change, token).await
+    }
+
+    async fn accounts(&self, _who: &Principal) -> Result<Vec<AccountView>, AdminError> {
+        self.backoffice.accounts().await
+    }
+
+    async fn create_account(
+        &self,
+        who: &Principal,
+        new: NewAccount,
+    ) -> Result<AccountView, AdminError> {
+        self.backoffice.create_account(who, new).await
+    }
+
+    async fn unlock(&self, who: &Principal, username: &str) -> Result<(), AdminError> {
+        self.backoffice.unlock(who, username).await
+    }
+
+    async fn create_api_key(
+        &self,
+        who: &Principal,
+        new: NewApiKey,
+    ) -> Result<ApiKeyCreated, AdminError> {
+        self.backoffice.create_api_key(who, new).await
+    }
+
+    async fn issue_reset(
+        &self,
+        who: &Principal,
+        username: &str,
+    ) -> Result<ResetIssued, AdminError> {
+        self.backoffice.issue_reset(who, username).await
+    }
+
+    async fn reset_password(&self, req: ResetPassword, source: &str) -> Result<(), AdminError> {
+        self.backoffice.reset_password(req, source).await
+    }
+
+    async fn audit(&self, _who: &Principal, query: AuditQuery) -> Result<AuditPage, AdminError> {
+        self.backoffice.search_audit(query).await
+    }
+
+    async fn search_transactions(
+        &self,
+        who: &Principal,
+        query: TxnQuery,
+    ) -> Result<TxnPage, AdminError> {
+        self.backoffice.search_transactions(who, query).await
+    }
+
+    async fn transaction_chain(&self, who: &Principal, rrn: &str) -> Result<TxnDetail, AdminError> {
+        self.backoffice.transaction_chain(who, rrn).await
+    }
+
+    async fn request_refund(
+        &self,
+        who: &Principal,
+        rrn: &str,
+        ask: RefundAsk,
+    ) -> Result<RefundRequestView, AdminError> {
+        self.backoffice.request_refund(who, rrn, ask).await
+    }
+
+    async fn refund_requests(
+        &self,
+        who: &Principal,
+        query: RefundListQuery,
+    ) -> Result<Vec<RefundRequestView>, AdminError> {
+        self.backoffice.refund_requests(who, query).await
+    }
+
+    async fn merchants(&self) -> Result<Vec<MerchantView>, AdminError> {
+        self.backoffice.merchant_views().await
+    }
+
+    async fn create_merchant(
+        &self,
+        who: &Principal,
+        new: NewMerchantBody,
+    ) -> Result<MacKeyIssued, AdminError> {
+        self.backoffice.create_merchant(who, new).await
+    }
+
+    async fn set_merchant_enabled(
+        &self,
+        who: &Principal,
+        id: &str,
+        enabled: bool,
+    ) -> Result<(), AdminError> {
+        self.backoffice.set_merchant_enabled(who, id, enabled).await
+    }
+
+    async fn set_merchant_limits(
+        &self,
+        who: &Principal,
+        id: &str,
+        limits: Limits,
+    ) -> Result<MerchantView, AdminError> {
+        self.backoffice.set_merchant_limits(who, id, limits).await
+    }
+
+    async fn rotate_merchant_key(
+        &self,
+        who: &Principal,
+        id: &str,
+        rotation: Rotation,
+    ) -> Result<MacKeyIssued, AdminError> {
+        self.backoffice.rotate_merchant_key(who, id, rotation).await
+    }
+
+    async fn decide_refund(
+        &self,
+        who: &Principal,
+        id: i64,
+        approve: bool,
+    ) -> Result<RefundRequestView, AdminError> {
+        self.backoffice.decide_refund(who, id, approve).await
+    }
+}
+
+fn check(name: &str, r: Result<(), String>) -> Check {
+    Check {
+        name: name.to_string(),
+        ok: r.is_ok(),
+        detail: r.err().unwrap_or_else(|| "ok".into()),
     }
 }
 

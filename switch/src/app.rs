@@ -332,6 +332,30 @@ pub async fn run(
         banks: engine.banks.clone(),
         store: shared.clone(),
         pool: pool.clone(),
+        limiter: engine.limiter.clone(),
+        backoffice: crate::backoffice::BackOffice {
+            store: crate::store::accounts::AccountStore::new(pool.clone()),
+            search: crate::store::search::TxnSearch::new(pool.clone()),
+            pool: pool.clone(),
+            merchants: Some(engine.merchants.clone()),
+            desk: Some(crate::refund_desk::RefundDesk {
+                requests: crate::store::refund_requests::RefundRequests::new(pool.clone()),
+                engine: Arc::downgrade(&engine),
+                store: shared.clone(),
+                policy: crate::refund_desk::RefundPolicy {
+                    approval_above_minor: config
+                        .admin
+                        .as_ref()
+                        .map_or(10_000, |a| a.refund_approval_above_minor),
+                    request_ttl_ms: config
+                        .admin
+                        .as_ref()
+                        .map_or(24 * 3600 * 1000, |a| a.refund_request_ttl_ms),
+                },
+            }),
+            vault: vault.clone(),
+            metrics: metrics.clone(),
+        },
     });
     workers.spawn(crate::admin::sample(
         admin.clone(),

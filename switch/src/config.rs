@@ -49,9 +49,25 @@ pub const ADMIN_TOKEN_MIN_LEN: usize = 24;
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
     pub addr: SocketAddr,
-    /// Bearer tokens and their roles (viewer, operator).
+    /// Bearer tokens and their roles (viewer, operator, approver, admin, superadmin; not
+    /// merchant).
     #[serde(default, deserialize_with = "indexed")]
     pub tokens: Vec<admin_http::Token>,
+    /// Back-office refunds above this amount (minor units) need a second person with role
+    /// `approver` (maker-checker); at or below it they are executed at once.
+    #[serde(default = "default_refund_approval_above_minor")]
+    pub refund_approval_above_minor: i64,
+    /// A refund request nobody decides within this expires (ms).
+    #[serde(default = "default_refund_request_ttl_ms")]
+    pub refund_request_ttl_ms: u64,
+}
+
+fn default_refund_approval_above_minor() -> i64 {
+    10_000
+}
+
+fn default_refund_request_ttl_ms() -> u64 {
+    24 * 3600 * 1000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -606,6 +622,18 @@ impl Config {
             return invalid(
                 format!("admin.tokens.{i}.token"),
                 format!("must be at least {ADMIN_TOKEN_MIN_LEN} characters"),
+            );
+        }
+        // A static token names no merchant: with role `merchant` it would see them all.
+        if let Some(a) = &self.admin
+            && let Some(i) = a
+                .tokens
+                .iter()
+                .position(|t| t.role == admin_http::Role::Merchant)
+        {
+            return invalid(
+                format!("admin.tokens.{i}.role"),
+                "role merchant is for accounts and API keys only",
             );
         }
         if self.switch.business_day_cutover_hour > 23 {

@@ -34,6 +34,8 @@ impl std::fmt::Debug for Vault {
 pub enum Purpose {
     MacKey,
     Card,
+    /// A back-office account's TOTP secret (RFC 6238).
+    TotpSecret,
 }
 
 impl Purpose {
@@ -41,6 +43,7 @@ impl Purpose {
         match self {
             Purpose::MacKey => b"switchyard/mac-key/v1",
             Purpose::Card => b"switchyard/card/v1",
+            Purpose::TotpSecret => b"switchyard/totp-secret/v1",
         }
     }
 }

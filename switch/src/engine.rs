@@ -284,7 +284,7 @@ impl Engine {
                 "merchant disabled",
             );
         }
-        let why = match msg.check_mac(&merchant.mac_key) {
+        let why = match merchant.check_mac(&msg, std::time::SystemTime::now()) {
             MacCheck::Valid => None,
             MacCheck::Misplaced => {
                 Some((Rc::FORMAT_ERROR, "MAC in the wrong element", "misplaced"))
@@ -394,7 +394,7 @@ impl Engine {
         let mti = msg.mti();
         if mti == Mti::NOTIFICATION_RESPONSE
             && let Some(m) = msg.raw(42).and_then(|id| self.merchants.get(id))
-            && msg.check_mac(&m.mac_key) == MacCheck::Valid
+            && m.check_mac(msg, std::time::SystemTime::now()) == MacCheck::Valid
         {
             match crate::notify::acknowledged(&*self.store, &m.id, msg).await {
                 Ok(found) => {

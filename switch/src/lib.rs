@@ -32,10 +32,12 @@
 //! - [`ids`]: transaction ids (from blocks the store reserves) and RRNs.
 //! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
 
+pub mod accounts;
 pub mod admin;
 pub mod advices;
 pub mod answer;
 pub mod app;
+pub mod backoffice;
 pub mod bank_io;
 pub mod checks;
 pub mod config;
@@ -56,6 +58,7 @@ pub mod metrics;
 pub mod notify;
 pub mod payments;
 pub mod quic;
+pub mod refund_desk;
 pub mod replays;
 pub mod reversals;
 pub mod routing;

@@ -296,6 +296,13 @@ impl Limiter {
         parse_reply(v)
     }
 
+    /// `PING`, within the call timeout: whether Redis answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), LimiterError> {
+        let mut conn = self.conn.clone();
+        self.timed(redis::cmd("PING").query_async::<()>(&mut conn))
+            .await
+    }
+
     /// Stores the final answer for a key (replacing the in-flight claim).
     pub async fn store_answer(&self, key: &str, value: &str) -> Result<(), LimiterError> {
         self.store_answers(&[(key.to_owned(), value.to_owned())])

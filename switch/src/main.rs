@@ -77,6 +77,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Back-office accounts: add (the way in for the first superadmin).
+    Account {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
     /// BIN routes: add, list, remove. A running switch picks changes up within its reload
     /// interval or on SIGHUP.
     Route {
@@ -121,6 +126,27 @@ enum MerchantCommand {
         id: String,
     },
 }
+
+#[derive(Subcommand, Debug)]
+enum AccountCommand {
+    /// Creates a back-office account. The password is read from the environment variable
+    /// SWITCHYARD_ACCOUNT_PASSWORD or, when unset, from the first line of stdin (never
+    /// from the command line, where other users and the shell history would see it).
+    Add {
+        /// Login name: 3 to 64 of a-z 0-9 . _ @ -
+        #[arg(long)]
+        username: String,
+        /// merchant, viewer, operator, approver, admin or superadmin.
+        #[arg(long)]
+        role: String,
+        /// The merchant (DE42) a `merchant` account sees.
+        #[arg(long)]
+        merchant: Option<String>,
+    },
+}
+
+/// Where `account add` reads the new password when stdin is not used.
+const ACCOUNT_PASSWORD_ENV: &str = "SWITCHYARD_ACCOUNT_PASSWORD";
 
 #[derive(Subcommand, Debug)]
 enum LedgerCommand {
@@ -285,6 +311,7 @@ async fn async_main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ledger { command } => ledger(&config, command).await?,
         Command::Route { command } => route(&config, command).await?,
+        Command::Account { command } => account(&config, command).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -333,6 +360,56 @@ async fn migrate_check(config: &Config) -> Result<ExitCode> {
         status.pending.len()
     );
     Ok(ExitCode::from(EXIT_MIGRATIONS_PENDING))
+}
+
+/// The new account's password: the environment variable, else stdin's first line.
+fn read_new_password() -> Result<String> {
+    if let Ok(p) = std::env::var(ACCOUNT_PASSWORD_ENV) {
+        return Ok(p);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        bail!("no password: set {ACCOUNT_PASSWORD_ENV} or write it on stdin");
+    }
+    Ok(pw)
+}
+
+async fn account(config: &Config, command: AccountCommand) -> Result<()> {
+    let AccountCommand::Add {
+        username,
+        role,
+        merchant,
+    } = command;
+    let Some(role) = admin_http::Role::parse(&role) else {
+        bail!("--role: one of merchant, viewer, operator, approver, admin, superadmin");
+    };
+    let password = read_new_password()?;
+    let pool = admin_pool(config, true).await?;
+    let office = switch::backoffice::BackOffice {
+        store: switch::store::accounts::AccountStore::new(pool.clone()),
+        search: switch::store::search::TxnSearch::new(pool.clone()),
+        desk: None,
+        pool,
+        merchants: None,
+        vault: std::sync::Arc::new(vault(config)?),
+        metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
+    };
+    let new = admin_http::v1::NewAccount {
+        username,
+        role,
+        merchant_id: merchant,
+        password,
+    };
+    let view = office
+        .create_account_from_cli(new)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("{}", serde_json::to_string(&view)?);
+    Ok(())
 }
 
 async fn merchant(config: &Config, command: MerchantCommand) -> Result<()> {

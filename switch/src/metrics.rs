@@ -47,6 +47,8 @@ pub const MAC_FAILURE_REASONS: [&str; 3] = ["missing", "invalid", "misplaced"];
 /// The `reason` label of `admin_auth_failures_total`: no or an unknown bearer token
 /// (HTTP 401), or a token whose role does not allow the action (HTTP 403).
 pub const ADMIN_AUTH_FAILURE_REASONS: [&str; 2] = ["unauthenticated", "forbidden"];
+/// The `outcome` label of `admin_logins_total` (back-office logins, issue 12).
+pub const ADMIN_LOGIN_OUTCOMES: [&str; 3] = ["success", "failure", "locked"];
 /// The `state` label of `postgres_pool_connections`.
 pub const POOL_STATES: [&str; 2] = ["idle", "in_use"];
 /// The `state` label of `bank_link_state`: every state of the link state machine.
@@ -90,6 +92,8 @@ pub struct Metrics {
     pub late_answers: IntCounterVec,
     pub merchant_mac_failures: IntCounterVec,
     pub admin_auth_failures: IntCounterVec,
+    pub admin_logins: IntCounterVec,
+    pub admin_new_address_logins: IntCounter,
     pub notifications_pending: IntGauge,
     pub notifications_oldest_age: IntGauge,
     pub pool_connections: IntGaugeVec,
@@ -276,6 +280,19 @@ impl Metrics {
                 &["reason"],
             )
             .expect("metric"),
+            admin_logins: IntCounterVec::new(
+                Opts::new(
+                    "admin_logins_total",
+                    "Back-office login attempts: success, failure (bad password or code), locked (refused while locked)",
+                ),
+                &["outcome"],
+            )
+            .expect("metric"),
+            admin_new_address_logins: IntCounter::new(
+                "admin_new_address_logins_total",
+                "Back-office logins from an address not seen before for that account",
+            )
+            .expect("metric"),
             notifications_pending: IntGauge::new(
                 "notifications_pending",
                 "Merchant notifications (0620) stored and not yet acknowledged (0630)",
@@ -362,6 +379,8 @@ impl Metrics {
             Box::new(m.late_answers.clone()),
             Box::new(m.merchant_mac_failures.clone()),
             Box::new(m.admin_auth_failures.clone()),
+            Box::new(m.admin_logins.clone()),
+            Box::new(m.admin_new_address_logins.clone()),
             Box::new(m.notifications_pending.clone()),
             Box::new(m.notifications_oldest_age.clone()),
             Box::new(m.pool_connections.clone()),
@@ -403,6 +422,9 @@ impl Metrics {
         }
         for reason in ADMIN_AUTH_FAILURE_REASONS {
             self.admin_auth_failures.with_label_values(&[reason]);
+        }
+        for outcome in ADMIN_LOGIN_OUTCOMES {
+            self.admin_logins.with_label_values(&[outcome]);
         }
         for state in POOL_STATES {
             self.pool_connections.with_label_values(&[state]);

@@ -37,6 +37,9 @@ pub enum Event {
     CompletionReversed,
     /// The bank reversed a payment on its own (an 0420 advice).
     BankReversed,
+    /// A refund requested in the back office was executed (DE48 `ST` says the payment's
+    /// status after it; a declined refund leaves it unchanged).
+    BackOfficeRefund,
 }
 
 impl Event {
@@ -47,6 +50,7 @@ impl Event {
             Event::RefundReversed => "REFUND_REVERSED",
             Event::CompletionReversed => "COMPLETION_REVERSED",
             Event::BankReversed => "BANK_REVERSED",
+            Event::BackOfficeRefund => "BACK_OFFICE_REFUND",
         }
     }
 

@@ -110,6 +110,79 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> String {
         .unwrap_or_else(|e| panic!("{path}: reading the body: {e}"))
 }
 
+/// An HTTP answer: status, headers (names lower case) and body.
+#[derive(Debug, Clone)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpAnswer {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// One HTTP request to `addr` from the local address `from` (any when `None`; e.g.
+/// 127.0.0.2 to appear as another client), with an optional bearer token and JSON body.
+pub async fn http_call(
+    addr: SocketAddr,
+    from: Option<std::net::IpAddr>,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> HttpAnswer {
+    let client = reqwest::Client::builder()
+        .local_address(from)
+        .timeout(WAIT)
+        .build()
+        .expect("HTTP client");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+    let mut request = client.request(method, format!("http://{addr}{path}"));
+    if let Some(t) = bearer {
+        request = request.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_ascii_lowercase(), value)
+        })
+        .collect();
+    let body = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("{path}: reading the body: {e}"));
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
 /// A merchant's credentials.
 #[derive(Debug, Clone)]
 pub struct MerchantCreds {

@@ -15,8 +15,11 @@
 //! - `reversals`: the store-and-forward queue, crash recovery, status inquiries;
 //! - `advices`: advices banks start;
 //! - `notifications`: 0620s to merchants;
-//! - `reads`: lookups (recorded answers, live order references, payments, admin).
+//! - `reads`: lookups (recorded answers, live order references, payments, admin);
+//! - [`accounts`]: the back office's accounts, sessions, API keys and audit log (its own
+//!   [`accounts::AccountStore`], not part of [`Store`]).
 
+pub mod accounts;
 pub mod journal;
 
 mod advices;
@@ -26,8 +29,10 @@ mod payments;
 mod pg;
 mod postings;
 mod reads;
+pub mod refund_requests;
 mod retention;
 mod reversals;
+pub mod search;
 
 use async_trait::async_trait;
 use codec::Mti;

@@ -1,0 +1,349 @@
+//! Refunds requested in the back office, with maker-checker (issue 12): the rules as
+//! plain functions, and the desk that records requests, decides them and executes them
+//! through the merchant request path ([`Engine::handle`] with a 0200 refund built and
+//! MAC'd for the merchant), so a back-office refund passes the same checks, is journalled
+//! the same way and sends the same bank messages as a merchant's own. The merchant is told
+//! the outcome with a 0620 (`EV` `BACK_OFFICE_REFUND`).
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView, may_request};
+use admin_http::v1::Principal;
+use admin_http::{AdminError, Role};
+use codec::{Mti, OwnedMessage, builtin};
+
+use crate::backoffice::unavailable;
+use crate::engine::{Engine, SessionState};
+use crate::payments::REFUND_REASON_MAX_LEN;
+use crate::store::Store;
+use crate::store::refund_requests::{NewRefundRequest, Original, RefundRequests, RequestRow};
+
+/// Longest idempotency key accepted.
+pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
+
+/// When refunds need a second person, and how long a request waits for one.
+#[derive(Debug, Clone, Copy)]
+pub struct RefundPolicy {
+    /// Requests above this amount (minor units) need an approver; at or below it they are
+    /// executed at once.
+    pub approval_above_minor: i64,
+    /// A pending request not decided within this expires.
+    pub request_ttl_ms: u64,
+}
+
+/// Why `approver` may not approve `request` at `now`, if so: the maker is not the
+/// checker, only pending requests are decided, and an expired one is not.
+pub fn refusal(approver: &Principal, request: &RequestRow, now: SystemTime) -> Option<AdminError> {
+    if request.view.requested_by == approver.actor {
+        return Some(AdminError::Forbidden(
+            "maker-checker: the requester may not decide its own request".into(),
+        ));
+    }
+    if request.view.state != "pending" {
+        return Some(AdminError::Conflict(format!(
+            "request is {}",
+            request.view.state
+        )));
+    }
+    if request.expires_at <= now {
+        return Some(AdminError::Conflict("request expired".into()));
+    }
+    None
+}
+
+/// Checks a refund ask's fields.
+pub fn check_ask(ask: &RefundAsk) -> Result<(), AdminError> {
+    let key_ok = (1..=IDEMPOTENCY_KEY_MAX_LEN).contains(&ask.idempotency_key.len());
+    let reason_ok = !ask.reason.trim().is_empty() && ask.reason.len() <= REFUND_REASON_MAX_LEN;
+    if ask.amount_minor <= 0 || !key_ok || !reason_ok {
+        return Err(AdminError::Invalid(format!(
+            "amount_minor > 0, a reason of 1 to {REFUND_REASON_MAX_LEN} characters and an \
+             idempotency_key of 1 to {IDEMPOTENCY_KEY_MAX_LEN}"
+        )));
+    }
+    Ok(())
+}
+
+/// The merchant's 0200 refund of `original`, as the contract has a merchant send it:
+/// DE3 `20`, DE90 naming the original by its MTI, DE11 and DE7, the reason in DE48 `RR`.
+pub fn refund_message(
+    o: &Original,
+    amount_minor: i64,
+    reason: &str,
+    stan: &str,
+    de7: &str,
+) -> OwnedMessage {
+    let mut m = OwnedMessage::new(Mti::FINANCIAL_REQUEST);
+    let mut de48 = Vec::new();
+    let _ = codec::tlv::push(&mut de48, b"RR", reason.as_bytes());
+    let de90 = format!(
+        "{}{:0>6}{:0>10}{}",
+        o.mti,
+        o.stan,
+        o.transmitted_at,
+        "0".repeat(22)
+    );
+    for (n, v) in [
+        (3u8, "200000".to_string()),
+        (4, format!("{amount_minor:012}")),
+        (7, de7.to_string()),
+        (11, stan.to_string()),
+        (41, o.terminal_id.clone()),
+        (42, o.merchant_id.clone()),
+        (49, format!("{:03}", o.currency)),
+        (90, de90),
+    ] {
+        m.fields.insert(n, v.into_bytes());
+    }
+    m.fields.insert(48, de48);
+    m
+}
+
+/// The DE11 of a request's refund: `9` then its id in five digits. The refund carries
+/// the original's DE41 (the payment is found by it), so its identity (DE42, DE41, DE11,
+/// DE7, MTI) shares the merchant's own STAN space: a merchant request on that terminal
+/// with the same STAN in the same second would be answered `94`. Starting at 900000 keeps
+/// clear of terminals that count their STANs up from 1 and wrap well before; it is not a
+/// guarantee for a terminal that reaches the 900000s.
+pub fn stan_of(request_id: i64) -> String {
+    format!("9{:05}", request_id.rem_euclid(100_000))
+}
+
+/// The desk: requests, decisions, execution.
+#[derive(Debug, Clone)]
+pub struct RefundDesk {
+    pub requests: RefundRequests,
+    /// The request path; weak, so that the desk never keeps the engine (and its
+    /// journal) alive at shutdown.
+    pub engine: Weak<Engine>,
+    pub store: Arc<dyn Store>,
+    pub policy: RefundPolicy,
+}
+
+impl RefundDesk {
+    /// Records a refund request of `rrn` by `who` and executes it at once unless it needs
+    /// approval; `(request, created)`, `created` false when the key was used before.
+    pub async fn request(
+        &self,
+        who: &Principal,
+        rrn: &str,
+        ask: &RefundAsk,
+    ) -> Result<(RefundRequestView, bool), AdminError> {
+        if !may_request(who.role) {
+            return Err(AdminError::Forbidden(format!(
+                "role {} may not request refunds",
+                who.role.as_str()
+            )));
+        }
+        check_ask(ask)?;
+        let not_found = || AdminError::NotFound(format!("transaction {rrn}"));
+        let original = self
+            .requests
+            .original(rrn)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(not_found)?;
+        if !admin_http::transactions::visible_to(who, &original.merchant_id) {
+            return Err(not_found());
+        }
+        let now = SystemTime::now();
+        let needs_approval = ask.amount_minor > self.policy.approval_above_minor;
+        let new = NewRefundRequest {
+            requested_by: &who.actor,
+            idempotency_key: &ask.idempotency_key,
+            original_rrn: rrn,
+            merchant_id: &original.merchant_id,
+            amount_minor: ask.amount_minor,
+            reason: ask.reason.trim(),
+            needs_approval,
+            now,
+            expires_at: now + Duration::from_millis(self.policy.request_ttl_ms),
+        };
+        let (row, created) = self.requests.insert(&new).await.map_err(unavailable)?;
+        if !created || needs_approval {
+            return Ok((row.view, created));
+        }
+        let view = self.execute(&row, None, &original, now).await?;
+        Ok((view, true))
+    }
+
+    /// Requests, newest first, confined to a merchant user's merchant.
+    pub async fn list(
+        &self,
+        who: &Principal,
+        q: &RefundListQuery,
+    ) -> Result<Vec<RefundRequestView>, AdminError> {
+        if who.role == Role::Merchant && who.merchant_id.is_none() {
+            return Ok(Vec::new());
+        }
+        self.requests
+            .list(who.merchant_id.as_deref(), q.state.as_deref())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Approves (and executes) or rejects request `id`; the view before and after.
+    pub async fn decide(
+        &self,
+        who: &Principal,
+        id: i64,
+        approve: bool,
+    ) -> Result<(RefundRequestView, RefundRequestView), AdminError> {
+        let row = self
+            .requests
+            .get(id)
+            .await
+            .map_err(unavailable)?
+            .filter(|r| admin_http::transactions::visible_to(who, &r.view.merchant_id))
+            .ok_or_else(|| AdminError::NotFound(format!("refund request {id}")))?;
+        let now = SystemTime::now();
+        if let Some(why) = refusal(who, &row, now) {
+            if row.view.state == "pending" && row.expires_at <= now {
+                self.requests
+                    .decide(id, "expired", None, now, None)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            return Err(why);
+        }
+        if !approve {
+            return self.finish_decision(&row, "rejected", who, now, None).await;
+        }
+        let original = self
+            .requests
+            .original(&row.view.original_rrn)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| AdminError::NotFound("original transaction".into()))?;
+        let before = row.view.clone();
+        let view = self.execute(&row, Some(who), &original, now).await?;
+        Ok((before, view))
+    }
+
+    async fn finish_decision(
+        &self,
+        row: &RequestRow,
+        to: &str,
+        who: &Principal,
+        now: SystemTime,
+        sent: Option<(&str, &str)>,
+    ) -> Result<(RefundRequestView, RefundRequestView), AdminError> {
+        let moved = self
+            .requests
+            .decide(row.view.id, to, Some(&who.actor), now, sent)
+            .await;
+        if !moved.map_err(unavailable)? {
+            return Err(AdminError::Conflict("request decided meanwhile".into()));
+        }
+        let after = self.requests.get(row.view.id).await.map_err(unavailable)?;
+        Ok((
+            row.view.clone(),
+            after.map(|r| r.view).unwrap_or_else(|| row.view.clone()),
+        ))
+    }
+
+    /// Marks the request approved (by `by`, or automatically), sends its 0200 through the
+    /// request path, records the answer and tells the merchant.
+    async fn execute(
+        &self,
+        row: &RequestRow,
+        by: Option<&Principal>,
+        original: &Original,
+        now: SystemTime,
+    ) -> Result<RefundRequestView, AdminError> {
+        let engine = self
+            .engine
+            .upgrade()
+            .ok_or_else(|| AdminError::Unavailable("the switch is stopping".into()))?;
+        let stan = stan_of(row.view.id);
+        let de7 = String::from_utf8_lossy(&codec::clock::transmission(codec::clock::unix_now()))
+            .into_owned();
+        let by_actor = by.map(|p| p.actor.as_str());
+        let moved = self
+            .requests
+            .decide(row.view.id, "approved", by_actor, now, Some((&stan, &de7)))
+            .await;
+        if !moved.map_err(unavailable)? {
+            return Err(AdminError::Conflict("request decided meanwhile".into()));
+        }
+        let merchant = engine
+            .merchants
+            .get(original.merchant_id.as_bytes())
+            .ok_or_else(|| AdminError::Invalid("merchant unknown to the switch".into()))?;
+        let msg = refund_message(
+            original,
+            row.view.amount_minor,
+            &row.view.reason,
+            &stan,
+            &de7,
+        );
+        let frame = msg
+            .encode_with_mac(builtin::merchant(), &merchant.mac_key)
+            .map_err(|e| AdminError::Invalid(format!("refund message: {e}")))?;
+        let handled = engine.handle(frame, &SessionState::default()).await;
+        let answer = handled
+            .response
+            .and_then(|b| builtin::merchant().decode(b).ok());
+        let rc = answer
+            .as_ref()
+            .and_then(|a| a.get_str(39))
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "96".into());
+        let refund_rrn = answer
+            .as_ref()
+            .and_then(|a| a.get_str(37))
+            .map(|s| s.to_string());
+        self.requests
+            .executed(row.view.id, refund_rrn.as_deref(), &rc)
+            .await
+            .map_err(unavailable)?;
+        if let Some(r) = &refund_rrn {
+            self.tell_merchant(&engine, &row.view.original_rrn, r)
+                .await?;
+        }
+        let after = self.requests.get(row.view.id).await.map_err(unavailable)?;
+        Ok(after.map(|r| r.view).unwrap_or_else(|| row.view.clone()))
+    }
+
+    /// Stores the 0620 of a refund's outcome for the payment's merchant and wakes the
+    /// notifier.
+    async fn tell_merchant(
+        &self,
+        engine: &Engine,
+        original_rrn: &str,
+        refund_rrn: &str,
+    ) -> Result<(), AdminError> {
+        let Some(original) = self
+            .store
+            .transaction_by_rrn(original_rrn)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(());
+        };
+        let root_rrn = match original.original_id {
+            Some(id) => crate::ids::rrn_of(id),
+            None => original.rrn.clone(),
+        };
+        let root = self
+            .store
+            .transaction_by_rrn(&root_rrn)
+            .await
+            .map_err(unavailable)?;
+        let refund = self
+            .store
+            .transaction_by_rrn(refund_rrn)
+            .await
+            .map_err(unavailable)?;
+        if let (Some(root), Some(refund)) = (root, refund) {
+            let status = root.payment().status();
+            self.requests
+                .notify(&root, status, refund.id)
+                .await
+                .map_err(unavailable)?;
+            engine.sessions.wake.notify_one();
+        }
+        Ok(())
+    }
+}

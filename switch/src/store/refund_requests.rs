@@ -1,0 +1,218 @@
+//! Refund requests from the back office (the `refund_requests` table) and what their
+//! execution needs to read: the original as the merchant named it (DE41, DE11, DE7, MTI),
+//! and the 0620 telling the merchant the outcome. The rules (who may approve, when a
+//! request needs approval) are in [`crate::refund_desk`].
+
+use std::time::SystemTime;
+
+use admin_http::refunds::RefundRequestView;
+use deadpool_postgres::Pool;
+use tokio_postgres::Row;
+
+use super::{StoreError, TxnRecord};
+use crate::lifecycle::Status;
+use crate::notify::Event;
+
+/// The original transaction of a refund, as the merchant named it.
+#[derive(Debug, Clone)]
+pub struct Original {
+    pub rrn: String,
+    pub merchant_id: String,
+    pub terminal_id: String,
+    pub mti: String,
+    pub stan: String,
+    pub transmitted_at: String,
+    pub currency: i16,
+}
+
+/// A new refund request.
+#[derive(Debug, Clone)]
+pub struct NewRefundRequest<'a> {
+    pub requested_by: &'a str,
+    pub idempotency_key: &'a str,
+    pub original_rrn: &'a str,
+    pub merchant_id: &'a str,
+    pub amount_minor: i64,
+    pub reason: &'a str,
+    pub needs_approval: bool,
+    pub now: SystemTime,
+    pub expires_at: SystemTime,
+}
+
+/// A request's fields beyond its view that a decision needs.
+#[derive(Debug, Clone)]
+pub struct RequestRow {
+    pub view: RefundRequestView,
+    pub expires_at: SystemTime,
+}
+
+/// The refund requests' SQL, over the pool.
+#[derive(Debug, Clone)]
+pub struct RefundRequests {
+    pool: Pool,
+}
+
+const COLUMNS: &str = "id, state, original_rrn, merchant_id, amount_minor, reason, requested_by, \
+    needs_approval, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+    to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), decided_by, \
+    refund_rrn, response_code, expires_at";
+
+fn row_of(r: &Row) -> RequestRow {
+    RequestRow {
+        view: RefundRequestView {
+            id: r.get(0),
+            state: r.get(1),
+            original_rrn: r.get(2),
+            merchant_id: r.get(3),
+            amount_minor: r.get(4),
+            reason: r.get(5),
+            requested_by: r.get(6),
+            needs_approval: r.get(7),
+            created_at: r.get(8),
+            expires_at: r.get(9),
+            decided_by: r.get(10),
+            refund_rrn: r.get(11),
+            response_code: r.get(12),
+        },
+        expires_at: r.get(13),
+    }
+}
+
+impl RefundRequests {
+    pub fn new(pool: Pool) -> RefundRequests {
+        RefundRequests { pool }
+    }
+
+    /// The original transaction `rrn`, if any.
+    pub async fn original(&self, rrn: &str) -> Result<Option<Original>, StoreError> {
+        let c = self.pool.get().await?;
+        let row = c
+            .query_opt(
+                "SELECT rrn, merchant_id, terminal_id, mti, stan, transmitted_at, currency
+                 FROM transactions WHERE rrn = $1",
+                &[&rrn],
+            )
+            .await?;
+        Ok(row.map(|r| Original {
+            rrn: r.get(0),
+            merchant_id: r.get(1),
+            terminal_id: r.get(2),
+            mti: r.get(3),
+            stan: r.get(4),
+            transmitted_at: r.get(5),
+            currency: r.get(6),
+        }))
+    }
+
+    /// Records a request; `(row, true)` when new, `(existing, false)` when the requester
+    /// used this idempotency key before.
+    pub async fn insert(&self, n: &NewRefundRequest<'_>) -> Result<(RequestRow, bool), StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "INSERT INTO refund_requests (requested_by, idempotency_key, original_rrn, merchant_id,
+               amount_minor, reason, state, needs_approval, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9)
+             ON CONFLICT (requested_by, idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+        );
+        let inserted = c
+            .query_opt(
+                &sql,
+                &[
+                    &n.requested_by,
+                    &n.idempotency_key,
+                    &n.original_rrn,
+                    &n.merchant_id,
+                    &n.amount_minor,
+                    &n.reason,
+                    &n.needs_approval,
+                    &n.now,
+                    &n.expires_at,
+                ],
+            )
+            .await?;
+        if let Some(r) = inserted {
+            return Ok((row_of(&r), true));
+        }
+        let sql = format!(
+            "SELECT {COLUMNS} FROM refund_requests WHERE requested_by = $1 AND idempotency_key = $2"
+        );
+        let r = c
+            .query_one(&sql, &[&n.requested_by, &n.idempotency_key])
+            .await?;
+        Ok((row_of(&r), false))
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Option<RequestRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!("SELECT {COLUMNS} FROM refund_requests WHERE id = $1");
+        Ok(c.query_opt(&sql, &[&id]).await?.map(|r| row_of(&r)))
+    }
+
+    /// Requests, newest first, of one merchant and/or state when given (at most 500).
+    pub async fn list(
+        &self,
+        merchant_id: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<Vec<RefundRequestView>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM refund_requests
+             WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR state = $2)
+             ORDER BY id DESC LIMIT 500"
+        );
+        let rows = c.query(&sql, &[&merchant_id, &state]).await?;
+        Ok(rows.iter().map(|r| row_of(r).view).collect())
+    }
+
+    /// Moves a pending request to `to` (approved, rejected, expired) by `by`, with the DE11
+    /// and DE7 it will be sent with when approved; false when it was no longer pending.
+    pub async fn decide(
+        &self,
+        id: i64,
+        to: &str,
+        by: Option<&str>,
+        now: SystemTime,
+        sent: Option<(&str, &str)>,
+    ) -> Result<bool, StoreError> {
+        let c = self.pool.get().await?;
+        let (stan, de7) = sent.unzip();
+        let n = c
+            .execute(
+                "UPDATE refund_requests SET state = $2, decided_by = $3, decided_at = $4,
+                   sent_stan = $5, sent_de7 = $6
+                 WHERE id = $1 AND state = 'pending'",
+                &[&id, &to, &by, &now, &stan, &de7],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records an executed request's refund transaction and answer.
+    pub async fn executed(
+        &self,
+        id: i64,
+        refund_rrn: Option<&str>,
+        response_code: &str,
+    ) -> Result<(), StoreError> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "UPDATE refund_requests SET state = 'executed', refund_rrn = $2, response_code = $3
+             WHERE id = $1",
+            &[&id, &refund_rrn, &response_code],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the 0620 telling the merchant of a back-office refund (transaction
+    /// `refund_id`) of the payment `root`, with the payment's status after it.
+    pub async fn notify(
+        &self,
+        root: &TxnRecord,
+        status: Status,
+        refund_id: i64,
+    ) -> Result<(), StoreError> {
+        let c = self.pool.get().await?;
+        super::notifications::enqueue(&c, root, status, refund_id, Event::BackOfficeRefund).await
+    }
+}
