@@ -1121,8 +1121,11 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 impl Browser {
     async fn start(name: &str) -> Browser {
         let port = system_tests::free_port();
-        let log = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../target/test-browser/chromedriver-{port}.log"));
+        let dir =
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-browser");
+        // Before chromedriver starts: it exits at once when its log file cannot be made.
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("chromedriver-{port}.log"));
         let driver = system_tests::spawn_path(
             std::path::Path::new("/usr/bin/chromedriver"),
             [
@@ -1148,9 +1151,6 @@ impl Browser {
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-        let dir =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-browser");
-        std::fs::create_dir_all(&dir).unwrap();
         let profile = dir
             .canonicalize()
             .unwrap()
