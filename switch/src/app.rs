@@ -277,6 +277,7 @@ pub async fn run(
         metrics: metrics.clone(),
         limits_on_outage: config.redis.limits_on_outage,
         outcome_wait_ms: config.switch.outcome_wait_ms,
+        bank_timeout_max_ms: config.bank_timeout_max_ms(),
     });
 
     workers.spawn(hold_lease(
@@ -545,12 +546,11 @@ fn hold_lease(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> impl Future<Output = ()> + use<> {
-    let bank_timeout_ms = config.banks.iter().map(|b| b.timeout_ms).max().unwrap_or(0);
     let lease = crate::lease::Lease {
         instance_id: config.switch.instance_id,
         incarnation: incarnation as i64,
         lease_ms: config.switch.lease_ms,
-        stale_ms: bank_timeout_ms + config.switch.outcome_wait_ms + STALE_MARGIN_MS,
+        stale_ms: config.bank_timeout_max_ms() + config.switch.outcome_wait_ms + STALE_MARGIN_MS,
     };
     async move {
         let held = crate::lease::run(store, lease, reversal_wake, metrics, shutdown).await;

@@ -118,6 +118,21 @@ impl BackOffice {
     }
 
     /// An audit record of `who` doing `action` on `target`, succeeded.
+    /// An audit record of a change from `before` to `after` (each serialised as JSON).
+    fn change<'a>(
+        who: &'a Principal,
+        action: &'a str,
+        target: &'a str,
+        before: impl serde::Serialize,
+        after: impl serde::Serialize,
+    ) -> AuditRecord<'a> {
+        AuditRecord {
+            before: serde_json::to_value(before).ok(),
+            after: serde_json::to_value(after).ok(),
+            ..Self::record(who, action, Some(target))
+        }
+    }
+
     fn record<'a>(who: &'a Principal, action: &'a str, target: Option<&'a str>) -> AuditRecord<'a> {
         AuditRecord {
             actor: &who.actor,
@@ -571,9 +586,13 @@ impl BackOffice {
             .set_lock(acct.id, None)
             .await
             .map_err(unavailable)?;
-        let mut rec = Self::record(who, "account.unlock", Some(username));
-        rec.before = Some(json!({ "locked_until": acct.locked_until_text }));
-        rec.after = Some(json!({ "locked_until": null }));
+        let rec = Self::change(
+            who,
+            "account.unlock",
+            username,
+            json!({ "locked_until": acct.locked_until_text }),
+            json!({ "locked_until": null }),
+        );
         self.audit(rec).await
     }
 
@@ -802,9 +821,7 @@ impl BackOffice {
         let target = id.to_string();
         match self.desk()?.decide(who, id, approve).await {
             Ok((before, after)) => {
-                let mut rec = Self::record(who, action, Some(&target));
-                rec.before = serde_json::to_value(&before).ok();
-                rec.after = serde_json::to_value(&after).ok();
+                let rec = Self::change(who, action, &target, &before, &after);
                 self.audit(rec).await?;
                 Ok(after)
             }
@@ -901,9 +918,13 @@ impl BackOffice {
         } else {
             "merchant.disable"
         };
-        let mut rec = Self::record(who, action, Some(id));
-        rec.before = Some(json!({ "enabled": before.enabled }));
-        rec.after = Some(json!({ "enabled": enabled }));
+        let rec = Self::change(
+            who,
+            action,
+            id,
+            json!({ "enabled": before.enabled }),
+            json!({ "enabled": enabled }),
+        );
         self.audit(rec).await
     }
 
@@ -926,9 +947,7 @@ impl BackOffice {
         .map_err(db_problem)?;
         self.reload_merchants().await?;
         let after = self.merchant_view(id).await?;
-        let mut rec = Self::record(who, "merchant.limits", Some(id));
-        rec.before = serde_json::to_value(&before).ok();
-        rec.after = serde_json::to_value(&after).ok();
+        let rec = Self::change(who, "merchant.limits", id, &before, &after);
         self.audit(rec).await?;
         Ok(after)
     }

@@ -1,7 +1,7 @@
 //! Sending the switch's own requests to a bank: one place for how a request is keyed,
 //! timed out and handed to the least-loaded ready link.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bank_links::{Bank, MatchKey, Outcome};
 use bytes::Bytes;
@@ -17,72 +17,50 @@ pub fn set_acquirer<'a>(b: &mut MessageBuilder<'a>, bank: &Bank, acquirer_id: &'
     }
 }
 
-/// How a request to a bank ended.
-// One per request, moved a couple of times: boxing the answer would cost an allocation on
-// the hot path for nothing.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug)]
-pub enum Exchange {
-    /// Never handed to a link (it could not be encoded, the bank had no ready link, or
-    /// the link had closed): the bank never saw it.
-    NotSent,
-    /// Handed to a link: answered, or its outcome at the bank is unknown.
-    Sent(Outcome),
-}
-
-impl Exchange {
-    /// The bank's reply as the verdicts read it, and the approval code (DE38) of an
-    /// approval.
-    pub fn reply(&self) -> (BankReply, Option<String>) {
-        match self {
-            Exchange::NotSent | Exchange::Sent(Outcome::NotSent) => (BankReply::NotSent, None),
-            Exchange::Sent(Outcome::Answered(reply)) => {
-                // The logical value: on an EBCDIC link the wire bytes are not ASCII digits.
-                let rc = Rc::from_bank(reply.get(39).as_deref().unwrap_or(b"05"));
-                let auth = (rc == Rc::APPROVED)
-                    .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
-                    .flatten();
-                (BankReply::Answered(rc), auth)
-            }
-            Exchange::Sent(Outcome::TimedOut | Outcome::LinkLost) => (BankReply::Unknown, None),
+/// A bank's [`Outcome`] as the verdicts read it, and the approval code (DE38) of an
+/// approval. `NotSent` (refused before any byte was written) needs no reversal; a timeout
+/// or a lost link leaves the outcome at the bank unknown.
+pub fn reply(outcome: &Outcome) -> (BankReply, Option<String>) {
+    match outcome {
+        Outcome::NotSent => (BankReply::NotSent, None),
+        Outcome::Answered(reply) => {
+            // The logical value: on an EBCDIC link the wire bytes are not ASCII digits.
+            let rc = Rc::from_bank(reply.get(39).as_deref().unwrap_or(b"05"));
+            let auth = (rc == Rc::APPROVED)
+                .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
+                .flatten();
+            (BankReply::Answered(rc), auth)
         }
-    }
-
-    /// Tells the bank's breaker how the exchange went: an outcome if it was sent, else
-    /// its probe (if it had one) back.
-    pub fn report(&self, bank: &Bank, now: Instant) {
-        match self {
-            Exchange::Sent(outcome) => bank.record_outcome(now, outcome),
-            Exchange::NotSent => bank.abandon(now),
-        }
+        Outcome::TimedOut | Outcome::LinkLost => (BankReply::Unknown, None),
     }
 }
 
 /// Sends an encoded request of message class `class` with `stan` and `rrn` on the bank's
-/// least-loaded ready link and waits for its outcome (the bank's timeout).
+/// least-loaded ready link and waits for its outcome (the bank's timeout). A message that
+/// could not be encoded, a bank with no ready link and a link that has closed are
+/// [`Outcome::NotSent`], as are the link's own refusals.
 pub async fn send(
     bank: &Bank,
     class: u8,
     stan: u32,
     rrn: &str,
     message: Result<Bytes, EncodeError>,
-) -> Exchange {
+) -> Outcome {
     let message = match message {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(error = %e, bank = %bank.config.id, rrn, "bank message could not be encoded");
-            return Exchange::NotSent;
+            return Outcome::NotSent;
         }
     };
     let Some(link) = bank.pick() else {
         tracing::warn!(bank = %bank.config.id, rrn, "no ready link: not sent");
-        return Exchange::NotSent;
+        return Outcome::NotSent;
     };
     let rrn = rrn.as_bytes().try_into().ok();
     let key = MatchKey { class, stan, rrn };
     let timeout = Duration::from_millis(bank.config.request_timeout_ms);
-    match link.send(key, message, timeout).await {
-        Ok(Outcome::NotSent) | Err(_) => Exchange::NotSent,
-        Ok(outcome) => Exchange::Sent(outcome),
-    }
+    link.send(key, message, timeout)
+        .await
+        .unwrap_or(Outcome::NotSent)
 }

@@ -523,6 +523,12 @@ fn invalid(key: impl Into<String>, why: impl Into<String>) -> Result<(), Invalid
 }
 
 impl Config {
+    /// The longest `[[bank]] timeout_ms` (0 without banks): how long any request may be at
+    /// a bank before the switch gives up on its answer.
+    pub fn bank_timeout_max_ms(&self) -> u64 {
+        self.banks.iter().map(|b| b.timeout_ms).max().unwrap_or(0)
+    }
+
     /// Reads the file, applies the process's environment and checks everything.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

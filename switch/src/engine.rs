@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bank_links::Bank;
+use bank_links::{Bank, Outcome as LinkOutcome};
 use bytes::Bytes;
 use codec::{MacCheck, Message, MessageBuilder, Mti, builtin};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
-use crate::bank_io::Exchange;
 use crate::checks::{self, Authorisation, Rc};
 use crate::config::LimitsOnOutage;
 use crate::content::{ContentDigest, same_request};
@@ -107,6 +106,8 @@ pub struct Engine {
     pub limits_on_outage: LimitsOnOutage,
     /// How long a request's outcome write is retried before its answer is withheld.
     pub outcome_wait_ms: u64,
+    /// The longest bank timeout ([`crate::config::Config::bank_timeout_max_ms`]).
+    pub bank_timeout_max_ms: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -1070,7 +1071,7 @@ impl Engine {
 
     /// Sends the recorded request to its bank and waits for the answer; the STAN and the
     /// breaker are settled with the outcome.
-    async fn ask_bank(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> Exchange {
+    async fn ask_bank(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> LinkOutcome {
         let (a, msg) = (r.a, r.msg);
         let (de12, de13) = codec::clock::local_time_date(sent.unix);
         let acquirer = self
@@ -1100,7 +1101,7 @@ impl Engine {
             b.encode(),
         )
         .await;
-        exchange.report(bank, Instant::now());
+        bank.record_outcome(Instant::now(), &exchange);
         bank.stans.release(sent.bank_stan);
         exchange
     }
@@ -1111,10 +1112,10 @@ impl Engine {
         &self,
         bank: &Bank,
         sent: &Sent,
-        exchange: Exchange,
+        exchange: LinkOutcome,
         started: Instant,
     ) -> (Outcome, Answer) {
-        let (reply, auth) = exchange.reply();
+        let (reply, auth) = crate::bank_io::reply(&exchange);
         match reply {
             BankReply::Unknown => {
                 self.metrics

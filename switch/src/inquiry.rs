@@ -129,7 +129,7 @@ impl InquiryWorker {
         let outcome = crate::bank_io::send(bank, 6, stan, rrn, b.encode()).await;
         bank.stans.release(stan);
         match outcome {
-            crate::bank_io::Exchange::Sent(Outcome::Answered(answer)) => finding(&answer),
+            Outcome::Answered(answer) => finding(&answer),
             _ => Finding::Unclear,
         }
     }

@@ -34,6 +34,9 @@ pub const REVERSAL_HOLD_MARGIN_MS: u64 = 2_000;
 /// Pause between looks at a named request that is unseen, or in flight elsewhere (ms);
 /// one in flight here is waited for directly.
 pub const REVERSAL_HOLD_POLL_MS: u64 = 25;
+/// Longest single wait on a named request in flight here before the hold looks again (ms):
+/// the hold's own limits are checked between waits.
+pub const REVERSAL_HOLD_FOLLOW_MS: u64 = 1_000;
 
 /// Longest refund reason kept (DE48 `RR` is free text inside an LLLVAR of 999).
 pub const REFUND_REASON_MAX_LEN: usize = 255;
@@ -566,9 +569,9 @@ impl Engine {
             f.message.clone(),
         )
         .await;
-        outcome.report(&f.bank, Instant::now());
+        f.bank.record_outcome(Instant::now(), &outcome);
         f.bank.stans.release(f.bank_stan);
-        let (reply, auth) = outcome.reply();
+        let (reply, auth) = crate::bank_io::reply(&outcome);
         let verdict = lifecycle::refund_verdict(reply);
         let recorded = self
             .retrying("lifecycle outcome", || {
@@ -682,15 +685,9 @@ impl Engine {
     /// The hold's limits: the contract's 2 s for an unseen request; for one in flight,
     /// the longest bank timeout and [`REVERSAL_HOLD_MARGIN_MS`] to record its outcome.
     fn reversal_hold(&self) -> ReversalHold {
-        let bank_timeout_ms = self
-            .banks
-            .values()
-            .map(|b| b.config.request_timeout_ms)
-            .max()
-            .unwrap_or(0);
         ReversalHold {
             unseen_max_ms: REVERSAL_UNSEEN_MAX_MS,
-            in_flight_max_ms: bank_timeout_ms + REVERSAL_HOLD_MARGIN_MS,
+            in_flight_max_ms: self.bank_timeout_max_ms + REVERSAL_HOLD_MARGIN_MS,
         }
     }
 
@@ -698,12 +695,12 @@ impl Engine {
     /// else one [`REVERSAL_HOLD_POLL_MS`] pause (it may be in flight on another instance,
     /// or not arrived yet).
     async fn wait_for_original(&self, original_key: &str) {
-        let pause = Duration::from_millis(REVERSAL_HOLD_POLL_MS);
         match self.inflight.watch(original_key) {
             Some(rx) => {
-                let _ = tokio::time::timeout(pause * 40, owner_gone(rx)).await;
+                let follow = Duration::from_millis(REVERSAL_HOLD_FOLLOW_MS);
+                let _ = tokio::time::timeout(follow, owner_gone(rx)).await;
             }
-            None => tokio::time::sleep(pause).await,
+            None => tokio::time::sleep(Duration::from_millis(REVERSAL_HOLD_POLL_MS)).await,
         }
     }
 

@@ -125,11 +125,6 @@ impl ReversalWorker {
         };
         let outcome = crate::bank_io::send(bank, class, stan_key, &d.rrn, message).await;
         bank.stans.release(stan);
-        // Not sent (no ready link just then) is repeated like an unanswered one.
-        let outcome = match outcome {
-            crate::bank_io::Exchange::Sent(outcome) => outcome,
-            crate::bank_io::Exchange::NotSent => Outcome::LinkLost,
-        };
         self.record(&d, outcome).await
     }
 

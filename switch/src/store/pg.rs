@@ -15,6 +15,11 @@ use crate::advices::AdviceEffect;
 use crate::ledger::{Total, Violation};
 use crate::lifecycle::Verdict;
 
+/// Payment locks take at most the pool's size divided by this: each holds a connection
+/// until recorded or dropped, and the journal's lookups, the workers and the admin surface
+/// need the rest.
+pub const PAYMENT_LOCKS_POOL_DIVISOR: usize = 2;
+
 /// The store in PostgreSQL: the pool for everything, and the group-committed
 /// [`Journal`] for the hot path's records when it has one.
 #[derive(Debug, Clone)]
@@ -34,7 +39,7 @@ impl PgStore {
     /// background workers, so that they do not keep the journal running at shutdown.
     pub fn new(pool: Pool, business_day_cutover_hour: u8) -> PgStore {
         assert!(business_day_cutover_hour < 24);
-        let locks_max = (pool.status().max_size / 2).max(1);
+        let locks_max = (pool.status().max_size / PAYMENT_LOCKS_POOL_DIVISOR).max(1);
         PgStore {
             pool,
             payment_locks: Arc::new(Semaphore::new(locks_max)),
