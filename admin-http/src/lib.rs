@@ -8,7 +8,8 @@
 //! - `POST /links/{name}/sign-off`, `POST /links/{name}/sign-on` (role `operator`).
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
 //!
-//! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`]).
+//! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`],
+//!   [`merchants`], [`ops`]).
 //! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
 //! - `/console/...`: the web console (see [`console`]).
 //!
@@ -21,7 +22,9 @@
 pub mod console;
 pub mod merchants;
 pub mod openapi;
+pub mod ops;
 pub mod refunds;
+pub mod tls;
 pub mod transactions;
 pub mod v1;
 
@@ -184,7 +187,7 @@ impl AuthRefusal {
 }
 
 /// What the switch provides to the admin surface.
-pub trait Admin: Send + Sync + 'static {
+pub trait Admin: ops::Operations + Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// A request was refused for its token (counted and logged by the switch).
     fn auth_refused(&self, why: AuthRefusal);
@@ -500,6 +503,7 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
                 .merge(transactions::routes::<A>())
                 .merge(refunds::routes::<A>())
                 .merge(merchants::routes::<A>())
+                .merge(ops::routes::<A>())
                 .layer(axum::middleware::map_response(openapi::as_problem)),
         )
         .merge(console::routes::<A>())
@@ -510,22 +514,38 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown`; returns the bound address through `on_bound`.
+/// Serves until `shutdown`; the bound address and the server's task. With `tls` every
+/// connection must complete a TLS handshake first (see [`tls`]); without it the listener
+/// speaks plain HTTP.
 pub async fn serve<A: Admin>(
     addr: SocketAddr,
     admin: Arc<A>,
     tokens: Vec<Token>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = router(admin, tokens);
-    let task = tokio::spawn(async move {
-        let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-    });
+    let app = router(admin, tokens).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = shutdown.clone();
+    let stopped = async move { stop.cancelled().await };
+    let task = match tls {
+        // `tap_io` only so that axum hands the peer address to `ConnectInfo`.
+        Some(config) => {
+            let listener = tls::TlsListener::new(listener, config, shutdown)?.tap_io(|_| {});
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await;
+            })
+        }
+        None => tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await;
+        }),
+    };
     Ok((bound, task))
 }
 
@@ -727,6 +747,62 @@ mod tests {
         }
     }
 
+    // The operations are tested against the switch (tests/tests/backoffice_api.rs).
+    impl ops::Operations for Fake {
+        async fn request_capture(
+            &self,
+            _who: &v1::Principal,
+            rrn: &str,
+            _ask: refunds::RefundAsk,
+        ) -> Result<refunds::RefundRequestView, AdminError> {
+            Err(AdminError::NotFound(rrn.into()))
+        }
+        async fn request_void(
+            &self,
+            _who: &v1::Principal,
+            rrn: &str,
+            _ask: ops::VoidAsk,
+        ) -> Result<refunds::RefundRequestView, AdminError> {
+            Err(AdminError::NotFound(rrn.into()))
+        }
+        async fn saf(&self, _q: ops::SafQuery) -> Result<ops::SafPage, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn saf_retry(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+        ) -> Result<ops::SafItem, AdminError> {
+            Err(AdminError::NotFound(format!("message {id}")))
+        }
+        async fn saf_discard(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+            _body: ops::Discard,
+        ) -> Result<ops::SafItem, AdminError> {
+            Err(AdminError::NotFound(format!("message {id}")))
+        }
+        async fn api_keys(&self) -> Result<Vec<ops::ApiKeyView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn revoke_api_key(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+        ) -> Result<ops::ApiKeyView, AdminError> {
+            Err(AdminError::NotFound(format!("key {id}")))
+        }
+        async fn set_account_disabled(
+            &self,
+            _who: &v1::Principal,
+            u: &str,
+            _disabled: bool,
+        ) -> Result<v1::AccountView, AdminError> {
+            Err(AdminError::NotFound(u.into()))
+        }
+    }
+
     async fn call(method: &str, path: &str, token: Option<&str>) -> (u16, String) {
         call_on(Arc::new(Fake::default()), method, path, token).await
     }
@@ -751,6 +827,7 @@ mod tests {
             "127.0.0.1:0".parse().unwrap(),
             fake,
             tokens,
+            None,
             CancellationToken::new(),
         )
         .await

@@ -8,7 +8,7 @@ use axum::response::Response;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{merchants, refunds, transactions, v1};
+use crate::{merchants, ops, refunds, transactions, v1};
 
 /// The `/v1` API.
 #[derive(Debug, utoipa::OpenApi)]
@@ -42,6 +42,14 @@ use crate::{merchants, refunds, transactions, v1};
         merchants::switch_on_off,
         merchants::limits,
         merchants::rotate,
+        ops::capture,
+        ops::void,
+        ops::saf,
+        ops::saf_retry,
+        ops::saf_discard,
+        ops::api_keys,
+        ops::revoke_api_key,
+        ops::account_switch,
     ),
     modifiers(&Bearer)
 )]

@@ -36,6 +36,8 @@ pub struct RefundAsk {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RefundRequestView {
     pub id: i64,
+    /// refund (0200), capture (0220) or void (0400).
+    pub kind: String,
     /// pending, approved, rejected, expired, executed.
     pub state: String,
     pub original_rrn: String,

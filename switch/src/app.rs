@@ -87,6 +87,7 @@ pub async fn run(
         bank_dialects,
         vault,
         merchant_tls: tls,
+        admin_tls,
         mut bank_tls,
     } = preflight(&config)?;
     resolve_banks(&config).await;
@@ -352,12 +353,16 @@ pub async fn run(
                         .admin
                         .as_ref()
                         .map_or(24 * 3600 * 1000, |a| a.refund_request_ttl_ms),
+                    resume_after_ms: config.bank_timeout_max_ms() + config.switch.outcome_wait_ms,
                 },
             }),
             vault: vault.clone(),
             metrics: metrics.clone(),
         },
     });
+    if let Some(desk) = &admin.backoffice.desk {
+        workers.spawn(desk.clone().run_resumer(workers_shutdown.clone()));
+    }
     workers.spawn(crate::admin::sample(
         admin.clone(),
         listening.connections.clone(),
@@ -365,8 +370,12 @@ pub async fn run(
     ));
     let admin_shutdown = CancellationToken::new();
     if let Some(a) = &config.admin {
+        if admin_tls.is_none() {
+            tracing::warn!(addr = %a.addr, "admin listener without TLS: passwords, session tokens and API keys cross the network in clear; set [admin] tls");
+        }
+        let tokens = a.tokens.clone();
         let (addr, _task) =
-            admin_http::serve(a.addr, admin, a.tokens.clone(), admin_shutdown.clone())
+            admin_http::serve(a.addr, admin, tokens, admin_tls, admin_shutdown.clone())
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: a.addr,
@@ -446,6 +455,8 @@ pub struct Preflight {
     pub bank_dialects: HashMap<String, &'static Dialect>,
     pub vault: Arc<Vault>,
     pub merchant_tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
+    /// The admin listener's TLS configuration, when it has one.
+    pub admin_tls: Option<Arc<rustls::ServerConfig>>,
     pub bank_tls: HashMap<String, Option<bank_links::TlsMaterial>>,
 }
 
@@ -484,10 +495,17 @@ pub fn preflight(config: &Config) -> Result<Preflight, StartError> {
     if let Some(q) = &l.quic {
         crate::server::tls_server_config(&q.cert_pem, &q.key_pem)?;
     }
+    let admin_tls = match config.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+        Some(t) => Some(Arc::new(admin_http::tls::with_http_alpn(
+            crate::server::tls_server_config(&t.cert_pem, &t.key_pem)?,
+        ))),
+        None => None,
+    };
     Ok(Preflight {
         bank_dialects,
         vault: Arc::new(vault),
         merchant_tls,
+        admin_tls,
         bank_tls,
     })
 }

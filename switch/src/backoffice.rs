@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::accounts as rules;
 use crate::crypto::{Purpose, Vault};
 use crate::metrics::Metrics;
-use crate::refund_desk::RefundDesk;
+use crate::refund_desk::{Ask, Operation, RefundDesk};
 use crate::store::StoreError;
 use crate::store::accounts::{AccountRow, AccountStore, AuditRecord, CreateError};
 use crate::store::search::{SearchError, TxnSearch};
@@ -110,16 +110,15 @@ pub fn check_new_account(new: &NewAccount) -> Result<(), AdminError> {
 
 impl BackOffice {
     /// Appends to the audit log; an action whose record cannot be written fails.
-    async fn audit(&self, rec: AuditRecord<'_>) -> Result<(), AdminError> {
+    pub(crate) async fn audit(&self, rec: AuditRecord<'_>) -> Result<(), AdminError> {
         self.store
             .audit(&rec, SystemTime::now())
             .await
             .map_err(unavailable)
     }
 
-    /// An audit record of `who` doing `action` on `target`, succeeded.
     /// An audit record of a change from `before` to `after` (each serialised as JSON).
-    fn change<'a>(
+    pub(crate) fn change<'a>(
         who: &'a Principal,
         action: &'a str,
         target: &'a str,
@@ -133,7 +132,11 @@ impl BackOffice {
         }
     }
 
-    fn record<'a>(who: &'a Principal, action: &'a str, target: Option<&'a str>) -> AuditRecord<'a> {
+    pub(crate) fn record<'a>(
+        who: &'a Principal,
+        action: &'a str,
+        target: Option<&'a str>,
+    ) -> AuditRecord<'a> {
         AuditRecord {
             actor: &who.actor,
             actor_role: Some(who.role),
@@ -775,7 +778,7 @@ impl BackOffice {
 }
 
 impl BackOffice {
-    fn desk(&self) -> Result<&RefundDesk, AdminError> {
+    pub(crate) fn desk(&self) -> Result<&RefundDesk, AdminError> {
         self.desk
             .as_ref()
             .ok_or_else(|| AdminError::Unavailable("no request path here".into()))
@@ -788,10 +791,28 @@ impl BackOffice {
         rrn: &str,
         ask: RefundAsk,
     ) -> Result<RefundRequestView, AdminError> {
-        let (view, created) = self.desk()?.request(who, rrn, &ask).await?;
+        let ask = Ask {
+            op: Operation::Refund,
+            amount_minor: Some(ask.amount_minor),
+            reason: &ask.reason,
+            idempotency_key: &ask.idempotency_key,
+        };
+        self.request_operation(who, rrn, ask).await
+    }
+
+    /// Records (and, at or below the approval amount, executes) a refund, capture or void
+    /// request; a new one is audited as `{kind}.request`.
+    pub async fn request_operation(
+        &self,
+        who: &Principal,
+        rrn: &str,
+        ask: Ask<'_>,
+    ) -> Result<RefundRequestView, AdminError> {
+        let (view, created) = self.desk()?.request(who, rrn, ask).await?;
         if created {
             let id = view.id.to_string();
-            let mut rec = Self::record(who, "refund.request", Some(&id));
+            let action = format!("{}.request", ask.op.as_str());
+            let mut rec = Self::record(who, &action, Some(&id));
             rec.after = serde_json::to_value(&view).ok();
             self.audit(rec).await?;
         }

@@ -60,6 +60,17 @@ pub struct AdminSection {
     /// A refund request nobody decides within this expires (ms).
     #[serde(default = "default_refund_request_ttl_ms")]
     pub refund_request_ttl_ms: u64,
+    /// HTTPS for the admin listener (certificate chain and key, PEM); plain HTTP when
+    /// absent, with a warning at start.
+    pub tls: Option<AdminTls>,
+}
+
+/// The admin listener's certificate chain and private key (PEM files).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    pub cert_pem: PathBuf,
+    pub key_pem: PathBuf,
 }
 
 fn default_refund_approval_above_minor() -> i64 {
@@ -610,6 +621,13 @@ impl Config {
             {
                 if !p.exists() {
                     return invalid(format!("merchant_listener.{name}.{key}"), "no such file");
+                }
+            }
+        }
+        if let Some(t) = self.admin.as_ref().and_then(|a| a.tls.as_ref()) {
+            for (key, p) in [("cert_pem", &t.cert_pem), ("key_pem", &t.key_pem)] {
+                if !p.exists() {
+                    return invalid(format!("admin.tls.{key}"), "no such file");
                 }
             }
         }

@@ -2,6 +2,8 @@
 //!
 //! - [`advices`]: bank-initiated advices: what each does, acknowledged once recorded.
 //! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
+//! - [`backoffice`], [`backoffice_ops`], [`refund_desk`]: the back office's accounts,
+//!   refunds, captures, voids, store-and-forward queue and API keys.
 //! - [`bank_io`]: sending the switch's own requests to a bank.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
@@ -38,6 +40,7 @@ pub mod advices;
 pub mod answer;
 pub mod app;
 pub mod backoffice;
+pub mod backoffice_ops;
 pub mod bank_io;
 pub mod checks;
 pub mod config;

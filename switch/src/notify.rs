@@ -40,6 +40,10 @@ pub enum Event {
     /// A refund requested in the back office was executed (DE48 `ST` says the payment's
     /// status after it; a declined refund leaves it unchanged).
     BackOfficeRefund,
+    /// A capture (completion) requested in the back office was executed.
+    BackOfficeCapture,
+    /// A void (reversal) requested in the back office was executed.
+    BackOfficeVoid,
 }
 
 impl Event {
@@ -51,6 +55,8 @@ impl Event {
             Event::CompletionReversed => "COMPLETION_REVERSED",
             Event::BankReversed => "BANK_REVERSED",
             Event::BackOfficeRefund => "BACK_OFFICE_REFUND",
+            Event::BackOfficeCapture => "BACK_OFFICE_CAPTURE",
+            Event::BackOfficeVoid => "BACK_OFFICE_VOID",
         }
     }
 

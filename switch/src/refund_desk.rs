@@ -1,28 +1,84 @@
-//! Refunds requested in the back office, with maker-checker (issue 12): the rules as
-//! plain functions, and the desk that records requests, decides them and executes them
-//! through the merchant request path ([`Engine::handle`] with a 0200 refund built and
-//! MAC'd for the merchant), so a back-office refund passes the same checks, is journalled
-//! the same way and sends the same bank messages as a merchant's own. The merchant is told
-//! the outcome with a 0620 (`EV` `BACK_OFFICE_REFUND`).
+//! Refunds, captures and voids requested in the back office, with maker-checker (issue
+//! 12): the rules as plain functions, and the desk that records requests, decides them and
+//! executes them through the merchant request path ([`Engine::handle`] with the message a
+//! merchant would send, built and MAC'd for the merchant: a 0200 refund, a 0220
+//! completion, a 0400 reversal), so a back-office request passes the same checks, is
+//! journalled the same way and sends the same bank messages as a merchant's own. The
+//! merchant is told the outcome with a 0620 (`EV` `BACK_OFFICE_REFUND`, `_CAPTURE`,
+//! `_VOID`). An approved request whose execution a crash interrupted is sent again, with
+//! the same DE11 and DE7, by [`RefundDesk::resume`]: the request path recognises the
+//! repeat, so the bank sees it once.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView, may_request};
+use admin_http::refunds::{RefundListQuery, RefundRequestView, may_request};
 use admin_http::v1::Principal;
 use admin_http::{AdminError, Role};
 use codec::{Mti, OwnedMessage, builtin};
 
 use crate::backoffice::unavailable;
 use crate::engine::{Engine, SessionState};
+use crate::notify::Event;
 use crate::payments::REFUND_REASON_MAX_LEN;
 use crate::store::Store;
 use crate::store::refund_requests::{NewRefundRequest, Original, RefundRequests, RequestRow};
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
+/// Interrupted executions resumed per round.
+pub const RESUME_BATCH_MAX: i64 = 32;
+/// How often the desk looks for interrupted executions.
+pub const RESUME_POLL_MS: u64 = 2_000;
 
-/// When refunds need a second person, and how long a request waits for one.
+/// What a back-office request sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// A 0200 refund (DE3 `20`) of a purchase or completion.
+    Refund,
+    /// A 0220 completion of a pre-authorisation.
+    Capture,
+    /// A 0400 reversal of any transaction, for its full amount.
+    Void,
+}
+
+impl Operation {
+    /// The name in the `kind` column and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Refund => "refund",
+            Operation::Capture => "capture",
+            Operation::Void => "void",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Operation> {
+        [Operation::Refund, Operation::Capture, Operation::Void]
+            .into_iter()
+            .find(|o| o.as_str() == kind)
+    }
+
+    /// What the merchant's 0620 says happened.
+    pub fn event(self) -> Event {
+        match self {
+            Operation::Refund => Event::BackOfficeRefund,
+            Operation::Capture => Event::BackOfficeCapture,
+            Operation::Void => Event::BackOfficeVoid,
+        }
+    }
+}
+
+/// A request as asked for: a void's amount is the original's.
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    pub op: Operation,
+    /// `None` for a void.
+    pub amount_minor: Option<i64>,
+    pub reason: &'a str,
+    pub idempotency_key: &'a str,
+}
+
+/// When requests need a second person, and how long a request waits for one.
 #[derive(Debug, Clone, Copy)]
 pub struct RefundPolicy {
     /// Requests above this amount (minor units) need an approver; at or below it they are
@@ -30,6 +86,10 @@ pub struct RefundPolicy {
     pub approval_above_minor: i64,
     /// A pending request not decided within this expires.
     pub request_ttl_ms: u64,
+    /// An approved request still without an outcome this long after its approval was
+    /// interrupted (the longest a live execution takes: the bank timeout plus the outcome
+    /// write's wait) and is resumed.
+    pub resume_after_ms: u64,
 }
 
 /// Why `approver` may not approve `request` at `now`, if so: the maker is not the
@@ -52,11 +112,11 @@ pub fn refusal(approver: &Principal, request: &RequestRow, now: SystemTime) -> O
     None
 }
 
-/// Checks a refund ask's fields.
-pub fn check_ask(ask: &RefundAsk) -> Result<(), AdminError> {
+/// Checks an ask's fields.
+pub fn check_ask(ask: &Ask<'_>) -> Result<(), AdminError> {
     let key_ok = (1..=IDEMPOTENCY_KEY_MAX_LEN).contains(&ask.idempotency_key.len());
     let reason_ok = !ask.reason.trim().is_empty() && ask.reason.len() <= REFUND_REASON_MAX_LEN;
-    if ask.amount_minor <= 0 || !key_ok || !reason_ok {
+    if ask.amount_minor.is_some_and(|a| a <= 0) || !key_ok || !reason_ok {
         return Err(AdminError::Invalid(format!(
             "amount_minor > 0, a reason of 1 to {REFUND_REASON_MAX_LEN} characters and an \
              idempotency_key of 1 to {IDEMPOTENCY_KEY_MAX_LEN}"
@@ -65,18 +125,24 @@ pub fn check_ask(ask: &RefundAsk) -> Result<(), AdminError> {
     Ok(())
 }
 
-/// The merchant's 0200 refund of `original`, as the contract has a merchant send it:
-/// DE3 `20`, DE90 naming the original by its MTI, DE11 and DE7, the reason in DE48 `RR`.
-pub fn refund_message(
+/// The message a merchant sends for `op` of `original`, as the contract has it: DE90
+/// naming the original by its MTI, DE11 and DE7; a refund is a 0200 with DE3 `20` and the
+/// reason in DE48 `RR`, a capture a 0220 with DE3 `00`, a void a 0400 for the original's
+/// amount.
+pub fn request_message(
+    op: Operation,
     o: &Original,
     amount_minor: i64,
     reason: &str,
     stan: &str,
     de7: &str,
 ) -> OwnedMessage {
-    let mut m = OwnedMessage::new(Mti::FINANCIAL_REQUEST);
-    let mut de48 = Vec::new();
-    let _ = codec::tlv::push(&mut de48, b"RR", reason.as_bytes());
+    let mti = match op {
+        Operation::Refund => Mti::FINANCIAL_REQUEST,
+        Operation::Capture => Mti::COMPLETION_ADVICE,
+        Operation::Void => Mti::REVERSAL_REQUEST,
+    };
+    let mut m = OwnedMessage::new(mti);
     let de90 = format!(
         "{}{:0>6}{:0>10}{}",
         o.mti,
@@ -85,8 +151,7 @@ pub fn refund_message(
         "0".repeat(22)
     );
     for (n, v) in [
-        (3u8, "200000".to_string()),
-        (4, format!("{amount_minor:012}")),
+        (4u8, format!("{amount_minor:012}")),
         (7, de7.to_string()),
         (11, stan.to_string()),
         (41, o.terminal_id.clone()),
@@ -96,7 +161,18 @@ pub fn refund_message(
     ] {
         m.fields.insert(n, v.into_bytes());
     }
-    m.fields.insert(48, de48);
+    match op {
+        Operation::Refund => {
+            let mut de48 = Vec::new();
+            let _ = codec::tlv::push(&mut de48, b"RR", reason.as_bytes());
+            m.fields.insert(3, b"200000".to_vec());
+            m.fields.insert(48, de48);
+        }
+        Operation::Capture => {
+            m.fields.insert(3, b"000000".to_vec());
+        }
+        Operation::Void => {}
+    }
     m
 }
 
@@ -122,21 +198,21 @@ pub struct RefundDesk {
 }
 
 impl RefundDesk {
-    /// Records a refund request of `rrn` by `who` and executes it at once unless it needs
-    /// approval; `(request, created)`, `created` false when the key was used before.
+    /// Records a request of `ask.op` on `rrn` by `who` and executes it at once unless it
+    /// needs approval; `(request, created)`, `created` false when the key was used before.
     pub async fn request(
         &self,
         who: &Principal,
         rrn: &str,
-        ask: &RefundAsk,
+        ask: Ask<'_>,
     ) -> Result<(RefundRequestView, bool), AdminError> {
         if !may_request(who.role) {
             return Err(AdminError::Forbidden(format!(
-                "role {} may not request refunds",
+                "role {} may not request refunds, captures or voids",
                 who.role.as_str()
             )));
         }
-        check_ask(ask)?;
+        check_ask(&ask)?;
         let not_found = || AdminError::NotFound(format!("transaction {rrn}"));
         let original = self
             .requests
@@ -147,14 +223,16 @@ impl RefundDesk {
         if !admin_http::transactions::visible_to(who, &original.merchant_id) {
             return Err(not_found());
         }
+        let amount_minor = ask.amount_minor.unwrap_or(original.amount_minor).max(1);
         let now = SystemTime::now();
-        let needs_approval = ask.amount_minor > self.policy.approval_above_minor;
+        let needs_approval = amount_minor > self.policy.approval_above_minor;
         let new = NewRefundRequest {
+            kind: ask.op.as_str(),
             requested_by: &who.actor,
-            idempotency_key: &ask.idempotency_key,
+            idempotency_key: ask.idempotency_key,
             original_rrn: rrn,
             merchant_id: &original.merchant_id,
-            amount_minor: ask.amount_minor,
+            amount_minor,
             reason: ask.reason.trim(),
             needs_approval,
             now,
@@ -208,17 +286,20 @@ impl RefundDesk {
             return Err(why);
         }
         if !approve {
-            return self.finish_decision(&row, "rejected", who, now, None).await;
+            return self.finish_decision(&row, "rejected", who, now).await;
         }
-        let original = self
-            .requests
-            .original(&row.view.original_rrn)
-            .await
-            .map_err(unavailable)?
-            .ok_or_else(|| AdminError::NotFound("original transaction".into()))?;
+        let original = self.original_of(&row).await?;
         let before = row.view.clone();
         let view = self.execute(&row, Some(who), &original, now).await?;
         Ok((before, view))
+    }
+
+    async fn original_of(&self, row: &RequestRow) -> Result<Original, AdminError> {
+        self.requests
+            .original(&row.view.original_rrn)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| AdminError::NotFound("original transaction".into()))
     }
 
     async fn finish_decision(
@@ -227,11 +308,10 @@ impl RefundDesk {
         to: &str,
         who: &Principal,
         now: SystemTime,
-        sent: Option<(&str, &str)>,
     ) -> Result<(RefundRequestView, RefundRequestView), AdminError> {
         let moved = self
             .requests
-            .decide(row.view.id, to, Some(&who.actor), now, sent)
+            .decide(row.view.id, to, Some(&who.actor), now, None)
             .await;
         if !moved.map_err(unavailable)? {
             return Err(AdminError::Conflict("request decided meanwhile".into()));
@@ -243,8 +323,8 @@ impl RefundDesk {
         ))
     }
 
-    /// Marks the request approved (by `by`, or automatically), sends its 0200 through the
-    /// request path, records the answer and tells the merchant.
+    /// Marks the request approved (by `by`, or automatically) with the DE11 and DE7 its
+    /// message will carry, then sends it ([`RefundDesk::send`]).
     async fn execute(
         &self,
         row: &RequestRow,
@@ -252,10 +332,6 @@ impl RefundDesk {
         original: &Original,
         now: SystemTime,
     ) -> Result<RefundRequestView, AdminError> {
-        let engine = self
-            .engine
-            .upgrade()
-            .ok_or_else(|| AdminError::Unavailable("the switch is stopping".into()))?;
         let stan = stan_of(row.view.id);
         let de7 = String::from_utf8_lossy(&codec::clock::transmission(codec::clock::unix_now()))
             .into_owned();
@@ -267,52 +343,107 @@ impl RefundDesk {
         if !moved.map_err(unavailable)? {
             return Err(AdminError::Conflict("request decided meanwhile".into()));
         }
-        let merchant = engine
-            .merchants
-            .get(original.merchant_id.as_bytes())
-            .ok_or_else(|| AdminError::Invalid("merchant unknown to the switch".into()))?;
-        let msg = refund_message(
-            original,
-            row.view.amount_minor,
-            &row.view.reason,
-            &stan,
-            &de7,
-        );
-        let frame = msg
-            .encode_with_mac(builtin::merchant(), &merchant.mac_key)
-            .map_err(|e| AdminError::Invalid(format!("refund message: {e}")))?;
-        let handled = engine.handle(frame, &SessionState::default()).await;
-        let answer = handled
-            .response
-            .and_then(|b| builtin::merchant().decode(b).ok());
-        let rc = answer
-            .as_ref()
-            .and_then(|a| a.get_str(39))
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "96".into());
-        let refund_rrn = answer
-            .as_ref()
-            .and_then(|a| a.get_str(37))
-            .map(|s| s.to_string());
-        self.requests
-            .executed(row.view.id, refund_rrn.as_deref(), &rc)
-            .await
-            .map_err(unavailable)?;
-        if let Some(r) = &refund_rrn {
-            self.tell_merchant(&engine, &row.view.original_rrn, r)
-                .await?;
-        }
+        let approved = RequestRow {
+            sent: Some((stan, de7)),
+            ..row.clone()
+        };
+        self.send(&approved, original, false).await?;
         let after = self.requests.get(row.view.id).await.map_err(unavailable)?;
         Ok(after.map(|r| r.view).unwrap_or_else(|| row.view.clone()))
     }
 
-    /// Stores the 0620 of a refund's outcome for the payment's merchant and wakes the
-    /// notifier.
+    /// Sends an approved request's message through the request path with its fixed DE11
+    /// and DE7, records the answer and tells the merchant (once, whoever records it
+    /// first). A `resumed` execution answered `94` (the first is still in flight) or `96`
+    /// (nothing recorded) records nothing and is tried again later.
+    async fn send(
+        &self,
+        row: &RequestRow,
+        original: &Original,
+        resumed: bool,
+    ) -> Result<(), AdminError> {
+        let engine = self
+            .engine
+            .upgrade()
+            .ok_or_else(|| AdminError::Unavailable("the switch is stopping".into()))?;
+        let (stan, de7) = row
+            .sent
+            .clone()
+            .ok_or_else(|| AdminError::Conflict("request not approved".into()))?;
+        let op = Operation::parse(&row.view.kind).unwrap_or(Operation::Refund);
+        let merchant = engine
+            .merchants
+            .get(original.merchant_id.as_bytes())
+            .ok_or_else(|| AdminError::Invalid("merchant unknown to the switch".into()))?;
+        let v = &row.view;
+        let msg = request_message(op, original, v.amount_minor, &v.reason, &stan, &de7);
+        let frame = msg
+            .encode_with_mac(builtin::merchant(), &merchant.mac_key)
+            .map_err(|e| AdminError::Invalid(format!("request message: {e}")))?;
+        let handled = engine.handle(frame, &SessionState::default()).await;
+        let answer = handled
+            .response
+            .and_then(|b| builtin::merchant().decode(b).ok());
+        let field = |n: u8| answer.as_ref().and_then(|a| a.get_str(n)).map(String::from);
+        let rc = field(39).unwrap_or_else(|| "96".into());
+        if resumed && (rc == "94" || rc == "96") {
+            tracing::info!(request = v.id, rc = %rc, "resumed back-office request not settled yet");
+            return Ok(());
+        }
+        let made_rrn = field(37);
+        let first = self
+            .requests
+            .executed(v.id, made_rrn.as_deref(), &rc)
+            .await
+            .map_err(unavailable)?;
+        if let (true, Some(r)) = (first, &made_rrn) {
+            self.tell_merchant(&engine, &v.original_rrn, r, op.event())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Completes approved requests whose execution was interrupted (approved more than
+    /// [`RefundPolicy::resume_after_ms`] before `now`, no outcome recorded): each is sent
+    /// again as it was first. How many were found.
+    pub async fn resume(&self, now: SystemTime) -> Result<usize, AdminError> {
+        let before = now - Duration::from_millis(self.policy.resume_after_ms);
+        let rows = self
+            .requests
+            .interrupted(before, RESUME_BATCH_MAX)
+            .await
+            .map_err(unavailable)?;
+        for row in &rows {
+            tracing::warn!(request = row.view.id, kind = %row.view.kind, "resuming an interrupted back-office request");
+            let sent = async { self.send(row, &self.original_of(row).await?, true).await };
+            if let Err(e) = sent.await {
+                tracing::warn!(request = row.view.id, error = %e, "resuming a back-office request failed");
+            }
+        }
+        Ok(rows.len())
+    }
+
+    /// Resumes interrupted requests every [`RESUME_POLL_MS`] until `shutdown`.
+    pub async fn run_resumer(self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            if let Err(e) = self.resume(SystemTime::now()).await {
+                tracing::warn!(error = %e, "resuming back-office requests failed");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(RESUME_POLL_MS)) => {}
+            }
+        }
+    }
+
+    /// Stores the 0620 of a request's outcome (the transaction `made_rrn` it made) for the
+    /// payment's merchant and wakes the notifier.
     async fn tell_merchant(
         &self,
         engine: &Engine,
         original_rrn: &str,
-        refund_rrn: &str,
+        made_rrn: &str,
+        event: Event,
     ) -> Result<(), AdminError> {
         let Some(original) = self
             .store
@@ -331,15 +462,15 @@ impl RefundDesk {
             .transaction_by_rrn(&root_rrn)
             .await
             .map_err(unavailable)?;
-        let refund = self
+        let made = self
             .store
-            .transaction_by_rrn(refund_rrn)
+            .transaction_by_rrn(made_rrn)
             .await
             .map_err(unavailable)?;
-        if let (Some(root), Some(refund)) = (root, refund) {
+        if let (Some(root), Some(made)) = (root, made) {
             let status = root.payment().status();
             self.requests
-                .notify(&root, status, refund.id)
+                .notify(&root, status, made.id, event)
                 .await
                 .map_err(unavailable)?;
             engine.sessions.wake.notify_one();

@@ -36,6 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow, bail};
 
+pub mod office;
 pub mod pgproxy;
 pub mod switchyard;
 

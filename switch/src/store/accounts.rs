@@ -485,7 +485,8 @@ impl AccountStore {
         }
     }
 
-    /// The holder of an API key that is neither revoked nor expired at `now`.
+    /// The holder of an API key that is neither revoked nor expired at `now`, and whose
+    /// creator's account is not disabled.
     pub async fn api_key(
         &self,
         key_hash: &[u8],
@@ -494,8 +495,10 @@ impl AccountStore {
         let c = self.pool.get().await?;
         let row = c
             .query_opt(
-                "SELECT name, role, merchant_id FROM api_keys
-                 WHERE key_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
+                "SELECT k.name, k.role, k.merchant_id FROM api_keys k
+                 JOIN accounts a ON a.id = k.created_by
+                 WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND k.expires_at > $2
+                   AND NOT a.disabled",
                 &[&key_hash, &now],
             )
             .await?;

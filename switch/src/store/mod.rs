@@ -25,6 +25,7 @@ pub mod journal;
 mod advices;
 pub mod leases;
 mod notifications;
+pub mod operations;
 mod payments;
 mod pg;
 mod postings;

@@ -23,11 +23,14 @@ pub struct Original {
     pub stan: String,
     pub transmitted_at: String,
     pub currency: i16,
+    pub amount_minor: i64,
 }
 
 /// A new refund request.
 #[derive(Debug, Clone)]
 pub struct NewRefundRequest<'a> {
+    /// refund, capture or void.
+    pub kind: &'a str,
     pub requested_by: &'a str,
     pub idempotency_key: &'a str,
     pub original_rrn: &'a str,
@@ -44,6 +47,9 @@ pub struct NewRefundRequest<'a> {
 pub struct RequestRow {
     pub view: RefundRequestView,
     pub expires_at: SystemTime,
+    /// The DE11 and DE7 it is sent with, fixed when it is approved: a resumed execution
+    /// sends the same request again, which the request path recognises as a repeat.
+    pub sent: Option<(String, String)>,
 }
 
 /// The refund requests' SQL, over the pool.
@@ -55,12 +61,13 @@ pub struct RefundRequests {
 const COLUMNS: &str = "id, state, original_rrn, merchant_id, amount_minor, reason, requested_by, \
     needs_approval, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), decided_by, \
-    refund_rrn, response_code, expires_at";
+    refund_rrn, response_code, expires_at, kind, sent_stan, sent_de7";
 
 fn row_of(r: &Row) -> RequestRow {
     RequestRow {
         view: RefundRequestView {
             id: r.get(0),
+            kind: r.get(14),
             state: r.get(1),
             original_rrn: r.get(2),
             merchant_id: r.get(3),
@@ -75,6 +82,9 @@ fn row_of(r: &Row) -> RequestRow {
             response_code: r.get(12),
         },
         expires_at: r.get(13),
+        sent: r
+            .get::<_, Option<String>>(15)
+            .zip(r.get::<_, Option<String>>(16)),
     }
 }
 
@@ -88,8 +98,8 @@ impl RefundRequests {
         let c = self.pool.get().await?;
         let row = c
             .query_opt(
-                "SELECT rrn, merchant_id, terminal_id, mti, stan, transmitted_at, currency
-                 FROM transactions WHERE rrn = $1",
+                "SELECT rrn, merchant_id, terminal_id, mti, stan, transmitted_at, currency,
+                   amount_minor FROM transactions WHERE rrn = $1",
                 &[&rrn],
             )
             .await?;
@@ -101,6 +111,7 @@ impl RefundRequests {
             stan: r.get(4),
             transmitted_at: r.get(5),
             currency: r.get(6),
+            amount_minor: r.get(7),
         }))
     }
 
@@ -110,8 +121,8 @@ impl RefundRequests {
         let c = self.pool.get().await?;
         let sql = format!(
             "INSERT INTO refund_requests (requested_by, idempotency_key, original_rrn, merchant_id,
-               amount_minor, reason, state, needs_approval, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9)
+               amount_minor, reason, state, needs_approval, created_at, expires_at, kind)
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10)
              ON CONFLICT (requested_by, idempotency_key) DO NOTHING RETURNING {COLUMNS}"
         );
         let inserted = c
@@ -127,6 +138,7 @@ impl RefundRequests {
                     &n.needs_approval,
                     &n.now,
                     &n.expires_at,
+                    &n.kind,
                 ],
             )
             .await?;
@@ -187,21 +199,39 @@ impl RefundRequests {
         Ok(n == 1)
     }
 
-    /// Records an executed request's refund transaction and answer.
+    /// Records an approved request's transaction and answer; false when it was recorded
+    /// before (by another execution of the same approved request).
     pub async fn executed(
         &self,
         id: i64,
         refund_rrn: Option<&str>,
         response_code: &str,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let c = self.pool.get().await?;
-        c.execute(
-            "UPDATE refund_requests SET state = 'executed', refund_rrn = $2, response_code = $3
-             WHERE id = $1",
-            &[&id, &refund_rrn, &response_code],
-        )
-        .await?;
-        Ok(())
+        let n = c
+            .execute(
+                "UPDATE refund_requests SET state = 'executed', refund_rrn = $2, response_code = $3
+                 WHERE id = $1 AND state = 'approved'",
+                &[&id, &refund_rrn, &response_code],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Approved requests without a recorded outcome, approved before `before` (oldest
+    /// first, at most `max`): executions a crash interrupted.
+    pub async fn interrupted(
+        &self,
+        before: SystemTime,
+        max: i64,
+    ) -> Result<Vec<RequestRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM refund_requests
+             WHERE state = 'approved' AND decided_at < $1 ORDER BY decided_at LIMIT $2"
+        );
+        let rows = c.query(&sql, &[&before, &max]).await?;
+        Ok(rows.iter().map(row_of).collect())
     }
 
     /// Stores the 0620 telling the merchant of a back-office refund (transaction
@@ -210,9 +240,10 @@ impl RefundRequests {
         &self,
         root: &TxnRecord,
         status: Status,
-        refund_id: i64,
+        txn_id: i64,
+        event: Event,
     ) -> Result<(), StoreError> {
         let c = self.pool.get().await?;
-        super::notifications::enqueue(&c, root, status, refund_id, Event::BackOfficeRefund).await
+        super::notifications::enqueue(&c, root, status, txn_id, event).await
     }
 }
