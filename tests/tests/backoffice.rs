@@ -346,6 +346,46 @@ fn routes() -> Vec<Route> {
             Some("approver"),
             404,
         ),
+        // Back-office operations (tests/tests/backoffice_api.rs has their behaviour).
+        (
+            "POST",
+            "/v1/transactions/000000000000/captures",
+            Some(json!({"amount_minor": 100, "reason": "matrix", "idempotency_key": "c"})),
+            Some(REQUESTERS),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/transactions/000000000000/voids",
+            Some(json!({"reason": "matrix", "idempotency_key": "v"})),
+            Some(REQUESTERS),
+            404,
+        ),
+        ("GET", "/v1/saf", None, Some("viewer"), 200),
+        ("POST", "/v1/saf/999999/retry", None, Some("operator"), 404),
+        (
+            "POST",
+            "/v1/saf/999999/discard",
+            Some(json!({"reason": "matrix"})),
+            Some("approver"),
+            404,
+        ),
+        ("GET", "/v1/api-keys", None, Some("admin"), 200),
+        ("DELETE", "/v1/api-keys/999999", None, Some("admin"), 404),
+        (
+            "POST",
+            "/v1/accounts/nobody/disable",
+            None,
+            Some("admin"),
+            404,
+        ),
+        (
+            "POST",
+            "/v1/accounts/nobody/enable",
+            None,
+            Some("admin"),
+            404,
+        ),
     ]
 }
 

@@ -1,10 +1,14 @@
 //! The back office's operations beyond accounts and refunds (issue 12) against a running
-//! switch, real PostgreSQL, Redis and the bank simulators: HTTPS on the admin listener.
+//! switch, real PostgreSQL, Redis and the bank simulators: HTTPS on the admin listener,
+//! captures and voids with maker-checker.
 
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use system_tests::office::{self, Office, PASSWORD};
-use system_tests::switchyard::{WorldOptions, run_binary};
+use system_tests::switchyard::{
+    Client, HttpAnswer, WAIT, WorldOptions, count_mti, de48_tag, next_stan, rc, run_binary,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // Proves the admin listener speaks HTTPS with the configured certificate: a client
@@ -88,4 +92,132 @@ async fn admin_listener_over_tls() {
     );
     assert!(!status.success(), "{out}");
     assert!(err.contains("admin.tls.cert_pem"), "{err}");
+}
+
+/// Asks for a capture or void (`what`: `captures` or `voids`) of `rrn`.
+async fn ask(office: &Office, by: &str, rrn: &str, what: &str, body: Value) -> HttpAnswer {
+    let path = format!("/v1/transactions/{rrn}/{what}");
+    office.call("POST", &path, Some(by), Some(body)).await
+}
+
+/// The next 0620 whose DE48 `EV` is `event`.
+async fn notification(c: &mut Client, event: &str) -> codec::Message {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let (m, _) = c.recv_mti("0620", left).await;
+        let m = m.unwrap_or_else(|| panic!("a 0620 {event}"));
+        if de48_tag(&m, b"EV").as_deref() == Some(event) {
+            return m;
+        }
+    }
+}
+
+// Proves captures and voids from the back office go through the merchant request path:
+// a capture above the approval amount waits for a different approver, then completes the
+// pre-authorisation at the bank once (the same key returns the same request); a void of
+// an approved purchase below it is executed at once and reverses it at the bank once,
+// the same key twice sending one reversal; the merchant gets a 0620 for each; both show
+// in the original's timeline; a viewer may not ask; each is audited; the ledger balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captures_and_voids_from_the_back_office() {
+    let world = office::world("bo_capture_void", 1000, "", WorldOptions::default());
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let o = Office::plain(office::admin_addr(&mut sw));
+    let root = office::bootstrap(&world, &o).await;
+    let maker = o.person(&root, "maker", "operator").await;
+    let checker = o.person(&root, "checker", "approver").await;
+    let viewer = o.person(&root, "watcher", "viewer").await;
+    let mut c = world.client(&sw).await;
+    assert_eq!(rc(&c.call(&c.network(&next_stan(), "001")).await), "00");
+
+    let held = c
+        .call(&c.preauth(&next_stan(), 5000, "4111111111111111", "BO-CAPTURE-1"))
+        .await;
+    assert_eq!(rc(&held), "00");
+    let held_rrn = held.get_str(37).unwrap().to_string();
+    let body = json!({"amount_minor": 4000, "reason": "goods shipped", "idempotency_key": "cap-1"});
+    let refused = ask(&o, &viewer.token, &held_rrn, "captures", body.clone()).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let asked = ask(&o, &maker.token, &held_rrn, "captures", body.clone()).await;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    let req = asked.json();
+    assert_eq!(
+        (req["kind"].as_str(), req["state"].as_str()),
+        (Some("capture"), Some("pending"))
+    );
+    let id = req["id"].as_i64().unwrap();
+    let again = ask(&o, &maker.token, &held_rrn, "captures", body)
+        .await
+        .json();
+    assert_eq!(again["id"], id, "same key, same request");
+    let path = format!("/v1/refund-requests/{id}/approve");
+    let own = o.call("POST", &path, Some(&maker.token), None).await;
+    assert_eq!(own.status, 403, "maker is not checker");
+    let done = o.call("POST", &path, Some(&checker.token), None).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let done = done.json();
+    assert_eq!(done["state"], "executed");
+    assert_eq!(done["response_code"], "00", "{done}");
+    assert!(done["refund_rrn"].is_string(), "{done}");
+    // The bank hears of a completion by a store-and-forward advice (0220).
+    let advised = world.banks[0]
+        .wait_record("the completion advice", WAIT, |r| count_mti(r, "0220") >= 1)
+        .await;
+    assert_eq!(count_mti(&advised, "0220"), 1, "{advised}");
+    let note = notification(&mut c, "BACK_OFFICE_CAPTURE").await;
+    assert_eq!(note.get_str(37).as_deref(), Some(held_rrn.as_str()));
+    assert_eq!(de48_tag(&note, b"ST").as_deref(), Some("CAPTURED"));
+
+    let paid = c
+        .call(&c.purchase(&next_stan(), 800, "4111111111111111", "BO-VOID-1"))
+        .await;
+    assert_eq!(rc(&paid), "00");
+    let paid_rrn = paid.get_str(37).unwrap().to_string();
+    let body = json!({"reason": "customer cancelled", "idempotency_key": "void-1"});
+    let voided = ask(&o, office::STATIC_TOKEN, &paid_rrn, "voids", body.clone()).await;
+    assert_eq!(voided.status, 200, "{}", voided.body);
+    let v = voided.json();
+    assert_eq!(
+        (v["kind"].as_str(), v["state"].as_str()),
+        (Some("void"), Some("executed"))
+    );
+    assert_eq!(v["needs_approval"], false);
+    assert_eq!(v["amount_minor"], 800, "a void is for the whole amount");
+    assert_eq!(v["response_code"], "00", "{v}");
+    let twice = ask(&o, office::STATIC_TOKEN, &paid_rrn, "voids", body)
+        .await
+        .json();
+    assert_eq!(twice["id"], v["id"]);
+    // The bank hears of a reversal from the store-and-forward queue.
+    let record = world.banks[0]
+        .wait_record("the void's reversal", WAIT, |r| {
+            r["reversals"][&paid_rrn].is_u64()
+        })
+        .await;
+    assert_eq!(
+        record["reversals"][&paid_rrn], 1,
+        "one reversal at the bank: {record}"
+    );
+    let note = notification(&mut c, "BACK_OFFICE_VOID").await;
+    assert_eq!(note.get_str(37).as_deref(), Some(paid_rrn.as_str()));
+    assert_eq!(de48_tag(&note, b"ST").as_deref(), Some("REVERSED"));
+
+    for (rrn, kind) in [(&held_rrn, "completion"), (&paid_rrn, "reversal")] {
+        let chain = o
+            .get(&format!("/v1/transactions/{rrn}"), &maker.token)
+            .await;
+        assert_eq!(chain.status, 200, "{}", chain.body);
+        let timeline = chain.json()["timeline"].to_string();
+        assert!(
+            timeline.contains(kind),
+            "{kind} in the timeline: {timeline}"
+        );
+    }
+    let audited = o.audit(&root, "action=capture.request").await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(o.audit(&root, "action=void.request").await.len(), 1);
+    world.admin(&["ledger", "check"]);
+    drop(sw);
 }

@@ -66,6 +66,12 @@ async fn openapi_document_holds_under_fuzzing() {
         "/v1/transactions",
         "/v1/refund-requests/{id}/{verb}",
         "/v1/audit",
+        "/v1/transactions/{rrn}/captures",
+        "/v1/transactions/{rrn}/voids",
+        "/v1/saf",
+        "/v1/saf/{id}/discard",
+        "/v1/api-keys/{id}",
+        "/v1/accounts/{username}/{switch}",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
