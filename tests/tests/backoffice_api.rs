@@ -221,3 +221,118 @@ async fn captures_and_voids_from_the_back_office() {
     world.admin(&["ledger", "check"]);
     drop(sw);
 }
+
+/// Polls `sql` (one row, one bigint) until it is at least `want`.
+async fn wait_count(db: &system_tests::tokio_postgres::Client, what: &str, sql: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = db.query_one(sql, &[]).await.unwrap().get(0);
+        if n >= want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// Proves an approved back-office refund whose execution is cut short (the switch killed
+// with SIGKILL while the refund waits at the bank) is completed by the next process
+// exactly once: one outcome recorded, one refund at the bank, one 0620 about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_request_resumed_after_a_crash() {
+    // bank-a answers amounts ending in 77 after 3 s; the switch waits up to 5 s.
+    let opts = WorldOptions {
+        bank_args: vec![vec!["--late-ms".into(), "3000".into()], vec![]],
+        bank_timeout_ms: 5000,
+        ..WorldOptions::default()
+    };
+    let world = office::world("bo_resume", 1000, "", opts);
+    let env = [("SWITCHYARD__SWITCH__OUTCOME_WAIT_MS", "1000")];
+    let mut sw = world.start_switch_env(1, &env);
+    world.wait_links_ready(&sw).await;
+    let o = Office::plain(office::admin_addr(&mut sw));
+    let root = office::bootstrap(&world, &o).await;
+    let maker = o.person(&root, "maker", "operator").await;
+    let checker = o.person(&root, "checker", "approver").await;
+    let mut c = world.client(&sw).await;
+    let paid = c
+        .call(&c.purchase(&next_stan(), 5000, "4111111111111111", "BO-RESUME-1"))
+        .await;
+    assert_eq!(rc(&paid), "00");
+    let rrn = paid.get_str(37).unwrap().to_string();
+    let body = json!({"amount_minor": 1077, "reason": "damaged", "idempotency_key": "r-1"});
+    let asked = o
+        .call(
+            "POST",
+            &format!("/v1/transactions/{rrn}/refunds"),
+            Some(&maker.token),
+            Some(body),
+        )
+        .await;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    let id = asked.json()["id"].as_i64().unwrap();
+    let approving = {
+        let (o, token) = (o.clone(), checker.token.clone());
+        tokio::spawn(async move {
+            let path = format!("/v1/refund-requests/{id}/approve");
+            o.client
+                .post(format!("http://{}{path}", o.addr))
+                .bearer_auth(token)
+                .send()
+                .await
+        })
+    };
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let at_bank = format!(
+        "SELECT count(*) FROM transactions WHERE kind = 'refund' AND stan = '9{id:05}' \
+         AND state = 'authorising' AND bank_id IS NOT NULL"
+    );
+    wait_count(&db, "the refund at the bank", &at_bank, 1).await;
+    sw.process.signal("KILL");
+    assert!(
+        approving.await.unwrap().is_err(),
+        "the approval never answered"
+    );
+    let state: String = db
+        .query_one("SELECT state FROM refund_requests WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "approved", "approved, outcome not recorded");
+
+    let _sw = world.start_switch_env(1, &env);
+    let executed =
+        format!("SELECT count(*) FROM refund_requests WHERE id = {id} AND state = 'executed'");
+    wait_count(&db, "the request executed", &executed, 1).await;
+    let row = db
+        .query_one(
+            "SELECT refund_rrn, response_code FROM refund_requests WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let refund_rrn: String = row.get(0);
+    let code: String = row.get(1);
+    assert!(
+        !["94", "96"].contains(&code.as_str()),
+        "a final outcome: {code}"
+    );
+    let record = world.banks[0].record().await;
+    let refunds_at_bank = ["approved", "declined", "unanswered"]
+        .iter()
+        .flat_map(|k| record[*k].as_array().cloned().unwrap_or_default())
+        .filter(|e| e["amount_minor"] == 1077 && e["mti"] == "0200")
+        .count();
+    assert_eq!(refunds_at_bank, 1, "one refund at the bank: {record}");
+    assert_eq!(record["requests_by_rrn_dupes"], 0, "{record}");
+    let told: i64 = db
+        .query_one(
+            "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_REFUND'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(told, 1, "one 0620 about refund {refund_rrn} ({code})");
+    world.admin(&["ledger", "check"]);
+}
