@@ -336,3 +336,216 @@ async fn approved_request_resumed_after_a_crash() {
     assert_eq!(told, 1, "one 0620 about refund {refund_rrn} ({code})");
     world.admin(&["ledger", "check"]);
 }
+
+// Proves the store-and-forward queue from the back office: reversals a bank does not
+// answer are listed page by page (viewer); an operator makes one due now; discarding
+// needs role approver and a reason, and a discarded message can be neither retried nor
+// discarded again; each action is audited with the message before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_forward_queue() {
+    let opts = WorldOptions {
+        bank_args: vec![vec!["--ignore-reversals".into()], vec![]],
+        ..WorldOptions::default()
+    };
+    let world = office::world("bo_saf", 1000, "", opts);
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let o = Office::plain(office::admin_addr(&mut sw));
+    let root = office::bootstrap(&world, &o).await;
+    let viewer = o.person(&root, "watcher", "viewer").await;
+    let checker = o.person(&root, "checker", "approver").await;
+    let mut c = world.client(&sw).await;
+    let mut voided = Vec::new();
+    for i in 0..2 {
+        let order = format!("BO-SAF-{i}");
+        let paid = c
+            .call(&c.purchase(&next_stan(), 300, "4111111111111111", &order))
+            .await;
+        assert_eq!(rc(&paid), "00");
+        let rrn = paid.get_str(37).unwrap().to_string();
+        let body = json!({"reason": "test", "idempotency_key": order});
+        let v = ask(&o, office::STATIC_TOKEN, &rrn, "voids", body).await;
+        assert_eq!(v.json()["response_code"], "00", "{}", v.body);
+        voided.push(rrn);
+    }
+    let first = o.get("/v1/saf?state=pending&limit=1", &viewer.token).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let first = first.json();
+    assert_eq!(first["items"][0]["rrn"], voided[1].as_str(), "newest first");
+    assert_eq!(first["items"][0]["kind"], "reversal");
+    let cursor = first["next_before_id"].as_i64().expect("a next page");
+    let second = o
+        .get(
+            &format!("/v1/saf?state=pending&limit=1&before_id={cursor}"),
+            &viewer.token,
+        )
+        .await
+        .json();
+    assert_eq!(second["items"][0]["rrn"], voided[0].as_str());
+    let id = second["items"][0]["id"].as_i64().unwrap();
+
+    let retry = format!("/v1/saf/{id}/retry");
+    assert_eq!(
+        o.call("POST", &retry, Some(&viewer.token), None)
+            .await
+            .status,
+        403
+    );
+    let retried = o
+        .call("POST", &retry, Some(office::STATIC_TOKEN), None)
+        .await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    assert_eq!(retried.json()["state"], "pending");
+
+    let discard = format!("/v1/saf/{id}/discard");
+    let why = json!({"reason": "reversed by phone with bank-a, ticket 4711"});
+    let by_operator = o
+        .call(
+            "POST",
+            &discard,
+            Some(office::STATIC_TOKEN),
+            Some(why.clone()),
+        )
+        .await;
+    assert_eq!(by_operator.status, 403, "discarding needs an approver");
+    let blank = o
+        .call(
+            "POST",
+            &discard,
+            Some(&checker.token),
+            Some(json!({"reason": " "})),
+        )
+        .await;
+    assert_eq!(blank.status, 422, "{}", blank.body);
+    assert_eq!(
+        blank.header("content-type"),
+        Some("application/problem+json")
+    );
+    let gone = o
+        .call("POST", &discard, Some(&checker.token), Some(why.clone()))
+        .await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    let gone = gone.json();
+    assert_eq!(gone["state"], "discarded");
+    assert_eq!(gone["discarded_by"], "checker");
+    let again = o
+        .call("POST", &discard, Some(&checker.token), Some(why))
+        .await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let late = o
+        .call("POST", &retry, Some(office::STATIC_TOKEN), None)
+        .await;
+    assert_eq!(late.status, 409, "{}", late.body);
+
+    let audited = o.audit(&root, "action=saf.discard").await;
+    assert_eq!(audited.len(), 1, "{audited:?}");
+    assert_eq!(audited[0]["before"]["state"], "pending");
+    assert_eq!(audited[0]["after"]["state"], "discarded");
+    assert_eq!(
+        audited[0]["after"]["discard_reason"],
+        gone["discard_reason"]
+    );
+    let retries = o.audit(&root, "action=saf.retry").await;
+    assert_eq!(retries[0]["actor"], "token:operator");
+    drop(sw);
+}
+
+/// `POST /v1/accounts/{who}/{verb}` (`disable` or `enable`) by the bearer `by`.
+async fn switch_account(o: &Office, by: &str, who: &str, verb: &str) -> HttpAnswer {
+    let path = format!("/v1/accounts/{who}/{verb}");
+    o.call("POST", &path, Some(by), None).await
+}
+
+// Proves API keys are listed (never the key itself) and revoked by an admin, a revoked
+// key then refused; and that disabling an account ends its sessions, refuses its logins
+// and stops its API keys until it is enabled again; nobody switches their own account
+// and an admin not a superadmin's; each change audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_and_account_switches() {
+    let world = office::world("bo_keys", 1000, "", WorldOptions::default());
+    let mut sw = world.start_switch(1);
+    let o = Office::plain(office::admin_addr(&mut sw));
+    let root = office::bootstrap(&world, &o).await;
+    let admin = o.person(&root, "keeper", "admin").await;
+    let new_key = |name: &str| json!({"name": name, "role": "viewer", "expires_in_days": 1});
+    let made = o
+        .call(
+            "POST",
+            "/v1/api-keys",
+            Some(&admin.token),
+            Some(new_key("ci")),
+        )
+        .await
+        .json();
+    let (key_id, key) = (
+        made["id"].as_i64().unwrap(),
+        made["key"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(o.get("/v1/transactions", &key).await.status, 200);
+    let listed = o.get("/v1/api-keys", &admin.token).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert!(!listed.body.contains(&key), "the key is never shown again");
+    let entry = listed.json()[0].clone();
+    assert_eq!(
+        (entry["id"].as_i64(), entry["created_by"].as_str()),
+        (Some(key_id), Some("keeper"))
+    );
+    assert!(entry["revoked_at"].is_null());
+    let path = format!("/v1/api-keys/{key_id}");
+    let revoked = o.call("DELETE", &path, Some(&admin.token), None).await;
+    assert_eq!(revoked.status, 200, "{}", revoked.body);
+    assert!(revoked.json()["revoked_at"].is_string());
+    assert_eq!(o.get("/v1/transactions", &key).await.status, 401, "revoked");
+    assert_eq!(
+        o.call("DELETE", &path, Some(&admin.token), None)
+            .await
+            .status,
+        409
+    );
+
+    // A viewer needs no second factor: its password alone signs it in.
+    o.create(&root, "reader", "viewer", None).await;
+    let login = |who: &'static str| {
+        let o = o.clone();
+        async move { o.login(who, PASSWORD).await }
+    };
+    let reader = login("reader").await.json()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = new_key("ci-2");
+    let second = o
+        .call("POST", "/v1/api-keys", Some(&admin.token), Some(body))
+        .await;
+    let second = second.json()["key"].as_str().unwrap().to_string();
+    let (by_admin, by_root) = (admin.token.as_str(), root.token.as_str());
+    let own = switch_account(&o, by_admin, "keeper", "disable").await;
+    assert_eq!(own.status, 403, "not one's own account");
+    let higher = switch_account(&o, by_admin, "root", "disable").await;
+    assert_eq!(higher.status, 403, "an admin may not disable a superadmin");
+    let off = switch_account(&o, by_admin, "reader", "disable").await;
+    assert_eq!(off.status, 200, "{}", off.body);
+    assert_eq!(off.json()["disabled"], true);
+    assert_eq!(o.get("/v1/me", &reader).await.status, 401, "session ended");
+    assert_eq!(login("reader").await.status, 401, "no login");
+    let on = switch_account(&o, by_admin, "reader", "enable").await;
+    assert_eq!(on.status, 200, "{}", on.body);
+    assert_eq!(login("reader").await.status, 200, "enabled again");
+    let keeper_off = switch_account(&o, by_root, "keeper", "disable").await;
+    assert_eq!(keeper_off.status, 200, "{}", keeper_off.body);
+    assert_eq!(
+        o.get("/v1/transactions", &second).await.status,
+        401,
+        "its keys stop"
+    );
+    let keeper_on = switch_account(&o, by_root, "keeper", "enable").await;
+    assert_eq!(keeper_on.json()["disabled"], false);
+    assert_eq!(o.get("/v1/transactions", &second).await.status, 200);
+
+    let changes = o.audit(&root, "action=account.disable").await;
+    assert_eq!(changes.len(), 2, "{changes:?}");
+    assert_eq!(changes[1]["before"]["disabled"], false);
+    assert_eq!(changes[1]["after"]["disabled"], true);
+    assert_eq!(o.audit(&root, "action=apikey.revoke").await.len(), 1);
+    drop(sw);
+}
