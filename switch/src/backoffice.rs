@@ -791,13 +791,8 @@ impl BackOffice {
         rrn: &str,
         ask: RefundAsk,
     ) -> Result<RefundRequestView, AdminError> {
-        let ask = Ask {
-            op: Operation::Refund,
-            amount_minor: Some(ask.amount_minor),
-            reason: &ask.reason,
-            idempotency_key: &ask.idempotency_key,
-        };
-        self.request_operation(who, rrn, ask).await
+        self.request_operation(who, rrn, Ask::of(Operation::Refund, &ask))
+            .await
     }
 
     /// Records (and, at or below the approval amount, executes) a refund, capture or void

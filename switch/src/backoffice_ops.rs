@@ -3,6 +3,7 @@
 //! now, discard with a reason), API keys listed and revoked, accounts disabled and
 //! enabled. The SQL is in [`crate::store::operations`]; the routes in [`admin_http::ops`].
 
+use std::future::Future;
 use std::time::SystemTime;
 
 use admin_http::ops::{ApiKeyView, Discard, Operations, SafItem, SafPage, SafQuery, VoidAsk};
@@ -14,6 +15,7 @@ use serde_json::json;
 use crate::admin::SwitchAdmin;
 use crate::backoffice::{BackOffice, may_grant, unavailable};
 use crate::refund_desk::{Ask, Operation};
+use crate::store::StoreError;
 use crate::store::operations as sql;
 
 /// Longest discard reason accepted.
@@ -71,18 +73,35 @@ impl BackOffice {
         })
     }
 
-    /// Makes a pending or expired message due now; the reversal workers pick it up at
-    /// their next poll.
-    pub async fn saf_retry(&self, who: &Principal, id: i64) -> Result<SafItem, AdminError> {
+    /// Applies a change to queued message `id` (`act` answers false when the message is
+    /// neither pending nor expired: 409) and audits it as `action` with the message before
+    /// and after.
+    async fn saf_change<Fut>(
+        &self,
+        who: &Principal,
+        id: i64,
+        action: &str,
+        act: impl FnOnce() -> Fut,
+    ) -> Result<SafItem, AdminError>
+    where
+        Fut: Future<Output = Result<bool, StoreError>>,
+    {
         let before = self.saf_item(id).await?;
-        if !sql::saf_retry(&self.pool, id).await.map_err(unavailable)? {
+        if !act().await.map_err(unavailable)? {
             return Err(AdminError::Conflict(format!("message is {}", before.state)));
         }
         let after = self.saf_item(id).await?;
         let target = id.to_string();
-        self.audit(Self::change(who, "saf.retry", &target, &before, &after))
+        self.audit(Self::change(who, action, &target, &before, &after))
             .await?;
         Ok(after)
+    }
+
+    /// Makes a pending or expired message due now; the reversal workers pick it up at
+    /// their next poll.
+    pub async fn saf_retry(&self, who: &Principal, id: i64) -> Result<SafItem, AdminError> {
+        self.saf_change(who, id, "saf.retry", || sql::saf_retry(&self.pool, id))
+            .await
     }
 
     /// Stops repeating a pending or expired message; the reason is kept with it.
@@ -93,17 +112,19 @@ impl BackOffice {
         d: Discard,
     ) -> Result<SafItem, AdminError> {
         check_discard(&d)?;
-        let before = self.saf_item(id).await?;
         let reason = d.reason.trim();
-        let moved = sql::saf_discard(&self.pool, id, &who.actor, reason).await;
-        if !moved.map_err(unavailable)? {
-            return Err(AdminError::Conflict(format!("message is {}", before.state)));
-        }
-        let after = self.saf_item(id).await?;
-        let target = id.to_string();
-        self.audit(Self::change(who, "saf.discard", &target, &before, &after))
+        let by = who.actor.as_str();
+        let after = self
+            .saf_change(who, id, "saf.discard", || {
+                sql::saf_discard(&self.pool, id, by, reason)
+            })
             .await?;
-        tracing::warn!(message = id, by = %who.actor, reason, "store-and-forward message discarded");
+        tracing::warn!(
+            message = id,
+            by,
+            reason,
+            "store-and-forward message discarded"
+        );
         Ok(after)
     }
 
@@ -190,12 +211,7 @@ impl Operations for SwitchAdmin {
         rrn: &str,
         ask: RefundAsk,
     ) -> Result<RefundRequestView, AdminError> {
-        let ask = Ask {
-            op: Operation::Capture,
-            amount_minor: Some(ask.amount_minor),
-            reason: &ask.reason,
-            idempotency_key: &ask.idempotency_key,
-        };
+        let ask = Ask::of(Operation::Capture, &ask);
         self.backoffice.request_operation(who, rrn, ask).await
     }
 

@@ -12,7 +12,7 @@
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use admin_http::refunds::{RefundListQuery, RefundRequestView, may_request};
+use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView, may_request};
 use admin_http::v1::Principal;
 use admin_http::{AdminError, Role};
 use codec::{Mti, OwnedMessage, builtin};
@@ -76,6 +76,18 @@ pub struct Ask<'a> {
     pub amount_minor: Option<i64>,
     pub reason: &'a str,
     pub idempotency_key: &'a str,
+}
+
+impl<'a> Ask<'a> {
+    /// A refund's or capture's ask, with its amount.
+    pub fn of(op: Operation, ask: &'a RefundAsk) -> Ask<'a> {
+        Ask {
+            op,
+            amount_minor: Some(ask.amount_minor),
+            reason: &ask.reason,
+            idempotency_key: &ask.idempotency_key,
+        }
+    }
 }
 
 /// When requests need a second person, and how long a request waits for one.

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::switchyard::{HttpAnswer, SwitchProc, WAIT, World, WorldOptions, run_binary};
+use crate::switchyard::{HttpAnswer, SwitchProc, WAIT, World, WorldOptions, run_binary, send_json};
 
 /// The configured static token of [`world`] (role `operator`).
 pub const STATIC_TOKEN: &str = "test-operator-token-0123456789";
@@ -149,22 +149,8 @@ impl Office {
         bearer: Option<&str>,
         body: Option<Value>,
     ) -> HttpAnswer {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
         let url = format!("{}://{}{path}", self.scheme, self.addr);
-        let mut request = self.client.request(method, url);
-        if let Some(t) = bearer {
-            request = request.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            request = request
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        answer_of(response, path).await
+        send_json(&self.client, method, &url, bearer, body.as_ref()).await
     }
 
     /// `GET path` with a bearer token.
@@ -219,30 +205,21 @@ impl Office {
     }
 }
 
-async fn answer_of(response: reqwest::Response, path: &str) -> HttpAnswer {
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(n, v)| {
-            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            (n.as_str().to_ascii_lowercase(), value)
-        })
-        .collect();
-    let body = response
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("{path}: reading the body: {e}"));
-    HttpAnswer {
-        status,
-        headers,
-        body,
-    }
-}
-
 /// The first superadmin from the command line, signed in with TOTP.
 pub async fn bootstrap(world: &World, office: &Office) -> Session {
     let (ok, _, err) = cli_add(world, "root", "superadmin", ROOT_PASSWORD);
     assert!(ok, "{err}");
     office.enrolled("root", ROOT_PASSWORD).await
+}
+
+/// Starts instance 1 of `world` (waiting for its bank links when `links`) and signs in
+/// the first superadmin: the switch, its admin listener over plain HTTP, the session.
+pub async fn open(world: &World, links: bool) -> (SwitchProc, Office, Session) {
+    let mut sw = world.start_switch(1);
+    if links {
+        world.wait_links_ready(&sw).await;
+    }
+    let o = Office::plain(admin_addr(&mut sw));
+    let root = bootstrap(world, &o).await;
+    (sw, o, root)
 }

@@ -149,8 +149,26 @@ pub async fn http_call(
         .timeout(WAIT)
         .build()
         .expect("HTTP client");
+    send_json(
+        &client,
+        method,
+        &format!("http://{addr}{path}"),
+        bearer,
+        body,
+    )
+    .await
+}
+
+/// One request with `client` to `url`, with an optional bearer token and JSON body.
+pub async fn send_json(
+    client: &reqwest::Client,
+    method: &str,
+    url: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> HttpAnswer {
     let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
-    let mut request = client.request(method, format!("http://{addr}{path}"));
+    let mut request = client.request(method, url);
     if let Some(t) = bearer {
         request = request.bearer_auth(t);
     }
@@ -162,7 +180,13 @@ pub async fn http_call(
     let response = request
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    answer_of(response, url).await
+}
+
+/// A response's status, headers (names lower case) and body; panics naming `path` when
+/// the body cannot be read.
+pub async fn answer_of(response: reqwest::Response, path: &str) -> HttpAnswer {
     let status = response.status().as_u16();
     let headers = response
         .headers()

@@ -5,17 +5,13 @@
 //! revocation, and the append-only audit log.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use system_tests::office::{PASSWORD, ROOT_PASSWORD, STATIC_TOKEN, admin_addr, cli_add, totp_code};
 use system_tests::switchyard::{
     Client, HttpAnswer, MERCHANT_ID, MerchantCreds, SwitchProc, WAIT, World, WorldOptions,
-    de48_tag, http_call, next_stan, rc, run_binary,
+    de48_tag, http_call, next_stan, rc,
 };
-
-const STATIC_TOKEN: &str = "test-operator-token-0123456789";
-const ROOT_PASSWORD: &str = "Root-Tangerine-Viaduct-42";
-const PASSWORD: &str = "Quiet-Harbour-Lantern-77";
 
 /// Back-office refunds above this need an approver in these tests.
 const APPROVAL_ABOVE_MINOR: i64 = 1000;
@@ -31,47 +27,6 @@ fn office_world(name: &str) -> World {
             ..Default::default()
         },
     )
-}
-
-fn admin_addr(sw: &mut SwitchProc) -> SocketAddr {
-    let ready = sw.process.stdout().seen().last().cloned().unwrap();
-    let v: Value = serde_json::from_str(&ready).unwrap();
-    v["admin"].as_str().unwrap().parse().unwrap()
-}
-
-/// `switchyard account add` with the password in the environment: exit status and stdout.
-fn cli_add(world: &World, username: &str, role: &str, password: &str) -> (bool, String, String) {
-    let cfg = world.config.to_str().unwrap();
-    let args = [
-        "account",
-        "add",
-        "--username",
-        username,
-        "--role",
-        role,
-        "--config",
-        cfg,
-    ];
-    let env = [
-        ("SWITCHYARD_ACCOUNT_PASSWORD", password),
-        ("RUST_LOG", "warn"),
-    ];
-    let (status, out, err) = run_binary("switchyard", &args, &env);
-    (status.success(), out, err)
-}
-
-/// The RFC 6238 code of a base32 secret `steps_ahead` 30-second steps from now.
-fn totp_code(secret_base32: &str, steps_ahead: u64) -> String {
-    let secret = totp_rs::Secret::try_from_base32(secret_base32).expect("base32 secret");
-    let t = totp_rs::Builder::new()
-        .with_secret(secret)
-        .build()
-        .expect("totp");
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    t.generate(now + 30 * steps_ahead).to_string()
 }
 
 /// A signed-in account: its session token and, once enrolled, TOTP secret.

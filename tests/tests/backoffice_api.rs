@@ -122,10 +122,7 @@ async fn notification(c: &mut Client, event: &str) -> codec::Message {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captures_and_voids_from_the_back_office() {
     let world = office::world("bo_capture_void", 1000, "", WorldOptions::default());
-    let mut sw = world.start_switch(1);
-    world.wait_links_ready(&sw).await;
-    let o = Office::plain(office::admin_addr(&mut sw));
-    let root = office::bootstrap(&world, &o).await;
+    let (sw, o, root) = office::open(&world, true).await;
     let maker = o.person(&root, "maker", "operator").await;
     let checker = o.person(&root, "checker", "approver").await;
     let viewer = o.person(&root, "watcher", "viewer").await;
@@ -348,10 +345,7 @@ async fn store_and_forward_queue() {
         ..WorldOptions::default()
     };
     let world = office::world("bo_saf", 1000, "", opts);
-    let mut sw = world.start_switch(1);
-    world.wait_links_ready(&sw).await;
-    let o = Office::plain(office::admin_addr(&mut sw));
-    let root = office::bootstrap(&world, &o).await;
+    let (sw, o, root) = office::open(&world, true).await;
     let viewer = o.person(&root, "watcher", "viewer").await;
     let checker = o.person(&root, "checker", "approver").await;
     let mut c = world.client(&sw).await;
@@ -463,9 +457,7 @@ async fn switch_account(o: &Office, by: &str, who: &str, verb: &str) -> HttpAnsw
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_keys_and_account_switches() {
     let world = office::world("bo_keys", 1000, "", WorldOptions::default());
-    let mut sw = world.start_switch(1);
-    let o = Office::plain(office::admin_addr(&mut sw));
-    let root = office::bootstrap(&world, &o).await;
+    let (sw, o, root) = office::open(&world, false).await;
     let admin = o.person(&root, "keeper", "admin").await;
     let new_key = |name: &str| json!({"name": name, "role": "viewer", "expires_in_days": 1});
     let made = o

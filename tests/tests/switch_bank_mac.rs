@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use system_tests::office::admin_addr;
 use system_tests::switchyard::{World, WorldOptions, http, next_stan, rc};
 
 /// X9.19: K then K' (the ISO/IEC 9797-1 annex B key).
@@ -61,21 +62,6 @@ async fn mac_failures(admin: std::net::SocketAddr, bank: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(&series))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn admin_addr(sw: &mut system_tests::switchyard::SwitchProc) -> std::net::SocketAddr {
-    let ready = sw
-        .process
-        .stdout()
-        .seen()
-        .last()
-        .cloned()
-        .expect("ready line");
-    let v: serde_json::Value = serde_json::from_str(&ready).expect("JSON");
-    v["admin"]
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .expect("admin")
 }
 
 // Proves signed messages flow end to end with both bank dialects and both algorithms:
