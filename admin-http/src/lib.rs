@@ -13,6 +13,8 @@
 //! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
 //! - `/console/...`: the web console (see [`console`]).
 //!
+//! [`serve`] speaks HTTPS when given a rustls configuration ([`tls`]), plain HTTP otherwise.
+//!
 //! Every route but the first three, `/openapi.json` and `POST /v1/login` needs `Authorization: Bearer
 //! TOKEN`: a static token from configuration (compared in constant time), a session token
 //! from `POST /v1/login`, or an API key; roles are ordered `merchant` < `viewer` <
