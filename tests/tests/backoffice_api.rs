@@ -237,10 +237,11 @@ async fn wait_count(db: &system_tests::tokio_postgres::Client, what: &str, sql: 
 // exactly once: one outcome recorded, one refund at the bank, one 0620 about it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approved_request_resumed_after_a_crash() {
-    // bank-a answers amounts ending in 77 after 3 s; the switch waits up to 5 s.
+    // bank-a answers amounts ending in 77 after 5 s (the test's window to see the refund at
+    // the bank and kill the switch); the switch waits up to 8 s.
     let opts = WorldOptions {
-        bank_args: vec![vec!["--late-ms".into(), "3000".into()], vec![]],
-        bank_timeout_ms: 5000,
+        bank_args: vec![vec!["--late-ms".into(), "5000".into()], vec![]],
+        bank_timeout_ms: 8000,
         ..WorldOptions::default()
     };
     let world = office::world("bo_resume", 1000, "", opts);
