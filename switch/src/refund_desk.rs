@@ -490,3 +490,71 @@ impl RefundDesk {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original() -> Original {
+        Original {
+            rrn: "000000001002".into(),
+            merchant_id: "MERCHANT0000001".into(),
+            terminal_id: "TERM0001".into(),
+            mti: "0100".into(),
+            stan: "42".into(),
+            transmitted_at: "1201034500".into(),
+            currency: 840,
+            amount_minor: 5000,
+        }
+    }
+
+    fn text(m: &OwnedMessage, n: u8) -> Option<String> {
+        m.fields
+            .get(&n)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    // Proves each operation is the message the contract has a merchant send: the MTI, DE3,
+    // the amount, and DE90 naming the original by MTI, STAN and DE7 (merchant-h2h.md).
+    #[test]
+    fn messages_as_a_merchant_sends_them() {
+        let o = original();
+        let de90 = format!("0100000042{}{}", o.transmitted_at, "0".repeat(22));
+        for (op, mti, de3) in [
+            (Operation::Refund, Mti::FINANCIAL_REQUEST, Some("200000")),
+            (Operation::Capture, Mti::COMPLETION_ADVICE, Some("000000")),
+            (Operation::Void, Mti::REVERSAL_REQUEST, None),
+        ] {
+            let m = request_message(op, &o, 4000, "goods returned", "900007", "1201040000");
+            assert_eq!(m.mti, mti, "{op:?}");
+            assert_eq!(text(&m, 3).as_deref(), de3, "{op:?}");
+            assert_eq!(text(&m, 4).as_deref(), Some("000000004000"));
+            assert_eq!(text(&m, 11).as_deref(), Some("900007"));
+            assert_eq!(text(&m, 90), Some(de90.clone()));
+            assert_eq!(
+                m.fields.contains_key(&48),
+                op == Operation::Refund,
+                "{op:?}"
+            );
+            assert_eq!(Operation::parse(op.as_str()), Some(op));
+        }
+    }
+
+    // Proves a void needs no amount, any other ask a positive one, and every ask a reason
+    // and an idempotency key of bounded length.
+    #[test]
+    fn asks_are_checked() {
+        let ask = |op, amount_minor, reason, key| Ask {
+            op,
+            amount_minor,
+            reason,
+            idempotency_key: key,
+        };
+        assert!(check_ask(&ask(Operation::Void, None, "cancelled", "k")).is_ok());
+        assert!(check_ask(&ask(Operation::Capture, Some(1), "shipped", "k")).is_ok());
+        assert!(check_ask(&ask(Operation::Capture, Some(0), "shipped", "k")).is_err());
+        assert!(check_ask(&ask(Operation::Refund, Some(5), " ", "k")).is_err());
+        let long = "k".repeat(IDEMPOTENCY_KEY_MAX_LEN + 1);
+        assert!(check_ask(&ask(Operation::Refund, Some(5), "r", &long)).is_err());
+    }
+}
