@@ -16,6 +16,7 @@
 #   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
 #   PG_SHARED_BUFFERS [2GB]: the private cluster's shared_buffers
+#   RUNTIME_THREADS [the switch's default]: [switch] runtime_threads to try
 #   JOURNAL_WRITERS, JOURNAL_BATCH_MAX, JOURNAL_COMMIT_INTERVAL_US [the switch's defaults]:
 #     [database] settings to try
 #   PRELOAD [0]: historical transactions written before the switch starts
@@ -140,6 +141,7 @@ cat >"$config" <<EOF
 # Written by scripts/bench.sh.
 [switch]
 instance_id = 1
+$( [ -n "${RUNTIME_THREADS:-}" ] && echo "runtime_threads = $RUNTIME_THREADS" || true)
 shutdown_deadline_ms = 10000
 reload_interval_ms = 5000
 

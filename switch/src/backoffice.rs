@@ -63,6 +63,38 @@ fn create_error(e: CreateError) -> AdminError {
     }
 }
 
+/// Password hashes (argon2id, tens of milliseconds of CPU and 19 MiB each) computed at
+/// once, off the runtime: a flood of logins on the admin listener must not take the
+/// threads that answer payments. Beyond this many, callers wait their turn.
+const PASSWORD_HASHES_MAX: usize = 2;
+
+/// Runs `work` (an argon2 hash or verification) on the blocking pool, at most
+/// [`PASSWORD_HASHES_MAX`] at a time. Errors: the blocking pool is shutting down.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AdminError> {
+    static PERMITS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(PASSWORD_HASHES_MAX);
+    let _permit = PERMITS
+        .acquire()
+        .await
+        .map_err(|e| AdminError::Unavailable(e.to_string()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| AdminError::Unavailable(e.to_string()))
+}
+
+async fn verify_password(pw: &str, phc: &str) -> Result<bool, AdminError> {
+    let (pw, phc) = (pw.to_owned(), phc.to_owned());
+    off_runtime(move || rules::verify_password(&pw, &phc)).await
+}
+
+async fn hash_password(pw: &str) -> Result<String, AdminError> {
+    let pw = pw.to_owned();
+    off_runtime(move || rules::hash_password(&pw))
+        .await?
+        .map_err(AdminError::Unavailable)
+}
+
 /// A PHC string no password matches, verified for unknown usernames so that they take
 /// as long as known ones.
 fn decoy_hash() -> &'static str {
@@ -220,7 +252,8 @@ impl BackOffice {
             .await
             .map_err(unavailable)?;
         let Some(acct) = found.filter(|a| !a.disabled) else {
-            rules::verify_password(&req.password, decoy_hash());
+            let pw = req.password.clone();
+            off_runtime(move || rules::verify_password(&pw, decoy_hash())).await?;
             self.count_login("failure");
             let rec = login_record(
                 &req.username,
@@ -248,7 +281,7 @@ impl BackOffice {
                 "account locked after repeated failures: wait or ask an admin to unlock".into(),
             ));
         }
-        if !rules::verify_password(&req.password, &acct.password_hash) {
+        if !verify_password(&req.password, &acct.password_hash).await? {
             return Err(self.fail_login(&acct, source, now, "wrong password").await);
         }
         let mfa_done = if acct.totp_enabled {
@@ -494,7 +527,7 @@ impl BackOffice {
         token: &str,
     ) -> Result<(), AdminError> {
         let acct = self.account_of(who).await?;
-        if !rules::verify_password(&change.current_password, &acct.password_hash) {
+        if !verify_password(&change.current_password, &acct.password_hash).await? {
             let mut rec = Self::record(who, "password.change", Some(&who.actor));
             rec.outcome = "refused";
             self.audit(rec).await?;
@@ -502,7 +535,7 @@ impl BackOffice {
         }
         rules::check_password(&change.new_password)
             .map_err(|p| AdminError::Invalid(format!("password refused: {p}")))?;
-        let hash = rules::hash_password(&change.new_password).map_err(AdminError::Unavailable)?;
+        let hash = hash_password(&change.new_password).await?;
         let keep = rules::token_hash(token);
         self.store
             .set_password(acct.id, &hash, Some(&keep), SystemTime::now())
@@ -539,7 +572,7 @@ impl BackOffice {
 
     async fn insert_account(&self, new: &NewAccount) -> Result<AccountView, AdminError> {
         check_new_account(new)?;
-        let hash = rules::hash_password(&new.password).map_err(AdminError::Unavailable)?;
+        let hash = hash_password(&new.password).await?;
         let merchant = new.merchant_id.as_deref();
         self.store
             .insert(&new.username, new.role, merchant, &hash)
@@ -659,7 +692,7 @@ impl BackOffice {
                 "reset token unknown, used or expired".into(),
             ));
         };
-        let phc = rules::hash_password(&req.new_password).map_err(AdminError::Unavailable)?;
+        let phc = hash_password(&req.new_password).await?;
         self.store
             .set_password(acct.id, &phc, None, now)
             .await

@@ -110,7 +110,16 @@ pub struct SwitchSection {
     /// reverses the request once the database is back. At least [`OUTCOME_WAIT_MS_MIN`].
     #[serde(default = "d_outcome_wait_ms")]
     pub outcome_wait_ms: u64,
+    /// Threads of the async runtime: 0 (the default) one per CPU core; 1 a single-threaded
+    /// runtime (no wake-ups between threads: the least CPU per request when the switch
+    /// shares a small machine with its database); N a work-stealing runtime of N threads.
+    /// At most [`RUNTIME_THREADS_MAX`].
+    #[serde(default)]
+    pub runtime_threads: usize,
 }
+
+/// The most runtime threads allowed: beyond the machine's cores they only add switches.
+pub const RUNTIME_THREADS_MAX: usize = 256;
 
 /// The shortest outcome wait allowed: a commit under load takes milliseconds.
 pub const OUTCOME_WAIT_MS_MIN: u64 = 1_000;
@@ -695,6 +704,12 @@ impl Config {
             return invalid(
                 "switch.lease_ms",
                 format!("must be at least {LEASE_MS_MIN}"),
+            );
+        }
+        if sw.runtime_threads > RUNTIME_THREADS_MAX {
+            return invalid(
+                "switch.runtime_threads",
+                format!("must be at most {RUNTIME_THREADS_MAX}"),
             );
         }
         if sw.outcome_wait_ms < OUTCOME_WAIT_MS_MIN {

@@ -17,6 +17,11 @@ use switch::store::PgStore;
 use switch::{db, merchants, routing};
 use tokio_util::sync::CancellationToken;
 
+// mimalloc: glibc's malloc and free were a tenth of the switch's CPU under load
+// (perf, scripts/bench.sh at 3,000/s), mostly per-message buffers and strings.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod iso8583_cli;
 
 /// Exit status of `migrate --check` when migrations are pending (0: up to date; 1: an
@@ -275,10 +280,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
     };
     // One crypto provider for the whole process (quinn and tokio-rustls must agree).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let threads = match cli.command {
+        Command::Run { .. } => load(&cli.config)?.switch.runtime_threads,
+        _ => 1,
+    };
+    let rt = runtime(threads)?;
     rt.block_on(async_main(cli))
+}
+
+/// The runtime `[switch] runtime_threads` asks for (0: one thread per core).
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
 }
 
 async fn async_main(cli: Cli) -> Result<ExitCode> {
