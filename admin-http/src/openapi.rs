@@ -8,7 +8,7 @@ use axum::response::Response;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{merchants, refunds, transactions, v1};
+use crate::{merchants, ops, refunds, transactions, v1};
 
 /// The `/v1` API.
 #[derive(Debug, utoipa::OpenApi)]
@@ -42,6 +42,15 @@ use crate::{merchants, refunds, transactions, v1};
         merchants::switch_on_off,
         merchants::limits,
         merchants::rotate,
+        ops::list_routes,
+        ops::add_route,
+        ops::change_route,
+        ops::remove_route,
+        ops::links,
+        ops::sign_link,
+        ops::settlement,
+        ops::balances,
+        ops::overview,
     ),
     modifiers(&Bearer)
 )]

@@ -110,7 +110,7 @@ pub fn check_new_account(new: &NewAccount) -> Result<(), AdminError> {
 
 impl BackOffice {
     /// Appends to the audit log; an action whose record cannot be written fails.
-    async fn audit(&self, rec: AuditRecord<'_>) -> Result<(), AdminError> {
+    pub(crate) async fn audit(&self, rec: AuditRecord<'_>) -> Result<(), AdminError> {
         self.store
             .audit(&rec, SystemTime::now())
             .await
@@ -119,7 +119,7 @@ impl BackOffice {
 
     /// An audit record of `who` doing `action` on `target`, succeeded.
     /// An audit record of a change from `before` to `after` (each serialised as JSON).
-    fn change<'a>(
+    pub(crate) fn change<'a>(
         who: &'a Principal,
         action: &'a str,
         target: &'a str,
@@ -133,7 +133,11 @@ impl BackOffice {
         }
     }
 
-    fn record<'a>(who: &'a Principal, action: &'a str, target: Option<&'a str>) -> AuditRecord<'a> {
+    pub(crate) fn record<'a>(
+        who: &'a Principal,
+        action: &'a str,
+        target: Option<&'a str>,
+    ) -> AuditRecord<'a> {
         AuditRecord {
             actor: &who.actor,
             actor_role: Some(who.role),

@@ -56,6 +56,8 @@ pub mod limiter;
 pub mod merchants;
 pub mod metrics;
 pub mod notify;
+pub mod office_ops;
+pub mod overview;
 pub mod payments;
 pub mod quic;
 pub mod refund_desk;

@@ -273,6 +273,8 @@ fn routes() -> Vec<Route> {
     let weak = json!({"username": "nobody-new", "role": "viewer", "password": "weak"});
     let bad_key = json!({"name": "k", "role": "viewer", "expires_in_days": 0});
     let refund = json!({"amount_minor": 100, "reason": "matrix", "idempotency_key": "m"});
+    let no_bank = json!({"low": "4", "high": "4", "bank_id": "no-such-bank"});
+    let route = json!({"low": "4", "high": "4", "bank_id": "bank-a"});
     vec![
         ("GET", "/links", None, Some("viewer"), 200),
         (
@@ -346,6 +348,27 @@ fn routes() -> Vec<Route> {
             Some("approver"),
             404,
         ),
+        ("GET", "/v1/routes", None, Some("viewer"), 200),
+        ("POST", "/v1/routes", Some(no_bank), Some("admin"), 422),
+        ("PUT", "/v1/routes/999999", Some(route), Some("admin"), 404),
+        ("DELETE", "/v1/routes/999999", None, Some("admin"), 404),
+        ("GET", "/v1/links", None, Some("viewer"), 200),
+        (
+            "POST",
+            "/v1/links/no-such.0/sign-off",
+            None,
+            Some("operator"),
+            404,
+        ),
+        (
+            "GET",
+            "/v1/settlement?business_day=2026-12-01",
+            None,
+            Some("merchant"),
+            200,
+        ),
+        ("GET", "/v1/ledger/balances", None, Some("merchant"), 200),
+        ("GET", "/v1/overview", None, Some("viewer"), 200),
     ]
 }
 
@@ -1105,6 +1128,271 @@ async fn merchants_limits_and_key_rotation() {
         assert_eq!(found.len(), 1, "{action}: {found:?}");
         assert_eq!(found[0]["actor"], "root");
     }
+    drop(sw);
+}
+
+/// `path` answered 200 by `by`: its JSON.
+async fn ok_json(
+    office: &Office,
+    method: &str,
+    path: &str,
+    by: &str,
+    body: Option<Value>,
+) -> Value {
+    let a = office.call(method, path, Some(by), body).await;
+    assert_eq!(a.status, 200, "{method} {path}: {}", a.body);
+    a.json()
+}
+
+/// A purchase with `pan` that reached a bank: its RRN.
+async fn pay_with(c: &mut Client, pan: &str) -> String {
+    let stan = next_stan();
+    let m = c
+        .call(&c.purchase(&stan, 700, pan, &format!("BO-R-{stan}")))
+        .await;
+    assert_ne!(rc(&m), "91", "a bank answered");
+    rrn_of(&m)
+}
+
+/// The one audit record of `action` on `target`.
+async fn audited(office: &Office, by: &Session, action: &str, target: &str) -> Value {
+    let found = office
+        .audit(by, &format!("action={action}&target={target}"))
+        .await;
+    assert_eq!(found.len(), 1, "{action} {target}: {found:?}");
+    found[0].clone()
+}
+
+// Proves BIN routes from the API change the running switch's routing at once: a card
+// routed to bank-a goes to bank-b once a narrower route is added, back to bank-a when the
+// route is changed, and by the broad route again once it is removed; bad routes are
+// refused (422); each change (from the command line too) is audited with before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_change_without_a_restart() {
+    let world = office_world("bo_routes");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let t = &root.token;
+    let mut c = world.client(&sw).await;
+    let card = "4111111111111111";
+    let rrn = pay_with(&mut c, card).await;
+    assert_eq!(
+        world.banks[0].requests_for(&rrn).await,
+        1,
+        "bank-a by default"
+    );
+
+    let body = json!({"low": "411111", "high": "411111", "bank_id": "bank-b"});
+    let added = ok_json(&office, "POST", "/v1/routes", t, Some(body)).await;
+    let id = added["id"].as_i64().unwrap();
+    let rrn = pay_with(&mut c, card).await;
+    assert_eq!(
+        world.banks[1].requests_for(&rrn).await,
+        1,
+        "the new route at once"
+    );
+    let listed = ok_json(&office, "GET", "/v1/routes", t, None).await;
+    assert!(listed.as_array().unwrap().contains(&added), "{listed}");
+
+    let path = format!("/v1/routes/{id}");
+    let to_a = json!({"low": "411111", "high": "411112", "bank_id": "bank-a", "priority": 5});
+    let changed = ok_json(&office, "PUT", &path, t, Some(to_a)).await;
+    assert_eq!(changed["high"], "411112");
+    let rrn = pay_with(&mut c, card).await;
+    assert_eq!(
+        world.banks[0].requests_for(&rrn).await,
+        1,
+        "the changed route"
+    );
+    let removed = ok_json(&office, "DELETE", &path, t, None).await;
+    assert_eq!(removed, changed);
+    assert_eq!(
+        office.call("DELETE", &path, Some(t), None).await.status,
+        404
+    );
+
+    for bad in [
+        json!({"low": "5", "high": "45", "bank_id": "bank-a"}),
+        json!({"low": "4a", "high": "4b", "bank_id": "bank-a"}),
+        json!({"low": "4", "high": "4", "bank_id": "nowhere"}),
+    ] {
+        let a = office.call("POST", "/v1/routes", Some(t), Some(bad)).await;
+        assert_eq!(a.status, 422, "{}", a.body);
+        assert_eq!(a.header("content-type"), Some("application/problem+json"));
+    }
+
+    let target = id.to_string();
+    let add = audited(&office, &root, "route.add", &target).await;
+    assert_eq!(add["after"]["bank_id"], "bank-b");
+    assert!(add["before"].is_null());
+    let change = audited(&office, &root, "route.change", &target).await;
+    assert_eq!(change["before"]["bank_id"], "bank-b");
+    assert_eq!(change["after"]["bank_id"], "bank-a");
+    let remove = audited(&office, &root, "route.remove", &target).await;
+    assert_eq!(remove["before"]["high"], "411112");
+    assert_eq!(remove["actor"], "root");
+
+    // The command line goes through the same owner: checked and audited.
+    let out = world.admin(&[
+        "route", "add", "--low", "55", "--high", "55", "--bank", "bank-b",
+    ]);
+    let cli_id = out
+        .trim()
+        .trim_start_matches("route ")
+        .trim_end_matches(" added");
+    let cli = audited(&office, &root, "route.add", cli_id).await;
+    assert_eq!(cli["actor"], "cli");
+    drop(sw);
+}
+
+/// The state of link `name` as `GET /v1/links` shows it.
+async fn link_state(office: &Office, by: &str, name: &str) -> String {
+    let links = ok_json(office, "GET", "/v1/links", by, None).await;
+    let link = links.as_array().unwrap().iter().find(|l| l["name"] == name);
+    link.unwrap()["state"].as_str().unwrap().to_string()
+}
+
+/// Waits until link `name` is (`want`) or is not (`!want`) ready.
+async fn wait_link(office: &Office, by: &str, name: &str, want: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (link_state(office, by, name).await == "ready") != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never ready={want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+// Proves links signed off and on under /v1 (audited with the state before), and
+// settlement totals and ledger balances from the ledger: the day's lines agree with the
+// postings, every currency's balances sum to zero, and a merchant user sees only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_settlement_and_balances() {
+    let world = office_world("bo_ledger");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let t = root.token.clone();
+    let link = "bank-a.0";
+    let off = ok_json(
+        &office,
+        "POST",
+        &format!("/v1/links/{link}/sign-off"),
+        &t,
+        None,
+    )
+    .await;
+    assert_eq!(off["before"]["state"], "ready");
+    wait_link(&office, &t, link, false).await;
+    ok_json(
+        &office,
+        "POST",
+        &format!("/v1/links/{link}/sign-on"),
+        &t,
+        None,
+    )
+    .await;
+    wait_link(&office, &t, link, true).await;
+    let rec = audited(&office, &root, "link.sign_off", link).await;
+    assert_eq!(rec["before"]["state"], "ready");
+    audited(&office, &root, "link.sign_on", link).await;
+
+    let mut c = world.client(&sw).await;
+    for pan in ["4111111111111111", "5500000000000004"] {
+        pay_with(&mut c, pan).await;
+    }
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let day: String = db
+        .query_one("SELECT max(business_day)::text FROM ledger_postings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let report = ok_json(
+        &office,
+        "GET",
+        &format!("/v1/settlement?business_day={day}"),
+        &t,
+        None,
+    )
+    .await;
+    let lines = report["lines"].as_array().unwrap();
+    for l in lines {
+        let account = format!(
+            "{}:{}",
+            l["party"].as_str().unwrap(),
+            l["party_id"].as_str().unwrap()
+        );
+        let row = db
+            .query_one(
+                "SELECT count(*)::bigint, sum(amount_minor)::bigint FROM ledger_postings
+                 WHERE business_day = $1::text::date AND account = $2 AND currency = $3",
+                &[&day, &account, &(l["currency"].as_i64().unwrap() as i16)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(l["postings"].as_i64(), Some(row.get::<_, i64>(0)), "{l}");
+        assert_eq!(
+            l["amount_minor"].as_i64(),
+            Some(row.get::<_, i64>(1)),
+            "{l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["party"] == "bank" && l["party_id"] == "bank-b"),
+        "{report}"
+    );
+    let balances = ok_json(&office, "GET", "/v1/ledger/balances", &t, None).await;
+    let mut sums = std::collections::HashMap::<i64, i64>::new();
+    for b in balances.as_array().unwrap() {
+        *sums.entry(b["currency"].as_i64().unwrap()).or_default() +=
+            b["balance_minor"].as_i64().unwrap();
+    }
+    assert!(
+        !sums.is_empty() && sums.values().all(|v| *v == 0),
+        "double entry: {balances}"
+    );
+    let bad = office
+        .get("/v1/settlement?business_day=2026-13-01", &t)
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let missing = office.get("/v1/settlement", &t).await;
+    assert_eq!(missing.status, 400, "{}", missing.body);
+    assert_eq!(
+        missing.header("content-type"),
+        Some("application/problem+json")
+    );
+
+    office
+        .create(&root, "shop", "merchant", Some(MERCHANT_ID))
+        .await;
+    let shop = office.enrolled("shop", PASSWORD).await.token;
+    let own = ok_json(
+        &office,
+        "GET",
+        &format!("/v1/settlement?business_day={day}"),
+        &shop,
+        None,
+    )
+    .await;
+    let own = own["lines"].as_array().unwrap();
+    assert!(!own.is_empty());
+    assert!(
+        own.iter()
+            .all(|l| l["party"] == "merchant" && l["party_id"] == MERCHANT_ID),
+        "{own:?}"
+    );
+    let own = ok_json(&office, "GET", "/v1/ledger/balances", &shop, None).await;
+    assert!(
+        own.as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["party_id"] == MERCHANT_ID),
+        "{own}"
+    );
     drop(sw);
 }
 
