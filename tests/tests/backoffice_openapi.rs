@@ -66,6 +66,13 @@ async fn openapi_document_holds_under_fuzzing() {
         "/v1/transactions",
         "/v1/refund-requests/{id}/{verb}",
         "/v1/audit",
+        "/v1/routes",
+        "/v1/routes/{id}",
+        "/v1/links",
+        "/v1/links/{name}/{verb}",
+        "/v1/settlement",
+        "/v1/ledger/balances",
+        "/v1/overview",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }
