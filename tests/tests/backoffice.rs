@@ -1572,7 +1572,10 @@ impl Drop for Browser {
 // Proves the console in a real browser: an operator signs in with password and TOTP,
 // searches transactions (htmx), requests a refund above the approval amount; another
 // person with role approver signs in and approves it from the queue; the refund reaches the
-// bank simulator; and a screenshot of the overview is saved under target/.
+// bank simulator. Then a new operator enrols TOTP on the QR page (the secret read from the
+// page) and signs a link off and on; an admin adds and removes a route and creates a
+// merchant (its MAC key shown once); and a screenshot of the overview is saved under
+// target/ once its charts have data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_browser() {
     let world = office_world("bo_console");
@@ -1647,8 +1650,156 @@ async fn console_in_a_browser() {
     let refund_rrn = done["refund_rrn"].as_str().unwrap();
     assert_eq!(world.banks[0].requests_for(refund_rrn).await, 1);
 
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+
+    office.create(&root, "fresh", "operator", None).await;
+    enrol_in_console(&browser, &base, "fresh").await;
+    links_in_console(&browser, &base, &office, &root).await;
+    browser.click("#logout").await;
+    office.create(&root, "ada", "admin", None).await;
+    let ada = office.enrolled("ada", PASSWORD).await;
+    browser.sign_in(&base, "ada", &ada).await;
+    routes_in_console(&browser, &base, &office, &root).await;
+    merchants_in_console(&browser, &base).await;
+    overview_screenshot(&browser, &base, &mut c).await;
+    browser.quit().await;
+    drop(sw);
+}
+
+/// Signs `username` (password only, no second factor yet) in and enrols TOTP on the QR
+/// page, reading the secret from the page; the session is then good for everything.
+async fn enrol_in_console(browser: &Browser, base: &str, username: &str) {
+    browser.goto(&format!("{base}/console/login")).await;
+    browser.type_into("#username", username).await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    browser.wait_text("h1", "Second factor").await;
+    browser.click("#totp-start").await;
+    browser.find("#totp-qr svg").await;
+    let secret = browser.wait_text("#totp-secret", "").await;
+    assert!(secret.len() >= 16, "a base32 secret: {secret:?}");
+    browser
+        .type_into("#totp-code", &totp_code(secret.trim(), 0))
+        .await;
+    browser.click("#totp-confirm").await;
+    let codes = browser.wait_text("#recovery-codes", "").await;
+    assert!(codes.lines().count() >= 8, "recovery codes shown: {codes}");
+    browser.click("#to-overview").await;
+    browser.wait_text("h1", "Overview").await;
+}
+
+/// Reloads the page at `url` until the text of the element for `css` satisfies `ok`.
+async fn reload_until(browser: &Browser, url: &str, css: &str, ok: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        browser.goto(url).await;
+        let text = browser.wait_text(css, "").await;
+        if ok(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} {css}: {text:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Signs bank-a's link off and on again from the links page; both audited.
+async fn links_in_console(browser: &Browser, base: &str, office: &Office, root: &Session) {
+    let url = format!("{base}/console/links");
+    let state = r#"tr[data-link="bank-a.0"] .state"#;
+    reload_until(browser, &url, state, |t| t == "ready").await;
+    browser.click(r#"tr[data-link="bank-a.0"] .sign-off"#).await;
+    browser.wait_text("#notice", "sign-off").await;
+    reload_until(browser, &url, state, |t| t != "ready").await;
+    browser.click(r#"tr[data-link="bank-a.0"] .sign-on"#).await;
+    browser.wait_text("#notice", "sign-on").await;
+    reload_until(browser, &url, state, |t| t == "ready").await;
+    for action in ["link.sign_off", "link.sign_on"] {
+        let rec = audited(office, root, action, "bank-a.0").await;
+        assert_eq!(rec["actor"], "fresh");
+    }
+}
+
+/// Adds a route on the routes page (the API lists it), then removes it there.
+async fn routes_in_console(browser: &Browser, base: &str, office: &Office, root: &Session) {
+    browser.goto(&format!("{base}/console/routes")).await;
+    browser.type_into("#route-low", "422222").await;
+    browser.type_into("#route-high", "422223").await;
+    browser.click("#add-route").await;
+    browser.wait_text("#notice", "added").await;
+    let listed = ok_json(office, "GET", "/v1/routes", &root.token, None).await;
+    let route = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["low"] == "422222")
+        .unwrap_or_else(|| panic!("route listed: {listed}"))
+        .clone();
+    let row = format!("#route-{}", route["id"]);
+    browser.wait_text(&row, "422223").await;
+    browser.click(&format!("{row} .remove-route")).await;
+    browser.wait_text("#notice", "removed").await;
+    let listed = ok_json(office, "GET", "/v1/routes", &root.token, None).await;
+    assert!(!listed.as_array().unwrap().contains(&route), "{listed}");
+}
+
+/// Creates a merchant on the merchants page: its MAC key is shown once.
+async fn merchants_in_console(browser: &Browser, base: &str) {
+    browser.goto(&format!("{base}/console/merchants")).await;
+    browser.type_into("#merchant-id", "MERCHANT0000009").await;
+    browser.type_into("#merchant-name", "Console Shop").await;
+    browser.click("#create-merchant").await;
+    let key = browser.wait_text("#mac-key", "").await;
+    assert_eq!(key.trim().len(), 64, "a hex MAC key: {key:?}");
+    browser
+        .wait_text("#merchant-MERCHANT0000009", "Console Shop")
+        .await;
+    browser.goto(&format!("{base}/console/merchants")).await;
+    browser.wait_text("#merchants", "MERCHANT0000009").await;
+    let shown_again = browser
+        .cmd(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": "#mac-key"})),
+        )
+        .await;
+    assert!(shown_again.as_array().unwrap().is_empty(), "shown once");
+}
+
+/// An attribute of the element for `css`.
+async fn attribute(browser: &Browser, css: &str, name: &str) -> String {
+    let e = browser.find(css).await;
+    let v = browser
+        .cmd("GET", &format!("/element/{e}/attribute/{name}"), None)
+        .await;
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Pays while the overview is open until both charts have data, then saves a screenshot.
+async fn overview_screenshot(browser: &Browser, base: &str, c: &mut Client) {
     browser.goto(&format!("{base}/console/overview")).await;
     browser.wait_text("#links", "ready").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        pay(c, 1200).await;
+        let answered = attribute(browser, "#rps-chart", "data-answered").await == "yes";
+        let points: u32 = attribute(browser, "#latency-chart", "data-points")
+            .await
+            .parse()
+            .unwrap_or(0);
+        if answered && points >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the charts never had data"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    browser.find("#rps-chart canvas").await;
     let shot = browser.cmd("GET", "/screenshot", None).await;
     use base64::Engine as _;
     let png = base64::engine::general_purpose::STANDARD
@@ -1658,8 +1809,6 @@ async fn console_in_a_browser() {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-overview.png");
     std::fs::write(&out, &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", out.display());
-    browser.quit().await;
-    drop(sw);
 }
 
 // Proves an administrator-initiated password reset: the token ends the account's sessions,
