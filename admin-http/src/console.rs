@@ -193,7 +193,7 @@ pub struct CsrfForm {
     pub csrf: String,
 }
 
-pub(crate) fn csrf_ok(token: &str, presented: &str) -> bool {
+fn csrf_ok(token: &str, presented: &str) -> bool {
     constant_time_eq(csrf_of(token).as_bytes(), presented.as_bytes())
 }
 
@@ -205,7 +205,17 @@ pub(crate) async fn changing<A: Admin>(
     peer: SocketAddr,
     csrf: &str,
 ) -> Result<(Principal, String), Response> {
-    let Some((p, token)) = signed_in(s, h, peer).await else {
+    csrf_checked(signed_in(s, h, peer).await, csrf)
+}
+
+/// A session found for a form (or the login page), its CSRF token checked (or 403).
+// axum handlers answer `Response`; boxing the error would only add noise.
+#[allow(clippy::result_large_err)]
+pub(crate) fn csrf_checked(
+    found: Option<(Principal, String)>,
+    csrf: &str,
+) -> Result<(Principal, String), Response> {
+    let Some((p, token)) = found else {
         return Err(to_login());
     };
     if !csrf_ok(&token, csrf) {

@@ -19,7 +19,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use crate::console::{
-    changing, csrf_of, csrf_ok, render, ser, signed_in, signed_in_enrolling, to_login,
+    changing, csrf_checked, csrf_of, render, ser, signed_in, signed_in_enrolling, to_login,
 };
 use crate::merchants::{NewMerchantBody, Rotation};
 use crate::ops::{RouteBody, link_verb};
@@ -106,15 +106,21 @@ pub struct CodeForm {
     pub code: String,
 }
 
+/// The TOTP page in the state `step` gives (`enrolment` and `qr`, `recovery_codes`, or
+/// neither: the start).
+fn totp_view(p: &Principal, token: &str, mfa_done: bool, step: minijinja::Value) -> Response {
+    render(
+        StatusCode::OK,
+        "totp.html",
+        context! { title => "second factor", who => ser(p), csrf => csrf_of(token), mfa_done => mfa_done, ..step },
+    )
+}
+
 async fn totp_page<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
     let Some((p, token)) = signed_in_enrolling(&s, &h, peer).await else {
         return to_login();
     };
-    render(
-        StatusCode::OK,
-        "totp.html",
-        context! { title => "second factor", who => ser(&p), csrf => csrf_of(&token), mfa_done => p.mfa_done },
-    )
+    totp_view(&p, &token, p.mfa_done, context! {})
 }
 
 /// The signed-in principal of an enrolment form (second factor not yet needed), its
@@ -125,13 +131,37 @@ async fn enrolling<A: Admin>(
     peer: SocketAddr,
     csrf: &str,
 ) -> Result<(Principal, String), Response> {
-    let Some((p, token)) = signed_in_enrolling(s, h, peer).await else {
-        return Err(to_login());
+    csrf_checked(signed_in_enrolling(s, h, peer).await, csrf)
+}
+
+/// Starts enrolment (`confirm` false: a fresh secret and its QR code) or confirms it with
+/// the form's code (the recovery codes, shown once).
+async fn totp_step<A: Admin>(
+    s: &AppState<A>,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    f: CodeForm,
+    confirm: bool,
+) -> Response {
+    let (p, token) = match enrolling(s, h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
     };
-    if !csrf_ok(&token, csrf) {
-        return Err((StatusCode::FORBIDDEN, "CSRF token missing or wrong\n").into_response());
+    let step = if confirm {
+        s.admin
+            .totp_confirm(&p, &token, f.code.trim())
+            .await
+            .map(|c| context! { recovery_codes => c.recovery_codes })
+    } else {
+        match s.admin.totp_enrol(&p).await {
+            Ok(e) => qr_svg(&e.otpauth_url).map(|qr| context! { enrolment => ser(&e), qr => qr }),
+            Err(e) => Err(e),
+        }
+    };
+    match step {
+        Ok(step) => totp_view(&p, &token, p.mfa_done || confirm, step),
+        Err(e) => totp_view(&p, &token, p.mfa_done, context! { error => e.to_string() }),
     }
-    Ok((p, token))
 }
 
 async fn totp_start<A: Admin>(
@@ -140,26 +170,7 @@ async fn totp_start<A: Admin>(
     h: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let (p, token) = match enrolling(&s, &h, peer, &f.csrf).await {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let started = match s.admin.totp_enrol(&p).await {
-        Ok(e) => qr_svg(&e.otpauth_url).map(|qr| (e, qr)),
-        Err(e) => Err(e),
-    };
-    let (enrolment, qr, error) = match started {
-        Ok((e, qr)) => (Some(ser(&e)), Some(qr), None),
-        Err(e) => (None, None, Some(e.to_string())),
-    };
-    render(
-        StatusCode::OK,
-        "totp.html",
-        context! {
-            title => "second factor", who => ser(&p), csrf => csrf_of(&token), mfa_done => p.mfa_done,
-            enrolment => enrolment, qr => qr, error => error,
-        },
-    )
+    totp_step(&s, &h, peer, f, false).await
 }
 
 async fn totp_confirm<A: Admin>(
@@ -168,22 +179,7 @@ async fn totp_confirm<A: Admin>(
     h: HeaderMap,
     Form(f): Form<CodeForm>,
 ) -> Response {
-    let (p, token) = match enrolling(&s, &h, peer, &f.csrf).await {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let (codes, error) = match s.admin.totp_confirm(&p, &token, f.code.trim()).await {
-        Ok(c) => (Some(c.recovery_codes), None),
-        Err(e) => (None, Some(e.to_string())),
-    };
-    render(
-        StatusCode::OK,
-        "totp.html",
-        context! {
-            title => "second factor", who => ser(&p), csrf => csrf_of(&token),
-            mfa_done => codes.is_some() || p.mfa_done, recovery_codes => codes, error => error,
-        },
-    )
+    totp_step(&s, &h, peer, f, true).await
 }
 
 async fn routes_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Flash) -> Response {
