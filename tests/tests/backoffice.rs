@@ -1746,7 +1746,8 @@ async fn routes_in_console(browser: &Browser, base: &str, office: &Office, root:
     assert!(!listed.as_array().unwrap().contains(&route), "{listed}");
 }
 
-/// Creates a merchant on the merchants page: its MAC key is shown once.
+/// Creates a merchant on the merchants page (its MAC key shown once), rotates its key,
+/// disables and enables it.
 async fn merchants_in_console(browser: &Browser, base: &str) {
     browser.goto(&format!("{base}/console/merchants")).await;
     browser.type_into("#merchant-id", "MERCHANT0000009").await;
@@ -1767,6 +1768,16 @@ async fn merchants_in_console(browser: &Browser, base: &str) {
         )
         .await;
     assert!(shown_again.as_array().unwrap().is_empty(), "shown once");
+    let row = "#merchant-MERCHANT0000009";
+    browser.click(&format!("{row} .rotate")).await;
+    let rotated = browser.wait_text("#mac-key", "").await;
+    assert_eq!(rotated.trim().len(), 64);
+    assert_ne!(rotated, key, "a new key");
+    browser.wait_text(&format!("{row} .enabled"), "yes").await;
+    browser.click(&format!("{row} .disable")).await;
+    browser.wait_text(&format!("{row} .enabled"), "no").await;
+    browser.click(&format!("{row} .enable")).await;
+    browser.wait_text(&format!("{row} .enabled"), "yes").await;
 }
 
 /// An attribute of the element for `css`.
