@@ -6,9 +6,10 @@
 //! a CSRF token derived from the session (SHA-256 of a fixed label and the token), checked
 //! in constant time.
 //!
-//! Pages: `/console/login`, `/console/overview` (readiness and bank links),
+//! Pages: `/console/login`, `/console/overview` (live charts, bank links, readiness),
 //! `/console/transactions` (search, refund requests), `/console/refunds` (the approval
-//! queue). Accounts above `viewer` enrol TOTP through the API first (`POST /v1/me/totp`).
+//! queue); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`]. An
+//! account that must enrol TOTP signs in with its password and lands on the enrolment page.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -8,7 +8,8 @@
 //! - `POST /links/{name}/sign-off`, `POST /links/{name}/sign-on` (role `operator`).
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
 //!
-//! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`]).
+//! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`],
+//!   [`merchants`], [`ops`]).
 //! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
 //! - `/console/...`: the web console (see [`console`]).
 //!
