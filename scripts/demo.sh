@@ -210,9 +210,12 @@ http_body() {
 # What the operators' side of the demo promises, checked: health, the approval counted in
 # the metrics, Prometheus scraping the switch (target up) with the rules of ops/ loaded.
 check_operators_side() {
-  local rules
+  local rules metrics
   [ "$(http_body "$admin_addr" /healthz)" = ok ] || { echo "demo check: /healthz is not ok" >&2; return 1; }
-  http_body "$admin_addr" /metrics | grep -q '^switchyard_requests_total{mti="0200",rc="00"}' ||
+  # Read whole before grep: `http_body | grep -q` under pipefail fails whenever grep quits at
+  # its match while sed is still writing the rest (SIGPIPE).
+  metrics="$(http_body "$admin_addr" /metrics)"
+  grep -q '^switchyard_requests_total{mti="0200",rc="00"}' <<<"$metrics" ||
     { echo "demo check: no approval in /metrics" >&2; return 1; }
   rules="$(grep -cE '^[[:space:]]*- alert:' ops/prometheus/alerts.yml)"
   for _ in $(seq 1 300); do

@@ -6,9 +6,10 @@
 //! a CSRF token derived from the session (SHA-256 of a fixed label and the token), checked
 //! in constant time.
 //!
-//! Pages: `/console/login`, `/console/overview` (readiness and bank links),
+//! Pages: `/console/login`, `/console/overview` (live charts, bank links, readiness),
 //! `/console/transactions` (search, refund requests), `/console/refunds` (the approval
-//! queue). Accounts above `viewer` enrol TOTP through the API first (`POST /v1/me/totp`).
+//! queue); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`]. An
+//! account that must enrol TOTP signs in with its password and lands on the enrolment page.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -54,7 +55,7 @@ fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
-        for (name, text) in TEMPLATES {
+        for (name, text) in TEMPLATES.into_iter().chain(crate::console_pages::TEMPLATES) {
             env.add_template(name, text)
                 .expect("console template parses");
         }
@@ -63,11 +64,11 @@ fn templates() -> &'static Environment<'static> {
 }
 
 /// A value for a template context.
-fn ser<T: serde::Serialize>(v: &T) -> Value {
+pub(crate) fn ser<T: serde::Serialize>(v: &T) -> Value {
     Value::from(minijinja::value::Serde(v))
 }
 
-fn render(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+pub(crate) fn render(status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
     match templates().get_template(name).and_then(|t| t.render(ctx)) {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => (
@@ -96,7 +97,19 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The signed-in principal (second factor passed) and its session token.
-async fn signed_in<A: Admin>(
+pub(crate) async fn signed_in<A: Admin>(
+    s: &AppState<A>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Option<(Principal, String)> {
+    signed_in_enrolling(s, headers, peer)
+        .await
+        .filter(|(p, _)| p.mfa_done)
+}
+
+/// The signed-in principal and its session token, also before its second factor is
+/// enrolled (what the TOTP enrolment pages accept).
+pub(crate) async fn signed_in_enrolling<A: Admin>(
     s: &AppState<A>,
     headers: &HeaderMap,
     peer: SocketAddr,
@@ -107,10 +120,10 @@ async fn signed_in<A: Admin>(
         .authenticate(&token, &peer.ip().to_string())
         .await
         .ok()??;
-    p.mfa_done.then_some((p, token))
+    Some((p, token))
 }
 
-fn to_login() -> Response {
+pub(crate) fn to_login() -> Response {
     Redirect::to("/console/login").into_response()
 }
 
@@ -153,15 +166,19 @@ async fn login<A: Admin>(
         )
     };
     match s.admin.login(req, &peer.ip().to_string()).await {
-        Ok(g) if g.totp_enrolment_required => {
-            refused("enrol TOTP through the API first (POST /v1/me/totp)".into())
-        }
         Ok(g) => {
             let cookie = format!(
                 "{SESSION_COOKIE}={}; HttpOnly; Secure; SameSite=Strict; Path=/console",
                 g.token
             );
-            let mut r = Redirect::to("/console/overview").into_response();
+            // An account that must enrol its second factor goes to the enrolment page
+            // first: its session is good for nothing else until then.
+            let next = if g.totp_enrolment_required {
+                "/console/totp"
+            } else {
+                "/console/overview"
+            };
+            let mut r = Redirect::to(next).into_response();
             if let Ok(v) = HeaderValue::from_str(&cookie) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
@@ -183,13 +200,23 @@ fn csrf_ok(token: &str, presented: &str) -> bool {
 
 /// The signed-in principal of a form that changes something, its CSRF token checked; else
 /// the answer (to the login page, or 403).
-async fn changing<A: Admin>(
+pub(crate) async fn changing<A: Admin>(
     s: &AppState<A>,
     h: &HeaderMap,
     peer: SocketAddr,
     csrf: &str,
 ) -> Result<(Principal, String), Response> {
-    let Some((p, token)) = signed_in(s, h, peer).await else {
+    csrf_checked(signed_in(s, h, peer).await, csrf)
+}
+
+/// A session found for a form (or the login page), its CSRF token checked (or 403).
+// axum handlers answer `Response`; boxing the error would only add noise.
+#[allow(clippy::result_large_err)]
+pub(crate) fn csrf_checked(
+    found: Option<(Principal, String)>,
+    csrf: &str,
+) -> Result<(Principal, String), Response> {
+    let Some((p, token)) = found else {
         return Err(to_login());
     };
     if !csrf_ok(&token, csrf) {
@@ -413,4 +440,5 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/transactions/{rrn}/refund", post(refund::<A>))
         .route("/console/refunds", get(refunds::<A>))
         .route("/console/refunds/{id}/{verb}", post(decide::<A>))
+        .merge(crate::console_pages::routes::<A>())
 }

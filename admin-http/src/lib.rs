@@ -9,7 +9,7 @@
 //! - `GET /transactions/{rrn}`: one transaction, card number masked (role `viewer`).
 //!
 //! - `/v1/...`: the back office's JSON API (see [`v1`], [`transactions`], [`refunds`],
-//!   [`merchants`], [`ops`]).
+//!   [`merchants`], [`ops`], [`reference`]).
 //! - `GET /openapi.json`: its OpenAPI 3.1 document (open), see [`openapi`].
 //! - `/console/...`: the web console (see [`console`]).
 //!
@@ -22,9 +22,11 @@
 //! routes open to them).
 
 pub mod console;
+pub mod console_pages;
 pub mod merchants;
 pub mod openapi;
 pub mod ops;
+pub mod reference;
 pub mod refunds;
 pub mod tls;
 pub mod transactions;
@@ -99,7 +101,7 @@ pub struct Token {
 }
 
 /// A bank link as operators see it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LinkView {
     pub name: String,
     pub bank: String,
@@ -338,6 +340,49 @@ pub trait Admin: ops::Operations + Send + Sync + 'static {
         id: i64,
         approve: bool,
     ) -> impl Future<Output = Result<refunds::RefundRequestView, AdminError>> + Send;
+
+    // Routes, links, settlement and the live overview (see [`ops`]).
+    /// Every BIN route, in the order they were added.
+    fn routes(&self) -> impl Future<Output = Result<Vec<reference::RouteView>, AdminError>> + Send;
+    /// Adds a route; the running switch routes by it at once.
+    fn add_route(
+        &self,
+        who: &v1::Principal,
+        body: reference::RouteBody,
+    ) -> impl Future<Output = Result<reference::RouteView, AdminError>> + Send;
+    /// Replaces route `id`; the running switch routes by it at once.
+    fn change_route(
+        &self,
+        who: &v1::Principal,
+        id: i64,
+        body: reference::RouteBody,
+    ) -> impl Future<Output = Result<reference::RouteView, AdminError>> + Send;
+    /// Removes route `id`; the route as it was.
+    fn remove_route(
+        &self,
+        who: &v1::Principal,
+        id: i64,
+    ) -> impl Future<Output = Result<reference::RouteView, AdminError>> + Send;
+    /// Signs a link on or off, recorded in the audit log; the link as it was.
+    fn sign_link(
+        &self,
+        who: &v1::Principal,
+        name: &str,
+        signed_on: bool,
+    ) -> impl Future<Output = Result<LinkView, AdminError>> + Send;
+    /// Settlement totals of a business day (`YYYY-MM-DD`), a merchant user's own only.
+    fn settlement(
+        &self,
+        who: &v1::Principal,
+        business_day: &str,
+    ) -> impl Future<Output = Result<reference::SettlementReport, AdminError>> + Send;
+    /// Every ledger account's balance, a merchant user's own only.
+    fn ledger_balances(
+        &self,
+        who: &v1::Principal,
+    ) -> impl Future<Output = Result<Vec<reference::Balance>, AdminError>> + Send;
+    /// The live overview's figures.
+    fn overview(&self) -> reference::Overview;
 }
 
 struct AppState<A> {
@@ -506,6 +551,7 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
                 .merge(refunds::routes::<A>())
                 .merge(merchants::routes::<A>())
                 .merge(ops::routes::<A>())
+                .merge(reference::routes::<A>())
                 .layer(axum::middleware::map_response(openapi::as_problem)),
         )
         .merge(console::routes::<A>())
@@ -746,6 +792,62 @@ mod tests {
             _approve: bool,
         ) -> Result<refunds::RefundRequestView, AdminError> {
             Err(AdminError::NotFound(format!("request {id}")))
+        }
+        async fn routes(&self) -> Result<Vec<reference::RouteView>, AdminError> {
+            Ok(Vec::new())
+        }
+        async fn add_route(
+            &self,
+            _who: &v1::Principal,
+            _body: reference::RouteBody,
+        ) -> Result<reference::RouteView, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn change_route(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+            _body: reference::RouteBody,
+        ) -> Result<reference::RouteView, AdminError> {
+            Err(AdminError::NotFound(format!("route {id}")))
+        }
+        async fn remove_route(
+            &self,
+            _who: &v1::Principal,
+            id: i64,
+        ) -> Result<reference::RouteView, AdminError> {
+            Err(AdminError::NotFound(format!("route {id}")))
+        }
+        async fn sign_link(
+            &self,
+            _who: &v1::Principal,
+            name: &str,
+            on: bool,
+        ) -> Result<LinkView, AdminError> {
+            self.set_link(name, on).await?;
+            Ok(self.links().remove(0))
+        }
+        async fn settlement(
+            &self,
+            _who: &v1::Principal,
+            _day: &str,
+        ) -> Result<reference::SettlementReport, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        async fn ledger_balances(
+            &self,
+            _who: &v1::Principal,
+        ) -> Result<Vec<reference::Balance>, AdminError> {
+            Err(AdminError::Unavailable("no store here".into()))
+        }
+        fn overview(&self) -> reference::Overview {
+            reference::Overview {
+                interval_ms: 1000,
+                at_ms: Vec::new(),
+                requests_per_s: Vec::new(),
+                latency: reference::LatencySeries::default(),
+                links: self.links(),
+            }
         }
     }
 

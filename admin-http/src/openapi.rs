@@ -8,7 +8,7 @@ use axum::response::Response;
 use utoipa::Modify;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use crate::{merchants, ops, refunds, transactions, v1};
+use crate::{merchants, ops, reference, refunds, transactions, v1};
 
 /// The `/v1` API.
 #[derive(Debug, utoipa::OpenApi)]
@@ -50,6 +50,15 @@ use crate::{merchants, ops, refunds, transactions, v1};
         ops::api_keys,
         ops::revoke_api_key,
         ops::account_switch,
+        reference::list_routes,
+        reference::add_route,
+        reference::change_route,
+        reference::remove_route,
+        reference::links,
+        reference::sign_link,
+        reference::settlement,
+        reference::balances,
+        reference::overview,
     ),
     modifiers(&Bearer)
 )]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use admin_http::merchants::{Limits, MacKeyIssued, MerchantView, NewMerchantBody, Rotation};
+use admin_http::reference::{Balance, Overview, RouteBody, RouteView, SettlementReport};
 use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
 use admin_http::transactions::{TxnDetail, TxnPage, TxnQuery};
 use admin_http::v1::{
@@ -43,6 +44,10 @@ pub struct SwitchAdmin {
     pub backoffice: BackOffice,
     /// Redis, pinged by `/readyz`.
     pub limiter: crate::limiter::Limiter,
+    /// BIN route changes, applied to this instance's table at once.
+    pub routes: crate::routing::RouteBook,
+    /// The live overview's samples, taken by [`sample`].
+    pub overview: crate::overview::Recorder,
 }
 
 impl Admin for SwitchAdmin {
@@ -303,6 +308,71 @@ impl Admin for SwitchAdmin {
     ) -> Result<RefundRequestView, AdminError> {
         self.backoffice.decide_refund(who, id, approve).await
     }
+
+    async fn routes(&self) -> Result<Vec<RouteView>, AdminError> {
+        self.backoffice.route_views(&self.routes).await
+    }
+
+    async fn add_route(&self, who: &Principal, body: RouteBody) -> Result<RouteView, AdminError> {
+        self.backoffice.add_route(who, &self.routes, body).await
+    }
+
+    async fn change_route(
+        &self,
+        who: &Principal,
+        id: i64,
+        body: RouteBody,
+    ) -> Result<RouteView, AdminError> {
+        self.backoffice
+            .change_route(who, &self.routes, id, body)
+            .await
+    }
+
+    async fn remove_route(&self, who: &Principal, id: i64) -> Result<RouteView, AdminError> {
+        self.backoffice.remove_route(who, &self.routes, id).await
+    }
+
+    async fn sign_link(
+        &self,
+        who: &Principal,
+        name: &str,
+        signed_on: bool,
+    ) -> Result<LinkView, AdminError> {
+        let before = self
+            .links()
+            .into_iter()
+            .find(|l| l.name == name)
+            .ok_or_else(|| AdminError::NotFound(format!("link {name}")))?;
+        self.set_link(name, signed_on).await?;
+        tracing::info!(link = %name, signed_on, actor = %who.actor, "operator action on bank link");
+        self.backoffice.audit_link(who, &before, signed_on).await?;
+        Ok(before)
+    }
+
+    async fn settlement(
+        &self,
+        who: &Principal,
+        business_day: &str,
+    ) -> Result<SettlementReport, AdminError> {
+        self.backoffice.settlement(who, business_day).await
+    }
+
+    async fn ledger_balances(&self, who: &Principal) -> Result<Vec<Balance>, AdminError> {
+        self.backoffice.ledger_balances(who).await
+    }
+
+    fn overview(&self) -> Overview {
+        let samples = self.overview.snapshot();
+        let (at_ms, requests_per_s, latency) =
+            crate::overview::series(&samples, &crate::metrics::LATENCY_BUCKETS_S);
+        Overview {
+            interval_ms: SAMPLE_INTERVAL_MS,
+            at_ms,
+            requests_per_s,
+            latency,
+            links: self.links(),
+        }
+    }
 }
 
 fn check(name: &str, r: Result<(), String>) -> Check {
@@ -332,12 +402,22 @@ pub async fn sample(
             .set(connections.total.load(std::sync::atomic::Ordering::Relaxed) as i64);
         sample_links(&admin);
         sample_pool(m, &admin.pool);
+        admin.overview.push(crate::overview::take(
+            m,
+            unix_ms(std::time::SystemTime::now()),
+        ));
         tick = tick.wrapping_add(1);
         if tick.is_multiple_of(REVERSAL_SAMPLE_EVERY) {
             probe_postgres(m, &admin.pool).await;
             sample_backlogs(&admin).await;
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (0 before it).
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn sample_links(admin: &SwitchAdmin) {

@@ -335,6 +335,12 @@ pub async fn run(
         store: shared.clone(),
         pool: pool.clone(),
         limiter: engine.limiter.clone(),
+        routes: crate::routing::RouteBook {
+            pool: pool.clone(),
+            banks: config.banks.iter().map(|b| b.id.clone()).collect(),
+            live: Some(engine.router.clone()),
+        },
+        overview: crate::overview::Recorder::default(),
         backoffice: crate::backoffice::BackOffice {
             store: crate::store::accounts::AccountStore::new(pool.clone()),
             search: crate::store::search::TxnSearch::new(pool.clone()),

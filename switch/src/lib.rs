@@ -4,6 +4,8 @@
 //! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
 //! - [`backoffice`], [`backoffice_ops`], [`refund_desk`]: the back office's accounts,
 //!   refunds, captures, voids, store-and-forward queue and API keys.
+//! - [`reference`], [`overview`]: the back office's routes, links, settlement totals and
+//!   balances; the console overview's figures from the metrics registry.
 //! - [`bank_io`]: sending the switch's own requests to a bank.
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
@@ -59,8 +61,10 @@ pub mod limiter;
 pub mod merchants;
 pub mod metrics;
 pub mod notify;
+pub mod overview;
 pub mod payments;
 pub mod quic;
+pub mod reference;
 pub mod refund_desk;
 pub mod replays;
 pub mod reversals;

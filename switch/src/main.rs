@@ -401,6 +401,22 @@ fn read_new_password() -> Result<String> {
     Ok(pw)
 }
 
+/// The back office as the command line uses it: no request path, no live tables.
+fn cli_office(
+    config: &Config,
+    pool: deadpool_postgres::Pool,
+) -> Result<switch::backoffice::BackOffice> {
+    Ok(switch::backoffice::BackOffice {
+        store: switch::store::accounts::AccountStore::new(pool.clone()),
+        search: switch::store::search::TxnSearch::new(pool.clone()),
+        desk: None,
+        pool,
+        merchants: None,
+        vault: std::sync::Arc::new(vault(config)?),
+        metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
+    })
+}
+
 async fn account(config: &Config, command: AccountCommand) -> Result<()> {
     let AccountCommand::Add {
         username,
@@ -412,15 +428,7 @@ async fn account(config: &Config, command: AccountCommand) -> Result<()> {
     };
     let password = read_new_password()?;
     let pool = admin_pool(config, true).await?;
-    let office = switch::backoffice::BackOffice {
-        store: switch::store::accounts::AccountStore::new(pool.clone()),
-        search: switch::store::search::TxnSearch::new(pool.clone()),
-        desk: None,
-        pool,
-        merchants: None,
-        vault: std::sync::Arc::new(vault(config)?),
-        metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
-    };
+    let office = cli_office(config, pool)?;
     let new = admin_http::v1::NewAccount {
         username,
         role,
@@ -521,6 +529,13 @@ async fn ledger(config: &Config, command: LedgerCommand) -> Result<()> {
 
 async fn route(config: &Config, command: RouteCommand) -> Result<()> {
     let pool = admin_pool(config, !matches!(command, RouteCommand::List)).await?;
+    let book = routing::RouteBook {
+        pool: pool.clone(),
+        banks: config.banks.iter().map(|b| b.id.clone()).collect(),
+        live: None,
+    };
+    let who = switch::reference::cli_principal();
+    let failed = |e: admin_http::AdminError| anyhow::anyhow!("{e}");
     match command {
         RouteCommand::Add {
             low,
@@ -528,20 +543,18 @@ async fn route(config: &Config, command: RouteCommand) -> Result<()> {
             bank,
             priority,
         } => {
-            if !config.banks.iter().any(|b| b.id == bank) {
-                bail!("bank {bank} is not in the configuration");
-            }
-            let r = routing::Route {
+            let body = admin_http::reference::RouteBody {
                 low,
                 high,
                 bank_id: bank,
                 priority,
             };
-            let id = routing::add_route(&pool, &r).await?;
-            println!("route {id} added");
+            let office = cli_office(config, pool)?;
+            let r = office.add_route(&who, &book, body).await.map_err(failed)?;
+            println!("route {} added", r.id);
         }
         RouteCommand::List => {
-            for s in routing::list_routes(&pool).await? {
+            for s in book.list().await? {
                 let r = s.route;
                 println!(
                     "{}",
@@ -550,9 +563,8 @@ async fn route(config: &Config, command: RouteCommand) -> Result<()> {
             }
         }
         RouteCommand::Remove { id } => {
-            if !routing::remove_route(&pool, id).await? {
-                bail!("no route {id}");
-            }
+            let office = cli_office(config, pool)?;
+            office.remove_route(&who, &book, id).await.map_err(failed)?;
             println!("route {id} removed");
         }
     }

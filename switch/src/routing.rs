@@ -199,46 +199,133 @@ pub struct StoredRoute {
 /// Every route with its id, in the order they were added.
 pub async fn list_routes(pool: &Pool) -> Result<Vec<StoredRoute>, DbError> {
     let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT id, bin_low, bin_high, bank_id, priority FROM bin_routes ORDER BY id",
-            &[],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| StoredRoute {
-            id: r.get(0),
-            route: Route {
-                low: r.get(1),
-                high: r.get(2),
-                bank_id: r.get(3),
-                priority: r.get(4),
-            },
-        })
-        .collect())
+    let sql = format!("SELECT {ROUTE_COLUMNS} FROM bin_routes ORDER BY id");
+    let rows = client.query(&sql, &[]).await?;
+    Ok(rows.iter().map(stored).collect())
 }
 
-/// Removes the route `id`; false when there is none. Running switches drop it at their
-/// next reload (interval or SIGHUP).
-pub async fn remove_route(pool: &Pool, id: i64) -> Result<bool, DbError> {
-    let client = pool.get().await?;
-    let n = client
-        .execute("DELETE FROM bin_routes WHERE id = $1", &[&id])
-        .await?;
-    Ok(n > 0)
+/// Why a route change was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteChangeError {
+    #[error("bank {0} is not in the configuration")]
+    UnknownBank(String),
+    #[error(transparent)]
+    Invalid(#[from] RouteError),
+    #[error("no route {0}")]
+    NotFound(i64),
+    #[error(transparent)]
+    Db(#[from] DbError),
 }
 
-pub async fn add_route(pool: &Pool, r: &Route) -> Result<i64, DbError> {
-    RouteTable::build(std::slice::from_ref(r)).map_err(|e| DbError::Invalid(e.to_string()))?;
-    let client = pool.get().await?;
-    let row = client
-        .query_one(
-            "INSERT INTO bin_routes (bin_low, bin_high, bank_id, priority) VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&r.low, &r.high, &r.bank_id, &r.priority],
-        )
-        .await?;
-    Ok(row.get(0))
+/// The one owner of route changes, for the command line and the admin API alike: it
+/// checks a route (bounds, a configured bank, the table's size), writes it, and in a
+/// running switch swaps the live table at once; other instances (and a switch changed
+/// from the command line) follow at their reload interval or on SIGHUP.
+#[derive(Debug, Clone)]
+pub struct RouteBook {
+    pub pool: Pool,
+    /// The configured banks' ids: a route to any other is refused.
+    pub banks: Vec<String>,
+    /// This instance's table; `None` in the command-line tool.
+    pub live: Option<Arc<Router>>,
+}
+
+const ROUTE_COLUMNS: &str = "id, bin_low, bin_high, bank_id, priority";
+
+fn stored(r: &tokio_postgres::Row) -> StoredRoute {
+    StoredRoute {
+        id: r.get(0),
+        route: Route {
+            low: r.get(1),
+            high: r.get(2),
+            bank_id: r.get(3),
+            priority: r.get(4),
+        },
+    }
+}
+
+impl RouteBook {
+    pub async fn list(&self) -> Result<Vec<StoredRoute>, DbError> {
+        list_routes(&self.pool).await
+    }
+
+    /// A route's own bounds and bank, and room for one more (`adding`).
+    async fn check(&self, r: &Route, adding: bool) -> Result<(), RouteChangeError> {
+        if !self.banks.contains(&r.bank_id) {
+            return Err(RouteChangeError::UnknownBank(r.bank_id.clone()));
+        }
+        RouteTable::build(std::slice::from_ref(r))?;
+        if adding {
+            let client = self.pool.get().await.map_err(DbError::from)?;
+            let n: i64 = client
+                .query_one("SELECT count(*) FROM bin_routes", &[])
+                .await
+                .map_err(DbError::from)?
+                .get(0);
+            if n >= ROUTES_MAX as i64 {
+                return Err(RouteError::TooMany.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds this instance's table from the database, when it has one.
+    async fn apply(&self) -> Result<(), RouteChangeError> {
+        if let Some(live) = &self.live {
+            live.reload(&self.pool).await?;
+        }
+        Ok(())
+    }
+
+    /// Adds a route; the route with its id.
+    pub async fn add(&self, r: Route) -> Result<StoredRoute, RouteChangeError> {
+        self.check(&r, true).await?;
+        let client = self.pool.get().await.map_err(DbError::from)?;
+        let sql = format!(
+            "INSERT INTO bin_routes (bin_low, bin_high, bank_id, priority) VALUES ($1, $2, $3, $4) RETURNING {ROUTE_COLUMNS}"
+        );
+        let row = client
+            .query_one(&sql, &[&r.low, &r.high, &r.bank_id, &r.priority])
+            .await
+            .map_err(DbError::from)?;
+        self.apply().await?;
+        Ok(stored(&row))
+    }
+
+    /// Replaces route `id`: the route before and after.
+    pub async fn change(
+        &self,
+        id: i64,
+        r: Route,
+    ) -> Result<(StoredRoute, StoredRoute), RouteChangeError> {
+        self.check(&r, false).await?;
+        let client = self.pool.get().await.map_err(DbError::from)?;
+        // The old row is read in the same statement that replaces it.
+        let sql = "WITH old AS (SELECT id, bin_low, bin_high, bank_id, priority FROM bin_routes WHERE id = $1 FOR UPDATE),
+             new AS (UPDATE bin_routes b SET bin_low = $2, bin_high = $3, bank_id = $4, priority = $5
+                     FROM old WHERE b.id = old.id RETURNING b.id)
+             SELECT old.id, old.bin_low, old.bin_high, old.bank_id, old.priority FROM old, new";
+        let row = client
+            .query_opt(sql, &[&id, &r.low, &r.high, &r.bank_id, &r.priority])
+            .await
+            .map_err(DbError::from)?
+            .ok_or(RouteChangeError::NotFound(id))?;
+        self.apply().await?;
+        Ok((stored(&row), StoredRoute { id, route: r }))
+    }
+
+    /// Removes route `id`: the route as it was.
+    pub async fn remove(&self, id: i64) -> Result<StoredRoute, RouteChangeError> {
+        let client = self.pool.get().await.map_err(DbError::from)?;
+        let sql = format!("DELETE FROM bin_routes WHERE id = $1 RETURNING {ROUTE_COLUMNS}");
+        let row = client
+            .query_opt(&sql, &[&id])
+            .await
+            .map_err(DbError::from)?
+            .ok_or(RouteChangeError::NotFound(id))?;
+        self.apply().await?;
+        Ok(stored(&row))
+    }
 }
 
 #[cfg(test)]

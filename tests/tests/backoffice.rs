@@ -228,6 +228,8 @@ fn routes() -> Vec<Route> {
     let weak = json!({"username": "nobody-new", "role": "viewer", "password": "weak"});
     let bad_key = json!({"name": "k", "role": "viewer", "expires_in_days": 0});
     let refund = json!({"amount_minor": 100, "reason": "matrix", "idempotency_key": "m"});
+    let no_bank = json!({"low": "4", "high": "4", "bank_id": "no-such-bank"});
+    let route = json!({"low": "4", "high": "4", "bank_id": "bank-a"});
     vec![
         ("GET", "/links", None, Some("viewer"), 200),
         (
@@ -341,6 +343,27 @@ fn routes() -> Vec<Route> {
             Some("admin"),
             404,
         ),
+        ("GET", "/v1/routes", None, Some("viewer"), 200),
+        ("POST", "/v1/routes", Some(no_bank), Some("admin"), 422),
+        ("PUT", "/v1/routes/999999", Some(route), Some("admin"), 404),
+        ("DELETE", "/v1/routes/999999", None, Some("admin"), 404),
+        ("GET", "/v1/links", None, Some("viewer"), 200),
+        (
+            "POST",
+            "/v1/links/no-such.0/sign-off",
+            None,
+            Some("operator"),
+            404,
+        ),
+        (
+            "GET",
+            "/v1/settlement?business_day=2026-12-01",
+            None,
+            Some("merchant"),
+            200,
+        ),
+        ("GET", "/v1/ledger/balances", None, Some("merchant"), 200),
+        ("GET", "/v1/overview", None, Some("viewer"), 200),
     ]
 }
 
@@ -1103,6 +1126,271 @@ async fn merchants_limits_and_key_rotation() {
     drop(sw);
 }
 
+/// `path` answered 200 by `by`: its JSON.
+async fn ok_json(
+    office: &Office,
+    method: &str,
+    path: &str,
+    by: &str,
+    body: Option<Value>,
+) -> Value {
+    let a = office.call(method, path, Some(by), body).await;
+    assert_eq!(a.status, 200, "{method} {path}: {}", a.body);
+    a.json()
+}
+
+/// A purchase with `pan` that reached a bank: its RRN.
+async fn pay_with(c: &mut Client, pan: &str) -> String {
+    let stan = next_stan();
+    let m = c
+        .call(&c.purchase(&stan, 700, pan, &format!("BO-R-{stan}")))
+        .await;
+    assert_ne!(rc(&m), "91", "a bank answered");
+    rrn_of(&m)
+}
+
+/// The one audit record of `action` on `target`.
+async fn audited(office: &Office, by: &Session, action: &str, target: &str) -> Value {
+    let found = office
+        .audit(by, &format!("action={action}&target={target}"))
+        .await;
+    assert_eq!(found.len(), 1, "{action} {target}: {found:?}");
+    found[0].clone()
+}
+
+// Proves BIN routes from the API change the running switch's routing at once: a card
+// routed to bank-a goes to bank-b once a narrower route is added, back to bank-a when the
+// route is changed, and by the broad route again once it is removed; bad routes are
+// refused (422); each change (from the command line too) is audited with before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_change_without_a_restart() {
+    let world = office_world("bo_routes");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let t = &root.token;
+    let mut c = world.client(&sw).await;
+    let card = "4111111111111111";
+    let rrn = pay_with(&mut c, card).await;
+    assert_eq!(
+        world.banks[0].requests_for(&rrn).await,
+        1,
+        "bank-a by default"
+    );
+
+    let body = json!({"low": "411111", "high": "411111", "bank_id": "bank-b"});
+    let added = ok_json(&office, "POST", "/v1/routes", t, Some(body)).await;
+    let id = added["id"].as_i64().unwrap();
+    let rrn = pay_with(&mut c, card).await;
+    assert_eq!(
+        world.banks[1].requests_for(&rrn).await,
+        1,
+        "the new route at once"
+    );
+    let listed = ok_json(&office, "GET", "/v1/routes", t, None).await;
+    assert!(listed.as_array().unwrap().contains(&added), "{listed}");
+
+    let path = format!("/v1/routes/{id}");
+    let to_a = json!({"low": "411111", "high": "411112", "bank_id": "bank-a", "priority": 5});
+    let changed = ok_json(&office, "PUT", &path, t, Some(to_a)).await;
+    assert_eq!(changed["high"], "411112");
+    let rrn = pay_with(&mut c, card).await;
+    assert_eq!(
+        world.banks[0].requests_for(&rrn).await,
+        1,
+        "the changed route"
+    );
+    let removed = ok_json(&office, "DELETE", &path, t, None).await;
+    assert_eq!(removed, changed);
+    assert_eq!(
+        office.call("DELETE", &path, Some(t), None).await.status,
+        404
+    );
+
+    for bad in [
+        json!({"low": "5", "high": "45", "bank_id": "bank-a"}),
+        json!({"low": "4a", "high": "4b", "bank_id": "bank-a"}),
+        json!({"low": "4", "high": "4", "bank_id": "nowhere"}),
+    ] {
+        let a = office.call("POST", "/v1/routes", Some(t), Some(bad)).await;
+        assert_eq!(a.status, 422, "{}", a.body);
+        assert_eq!(a.header("content-type"), Some("application/problem+json"));
+    }
+
+    let target = id.to_string();
+    let add = audited(&office, &root, "route.add", &target).await;
+    assert_eq!(add["after"]["bank_id"], "bank-b");
+    assert!(add["before"].is_null());
+    let change = audited(&office, &root, "route.change", &target).await;
+    assert_eq!(change["before"]["bank_id"], "bank-b");
+    assert_eq!(change["after"]["bank_id"], "bank-a");
+    let remove = audited(&office, &root, "route.remove", &target).await;
+    assert_eq!(remove["before"]["high"], "411112");
+    assert_eq!(remove["actor"], "root");
+
+    // The command line goes through the same owner: checked and audited.
+    let out = world.admin(&[
+        "route", "add", "--low", "55", "--high", "55", "--bank", "bank-b",
+    ]);
+    let cli_id = out
+        .trim()
+        .trim_start_matches("route ")
+        .trim_end_matches(" added");
+    let cli = audited(&office, &root, "route.add", cli_id).await;
+    assert_eq!(cli["actor"], "cli");
+    drop(sw);
+}
+
+/// The state of link `name` as `GET /v1/links` shows it.
+async fn link_state(office: &Office, by: &str, name: &str) -> String {
+    let links = ok_json(office, "GET", "/v1/links", by, None).await;
+    let link = links.as_array().unwrap().iter().find(|l| l["name"] == name);
+    link.unwrap()["state"].as_str().unwrap().to_string()
+}
+
+/// Waits until link `name` is (`want`) or is not (`!want`) ready.
+async fn wait_link(office: &Office, by: &str, name: &str, want: bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (link_state(office, by, name).await == "ready") != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never ready={want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+// Proves links signed off and on under /v1 (audited with the state before), and
+// settlement totals and ledger balances from the ledger: the day's lines agree with the
+// postings, every currency's balances sum to zero, and a merchant user sees only its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_settlement_and_balances() {
+    let world = office_world("bo_ledger");
+    let mut sw = world.start_switch(1);
+    world.wait_links_ready(&sw).await;
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let t = root.token.clone();
+    let link = "bank-a.0";
+    let off = ok_json(
+        &office,
+        "POST",
+        &format!("/v1/links/{link}/sign-off"),
+        &t,
+        None,
+    )
+    .await;
+    assert_eq!(off["before"]["state"], "ready");
+    wait_link(&office, &t, link, false).await;
+    ok_json(
+        &office,
+        "POST",
+        &format!("/v1/links/{link}/sign-on"),
+        &t,
+        None,
+    )
+    .await;
+    wait_link(&office, &t, link, true).await;
+    let rec = audited(&office, &root, "link.sign_off", link).await;
+    assert_eq!(rec["before"]["state"], "ready");
+    audited(&office, &root, "link.sign_on", link).await;
+
+    let mut c = world.client(&sw).await;
+    for pan in ["4111111111111111", "5500000000000004"] {
+        pay_with(&mut c, pan).await;
+    }
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let day: String = db
+        .query_one("SELECT max(business_day)::text FROM ledger_postings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let report = ok_json(
+        &office,
+        "GET",
+        &format!("/v1/settlement?business_day={day}"),
+        &t,
+        None,
+    )
+    .await;
+    let lines = report["lines"].as_array().unwrap();
+    for l in lines {
+        let account = format!(
+            "{}:{}",
+            l["party"].as_str().unwrap(),
+            l["party_id"].as_str().unwrap()
+        );
+        let row = db
+            .query_one(
+                "SELECT count(*)::bigint, sum(amount_minor)::bigint FROM ledger_postings
+                 WHERE business_day = $1::text::date AND account = $2 AND currency = $3",
+                &[&day, &account, &(l["currency"].as_i64().unwrap() as i16)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(l["postings"].as_i64(), Some(row.get::<_, i64>(0)), "{l}");
+        assert_eq!(
+            l["amount_minor"].as_i64(),
+            Some(row.get::<_, i64>(1)),
+            "{l}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["party"] == "bank" && l["party_id"] == "bank-b"),
+        "{report}"
+    );
+    let balances = ok_json(&office, "GET", "/v1/ledger/balances", &t, None).await;
+    let mut sums = std::collections::HashMap::<i64, i64>::new();
+    for b in balances.as_array().unwrap() {
+        *sums.entry(b["currency"].as_i64().unwrap()).or_default() +=
+            b["balance_minor"].as_i64().unwrap();
+    }
+    assert!(
+        !sums.is_empty() && sums.values().all(|v| *v == 0),
+        "double entry: {balances}"
+    );
+    let bad = office
+        .get("/v1/settlement?business_day=2026-13-01", &t)
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let missing = office.get("/v1/settlement", &t).await;
+    assert_eq!(missing.status, 400, "{}", missing.body);
+    assert_eq!(
+        missing.header("content-type"),
+        Some("application/problem+json")
+    );
+
+    office
+        .create(&root, "shop", "merchant", Some(MERCHANT_ID))
+        .await;
+    let shop = office.enrolled("shop", PASSWORD).await.token;
+    let own = ok_json(
+        &office,
+        "GET",
+        &format!("/v1/settlement?business_day={day}"),
+        &shop,
+        None,
+    )
+    .await;
+    let own = own["lines"].as_array().unwrap();
+    assert!(!own.is_empty());
+    assert!(
+        own.iter()
+            .all(|l| l["party"] == "merchant" && l["party_id"] == MERCHANT_ID),
+        "{own:?}"
+    );
+    let own = ok_json(&office, "GET", "/v1/ledger/balances", &shop, None).await;
+    assert!(
+        own.as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["party_id"] == MERCHANT_ID),
+        "{own}"
+    );
+    drop(sw);
+}
+
 /// A headless Chromium driven over WebDriver (Debian's `chromium` and `chromium-driver`).
 struct Browser {
     _driver: system_tests::Spawned,
@@ -1279,7 +1567,10 @@ impl Drop for Browser {
 // Proves the console in a real browser: an operator signs in with password and TOTP,
 // searches transactions (htmx), requests a refund above the approval amount; another
 // person with role approver signs in and approves it from the queue; the refund reaches the
-// bank simulator; and a screenshot of the overview is saved under target/.
+// bank simulator. Then a new operator enrols TOTP on the QR page (the secret read from the
+// page) and signs a link off and on; an admin adds and removes a route and creates a
+// merchant (its MAC key shown once); and a screenshot of the overview is saved under
+// target/ once its charts have data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_browser() {
     let world = office_world("bo_console");
@@ -1354,8 +1645,167 @@ async fn console_in_a_browser() {
     let refund_rrn = done["refund_rrn"].as_str().unwrap();
     assert_eq!(world.banks[0].requests_for(refund_rrn).await, 1);
 
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+
+    office.create(&root, "fresh", "operator", None).await;
+    enrol_in_console(&browser, &base, "fresh").await;
+    links_in_console(&browser, &base, &office, &root).await;
+    browser.click("#logout").await;
+    office.create(&root, "ada", "admin", None).await;
+    let ada = office.enrolled("ada", PASSWORD).await;
+    browser.sign_in(&base, "ada", &ada).await;
+    routes_in_console(&browser, &base, &office, &root).await;
+    merchants_in_console(&browser, &base).await;
+    overview_screenshot(&browser, &base, &mut c).await;
+    browser.quit().await;
+    drop(sw);
+}
+
+/// Signs `username` (password only, no second factor yet) in and enrols TOTP on the QR
+/// page, reading the secret from the page; the session is then good for everything.
+async fn enrol_in_console(browser: &Browser, base: &str, username: &str) {
+    browser.goto(&format!("{base}/console/login")).await;
+    browser.type_into("#username", username).await;
+    browser.type_into("#password", PASSWORD).await;
+    browser.click("#sign-in").await;
+    browser.wait_text("h1", "Second factor").await;
+    browser.click("#totp-start").await;
+    browser.find("#totp-qr svg").await;
+    let secret = browser.wait_text("#totp-secret", "").await;
+    assert!(secret.len() >= 16, "a base32 secret: {secret:?}");
+    browser
+        .type_into("#totp-code", &totp_code(secret.trim(), 0))
+        .await;
+    browser.click("#totp-confirm").await;
+    let codes = browser.wait_text("#recovery-codes", "").await;
+    assert!(codes.lines().count() >= 8, "recovery codes shown: {codes}");
+    browser.click("#to-overview").await;
+    browser.wait_text("h1", "Overview").await;
+}
+
+/// Reloads the page at `url` until the text of the element for `css` satisfies `ok`.
+async fn reload_until(browser: &Browser, url: &str, css: &str, ok: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        browser.goto(url).await;
+        let text = browser.wait_text(css, "").await;
+        if ok(&text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} {css}: {text:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Signs bank-a's link off and on again from the links page; both audited.
+async fn links_in_console(browser: &Browser, base: &str, office: &Office, root: &Session) {
+    let url = format!("{base}/console/links");
+    let state = r#"tr[data-link="bank-a.0"] .state"#;
+    reload_until(browser, &url, state, |t| t == "ready").await;
+    browser.click(r#"tr[data-link="bank-a.0"] .sign-off"#).await;
+    browser.wait_text("#notice", "sign-off").await;
+    reload_until(browser, &url, state, |t| t != "ready").await;
+    browser.click(r#"tr[data-link="bank-a.0"] .sign-on"#).await;
+    browser.wait_text("#notice", "sign-on").await;
+    reload_until(browser, &url, state, |t| t == "ready").await;
+    for action in ["link.sign_off", "link.sign_on"] {
+        let rec = audited(office, root, action, "bank-a.0").await;
+        assert_eq!(rec["actor"], "fresh");
+    }
+}
+
+/// Adds a route on the routes page (the API lists it), then removes it there.
+async fn routes_in_console(browser: &Browser, base: &str, office: &Office, root: &Session) {
+    browser.goto(&format!("{base}/console/routes")).await;
+    browser.type_into("#route-low", "422222").await;
+    browser.type_into("#route-high", "422223").await;
+    browser.click("#add-route").await;
+    browser.wait_text("#notice", "added").await;
+    let listed = ok_json(office, "GET", "/v1/routes", &root.token, None).await;
+    let route = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["low"] == "422222")
+        .unwrap_or_else(|| panic!("route listed: {listed}"))
+        .clone();
+    let row = format!("#route-{}", route["id"]);
+    browser.wait_text(&row, "422223").await;
+    browser.click(&format!("{row} .remove-route")).await;
+    browser.wait_text("#notice", "removed").await;
+    let listed = ok_json(office, "GET", "/v1/routes", &root.token, None).await;
+    assert!(!listed.as_array().unwrap().contains(&route), "{listed}");
+}
+
+/// Creates a merchant on the merchants page (its MAC key shown once), rotates its key,
+/// disables and enables it.
+async fn merchants_in_console(browser: &Browser, base: &str) {
+    browser.goto(&format!("{base}/console/merchants")).await;
+    browser.type_into("#merchant-id", "MERCHANT0000009").await;
+    browser.type_into("#merchant-name", "Console Shop").await;
+    browser.click("#create-merchant").await;
+    let key = browser.wait_text("#mac-key", "").await;
+    assert_eq!(key.trim().len(), 64, "a hex MAC key: {key:?}");
+    browser
+        .wait_text("#merchant-MERCHANT0000009", "Console Shop")
+        .await;
+    browser.goto(&format!("{base}/console/merchants")).await;
+    browser.wait_text("#merchants", "MERCHANT0000009").await;
+    let shown_again = browser
+        .cmd(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": "#mac-key"})),
+        )
+        .await;
+    assert!(shown_again.as_array().unwrap().is_empty(), "shown once");
+    let row = "#merchant-MERCHANT0000009";
+    browser.click(&format!("{row} .rotate")).await;
+    let rotated = browser.wait_text("#mac-key", "").await;
+    assert_eq!(rotated.trim().len(), 64);
+    assert_ne!(rotated, key, "a new key");
+    browser.wait_text(&format!("{row} .enabled"), "yes").await;
+    browser.click(&format!("{row} .disable")).await;
+    browser.wait_text(&format!("{row} .enabled"), "no").await;
+    browser.click(&format!("{row} .enable")).await;
+    browser.wait_text(&format!("{row} .enabled"), "yes").await;
+}
+
+/// An attribute of the element for `css`.
+async fn attribute(browser: &Browser, css: &str, name: &str) -> String {
+    let e = browser.find(css).await;
+    let v = browser
+        .cmd("GET", &format!("/element/{e}/attribute/{name}"), None)
+        .await;
+    v.as_str().unwrap_or_default().to_string()
+}
+
+/// Pays while the overview is open until both charts have data, then saves a screenshot.
+async fn overview_screenshot(browser: &Browser, base: &str, c: &mut Client) {
     browser.goto(&format!("{base}/console/overview")).await;
     browser.wait_text("#links", "ready").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        pay(c, 1200).await;
+        let answered = attribute(browser, "#rps-chart", "data-answered").await == "yes";
+        let points: u32 = attribute(browser, "#latency-chart", "data-points")
+            .await
+            .parse()
+            .unwrap_or(0);
+        if answered && points >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the charts never had data"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    browser.find("#rps-chart canvas").await;
     let shot = browser.cmd("GET", "/screenshot", None).await;
     use base64::Engine as _;
     let png = base64::engine::general_purpose::STANDARD
@@ -1365,8 +1815,6 @@ async fn console_in_a_browser() {
         std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-overview.png");
     std::fs::write(&out, &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG at {}", out.display());
-    browser.quit().await;
-    drop(sw);
 }
 
 // Proves an administrator-initiated password reset: the token ends the account's sessions,

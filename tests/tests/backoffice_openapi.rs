@@ -72,6 +72,13 @@ async fn openapi_document_holds_under_fuzzing() {
         "/v1/saf/{id}/discard",
         "/v1/api-keys/{id}",
         "/v1/accounts/{username}/{switch}",
+        "/v1/routes",
+        "/v1/routes/{id}",
+        "/v1/links",
+        "/v1/links/{name}/{verb}",
+        "/v1/settlement",
+        "/v1/ledger/balances",
+        "/v1/overview",
     ] {
         assert!(doc["paths"].get(path).is_some(), "{path} documented");
     }

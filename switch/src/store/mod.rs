@@ -24,6 +24,7 @@ pub mod journal;
 
 mod advices;
 pub mod leases;
+pub mod ledger_reads;
 mod notifications;
 pub mod operations;
 mod payments;

@@ -1,0 +1,525 @@
+//! The console's operations pages (issue 12), over the same [`Admin`] calls and role rules
+//! as the `/v1` API: TOTP enrolment with a QR code, BIN routes, bank links with sign-on and
+//! sign-off, merchants (the MAC key shown once), and the live overview's figures with
+//! its charts (uPlot, vendored in `admin-http/console/vendor` and served by the switch).
+//!
+//! Every form that changes something carries the session's CSRF token (see
+//! [`crate::console`]).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use minijinja::context;
+use serde::Deserialize;
+
+use crate::console::{
+    changing, csrf_checked, csrf_of, render, ser, signed_in, signed_in_enrolling, to_login,
+};
+use crate::merchants::{NewMerchantBody, Rotation};
+use crate::reference::{RouteBody, link_verb};
+use crate::v1::Principal;
+use crate::{Admin, AdminError, AppState, Role};
+
+const UPLOT_JS: &str = include_str!("../console/vendor/uPlot.iife.min.js");
+const UPLOT_CSS: &str = include_str!("../console/vendor/uPlot.min.css");
+
+/// This module's templates, registered with the console's.
+pub(crate) const TEMPLATES: [(&str, &str); 4] = [
+    ("totp.html", include_str!("../console/templates/totp.html")),
+    (
+        "routes.html",
+        include_str!("../console/templates/routes.html"),
+    ),
+    (
+        "links.html",
+        include_str!("../console/templates/links.html"),
+    ),
+    (
+        "merchants.html",
+        include_str!("../console/templates/merchants.html"),
+    ),
+];
+
+type S<A> = State<Arc<AppState<A>>>;
+type Peer = ConnectInfo<SocketAddr>;
+
+/// Refuses a principal below `needed` (the same floor as the route's `/v1` twin).
+fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
+    if p.role >= needed {
+        Ok(())
+    } else {
+        Err(AdminError::Forbidden(format!(
+            "role {} may not do this",
+            p.role.as_str()
+        )))
+    }
+}
+
+/// What a page shows after an action: an error, a notice, or a secret shown once.
+#[derive(Debug, Default)]
+struct Flash {
+    error: Option<String>,
+    notice: Option<String>,
+    secret: Option<String>,
+}
+
+impl Flash {
+    fn of<T>(r: Result<T, AdminError>, notice: impl FnOnce(T) -> (String, Option<String>)) -> Self {
+        match r {
+            Ok(v) => {
+                let (notice, secret) = notice(v);
+                Flash {
+                    notice: Some(notice),
+                    secret,
+                    ..Flash::default()
+                }
+            }
+            Err(e) => Flash {
+                error: Some(e.to_string()),
+                ..Flash::default()
+            },
+        }
+    }
+}
+
+/// The QR code of an `otpauth://` URL as an SVG element.
+pub fn qr_svg(url: &str) -> Result<String, AdminError> {
+    let code = qrcode::QrCode::new(url.as_bytes())
+        .map_err(|e| AdminError::Unavailable(format!("QR code: {e}")))?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .build())
+}
+
+/// A form with only its CSRF token, or a code to confirm TOTP with.
+#[derive(Debug, Deserialize)]
+pub struct CodeForm {
+    pub csrf: String,
+    #[serde(default)]
+    pub code: String,
+}
+
+/// The TOTP page in the state `step` gives (`enrolment` and `qr`, `recovery_codes`, or
+/// neither: the start).
+fn totp_view(p: &Principal, token: &str, mfa_done: bool, step: minijinja::Value) -> Response {
+    render(
+        StatusCode::OK,
+        "totp.html",
+        context! { title => "second factor", who => ser(p), csrf => csrf_of(token), mfa_done => mfa_done, ..step },
+    )
+}
+
+async fn totp_page<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
+    let Some((p, token)) = signed_in_enrolling(&s, &h, peer).await else {
+        return to_login();
+    };
+    totp_view(&p, &token, p.mfa_done, context! {})
+}
+
+/// The signed-in principal of an enrolment form (second factor not yet needed), its
+/// CSRF token checked.
+async fn enrolling<A: Admin>(
+    s: &AppState<A>,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    csrf: &str,
+) -> Result<(Principal, String), Response> {
+    csrf_checked(signed_in_enrolling(s, h, peer).await, csrf)
+}
+
+/// Starts enrolment (`confirm` false: a fresh secret and its QR code) or confirms it with
+/// the form's code (the recovery codes, shown once).
+async fn totp_step<A: Admin>(
+    s: &AppState<A>,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    f: CodeForm,
+    confirm: bool,
+) -> Response {
+    let (p, token) = match enrolling(s, h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let step = if confirm {
+        s.admin
+            .totp_confirm(&p, &token, f.code.trim())
+            .await
+            .map(|c| context! { recovery_codes => c.recovery_codes })
+    } else {
+        match s.admin.totp_enrol(&p).await {
+            Ok(e) => qr_svg(&e.otpauth_url).map(|qr| context! { enrolment => ser(&e), qr => qr }),
+            Err(e) => Err(e),
+        }
+    };
+    match step {
+        Ok(step) => totp_view(&p, &token, p.mfa_done || confirm, step),
+        Err(e) => totp_view(&p, &token, p.mfa_done, context! { error => e.to_string() }),
+    }
+}
+
+async fn totp_start<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Form(f): Form<CodeForm>,
+) -> Response {
+    totp_step(&s, &h, peer, f, false).await
+}
+
+async fn totp_confirm<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Form(f): Form<CodeForm>,
+) -> Response {
+    totp_step(&s, &h, peer, f, true).await
+}
+
+async fn routes_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Flash) -> Response {
+    let (routes, error) = match s.admin.routes().await {
+        Ok(r) => (r, f.error),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    let banks: Vec<String> = {
+        let mut b: Vec<String> = s.admin.links().into_iter().map(|l| l.bank).collect();
+        b.dedup();
+        b
+    };
+    render(
+        StatusCode::OK,
+        "routes.html",
+        context! {
+            title => "routes", who => ser(&p), csrf => csrf_of(token), may_change => p.role >= Role::Admin,
+            routes => ser(&routes), banks => banks, error => error, notice => f.notice,
+        },
+    )
+}
+
+/// A page for principals of at least `needed`: the page, or the login page, or 403.
+async fn viewing<A: Admin>(
+    s: &AppState<A>,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    needed: Role,
+) -> Result<(Principal, String), Response> {
+    let Some((p, token)) = signed_in(s, h, peer).await else {
+        return Err(to_login());
+    };
+    permit(&p, needed).map_err(crate::v1::problem)?;
+    Ok((p, token))
+}
+
+async fn routes_get<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
+    match viewing(&s, &h, peer, Role::Viewer).await {
+        Ok((p, token)) => routes_page(&s, p, &token, Flash::default()).await,
+        Err(r) => r,
+    }
+}
+
+/// The route form: numbers arrive as text.
+#[derive(Debug, Deserialize)]
+pub struct RouteForm {
+    pub csrf: String,
+    pub low: String,
+    pub high: String,
+    pub bank_id: String,
+    #[serde(default)]
+    pub priority: String,
+}
+
+async fn add_route<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Form(f): Form<RouteForm>,
+) -> Response {
+    let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let priority = match f.priority.trim() {
+        "" => Ok(0),
+        v => v
+            .parse::<i32>()
+            .map_err(|_| AdminError::Invalid("priority: a whole number".into())),
+    };
+    let added = match (permit(&p, Role::Admin), priority) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(()), Ok(priority)) => {
+            let body = RouteBody {
+                low: f.low.trim().to_string(),
+                high: f.high.trim().to_string(),
+                bank_id: f.bank_id,
+                priority,
+            };
+            s.admin.add_route(&p, body).await
+        }
+    };
+    let flash = Flash::of(added, |r| (format!("route {} added", r.id), None));
+    routes_page(&s, p, &token, flash).await
+}
+
+/// A form with only its CSRF token.
+#[derive(Debug, Deserialize)]
+pub struct CsrfOnly {
+    pub csrf: String,
+}
+
+async fn remove_route<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let removed = match permit(&p, Role::Admin) {
+        Ok(()) => s.admin.remove_route(&p, id).await,
+        Err(e) => Err(e),
+    };
+    let flash = Flash::of(removed, |r| (format!("route {} removed", r.id), None));
+    routes_page(&s, p, &token, flash).await
+}
+
+fn links_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Flash) -> Response {
+    render(
+        StatusCode::OK,
+        "links.html",
+        context! {
+            title => "links", who => ser(&p), csrf => csrf_of(token), may_act => p.role >= Role::Operator,
+            links => ser(&s.admin.links()), error => f.error, notice => f.notice,
+        },
+    )
+}
+
+async fn links<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
+    match viewing(&s, &h, peer, Role::Viewer).await {
+        Ok((p, token)) => links_page(&s, p, &token, Flash::default()),
+        Err(r) => r,
+    }
+}
+
+async fn sign_link<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Path((name, verb)): Path<(String, String)>,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
+    let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let done = match (permit(&p, Role::Operator), link_verb(&verb)) {
+        (Err(e), _) | (_, Err(e)) => Err(e),
+        (Ok(()), Ok(on)) => s.admin.sign_link(&p, &name, on).await,
+    };
+    let flash = Flash::of(done, |l| (format!("{verb} sent to {}", l.name), None));
+    links_page(&s, p, &token, flash)
+}
+
+async fn merchants_page<A: Admin>(
+    s: &AppState<A>,
+    p: Principal,
+    token: &str,
+    f: Flash,
+) -> Response {
+    let (merchants, error) = match s.admin.merchants().await {
+        Ok(m) => (m, f.error),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    render(
+        StatusCode::OK,
+        "merchants.html",
+        context! {
+            title => "merchants", who => ser(&p), csrf => csrf_of(token), may_change => p.role >= Role::Admin,
+            merchants => ser(&merchants), error => error, notice => f.notice, mac_key => f.secret,
+        },
+    )
+}
+
+async fn merchants<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
+    match viewing(&s, &h, peer, Role::Viewer).await {
+        Ok((p, token)) => merchants_page(&s, p, &token, Flash::default()).await,
+        Err(r) => r,
+    }
+}
+
+/// A whole number of a form field, or the field's name in the error.
+fn number<T: std::str::FromStr>(
+    fields: &HashMap<String, String>,
+    name: &str,
+) -> Result<T, AdminError> {
+    let v = fields.get(name).map(|v| v.trim()).unwrap_or_default();
+    v.parse()
+        .map_err(|_| AdminError::Invalid(format!("{name}: a whole number")))
+}
+
+/// The new merchant form: currencies as comma-separated ISO 4217 numeric codes.
+fn new_merchant(fields: &HashMap<String, String>) -> Result<NewMerchantBody, AdminError> {
+    let text = |n: &str| {
+        fields
+            .get(n)
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let currencies = text("currencies")
+        .split(',')
+        .map(|c| c.trim().parse::<u16>())
+        .collect::<Result<Vec<u16>, _>>()
+        .map_err(|_| {
+            AdminError::Invalid("currencies: ISO 4217 numeric codes, comma-separated".into())
+        })?;
+    Ok(NewMerchantBody {
+        id: text("id"),
+        name: text("name"),
+        currencies,
+        limit_minor: number(fields, "limit_minor")?,
+        rate_per_s: number(fields, "rate_per_s")?,
+        burst: number(fields, "burst")?,
+    })
+}
+
+async fn create_merchant<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Form(fields): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = fields.get("csrf").cloned().unwrap_or_default();
+    let (p, token) = match changing(&s, &h, peer, &csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let created = match permit(&p, Role::Admin).and_then(|()| new_merchant(&fields)) {
+        Ok(body) => s.admin.create_merchant(&p, body).await,
+        Err(e) => Err(e),
+    };
+    let flash = Flash::of(created, |k| {
+        (
+            format!("merchant {} created: its MAC key is shown once", k.id),
+            Some(k.mac_key_hex),
+        )
+    });
+    merchants_page(&s, p, &token, flash).await
+}
+
+async fn merchant_action<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Path((id, verb)): Path<(String, String)>,
+    Form(fields): Form<HashMap<String, String>>,
+) -> Response {
+    let csrf = fields.get("csrf").cloned().unwrap_or_default();
+    let (p, token) = match changing(&s, &h, peer, &csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let flash = match (permit(&p, Role::Admin), verb.as_str()) {
+        (Err(e), _) => Flash::of(Err::<(), _>(e), |_| (String::new(), None)),
+        (Ok(()), "enable" | "disable") => {
+            let on = verb == "enable";
+            let r = s.admin.set_merchant_enabled(&p, &id, on).await;
+            Flash::of(r, |()| (format!("merchant {id} {verb}d"), None))
+        }
+        (Ok(()), "rotate-key") => {
+            let r = match number::<u64>(&fields, "overlap_s") {
+                Ok(overlap_s) => {
+                    s.admin
+                        .rotate_merchant_key(&p, &id, Rotation { overlap_s })
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            Flash::of(r, |k| {
+                (
+                    format!("merchant {id}: new MAC key, shown once"),
+                    Some(k.mac_key_hex),
+                )
+            })
+        }
+        (Ok(()), _) => Flash::of(
+            Err::<(), _>(AdminError::NotFound(format!("action {verb}"))),
+            |_| (String::new(), None),
+        ),
+    };
+    merchants_page(&s, p, &token, flash).await
+}
+
+/// The overview's figures for its charts (the same as `GET /v1/overview`).
+async fn figures<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
+    match viewing(&s, &h, peer, Role::Viewer).await {
+        Ok(_) => Json(s.admin.overview()).into_response(),
+        Err(r) => r,
+    }
+}
+
+pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
+    Router::new()
+        .route(
+            "/console/uPlot.iife.min.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], UPLOT_JS) }),
+        )
+        .route(
+            "/console/uPlot.min.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], UPLOT_CSS) }),
+        )
+        .route("/console/totp", get(totp_page::<A>).post(totp_start::<A>))
+        .route("/console/totp/confirm", post(totp_confirm::<A>))
+        .route("/console/routes", get(routes_get::<A>).post(add_route::<A>))
+        .route("/console/routes/{id}/remove", post(remove_route::<A>))
+        .route("/console/links", get(links::<A>))
+        .route("/console/links/{name}/{verb}", post(sign_link::<A>))
+        .route(
+            "/console/merchants",
+            get(merchants::<A>).post(create_merchant::<A>),
+        )
+        .route("/console/merchants/{id}/{verb}", post(merchant_action::<A>))
+        .route("/console/overview/figures", get(figures::<A>))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves an otpauth URL becomes an SVG QR code.
+    #[test]
+    fn qr_is_svg() {
+        let svg = qr_svg("otpauth://totp/Switchyard:ann?secret=JBSWY3DPEHPK3PXP&issuer=Switchyard")
+            .unwrap();
+        assert!(svg.contains("<svg"), "{svg}");
+        assert!(svg.contains("<path"), "{svg}");
+    }
+
+    // Proves the merchant form's fields are read, and a bad currency list is refused.
+    #[test]
+    fn merchant_form() {
+        let mut f: HashMap<String, String> = [
+            ("id", "SHOP-9"),
+            ("name", "Shop"),
+            ("currencies", "840, 978"),
+            ("limit_minor", "100000"),
+            ("rate_per_s", "50"),
+            ("burst", "100"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let m = new_merchant(&f).unwrap();
+        assert_eq!(m.currencies, vec![840, 978]);
+        assert_eq!(m.burst, 100);
+        f.insert("currencies".into(), "USD".into());
+        assert!(matches!(new_merchant(&f), Err(AdminError::Invalid(_))));
+    }
+}
