@@ -16,7 +16,9 @@
 #   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
 #   PG_SHARED_BUFFERS [2GB]: the private cluster's shared_buffers
-#   RUNTIME_THREADS [the switch's default]: [switch] runtime_threads to try
+#   RUNTIME_THREADS [1]: [switch] runtime_threads (1: a single-threaded runtime, the least
+#     CPU per purchase when the switch shares 2 cores with PostgreSQL and Redis; 0: one
+#     thread per core, the switch's default)
 #   JOURNAL_WRITERS, JOURNAL_BATCH_MAX, JOURNAL_COMMIT_INTERVAL_US [the switch's defaults]:
 #     [database] settings to try
 #   PRELOAD [0]: historical transactions written before the switch starts
@@ -141,7 +143,7 @@ cat >"$config" <<EOF
 # Written by scripts/bench.sh.
 [switch]
 instance_id = 1
-$( [ -n "${RUNTIME_THREADS:-}" ] && echo "runtime_threads = $RUNTIME_THREADS" || true)
+runtime_threads = ${RUNTIME_THREADS:-1}
 shutdown_deadline_ms = 10000
 reload_interval_ms = 5000
 

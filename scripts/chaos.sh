@@ -112,6 +112,8 @@ cat >"$config" <<EOF
 # Written by scripts/chaos.sh.
 [switch]
 instance_id = 1
+# The single-threaded runtime the benchmark uses; the tests run the default (one per core).
+runtime_threads = 1
 shutdown_deadline_ms = 10000
 reload_interval_ms = 5000
 outcome_wait_ms = $OUTCOME_WAIT_MS

@@ -1149,6 +1149,25 @@ acquirer_id = "1"
         assert!(matches!(e, ConfigError::Syntax(_)), "{e}");
     }
 
+    // Proves the runtime defaults to one thread per core and refuses absurd thread counts
+    // by name.
+    #[test]
+    fn runtime_threads_bounded() {
+        let c = Config::from_toml_with_env(MIN, std::iter::empty()).unwrap();
+        assert_eq!(c.switch.runtime_threads, 0);
+        let env = |v: &str| {
+            [(
+                "SWITCHYARD__SWITCH__RUNTIME_THREADS".to_string(),
+                v.to_string(),
+            )]
+            .into_iter()
+        };
+        let c = Config::from_toml_with_env(MIN, env("1")).unwrap();
+        assert_eq!(c.switch.runtime_threads, 1);
+        let e = Config::from_toml_with_env(MIN, env("100000")).unwrap_err();
+        assert!(e.to_string().contains("switch.runtime_threads"), "{e}");
+    }
+
     // Proves bank transport options default to connect over TCP, and listen mode, TLS
     // and the breaker rate are checked.
     #[test]
