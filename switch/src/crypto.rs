@@ -4,6 +4,7 @@
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Sealing or opening failed (wrong key, tampered data, or no randomness).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -21,6 +22,13 @@ pub struct Vault {
     sealing: LessSafeKey,
     pan_hash: hmac::Key,
     rng: SystemRandom,
+    /// This vault's first nonce, random (96 bits): each seal takes the next one, so nonces
+    /// never repeat within a process, and two processes' runs overlap with probability
+    /// about (seals of both) / 2^96. NIST SP 800-38D section 8.2 asks for unique nonces,
+    /// not unpredictable ones; drawing them from the kernel cost a system call per purchase.
+    nonce_base: u128,
+    /// Seals made so far (the offset from `nonce_base`).
+    nonce_count: AtomicU64,
 }
 
 impl std::fmt::Debug for Vault {
@@ -55,11 +63,26 @@ impl Vault {
         }
         let unbound =
             UnboundKey::new(&AES_256_GCM, master_key).map_err(|_| CryptoError::KeyLength)?;
+        let rng = SystemRandom::new();
+        let mut base = [0u8; 16];
+        rng.fill(&mut base[..NONCE_LEN])
+            .map_err(|_| CryptoError::Random)?;
         Ok(Vault {
             sealing: LessSafeKey::new(unbound),
             pan_hash: hmac::Key::new(hmac::HMAC_SHA256, pan_hash_key),
-            rng: SystemRandom::new(),
+            rng,
+            nonce_base: u128::from_le_bytes(base),
+            nonce_count: AtomicU64::new(0),
         })
+    }
+
+    /// The next nonce: `nonce_base` plus the seals so far, modulo 2^96.
+    fn next_nonce(&self) -> [u8; NONCE_LEN] {
+        let n = self.nonce_count.fetch_add(1, Ordering::Relaxed);
+        let value = self.nonce_base.wrapping_add(u128::from(n));
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&value.to_le_bytes()[..NONCE_LEN]);
+        nonce
     }
 
     /// A random number from the system's generator (this process's incarnation).
@@ -71,8 +94,7 @@ impl Vault {
 
     /// nonce || ciphertext || tag.
     pub fn seal(&self, purpose: Purpose, plain: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).map_err(|_| CryptoError::Random)?;
+        let nonce = self.next_nonce();
         let mut buf = plain.to_vec();
         self.sealing
             .seal_in_place_append_tag(
@@ -156,5 +178,24 @@ mod tests {
             split_card(&card_plaintext(b"41", b"3012")),
             (b"41".to_vec(), b"3012".to_vec())
         );
+    }
+
+    // Proves consecutive seals use consecutive (so distinct) nonces, carried across the
+    // 96-bit boundary, and that two vaults start at different places.
+    #[test]
+    fn nonces_never_repeat() {
+        let v = Vault::new(&[1u8; 32], &[2u8; 32]).unwrap();
+        let a = v.seal(Purpose::Card, b"x").unwrap();
+        let b = v.seal(Purpose::Card, b"x").unwrap();
+        assert_ne!(a[..NONCE_LEN], b[..NONCE_LEN]);
+        assert_ne!(a, b, "the same plaintext seals differently");
+        let w = Vault::new(&[1u8; 32], &[2u8; 32]).unwrap();
+        assert_ne!(v.nonce_base, w.nonce_base);
+        let top = Vault {
+            nonce_base: (1u128 << 96) - 1,
+            ..w
+        };
+        assert_eq!(top.next_nonce(), [0xff; NONCE_LEN]);
+        assert_eq!(top.next_nonce(), [0; NONCE_LEN]);
     }
 }
