@@ -25,7 +25,7 @@ use crate::{Admin, AdminError, AppState, AuthRefusal, Role};
 /// Who is asking, once authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Principal {
-    /// `username` of an account, `apikey:NAME` of an API key, `token:ROLE` of a
+    /// `username` of an account, `apikey:NAME/CREATOR` of an API key, `token:ROLE` of a
     /// configured static token.
     pub actor: String,
     pub role: Role,

@@ -104,10 +104,21 @@ pub struct RefundPolicy {
     pub resume_after_ms: u64,
 }
 
+/// The person an actor stands for: an API key (`apikey:NAME/CREATOR`) is its creator's
+/// (usernames have no `/`); anyone else is itself.
+pub fn person_of(actor: &str) -> &str {
+    match actor.strip_prefix("apikey:") {
+        Some(key) => key.rsplit_once('/').map_or(actor, |(_, creator)| creator),
+        None => actor,
+    }
+}
+
 /// Why `approver` may not approve `request` at `now`, if so: the maker is not the
-/// checker, only pending requests are decided, and an expired one is not.
+/// checker (an API key counts as the person who created it, else an admin could approve
+/// what a key of theirs asked for), only pending requests are decided, and an expired one
+/// is not.
 pub fn refusal(approver: &Principal, request: &RequestRow, now: SystemTime) -> Option<AdminError> {
-    if request.view.requested_by == approver.actor {
+    if person_of(&request.view.requested_by) == person_of(&approver.actor) {
         return Some(AdminError::Forbidden(
             "maker-checker: the requester may not decide its own request".into(),
         ));
@@ -135,6 +146,20 @@ pub fn check_ask(ask: &Ask<'_>) -> Result<(), AdminError> {
         )));
     }
     Ok(())
+}
+
+/// Checks an ask's amount against the transaction it names: a refund or capture of more
+/// than the original's amount can never succeed (the request path refuses it with `13`),
+/// and an amount past DE4's 12 digits cannot even be encoded, so an approved request for it
+/// would stay `approved` with no outcome, resumed (and failing) for ever. Refused when asked
+/// (`422`), before anyone is asked to approve it.
+pub fn check_amount(ask: &Ask<'_>, original_amount_minor: i64) -> Result<(), AdminError> {
+    match ask.amount_minor {
+        Some(a) if a > original_amount_minor => Err(AdminError::Invalid(format!(
+            "amount_minor {a} is more than the transaction's {original_amount_minor}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// The message a merchant sends for `op` of `original`, as the contract has it: DE90
@@ -235,6 +260,7 @@ impl RefundDesk {
         if !admin_http::transactions::visible_to(who, &original.merchant_id) {
             return Err(not_found());
         }
+        check_amount(&ask, original.amount_minor)?;
         let amount_minor = ask.amount_minor.unwrap_or(original.amount_minor).max(1);
         let now = SystemTime::now();
         let needs_approval = amount_minor > self.policy.approval_above_minor;
@@ -556,5 +582,73 @@ mod tests {
         assert!(check_ask(&ask(Operation::Refund, Some(5), " ", "k")).is_err());
         let long = "k".repeat(IDEMPOTENCY_KEY_MAX_LEN + 1);
         assert!(check_ask(&ask(Operation::Refund, Some(5), "r", &long)).is_err());
+    }
+
+    fn request_by(requested_by: &str) -> RequestRow {
+        RequestRow {
+            view: RefundRequestView {
+                id: 1,
+                kind: "refund".into(),
+                state: "pending".into(),
+                original_rrn: "000000001002".into(),
+                merchant_id: "MERCHANT0000001".into(),
+                amount_minor: 50_000,
+                reason: "returned".into(),
+                requested_by: requested_by.into(),
+                needs_approval: true,
+                created_at: String::new(),
+                expires_at: String::new(),
+                decided_by: None,
+                refund_rrn: None,
+                response_code: None,
+            },
+            expires_at: SystemTime::now() + Duration::from_secs(3600),
+            sent: None,
+        }
+    }
+
+    fn approver(actor: &str) -> Principal {
+        Principal {
+            actor: actor.into(),
+            role: Role::Admin,
+            merchant_id: None,
+            mfa_done: true,
+            source: "127.0.0.1".into(),
+        }
+    }
+
+    // Proves maker-checker sees through API keys: an admin may not approve what one of
+    // their keys asked for, nor a key of theirs what they (or another of their keys) asked
+    // for; a key of someone else's may.
+    #[test]
+    fn a_key_is_its_creator_for_maker_checker() {
+        let now = SystemTime::now();
+        let refused = |maker: &str, checker: &str| {
+            refusal(&approver(checker), &request_by(maker), now).is_some()
+        };
+        assert!(refused("apikey:op/adam", "adam"));
+        assert!(refused("adam", "apikey:approve/adam"));
+        assert!(refused("apikey:op/adam", "apikey:approve/adam"));
+        assert!(refused("apikey:a/b/adam", "adam"));
+        assert!(!refused("apikey:op/adam", "ann"));
+        assert!(!refused("apikey:op/adam", "apikey:op/ann"));
+        assert!(!refused("oscar", "ann"));
+        assert_eq!(person_of("token:operator"), "token:operator");
+    }
+
+    // Proves a refund or capture of more than the original's amount (up to i64::MAX, which
+    // DE4 cannot carry) is refused when asked, and a void (the original's amount) never is.
+    #[test]
+    fn amounts_above_the_original_are_refused() {
+        let ask = |op, amount_minor| Ask {
+            op,
+            amount_minor,
+            reason: "r",
+            idempotency_key: "k",
+        };
+        assert!(check_amount(&ask(Operation::Refund, Some(5000)), 5000).is_ok());
+        assert!(check_amount(&ask(Operation::Refund, Some(5001)), 5000).is_err());
+        assert!(check_amount(&ask(Operation::Capture, Some(i64::MAX)), 5000).is_err());
+        assert!(check_amount(&ask(Operation::Void, None), 5000).is_ok());
     }
 }

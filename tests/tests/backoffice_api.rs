@@ -542,3 +542,56 @@ async fn api_keys_and_account_switches() {
     assert_eq!(o.audit(&root, "action=apikey.revoke").await.len(), 1);
     drop(sw);
 }
+
+// Proves maker-checker counts an API key as the admin who created it: a refund asked with
+// an admin's own operator key is not approved by that admin (403) but is by another
+// approver, and paid once; and a refund of more than the purchase (up to i64::MAX, which
+// DE4 cannot carry) is refused when asked instead of waiting for an approval that can only
+// leave it `approved` for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admins_own_key_is_not_a_second_person() {
+    let world = office::world("bo_key_maker", 1000, "", WorldOptions::default());
+    let (sw, o, root) = office::open(&world, true).await;
+    let admin = o.person(&root, "keeper", "admin").await;
+    let checker = o.person(&root, "checker", "approver").await;
+    let mut c = world.client(&sw).await;
+    assert_eq!(rc(&c.call(&c.network(&next_stan(), "001")).await), "00");
+    let paid = c
+        .call(&c.purchase(&next_stan(), 5000, "4111111111111111", "BO-KEY-1"))
+        .await;
+    assert_eq!(rc(&paid), "00");
+    let rrn = paid.get_str(37).unwrap().to_string();
+    let body = json!({"name": "robot", "role": "operator", "expires_in_days": 1});
+    let made = o.call("POST", "/v1/api-keys", Some(&admin.token), Some(body));
+    let key = made.await.json()["key"].as_str().unwrap().to_string();
+
+    for amount in [5001, i64::MAX] {
+        let body = json!({"amount_minor": amount, "reason": "too much", "idempotency_key": format!("big-{amount}")});
+        let big = ask(&o, &key, &rrn, "refunds", body).await;
+        assert_eq!(big.status, 422, "{amount}: {}", big.body);
+    }
+    let body = json!({"amount_minor": 3000, "reason": "returned", "idempotency_key": "key-1"});
+    let asked = ask(&o, &key, &rrn, "refunds", body).await;
+    assert_eq!(asked.status, 200, "{}", asked.body);
+    let req = asked.json();
+    assert_eq!(req["state"], "pending", "{req}");
+    let path = format!("/v1/refund-requests/{}/approve", req["id"]);
+    let own = o.call("POST", &path, Some(&admin.token), None).await;
+    assert_eq!(own.status, 403, "the key's creator approved: {}", own.body);
+    let done = o.call("POST", &path, Some(&checker.token), None).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.json()["response_code"], "00", "{}", done.body);
+    let refunds = |r: &Value| {
+        let approved = r["approved"].as_array().cloned().unwrap_or_default();
+        approved
+            .iter()
+            .filter(|t| t["processing_code"] == "200000")
+            .count()
+    };
+    let record = world.banks[0]
+        .wait_record("the refund", WAIT, |r| refunds(r) >= 1)
+        .await;
+    assert_eq!(refunds(&record), 1, "one refund at the bank: {record}");
+    world.admin(&["ledger", "check"]);
+    drop(sw);
+}

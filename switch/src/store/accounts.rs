@@ -38,7 +38,8 @@ pub struct AccountRow {
 /// What a live session or API key stands for.
 #[derive(Debug, Clone)]
 pub struct Holder {
-    /// The account's username, or `apikey:NAME`.
+    /// The account's username, or `apikey:NAME/CREATOR` (a username has no `/`, so the
+    /// creator's username is what follows the last one).
     pub actor: String,
     pub role: Role,
     pub merchant_id: Option<String>,
@@ -495,7 +496,7 @@ impl AccountStore {
         let c = self.pool.get().await?;
         let row = c
             .query_opt(
-                "SELECT k.name, k.role, k.merchant_id FROM api_keys k
+                "SELECT k.name, k.role, k.merchant_id, a.username FROM api_keys k
                  JOIN accounts a ON a.id = k.created_by
                  WHERE k.key_hash = $1 AND k.revoked_at IS NULL AND k.expires_at > $2
                    AND NOT a.disabled",
@@ -503,7 +504,9 @@ impl AccountStore {
             )
             .await?;
         Ok(row.map(|r| Holder {
-            actor: format!("apikey:{}", r.get::<_, String>(0)),
+            // The creator is part of the actor so that maker-checker can tell the person
+            // behind a key ([`crate::refund_desk::person_of`]) and same-named keys apart.
+            actor: format!("apikey:{}/{}", r.get::<_, String>(0), r.get::<_, String>(3)),
             role: role_of(r.get(1)),
             merchant_id: r.get(2),
             mfa_done: true,
