@@ -8,7 +8,8 @@
 //!
 //! Pages: `/console/login`, `/console/overview` (live charts, bank links, readiness),
 //! `/console/transactions` (search, refund requests), `/console/refunds` (the approval
-//! queue); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`]. An
+//! queue); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`], the
+//! store-and-forward queue in [`crate::console_ops`]. An
 //! account that must enrol TOTP signs in with its password and lands on the enrolment page.
 
 use std::net::SocketAddr;
@@ -55,7 +56,10 @@ fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
-        for (name, text) in TEMPLATES.into_iter().chain(crate::console_pages::TEMPLATES) {
+        let more = crate::console_pages::TEMPLATES
+            .into_iter()
+            .chain(crate::console_ops::TEMPLATES);
+        for (name, text) in TEMPLATES.into_iter().chain(more) {
             env.add_template(name, text)
                 .expect("console template parses");
         }
@@ -127,8 +131,8 @@ pub(crate) fn to_login() -> Response {
     Redirect::to("/console/login").into_response()
 }
 
-type S<A> = State<Arc<AppState<A>>>;
-type Peer = ConnectInfo<SocketAddr>;
+pub(crate) type S<A> = State<Arc<AppState<A>>>;
+pub(crate) type Peer = ConnectInfo<SocketAddr>;
 
 /// The login form.
 #[derive(Debug, Deserialize)]
@@ -441,4 +445,5 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/refunds", get(refunds::<A>))
         .route("/console/refunds/{id}/{verb}", post(decide::<A>))
         .merge(crate::console_pages::routes::<A>())
+        .merge(crate::console_ops::routes::<A>())
 }

@@ -50,7 +50,7 @@ type S<A> = State<Arc<AppState<A>>>;
 type Peer = ConnectInfo<SocketAddr>;
 
 /// Refuses a principal below `needed` (the same floor as the route's `/v1` twin).
-fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
+pub(crate) fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
     if p.role >= needed {
         Ok(())
     } else {
@@ -63,14 +63,17 @@ fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
 
 /// What a page shows after an action: an error, a notice, or a secret shown once.
 #[derive(Debug, Default)]
-struct Flash {
-    error: Option<String>,
-    notice: Option<String>,
-    secret: Option<String>,
+pub(crate) struct Flash {
+    pub(crate) error: Option<String>,
+    pub(crate) notice: Option<String>,
+    pub(crate) secret: Option<String>,
 }
 
 impl Flash {
-    fn of<T>(r: Result<T, AdminError>, notice: impl FnOnce(T) -> (String, Option<String>)) -> Self {
+    pub(crate) fn of<T>(
+        r: Result<T, AdminError>,
+        notice: impl FnOnce(T) -> (String, Option<String>),
+    ) -> Self {
         match r {
             Ok(v) => {
                 let (notice, secret) = notice(v);
@@ -203,7 +206,7 @@ async fn routes_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Fl
 }
 
 /// A page for principals of at least `needed`: the page, or the login page, or 403.
-async fn viewing<A: Admin>(
+pub(crate) async fn viewing<A: Admin>(
     s: &AppState<A>,
     h: &HeaderMap,
     peer: SocketAddr,

@@ -1569,11 +1569,17 @@ impl Drop for Browser {
 // person with role approver signs in and approves it from the queue; the refund reaches the
 // bank simulator. Then a new operator enrols TOTP on the QR page (the secret read from the
 // page) and signs a link off and on; an admin adds and removes a route and creates a
-// merchant (its MAC key shown once); and a screenshot of the overview is saved under
+// merchant (its MAC key shown once); the store-and-forward queue shows reversals bank-a
+// never answers, an operator retries one (and may not discard), an approver discards
+// another with a reason, both audited; and a screenshot of the overview is saved under
 // target/ once its charts have data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_browser() {
-    let world = office_world("bo_console");
+    let opts = WorldOptions {
+        bank_args: vec![vec!["--ignore-reversals".into()], vec![]],
+        ..WorldOptions::default()
+    };
+    let world = system_tests::office::world("bo_console", APPROVAL_ABOVE_MINOR, "", opts);
     let mut sw = world.start_switch(1);
     world.wait_links_ready(&sw).await;
     let (office, root) = bootstrap(&world, &mut sw).await;
@@ -1652,6 +1658,8 @@ async fn console_in_a_browser() {
     enrol_in_console(&browser, &base, "fresh").await;
     links_in_console(&browser, &base, &office, &root).await;
     browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+    saf_in_console(&browser, &base, &office, &root, &mut c).await;
     office.create(&root, "ada", "admin", None).await;
     let ada = office.enrolled("ada", PASSWORD).await;
     browser.sign_in(&base, "ada", &ada).await;
@@ -1716,6 +1724,173 @@ async fn links_in_console(browser: &Browser, base: &str, office: &Office, root: 
         let rec = audited(office, root, action, "bank-a.0").await;
         assert_eq!(rec["actor"], "fresh");
     }
+}
+
+/// Two purchases voided from the API: reversals bank-a never answers, so they stay
+/// queued. Their RRNs and queue ids.
+async fn queued_reversals(office: &Office, c: &mut Client) -> Vec<(String, i64)> {
+    let mut rrns = Vec::new();
+    for i in 0..2 {
+        let order = format!("BO-CONSOLE-SAF-{i}");
+        let paid = c
+            .call(&c.purchase(&next_stan(), 300, "4111111111111111", &order))
+            .await;
+        assert_eq!(rc(&paid), "00");
+        let rrn = paid.get_str(37).unwrap().to_string();
+        let body = json!({"reason": "cancelled", "idempotency_key": order});
+        let path = format!("/v1/transactions/{rrn}/voids");
+        let v = ok_json(office, "POST", &path, STATIC_TOKEN, Some(body)).await;
+        assert_eq!(v["response_code"], "00", "{v}");
+        rrns.push(rrn);
+    }
+    let queue = ok_json(office, "GET", "/v1/saf?state=pending", STATIC_TOKEN, None).await;
+    let items = queue["items"].as_array().unwrap();
+    rrns.into_iter()
+        .map(|rrn| {
+            let m = items
+                .iter()
+                .find(|m| m["rrn"] == rrn.as_str())
+                .unwrap_or_else(|| panic!("{rrn} queued: {queue}"));
+            (rrn, m["id"].as_i64().unwrap())
+        })
+        .collect()
+}
+
+/// A console form posted with the session `token` as its cookie and the CSRF token read
+/// from the console page `page` (or `csrf` when given): the answer's status and body.
+async fn console_post(
+    office: &Office,
+    token: &str,
+    page: &str,
+    path: &str,
+    form: &[(&str, &str)],
+    csrf: Option<&str>,
+) -> (u16, String) {
+    let client = reqwest::Client::builder().timeout(WAIT).build().unwrap();
+    let cookie = format!("sy_session={token}");
+    let url = |p: &str| format!("http://{}{p}", office.addr);
+    let html = client
+        .get(url(page))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let read = html
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("a CSRF token on {page}: {html}"));
+    let mut fields = vec![("csrf", csrf.unwrap_or(read))];
+    fields.extend_from_slice(form);
+    let body: String = fields
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.replace(' ', "+")))
+        .collect::<Vec<_>>()
+        .join("&");
+    let a = client
+        .post(url(path))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (a.status().as_u16(), a.text().await.unwrap())
+}
+
+/// The store-and-forward page: an operator sees two queued reversals, retries one, gets
+/// no discard button and is refused one posted anyway (and any form without the CSRF
+/// token); an approver discards the other with a reason; both actions audited.
+async fn saf_in_console(
+    browser: &Browser,
+    base: &str,
+    office: &Office,
+    root: &Session,
+    c: &mut Client,
+) {
+    let queued = queued_reversals(office, c).await;
+    office.create(root, "saf-op", "operator", None).await;
+    office.create(root, "saf-boss", "approver", None).await;
+    let op = office.enrolled("saf-op", PASSWORD).await;
+    let boss = office.enrolled("saf-boss", PASSWORD).await;
+    let row = |i: usize| format!(r#"tr[data-rrn="{}"]"#, queued[i].0);
+
+    browser.sign_in(base, "saf-op", &op).await;
+    browser.click("#nav-saf").await;
+    browser.find("#saf-state").await;
+    browser
+        .goto(&format!("{base}/console/saf?state=pending"))
+        .await;
+    let shown = browser.wait_text(&row(0), "reversal").await;
+    assert!(shown.contains("pending"), "{shown}");
+    let discards = browser
+        .cmd(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": ".discard"})),
+        )
+        .await;
+    assert!(
+        discards.as_array().unwrap().is_empty(),
+        "operators get no discard"
+    );
+    browser.click(&format!("{} .retry", row(0))).await;
+    browser.wait_text("#notice", "retried").await;
+    let page = "/console/saf?state=pending";
+    let discard = format!("/console/saf/{}/discard", queued[1].1);
+    let why = [("reason", "an operator tries")];
+    let (status, body) = console_post(office, &op.token, page, &discard, &why, None).await;
+    assert_eq!(status, 403, "an operator may not discard: {body}");
+    let wrong = Some("0".repeat(64));
+    let (status, _) =
+        console_post(office, &boss.token, page, &discard, &why, wrong.as_deref()).await;
+    assert_eq!(status, 403, "a wrong CSRF token is refused");
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+
+    browser.sign_in(base, "saf-boss", &boss).await;
+    browser
+        .goto(&format!("{base}/console/saf?state=pending"))
+        .await;
+    let reason = "reversed by phone with bank-a, ticket 4711";
+    browser
+        .type_into(&format!("{} .discard-reason", row(1)), reason)
+        .await;
+    browser.click(&format!("{} .discard", row(1))).await;
+    browser.wait_text("#notice", "discarded").await;
+    let gone = browser.wait_text(&row(1), "discarded").await;
+    assert!(
+        gone.contains("saf-boss") && gone.contains("ticket 4711"),
+        "{gone}"
+    );
+    // The state filter: the discarded message is no longer among the pending ones.
+    browser.click(r#"#saf-state option[value="pending"]"#).await;
+    browser.click("#saf-search").await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while browser
+        .wait_text("#saf", "pending")
+        .await
+        .contains(&queued[1].0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the state filter never left the discarded message out"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    browser.wait_text(&row(0), "pending").await;
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+
+    let retried = audited(office, root, "saf.retry", &queued[0].1.to_string()).await;
+    assert_eq!(retried["actor"], "saf-op");
+    let discarded = audited(office, root, "saf.discard", &queued[1].1.to_string()).await;
+    assert_eq!(discarded["actor"], "saf-boss");
+    assert_eq!(discarded["before"]["state"], "pending");
+    assert_eq!(discarded["after"]["discard_reason"], reason);
 }
 
 /// Adds a route on the routes page (the API lists it), then removes it there.
