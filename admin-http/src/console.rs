@@ -7,8 +7,8 @@
 //! in constant time.
 //!
 //! Pages: `/console/login`, `/console/overview` (live charts, bank links, readiness),
-//! `/console/transactions` (search, refund requests), `/console/refunds` (the approval
-//! queue); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`], the
+//! `/console/transactions` (search; refund, capture and void requests), `/console/refunds`
+//! (the approval queue of all three); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`], the
 //! store-and-forward queue in [`crate::console_ops`]. An
 //! account that must enrol TOTP signs in with its password and lands on the enrolment page.
 
@@ -23,6 +23,7 @@ use axum::{Form, Router};
 use minijinja::{Environment, Value, context};
 use serde::Deserialize;
 
+use crate::ops::VoidAsk;
 use crate::refunds::{RefundAsk, RefundListQuery, may_request};
 use crate::transactions::TxnQuery;
 use crate::v1::{LoginRequest, Principal};
@@ -336,38 +337,69 @@ async fn transactions<A: Admin>(
     transactions_page(&s, p, &token, q, template).await
 }
 
-/// The refund form of a transaction row.
+/// The refund, capture or void form of a transaction row (a void has no amount).
 #[derive(Debug, Deserialize)]
 pub struct RefundForm {
     pub csrf: String,
     pub idempotency_key: String,
+    #[serde(default)]
     pub amount_minor: String,
     pub reason: String,
 }
 
-async fn refund<A: Admin>(
+/// Asks for operation `op` (`refund`, `capture` or `void`) of transaction `rrn`, through
+/// the same [`Admin`] call as its `/v1` twin (so the same checks and maker-checker).
+async fn ask_operation<A: Admin>(
+    s: &AppState<A>,
+    p: &Principal,
+    rrn: &str,
+    op: &str,
+    f: RefundForm,
+) -> Result<(), AdminError> {
+    let amount_minor = || {
+        f.amount_minor
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| AdminError::Invalid("amount: whole minor units".into()))
+    };
+    let asked = match op {
+        "refund" | "capture" => {
+            let ask = RefundAsk {
+                amount_minor: amount_minor()?,
+                reason: f.reason,
+                idempotency_key: f.idempotency_key,
+            };
+            if op == "refund" {
+                s.admin.request_refund(p, rrn, ask).await
+            } else {
+                s.admin.request_capture(p, rrn, ask).await
+            }
+        }
+        "void" => {
+            let ask = VoidAsk {
+                reason: f.reason,
+                idempotency_key: f.idempotency_key,
+            };
+            s.admin.request_void(p, rrn, ask).await
+        }
+        _ => Err(AdminError::NotFound(format!("operation {op}"))),
+    };
+    asked.map(|_| ())
+}
+
+/// A refund, capture or void asked for from a transaction row; the requests page after.
+async fn operation<A: Admin>(
     State(s): S<A>,
     ConnectInfo(peer): Peer,
     h: HeaderMap,
-    Path(rrn): Path<String>,
+    Path((rrn, op)): Path<(String, String)>,
     Form(f): Form<RefundForm>,
 ) -> Response {
     let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
         Ok(who) => who,
         Err(r) => return r,
     };
-    let result = match f.amount_minor.trim().parse::<i64>() {
-        Ok(amount_minor) => {
-            let ask = RefundAsk {
-                amount_minor,
-                reason: f.reason,
-                idempotency_key: f.idempotency_key,
-            };
-            s.admin.request_refund(&p, &rrn, ask).await.map(|_| ())
-        }
-        Err(_) => Err(AdminError::Invalid("amount: whole minor units".into())),
-    };
-    match result {
+    match ask_operation(&s, &p, &rrn, &op, f).await {
         Ok(()) => Redirect::to("/console/refunds").into_response(),
         Err(e) => refunds_page(&s, p, &token, Some(e.to_string())).await,
     }
@@ -441,7 +473,7 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/logout", post(logout::<A>))
         .route("/console/overview", get(overview::<A>))
         .route("/console/transactions", get(transactions::<A>))
-        .route("/console/transactions/{rrn}/refund", post(refund::<A>))
+        .route("/console/transactions/{rrn}/{op}", post(operation::<A>))
         .route("/console/refunds", get(refunds::<A>))
         .route("/console/refunds/{id}/{verb}", post(decide::<A>))
         .merge(crate::console_pages::routes::<A>())

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use system_tests::office::{PASSWORD, ROOT_PASSWORD, STATIC_TOKEN, admin_addr, cli_add, totp_code};
 use system_tests::switchyard::{
     Client, HttpAnswer, MERCHANT_ID, MerchantCreds, SwitchProc, WAIT, World, WorldOptions,
-    de48_tag, http_call, next_stan, rc,
+    count_mti, de48_tag, http_call, next_stan, rc,
 };
 
 /// Back-office refunds above this need an approver in these tests.
@@ -1571,7 +1571,9 @@ impl Drop for Browser {
 // page) and signs a link off and on; an admin adds and removes a route and creates a
 // merchant (its MAC key shown once); the store-and-forward queue shows reversals bank-a
 // never answers, an operator retries one (and may not discard), an approver discards
-// another with a reason, both audited; and a screenshot of the overview is saved under
+// another with a reason, both audited; an operator captures a pre-authorisation and voids
+// a purchase from their rows, both approved from the requests queue (see
+// capture_and_void_in_console); and a screenshot of the overview is saved under
 // target/ once its charts have data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn console_in_a_browser() {
@@ -1660,6 +1662,7 @@ async fn console_in_a_browser() {
     browser.click("#logout").await;
     browser.wait_text("h1", "Sign in").await;
     saf_in_console(&browser, &base, &office, &root, &mut c).await;
+    capture_and_void_in_console(&browser, &base, &world, &office, &root, &mut c).await;
     office.create(&root, "ada", "admin", None).await;
     let ada = office.enrolled("ada", PASSWORD).await;
     browser.sign_in(&base, "ada", &ada).await;
@@ -1891,6 +1894,138 @@ async fn saf_in_console(
     assert_eq!(discarded["actor"], "saf-boss");
     assert_eq!(discarded["before"]["state"], "pending");
     assert_eq!(discarded["after"]["discard_reason"], reason);
+}
+
+/// A payment approved with `c` (`hold`: a pre-authorisation, else a purchase) of 5000 with
+/// order reference `order`: its RRN.
+async fn approved(c: &mut Client, hold: bool, order: &str) -> String {
+    let stan = next_stan();
+    let m = if hold {
+        c.preauth(&stan, 5000, "4111111111111111", order)
+    } else {
+        c.purchase(&stan, 5000, "4111111111111111", order)
+    };
+    let answer = c.call(&m).await;
+    assert_eq!(rc(&answer), "00");
+    answer.get_str(37).unwrap().to_string()
+}
+
+/// The request of `kind` on `rrn` in the API's list (as root sees it).
+async fn request_of(office: &Office, root: &Session, kind: &str, rrn: &str) -> Value {
+    let listed = ok_json(office, "GET", "/v1/refund-requests", &root.token, None).await;
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == kind && r["original_rrn"] == rrn)
+        .unwrap_or_else(|| panic!("a {kind} of {rrn}: {listed}"))
+        .clone()
+}
+
+/// On the transactions page an operator captures a pre-authorisation (its row offers no
+/// void) and voids a purchase (its row offers no capture); both above the approval amount,
+/// they wait on the requests page, told apart by kind, until an approver approves them
+/// there: the capture's advice reaches the bank, the void's reversal (bank-a ignores reversals)
+/// waits in the store-and-forward queue; both requests audited.
+async fn capture_and_void_in_console(
+    browser: &Browser,
+    base: &str,
+    world: &World,
+    office: &Office,
+    root: &Session,
+    c: &mut Client,
+) {
+    let held = approved(c, true, "BO-CONSOLE-HOLD").await;
+    let paid = approved(c, false, "BO-CONSOLE-VOID").await;
+    office.create(root, "cv-op", "operator", None).await;
+    office.create(root, "cv-boss", "approver", None).await;
+    let op = office.enrolled("cv-op", PASSWORD).await;
+    let boss = office.enrolled("cv-boss", PASSWORD).await;
+    let none = |css: String| async move {
+        let found = browser
+            .cmd(
+                "POST",
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        assert!(found.as_array().unwrap().is_empty(), "no {css}");
+    };
+
+    browser.sign_in(base, "cv-op", &op).await;
+    browser
+        .goto(&format!("{base}/console/transactions?rrn={held}"))
+        .await;
+    let row = format!("#txn-{held}");
+    browser.find(&format!("{row} .capture-button")).await;
+    none(format!("{row} .void-button")).await;
+    browser
+        .act(&format!("{row} .capture-amount"), "clear", json!({}))
+        .await;
+    browser
+        .type_into(&format!("{row} .capture-amount"), "4000")
+        .await;
+    browser
+        .type_into(&format!("{row} .capture-reason"), "goods shipped")
+        .await;
+    browser.click(&format!("{row} .capture-button")).await;
+    browser.wait_text("#refunds", "capture").await;
+    browser
+        .goto(&format!("{base}/console/transactions?rrn={paid}"))
+        .await;
+    let row = format!("#txn-{paid}");
+    browser.find(&format!("{row} .void-button")).await;
+    none(format!("{row} .capture-button")).await;
+    browser
+        .type_into(&format!("{row} .void-reason"), "customer cancelled")
+        .await;
+    browser.click(&format!("{row} .void-button")).await;
+    browser.wait_text("#refunds", "void").await;
+    let capture = request_of(office, root, "capture", &held).await;
+    let void = request_of(office, root, "void", &paid).await;
+    for (r, kind, amount) in [(&capture, "capture", 4000), (&void, "void", 5000)] {
+        assert_eq!(r["state"], "pending", "{r}");
+        assert_eq!(r["amount_minor"], amount, "{r}");
+        let shown = browser
+            .wait_text(&format!("#request-{} .kind", r["id"]), kind)
+            .await;
+        assert_eq!(shown, kind);
+    }
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
+
+    browser.sign_in(base, "cv-boss", &boss).await;
+    browser.goto(&format!("{base}/console/refunds")).await;
+    for r in [&capture, &void] {
+        let row = format!("#request-{}", r["id"]);
+        browser.click(&format!("{row} .approve")).await;
+        browser
+            .wait_text(&format!("{row} .state"), "executed")
+            .await;
+    }
+    let captured = request_of(office, root, "capture", &held).await;
+    assert_eq!(captured["response_code"], "00", "{captured}");
+    assert_eq!(captured["decided_by"], "cv-boss");
+    assert!(captured["refund_rrn"].is_string(), "{captured}");
+    // The bank hears of a completion by a store-and-forward advice (0220).
+    let advised = world.banks[0]
+        .wait_record("the capture's advice", WAIT, |r| count_mti(r, "0220") >= 1)
+        .await;
+    assert_eq!(count_mti(&advised, "0220"), 1, "{advised}");
+    let queue = ok_json(office, "GET", "/v1/saf?state=pending", &root.token, None).await;
+    let queued = queue["items"].as_array().unwrap();
+    assert!(
+        queued
+            .iter()
+            .any(|m| m["rrn"] == paid.as_str() && m["kind"] == "reversal"),
+        "the void's reversal queued: {queue}"
+    );
+    for (action, r) in [("capture.request", &capture), ("void.request", &void)] {
+        let rec = audited(office, root, action, &r["id"].to_string()).await;
+        assert_eq!(rec["actor"], "cv-op");
+    }
+    browser.click("#logout").await;
+    browser.wait_text("h1", "Sign in").await;
 }
 
 /// Adds a route on the routes page (the API lists it), then removes it there.
