@@ -1568,7 +1568,7 @@ impl Drop for Browser {
 // searches transactions (htmx), requests a refund above the approval amount; another
 // person with role approver signs in and approves it from the queue; the refund reaches the
 // bank simulator. Then a new operator enrols TOTP on the QR page (the secret read from the
-// page) and signs a link off and on; an admin adds and removes a route and creates a
+// page) and signs a link off and on; an admin adds, changes and removes a route and creates a
 // merchant (its MAC key shown once); the store-and-forward queue shows reversals bank-a
 // never answers, an operator retries one (and may not discard), an approver discards
 // another with a reason, both audited; an operator captures a pre-authorisation and voids
@@ -2028,6 +2028,53 @@ async fn capture_and_void_in_console(
     browser.wait_text("h1", "Sign in").await;
 }
 
+/// Edits `route` on the routes page: bad bounds are refused with the form kept open, then
+/// a wider range to bank-b is saved; the API lists it so and the change is audited with
+/// the route before and after.
+async fn change_route_in_console(
+    browser: &Browser,
+    office: &Office,
+    root: &Session,
+    route: &Value,
+) {
+    let row = format!("#route-{}", route["id"]);
+    browser.click(&format!("{row} .edit-route")).await;
+    browser.find("#route-edit-form").await;
+    browser.act("#route-edit-high", "clear", json!({})).await;
+    browser.type_into("#route-edit-high", "42222x").await;
+    browser.click("#save-route").await;
+    browser.wait_text("#error", "").await;
+    browser.act("#route-edit-high", "clear", json!({})).await;
+    browser.type_into("#route-edit-high", "422229").await;
+    browser
+        .click(r#"#route-edit-bank option[value="bank-b"]"#)
+        .await;
+    browser.click("#save-route").await;
+    browser.wait_text("#notice", "changed").await;
+    browser.wait_text(&row, "422229").await;
+    let listed = ok_json(office, "GET", "/v1/routes", &root.token, None).await;
+    let changed = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == route["id"])
+        .unwrap_or_else(|| panic!("route listed: {listed}"))
+        .clone();
+    assert_eq!(
+        (
+            changed["low"].as_str(),
+            changed["high"].as_str(),
+            changed["bank_id"].as_str()
+        ),
+        (Some("422222"), Some("422229"), Some("bank-b")),
+        "{changed}"
+    );
+    let rec = audited(office, root, "route.change", &route["id"].to_string()).await;
+    assert_eq!(rec["actor"], "ada");
+    assert_eq!(rec["before"]["high"], "422223");
+    assert_eq!(rec["after"]["bank_id"], "bank-b");
+}
+
 /// Adds a route on the routes page (the API lists it), then removes it there.
 async fn routes_in_console(browser: &Browser, base: &str, office: &Office, root: &Session) {
     browser.goto(&format!("{base}/console/routes")).await;
@@ -2045,6 +2092,7 @@ async fn routes_in_console(browser: &Browser, base: &str, office: &Office, root:
         .clone();
     let row = format!("#route-{}", route["id"]);
     browser.wait_text(&row, "422223").await;
+    change_route_in_console(browser, office, root, &route).await;
     browser.click(&format!("{row} .remove-route")).await;
     browser.wait_text("#notice", "removed").await;
     let listed = ok_json(office, "GET", "/v1/routes", &root.token, None).await;
