@@ -18,7 +18,7 @@ use minijinja::context;
 use serde::Deserialize;
 
 use crate::console::{Peer, S, changing, csrf_of, render, ser};
-use crate::console_pages::{CsrfOnly, Flash, permit, viewing};
+use crate::console_pages::{Flash, permit, viewing};
 use crate::ops::{Discard, SAF_DISCARD_ROLE, SAF_RETRY_ROLE, SafQuery};
 use crate::v1::Principal;
 use crate::{Admin, AdminError, AppState, Role};
@@ -109,67 +109,51 @@ async fn saf<A: Admin>(
     }
 }
 
-async fn saf_retry<A: Admin>(
-    State(s): S<A>,
-    ConnectInfo(peer): Peer,
-    h: HeaderMap,
-    Path(id): Path<i64>,
-    Form(f): Form<CsrfOnly>,
-) -> Response {
-    let who = match changing(&s, &h, peer, &f.csrf).await {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let p = &who.0;
-    let done = match permit(p, SAF_RETRY_ROLE) {
-        Ok(()) => s.admin.saf_retry(p, id).await,
-        Err(e) => Err(e),
-    };
-    let status = status_of(&done);
-    let flash = Flash::of(done, |m| {
-        (format!("message {} retried: due now", m.id), None)
-    });
-    saf_page(&s, who, SafFilter::default(), status, flash).await
-}
-
-/// The discard form: why the switch may stop repeating the message.
+/// The retry and discard forms: a discard's reason (a retry has none).
 #[derive(Debug, Deserialize)]
-pub struct DiscardForm {
+pub struct SafActionForm {
     pub csrf: String,
     #[serde(default)]
     pub reason: String,
 }
 
-async fn saf_discard<A: Admin>(
+/// "Retry now" (`verb` `retry`) or "Discard" (`discard`, with the form's reason) of
+/// queued message `id`; the queue page after.
+async fn saf_action<A: Admin>(
     State(s): S<A>,
     ConnectInfo(peer): Peer,
     h: HeaderMap,
-    Path(id): Path<i64>,
-    Form(f): Form<DiscardForm>,
+    Path((id, verb)): Path<(i64, String)>,
+    Form(f): Form<SafActionForm>,
 ) -> Response {
     let who = match changing(&s, &h, peer, &f.csrf).await {
         Ok(who) => who,
         Err(r) => return r,
     };
     let p = &who.0;
-    let done = match permit(p, SAF_DISCARD_ROLE) {
-        Ok(()) => {
-            s.admin
-                .saf_discard(p, id, Discard { reason: f.reason })
-                .await
-        }
-        Err(e) => Err(e),
+    let (done, what) = match verb.as_str() {
+        "retry" => match permit(p, SAF_RETRY_ROLE) {
+            Ok(()) => (s.admin.saf_retry(p, id).await, "retried: due now"),
+            Err(e) => (Err(e), ""),
+        },
+        "discard" => match permit(p, SAF_DISCARD_ROLE) {
+            Ok(()) => {
+                let d = Discard { reason: f.reason };
+                (s.admin.saf_discard(p, id, d).await, "discarded")
+            }
+            Err(e) => (Err(e), ""),
+        },
+        _ => (Err(AdminError::NotFound(format!("action {verb}"))), ""),
     };
     let status = status_of(&done);
-    let flash = Flash::of(done, |m| (format!("message {} discarded", m.id), None));
+    let flash = Flash::of(done, |m| (format!("message {} {what}", m.id), None));
     saf_page(&s, who, SafFilter::default(), status, flash).await
 }
 
 pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
     Router::new()
         .route("/console/saf", get(saf::<A>))
-        .route("/console/saf/{id}/retry", post(saf_retry::<A>))
-        .route("/console/saf/{id}/discard", post(saf_discard::<A>))
+        .route("/console/saf/{id}/{verb}", post(saf_action::<A>))
 }
 
 #[cfg(test)]

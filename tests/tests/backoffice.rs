@@ -1525,6 +1525,18 @@ impl Browser {
         }
     }
 
+    /// Asserts that the page has no element for `css`.
+    async fn absent(&self, css: &str) {
+        let found = self
+            .cmd(
+                "POST",
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        assert!(found.as_array().unwrap().is_empty(), "no {css} expected");
+    }
+
     /// Signs in as `username` with the code of the step after the one `session` used.
     async fn sign_in(&self, base: &str, username: &str, session: &Session) {
         let totp = totp_code(session.secret.as_ref().unwrap(), 1);
@@ -1626,19 +1638,8 @@ async fn console_in_a_browser() {
     browser.click(&format!("{row} .refund-button")).await;
     let pending = browser.wait_text("#refunds", "pending").await;
     assert!(pending.contains("maker"), "{pending}");
-    assert!(
-        browser
-            .cmd(
-                "POST",
-                "/elements",
-                Some(json!({"using": "css selector", "value": ".approve"}))
-            )
-            .await
-            .as_array()
-            .unwrap()
-            .is_empty(),
-        "the requester gets no approve button"
-    );
+    // The requester gets no approve button.
+    browser.absent(".approve").await;
     browser.click("#logout").await;
     browser.wait_text("h1", "Sign in").await;
 
@@ -1829,17 +1830,7 @@ async fn saf_in_console(
         .await;
     let shown = browser.wait_text(&row(0), "reversal").await;
     assert!(shown.contains("pending"), "{shown}");
-    let discards = browser
-        .cmd(
-            "POST",
-            "/elements",
-            Some(json!({"using": "css selector", "value": ".discard"})),
-        )
-        .await;
-    assert!(
-        discards.as_array().unwrap().is_empty(),
-        "operators get no discard"
-    );
+    browser.absent(".discard").await; // operators get no discard
     browser.click(&format!("{} .retry", row(0))).await;
     browser.wait_text("#notice", "retried").await;
     let page = "/console/saf?state=pending";
@@ -1941,16 +1932,6 @@ async fn capture_and_void_in_console(
     office.create(root, "cv-boss", "approver", None).await;
     let op = office.enrolled("cv-op", PASSWORD).await;
     let boss = office.enrolled("cv-boss", PASSWORD).await;
-    let none = |css: String| async move {
-        let found = browser
-            .cmd(
-                "POST",
-                "/elements",
-                Some(json!({"using": "css selector", "value": css})),
-            )
-            .await;
-        assert!(found.as_array().unwrap().is_empty(), "no {css}");
-    };
 
     browser.sign_in(base, "cv-op", &op).await;
     browser
@@ -1958,7 +1939,7 @@ async fn capture_and_void_in_console(
         .await;
     let row = format!("#txn-{held}");
     browser.find(&format!("{row} .capture-button")).await;
-    none(format!("{row} .void-button")).await;
+    browser.absent(&format!("{row} .void-button")).await;
     browser
         .act(&format!("{row} .capture-amount"), "clear", json!({}))
         .await;
@@ -1975,7 +1956,7 @@ async fn capture_and_void_in_console(
         .await;
     let row = format!("#txn-{paid}");
     browser.find(&format!("{row} .void-button")).await;
-    none(format!("{row} .capture-button")).await;
+    browser.absent(&format!("{row} .capture-button")).await;
     browser
         .type_into(&format!("{row} .void-reason"), "customer cancelled")
         .await;
@@ -2113,14 +2094,7 @@ async fn merchants_in_console(browser: &Browser, base: &str) {
         .await;
     browser.goto(&format!("{base}/console/merchants")).await;
     browser.wait_text("#merchants", "MERCHANT0000009").await;
-    let shown_again = browser
-        .cmd(
-            "POST",
-            "/elements",
-            Some(json!({"using": "css selector", "value": "#mac-key"})),
-        )
-        .await;
-    assert!(shown_again.as_array().unwrap().is_empty(), "shown once");
+    browser.absent("#mac-key").await; // the MAC key is shown once
     let row = "#merchant-MERCHANT0000009";
     browser.click(&format!("{row} .rotate")).await;
     let rotated = browser.wait_text("#mac-key", "").await;
