@@ -7,8 +7,9 @@
 //! in constant time.
 //!
 //! Pages: `/console/login`, `/console/overview` (live charts, bank links, readiness),
-//! `/console/transactions` (search, refund requests), `/console/refunds` (the approval
-//! queue); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`]. An
+//! `/console/transactions` (search; refund, capture and void requests), `/console/refunds`
+//! (the approval queue of all three); TOTP enrolment, routes, links and merchants are in [`crate::console_pages`], the
+//! store-and-forward queue in [`crate::console_ops`]. An
 //! account that must enrol TOTP signs in with its password and lands on the enrolment page.
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use axum::{Form, Router};
 use minijinja::{Environment, Value, context};
 use serde::Deserialize;
 
+use crate::ops::VoidAsk;
 use crate::refunds::{RefundAsk, RefundListQuery, may_request};
 use crate::transactions::TxnQuery;
 use crate::v1::{LoginRequest, Principal};
@@ -55,7 +57,10 @@ fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
-        for (name, text) in TEMPLATES.into_iter().chain(crate::console_pages::TEMPLATES) {
+        let more = crate::console_pages::TEMPLATES
+            .into_iter()
+            .chain(crate::console_ops::TEMPLATES);
+        for (name, text) in TEMPLATES.into_iter().chain(more) {
             env.add_template(name, text)
                 .expect("console template parses");
         }
@@ -127,8 +132,8 @@ pub(crate) fn to_login() -> Response {
     Redirect::to("/console/login").into_response()
 }
 
-type S<A> = State<Arc<AppState<A>>>;
-type Peer = ConnectInfo<SocketAddr>;
+pub(crate) type S<A> = State<Arc<AppState<A>>>;
+pub(crate) type Peer = ConnectInfo<SocketAddr>;
 
 /// The login form.
 #[derive(Debug, Deserialize)]
@@ -332,38 +337,69 @@ async fn transactions<A: Admin>(
     transactions_page(&s, p, &token, q, template).await
 }
 
-/// The refund form of a transaction row.
+/// The refund, capture or void form of a transaction row (a void has no amount).
 #[derive(Debug, Deserialize)]
 pub struct RefundForm {
     pub csrf: String,
     pub idempotency_key: String,
+    #[serde(default)]
     pub amount_minor: String,
     pub reason: String,
 }
 
-async fn refund<A: Admin>(
+/// Asks for operation `op` (`refund`, `capture` or `void`) of transaction `rrn`, through
+/// the same [`Admin`] call as its `/v1` twin (so the same checks and maker-checker).
+async fn ask_operation<A: Admin>(
+    s: &AppState<A>,
+    p: &Principal,
+    rrn: &str,
+    op: &str,
+    f: RefundForm,
+) -> Result<(), AdminError> {
+    let amount_minor = || {
+        f.amount_minor
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| AdminError::Invalid("amount: whole minor units".into()))
+    };
+    let asked = match op {
+        "refund" | "capture" => {
+            let ask = RefundAsk {
+                amount_minor: amount_minor()?,
+                reason: f.reason,
+                idempotency_key: f.idempotency_key,
+            };
+            if op == "refund" {
+                s.admin.request_refund(p, rrn, ask).await
+            } else {
+                s.admin.request_capture(p, rrn, ask).await
+            }
+        }
+        "void" => {
+            let ask = VoidAsk {
+                reason: f.reason,
+                idempotency_key: f.idempotency_key,
+            };
+            s.admin.request_void(p, rrn, ask).await
+        }
+        _ => Err(AdminError::NotFound(format!("operation {op}"))),
+    };
+    asked.map(|_| ())
+}
+
+/// A refund, capture or void asked for from a transaction row; the requests page after.
+async fn operation<A: Admin>(
     State(s): S<A>,
     ConnectInfo(peer): Peer,
     h: HeaderMap,
-    Path(rrn): Path<String>,
+    Path((rrn, op)): Path<(String, String)>,
     Form(f): Form<RefundForm>,
 ) -> Response {
     let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
         Ok(who) => who,
         Err(r) => return r,
     };
-    let result = match f.amount_minor.trim().parse::<i64>() {
-        Ok(amount_minor) => {
-            let ask = RefundAsk {
-                amount_minor,
-                reason: f.reason,
-                idempotency_key: f.idempotency_key,
-            };
-            s.admin.request_refund(&p, &rrn, ask).await.map(|_| ())
-        }
-        Err(_) => Err(AdminError::Invalid("amount: whole minor units".into())),
-    };
-    match result {
+    match ask_operation(&s, &p, &rrn, &op, f).await {
         Ok(()) => Redirect::to("/console/refunds").into_response(),
         Err(e) => refunds_page(&s, p, &token, Some(e.to_string())).await,
     }
@@ -437,8 +473,9 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/logout", post(logout::<A>))
         .route("/console/overview", get(overview::<A>))
         .route("/console/transactions", get(transactions::<A>))
-        .route("/console/transactions/{rrn}/refund", post(refund::<A>))
+        .route("/console/transactions/{rrn}/{op}", post(operation::<A>))
         .route("/console/refunds", get(refunds::<A>))
         .route("/console/refunds/{id}/{verb}", post(decide::<A>))
         .merge(crate::console_pages::routes::<A>())
+        .merge(crate::console_ops::routes::<A>())
 }

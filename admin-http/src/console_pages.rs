@@ -1,5 +1,5 @@
 //! The console's operations pages (issue 12), over the same [`Admin`] calls and role rules
-//! as the `/v1` API: TOTP enrolment with a QR code, BIN routes, bank links with sign-on and
+//! as the `/v1` API: TOTP enrolment with a QR code, BIN routes (add, change, remove), bank links with sign-on and
 //! sign-off, merchants (the MAC key shown once), and the live overview's figures with
 //! its charts (uPlot, vendored in `admin-http/console/vendor` and served by the switch).
 //!
@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -22,7 +22,7 @@ use crate::console::{
     changing, csrf_checked, csrf_of, render, ser, signed_in, signed_in_enrolling, to_login,
 };
 use crate::merchants::{NewMerchantBody, Rotation};
-use crate::reference::{RouteBody, link_verb};
+use crate::reference::{ROUTES_ROLE, RouteBody, link_verb};
 use crate::v1::Principal;
 use crate::{Admin, AdminError, AppState, Role};
 
@@ -50,7 +50,7 @@ type S<A> = State<Arc<AppState<A>>>;
 type Peer = ConnectInfo<SocketAddr>;
 
 /// Refuses a principal below `needed` (the same floor as the route's `/v1` twin).
-fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
+pub(crate) fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
     if p.role >= needed {
         Ok(())
     } else {
@@ -63,14 +63,17 @@ fn permit(p: &Principal, needed: Role) -> Result<(), AdminError> {
 
 /// What a page shows after an action: an error, a notice, or a secret shown once.
 #[derive(Debug, Default)]
-struct Flash {
-    error: Option<String>,
-    notice: Option<String>,
-    secret: Option<String>,
+pub(crate) struct Flash {
+    pub(crate) error: Option<String>,
+    pub(crate) notice: Option<String>,
+    pub(crate) secret: Option<String>,
 }
 
 impl Flash {
-    fn of<T>(r: Result<T, AdminError>, notice: impl FnOnce(T) -> (String, Option<String>)) -> Self {
+    pub(crate) fn of<T>(
+        r: Result<T, AdminError>,
+        notice: impl FnOnce(T) -> (String, Option<String>),
+    ) -> Self {
         match r {
             Ok(v) => {
                 let (notice, secret) = notice(v);
@@ -182,7 +185,12 @@ async fn totp_confirm<A: Admin>(
     totp_step(&s, &h, peer, f, true).await
 }
 
-async fn routes_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Flash) -> Response {
+async fn routes_page<A: Admin>(
+    s: &AppState<A>,
+    (p, token): (Principal, String),
+    editing: Option<i64>,
+    f: Flash,
+) -> Response {
     let (routes, error) = match s.admin.routes().await {
         Ok(r) => (r, f.error),
         Err(e) => (Vec::new(), Some(e.to_string())),
@@ -192,18 +200,23 @@ async fn routes_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Fl
         b.dedup();
         b
     };
+    let may_change = p.role >= ROUTES_ROLE;
+    let editing = editing
+        .filter(|_| may_change)
+        .and_then(|id| routes.iter().find(|r| r.id == id).cloned());
     render(
         StatusCode::OK,
         "routes.html",
         context! {
-            title => "routes", who => ser(&p), csrf => csrf_of(token), may_change => p.role >= Role::Admin,
-            routes => ser(&routes), banks => banks, error => error, notice => f.notice,
+            title => "routes", who => ser(&p), csrf => csrf_of(&token), may_change => may_change,
+            routes => ser(&routes), banks => banks, editing => ser(&editing), error => error,
+            notice => f.notice,
         },
     )
 }
 
 /// A page for principals of at least `needed`: the page, or the login page, or 403.
-async fn viewing<A: Admin>(
+pub(crate) async fn viewing<A: Admin>(
     s: &AppState<A>,
     h: &HeaderMap,
     peer: SocketAddr,
@@ -216,14 +229,26 @@ async fn viewing<A: Admin>(
     Ok((p, token))
 }
 
-async fn routes_get<A: Admin>(State(s): S<A>, ConnectInfo(peer): Peer, h: HeaderMap) -> Response {
+/// The routes page's query: `edit` names the route whose form to show.
+#[derive(Debug, Default, Deserialize)]
+pub struct RoutesQuery {
+    #[serde(default)]
+    pub edit: Option<i64>,
+}
+
+async fn routes_get<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Query(q): Query<RoutesQuery>,
+) -> Response {
     match viewing(&s, &h, peer, Role::Viewer).await {
-        Ok((p, token)) => routes_page(&s, p, &token, Flash::default()).await,
+        Ok(who) => routes_page(&s, who, q.edit, Flash::default()).await,
         Err(r) => r,
     }
 }
 
-/// The route form: numbers arrive as text.
+/// The route form (to add or change one): numbers arrive as text.
 #[derive(Debug, Deserialize)]
 pub struct RouteForm {
     pub csrf: String,
@@ -234,36 +259,67 @@ pub struct RouteForm {
     pub priority: String,
 }
 
+impl RouteForm {
+    /// The API's body of this form; a priority left empty is 0.
+    pub fn body(self) -> Result<RouteBody, AdminError> {
+        let priority = match self.priority.trim() {
+            "" => 0,
+            v => v
+                .parse::<i32>()
+                .map_err(|_| AdminError::Invalid("priority: a whole number".into()))?,
+        };
+        Ok(RouteBody {
+            low: self.low.trim().to_string(),
+            high: self.high.trim().to_string(),
+            bank_id: self.bank_id,
+            priority,
+        })
+    }
+}
+
+/// Adds a route (`id` none) or changes route `id`, through the same calls as `POST` and
+/// `PUT /v1/routes`; the routes page after.
+async fn save_route<A: Admin>(
+    s: &AppState<A>,
+    h: &HeaderMap,
+    peer: SocketAddr,
+    id: Option<i64>,
+    f: RouteForm,
+) -> Response {
+    let who = match changing(s, h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let p = &who.0;
+    let body = permit(p, ROUTES_ROLE).and_then(|()| f.body());
+    let (saved, verb) = match (body, id) {
+        (Err(e), _) => (Err(e), ""),
+        (Ok(body), None) => (s.admin.add_route(p, body).await, "added"),
+        (Ok(body), Some(id)) => (s.admin.change_route(p, id, body).await, "changed"),
+    };
+    // A refused change keeps its form open, to be corrected.
+    let editing = id.filter(|_| saved.is_err());
+    let flash = Flash::of(saved, |r| (format!("route {} {verb}", r.id), None));
+    routes_page(s, who, editing, flash).await
+}
+
 async fn add_route<A: Admin>(
     State(s): S<A>,
     ConnectInfo(peer): Peer,
     h: HeaderMap,
     Form(f): Form<RouteForm>,
 ) -> Response {
-    let (p, token) = match changing(&s, &h, peer, &f.csrf).await {
-        Ok(who) => who,
-        Err(r) => return r,
-    };
-    let priority = match f.priority.trim() {
-        "" => Ok(0),
-        v => v
-            .parse::<i32>()
-            .map_err(|_| AdminError::Invalid("priority: a whole number".into())),
-    };
-    let added = match (permit(&p, Role::Admin), priority) {
-        (Err(e), _) | (_, Err(e)) => Err(e),
-        (Ok(()), Ok(priority)) => {
-            let body = RouteBody {
-                low: f.low.trim().to_string(),
-                high: f.high.trim().to_string(),
-                bank_id: f.bank_id,
-                priority,
-            };
-            s.admin.add_route(&p, body).await
-        }
-    };
-    let flash = Flash::of(added, |r| (format!("route {} added", r.id), None));
-    routes_page(&s, p, &token, flash).await
+    save_route(&s, &h, peer, None, f).await
+}
+
+async fn change_route<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Path(id): Path<i64>,
+    Form(f): Form<RouteForm>,
+) -> Response {
+    save_route(&s, &h, peer, Some(id), f).await
 }
 
 /// A form with only its CSRF token.
@@ -283,12 +339,12 @@ async fn remove_route<A: Admin>(
         Ok(who) => who,
         Err(r) => return r,
     };
-    let removed = match permit(&p, Role::Admin) {
+    let removed = match permit(&p, ROUTES_ROLE) {
         Ok(()) => s.admin.remove_route(&p, id).await,
         Err(e) => Err(e),
     };
     let flash = Flash::of(removed, |r| (format!("route {} removed", r.id), None));
-    routes_page(&s, p, &token, flash).await
+    routes_page(&s, (p, token), None, flash).await
 }
 
 fn links_page<A: Admin>(s: &AppState<A>, p: Principal, token: &str, f: Flash) -> Response {
@@ -479,6 +535,7 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/totp/confirm", post(totp_confirm::<A>))
         .route("/console/routes", get(routes_get::<A>).post(add_route::<A>))
         .route("/console/routes/{id}/remove", post(remove_route::<A>))
+        .route("/console/routes/{id}/change", post(change_route::<A>))
         .route("/console/links", get(links::<A>))
         .route("/console/links/{name}/{verb}", post(sign_link::<A>))
         .route(
@@ -500,6 +557,23 @@ mod tests {
             .unwrap();
         assert!(svg.contains("<svg"), "{svg}");
         assert!(svg.contains("<path"), "{svg}");
+    }
+
+    // Proves the route form becomes the API's body: bounds trimmed, an empty priority 0,
+    // one that is not a number refused.
+    #[test]
+    fn route_form() {
+        let form = |priority: &str| RouteForm {
+            csrf: String::new(),
+            low: " 422222 ".into(),
+            high: "422229".into(),
+            bank_id: "bank-b".into(),
+            priority: priority.into(),
+        };
+        let b = form("").body().unwrap();
+        assert_eq!((b.low.as_str(), b.priority), ("422222", 0));
+        assert_eq!(form(" 5 ").body().unwrap().priority, 5);
+        assert!(matches!(form("high").body(), Err(AdminError::Invalid(_))));
     }
 
     // Proves the merchant form's fields are read, and a bad currency list is refused.

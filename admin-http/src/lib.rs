@@ -22,6 +22,7 @@
 //! routes open to them).
 
 pub mod console;
+pub mod console_ops;
 pub mod console_pages;
 pub mod merchants;
 pub mod openapi;

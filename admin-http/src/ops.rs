@@ -38,6 +38,13 @@ pub struct VoidAsk {
     pub idempotency_key: String,
 }
 
+/// Who may make a queued message due now (`POST /v1/saf/{id}/retry`, and the console's
+/// "Retry now").
+pub const SAF_RETRY_ROLE: Role = Role::Operator;
+/// Who may discard a queued message (`POST /v1/saf/{id}/discard`, and the console's
+/// "Discard"): the four-eyes rule for dropping a reversal the bank never heard.
+pub const SAF_DISCARD_ROLE: Role = Role::Approver;
+
 /// `GET /v1/saf` filters; newest first, `before_id` is the cursor.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -203,7 +210,7 @@ pub(crate) async fn saf_retry<A: crate::Admin>(
     h: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    guarded(s, h, peer, Role::Operator, false, |s, p| async move {
+    guarded(s, h, peer, SAF_RETRY_ROLE, false, |s, p| async move {
         s.admin.saf_retry(&p, id).await
     })
     .await
@@ -217,7 +224,7 @@ pub(crate) async fn saf_discard<A: crate::Admin>(
     Path(id): Path<i64>,
     axum::Json(body): axum::Json<Discard>,
 ) -> Response {
-    guarded(s, h, peer, Role::Approver, false, |s, p| async move {
+    guarded(s, h, peer, SAF_DISCARD_ROLE, false, |s, p| async move {
         s.admin.saf_discard(&p, id, body).await
     })
     .await

@@ -23,6 +23,9 @@ use serde::{Deserialize, Serialize};
 use crate::v1::{Problem, guarded};
 use crate::{Admin, AdminError, AppState, LinkView, Role};
 
+/// Who may add, change and remove BIN routes (here and in the console).
+pub const ROUTES_ROLE: Role = Role::Admin;
+
 /// A BIN route: card numbers whose first `len(low)` digits lie in `[low, high]` go to
 /// `bank_id`. Where ranges overlap the narrowest wins, then the higher priority.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -161,7 +164,7 @@ pub(crate) async fn add_route<A: Admin>(
     h: HeaderMap,
     axum::Json(body): axum::Json<RouteBody>,
 ) -> Response {
-    guarded(s, h, peer, Role::Admin, false, |s, p| async move {
+    guarded(s, h, peer, ROUTES_ROLE, false, |s, p| async move {
         s.admin.add_route(&p, body).await
     })
     .await
@@ -175,7 +178,7 @@ pub(crate) async fn change_route<A: Admin>(
     Path(id): Path<i64>,
     axum::Json(body): axum::Json<RouteBody>,
 ) -> Response {
-    guarded(s, h, peer, Role::Admin, false, |s, p| async move {
+    guarded(s, h, peer, ROUTES_ROLE, false, |s, p| async move {
         s.admin.change_route(&p, id, body).await
     })
     .await
@@ -188,7 +191,7 @@ pub(crate) async fn remove_route<A: Admin>(
     h: HeaderMap,
     Path(id): Path<i64>,
 ) -> Response {
-    guarded(s, h, peer, Role::Admin, false, |s, p| async move {
+    guarded(s, h, peer, ROUTES_ROLE, false, |s, p| async move {
         s.admin.remove_route(&p, id).await
     })
     .await
