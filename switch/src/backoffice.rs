@@ -1061,4 +1061,30 @@ mod tests {
         assert!(may_grant(Role::Viewer, Role::Merchant));
         assert!(!may_grant(Role::Operator, Role::Approver));
     }
+
+    // Proves a flood of password checks is bounded: one runs at a time, at most
+    // PASSWORD_WAITERS_MAX wait, the rest are refused at once (503) instead of queueing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn password_checks_bounded() {
+        let running = Arc::new(AtomicUsize::new(0));
+        let calls = (0..3 * PASSWORD_WAITERS_MAX).map(|_| {
+            let running = running.clone();
+            tokio::spawn(off_runtime(move || {
+                assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "one at a time");
+                std::thread::sleep(Duration::from_millis(20));
+                running.fetch_sub(1, Ordering::SeqCst);
+            }))
+        });
+        let mut done = 0;
+        let mut busy = 0;
+        for call in calls.collect::<Vec<_>>() {
+            match call.await.unwrap() {
+                Ok(()) => done += 1,
+                Err(AdminError::Unavailable(_)) => busy += 1,
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(done >= 1 && done <= PASSWORD_WAITERS_MAX, "{done} ran");
+        assert_eq!(done + busy, 3 * PASSWORD_WAITERS_MAX);
+    }
 }
