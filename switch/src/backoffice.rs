@@ -1084,7 +1084,7 @@ mod tests {
                 Err(e) => panic!("{e:?}"),
             }
         }
-        assert!(done >= 1 && done <= PASSWORD_WAITERS_MAX, "{done} ran");
+        assert!((1..=PASSWORD_WAITERS_MAX).contains(&done), "{done} ran");
         assert_eq!(done + busy, 3 * PASSWORD_WAITERS_MAX);
     }
 }
