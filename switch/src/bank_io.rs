@@ -53,14 +53,12 @@ pub async fn send(
             return Outcome::NotSent;
         }
     };
-    let Some(link) = bank.pick() else {
+    if !bank.is_reachable() {
         tracing::warn!(bank = %bank.config.id, rrn, "no ready link: not sent");
         return Outcome::NotSent;
-    };
+    }
     let rrn = rrn.as_bytes().try_into().ok();
     let key = MatchKey { class, stan, rrn };
     let timeout = Duration::from_millis(bank.config.request_timeout_ms);
-    link.send(key, message, timeout)
-        .await
-        .unwrap_or(Outcome::NotSent)
+    bank.exchange(key, message, timeout).await
 }

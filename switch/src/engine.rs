@@ -24,7 +24,8 @@ use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow, owner_gone};
 use crate::lifecycle::{self, BankReply, ReversalReason, State};
-use crate::limiter::{Claim, ClaimRequest, KeyWrite, Limiter, LimiterError, Rate};
+use crate::clock::Clock;
+use crate::limiter::{Claim, ClaimRequest, Claims, KeyWrite, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
 use crate::notify::Sessions;
@@ -89,7 +90,10 @@ pub struct Engine {
     pub banks: HashMap<String, Bank>,
     /// Durable state: every record and lookup of the request path.
     pub store: Arc<dyn Store>,
-    pub limiter: Limiter,
+    /// The idempotency claims and limits (Redis in production).
+    pub limiter: Arc<dyn Claims>,
+    /// Where the request path reads the time (the system clock in production).
+    pub clock: Arc<dyn Clock>,
     /// Recorded answers copied to Redis in batches, for replays.
     pub replays: Replays,
     pub vault: Arc<Vault>,
@@ -140,15 +144,8 @@ pub fn request_key(
     k
 }
 
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-fn today() -> (u32, u32) {
-    let (y, m, ..) = codec::clock::civil_from_unix(codec::clock::unix_now());
+fn today(clock: &dyn Clock) -> (u32, u32) {
+    let (y, m, ..) = codec::clock::civil_from_unix(clock.unix_s());
     (y, m)
 }
 
@@ -285,7 +282,7 @@ impl Engine {
                 "merchant disabled",
             );
         }
-        let why = match merchant.check_mac(&msg, std::time::SystemTime::now()) {
+        let why = match merchant.check_mac(&msg, self.clock.system_time()) {
             MacCheck::Valid => None,
             MacCheck::Misplaced => {
                 Some((Rc::FORMAT_ERROR, "MAC in the wrong element", "misplaced"))
@@ -395,7 +392,7 @@ impl Engine {
         let mti = msg.mti();
         if mti == Mti::NOTIFICATION_RESPONSE
             && let Some(m) = msg.raw(42).and_then(|id| self.merchants.get(id))
-            && m.check_mac(msg, std::time::SystemTime::now()) == MacCheck::Valid
+            && m.check_mac(msg, self.clock.system_time()) == MacCheck::Valid
         {
             match crate::notify::acknowledged(&*self.store, &m.id, msg).await {
                 Ok(found) => {
@@ -478,7 +475,7 @@ impl Engine {
             msg.mti(),
         );
         let content = ContentDigest::of(msg);
-        let local = checks::business_checks(&a, merchant, today());
+        let local = checks::business_checks(&a, merchant, today(&*self.clock));
         let pan_hash = self.vault.pan_hash(a.pan);
         let pan_hash_hex = hex::encode(&pan_hash[..16]);
         let guard = match self
@@ -542,7 +539,7 @@ impl Engine {
                 },
                 claim_value: &claim_value,
                 content_hex: &content_hex,
-                now_us: now_us(),
+                now_us: self.clock.unix_us(),
                 lookup_only,
             })
             .await;
@@ -816,13 +813,13 @@ impl Engine {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), StoreError>>,
     {
-        let started = Instant::now();
+        let started = self.clock.mono();
         let budget = Duration::from_millis(self.outcome_wait_ms);
         let mut attempt = 0u32;
         loop {
             match write().await {
                 Ok(()) => return Ok(attempt),
-                Err(e) if started.elapsed() < budget => {
+                Err(e) if self.clock.mono().duration_since(started) < budget => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "{what} not recorded yet; retrying");
                     tokio::time::sleep(Duration::from_millis(OUTCOME_RETRY_PAUSE_MS)).await;
@@ -888,7 +885,7 @@ impl Engine {
                 Some((Rc::ISSUER_DOWN, "bank has no ready link"))
             }
             // Last, so that no other refusal uses up the breaker's single probe.
-            (Some(_), Some(b)) if !b.allow(Instant::now()) => {
+            (Some(_), Some(b)) if !b.allow(self.clock.mono()) => {
                 Some((Rc::ISSUER_DOWN, "bank circuit breaker open"))
             }
             _ => None,
@@ -921,7 +918,7 @@ impl Engine {
         let id = match self.ids.next().await {
             Ok(id) => id,
             Err(e) => {
-                bank.abandon(Instant::now());
+                bank.abandon(self.clock.mono());
                 tracing::error!(error = %e, "no transaction id: database unavailable");
                 return Err(Answer::refused(Rc::MALFUNCTION));
             }
@@ -929,10 +926,10 @@ impl Engine {
         let rrn = rrn_of(id);
         tracing::Span::current().record("rrn", rrn.as_str());
         let Ok(bank_stan) = bank.stans.allocate() else {
-            bank.abandon(Instant::now());
+            bank.abandon(self.clock.mono());
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         };
-        let unix = codec::clock::unix_now();
+        let unix = self.clock.unix_s();
         let sent = Sent {
             id,
             rrn,
@@ -944,7 +941,7 @@ impl Engine {
         // Nothing reaches the bank after all: free the STAN and the breaker's probe.
         let give_up = |answer: Answer| {
             bank.stans.release(bank_stan);
-            bank.abandon(Instant::now());
+            bank.abandon(self.clock.mono());
             Err(answer)
         };
         let record = match self.new_txn(r, bank, &sent) {
@@ -995,7 +992,7 @@ impl Engine {
     /// `outcome_wait_ms` (then `maybe_written` true: no answer can be given).
     async fn insert_resolved(&self, record: NewTxn, key: &str) -> Result<bool, Unresolved> {
         let id = record.id;
-        let started = Instant::now();
+        let started = self.clock.mono();
         let (mut failed, mut maybe_written, mut attempt) = (false, false, 0u32);
         loop {
             let error = match self.store.insert(record.clone()).await {
@@ -1007,7 +1004,7 @@ impl Engine {
             failed = true;
             maybe_written |= !error.certainly_not_written();
             let more = if maybe_written {
-                started.elapsed() < Duration::from_millis(self.outcome_wait_ms)
+                self.clock.mono().duration_since(started) < Duration::from_millis(self.outcome_wait_ms)
             } else {
                 attempt < RECORD_RETRY_MAX
             };
@@ -1101,7 +1098,7 @@ impl Engine {
             b.encode(),
         )
         .await;
-        bank.record_outcome(Instant::now(), &exchange);
+        bank.record_outcome(self.clock.mono(), &exchange);
         bank.stans.release(sent.bank_stan);
         exchange
     }

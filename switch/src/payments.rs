@@ -8,13 +8,14 @@
 //! (on one instance or several) are serialised by the database.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bank_links::Bank;
 use codec::{Message, MessageBuilder, Mti, tlv};
 
 use crate::answer::{Answer, switch_auth_code};
 use crate::checks::{Kind, Rc, valid_transmission};
+use crate::clock::Clock;
 use crate::content::ContentDigest;
 use crate::crypto::{Purpose, split_card};
 use crate::engine::{Claimed, Engine, request_key};
@@ -154,13 +155,14 @@ struct Allotted {
     /// The bank's breaker let it through (a refund): its probe is given back if nothing
     /// reaches the bank.
     gated: bool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Allotted {
     /// Frees the breaker's probe when nothing reaches the bank after all.
     fn abandon(&self) {
         if self.gated {
-            self.bank.abandon(Instant::now());
+            self.bank.abandon(self.clock.mono());
         }
     }
 
@@ -458,7 +460,7 @@ impl Engine {
             tracing::info!(rc = "91", "the payment's bank has no ready link");
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         };
-        if gated && !bank.allow(Instant::now()) {
+        if gated && !bank.allow(self.clock.mono()) {
             tracing::info!(rc = "91", "the payment's bank circuit breaker is open");
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         }
@@ -470,7 +472,7 @@ impl Engine {
     fn allot(&self, id: i64, bank: Bank, gated: bool) -> Result<Allotted, Answer> {
         let bank_stan = bank.stans.allocate().map_err(|_| {
             if gated {
-                bank.abandon(Instant::now());
+                bank.abandon(self.clock.mono());
             }
             Answer::refused(Rc::ISSUER_DOWN)
         })?;
@@ -478,10 +480,11 @@ impl Engine {
             id,
             rrn: rrn_of(id),
             stan_digits: bank_links::stan::format_stan(bank_stan),
-            bank_de7: codec::clock::transmission(codec::clock::unix_now()),
+            bank_de7: codec::clock::transmission(self.clock.unix_s()),
             bank,
             bank_stan,
             gated,
+            clock: self.clock.clone(),
         })
     }
 
@@ -569,7 +572,7 @@ impl Engine {
             f.message.clone(),
         )
         .await;
-        f.bank.record_outcome(Instant::now(), &outcome);
+        f.bank.record_outcome(self.clock.mono(), &outcome);
         f.bank.stans.release(f.bank_stan);
         let (reply, auth) = crate::bank_io::reply(&outcome);
         let verdict = lifecycle::refund_verdict(reply);
@@ -626,7 +629,7 @@ impl Engine {
         c: &Common,
     ) -> Result<Answer, Answer> {
         let hold = self.reversal_hold();
-        let started = Instant::now();
+        let started = self.clock.mono();
         let original_key = original_key(merchant, c);
         // Before any lock (see `reserve`); unused if nothing is recorded.
         let id = self.ids.next().await.map_err(|e| self.db_error(e))?;
@@ -635,7 +638,8 @@ impl Engine {
             let found = lock
                 .as_ref()
                 .map(|l| (l.named().named(), l.root().payment()));
-            let held_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let held = self.clock.mono().duration_since(started);
+            let held_ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX);
             let plan = lifecycle::plan_reversal(
                 found.as_ref().map(|(n, p)| (n, p)),
                 c.amount_minor,
