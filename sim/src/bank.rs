@@ -122,7 +122,9 @@ impl SimBank {
         let stan = format!("{:06}", stan % 1_000_000);
         let advice = Mti::from_digits(*b"0420").expect("an MTI");
         let mut b = MessageBuilder::new(self.dialect, advice);
-        b.set(7, de7).set(11, stan.as_bytes()).set(37, rrn.as_bytes());
+        b.set(7, de7)
+            .set(11, stan.as_bytes())
+            .set(37, rrn.as_bytes());
         self.dialect
             .decode(b.encode().expect("advice encodes"))
             .expect("advice decodes")

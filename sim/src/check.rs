@@ -47,7 +47,10 @@ pub async fn invariants(world: &World, book: &Book) -> Vec<String> {
         .filter_map(|r| r.approval())
         .collect();
     for r in reqs.iter().filter(|r| r.kind.moves_money()) {
-        let who = format!("{} {} STAN {} ({:?})", r.merchant, r.terminal, r.stan, r.kind);
+        let who = format!(
+            "{} {} STAN {} ({:?})",
+            r.merchant, r.terminal, r.stan, r.kind
+        );
         if let Some(rrn) = r.approval() {
             match charges.get(rrn) {
                 Some(c) if c.reversed_by_bank => {}
@@ -65,10 +68,16 @@ pub async fn invariants(world: &World, book: &Book) -> Vec<String> {
         }
         let with_rrn: BTreeSet<_> = r.answers.iter().filter(|a| a.1.is_some()).collect();
         if with_rrn.len() > 1 {
-            f.add("one-answer-per-request", format!("{who} was answered {with_rrn:?}"));
+            f.add(
+                "one-answer-per-request",
+                format!("{who} was answered {with_rrn:?}"),
+            );
         }
         if r.abandoned {
-            f.add("every-request-answered", format!("{who}: neither it nor its reversal was ever answered"));
+            f.add(
+                "every-request-answered",
+                format!("{who}: neither it nor its reversal was ever answered"),
+            );
         }
     }
     for (rrn, c) in charges.iter().filter(|(_, c)| c.standing) {
@@ -88,7 +97,18 @@ pub async fn invariants(world: &World, book: &Book) -> Vec<String> {
     store_checks(world, &charges, &mut f).await;
     if std::env::var_os("SIM_DUMP").is_some() {
         for r in &reqs {
-            eprintln!("{} {} {:?} {} STAN {} DE7 {} amount {} answers {:?} reversed {}", r.merchant, r.terminal, r.kind, r.mti.as_str(), r.stan, r.de7, r.amount_minor, r.answers, r.reversed);
+            eprintln!(
+                "{} {} {:?} {} STAN {} DE7 {} amount {} answers {:?} reversed {}",
+                r.merchant,
+                r.terminal,
+                r.kind,
+                r.mti.as_str(),
+                r.stan,
+                r.de7,
+                r.amount_minor,
+                r.answers,
+                r.reversed
+            );
         }
     }
     f.lines()
@@ -104,29 +124,56 @@ async fn store_checks(world: &World, charges: &BTreeMap<String, Charge>, f: &mut
         if let (true, Some(order)) = (t.kind.is_root(), &t.order_ref)
             && standing_at_bank
         {
-            per_order.entry((t.merchant_id.clone(), order.clone())).or_default().push(t.rrn.clone());
+            per_order
+                .entry((t.merchant_id.clone(), order.clone()))
+                .or_default()
+                .push(t.rrn.clone());
         }
         if matches!(t.state, State::Authorising | State::Reversing) {
-            f.add("nothing-unresolved", format!("{} RRN {} is still {}", t.kind.as_str(), t.rrn, t.state.as_str()));
+            f.add(
+                "nothing-unresolved",
+                format!(
+                    "{} RRN {} is still {}",
+                    t.kind.as_str(),
+                    t.rrn,
+                    t.state.as_str()
+                ),
+            );
         }
-        let moves = matches!(t.kind, Kind::Purchase | Kind::Preauth | Kind::Completion | Kind::Refund);
+        let moves = matches!(
+            t.kind,
+            Kind::Purchase | Kind::Preauth | Kind::Completion | Kind::Refund
+        );
         if moves && t.bank_id.is_some() {
             let standing_here = matches!(t.state, State::Approved | State::Captured);
             if standing_here != standing_at_bank {
                 f.add(
                     "store-agrees-with-bank",
-                    format!("{} RRN {} is {} here; the bank has {:?}", t.kind.as_str(), t.rrn, t.state.as_str(), charges.get(&t.rrn)),
+                    format!(
+                        "{} RRN {} is {} here; the bank has {:?}",
+                        t.kind.as_str(),
+                        t.rrn,
+                        t.state.as_str(),
+                        charges.get(&t.rrn)
+                    ),
                 );
             }
         }
     }
     for ((merchant, order), rrns) in per_order.iter().filter(|(_, r)| r.len() > 1) {
-        f.add("no-order-charged-twice", format!("order {order} of {merchant} stands at the bank as {rrns:?}"));
+        f.add(
+            "no-order-charged-twice",
+            format!("order {order} of {merchant} stands at the bank as {rrns:?}"),
+        );
     }
     if world.store.pending_forwards() > 0 || world.store.in_doubt() > 0 {
         f.add(
             "nothing-unresolved",
-            format!("{} messages to forward, {} in doubt", world.store.pending_forwards(), world.store.in_doubt()),
+            format!(
+                "{} messages to forward, {} in doubt",
+                world.store.pending_forwards(),
+                world.store.in_doubt()
+            ),
         );
     }
     match world.store.notification_backlog().await {
@@ -149,9 +196,20 @@ fn story(world: &World, rrn: &str) -> String {
     let Some(t) = txns.iter().find(|t| t.rrn == rrn) else {
         return "nothing".into();
     };
-    let mut out = format!("{} {} {:?}", t.kind.as_str(), t.state.as_str(), t.response_code);
+    let mut out = format!(
+        "{} {} {:?}",
+        t.kind.as_str(),
+        t.state.as_str(),
+        t.response_code
+    );
     for n in txns.iter().filter(|n| n.original_id == Some(t.id)) {
-        out.push_str(&format!("; {} {} {} {:?}", n.rrn, n.kind.as_str(), n.state.as_str(), n.response_code));
+        out.push_str(&format!(
+            "; {} {} {} {:?}",
+            n.rrn,
+            n.kind.as_str(),
+            n.state.as_str(),
+            n.response_code
+        ));
     }
     out
 }
@@ -160,6 +218,11 @@ fn story(world: &World, rrn: &str) -> String {
 fn told(reqs: &[crate::merchant::Req], rrn: &str) -> Vec<String> {
     reqs.iter()
         .filter(|r| r.answers.iter().any(|a| a.1.as_deref() == Some(rrn)))
-        .map(|r| format!("{:?} STAN {} answers {:?} reversed {}", r.kind, r.stan, r.answers, r.reversed))
+        .map(|r| {
+            format!(
+                "{:?} STAN {} answers {:?} reversed {}",
+                r.kind, r.stan, r.answers, r.reversed
+            )
+        })
         .collect()
 }

@@ -104,7 +104,10 @@ impl Book {
         self.trace
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(format!("{at_ms} {} {} {} {rc} {rrn:?}", r.merchant, r.terminal, r.stan));
+            .push(format!(
+                "{at_ms} {} {} {} {rc} {rrn:?}",
+                r.merchant, r.terminal, r.stan
+            ));
         r.answers.push((rc, rrn));
     }
 
@@ -137,12 +140,20 @@ pub struct Terminal {
 
 impl std::fmt::Debug for Terminal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Terminal").field("terminal", &self.terminal).finish()
+        f.debug_struct("Terminal")
+            .field("terminal", &self.terminal)
+            .finish()
     }
 }
 
 fn de90(r: &Req) -> String {
-    format!("{}{}{}{}", r.mti.original().as_str(), r.stan, r.de7, "0".repeat(22))
+    format!(
+        "{}{}{}{}",
+        r.mti.original().as_str(),
+        r.stan,
+        r.de7,
+        "0".repeat(22)
+    )
 }
 
 impl Terminal {
@@ -155,13 +166,20 @@ impl Terminal {
         let de7 = codec::clock::transmission(self.world.clock.unix_s());
         let mut m = OwnedMessage::new(mti);
         m.fields.insert(7, de7.to_vec());
-        m.fields.insert(11, format!("{:06}", self.stan).into_bytes());
+        m.fields
+            .insert(11, format!("{:06}", self.stan).into_bytes());
         m.fields.insert(41, self.terminal.as_bytes().to_vec());
         m.fields.insert(42, self.merchant.as_bytes().to_vec());
         m
     }
 
-    fn req(&self, kind: ReqKind, m: &OwnedMessage, amount_minor: u64, order: Option<String>) -> Req {
+    fn req(
+        &self,
+        kind: ReqKind,
+        m: &OwnedMessage,
+        amount_minor: u64,
+        order: Option<String>,
+    ) -> Req {
         let text = |n: u8| String::from_utf8_lossy(&m.fields[&n]).into_owned();
         Req {
             kind,
@@ -185,7 +203,12 @@ impl Terminal {
     }
 
     /// A purchase (0200) or pre-authorisation (0100) for a new order, or for `order`.
-    fn authorisation(&mut self, kind: ReqKind, amount: u64, order: Option<String>) -> (OwnedMessage, Req) {
+    fn authorisation(
+        &mut self,
+        kind: ReqKind,
+        amount: u64,
+        order: Option<String>,
+    ) -> (OwnedMessage, Req) {
         let mti = if kind == ReqKind::Preauth {
             Mti::AUTHORISATION_REQUEST
         } else {
@@ -200,7 +223,8 @@ impl Terminal {
         m.fields.insert(3, b"000000".to_vec());
         m.fields.insert(4, format!("{amount:012}").into_bytes());
         m.fields.insert(14, b"3012".to_vec());
-        m.fields.insert(48, format!("OR{:03}{order}", order.len()).into_bytes());
+        m.fields
+            .insert(48, format!("OR{:03}{order}", order.len()).into_bytes());
         m.fields.insert(49, b"840".to_vec());
         let r = self.req(kind, &m, amount, Some(order));
         (m, r)
@@ -224,19 +248,29 @@ impl Terminal {
 
     /// Sends `m` until it is answered ([`SENDS_MAX`] times at most, repeats after the
     /// first), at times twice at once. The answer, or `None`.
-    async fn exchange(&self, i: usize, m: &OwnedMessage, sends: u32) -> Option<(String, Option<String>)> {
+    async fn exchange(
+        &self,
+        i: usize,
+        m: &OwnedMessage,
+        sends: u32,
+    ) -> Option<(String, Option<String>)> {
         for attempt in 0..sends {
             let mut sent = m.clone();
             if attempt > 0 && sent.mti != Mti::STATUS_REQUEST {
                 sent.mti = m.mti.repeat();
             }
-            let frame = sent.encode_with_mac(builtin::merchant(), &self.key).expect("encodes");
+            let frame = sent
+                .encode_with_mac(builtin::merchant(), &self.key)
+                .expect("encodes");
             if self.dice.chance(30) {
                 // A retransmission while the original is on its way.
                 let (world, book, frame) = (self.world.clone(), self.book.clone(), frame.clone());
                 let at = self.now_ms();
                 tokio::spawn(async move {
-                    if let Some(a) = world.call(frame, Duration::from_millis(ANSWER_WAIT_MS)).await {
+                    if let Some(a) = world
+                        .call(frame, Duration::from_millis(ANSWER_WAIT_MS))
+                        .await
+                    {
                         let (rc, rrn) = read(&a);
                         book.answered(i, rc, rrn, at);
                     }
@@ -245,7 +279,8 @@ impl Terminal {
             let wait = Duration::from_millis(ANSWER_WAIT_MS);
             if let Some(a) = self.world.call(frame, wait).await {
                 let (rc, rrn) = read(&a);
-                self.book.answered(i, rc.clone(), rrn.clone(), self.now_ms());
+                self.book
+                    .answered(i, rc.clone(), rrn.clone(), self.now_ms());
                 return Some((rc, rrn));
             }
             let pause = self.dice.between(500, 4_000);
@@ -255,7 +290,11 @@ impl Terminal {
     }
 
     /// Sends a request that moves money; unanswered, it is reversed.
-    async fn send_money(&mut self, m: OwnedMessage, r: Req) -> (usize, Option<(String, Option<String>)>) {
+    async fn send_money(
+        &mut self,
+        m: OwnedMessage,
+        r: Req,
+    ) -> (usize, Option<(String, Option<String>)>) {
         let i = self.book.add(r);
         let answer = self.exchange(i, &m, SENDS_MAX).await;
         if answer.is_none() {
@@ -285,7 +324,8 @@ impl Terminal {
 
     async fn status(&mut self, order: &str) {
         let mut m = self.base(Mti::STATUS_REQUEST);
-        m.fields.insert(48, format!("OR{:03}{order}", order.len()).into_bytes());
+        m.fields
+            .insert(48, format!("OR{:03}{order}", order.len()).into_bytes());
         let r = self.req(ReqKind::Status, &m, 0, Some(order.to_string()));
         let i = self.book.add(r);
         self.exchange(i, &m, 2).await;
@@ -314,11 +354,17 @@ impl Terminal {
                 }
             }
             30..40 => self.status(&order).await,
-            40..50 => self.reversible.lock().unwrap_or_else(|p| p.into_inner()).push((i, rrn)),
+            40..50 => self
+                .reversible
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((i, rrn)),
             50..56 => {
                 // The identity again with other content: to be refused 94.
                 let mut other = m.clone();
-                other.fields.insert(4, format!("{:012}", amount + 1).into_bytes());
+                other
+                    .fields
+                    .insert(4, format!("{:012}", amount + 1).into_bytes());
                 let mut r = self.book.get(i);
                 r.amount_minor = amount + 1;
                 r.answers.clear();
@@ -380,7 +426,12 @@ fn read(frame: &Bytes) -> (String, Option<String>) {
 }
 
 /// Answers every 0620 a merchant gets with a 0630, as a merchant's host does.
-pub async fn acknowledge(world: Arc<World>, book: Arc<Book>, key: MacKey, mut inbox: mpsc::Receiver<Bytes>) {
+pub async fn acknowledge(
+    world: Arc<World>,
+    book: Arc<Book>,
+    key: MacKey,
+    mut inbox: mpsc::Receiver<Bytes>,
+) {
     while let Some(frame) = inbox.recv().await {
         let Ok(n) = builtin::merchant().decode(frame) else {
             continue;

@@ -68,7 +68,12 @@ pub fn run_seed(seed: u64, opts: &Options) -> Report {
 async fn run_async(seed: u64, opts: Options) -> Report {
     let dice = Dice::new(seed);
     let merchants: Vec<(String, String)> = (0..opts.merchants)
-        .map(|m| (format!("M{m:03}"), hex::encode([m as u8 + 1; codec::mac::MAC_KEY_LEN_BYTES])))
+        .map(|m| {
+            (
+                format!("M{m:03}"),
+                hex::encode([m as u8 + 1; codec::mac::MAC_KEY_LEN_BYTES]),
+            )
+        })
         .collect();
     let (world, inboxes) = World::new(dice.fork(3), &merchants);
     let book = Arc::new(Book::default());
@@ -77,7 +82,12 @@ async fn run_async(seed: u64, opts: Options) -> Report {
     let mut ackers = Vec::new();
     for ((_, key), inbox) in merchants.iter().zip(inboxes) {
         let key = codec::MacKey::from_hex(key).expect("hex");
-        ackers.push(tokio::spawn(acknowledge(world.clone(), book.clone(), key, inbox)));
+        ackers.push(tokio::spawn(acknowledge(
+            world.clone(),
+            book.clone(),
+            key,
+            inbox,
+        )));
     }
     let reversible = Arc::new(Mutex::new(Vec::new()));
     let mut terminals = Vec::new();
@@ -98,7 +108,13 @@ async fn run_async(seed: u64, opts: Options) -> Report {
         }
     }
     let traffic_done = Arc::new(tokio::sync::Notify::new());
-    let chaos = tokio::spawn(chaos(world.clone(), dice.fork(4), opts.faults, reversible, traffic_done.clone()));
+    let chaos = tokio::spawn(chaos(
+        world.clone(),
+        dice.fork(4),
+        opts.faults,
+        reversible,
+        traffic_done.clone(),
+    ));
     for t in terminals {
         let _ = t.await;
     }
@@ -108,14 +124,20 @@ async fn run_async(seed: u64, opts: Options) -> Report {
     let settled = quiesce(&world).await;
     let mut violations = crate::check::invariants(&world, &book).await;
     if !settled {
-        violations.insert(0, "quiescence: the switch did not settle within the limit".into());
+        violations.insert(
+            0,
+            "quiescence: the switch did not settle within the limit".into(),
+        );
     }
     world.crash();
     for a in ackers {
         a.abort();
     }
     let mut h = std::hash::DefaultHasher::new();
-    book.trace.lock().unwrap_or_else(|p| p.into_inner()).hash(&mut h);
+    book.trace
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .hash(&mut h);
     let mut answers = std::collections::BTreeMap::new();
     for r in book.all() {
         for (rc, _) in &r.answers {
@@ -171,7 +193,9 @@ async fn chaos(
                 world.claims.set_reachable(true);
             }
             26..40 => {
-                world.store.set_faults(Some(store_faults(dice.fork(crashes.into()))));
+                world
+                    .store
+                    .set_faults(Some(store_faults(dice.fork(crashes.into()))));
                 tokio::time::sleep(Duration::from_millis(dice.between(100, 5_000))).await;
                 world.store.set_faults(None);
             }
@@ -264,8 +288,14 @@ async fn quiesce(world: &Arc<World>) -> bool {
             .transactions()
             .iter()
             .any(|t| matches!(t.state, State::Authorising | State::Reversing));
-        let notes = world.store.notification_backlog().await.map(|b| b.pending).unwrap_or(1);
-        if !open && world.store.pending_forwards() == 0 && world.store.in_doubt() == 0 && notes == 0 {
+        let notes = world
+            .store
+            .notification_backlog()
+            .await
+            .map(|b| b.pending)
+            .unwrap_or(1);
+        if !open && world.store.pending_forwards() == 0 && world.store.in_doubt() == 0 && notes == 0
+        {
             return true;
         }
     }

@@ -89,7 +89,10 @@ pub fn merchant_record(id: &str, key_hex: &str) -> Merchant {
 impl World {
     /// A world of `merchants` (id, hex key) and two banks; returns the world and each
     /// merchant's notification inbox.
-    pub fn new(dice: Dice, merchants: &[(String, String)]) -> (Arc<World>, Vec<mpsc::Receiver<Bytes>>) {
+    pub fn new(
+        dice: Dice,
+        merchants: &[(String, String)],
+    ) -> (Arc<World>, Vec<mpsc::Receiver<Bytes>>) {
         let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(START_UNIX_S));
         let store = MemStore::new(clock.clone());
         let claims = MemClaims::new(clock.clone(), RateAlgorithm::Gcra, 30_000, 86_400_000);
@@ -201,7 +204,9 @@ impl World {
         self.spawn_workers(&engine, incarnation, &mut tasks, &shutdown);
         for (i, (merchant, tx)) in self.outlets.iter().enumerate() {
             let signed_on = Arc::new(AtomicBool::new(true));
-            engine.sessions.register(merchant, i as u64, tx.clone(), signed_on);
+            engine
+                .sessions
+                .register(merchant, i as u64, tx.clone(), signed_on);
         }
         engine.sessions.wake.notify_one();
         *self.switch() = Some(Incarnation {

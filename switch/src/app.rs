@@ -253,7 +253,8 @@ pub async fn run(
         };
         workers.spawn(inquiries.run(workers_shutdown.clone()));
     }
-    let (replays, replays_task) = crate::replays::Replays::start(Arc::new(limiter.clone()), metrics.clone());
+    let (replays, replays_task) =
+        crate::replays::Replays::start(Arc::new(limiter.clone()), metrics.clone());
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,
         incarnation,

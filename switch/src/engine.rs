@@ -18,13 +18,13 @@ use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
 use crate::checks::{self, Authorisation, Rc};
+use crate::clock::Clock;
 use crate::config::LimitsOnOutage;
 use crate::content::{ContentDigest, same_request};
 use crate::crypto::{Purpose, Vault, card_plaintext};
 use crate::ids::{Ids, rrn_of};
 use crate::inflight::{InFlight, InFlightGuard, Registration, follow, owner_gone};
 use crate::lifecycle::{self, BankReply, ReversalReason, State};
-use crate::clock::Clock;
 use crate::limiter::{Claim, ClaimRequest, Claims, KeyWrite, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
@@ -168,7 +168,7 @@ pub(crate) fn outcome_unrecorded(rrn: String, e: &StoreError) -> Answer {
 }
 
 /// The parts of a request key ([`request_key`]), for the store.
-fn request_ref(key: &str) -> Option<RequestRef<'_>> {
+pub(crate) fn request_ref(key: &str) -> Option<RequestRef<'_>> {
     let mut parts = key.split('|');
     let r = RequestRef {
         merchant_id: parts.next()?,
@@ -1004,7 +1004,8 @@ impl Engine {
             failed = true;
             maybe_written |= !error.certainly_not_written();
             let more = if maybe_written {
-                self.clock.mono().duration_since(started) < Duration::from_millis(self.outcome_wait_ms)
+                self.clock.mono().duration_since(started)
+                    < Duration::from_millis(self.outcome_wait_ms)
             } else {
                 attempt < RECORD_RETRY_MAX
             };

@@ -23,7 +23,7 @@ use crate::ids::rrn_of;
 use crate::inflight::owner_gone;
 use crate::lifecycle::{self, ReversalEffect, ReversalHold, ReversalPlan, State, Status};
 use crate::merchants::Merchant;
-use crate::store::{NewTxn, PaymentLock, TxnRecord};
+use crate::store::{NewTxn, PaymentLock, StoreError, TxnRecord};
 
 pub use crate::store::OriginalRef;
 
@@ -408,6 +408,14 @@ impl Engine {
             _ => lifecycle::check_refund(&named.named(), &payment, amount, currency),
         };
         if let Err(rc) = rule {
+            // A retransmission of a recorded request whose Redis key is gone (flushed,
+            // expired, Redis away) gets its recorded answer, not the refusal its own
+            // effect now causes: the record comes first in the order of checks
+            // (merchant-h2h.md; found by the simulation, docs/simulation.md).
+            drop(lock);
+            if let Some(answer) = self.answer_from_record(&s.c.key, s.c.content).await {
+                return Err(answer);
+            }
             tracing::info!(
                 rc = rc.as_str(),
                 reason = rc.reason(),
@@ -425,7 +433,11 @@ impl Engine {
             _ => lifecycle::refund_reserved(&payment, amount),
         };
         let request = lifecycle_row(s, &root, &allotted, self.instance_id);
-        match lock.record(request, change).await {
+        let recorded = match lock.record(request, change).await {
+            Err(e) => self.confirm_record(&s.c.key, &allotted.rrn, e).await,
+            Ok(recorded) => Ok(recorded),
+        };
+        match recorded {
             Ok(true) if s.kind == Kind::Completion => Ok(Reserved::Done(self.completed(allotted))),
             Ok(true) => Ok(Reserved::Forward(
                 self.refund_message(s, &named, &root, allotted),
@@ -439,9 +451,47 @@ impl Engine {
                 allotted.release();
                 Err(answer)
             }
-            Err(e) => {
+            Err(answer) => {
                 allotted.release();
-                Err(self.db_error(e))
+                Err(answer)
+            }
+        }
+    }
+
+    /// A lifecycle request's record whose commit was not confirmed (`e`): a commit can
+    /// succeed while its acknowledgement is lost, and then answering `96` ("not
+    /// recorded") would be false. The record says which: `Ok(true)` when the row under
+    /// `key` is this request's (`rrn`), `Ok(false)` when it is another's; `96` when
+    /// nothing is recorded; no answer ([`Rc::WITHHELD`]) when the record cannot be read
+    /// within `outcome_wait_ms` (a retransmission is answered from it later).
+    async fn confirm_record(&self, key: &str, rrn: &str, e: StoreError) -> Result<bool, Answer> {
+        if e.certainly_not_written() {
+            return Err(self.db_error(e));
+        }
+        let Some(key_ref) = crate::engine::request_ref(key) else {
+            return Err(self.db_error(e));
+        };
+        let started = self.clock.mono();
+        let budget = Duration::from_millis(self.outcome_wait_ms);
+        loop {
+            match self.store.recorded(&key_ref).await {
+                Ok(Some(found)) => return Ok(found.rrn == rrn),
+                Ok(None) => return Err(self.db_error(e)),
+                Err(read) if self.clock.mono().duration_since(started) < budget => {
+                    tracing::warn!(error = %read, "lifecycle record unconfirmed; reading it again");
+                    tokio::time::sleep(Duration::from_millis(
+                        crate::engine::OUTCOME_RETRY_PAUSE_MS,
+                    ))
+                    .await;
+                }
+                Err(read) => {
+                    tracing::error!(error = %e, read = %read, "lifecycle record unconfirmed: no answer");
+                    return Err(Answer {
+                        rc: Rc::WITHHELD,
+                        rrn: None,
+                        auth: None,
+                    });
+                }
             }
         }
     }
@@ -735,15 +785,15 @@ impl Engine {
         let request = reversal_row(msg, merchant, c, &named, id, self.instance_id);
         let rrn = request.rrn.clone();
         let change = lifecycle::reversal_recorded(effect, &named.named(), &root.payment());
-        match lock.record(request, change).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return Ok(self
-                    .answer_from_record(&c.key, c.content)
-                    .await
-                    .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)));
-            }
-            Err(e) => return Err(self.db_error(e)),
+        let recorded = match lock.record(request, change).await {
+            Err(e) => self.confirm_record(&c.key, &rrn, e).await?,
+            Ok(recorded) => recorded,
+        };
+        if !recorded {
+            return Ok(self
+                .answer_from_record(&c.key, c.content)
+                .await
+                .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE)));
         }
         self.reversal_wake.notify_waiters();
         tracing::info!(rc = "00", rrn = %rrn, reversed = %named.rrn, ?effect, "reversal recorded");

@@ -27,9 +27,18 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let start = match args.seed {
         Some(s) => s,
-        None => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as u64 % 1_000_000_000,
+        None => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_nanos() as u64
+                % 1_000_000_000
+        }
     };
-    println!("seeds {start}..{} ({} seeds)", start + args.seeds, args.seeds);
+    println!(
+        "seeds {start}..{} ({} seeds)",
+        start + args.seeds,
+        args.seeds
+    );
     let opts = sim::Options {
         terminals: args.terminals,
         ops: args.ops,
@@ -48,7 +57,10 @@ fn main() -> anyhow::Result<()> {
             }
         } else {
             failed += 1;
-            println!("seed {seed}: FAILED ({} requests, {} crashes)", r.requests, r.crashes);
+            println!(
+                "seed {seed}: FAILED ({} requests, {} crashes)",
+                r.requests, r.crashes
+            );
             for v in &r.violations {
                 println!("  {v}");
             }

@@ -70,7 +70,10 @@ impl MemClaims {
 
     /// Makes every call fail ([`LimiterError::Unreachable`]) or work again.
     pub fn set_reachable(&self, reachable: bool) {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner()).unreachable = !reachable;
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unreachable = !reachable;
     }
 
     fn set(&self, keys: &mut Keys, key: &str, value: String, ttl_ms: u64) {
@@ -144,7 +147,12 @@ impl Claims for MemClaims {
             }
         }
         keys.rates.extend(commits);
-        self.set(&mut keys, r.key, r.claim_value.to_string(), self.claim_ttl_ms);
+        self.set(
+            &mut keys,
+            r.key,
+            r.claim_value.to_string(),
+            self.claim_ttl_ms,
+        );
         Ok(Claim::Claimed)
     }
 

@@ -160,7 +160,9 @@ fn not_written() -> StoreError {
 }
 
 fn ack_lost() -> StoreError {
-    StoreError::Journal(JournalError::Write("acknowledgement lost (injected)".into()))
+    StoreError::Journal(JournalError::Write(
+        "acknowledgement lost (injected)".into(),
+    ))
 }
 
 fn request_key(n: &NewTxn) -> RequestKey {
@@ -280,7 +282,9 @@ impl Db {
         let order_taken = n.kind.is_root()
             && n.order_ref.is_some()
             && self.txns.values().any(|t| {
-                t.order_live() && t.new.merchant_id == n.merchant_id && t.new.order_ref == n.order_ref
+                t.order_live()
+                    && t.new.merchant_id == n.merchant_id
+                    && t.new.order_ref == n.order_ref
             });
         if self.keys.contains_key(&key) || self.txns.contains_key(&n.id) || order_taken {
             return false;
@@ -337,7 +341,8 @@ impl Db {
         if self.postings.iter().any(|p| p.0 == id) {
             return;
         }
-        self.postings.push((id, bank, amount, currency, day.clone()));
+        self.postings
+            .push((id, bank, amount, currency, day.clone()));
         self.postings.push((id, merchant, -amount, currency, day));
     }
 
@@ -552,13 +557,23 @@ impl Store for MemStore {
         self.write("recover", |db| Ok(db.recover(instance_id, older, now)))
     }
 
-    async fn take_lease(&self, instance: i16, incarnation: i64, lease_ms: i64) -> Result<(), StoreError> {
+    async fn take_lease(
+        &self,
+        instance: i16,
+        incarnation: i64,
+        lease_ms: i64,
+    ) -> Result<(), StoreError> {
         let expires = self.now_us() + lease_ms.max(0) as u64 * 1_000;
         self.db().leases.insert(instance, (incarnation, expires));
         Ok(())
     }
 
-    async fn renew_lease(&self, instance: i16, incarnation: i64, lease_ms: i64) -> Result<bool, StoreError> {
+    async fn renew_lease(
+        &self,
+        instance: i16,
+        incarnation: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
         let expires = self.now_us() + lease_ms.max(0) as u64 * 1_000;
         let mut db = self.db();
         match db.leases.get_mut(&instance) {
@@ -571,7 +586,11 @@ impl Store for MemStore {
     }
 
     async fn lease_held(&self, instance: i16, incarnation: i64) -> Result<bool, StoreError> {
-        Ok(self.db().leases.get(&instance).is_some_and(|l| l.0 == incarnation))
+        Ok(self
+            .db()
+            .leases
+            .get(&instance)
+            .is_some_and(|l| l.0 == incarnation))
     }
 
     async fn take_over_expired(&self, own: i16) -> Result<Vec<(i16, u64)>, StoreError> {
@@ -700,6 +719,10 @@ impl Store for MemStore {
         let (now, day) = (self.now_us(), self.day());
         self.write("refund", |db| {
             let own = db.txns[&id].record();
+            if own.state != State::Authorising {
+                // Settled already: a write repeated after a lost acknowledgement.
+                return Ok(());
+            }
             let payment = db.txns[&root].payment_record();
             let change = lifecycle::refund_settled(&payment, own.amount_minor, verdict, auth_code);
             db.apply(id, id, root, &change, &day, now);
@@ -924,8 +947,12 @@ impl Store for MemStore {
             let pause = crate::notify::retry_ms(n.attempts.max(0) as u32);
             n.attempts += 1;
             n.next_us = now + pause * 1_000;
-            let stan = n.stan.get_or_insert_with(|| format!("{:06}", id % 1_000_000));
-            let de7 = n.transmitted_at.get_or_insert_with(|| transmitted_at.to_string());
+            let stan = n
+                .stan
+                .get_or_insert_with(|| format!("{:06}", id % 1_000_000));
+            let de7 = n
+                .transmitted_at
+                .get_or_insert_with(|| transmitted_at.to_string());
             out.push(Notification {
                 merchant_id: n.merchant_id.clone(),
                 terminal_id: n.terminal_id.clone(),
@@ -984,19 +1011,23 @@ impl Store for MemStore {
             if day.is_some_and(|day| day != d) {
                 continue;
             }
-            let e = totals.entry((d.clone(), account.clone(), *currency)).or_default();
+            let e = totals
+                .entry((d.clone(), account.clone(), *currency))
+                .or_default();
             e.0 += 1;
             e.1 += amount;
         }
         Ok(totals
             .into_iter()
-            .map(|((business_day, account, currency), (postings, amount_minor))| Total {
-                business_day,
-                account,
-                currency,
-                postings,
-                amount_minor,
-            })
+            .map(
+                |((business_day, account, currency), (postings, amount_minor))| Total {
+                    business_day,
+                    account,
+                    currency,
+                    postings,
+                    amount_minor,
+                },
+            )
             .collect())
     }
 }
@@ -1050,7 +1081,14 @@ impl Db {
                 *merchant_owed.entry((m.to_string(), *currency)).or_default() -= amount;
             }
             let t = self.txns.get(id);
-            if t.is_some_and(|t| Some(account.as_str()) == t.new.bank_id.as_deref().map(|b| format!("bank:{b}")).as_deref()) {
+            if t.is_some_and(|t| {
+                Some(account.as_str())
+                    == t.new
+                        .bank_id
+                        .as_deref()
+                        .map(|b| format!("bank:{b}"))
+                        .as_deref()
+            }) {
                 *bank_sums.entry(*id).or_default() += amount;
             }
             if t.is_none() {
@@ -1070,18 +1108,29 @@ impl Db {
         for t in self.txns.values() {
             let n = &t.new;
             if n.kind.is_root() && matches!(t.state, State::Approved | State::Captured) {
-                *journal_owed.entry((n.merchant_id.clone(), n.currency)).or_default() +=
-                    t.captured_minor as i64 - t.refunded_minor as i64;
+                *journal_owed
+                    .entry((n.merchant_id.clone(), n.currency))
+                    .or_default() += t.captured_minor as i64 - t.refunded_minor as i64;
             }
             let posted_kind = matches!(n.kind, Kind::Purchase | Kind::Completion | Kind::Refund);
-            let posted_state = matches!(t.state, State::Approved | State::Reversed | State::Captured);
+            let posted_state =
+                matches!(t.state, State::Approved | State::Reversed | State::Captured);
             if posted_kind && posted_state && t.response_code.as_deref() == Some("00") {
-                let want = if n.kind == Kind::Refund { -n.amount_minor } else { n.amount_minor };
+                let want = if n.kind == Kind::Refund {
+                    -n.amount_minor
+                } else {
+                    n.amount_minor
+                };
                 let got = bank_sums.get(&n.id).copied().unwrap_or(0);
                 if got != want {
                     out.push(Violation {
                         rule: "approved-transactions-posted",
-                        detail: format!("{} {} of {} has {got} posted to its bank", n.kind.as_str(), n.id, n.amount_minor),
+                        detail: format!(
+                            "{} {} of {} has {got} posted to its bank",
+                            n.kind.as_str(),
+                            n.id,
+                            n.amount_minor
+                        ),
                     });
                 }
             }
@@ -1095,13 +1144,20 @@ impl Db {
                 });
             }
         }
-        let keys: HashSet<&(String, i16)> = journal_owed.keys().chain(merchant_owed.keys()).collect();
+        let keys: HashSet<&(String, i16)> =
+            journal_owed.keys().chain(merchant_owed.keys()).collect();
         for k in keys {
-            let (j, l) = (journal_owed.get(k).copied().unwrap_or(0), merchant_owed.get(k).copied().unwrap_or(0));
+            let (j, l) = (
+                journal_owed.get(k).copied().unwrap_or(0),
+                merchant_owed.get(k).copied().unwrap_or(0),
+            );
             if j != l {
                 out.push(Violation {
                     rule: "merchant-balance-matches-journal",
-                    detail: format!("merchant {} currency {}: journal says {j} owed, ledger says {l}", k.0, k.1),
+                    detail: format!(
+                        "merchant {} currency {}: journal says {j} owed, ledger says {l}",
+                        k.0, k.1
+                    ),
                 });
             }
         }
