@@ -237,7 +237,9 @@ impl World {
                     dialect: b.dialect,
                     request_timeout_ms: BANK_TIMEOUT_MS,
                 };
-                let stans = Arc::new(StanAllocator::starting_at(1));
+                // Where the clock puts them, as the switch starts them.
+                let first = (self.clock.unix_s() % 999_999) as u32 + 1;
+                let stans = Arc::new(StanAllocator::starting_at(first));
                 let wire = Arc::new(b.clone());
                 let bank = Bank::over_wire(config, stans, wire, breaker, self.clock.mono());
                 (b.id.clone(), bank)
