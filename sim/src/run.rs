@@ -52,11 +52,24 @@ pub struct Report {
     pub bank_rrns: usize,
 }
 
+thread_local! {
+    /// Panics of the run in progress on this thread.
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Longest wait for quiescence once traffic and faults have stopped (virtual).
 pub const QUIESCENCE_MAX_S: u64 = 4 * 3_600;
 
 /// Runs seed `seed` to quiescence and checks it.
 pub fn run_seed(seed: u64, opts: &Options) -> Report {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        // A panic in any task of the run (they all run on this thread) breaks it.
+        std::panic::set_hook(Box::new(|info| {
+            PANICS.with(|p| p.borrow_mut().push(info.to_string()));
+        }));
+    });
+    PANICS.with(|p| p.borrow_mut().clear());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -123,6 +136,9 @@ async fn run_async(seed: u64, opts: Options) -> Report {
     heal(&world).await;
     let settled = quiesce(&world).await;
     let mut violations = crate::check::invariants(&world, &book).await;
+    for p in PANICS.with(|p| p.borrow().clone()).into_iter().take(3) {
+        violations.push(format!("no-panics: {}", p.replace('\n', " ")));
+    }
     if !settled {
         violations.insert(
             0,
@@ -193,10 +209,11 @@ async fn chaos(
                 world.claims.set_reachable(true);
             }
             26..40 => {
-                world
-                    .store
-                    .set_faults(Some(store_faults(dice.fork(crashes.into()))));
-                tokio::time::sleep(Duration::from_millis(dice.between(100, 5_000))).await;
+                // Mostly a flaky database, at times one that is away altogether.
+                let outage = dice.chance(300);
+                let plan = store_faults(dice.fork(crashes.into()), outage);
+                world.store.set_faults(Some(plan));
+                tokio::time::sleep(Duration::from_millis(dice.between(100, 8_000))).await;
                 world.store.set_faults(None);
             }
             40..50 => {
@@ -227,12 +244,14 @@ async fn chaos(
     crashes
 }
 
-/// Store faults while they last: a tenth of writes fail, a tenth lose their
-/// acknowledgement.
-fn store_faults(dice: Dice) -> FaultPlan {
+/// Store faults while they last: a tenth of writes fail and a tenth lose their
+/// acknowledgement; in an `outage` every write fails or loses its acknowledgement.
+fn store_faults(dice: Dice, outage: bool) -> FaultPlan {
     Box::new(move |_what| match dice.below(10) {
         0 => WriteFault::Fail,
         1 => WriteFault::LoseAck,
+        _ if outage && dice.chance(900) => WriteFault::Fail,
+        _ if outage => WriteFault::LoseAck,
         _ => WriteFault::None,
     })
 }
