@@ -58,7 +58,7 @@ thread_local! {
 }
 
 /// Longest wait for quiescence once traffic and faults have stopped (virtual).
-pub const QUIESCENCE_MAX_S: u64 = 4 * 3_600;
+pub const QUIESCENCE_MAX_S: u64 = 3_600;
 
 /// Runs seed `seed` to quiescence and checks it.
 pub fn run_seed(seed: u64, opts: &Options) -> Report {

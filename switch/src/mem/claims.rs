@@ -110,7 +110,7 @@ fn check(
             let (tokens, ts) = state.unwrap_or((cap, now));
             let refill = now.saturating_sub(ts) * 1_000_000 / interval;
             let tokens = (tokens + refill).min(cap);
-            (tokens >= 1_000_000).then_some((tokens - 1_000_000, now))
+            (tokens >= 1_000_000).then(|| (tokens - 1_000_000, now))
         }
     }
 }
