@@ -68,6 +68,8 @@ enum Fate {
     Delayed,
     /// Arrives twice.
     Duplicated,
+    /// The bank acts on it and answers garbage: a reply without a response code (DE39).
+    Garbled,
 }
 
 impl SimBank {
@@ -140,6 +142,7 @@ impl SimBank {
             80..110 => Fate::LinkLost,
             110..140 => Fate::Delayed,
             140..170 => Fate::Duplicated,
+            170..185 => Fate::Garbled,
             _ => Fate::Answered,
         }
     }
@@ -185,6 +188,11 @@ impl SimBank {
                 tokio::time::sleep(delay).await;
                 self.apply(&msg);
                 Outcome::Answered(self.apply(&msg))
+            }
+            Fate::Garbled => {
+                tokio::time::sleep(delay).await;
+                self.apply(&msg);
+                Outcome::Answered(self.garbage(&msg))
             }
         }
     }
@@ -262,6 +270,21 @@ impl SimBank {
                 ("25", None)
             }
         }
+    }
+
+    /// A reply that matches the request (DE11, DE37) and says nothing else.
+    fn garbage(&self, msg: &Message) -> Message {
+        let echoed: Vec<(u8, Vec<u8>)> = [11u8, 37]
+            .iter()
+            .filter_map(|&n| msg.get(n).map(|v| (n, v.into_owned())))
+            .collect();
+        let mut b = MessageBuilder::new(self.dialect, msg.mti().response());
+        for (n, v) in &echoed {
+            b.set(*n, v);
+        }
+        self.dialect
+            .decode(b.encode().expect("reply encodes"))
+            .expect("reply decodes")
     }
 
     fn reply(&self, msg: &Message, rc: &str, status: Option<&str>) -> Message {

@@ -18,14 +18,20 @@ pub fn set_acquirer<'a>(b: &mut MessageBuilder<'a>, bank: &Bank, acquirer_id: &'
 }
 
 /// A bank's [`Outcome`] as the verdicts read it, and the approval code (DE38) of an
-/// approval. `NotSent` (refused before any byte was written) needs no reversal; a timeout
-/// or a lost link leaves the outcome at the bank unknown.
+/// approval. `NotSent` (refused before any byte was written) needs no reversal; a timeout,
+/// a lost link or a reply without a response code (DE39: garbage that matched the
+/// request) leaves the outcome at the bank unknown.
 pub fn reply(outcome: &Outcome) -> (BankReply, Option<String>) {
     match outcome {
         Outcome::NotSent => (BankReply::NotSent, None),
         Outcome::Answered(reply) => {
             // The logical value: on an EBCDIC link the wire bytes are not ASCII digits.
-            let rc = Rc::from_bank(reply.get(39).as_deref().unwrap_or(b"05"));
+            // No DE39 is no answer: the bank may have approved (found by the simulation,
+            // docs/simulation.md), so it is reversed rather than taken as a decline.
+            let Some(de39) = reply.get(39) else {
+                return (BankReply::Unknown, None);
+            };
+            let rc = Rc::from_bank(&de39);
             let auth = (rc == Rc::APPROVED)
                 .then(|| reply.get_str(38).map(|s| s.trim_end().to_string()))
                 .flatten();
@@ -61,4 +67,37 @@ pub async fn send(
     let key = MatchKey { class, stan, rrn };
     let timeout = Duration::from_millis(bank.config.request_timeout_ms);
     bank.exchange(key, message, timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codec::{Mti, builtin};
+
+    fn answer(rc: Option<&[u8]>) -> Outcome {
+        let d = builtin::bank_bcd();
+        let mut b = MessageBuilder::new(d, Mti::FINANCIAL_RESPONSE);
+        b.set(11, b"000001").set(37, b"000000001234");
+        if let Some(rc) = rc {
+            b.set(39, rc).set(38, b"A1B2C3");
+        }
+        Outcome::Answered(d.decode(b.encode().expect("encodes")).expect("decodes"))
+    }
+
+    // Proves how a bank's reply reads: an approval with its DE38, a decline, and a reply
+    // without DE39 as an unknown outcome (reversed), like a timeout.
+    #[test]
+    fn replies() {
+        assert_eq!(
+            reply(&answer(Some(b"00"))),
+            (BankReply::Answered(Rc::APPROVED), Some("A1B2C3".into()))
+        );
+        assert_eq!(
+            reply(&answer(Some(b"51"))).0,
+            BankReply::Answered(Rc::INSUFFICIENT_FUNDS)
+        );
+        assert_eq!(reply(&answer(None)), (BankReply::Unknown, None));
+        assert_eq!(reply(&Outcome::TimedOut), (BankReply::Unknown, None));
+        assert_eq!(reply(&Outcome::NotSent), (BankReply::NotSent, None));
+    }
 }

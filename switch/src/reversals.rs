@@ -203,7 +203,8 @@ impl ReversalWorker {
         let bank = &self.bank;
         let what = if d.advice { "advice" } else { "reversal" };
         match outcome {
-            Outcome::Answered(reply) => {
+            // A reply without DE39 acknowledges nothing: repeated like an unanswered one.
+            Outcome::Answered(reply) if reply.get(39).is_some() => {
                 let rc = reply
                     .get_str(39)
                     .map(|s| s.into_owned())
@@ -220,7 +221,7 @@ impl ReversalWorker {
                     self.store.reversal_answered(d.id, &rc).await
                 }
             }
-            Outcome::TimedOut | Outcome::LinkLost | Outcome::NotSent => {
+            Outcome::Answered(_) | Outcome::TimedOut | Outcome::LinkLost | Outcome::NotSent => {
                 let pause =
                     reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
                 tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause, what,
