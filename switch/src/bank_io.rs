@@ -47,7 +47,7 @@ pub fn reply(outcome: &Outcome) -> (BankReply, Option<String>) {
 /// least-loaded ready link and waits for its outcome (the bank's timeout). A message that
 /// could not be encoded, a bank with no ready link and a link that has closed are
 /// [`Outcome::NotSent`], as are the link's own refusals.
-pub async fn send(
+async fn send(
     bank: &Bank,
     class: u8,
     stan: u32,

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
+use crate::bank_io::{BankExchange, Refused};
 use crate::checks::{self, Authorisation, Rc};
 use crate::clock::Clock;
 use crate::config::LimitsOnOutage;
@@ -832,16 +833,19 @@ impl Engine {
     /// A claimed purchase or pre-authorisation: admitted, recorded, asked of the bank,
     /// its outcome recorded, answered.
     async fn authorise_claimed(&self, r: &AuthRequest<'_, '_>, trace: &mut Trace) -> Answer {
-        let bank = match self.admit(r).await {
-            Ok(bank) => bank,
+        // The exchange holds the STAN and the breaker's probe: every return before it is
+        // sent gives them back.
+        let exchange = match self.admit(r).await {
+            Ok(exchange) => exchange,
             Err(answer) => return answer,
         };
-        let sent = match self.record_request(r, bank).await {
+        let sent = match self.record_request(r, &exchange).await {
             Ok(sent) => sent,
             Err(answer) => return answer,
         };
+        let bank = &exchange.bank().clone();
         let started = Instant::now();
-        let exchange = self.ask_bank(r, bank, &sent).await;
+        let exchange = self.ask_bank(r, exchange, &sent).await;
         trace.bank_round_trip = started.elapsed();
         self.metrics
             .bank_round_trip
@@ -875,22 +879,22 @@ impl Engine {
 
     /// Routing and reachability, decided before recording so that the record says where
     /// the request went; their refusals come after the order-reference check.
-    async fn admit(&self, r: &AuthRequest<'_, '_>) -> Result<&Bank, Answer> {
+    async fn admit(&self, r: &AuthRequest<'_, '_>) -> Result<BankExchange, Answer> {
         let route = self.router.lookup(r.a.pan);
         let bank = route.as_ref().and_then(|id| self.banks.get(&**id));
         let refusal = match (&route, bank) {
-            (None, _) => Some((Rc::NO_ROUTE, "no bank serves this card")),
-            (Some(_), None) => Some((Rc::NO_ROUTE, "route names an unconfigured bank")),
-            (Some(_), Some(b)) if !b.is_reachable() => {
-                Some((Rc::ISSUER_DOWN, "bank has no ready link"))
-            }
+            (None, _) => (Rc::NO_ROUTE, "no bank serves this card"),
+            (Some(_), None) => (Rc::NO_ROUTE, "route names an unconfigured bank"),
+            (Some(_), Some(b)) if !b.is_reachable() => (Rc::ISSUER_DOWN, "bank has no ready link"),
             // Last, so that no other refusal uses up the breaker's single probe.
-            (Some(_), Some(b)) if !b.allow(self.clock.mono()) => {
-                Some((Rc::ISSUER_DOWN, "bank circuit breaker open"))
-            }
-            _ => None,
+            (Some(_), Some(b)) => match BankExchange::gated(b, self.clock.clone()) {
+                Ok(exchange) => return Ok(exchange),
+                Err(Refused::Breaker) => (Rc::ISSUER_DOWN, "bank circuit breaker open"),
+                Err(Refused::Stans) => (Rc::ISSUER_DOWN, "every STAN of the bank in flight"),
+            },
         };
-        if let Some((rc, why)) = refusal {
+        {
+            let (rc, why) = refusal;
             // A retransmission of a recorded request whose Redis key is gone (expired,
             // flushed) gets its recorded answer, not this refusal: the record comes first
             // in the order of checks (merchant-h2h.md).
@@ -906,29 +910,29 @@ impl Engine {
                 return Err(Answer::refused(Rc::DUPLICATE));
             }
             tracing::info!(rc = rc.as_str(), reason = why, card = %masked(r.a.pan), "request refused");
-            return Err(Answer::refused(rc));
+            Err(Answer::refused(rc))
         }
-        Ok(bank.expect("routed and reachable"))
     }
 
-    /// Gives the request its id, RRN and STAN at the bank and records it
-    /// (`authorising`): nothing reaches the bank before this is durable. On refusal the
-    /// STAN and the breaker's probe are given back.
-    async fn record_request(&self, r: &AuthRequest<'_, '_>, bank: &Bank) -> Result<Sent, Answer> {
+    /// Gives the request its id and RRN and records it (`authorising`) with the
+    /// exchange's STAN: nothing reaches the bank before this is durable. On refusal the
+    /// caller drops the exchange, which gives the STAN and the breaker's probe back.
+    async fn record_request(
+        &self,
+        r: &AuthRequest<'_, '_>,
+        exchange: &BankExchange,
+    ) -> Result<Sent, Answer> {
+        let bank = exchange.bank();
         let id = match self.ids.next().await {
             Ok(id) => id,
             Err(e) => {
-                bank.abandon(self.clock.mono());
                 tracing::error!(error = %e, "no transaction id: database unavailable");
                 return Err(Answer::refused(Rc::MALFUNCTION));
             }
         };
         let rrn = rrn_of(id);
         tracing::Span::current().record("rrn", rrn.as_str());
-        let Ok(bank_stan) = bank.stans.allocate() else {
-            bank.abandon(self.clock.mono());
-            return Err(Answer::refused(Rc::ISSUER_DOWN));
-        };
+        let bank_stan = exchange.stan();
         let unix = self.clock.unix_s();
         let sent = Sent {
             id,
@@ -938,15 +942,9 @@ impl Engine {
             bank_de7: codec::clock::transmission(unix),
             unix,
         };
-        // Nothing reaches the bank after all: free the STAN and the breaker's probe.
-        let give_up = |answer: Answer| {
-            bank.stans.release(bank_stan);
-            bank.abandon(self.clock.mono());
-            Err(answer)
-        };
         let record = match self.new_txn(r, bank, &sent) {
             Ok(record) => record,
-            Err(answer) => return give_up(answer),
+            Err(answer) => return Err(answer),
         };
         match self.insert_resolved(record, r.key).await {
             Ok(true) => Ok(sent),
@@ -961,20 +959,20 @@ impl Engine {
                     rc = answer.rc.as_str(),
                     "request already recorded or order reference in use"
                 );
-                give_up(answer)
+                Err(answer)
             }
             Err(Unresolved {
                 error,
                 maybe_written: false,
             }) => {
                 tracing::error!(error = %error, "request not recorded: answering 96, nothing sent to the bank");
-                give_up(Answer::refused(Rc::MALFUNCTION))
+                Err(Answer::refused(Rc::MALFUNCTION))
             }
             // Perhaps recorded, certainly not at the bank: neither 96 ("not recorded") nor
             // anything else can be said; the in-doubt sweep settles the row if it exists.
             Err(Unresolved { error, .. }) => {
                 tracing::error!(error = %error, "request's record unknown: no answer, nothing sent to the bank");
-                give_up(Answer {
+                Err(Answer {
                     rc: Rc::WITHHELD,
                     rrn: None,
                     auth: None,
@@ -1067,9 +1065,15 @@ impl Engine {
         })
     }
 
-    /// Sends the recorded request to its bank and waits for the answer; the STAN and the
-    /// breaker are settled with the outcome.
-    async fn ask_bank(&self, r: &AuthRequest<'_, '_>, bank: &Bank, sent: &Sent) -> LinkOutcome {
+    /// Sends the recorded request to its bank and waits for the answer; the exchange
+    /// settles the STAN and the breaker with the outcome.
+    async fn ask_bank(
+        &self,
+        r: &AuthRequest<'_, '_>,
+        exchange: BankExchange,
+        sent: &Sent,
+    ) -> LinkOutcome {
+        let bank = exchange.bank();
         let (a, msg) = (r.a, r.msg);
         let (de12, de13) = codec::clock::local_time_date(sent.unix);
         let acquirer = self
@@ -1091,17 +1095,10 @@ impl Engine {
             .set(42, a.merchant_id)
             .set(49, msg.raw(49).unwrap_or(b"000"));
         crate::bank_io::set_acquirer(&mut b, bank, acquirer);
-        let exchange = crate::bank_io::send(
-            bank,
-            msg.mti().class(),
-            sent.bank_stan,
-            &sent.rrn,
-            b.encode(),
-        )
-        .await;
-        bank.record_outcome(self.clock.mono(), &exchange);
-        bank.stans.release(sent.bank_stan);
+        let message = b.encode();
         exchange
+            .send(msg.mti().class(), sent.bank_stan, &sent.rrn, message)
+            .await
     }
 
     /// The outcome to record (with its reversal when the bank did not answer) and the

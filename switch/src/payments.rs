@@ -10,12 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bank_links::Bank;
 use codec::{Message, MessageBuilder, Mti, tlv};
 
 use crate::answer::{Answer, switch_auth_code};
+use crate::bank_io::BankExchange;
 use crate::checks::{Kind, Rc, valid_transmission};
-use crate::clock::Clock;
 use crate::content::ContentDigest;
 use crate::crypto::{Purpose, split_card};
 use crate::engine::{Claimed, Engine, request_key};
@@ -143,34 +142,15 @@ enum Reserved {
     Done(Answer),
 }
 
-/// A lifecycle request's id and RRN, and its STAN at the bank, allocated once the
-/// request is allowed.
+/// A lifecycle request's id and RRN, and its exchange with the bank (its STAN and, for
+/// a refund, the breaker's admission), begun once the request is allowed: dropping it
+/// gives them back.
 struct Allotted {
     id: i64,
     rrn: String,
-    bank: Bank,
-    bank_stan: u32,
+    exchange: BankExchange,
     stan_digits: [u8; 6],
     bank_de7: [u8; 10],
-    /// The bank's breaker let it through (a refund): its probe is given back if nothing
-    /// reaches the bank.
-    gated: bool,
-    clock: Arc<dyn Clock>,
-}
-
-impl Allotted {
-    /// Frees the breaker's probe when nothing reaches the bank after all.
-    fn abandon(&self) {
-        if self.gated {
-            self.bank.abandon(self.clock.mono());
-        }
-    }
-
-    /// Nothing reaches the bank now: frees the STAN and the breaker's probe.
-    fn release(&self) {
-        self.bank.stans.release(self.bank_stan);
-        self.abandon();
-    }
 }
 
 /// What a lifecycle request sends to the bank once its effect is reserved.
@@ -178,8 +158,7 @@ struct Forward {
     txn_id: i64,
     kind: Kind,
     rrn: String,
-    bank: Bank,
-    bank_stan: u32,
+    exchange: BankExchange,
     message: Result<bytes::Bytes, codec::EncodeError>,
     request_mti: Mti,
 }
@@ -204,7 +183,7 @@ fn lifecycle_row(s: &Step<'_>, root: &TxnRecord, a: &Allotted, instance_id: i16)
         pan_last4: root.pan_last4.clone(),
         card_enc: root.card_enc.clone(),
         rrn: a.rrn.clone(),
-        bank_id: Some(a.bank.config.id.clone()),
+        bank_id: Some(a.exchange.bank().config.id.clone()),
         bank_stan: Some(String::from_utf8_lossy(&a.stan_digits).into_owned()),
         bank_transmitted_at: Some(String::from_utf8_lossy(&a.bank_de7).into_owned()),
         original_id: Some(root.id),
@@ -424,8 +403,8 @@ impl Engine {
             );
             return Err(Answer::refused(rc));
         }
-        let bank = self.lifecycle_bank(&root, s.kind)?;
-        let allotted = self.allot(id, bank, s.kind == Kind::Refund)?;
+        let exchange = self.lifecycle_bank(&root, s.kind)?;
+        let allotted = self.allot(id, exchange);
         let change = match s.kind {
             Kind::Completion => {
                 lifecycle::completion_recorded(&payment, amount, switch_auth_code(&allotted.rrn))
@@ -448,11 +427,11 @@ impl Engine {
                     .answer_from_record(&s.c.key, s.c.content)
                     .await
                     .unwrap_or_else(|| Answer::refused(Rc::DUPLICATE));
-                allotted.release();
+                drop(allotted);
                 Err(answer)
             }
             Err(answer) => {
-                allotted.release();
+                drop(allotted);
                 Err(answer)
             }
         }
@@ -499,7 +478,7 @@ impl Engine {
     /// The payment's bank, if it can take the request now. A refund needs the bank now;
     /// a completion (an advice) is stored and forwarded whenever the bank can take it, so
     /// neither a lost link nor the breaker stops it.
-    fn lifecycle_bank(&self, root: &TxnRecord, kind: Kind) -> Result<Bank, Answer> {
+    fn lifecycle_bank(&self, root: &TxnRecord, kind: Kind) -> Result<BankExchange, Answer> {
         let bank = root
             .bank_id
             .as_deref()
@@ -510,44 +489,40 @@ impl Engine {
             tracing::info!(rc = "91", "the payment's bank has no ready link");
             return Err(Answer::refused(Rc::ISSUER_DOWN));
         };
-        if gated && !bank.allow(self.clock.mono()) {
-            tracing::info!(rc = "91", "the payment's bank circuit breaker is open");
-            return Err(Answer::refused(Rc::ISSUER_DOWN));
-        }
-        Ok(bank)
+        let exchange = if gated {
+            BankExchange::gated(&bank, self.clock.clone())
+        } else {
+            BankExchange::ungated(&bank)
+        };
+        exchange.map_err(|why| {
+            tracing::info!(rc = "91", ?why, "the payment's bank cannot take it now");
+            Answer::refused(Rc::ISSUER_DOWN)
+        })
     }
 
-    /// The request's id, RRN and STAN at `bank`; `gated` when the breaker let it
-    /// through (its probe is given back on failure).
-    fn allot(&self, id: i64, bank: Bank, gated: bool) -> Result<Allotted, Answer> {
-        let bank_stan = bank.stans.allocate().map_err(|_| {
-            if gated {
-                bank.abandon(self.clock.mono());
-            }
-            Answer::refused(Rc::ISSUER_DOWN)
-        })?;
-        Ok(Allotted {
+    /// The request's id and RRN with its exchange at the bank.
+    fn allot(&self, id: i64, exchange: BankExchange) -> Allotted {
+        Allotted {
             id,
             rrn: rrn_of(id),
-            stan_digits: bank_links::stan::format_stan(bank_stan),
+            stan_digits: bank_links::stan::format_stan(exchange.stan()),
             bank_de7: codec::clock::transmission(self.clock.unix_s()),
-            bank,
-            bank_stan,
-            gated,
-            clock: self.clock.clone(),
-        })
+            exchange,
+        }
     }
 
     /// A completion is recorded: its advice is queued for the bank (whose first send
     /// takes its STAN again; nothing is in flight now) and the merchant answered `00`.
     fn completed(&self, a: Allotted) -> Answer {
-        a.release();
+        // Nothing goes to the bank now: the store-and-forward worker sends the advice.
+        let Allotted { rrn, exchange, .. } = a;
+        drop(exchange);
         self.reversal_wake.notify_waiters();
-        tracing::info!(rc = "00", rrn = %a.rrn, "completion recorded; advice queued for the bank");
-        let auth = Some(switch_auth_code(&a.rrn));
+        tracing::info!(rc = "00", rrn = %rrn, "completion recorded; advice queued for the bank");
+        let auth = Some(switch_auth_code(&rrn));
         Answer {
             rc: Rc::APPROVED,
-            rrn: Some(a.rrn),
+            rrn: Some(rrn),
             auth,
         }
     }
@@ -571,7 +546,7 @@ impl Engine {
         };
         let acquirer = self
             .acquirer_ids
-            .get(&a.bank.config.id)
+            .get(&a.exchange.bank().config.id)
             .cloned()
             .unwrap_or_default();
         let de90 = bank_de90(
@@ -583,7 +558,7 @@ impl Engine {
         let amount = format!("{:012}", s.c.amount_minor);
         let currency = format!("{:03}", s.c.currency);
         let request_mti = s.msg.mti().original();
-        let mut b = MessageBuilder::new(a.bank.config.dialect, request_mti);
+        let mut b = MessageBuilder::new(a.exchange.bank().config.dialect, request_mti);
         if !pan.is_empty() {
             b.set(2, &pan);
         }
@@ -599,14 +574,13 @@ impl Engine {
             .set(42, s.msg.raw(42).unwrap_or(b" "))
             .set(49, currency.as_bytes())
             .set(90, de90.as_bytes());
-        crate::bank_io::set_acquirer(&mut b, &a.bank, &acquirer);
+        crate::bank_io::set_acquirer(&mut b, a.exchange.bank(), &acquirer);
         Forward {
             txn_id: a.id,
             kind: s.kind,
             message: b.encode(),
             rrn: a.rrn,
-            bank: a.bank,
-            bank_stan: a.bank_stan,
+            exchange: a.exchange,
             request_mti,
         }
     }
@@ -614,16 +588,11 @@ impl Engine {
     /// Sends a reserved request to the bank and records its outcome with its effect on
     /// the payment before answering.
     async fn forward(&self, f: Forward) -> Answer {
-        let outcome = crate::bank_io::send(
-            &f.bank,
-            f.request_mti.class(),
-            f.bank_stan,
-            &f.rrn,
-            f.message.clone(),
-        )
-        .await;
-        f.bank.record_outcome(self.clock.mono(), &outcome);
-        f.bank.stans.release(f.bank_stan);
+        let stan = f.exchange.stan();
+        let outcome = f
+            .exchange
+            .send(f.request_mti.class(), stan, &f.rrn, f.message)
+            .await;
         let (reply, auth) = crate::bank_io::reply(&outcome);
         let verdict = lifecycle::refund_verdict(reply);
         let recorded = self

@@ -15,6 +15,7 @@ use codec::{MessageBuilder, Mti};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::bank_io::BankExchange;
 use crate::crypto::{Purpose, Vault, split_card};
 use crate::store::{DueForward, Store, StoreError};
 
@@ -114,17 +115,16 @@ impl ReversalWorker {
         if !bank.is_reachable() {
             return Ok(());
         }
-        let Ok(stan) = bank.stans.allocate() else {
+        let Ok(exchange) = BankExchange::ungated(bank) else {
             return Ok(());
         };
-        let (message, stan_key) = self.message(&d, stan);
+        let (message, stan_key) = self.message(&d, exchange.stan());
         let class = if d.advice {
             Mti::COMPLETION_ADVICE.class()
         } else {
             Mti::REVERSAL_REQUEST.class()
         };
-        let outcome = crate::bank_io::send(bank, class, stan_key, &d.rrn, message).await;
-        bank.stans.release(stan);
+        let outcome = exchange.send(class, stan_key, &d.rrn, message).await;
         self.record(&d, outcome).await
     }
 
