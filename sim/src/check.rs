@@ -7,7 +7,7 @@ use switch::checks::Kind;
 use switch::store::{State, Store};
 
 use crate::bank::Charge;
-use crate::merchant::Book;
+use crate::merchant::{Book, Req};
 use crate::world::World;
 
 /// Lines reported per invariant at most.
@@ -41,12 +41,34 @@ pub async fn invariants(world: &World, book: &Book) -> Vec<String> {
     let mut f = Found::default();
     let charges: BTreeMap<String, Charge> = world.banks.iter().flat_map(|b| b.charges()).collect();
     let reqs = book.all();
-    let approvals: BTreeSet<&str> = reqs
-        .iter()
-        .filter(|r| r.kind.moves_money())
-        .filter_map(|r| r.approval())
-        .collect();
-    for r in reqs.iter().filter(|r| r.kind.moves_money()) {
+    merchant_checks(world, &reqs, &charges, &mut f);
+    store_checks(world, &charges, &mut f).await;
+    if std::env::var_os("SIM_DUMP").is_some() {
+        for r in &reqs {
+            eprintln!(
+                "{} {} {:?} {} STAN {} DE7 {} amount {} answers {:?} reversed {}",
+                r.merchant,
+                r.terminal,
+                r.kind,
+                r.mti.as_str(),
+                r.stan,
+                r.de7,
+                r.amount_minor,
+                r.answers,
+                r.reversed
+            );
+        }
+    }
+    f.lines()
+}
+
+/// What merchants were told against what stands at the banks: every approval held is
+/// charged, every charge is an approval held, one answer per request, none left
+/// unanswered.
+fn merchant_checks(world: &World, reqs: &[Req], charges: &BTreeMap<String, Charge>, f: &mut Found) {
+    let money = || reqs.iter().filter(|r| r.kind.moves_money());
+    let approvals: BTreeSet<&str> = money().filter_map(|r| r.approval()).collect();
+    for r in money() {
         let who = format!(
             "{} {} STAN {} ({:?})",
             r.merchant, r.terminal, r.stan, r.kind
@@ -89,29 +111,11 @@ pub async fn invariants(world: &World, book: &Book) -> Vec<String> {
                     c.kind,
                     c.amount_minor,
                     story(world, rrn),
-                    told(&reqs, rrn)
+                    told(reqs, rrn)
                 ),
             );
         }
     }
-    store_checks(world, &charges, &mut f).await;
-    if std::env::var_os("SIM_DUMP").is_some() {
-        for r in &reqs {
-            eprintln!(
-                "{} {} {:?} {} STAN {} DE7 {} amount {} answers {:?} reversed {}",
-                r.merchant,
-                r.terminal,
-                r.kind,
-                r.mti.as_str(),
-                r.stan,
-                r.de7,
-                r.amount_minor,
-                r.answers,
-                r.reversed
-            );
-        }
-    }
-    f.lines()
 }
 
 /// The store against the banks: no order charged twice, nothing unresolved, every
@@ -129,36 +133,7 @@ async fn store_checks(world: &World, charges: &BTreeMap<String, Charge>, f: &mut
                 .or_default()
                 .push(t.rrn.clone());
         }
-        if matches!(t.state, State::Authorising | State::Reversing) {
-            f.add(
-                "nothing-unresolved",
-                format!(
-                    "{} RRN {} is still {}",
-                    t.kind.as_str(),
-                    t.rrn,
-                    t.state.as_str()
-                ),
-            );
-        }
-        let moves = matches!(
-            t.kind,
-            Kind::Purchase | Kind::Preauth | Kind::Completion | Kind::Refund
-        );
-        if moves && t.bank_id.is_some() {
-            let standing_here = matches!(t.state, State::Approved | State::Captured);
-            if standing_here != standing_at_bank {
-                f.add(
-                    "store-agrees-with-bank",
-                    format!(
-                        "{} RRN {} is {} here; the bank has {:?}",
-                        t.kind.as_str(),
-                        t.rrn,
-                        t.state.as_str(),
-                        charges.get(&t.rrn)
-                    ),
-                );
-            }
-        }
+        row_checks(t, standing_at_bank, charges, f);
     }
     for ((merchant, order), rrns) in per_order.iter().filter(|(_, r)| r.len() > 1) {
         f.add(
@@ -190,6 +165,45 @@ async fn store_checks(world: &World, charges: &BTreeMap<String, Charge>, f: &mut
     }
 }
 
+/// One row: settled, and standing here exactly when it stands at its bank.
+fn row_checks(
+    t: &switch::store::TxnRecord,
+    standing_at_bank: bool,
+    charges: &BTreeMap<String, Charge>,
+    f: &mut Found,
+) {
+    if matches!(t.state, State::Authorising | State::Reversing) {
+        f.add(
+            "nothing-unresolved",
+            format!(
+                "{} RRN {} is still {}",
+                t.kind.as_str(),
+                t.rrn,
+                t.state.as_str()
+            ),
+        );
+    }
+    let moves = matches!(
+        t.kind,
+        Kind::Purchase | Kind::Preauth | Kind::Completion | Kind::Refund
+    );
+    if moves && t.bank_id.is_some() {
+        let standing_here = matches!(t.state, State::Approved | State::Captured);
+        if standing_here != standing_at_bank {
+            f.add(
+                "store-agrees-with-bank",
+                format!(
+                    "{} RRN {} is {} here; the bank has {:?}",
+                    t.kind.as_str(),
+                    t.rrn,
+                    t.state.as_str(),
+                    charges.get(&t.rrn)
+                ),
+            );
+        }
+    }
+}
+
 /// The store's rows about `rrn`: its own and those naming it.
 fn story(world: &World, rrn: &str) -> String {
     let txns = world.store.transactions();
@@ -215,7 +229,7 @@ fn story(world: &World, rrn: &str) -> String {
 }
 
 /// Which requests were answered with `rrn`, and how.
-fn told(reqs: &[crate::merchant::Req], rrn: &str) -> Vec<String> {
+fn told(reqs: &[Req], rrn: &str) -> Vec<String> {
     reqs.iter()
         .filter(|r| r.answers.iter().any(|a| a.1.as_deref() == Some(rrn)))
         .map(|r| {

@@ -92,17 +92,48 @@ async fn run_async(seed: u64, opts: Options) -> Report {
     let book = Arc::new(Book::default());
     let started = world.clock.unix_s();
     world.start().await;
-    let mut ackers = Vec::new();
-    for ((_, key), inbox) in merchants.iter().zip(inboxes) {
-        let key = codec::MacKey::from_hex(key).expect("hex");
-        ackers.push(tokio::spawn(acknowledge(
-            world.clone(),
-            book.clone(),
-            key,
-            inbox,
-        )));
-    }
+    let ackers: Vec<_> = merchants
+        .iter()
+        .zip(inboxes)
+        .map(|((_, key), inbox)| {
+            let key = codec::MacKey::from_hex(key).expect("hex");
+            tokio::spawn(acknowledge(world.clone(), book.clone(), key, inbox))
+        })
+        .collect();
     let reversible = Arc::new(Mutex::new(Vec::new()));
+    let terminals = open_terminals(&world, &book, &dice, &merchants, &opts, &reversible);
+    let traffic_done = Arc::new(tokio::sync::Notify::new());
+    let chaos = tokio::spawn(chaos(
+        world.clone(),
+        dice.fork(4),
+        opts.faults,
+        reversible,
+        traffic_done.clone(),
+    ));
+    for t in terminals {
+        let _ = t.await;
+    }
+    traffic_done.notify_one();
+    let crashes = chaos.await.unwrap_or(0);
+    heal(&world).await;
+    let settled = quiesce(&world).await;
+    let violations = verdict(&world, &book, settled).await;
+    world.crash();
+    for a in ackers {
+        a.abort();
+    }
+    report(seed, &world, &book, violations, crashes, started)
+}
+
+/// Starts every terminal's working day.
+fn open_terminals(
+    world: &Arc<World>,
+    book: &Arc<Book>,
+    dice: &Dice,
+    merchants: &[(String, String)],
+    opts: &Options,
+    reversible: &Arc<Mutex<Vec<(usize, String)>>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let mut terminals = Vec::new();
     for (m, (id, key)) in merchants.iter().enumerate() {
         for t in 0..opts.terminals {
@@ -120,22 +151,12 @@ async fn run_async(seed: u64, opts: Options) -> Report {
             terminals.push(tokio::spawn(terminal.run(opts.ops)));
         }
     }
-    let traffic_done = Arc::new(tokio::sync::Notify::new());
-    let chaos = tokio::spawn(chaos(
-        world.clone(),
-        dice.fork(4),
-        opts.faults,
-        reversible,
-        traffic_done.clone(),
-    ));
-    for t in terminals {
-        let _ = t.await;
-    }
-    traffic_done.notify_one();
-    let crashes = chaos.await.unwrap_or(0);
-    heal(&world).await;
-    let settled = quiesce(&world).await;
-    let mut violations = crate::check::invariants(&world, &book).await;
+    terminals
+}
+
+/// The invariants, the run's panics, and whether it settled.
+async fn verdict(world: &World, book: &Book, settled: bool) -> Vec<String> {
+    let mut violations = crate::check::invariants(world, book).await;
     for p in PANICS.with(|p| p.borrow().clone()).into_iter().take(3) {
         violations.push(format!("no-panics: {}", p.replace('\n', " ")));
     }
@@ -145,10 +166,17 @@ async fn run_async(seed: u64, opts: Options) -> Report {
             "quiescence: the switch did not settle within the limit".into(),
         );
     }
-    world.crash();
-    for a in ackers {
-        a.abort();
-    }
+    violations
+}
+
+fn report(
+    seed: u64,
+    world: &World,
+    book: &Book,
+    violations: Vec<String>,
+    crashes: u32,
+    started_s: u64,
+) -> Report {
     let mut h = std::hash::DefaultHasher::new();
     book.trace
         .lock()
@@ -160,16 +188,15 @@ async fn run_async(seed: u64, opts: Options) -> Report {
             *answers.entry(rc.clone()).or_insert(0) += 1;
         }
     }
-    let bank_rrns = world.banks.iter().map(|b| b.charges().len()).sum();
     Report {
         answers,
-        bank_rrns,
+        bank_rrns: world.banks.iter().map(|b| b.charges().len()).sum(),
         seed,
         violations,
         digest: h.finish(),
         requests: book.all().len(),
         crashes,
-        virtual_s: world.clock.unix_s() - started,
+        virtual_s: world.clock.unix_s() - started_s,
     }
 }
 
