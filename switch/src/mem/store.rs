@@ -6,7 +6,7 @@
 //! ([`WriteFault::LoseAck`]). It passes the same contract tests as [`crate::store::PgStore`]
 //! (`tests/tests/store_contract.rs`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -1072,33 +1072,8 @@ impl Db {
     /// The ledger's rules, as [`crate::store`]'s postings check them.
     fn violations(&self) -> Vec<Violation> {
         let mut out = Vec::new();
-        let mut sums: BTreeMap<i64, i64> = BTreeMap::new();
-        let mut bank_sums: BTreeMap<i64, i64> = BTreeMap::new();
-        let mut merchant_owed: BTreeMap<(String, i16), i64> = BTreeMap::new();
-        for (id, account, amount, currency, _) in &self.postings {
-            *sums.entry(*id).or_default() += amount;
-            if let Some(m) = account.strip_prefix("merchant:") {
-                *merchant_owed.entry((m.to_string(), *currency)).or_default() -= amount;
-            }
-            let t = self.txns.get(id);
-            if t.is_some_and(|t| {
-                Some(account.as_str())
-                    == t.new
-                        .bank_id
-                        .as_deref()
-                        .map(|b| format!("bank:{b}"))
-                        .as_deref()
-            }) {
-                *bank_sums.entry(*id).or_default() += amount;
-            }
-            if t.is_none() {
-                out.push(Violation {
-                    rule: "posting-names-transaction",
-                    detail: format!("a posting names transaction {id}, which is not recorded"),
-                });
-            }
-        }
-        for (id, sum) in sums.iter().filter(|(_, s)| **s != 0) {
+        let sums = self.posting_sums(&mut out);
+        for (id, sum) in sums.per_txn.iter().filter(|(_, s)| **s != 0) {
             out.push(Violation {
                 rule: "posting-balances",
                 detail: format!("transaction {id} postings sum to {sum}"),
@@ -1112,44 +1087,16 @@ impl Db {
                     .entry((n.merchant_id.clone(), n.currency))
                     .or_default() += t.captured_minor as i64 - t.refunded_minor as i64;
             }
-            let posted_kind = matches!(n.kind, Kind::Purchase | Kind::Completion | Kind::Refund);
-            let posted_state =
-                matches!(t.state, State::Approved | State::Reversed | State::Captured);
-            if posted_kind && posted_state && t.response_code.as_deref() == Some("00") {
-                let want = if n.kind == Kind::Refund {
-                    -n.amount_minor
-                } else {
-                    n.amount_minor
-                };
-                let got = bank_sums.get(&n.id).copied().unwrap_or(0);
-                if got != want {
-                    out.push(Violation {
-                        rule: "approved-transactions-posted",
-                        detail: format!(
-                            "{} {} of {} has {got} posted to its bank",
-                            n.kind.as_str(),
-                            n.id,
-                            n.amount_minor
-                        ),
-                    });
-                }
-            }
-            if t.refunded_minor + t.refund_reserved_minor > t.captured_minor {
-                out.push(Violation {
-                    rule: "refunds-within-captured",
-                    detail: format!(
-                        "payment {}: captured {}, refunded {}, reserved {}",
-                        n.id, t.captured_minor, t.refunded_minor, t.refund_reserved_minor
-                    ),
-                });
-            }
+            row_violations(t, &sums.to_bank, &mut out);
         }
-        let keys: HashSet<&(String, i16)> =
-            journal_owed.keys().chain(merchant_owed.keys()).collect();
+        let keys: BTreeSet<&(String, i16)> = journal_owed
+            .keys()
+            .chain(sums.merchant_owed.keys())
+            .collect();
         for k in keys {
             let (j, l) = (
                 journal_owed.get(k).copied().unwrap_or(0),
-                merchant_owed.get(k).copied().unwrap_or(0),
+                sums.merchant_owed.get(k).copied().unwrap_or(0),
             );
             if j != l {
                 out.push(Violation {
@@ -1162,5 +1109,77 @@ impl Db {
             }
         }
         out
+    }
+
+    /// The postings summed per transaction, per transaction to its own bank, and per
+    /// merchant and currency (what the merchant is owed); postings naming no transaction
+    /// are violations.
+    fn posting_sums(&self, out: &mut Vec<Violation>) -> PostingSums {
+        let mut sums = PostingSums::default();
+        for (id, account, amount, currency, _) in &self.postings {
+            *sums.per_txn.entry(*id).or_default() += amount;
+            if let Some(m) = account.strip_prefix("merchant:") {
+                *sums
+                    .merchant_owed
+                    .entry((m.to_string(), *currency))
+                    .or_default() -= amount;
+            }
+            let Some(t) = self.txns.get(id) else {
+                out.push(Violation {
+                    rule: "posting-names-transaction",
+                    detail: format!("a posting names transaction {id}, which is not recorded"),
+                });
+                continue;
+            };
+            let own_bank = t.new.bank_id.as_deref().map(|b| format!("bank:{b}"));
+            if own_bank.as_deref() == Some(account.as_str()) {
+                *sums.to_bank.entry(*id).or_default() += amount;
+            }
+        }
+        sums
+    }
+}
+
+/// The ledger's postings, summed three ways (minor units).
+#[derive(Debug, Default)]
+struct PostingSums {
+    per_txn: BTreeMap<i64, i64>,
+    to_bank: BTreeMap<i64, i64>,
+    merchant_owed: BTreeMap<(String, i16), i64>,
+}
+
+/// One row's rules: an approved purchase, completion or refund is posted to its bank for
+/// its amount; refunds stay within what was captured.
+fn row_violations(t: &Txn, to_bank: &BTreeMap<i64, i64>, out: &mut Vec<Violation>) {
+    let n = &t.new;
+    let posted_kind = matches!(n.kind, Kind::Purchase | Kind::Completion | Kind::Refund);
+    let posted_state = matches!(t.state, State::Approved | State::Reversed | State::Captured);
+    if posted_kind && posted_state && t.response_code.as_deref() == Some("00") {
+        let want = if n.kind == Kind::Refund {
+            -n.amount_minor
+        } else {
+            n.amount_minor
+        };
+        let got = to_bank.get(&n.id).copied().unwrap_or(0);
+        if got != want {
+            out.push(Violation {
+                rule: "approved-transactions-posted",
+                detail: format!(
+                    "{} {} of {} has {got} posted to its bank",
+                    n.kind.as_str(),
+                    n.id,
+                    n.amount_minor
+                ),
+            });
+        }
+    }
+    if t.refunded_minor + t.refund_reserved_minor > t.captured_minor {
+        out.push(Violation {
+            rule: "refunds-within-captured",
+            detail: format!(
+                "payment {}: captured {}, refunded {}, reserved {}",
+                n.id, t.captured_minor, t.refunded_minor, t.refund_reserved_minor
+            ),
+        });
     }
 }
