@@ -63,6 +63,8 @@ pub struct World {
     /// Each merchant's connection for notifications: (merchant, outlet).
     outlets: Vec<(String, mpsc::Sender<Bytes>)>,
     pub up: AtomicBool,
+    /// What the limits do while Redis is away (chosen by the seed).
+    limits_on_outage: LimitsOnOutage,
 }
 
 impl std::fmt::Debug for World {
@@ -71,16 +73,17 @@ impl std::fmt::Debug for World {
     }
 }
 
-/// A merchant's id and MAC key (hex).
-pub fn merchant_record(id: &str, key_hex: &str) -> Merchant {
+/// A merchant's id and MAC key (hex), allowed `rate_per_s` requests a second in bursts of
+/// `rate_burst`.
+pub fn merchant_record(id: &str, key_hex: &str, rate_per_s: u32, rate_burst: u32) -> Merchant {
     Merchant {
         id: id.to_string(),
         name: id.to_string(),
         enabled: true,
         currencies: vec![840],
         per_txn_limit_minor: 1_000_000,
-        rate_per_s: 50,
-        rate_burst: 20,
+        rate_per_s,
+        rate_burst,
         mac_key: codec::MacKey::from_hex(key_hex).expect("hex key"),
         previous_mac_key: None,
     }
@@ -103,7 +106,16 @@ impl World {
         ];
         let table: HashMap<String, Arc<Merchant>> = merchants
             .iter()
-            .map(|(id, key)| (id.clone(), Arc::new(merchant_record(id, key))))
+            .enumerate()
+            .map(|(i, (id, key))| {
+                // The last merchant is held to a tight rate: its terminals meet `65`.
+                let (rate, burst) = if i + 1 == merchants.len() {
+                    (2, 3)
+                } else {
+                    (50, 20)
+                };
+                (id.clone(), Arc::new(merchant_record(id, key, rate, burst)))
+            })
             .collect();
         let m = Merchants::default();
         m.replace(table);
@@ -122,6 +134,11 @@ impl World {
             outlets.push((id.clone(), tx));
             inboxes.push(rx);
         }
+        let limits_on_outage = if dice.chance(500) {
+            LimitsOnOutage::FailClosed
+        } else {
+            LimitsOnOutage::FailOpen
+        };
         let world = World {
             dice,
             clock,
@@ -135,6 +152,7 @@ impl World {
             restarts: AtomicU64::new(0),
             outlets,
             up: AtomicBool::new(false),
+            limits_on_outage,
         };
         (Arc::new(world), inboxes)
     }
@@ -270,7 +288,7 @@ impl World {
             reversal_wake: Arc::new(Notify::new()),
             sessions: Arc::new(Sessions::default()),
             metrics,
-            limits_on_outage: LimitsOnOutage::FailOpen,
+            limits_on_outage: self.limits_on_outage,
             outcome_wait_ms: OUTCOME_WAIT_MS,
             bank_timeout_max_ms: BANK_TIMEOUT_MS,
         };
