@@ -254,7 +254,8 @@ pub async fn run(
         };
         workers.spawn(inquiries.run(workers_shutdown.clone()));
     }
-    let (replays, replays_task) = crate::replays::Replays::start(limiter.clone(), metrics.clone());
+    let (replays, replays_task) =
+        crate::replays::Replays::start(Arc::new(limiter.clone()), metrics.clone());
     let engine = Arc::new(Engine {
         instance_id: config.switch.instance_id,
         incarnation,
@@ -262,7 +263,8 @@ pub async fn run(
         router: router.clone(),
         banks,
         store: store.clone(),
-        limiter,
+        limiter: Arc::new(limiter.clone()),
+        clock: Arc::new(crate::clock::SystemClock),
         replays,
         vault: vault.clone(),
         ids: Ids::new(store),
@@ -334,7 +336,7 @@ pub async fn run(
         banks: engine.banks.clone(),
         store: shared.clone(),
         pool: pool.clone(),
-        limiter: engine.limiter.clone(),
+        limiter,
         routes: crate::routing::RouteBook {
             pool: pool.clone(),
             banks: config.banks.iter().map(|b| b.id.clone()).collect(),

@@ -109,9 +109,13 @@ impl InquiryWorker {
         bank_de7: Option<&str>,
     ) -> Finding {
         let bank = &self.bank;
-        let (true, Ok(stan)) = (bank.is_reachable(), bank.stans.allocate()) else {
+        if !bank.is_reachable() {
+            return Finding::Unclear;
+        }
+        let Ok(exchange) = crate::bank_io::BankExchange::ungated(bank) else {
             return Finding::Unclear;
         };
+        let stan = exchange.stan();
         let stan_digits = bank_links::stan::format_stan(stan);
         let de7 = codec::clock::transmission(codec::clock::unix_now());
         let de90 = bank_de90(
@@ -126,8 +130,8 @@ impl InquiryWorker {
             .set(37, rrn.as_bytes())
             .set(90, de90.as_bytes());
         crate::bank_io::set_acquirer(&mut b, bank, &self.acquirer_id);
-        let outcome = crate::bank_io::send(bank, 6, stan, rrn, b.encode()).await;
-        bank.stans.release(stan);
+        let message = b.encode();
+        let outcome = exchange.send(6, stan, rrn, message).await;
         match outcome {
             Outcome::Answered(answer) => finding(&answer),
             _ => Finding::Unclear,

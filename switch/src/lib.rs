@@ -28,6 +28,8 @@
 //! - [`notify`]: notifications (0620) to merchants: stored, delivered, repeated until 0630.
 //! - [`payments`]: completion, refund, reversal and status on the request path.
 //! - [`reversals`]: the store-and-forward workers (reversals and completion advices).
+//! - [`clock`]: the clock the request path reads (system, or virtual in the simulation).
+//! - [`mem`]: the store and the claims in memory, for the seeded simulation (`sim/`).
 //! - [`routing`]: BIN ranges to banks.
 //! - [`merchants`]: merchant records and their in-memory table.
 //! - [`metrics`]: Prometheus metrics.
@@ -45,6 +47,7 @@ pub mod backoffice;
 pub mod backoffice_ops;
 pub mod bank_io;
 pub mod checks;
+pub mod clock;
 pub mod config;
 pub mod content;
 pub mod crypto;
@@ -58,6 +61,7 @@ pub mod lease;
 pub mod ledger;
 pub mod lifecycle;
 pub mod limiter;
+pub mod mem;
 pub mod merchants;
 pub mod metrics;
 pub mod notify;

@@ -131,6 +131,9 @@ pub enum LimiterError {
     Timeout(u64),
     #[error("redis answered something unexpected")]
     Unexpected,
+    /// The in-memory claims are set unreachable (simulation).
+    #[error("claims unreachable")]
+    Unreachable,
 }
 
 /// One Redis server (reconnecting) or a Redis Cluster (routing each call by its keys'
@@ -373,6 +376,34 @@ impl Limiter {
         let mut conn = self.conn.clone();
         let cmd = redis::cmd("DEL").arg(self.idem_key(key)).to_owned();
         self.timed(cmd.query_async::<()>(&mut conn)).await
+    }
+}
+
+/// The idempotency claims and limits as the request path uses them: [`Limiter`] in
+/// Redis, [`crate::mem::MemClaims`] in memory (the simulation's). Both pass the same
+/// contract tests (`tests/tests/claims_contract.rs`).
+#[async_trait::async_trait]
+pub trait Claims: Send + Sync + std::fmt::Debug {
+    /// Looks the key up, applies the limits and claims the key, atomically.
+    async fn claim(&self, r: &ClaimRequest<'_>) -> Result<Claim, LimiterError>;
+    /// Replaces the claim `dead` with `value` if the key holds exactly `dead`.
+    async fn take_over(&self, key: &str, dead: &str, value: &str) -> Result<bool, LimiterError>;
+    /// Applies `writes` (answers kept for the answer TTL, claims released).
+    async fn write_keys(&self, writes: &[KeyWrite]) -> Result<(), LimiterError>;
+}
+
+#[async_trait::async_trait]
+impl Claims for Limiter {
+    async fn claim(&self, r: &ClaimRequest<'_>) -> Result<Claim, LimiterError> {
+        Limiter::claim(self, r).await
+    }
+
+    async fn take_over(&self, key: &str, dead: &str, value: &str) -> Result<bool, LimiterError> {
+        Limiter::take_over(self, key, dead, value).await
+    }
+
+    async fn write_keys(&self, writes: &[KeyWrite]) -> Result<(), LimiterError> {
+        Limiter::write_keys(self, writes).await
     }
 }
 

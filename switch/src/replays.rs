@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::answer::Answer;
 use crate::inflight::InFlightGuard;
-use crate::limiter::{KeyWrite, Limiter};
+use crate::limiter::{Claims, KeyWrite};
 use crate::metrics::Metrics;
 
 /// One key to write, and the request to resolve once it is written.
@@ -42,7 +42,7 @@ impl Replays {
     /// Starts the writer; it ends, after writing what is queued, when every handle is
     /// dropped.
     pub fn start(
-        limiter: Limiter,
+        limiter: Arc<dyn Claims>,
         metrics: Arc<Metrics>,
     ) -> (Replays, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(REPLAY_QUEUE_MAX);
@@ -75,7 +75,7 @@ impl Replays {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Queued>, limiter: Limiter, metrics: Arc<Metrics>) {
+async fn run(mut rx: mpsc::Receiver<Queued>, limiter: Arc<dyn Claims>, metrics: Arc<Metrics>) {
     let mut batch = Vec::with_capacity(REPLAY_BATCH_MAX);
     let mut writes = Vec::with_capacity(REPLAY_BATCH_MAX);
     while rx.recv_many(&mut batch, REPLAY_BATCH_MAX).await > 0 {

@@ -15,6 +15,7 @@ use codec::{MessageBuilder, Mti};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::bank_io::BankExchange;
 use crate::crypto::{Purpose, Vault, split_card};
 use crate::store::{DueForward, Store, StoreError};
 
@@ -114,17 +115,16 @@ impl ReversalWorker {
         if !bank.is_reachable() {
             return Ok(());
         }
-        let Ok(stan) = bank.stans.allocate() else {
+        let Ok(exchange) = BankExchange::ungated(bank) else {
             return Ok(());
         };
-        let (message, stan_key) = self.message(&d, stan);
+        let (message, stan_key) = self.message(&d, exchange.stan());
         let class = if d.advice {
             Mti::COMPLETION_ADVICE.class()
         } else {
             Mti::REVERSAL_REQUEST.class()
         };
-        let outcome = crate::bank_io::send(bank, class, stan_key, &d.rrn, message).await;
-        bank.stans.release(stan);
+        let outcome = exchange.send(class, stan_key, &d.rrn, message).await;
         self.record(&d, outcome).await
     }
 
@@ -203,7 +203,8 @@ impl ReversalWorker {
         let bank = &self.bank;
         let what = if d.advice { "advice" } else { "reversal" };
         match outcome {
-            Outcome::Answered(reply) => {
+            // A reply without DE39 acknowledges nothing: repeated like an unanswered one.
+            Outcome::Answered(reply) if reply.get(39).is_some() => {
                 let rc = reply
                     .get_str(39)
                     .map(|s| s.into_owned())
@@ -220,7 +221,7 @@ impl ReversalWorker {
                     self.store.reversal_answered(d.id, &rc).await
                 }
             }
-            Outcome::TimedOut | Outcome::LinkLost | Outcome::NotSent => {
+            Outcome::Answered(_) | Outcome::TimedOut | Outcome::LinkLost | Outcome::NotSent => {
                 let pause =
                     reversal_backoff_ms(d.attempts as u32, bank.config.request_timeout_ms) as i64;
                 tracing::warn!(bank = %bank.config.id, rrn = %d.rrn, attempts = d.attempts + 1, retry_in_ms = pause, what,

@@ -376,6 +376,12 @@ pub(super) async fn settle_refund(
     let mut client = connection_patiently(pool).await?;
     let tx = client.transaction().await?;
     let own = lock_row(&tx, id).await?;
+    if own.state != lifecycle::State::Authorising {
+        // Settled already: this is a write repeated after its acknowledgement was lost
+        // (found by the simulation, docs/simulation.md); applying it again would move
+        // the refund's money twice.
+        return Ok(());
+    }
     let root_id = own
         .original_id
         .ok_or_else(|| invalid("a refund names its payment"))?;

@@ -1,0 +1,5 @@
+pub mod claims;
+pub mod store;
+
+pub use claims::MemClaims;
+pub use store::{FaultPlan, MemStore, WriteFault};
