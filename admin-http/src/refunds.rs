@@ -38,7 +38,8 @@ pub struct RefundRequestView {
     pub id: i64,
     /// refund (0200), capture (0220) or void (0400).
     pub kind: String,
-    /// pending, approved, rejected, expired, executed.
+    /// pending, approved, rejected, expired, executed, failed (a pending request past
+    /// `expires_at` shows as expired).
     pub state: String,
     pub original_rrn: String,
     pub merchant_id: String,
@@ -54,6 +55,9 @@ pub struct RefundRequestView {
     pub refund_rrn: Option<String>,
     /// Its DE39, once executed (`00`: approved by the bank).
     pub response_code: Option<String>,
+    /// Why it could never be sent, once `failed` (its original or merchant unknown to the
+    /// switch, a message that cannot be built).
+    pub failure: Option<String>,
 }
 
 /// `GET /v1/refund-requests` filters.
