@@ -1160,8 +1160,8 @@ async fn audited(office: &Office, by: &Session, action: &str, target: &str) -> V
 
 // Proves BIN routes from the API change the running switch's routing at once: a card
 // routed to bank-a goes to bank-b once a narrower route is added, back to bank-a when the
-// route is changed, and by the broad route again once it is removed; bad routes are
-// refused (422); each change (from the command line too) is audited with before and after.
+// route is changed, and by the broad route again once it is removed; bad routes, and a
+// route with another's range and priority, are refused (422); each change (from the command line too) is audited with before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_change_without_a_restart() {
     let world = office_world("bo_routes");
@@ -1181,6 +1181,9 @@ async fn routes_change_without_a_restart() {
     let body = json!({"low": "411111", "high": "411111", "bank_id": "bank-b"});
     let added = ok_json(&office, "POST", "/v1/routes", t, Some(body)).await;
     let id = added["id"].as_i64().unwrap();
+    let twin = json!({"low": "411111", "high": "411111", "bank_id": "bank-a"});
+    let a = office.call("POST", "/v1/routes", Some(t), Some(twin)).await;
+    assert_eq!(a.status, 422, "same range and priority: {}", a.body);
     let rrn = pay_with(&mut c, card).await;
     assert_eq!(
         world.banks[1].requests_for(&rrn).await,
