@@ -60,6 +60,11 @@ pub struct RefundRequestView {
     pub failure: Option<String>,
 }
 
+/// A back-office request's states (the list's `state` filter's values).
+pub const REQUEST_STATES: [&str; 6] = [
+    "pending", "approved", "rejected", "expired", "executed", "failed",
+];
+
 /// `GET /v1/refund-requests` filters.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

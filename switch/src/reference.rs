@@ -37,9 +37,7 @@ fn route_problem(e: RouteChangeError) -> AdminError {
         RouteChangeError::NotFound(id) => AdminError::NotFound(format!("no route {id}")),
         RouteChangeError::UnknownBank(_)
         | RouteChangeError::Invalid(_)
-        | RouteChangeError::Duplicate { .. } => {
-            AdminError::Invalid(e.to_string())
-        }
+        | RouteChangeError::Duplicate { .. } => AdminError::Invalid(e.to_string()),
         RouteChangeError::Db(crate::db::DbError::Invalid(w)) => AdminError::Invalid(w),
         RouteChangeError::Db(e) => unavailable(e.into()),
     }

@@ -340,6 +340,8 @@ impl RefundDesk {
         who: &Principal,
         q: &RefundListQuery,
     ) -> Result<Vec<RefundRequestView>, AdminError> {
+        let states = &admin_http::refunds::REQUEST_STATES;
+        admin_http::transactions::one_of("state", q.state.as_deref(), states)?;
         if who.role == Role::Merchant && who.merchant_id.is_none() {
             return Ok(Vec::new());
         }

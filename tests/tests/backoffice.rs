@@ -614,8 +614,9 @@ fn rrns(page: &Value) -> Vec<String> {
 }
 
 // Proves transaction search by merchant, order reference, amount range, RRN and time with
-// cursor pagination and masked card numbers; a transaction's chain as a timeline (purchase
-// then refund); and that a merchant user sees only its own merchant's transactions.
+// cursor pagination and masked card numbers, bad filters refused (422); a transaction's
+// chain as a timeline (purchase then refund); and that a merchant user sees only its own
+// merchant's transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_search_timeline_and_merchant_scope() {
     let world = office_world("bo_search");
@@ -668,8 +669,24 @@ async fn transaction_search_timeline_and_merchant_scope() {
             assert_eq!(found["transactions"][0]["card"], "************1111");
         }
     }
-    let bad = office.get(&q("?from=not-a-time"), &root.token).await;
+    // Times are RFC 3339 only (PostgreSQL alone reads `yesterday`); an unknown state is
+    // refused naming the states there are, not answered with an empty list.
+    for filter in [
+        "?from=not-a-time",
+        "?from=yesterday",
+        "?to=now",
+        "?state=bogus",
+    ] {
+        let bad = office.get(&q(filter), &root.token).await;
+        assert_eq!(bad.status, 422, "{filter}: {}", bad.body);
+    }
+    let bad = office.get(&q("?state=bogus"), &root.token).await;
+    assert!(bad.body.contains("authorising"), "{}", bad.body);
+    let bad = office
+        .get("/v1/refund-requests?state=bogus", &root.token)
+        .await;
     assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("executed"), "{}", bad.body);
     let mut paged = Vec::new();
     let mut cursor = String::new();
     loop {
