@@ -1838,7 +1838,7 @@ async fn overview_screenshot(browser: &Browser, base: &str, c: &mut Client) {
 }
 
 // Proves an administrator-initiated password reset: the token ends the account's sessions,
-// sets a new password once (strength rules apply), cannot be reused or used once expired;
+// sets a new password once (strength rules apply, at most 128 characters), cannot be reused or used once expired;
 // an admin cannot reset a superadmin; both steps are audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_password_reset() {
@@ -1874,6 +1874,11 @@ async fn admin_password_reset() {
         }
     };
     assert_eq!(reset("weak", token.clone()).await.status, 422);
+    // Over 128 characters is refused before argon2 hashes it, and says so.
+    let long: &'static str = format!("Aa1!{}", "x".repeat(125)).leak();
+    let refused = reset(long, token.clone()).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("128"), "{}", refused.body);
     let new_password = "Fresh-Meadow-Compass-19";
     assert_eq!(reset(new_password, token.clone()).await.status, 200);
     assert_eq!(reset(new_password, token).await.status, 401, "used once");
