@@ -722,3 +722,31 @@ async fn requests_end_and_are_not_repeated() {
     assert_eq!(expired[0]["state"], "expired");
     drop(sw);
 }
+
+// Proves problem documents are consistent and bounded (issue 12 review): a badly typed JSON
+// body is a 422 whose type (invalid-request) agrees with its title (Unprocessable Entity),
+// and a 404 for a 5,000-character RRN does not echo it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problems_agree_and_are_bounded() {
+    let world = office::world("bo_problems", 1000, "", WorldOptions::default());
+    let (sw, o, root) = office::open(&world, false).await;
+    let typed = json!({"amount_minor": "lots", "reason": "r", "idempotency_key": "k"});
+    let path = "/v1/transactions/000000000001/refunds";
+    let bad = o.call("POST", path, Some(&root.token), Some(typed)).await;
+    assert!(problem(&bad, 422), "{} {}", bad.status, bad.body);
+    let doc = bad.json();
+    assert_eq!(doc["type"], "/problems/invalid-request", "{doc}");
+    assert_eq!(doc["title"], "Unprocessable Entity", "{doc}");
+    let long_rrn = "1".repeat(5000);
+    let missing = o
+        .get(&format!("/v1/transactions/{long_rrn}"), &root.token)
+        .await;
+    assert!(problem(&missing, 404), "{}", missing.status);
+    let detail = missing.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.starts_with("not found: transaction 111"), "{detail}");
+    assert!(detail.chars().count() <= 257, "{} characters", detail.len());
+    drop(sw);
+}
