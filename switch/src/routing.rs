@@ -259,14 +259,26 @@ impl RouteBook {
         list_routes(&self.pool).await
     }
 
-    /// A route's own bounds and bank, no other route (than `replacing`) with its range and
-    /// priority, and room for one more (when adding: `replacing` is `None`).
+    /// A route's own bounds and bank, the route `replacing` there, no other route with its
+    /// range and priority, and room for one more (when adding: `replacing` is `None`).
     async fn check(&self, r: &Route, replacing: Option<i64>) -> Result<(), RouteChangeError> {
         if !self.banks.contains(&r.bank_id) {
             return Err(RouteChangeError::UnknownBank(r.bank_id.clone()));
         }
         RouteTable::build(std::slice::from_ref(r))?;
         let client = self.pool.get().await.map_err(DbError::from)?;
+        if let Some(id) = replacing {
+            // A change of a route that does not exist is that, before any clash.
+            let exists = "SELECT EXISTS (SELECT 1 FROM bin_routes WHERE id = $1)";
+            let found: bool = client
+                .query_one(exists, &[&id])
+                .await
+                .map_err(DbError::from)?
+                .get(0);
+            if !found {
+                return Err(RouteChangeError::NotFound(id));
+            }
+        }
         let twin = client
             .query_opt(
                 "SELECT id, bank_id FROM bin_routes WHERE bin_low = $1 AND bin_high = $2
