@@ -322,10 +322,8 @@ impl RefundDesk {
             expires_at: now + Duration::from_millis(self.policy.request_ttl_ms),
         };
         let (row, created) = self.requests.insert(&new).await.map_err(unavailable)?;
-        if !created {
-            if let Some(e) = key_reused(&row.view, ask.op, rrn, amount_minor) {
-                return Err(e);
-            }
+        if !created && let Some(e) = key_reused(&row.view, ask.op, rrn, amount_minor) {
+            return Err(e);
         }
         if !created || needs_approval {
             return Ok((row.view, created));

@@ -219,12 +219,20 @@ async fn captures_and_voids_from_the_back_office() {
     drop(sw);
 }
 
+/// The one bigint `sql` answers (a count).
+async fn count(
+    db: &system_tests::tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn system_tests::tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    db.query_one(sql, params).await.unwrap().get(0)
+}
+
 /// Polls `sql` (one row, one bigint) until it is at least `want`.
 async fn wait_count(db: &system_tests::tokio_postgres::Client, what: &str, sql: &str, want: i64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let n: i64 = db.query_one(sql, &[]).await.unwrap().get(0);
-        if n >= want {
+        if count(db, sql, &[]).await >= want {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
@@ -323,14 +331,12 @@ async fn approved_request_resumed_after_a_crash() {
         .count();
     assert_eq!(refunds_at_bank, 1, "one refund at the bank: {record}");
     assert_eq!(record["requests_by_rrn_dupes"], 0, "{record}");
-    let told: i64 = db
-        .query_one(
-            "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_REFUND'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let told = count(
+        &db,
+        "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_REFUND'",
+        &[],
+    )
+    .await;
     assert_eq!(told, 1, "one 0620 about refund {refund_rrn} ({code})");
     world.admin(&["ledger", "check"]);
 }
@@ -683,24 +689,16 @@ async fn requests_end_and_are_not_repeated() {
     assert_eq!(voided.json()["response_code"], "00", "{}", voided.body);
     let again = ask(&o, &maker.token, &rrns[1], "voids", void("v-2")).await;
     assert!(problem(&again, 409), "{} {}", again.status, again.body);
-    let reversals: i64 = db
-        .query_one(
-            "SELECT count(*) FROM transactions WHERE kind = 'reversal' AND original_id =
-               (SELECT id FROM transactions WHERE rrn = $1)",
-            &[&rrns[1]],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let reversals = count(
+        &db,
+        "SELECT count(*) FROM transactions WHERE kind = 'reversal' AND original_id =
+           (SELECT id FROM transactions WHERE rrn = $1)",
+        &[&rrns[1]],
+    )
+    .await;
     assert_eq!(reversals, 1, "one reversal of the voided purchase");
-    let told: i64 = db
-        .query_one(
-            "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_VOID'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let voids = "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_VOID'";
+    let told = count(&db, voids, &[]).await;
     assert_eq!(told, 1, "one 0620 about the void");
 
     let big = json!({"amount_minor": 2000, "reason": "returned", "idempotency_key": "k-2"});
