@@ -244,6 +244,14 @@ Operators' side:
                curl -s 'http://$prom_addr/api/v1/query?query=sum+by+(rc)(switchyard_requests_total)'
   what each metric and alert means, and the runbook: docs/operations.md
 
+Back office (accounts, refunds with maker-checker, merchants, routes, links):
+  the first superadmin (the password from stdin: 12 to 128 characters with upper and lower
+  case, a digit and a symbol):
+               $bin/switchyard account add --config $config --username alice --role superadmin
+  the console: http://$admin_addr/console (log in, then enrol TOTP with the QR code shown)
+  the API:     http://$admin_addr/v1/... (POST /v1/login; every route in http://$admin_addr/openapi.json)
+  how to get in, roles and the rest: docs/operations.md
+
 Merchants' side:
 EOF
 cat <<EOF

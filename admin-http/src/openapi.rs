@@ -97,5 +97,5 @@ pub(crate) async fn as_problem(r: Response) -> Response {
         .await
         .unwrap_or_default();
     let detail = String::from_utf8_lossy(&body).trim().to_string();
-    v1::problem_response(status, "bad-request", detail)
+    v1::problem_response(status, v1::slug_of_status(status), detail)
 }

@@ -38,7 +38,8 @@ pub struct RefundRequestView {
     pub id: i64,
     /// refund (0200), capture (0220) or void (0400).
     pub kind: String,
-    /// pending, approved, rejected, expired, executed.
+    /// pending, approved, rejected, expired, executed, failed (a pending request past
+    /// `expires_at` shows as expired).
     pub state: String,
     pub original_rrn: String,
     pub merchant_id: String,
@@ -54,7 +55,15 @@ pub struct RefundRequestView {
     pub refund_rrn: Option<String>,
     /// Its DE39, once executed (`00`: approved by the bank).
     pub response_code: Option<String>,
+    /// Why it could never be sent, once `failed` (its original or merchant unknown to the
+    /// switch, a message that cannot be built).
+    pub failure: Option<String>,
 }
+
+/// A back-office request's states (the list's `state` filter's values).
+pub const REQUEST_STATES: [&str; 6] = [
+    "pending", "approved", "rejected", "expired", "executed", "failed",
+];
 
 /// `GET /v1/refund-requests` filters.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema, utoipa::IntoParams)]

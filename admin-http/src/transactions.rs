@@ -122,6 +122,49 @@ pub fn visible_to(who: &Principal, merchant_id: &str) -> bool {
 }
 
 pub(crate) type S<A> = State<Arc<AppState<A>>>;
+/// A transaction's states, the `state` filter's values (migrations V1, V2).
+pub const TXN_STATES: [&str; 7] = [
+    "authorising",
+    "approved",
+    "declined",
+    "refused",
+    "reversing",
+    "reversed",
+    "captured",
+];
+/// A transaction's kinds, the `kind` filter's values.
+pub const TXN_KINDS: [&str; 5] = ["purchase", "preauth", "completion", "refund", "reversal"];
+
+/// Refuses (`Invalid`, 422) a filter `name` whose `value` is not one of `allowed`, naming
+/// them: an unknown value would otherwise match nothing and look like an empty result.
+pub fn one_of(name: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), crate::AdminError> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(crate::AdminError::Invalid(format!(
+            "{name} must be one of {}",
+            allowed.join(", ")
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a search's filters before the database sees them: `from` and `to` are RFC 3339
+/// date-times (PostgreSQL alone would also read `yesterday` or `now`), `state` and `kind`
+/// among [`TXN_STATES`] and [`TXN_KINDS`]. `Invalid` (422) naming the filter otherwise.
+pub fn check_query(q: &TxnQuery) -> Result<(), crate::AdminError> {
+    use time::format_description::well_known::Rfc3339;
+    for (name, value) in [("from", &q.from), ("to", &q.to)] {
+        if let Some(v) = value {
+            time::OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
+                crate::AdminError::Invalid(format!(
+                    "{name} must be an RFC 3339 date-time such as 2026-12-01T04:00:00Z"
+                ))
+            })?;
+        }
+    }
+    one_of("state", q.state.as_deref(), &TXN_STATES)?;
+    one_of("kind", q.kind.as_deref(), &TXN_KINDS)
+}
+
 pub(crate) type Peer = axum::extract::ConnectInfo<std::net::SocketAddr>;
 
 #[utoipa::path(get, path = "/v1/transactions", params(TxnQuery), responses((status = 200, body = TxnPage), (status = "default", body = crate::v1::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
@@ -154,4 +197,32 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
     Router::new()
         .route("/v1/transactions", get(search::<A>))
         .route("/v1/transactions/{rrn}", get(detail::<A>))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves search times must be RFC 3339 (not whatever PostgreSQL reads as a time) and
+    // states and kinds among those there are.
+    #[test]
+    fn search_filters_are_checked() {
+        let q = |from: &str, state: Option<&str>| TxnQuery {
+            from: Some(from.into()),
+            state: state.map(String::from),
+            ..TxnQuery::default()
+        };
+        assert!(check_query(&q("2026-12-01T04:00:00Z", Some("approved"))).is_ok());
+        assert!(check_query(&q("2026-12-01T04:00:00.5+01:00", None)).is_ok());
+        for bad in ["yesterday", "now", "2026-12-01", ""] {
+            assert!(check_query(&q(bad, None)).is_err(), "{bad}");
+        }
+        let e = check_query(&q("2026-12-01T04:00:00Z", Some("bogus"))).unwrap_err();
+        assert!(e.to_string().contains("captured"), "{e}");
+        let kind = TxnQuery {
+            kind: Some("gift".into()),
+            ..TxnQuery::default()
+        };
+        assert!(check_query(&kind).is_err());
+    }
 }

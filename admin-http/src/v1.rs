@@ -188,7 +188,8 @@ pub struct AuditPage {
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     /// `/problems/<slug>`: unauthenticated, forbidden, not-found, invalid-request,
-    /// conflict, account-locked, unavailable, bad-request.
+    /// conflict, account-locked, unavailable, bad-request, method-not-allowed,
+    /// unsupported-media-type, payload-too-large, error; `title` is the status's reason.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,
@@ -222,13 +223,40 @@ pub fn problem(e: AdminError) -> Response {
     r
 }
 
-/// A problem document with `status`, `/problems/{slug}` and `detail`.
+/// Longest `detail` of a problem, in characters: details echo what the caller sent (an
+/// RRN, a route), which can be as long as a request body.
+pub const DETAIL_MAX_CHARS: usize = 256;
+
+/// The slug of an error answer axum made (a body, query or path it could not read, a
+/// method not allowed), agreeing with its status and so with the problem's title.
+pub fn slug_of_status(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid-request",
+        StatusCode::NOT_FOUND => "not-found",
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported-media-type",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+        s if s.is_client_error() => "bad-request",
+        _ => "error",
+    }
+}
+
+/// `detail` cut to [`DETAIL_MAX_CHARS`], with `…` where it was cut.
+pub fn bounded_detail(detail: String) -> String {
+    match detail.char_indices().nth(DETAIL_MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &detail[..cut]),
+        None => detail,
+    }
+}
+
+/// A problem document with `status`, `/problems/{slug}` and `detail` (bounded by
+/// [`DETAIL_MAX_CHARS`]).
 pub fn problem_response(status: StatusCode, slug: &str, detail: String) -> Response {
     let body = Problem {
         kind: format!("/problems/{slug}"),
         title: status.canonical_reason().unwrap_or("error").to_string(),
         status: status.as_u16(),
-        detail,
+        detail: bounded_detail(detail),
     };
     (
         status,
@@ -512,4 +540,27 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/v1/accounts/{username}/reset", post(reset::<A>))
         .route("/v1/password-reset", post(password_reset::<A>))
         .route("/v1/audit", get(audit::<A>))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves a problem's type agrees with its status (and so its title), and that what a
+    // detail echoes is bounded, cut on a character boundary.
+    #[test]
+    fn problems_agree_and_are_bounded() {
+        assert_eq!(
+            slug_of_status(StatusCode::UNPROCESSABLE_ENTITY),
+            "invalid-request"
+        );
+        assert_eq!(slug_of_status(StatusCode::BAD_REQUEST), "bad-request");
+        assert_eq!(slug_of_status(StatusCode::NOT_FOUND), "not-found");
+        assert_eq!(slug_of_status(StatusCode::INTERNAL_SERVER_ERROR), "error");
+        let short = "transaction 000000000001".to_string();
+        assert_eq!(bounded_detail(short.clone()), short);
+        let long = bounded_detail("é".repeat(5000));
+        assert_eq!(long.chars().count(), DETAIL_MAX_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
 }

@@ -802,6 +802,7 @@ impl BackOffice {
         mut q: TxnQuery,
     ) -> Result<TxnPage, AdminError> {
         q.merchant_id = admin_http::transactions::scope(who, q.merchant_id.as_deref())?;
+        admin_http::transactions::check_query(&q)?;
         self.search.search(&q).await.map_err(|e| match e {
             SearchError::BadFilter(w) => AdminError::Invalid(w),
             SearchError::Store(e) => unavailable(e),

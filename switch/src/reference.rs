@@ -35,9 +35,9 @@ fn route_of(b: RouteBody) -> Route {
 fn route_problem(e: RouteChangeError) -> AdminError {
     match e {
         RouteChangeError::NotFound(id) => AdminError::NotFound(format!("no route {id}")),
-        RouteChangeError::UnknownBank(_) | RouteChangeError::Invalid(_) => {
-            AdminError::Invalid(e.to_string())
-        }
+        RouteChangeError::UnknownBank(_)
+        | RouteChangeError::Invalid(_)
+        | RouteChangeError::Duplicate { .. } => AdminError::Invalid(e.to_string()),
         RouteChangeError::Db(crate::db::DbError::Invalid(w)) => AdminError::Invalid(w),
         RouteChangeError::Db(e) => unavailable(e.into()),
     }

@@ -19,6 +19,7 @@ use codec::{Mti, OwnedMessage, builtin};
 
 use crate::backoffice::unavailable;
 use crate::engine::{Engine, SessionState};
+use crate::lifecycle::State;
 use crate::notify::Event;
 use crate::payments::REFUND_REASON_MAX_LEN;
 use crate::store::Store;
@@ -30,6 +31,26 @@ pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
 pub const RESUME_BATCH_MAX: i64 = 32;
 /// How often the desk looks for interrupted executions.
 pub const RESUME_POLL_MS: u64 = 2_000;
+/// The longest a request whose sending keeps failing for a passing reason waits between
+/// attempts.
+pub const RESUME_BACKOFF_MAX_MS: u64 = 300_000;
+
+/// Whether a failed sending can never succeed however often it is tried: the original or
+/// the merchant unknown, a message that cannot be built ([`AdminError::Invalid`],
+/// [`AdminError::NotFound`]). Anything else (the store unavailable, the switch stopping)
+/// may pass.
+pub fn is_permanent(e: &AdminError) -> bool {
+    matches!(e, AdminError::Invalid(_) | AdminError::NotFound(_))
+}
+
+/// How long a request waits after its `attempts`-th sending failed for a passing reason:
+/// [`RESUME_POLL_MS`] doubled with each attempt, at most [`RESUME_BACKOFF_MAX_MS`].
+pub fn retry_delay_ms(attempts: i32) -> u64 {
+    let doublings = attempts.clamp(0, 20) as u32;
+    RESUME_POLL_MS
+        .saturating_mul(1 << doublings)
+        .min(RESUME_BACKOFF_MAX_MS)
+}
 
 /// What a back-office request sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,6 +183,26 @@ pub fn check_amount(ask: &Ask<'_>, original_amount_minor: i64) -> Result<(), Adm
     }
 }
 
+/// Why a request that reused an idempotency key is refused, if it is: the same key must
+/// ask for the same thing (kind, transaction and amount), else the caller would be told
+/// of another request as if it were theirs (`409`).
+pub fn key_reused(
+    existing: &RefundRequestView,
+    op: Operation,
+    rrn: &str,
+    amount_minor: i64,
+) -> Option<AdminError> {
+    let same = existing.kind == op.as_str()
+        && existing.original_rrn == rrn
+        && existing.amount_minor == amount_minor;
+    (!same).then(|| {
+        AdminError::Conflict(format!(
+            "idempotency key already used for request {} ({} of {} for {})",
+            existing.id, existing.kind, existing.original_rrn, existing.amount_minor
+        ))
+    })
+}
+
 /// The message a merchant sends for `op` of `original`, as the contract has it: DE90
 /// naming the original by its MTI, DE11 and DE7; a refund is a 0200 with DE3 `20` and the
 /// reason in DE48 `RR`, a capture a 0220 with DE3 `00`, a void a 0400 for the original's
@@ -261,6 +302,10 @@ impl RefundDesk {
             return Err(not_found());
         }
         check_amount(&ask, original.amount_minor)?;
+        if ask.op == Operation::Void {
+            self.check_not_voided(rrn, &who.actor, ask.idempotency_key)
+                .await?;
+        }
         let amount_minor = ask.amount_minor.unwrap_or(original.amount_minor).max(1);
         let now = SystemTime::now();
         let needs_approval = amount_minor > self.policy.approval_above_minor;
@@ -277,6 +322,9 @@ impl RefundDesk {
             expires_at: now + Duration::from_millis(self.policy.request_ttl_ms),
         };
         let (row, created) = self.requests.insert(&new).await.map_err(unavailable)?;
+        if !created && let Some(e) = key_reused(&row.view, ask.op, rrn, amount_minor) {
+            return Err(e);
+        }
         if !created || needs_approval {
             return Ok((row.view, created));
         }
@@ -290,6 +338,8 @@ impl RefundDesk {
         who: &Principal,
         q: &RefundListQuery,
     ) -> Result<Vec<RefundRequestView>, AdminError> {
+        let states = &admin_http::refunds::REQUEST_STATES;
+        admin_http::transactions::one_of("state", q.state.as_deref(), states)?;
         if who.role == Role::Merchant && who.merchant_id.is_none() {
             return Ok(Vec::new());
         }
@@ -315,7 +365,8 @@ impl RefundDesk {
             .ok_or_else(|| AdminError::NotFound(format!("refund request {id}")))?;
         let now = SystemTime::now();
         if let Some(why) = refusal(who, &row, now) {
-            if row.view.state == "pending" && row.expires_at <= now {
+            // The row reads `expired` once past its expiry; only a pending one is moved.
+            if row.expires_at <= now {
                 self.requests
                     .decide(id, "expired", None, now, None)
                     .await
@@ -330,6 +381,40 @@ impl RefundDesk {
         let before = row.view.clone();
         let view = self.execute(&row, Some(who), &original, now).await?;
         Ok((before, view))
+    }
+
+    /// Refuses (`409`) a void of `rrn` when the transaction is reversed (or being
+    /// reversed) or another void of it is outstanding, unless it is the caller's repeat of
+    /// that very request (same key): the request path would answer a second 0400 `00` and
+    /// journal a second reversal.
+    async fn check_not_voided(&self, rrn: &str, actor: &str, key: &str) -> Result<(), AdminError> {
+        let repeat = self
+            .requests
+            .by_key(actor, key)
+            .await
+            .map_err(unavailable)?
+            .is_some_and(|r| r.view.kind == "void" && r.view.original_rrn == rrn);
+        if repeat {
+            return Ok(());
+        }
+        let reversed = self
+            .store
+            .transaction_by_rrn(rrn)
+            .await
+            .map_err(unavailable)?
+            .is_some_and(|t| matches!(t.state, State::Reversed | State::Reversing));
+        if reversed
+            || self
+                .requests
+                .void_outstanding(rrn)
+                .await
+                .map_err(unavailable)?
+        {
+            return Err(AdminError::Conflict(format!(
+                "transaction {rrn} is already voided or reversed (or a void of it is pending)"
+            )));
+        }
+        Ok(())
     }
 
     async fn original_of(&self, row: &RequestRow) -> Result<Original, AdminError> {
@@ -385,7 +470,10 @@ impl RefundDesk {
             sent: Some((stan, de7)),
             ..row.clone()
         };
-        self.send(&approved, original, false).await?;
+        if let Err(e) = self.send(&approved, original, false).await {
+            self.settle_failure(&approved, &e, now).await;
+            return Err(e);
+        }
         let after = self.requests.get(row.view.id).await.map_err(unavailable)?;
         Ok(after.map(|r| r.view).unwrap_or_else(|| row.view.clone()))
     }
@@ -426,7 +514,9 @@ impl RefundDesk {
         let rc = field(39).unwrap_or_else(|| "96".into());
         if resumed && (rc == "94" || rc == "96") {
             tracing::info!(request = v.id, rc = %rc, "resumed back-office request not settled yet");
-            return Ok(());
+            return Err(AdminError::Unavailable(format!(
+                "answered {rc}, not settled yet"
+            )));
         }
         let made_rrn = field(37);
         let first = self
@@ -448,17 +538,36 @@ impl RefundDesk {
         let before = now - Duration::from_millis(self.policy.resume_after_ms);
         let rows = self
             .requests
-            .interrupted(before, RESUME_BATCH_MAX)
+            .interrupted(before, now, RESUME_BATCH_MAX)
             .await
             .map_err(unavailable)?;
         for row in &rows {
             tracing::warn!(request = row.view.id, kind = %row.view.kind, "resuming an interrupted back-office request");
             let sent = async { self.send(row, &self.original_of(row).await?, true).await };
             if let Err(e) = sent.await {
-                tracing::warn!(request = row.view.id, error = %e, "resuming a back-office request failed");
+                self.settle_failure(row, &e, now).await;
             }
         }
         Ok(rows.len())
+    }
+
+    /// Records a failed sending of approved `row`: `failed` with the reason when it can
+    /// never succeed ([`is_permanent`]), else postponed by [`retry_delay_ms`]. A store
+    /// error here is logged: the request stays approved and is tried again.
+    async fn settle_failure(&self, row: &RequestRow, e: &AdminError, now: SystemTime) {
+        let id = row.view.id;
+        let recorded = if is_permanent(e) {
+            tracing::warn!(request = id, error = %e, "back-office request can never be sent: failed");
+            self.requests.failed(id, &e.to_string()).await.map(|_| ())
+        } else {
+            let delay_ms = retry_delay_ms(row.attempts);
+            tracing::warn!(request = id, error = %e, delay_ms, "sending a back-office request failed; tried again later");
+            let at = now + Duration::from_millis(delay_ms);
+            self.requests.postpone(id, at).await
+        };
+        if let Err(store) = recorded {
+            tracing::warn!(request = id, error = %store, "recording a back-office request's failure failed");
+        }
     }
 
     /// Resumes interrupted requests every [`RESUME_POLL_MS`] until `shutdown`.
@@ -601,9 +710,11 @@ mod tests {
                 decided_by: None,
                 refund_rrn: None,
                 response_code: None,
+                failure: None,
             },
             expires_at: SystemTime::now() + Duration::from_secs(3600),
             sent: None,
+            attempts: 0,
         }
     }
 
@@ -650,5 +761,33 @@ mod tests {
         assert!(check_amount(&ask(Operation::Refund, Some(5001)), 5000).is_err());
         assert!(check_amount(&ask(Operation::Capture, Some(i64::MAX)), 5000).is_err());
         assert!(check_amount(&ask(Operation::Void, None), 5000).is_ok());
+    }
+
+    // Proves a sending that can never succeed is told from one that may, and that retries
+    // of the latter back off from the poll interval, doubling, to a bound.
+    #[test]
+    fn failures_are_final_or_backed_off() {
+        assert!(is_permanent(&AdminError::Invalid(
+            "merchant unknown".into()
+        )));
+        assert!(is_permanent(&AdminError::NotFound("original".into())));
+        assert!(!is_permanent(&AdminError::Unavailable("store".into())));
+        assert_eq!(retry_delay_ms(0), RESUME_POLL_MS);
+        assert_eq!(retry_delay_ms(1), 2 * RESUME_POLL_MS);
+        assert_eq!(retry_delay_ms(3), 8 * RESUME_POLL_MS);
+        assert_eq!(retry_delay_ms(i32::MAX), RESUME_BACKOFF_MAX_MS);
+        assert_eq!(retry_delay_ms(-1), RESUME_POLL_MS);
+    }
+
+    // Proves an idempotency key repeated with the same ask is a repeat, and with another
+    // kind, transaction or amount is refused rather than answered with the old request.
+    #[test]
+    fn a_key_asks_for_one_thing() {
+        let v = request_by("adam").view;
+        let (rrn, amount) = (v.original_rrn.clone(), v.amount_minor);
+        assert!(key_reused(&v, Operation::Refund, &rrn, amount).is_none());
+        assert!(key_reused(&v, Operation::Refund, &rrn, amount - 1).is_some());
+        assert!(key_reused(&v, Operation::Void, &rrn, amount).is_some());
+        assert!(key_reused(&v, Operation::Refund, "000000009999", amount).is_some());
     }
 }

@@ -213,6 +213,16 @@ pub enum RouteChangeError {
     Invalid(#[from] RouteError),
     #[error("no route {0}")]
     NotFound(i64),
+    /// Another route has the same range and priority: which of the two serves a card
+    /// would depend on the order they were added, not on anything an operator sees.
+    #[error("route {id} already covers {low}..{high} at priority {priority} (bank {bank_id})")]
+    Duplicate {
+        id: i64,
+        low: String,
+        high: String,
+        priority: i32,
+        bank_id: String,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -249,14 +259,44 @@ impl RouteBook {
         list_routes(&self.pool).await
     }
 
-    /// A route's own bounds and bank, and room for one more (`adding`).
-    async fn check(&self, r: &Route, adding: bool) -> Result<(), RouteChangeError> {
+    /// A route's own bounds and bank, the route `replacing` there, no other route with its
+    /// range and priority, and room for one more (when adding: `replacing` is `None`).
+    async fn check(&self, r: &Route, replacing: Option<i64>) -> Result<(), RouteChangeError> {
         if !self.banks.contains(&r.bank_id) {
             return Err(RouteChangeError::UnknownBank(r.bank_id.clone()));
         }
         RouteTable::build(std::slice::from_ref(r))?;
-        if adding {
-            let client = self.pool.get().await.map_err(DbError::from)?;
+        let client = self.pool.get().await.map_err(DbError::from)?;
+        if let Some(id) = replacing {
+            // A change of a route that does not exist is that, before any clash.
+            let exists = "SELECT EXISTS (SELECT 1 FROM bin_routes WHERE id = $1)";
+            let found: bool = client
+                .query_one(exists, &[&id])
+                .await
+                .map_err(DbError::from)?
+                .get(0);
+            if !found {
+                return Err(RouteChangeError::NotFound(id));
+            }
+        }
+        let twin = client
+            .query_opt(
+                "SELECT id, bank_id FROM bin_routes WHERE bin_low = $1 AND bin_high = $2
+                   AND priority = $3 AND id IS DISTINCT FROM $4 LIMIT 1",
+                &[&r.low, &r.high, &r.priority, &replacing],
+            )
+            .await
+            .map_err(DbError::from)?;
+        if let Some(t) = twin {
+            return Err(RouteChangeError::Duplicate {
+                id: t.get(0),
+                low: r.low.clone(),
+                high: r.high.clone(),
+                priority: r.priority,
+                bank_id: t.get(1),
+            });
+        }
+        if replacing.is_none() {
             let n: i64 = client
                 .query_one("SELECT count(*) FROM bin_routes", &[])
                 .await
@@ -279,7 +319,7 @@ impl RouteBook {
 
     /// Adds a route; the route with its id.
     pub async fn add(&self, r: Route) -> Result<StoredRoute, RouteChangeError> {
-        self.check(&r, true).await?;
+        self.check(&r, None).await?;
         let client = self.pool.get().await.map_err(DbError::from)?;
         let sql = format!(
             "INSERT INTO bin_routes (bin_low, bin_high, bank_id, priority) VALUES ($1, $2, $3, $4) RETURNING {ROUTE_COLUMNS}"
@@ -298,7 +338,7 @@ impl RouteBook {
         id: i64,
         r: Route,
     ) -> Result<(StoredRoute, StoredRoute), RouteChangeError> {
-        self.check(&r, false).await?;
+        self.check(&r, Some(id)).await?;
         let client = self.pool.get().await.map_err(DbError::from)?;
         // The old row is read in the same statement that replaces it.
         let sql = "WITH old AS (SELECT id, bin_low, bin_high, bank_id, priority FROM bin_routes WHERE id = $1 FOR UPDATE),

@@ -614,8 +614,9 @@ fn rrns(page: &Value) -> Vec<String> {
 }
 
 // Proves transaction search by merchant, order reference, amount range, RRN and time with
-// cursor pagination and masked card numbers; a transaction's chain as a timeline (purchase
-// then refund); and that a merchant user sees only its own merchant's transactions.
+// cursor pagination and masked card numbers, bad filters refused (422); a transaction's
+// chain as a timeline (purchase then refund); and that a merchant user sees only its own
+// merchant's transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_search_timeline_and_merchant_scope() {
     let world = office_world("bo_search");
@@ -668,8 +669,24 @@ async fn transaction_search_timeline_and_merchant_scope() {
             assert_eq!(found["transactions"][0]["card"], "************1111");
         }
     }
-    let bad = office.get(&q("?from=not-a-time"), &root.token).await;
+    // Times are RFC 3339 only (PostgreSQL alone reads `yesterday`); an unknown state is
+    // refused naming the states there are, not answered with an empty list.
+    for filter in [
+        "?from=not-a-time",
+        "?from=yesterday",
+        "?to=now",
+        "?state=bogus",
+    ] {
+        let bad = office.get(&q(filter), &root.token).await;
+        assert_eq!(bad.status, 422, "{filter}: {}", bad.body);
+    }
+    let bad = office.get(&q("?state=bogus"), &root.token).await;
+    assert!(bad.body.contains("authorising"), "{}", bad.body);
+    let bad = office
+        .get("/v1/refund-requests?state=bogus", &root.token)
+        .await;
     assert_eq!(bad.status, 422, "{}", bad.body);
+    assert!(bad.body.contains("executed"), "{}", bad.body);
     let mut paged = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -1160,8 +1177,8 @@ async fn audited(office: &Office, by: &Session, action: &str, target: &str) -> V
 
 // Proves BIN routes from the API change the running switch's routing at once: a card
 // routed to bank-a goes to bank-b once a narrower route is added, back to bank-a when the
-// route is changed, and by the broad route again once it is removed; bad routes are
-// refused (422); each change (from the command line too) is audited with before and after.
+// route is changed, and by the broad route again once it is removed; bad routes, and a
+// route with another's range and priority, are refused (422); each change (from the command line too) is audited with before and after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_change_without_a_restart() {
     let world = office_world("bo_routes");
@@ -1181,6 +1198,9 @@ async fn routes_change_without_a_restart() {
     let body = json!({"low": "411111", "high": "411111", "bank_id": "bank-b"});
     let added = ok_json(&office, "POST", "/v1/routes", t, Some(body)).await;
     let id = added["id"].as_i64().unwrap();
+    let twin = json!({"low": "411111", "high": "411111", "bank_id": "bank-a"});
+    let a = office.call("POST", "/v1/routes", Some(t), Some(twin)).await;
+    assert_eq!(a.status, 422, "same range and priority: {}", a.body);
     let rrn = pay_with(&mut c, card).await;
     assert_eq!(
         world.banks[1].requests_for(&rrn).await,
@@ -2150,7 +2170,7 @@ async fn overview_screenshot(browser: &Browser, base: &str, c: &mut Client) {
 }
 
 // Proves an administrator-initiated password reset: the token ends the account's sessions,
-// sets a new password once (strength rules apply), cannot be reused or used once expired;
+// sets a new password once (strength rules apply, at most 128 characters), cannot be reused or used once expired;
 // an admin cannot reset a superadmin; both steps are audited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_password_reset() {
@@ -2186,6 +2206,11 @@ async fn admin_password_reset() {
         }
     };
     assert_eq!(reset("weak", token.clone()).await.status, 422);
+    // Over 128 characters is refused before argon2 hashes it, and says so.
+    let long: &'static str = format!("Aa1!{}", "x".repeat(125)).leak();
+    let refused = reset(long, token.clone()).await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("128"), "{}", refused.body);
     let new_password = "Fresh-Meadow-Compass-19";
     assert_eq!(reset(new_password, token.clone()).await.status, 200);
     assert_eq!(reset(new_password, token).await.status, 401, "used once");

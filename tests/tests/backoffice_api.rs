@@ -219,12 +219,20 @@ async fn captures_and_voids_from_the_back_office() {
     drop(sw);
 }
 
+/// The one bigint `sql` answers (a count).
+async fn count(
+    db: &system_tests::tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn system_tests::tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    db.query_one(sql, params).await.unwrap().get(0)
+}
+
 /// Polls `sql` (one row, one bigint) until it is at least `want`.
 async fn wait_count(db: &system_tests::tokio_postgres::Client, what: &str, sql: &str, want: i64) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let n: i64 = db.query_one(sql, &[]).await.unwrap().get(0);
-        if n >= want {
+        if count(db, sql, &[]).await >= want {
             return;
         }
         assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
@@ -323,14 +331,12 @@ async fn approved_request_resumed_after_a_crash() {
         .count();
     assert_eq!(refunds_at_bank, 1, "one refund at the bank: {record}");
     assert_eq!(record["requests_by_rrn_dupes"], 0, "{record}");
-    let told: i64 = db
-        .query_one(
-            "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_REFUND'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let told = count(
+        &db,
+        "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_REFUND'",
+        &[],
+    )
+    .await;
     assert_eq!(told, 1, "one 0620 about refund {refund_rrn} ({code})");
     world.admin(&["ledger", "check"]);
 }
@@ -593,5 +599,154 @@ async fn an_admins_own_key_is_not_a_second_person() {
         .await;
     assert_eq!(refunds(&record), 1, "one refund at the bank: {record}");
     world.admin(&["ledger", "check"]);
+    drop(sw);
+}
+
+/// The request ids listed by `GET /v1/refund-requests?state=STATE`.
+async fn listed(o: &Office, by: &str, state: &str) -> Vec<Value> {
+    let got = o
+        .get(&format!("/v1/refund-requests?state={state}"), by)
+        .await;
+    assert_eq!(got.status, 200, "{}", got.body);
+    got.json().as_array().cloned().unwrap_or_default()
+}
+
+/// Whether `answer` is a `status` problem+json.
+fn problem(answer: &HttpAnswer, status: u16) -> bool {
+    answer.status == status
+        && answer
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("application/problem+json"))
+}
+
+// Proves back-office requests end and are not repeated (issue 12 review): approved
+// requests that can never be sent (their original unknown; more than a resumer round of
+// them) end `failed` with the reason instead of being resumed for ever; an idempotency key reused for another amount, kind or
+// transaction is refused with 409; a second void of a voided purchase (a new key) is
+// refused with no second reversal or 0620; a pending request past its expiry is listed as
+// expired, not pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_end_and_are_not_repeated() {
+    let world = office::world("bo_desk_ends", 1000, "", WorldOptions::default());
+    let (sw, o, root) = office::open(&world, true).await;
+    let maker = o.person(&root, "maker", "operator").await;
+    let mut c = world.client(&sw).await;
+    let db = system_tests::pg_connect(&world.db_url).await;
+    let mut rrns = Vec::new();
+    for (amount, order) in [(5000, "BO-ENDS-1"), (800, "BO-ENDS-2")] {
+        let paid = c
+            .call(&c.purchase(&next_stan(), amount, "4111111111111111", order))
+            .await;
+        assert_eq!(rc(&paid), "00");
+        rrns.push(paid.get_str(37).unwrap().to_string());
+    }
+
+    db.execute(
+        "INSERT INTO refund_requests (requested_by, idempotency_key, original_rrn, merchant_id,
+           amount_minor, reason, state, needs_approval, created_at, expires_at, kind,
+           decided_at, sent_stan, sent_de7)
+         SELECT 'ghost', 'gone-' || n, '000099999999', 'MERCHANT0000001', 100, 'original purged',
+           'approved', false, now() - interval '2 hours', now() + interval '1 hour', 'refund',
+           now() - interval '1 hour', '999999', '1201000000'
+         FROM generate_series(1, 40) AS n",
+        &[],
+    )
+    .await
+    .unwrap();
+    // More than one resumer round (32) of them: all end, none is left to crowd out others.
+    let failed = "SELECT count(*) FROM refund_requests WHERE requested_by = 'ghost' \
+                  AND state = 'failed' AND failure IS NOT NULL";
+    wait_count(&db, "the unsendable requests failed", failed, 40).await;
+    let shown = listed(&o, &maker.token, "failed").await;
+    assert_eq!(shown.len(), 40, "{shown:?}");
+    assert!(shown[0]["failure"].is_string(), "{shown:?}");
+
+    let refunds = format!("/v1/transactions/{}/refunds", rrns[0]);
+    let body = json!({"amount_minor": 500, "reason": "returned", "idempotency_key": "k-1"});
+    let first = o
+        .call("POST", &refunds, Some(&maker.token), Some(body.clone()))
+        .await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let same = o
+        .call("POST", &refunds, Some(&maker.token), Some(body))
+        .await;
+    assert_eq!(same.json()["id"], first.json()["id"], "same key, same ask");
+    let other = json!({"amount_minor": 600, "reason": "returned", "idempotency_key": "k-1"});
+    let reused = o
+        .call("POST", &refunds, Some(&maker.token), Some(other))
+        .await;
+    assert!(problem(&reused, 409), "{} {}", reused.status, reused.body);
+    let as_void = json!({"reason": "cancelled", "idempotency_key": "k-1"});
+    let reused = ask(&o, &maker.token, &rrns[0], "voids", as_void).await;
+    assert!(problem(&reused, 409), "{} {}", reused.status, reused.body);
+    let elsewhere = json!({"amount_minor": 500, "reason": "returned", "idempotency_key": "k-1"});
+    let path = format!("/v1/transactions/{}/refunds", rrns[1]);
+    let reused = o
+        .call("POST", &path, Some(&maker.token), Some(elsewhere))
+        .await;
+    assert!(problem(&reused, 409), "{} {}", reused.status, reused.body);
+
+    let void = |key: &str| json!({"reason": "customer cancelled", "idempotency_key": key});
+    let voided = ask(&o, &maker.token, &rrns[1], "voids", void("v-1")).await;
+    assert_eq!(voided.json()["response_code"], "00", "{}", voided.body);
+    let again = ask(&o, &maker.token, &rrns[1], "voids", void("v-2")).await;
+    assert!(problem(&again, 409), "{} {}", again.status, again.body);
+    let reversals = count(
+        &db,
+        "SELECT count(*) FROM transactions WHERE kind = 'reversal' AND original_id =
+           (SELECT id FROM transactions WHERE rrn = $1)",
+        &[&rrns[1]],
+    )
+    .await;
+    assert_eq!(reversals, 1, "one reversal of the voided purchase");
+    let voids = "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_VOID'";
+    let told = count(&db, voids, &[]).await;
+    assert_eq!(told, 1, "one 0620 about the void");
+
+    let big = json!({"amount_minor": 2000, "reason": "returned", "idempotency_key": "k-2"});
+    let asked = o
+        .call("POST", &refunds, Some(&maker.token), Some(big))
+        .await;
+    assert_eq!(asked.json()["state"], "pending", "{}", asked.body);
+    let id = asked.json()["id"].as_i64().unwrap();
+    db.execute(
+        "UPDATE refund_requests SET expires_at = now() - interval '1 second' WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let ids = |v: &[Value]| v.iter().map(|r| r["id"].as_i64()).collect::<Vec<_>>();
+    assert!(!ids(&listed(&o, &maker.token, "pending").await).contains(&Some(id)));
+    let expired = listed(&o, &maker.token, "expired").await;
+    assert_eq!(ids(&expired), vec![Some(id)], "{expired:?}");
+    assert_eq!(expired[0]["state"], "expired");
+    drop(sw);
+}
+
+// Proves problem documents are consistent and bounded (issue 12 review): a badly typed JSON
+// body is a 422 whose type (invalid-request) agrees with its title (Unprocessable Entity),
+// and a 404 for a 5,000-character RRN does not echo it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn problems_agree_and_are_bounded() {
+    let world = office::world("bo_problems", 1000, "", WorldOptions::default());
+    let (sw, o, root) = office::open(&world, false).await;
+    let typed = json!({"amount_minor": "lots", "reason": "r", "idempotency_key": "k"});
+    let path = "/v1/transactions/000000000001/refunds";
+    let bad = o.call("POST", path, Some(&root.token), Some(typed)).await;
+    assert!(problem(&bad, 422), "{} {}", bad.status, bad.body);
+    let doc = bad.json();
+    assert_eq!(doc["type"], "/problems/invalid-request", "{doc}");
+    assert_eq!(doc["title"], "Unprocessable Entity", "{doc}");
+    let long_rrn = "1".repeat(5000);
+    let missing = o
+        .get(&format!("/v1/transactions/{long_rrn}"), &root.token)
+        .await;
+    assert!(problem(&missing, 404), "{}", missing.status);
+    let detail = missing.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.starts_with("not found: transaction 111"), "{detail}");
+    assert!(detail.chars().count() <= 257, "{} characters", detail.len());
     drop(sw);
 }

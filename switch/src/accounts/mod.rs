@@ -14,6 +14,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 /// Shortest password accepted, in characters.
 pub const PASSWORD_MIN_CHARS: usize = 12;
+/// Longest password accepted, in characters: OWASP's "at least 64" with room for
+/// passphrases, and a bound on what anyone can make argon2 hash (checked before it).
+pub const PASSWORD_MAX_CHARS: usize = 128;
 /// Failed logins within [`LOCKOUT_WINDOW_MS`] that lock an account (PCI DSS 8.3.4).
 pub const LOCKOUT_FAILURES: u32 = 10;
 /// The window failures are counted in.
@@ -42,6 +45,8 @@ const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
 pub enum PasswordProblem {
     #[error("shorter than {PASSWORD_MIN_CHARS} characters")]
     TooShort,
+    #[error("longer than {PASSWORD_MAX_CHARS} characters")]
+    TooLong,
     #[error("needs an upper-case letter")]
     NoUpper,
     #[error("needs a lower-case letter")]
@@ -57,11 +62,14 @@ pub enum PasswordProblem {
 /// A class of characters a password must contain one of.
 type CharTest = fn(char) -> bool;
 
-/// Checks the issue 12 rules: at least [`PASSWORD_MIN_CHARS`] characters with upper
+/// Checks the issue 12 rules: [`PASSWORD_MIN_CHARS`] to [`PASSWORD_MAX_CHARS`] characters with upper
 /// case, lower case, digit and symbol, and not a common password: neither the whole
 /// (any case) nor what is left after stripping digits and symbols from both ends is on
 /// `common-passwords.txt` (so `Password123!` is refused for `password`).
 pub fn check_password(pw: &str) -> Result<(), PasswordProblem> {
+    if too_long(pw) {
+        return Err(PasswordProblem::TooLong);
+    }
     if pw.chars().count() < PASSWORD_MIN_CHARS {
         return Err(PasswordProblem::TooShort);
     }
@@ -86,6 +94,12 @@ pub fn check_password(pw: &str) -> Result<(), PasswordProblem> {
     Ok(())
 }
 
+/// Over [`PASSWORD_MAX_CHARS`] characters; a string of more bytes than the longest
+/// characters take (4) is, without counting them.
+fn too_long(pw: &str) -> bool {
+    pw.len() > 4 * PASSWORD_MAX_CHARS || pw.chars().count() > PASSWORD_MAX_CHARS
+}
+
 /// A PHC string (`$argon2id$v=19$...`) of `pw` with a fresh salt (argon2 0.6 defaults:
 /// argon2id, 19 MiB, 2 passes, OWASP's recommendation).
 pub fn hash_password(pw: &str) -> Result<String, String> {
@@ -95,8 +109,12 @@ pub fn hash_password(pw: &str) -> Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Whether `pw` matches the PHC string (false for an unreadable one).
+/// Whether `pw` matches the PHC string (false for an unreadable one, and for a password
+/// longer than [`PASSWORD_MAX_CHARS`], which no account can have, without hashing it).
 pub fn verify_password(pw: &str, phc: &str) -> bool {
+    if too_long(pw) {
+        return false;
+    }
     match PasswordHash::new(phc) {
         Ok(h) => Argon2::default().verify_password(pw.as_bytes(), &h).is_ok(),
         Err(_) => false,
@@ -225,6 +243,21 @@ mod tests {
         assert_eq!(check_password("Password123!"), Err(PasswordProblem::Common));
         assert_eq!(check_password("!!Football99"), Err(PasswordProblem::Common));
         assert_eq!(check_password("Tangerine-Viaduct-42"), Ok(()));
+    }
+
+    // Proves passwords over the maximum are refused (in characters: 128 multi-byte ones
+    // pass), and never verified, without hashing them.
+    #[test]
+    fn password_maximum() {
+        let longest = format!("Aa1!{}", "é".repeat(PASSWORD_MAX_CHARS - 4));
+        assert_eq!(check_password(&longest), Ok(()));
+        let over = format!("{longest}x");
+        assert_eq!(check_password(&over), Err(PasswordProblem::TooLong));
+        let huge = "Aa1!".repeat(100_000);
+        assert_eq!(check_password(&huge), Err(PasswordProblem::TooLong));
+        let phc = hash_password(&longest).unwrap();
+        assert!(verify_password(&longest, &phc));
+        assert!(!verify_password(&over, &phc));
     }
 
     // Proves a hash verifies its password only, and is argon2id.

@@ -50,6 +50,8 @@ pub struct RequestRow {
     /// The DE11 and DE7 it is sent with, fixed when it is approved: a resumed execution
     /// sends the same request again, which the request path recognises as a repeat.
     pub sent: Option<(String, String)>,
+    /// Sendings that failed for a passing reason so far (the resumer's backoff).
+    pub attempts: i32,
 }
 
 /// The refund requests' SQL, over the pool.
@@ -58,10 +60,23 @@ pub struct RefundRequests {
     pool: Pool,
 }
 
-const COLUMNS: &str = "id, state, original_rrn, merchant_id, amount_minor, reason, requested_by, \
+/// A request's state as it stands at the query's time: a pending request past its expiry is
+/// `expired` even before anyone tries to decide it (the list and its filter show it so;
+/// deciding it records the expiry).
+macro_rules! state_now {
+    () => {
+        "CASE WHEN state = 'pending' AND expires_at <= now() THEN 'expired' ELSE state END"
+    };
+}
+
+const COLUMNS: &str = concat!(
+    "id, ",
+    state_now!(),
+    ", original_rrn, merchant_id, amount_minor, reason, requested_by, \
     needs_approval, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
     to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), decided_by, \
-    refund_rrn, response_code, expires_at, kind, sent_stan, sent_de7";
+    refund_rrn, response_code, expires_at, kind, sent_stan, sent_de7, attempts, failure"
+);
 
 fn row_of(r: &Row) -> RequestRow {
     RequestRow {
@@ -80,12 +95,21 @@ fn row_of(r: &Row) -> RequestRow {
             decided_by: r.get(10),
             refund_rrn: r.get(11),
             response_code: r.get(12),
+            failure: r.get(18),
         },
         expires_at: r.get(13),
         sent: r
             .get::<_, Option<String>>(15)
             .zip(r.get::<_, Option<String>>(16)),
+        attempts: r.get(17),
     }
+}
+
+/// The request of a requester (`$1`) and idempotency key (`$2`).
+fn by_key_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM refund_requests WHERE requested_by = $1 AND idempotency_key = $2"
+    )
 }
 
 impl RefundRequests {
@@ -145,13 +169,35 @@ impl RefundRequests {
         if let Some(r) = inserted {
             return Ok((row_of(&r), true));
         }
-        let sql = format!(
-            "SELECT {COLUMNS} FROM refund_requests WHERE requested_by = $1 AND idempotency_key = $2"
-        );
         let r = c
-            .query_one(&sql, &[&n.requested_by, &n.idempotency_key])
+            .query_one(&by_key_sql(), &[&n.requested_by, &n.idempotency_key])
             .await?;
         Ok((row_of(&r), false))
+    }
+
+    /// The request `requested_by` made with `idempotency_key`, if any.
+    pub async fn by_key(
+        &self,
+        requested_by: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<RequestRow>, StoreError> {
+        let c = self.pool.get().await?;
+        let r = c
+            .query_opt(&by_key_sql(), &[&requested_by, &idempotency_key])
+            .await?;
+        Ok(r.map(|r| row_of(&r)))
+    }
+
+    /// Whether a void of `rrn` is already asked for and not over: pending (not expired),
+    /// approved, or executed with `00`; a second would reverse the payment twice.
+    pub async fn void_outstanding(&self, rrn: &str) -> Result<bool, StoreError> {
+        let c = self.pool.get().await?;
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM refund_requests WHERE original_rrn = $1 AND kind = 'void'
+               AND ({} IN ('pending', 'approved') OR (state = 'executed' AND response_code = '00')))",
+            state_now!()
+        );
+        Ok(c.query_one(&sql, &[&rrn]).await?.get(0))
     }
 
     pub async fn get(&self, id: i64) -> Result<Option<RequestRow>, StoreError> {
@@ -169,8 +215,9 @@ impl RefundRequests {
         let c = self.pool.get().await?;
         let sql = format!(
             "SELECT {COLUMNS} FROM refund_requests
-             WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR state = $2)
-             ORDER BY id DESC LIMIT 500"
+             WHERE ($1::text IS NULL OR merchant_id = $1) AND ($2::text IS NULL OR {} = $2)
+             ORDER BY id DESC LIMIT 500",
+            state_now!()
         );
         let rows = c.query(&sql, &[&merchant_id, &state]).await?;
         Ok(rows.iter().map(|r| row_of(r).view).collect())
@@ -218,19 +265,50 @@ impl RefundRequests {
         Ok(n == 1)
     }
 
-    /// Approved requests without a recorded outcome, approved before `before` (oldest
-    /// first, at most `max`): executions a crash interrupted.
+    /// Ends an approved request whose sending can never succeed: `failed`, with `reason`;
+    /// false when it was no longer approved.
+    pub async fn failed(&self, id: i64, reason: &str) -> Result<bool, StoreError> {
+        let c = self.pool.get().await?;
+        let n = c
+            .execute(
+                "UPDATE refund_requests SET state = 'failed', failure = $2
+                 WHERE id = $1 AND state = 'approved'",
+                &[&id, &reason],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Counts a sending of approved request `id` that failed for a passing reason and
+    /// leaves it alone until `retry_at`.
+    pub async fn postpone(&self, id: i64, retry_at: SystemTime) -> Result<(), StoreError> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "UPDATE refund_requests SET attempts = attempts + 1, next_attempt_at = $2
+             WHERE id = $1 AND state = 'approved'",
+            &[&id, &retry_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Approved requests without a recorded outcome, approved before `before` and not
+    /// postponed past `now` (longest waiting first, at most `max`): executions a crash
+    /// interrupted, or whose sending failed for a passing reason.
     pub async fn interrupted(
         &self,
         before: SystemTime,
+        now: SystemTime,
         max: i64,
     ) -> Result<Vec<RequestRow>, StoreError> {
         let c = self.pool.get().await?;
         let sql = format!(
             "SELECT {COLUMNS} FROM refund_requests
-             WHERE state = 'approved' AND decided_at < $1 ORDER BY decided_at LIMIT $2"
+             WHERE state = 'approved' AND decided_at < $1
+               AND COALESCE(next_attempt_at, decided_at) <= $2
+             ORDER BY COALESCE(next_attempt_at, decided_at) LIMIT $3"
         );
-        let rows = c.query(&sql, &[&before, &max]).await?;
+        let rows = c.query(&sql, &[&before, &now, &max]).await?;
         Ok(rows.iter().map(row_of).collect())
     }
 
