@@ -22,8 +22,8 @@ use crate::engine::{Engine, SessionState};
 use crate::lifecycle::State;
 use crate::notify::Event;
 use crate::payments::REFUND_REASON_MAX_LEN;
-use crate::store::Store;
 use crate::store::refund_requests::{NewRefundRequest, Original, RefundRequests, RequestRow};
+use crate::store::{Store, StoreError};
 
 /// Longest idempotency key accepted.
 pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
@@ -321,7 +321,13 @@ impl RefundDesk {
             now,
             expires_at: now + Duration::from_millis(self.policy.request_ttl_ms),
         };
-        let (row, created) = self.requests.insert(&new).await.map_err(unavailable)?;
+        let (row, created) = self.requests.insert(&new).await.map_err(|e| match e {
+            // refund_requests_one_void: another void of it arrived at the same instant.
+            StoreError::Db(db) if db.is_unique_violation() => AdminError::Conflict(format!(
+                "transaction {rrn} is already voided or has a void open"
+            )),
+            e => unavailable(e),
+        })?;
         if !created && let Some(e) = key_reused(&row.view, ask.op, rrn, amount_minor) {
             return Err(e);
         }

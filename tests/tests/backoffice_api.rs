@@ -633,7 +633,7 @@ async fn requests_end_and_are_not_repeated() {
     let mut c = world.client(&sw).await;
     let db = system_tests::pg_connect(&world.db_url).await;
     let mut rrns = Vec::new();
-    for (amount, order) in [(5000, "BO-ENDS-1"), (800, "BO-ENDS-2")] {
+    for (amount, order) in [(5000, "BO-ENDS-1"), (800, "BO-ENDS-2"), (700, "BO-ENDS-3")] {
         let paid = c
             .call(&c.purchase(&next_stan(), amount, "4111111111111111", order))
             .await;
@@ -702,6 +702,29 @@ async fn requests_end_and_are_not_repeated() {
     let voids = "SELECT count(*) FROM notifications WHERE event = 'BACK_OFFICE_VOID'";
     let told = count(&db, voids, &[]).await;
     assert_eq!(told, 1, "one 0620 about the void");
+
+    // Four voids of one purchase at the same instant, each with its own key: the database
+    // (refund_requests_one_void) lets exactly one through.
+    let racing = (0..4).map(|i| {
+        let (o, token, rrn) = (o.clone(), maker.token.clone(), rrns[2].clone());
+        tokio::spawn(
+            async move { ask(&o, &token, &rrn, "voids", void(&format!("race-{i}"))).await },
+        )
+    });
+    let mut statuses = Vec::new();
+    for r in racing.collect::<Vec<_>>() {
+        statuses.push(r.await.unwrap().status);
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409, 409, 409], "one void wins the race");
+    let reversals = count(
+        &db,
+        "SELECT count(*) FROM transactions WHERE kind = 'reversal' AND original_id =
+           (SELECT id FROM transactions WHERE rrn = $1)",
+        &[&rrns[2]],
+    )
+    .await;
+    assert_eq!(reversals, 1, "one reversal of the raced purchase");
 
     let big = json!({"amount_minor": 2000, "reason": "returned", "idempotency_key": "k-2"});
     let asked = o
