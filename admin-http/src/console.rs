@@ -176,9 +176,11 @@ async fn login<A: Admin>(
                 "{SESSION_COOKIE}={}; HttpOnly; Secure; SameSite=Strict; Path=/console",
                 g.token
             );
-            // An account that must enrol its second factor goes to the enrolment page
-            // first: its session is good for nothing else until then.
-            let next = if g.totp_enrolment_required {
+            // An account that must change the password an administrator chose, or enrol
+            // its second factor, does that first: its session is good for nothing else.
+            let next = if g.password_change_required {
+                "/console/password"
+            } else if g.totp_enrolment_required {
                 "/console/totp"
             } else {
                 "/console/overview"

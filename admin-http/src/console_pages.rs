@@ -30,8 +30,12 @@ const UPLOT_JS: &str = include_str!("../console/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../console/vendor/uPlot.min.css");
 
 /// This module's templates, registered with the console's.
-pub(crate) const TEMPLATES: [(&str, &str); 4] = [
+pub(crate) const TEMPLATES: [(&str, &str); 5] = [
     ("totp.html", include_str!("../console/templates/totp.html")),
+    (
+        "password.html",
+        include_str!("../console/templates/password.html"),
+    ),
     (
         "routes.html",
         include_str!("../console/templates/routes.html"),
@@ -183,6 +187,67 @@ async fn totp_confirm<A: Admin>(
     Form(f): Form<CodeForm>,
 ) -> Response {
     totp_step(&s, &h, peer, f, true).await
+}
+
+/// `POST /console/password`: the current and the new password.
+#[derive(Debug, Deserialize)]
+pub struct PasswordForm {
+    pub csrf: String,
+    #[serde(default)]
+    pub current_password: String,
+    #[serde(default)]
+    pub new_password: String,
+}
+
+fn password_view(p: &Principal, token: &str, error: Option<String>) -> Response {
+    let status = match error {
+        Some(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        None => StatusCode::OK,
+    };
+    render(
+        status,
+        "password.html",
+        context! { title => "password", who => ser(p), csrf => csrf_of(token), error => error },
+    )
+}
+
+/// The password change an account whose password an administrator chose must make first
+/// (PCI DSS 8.3.5); open to any signed-in account.
+async fn password_page<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+) -> Response {
+    let Some((p, token)) = signed_in_enrolling(&s, &h, peer).await else {
+        return to_login();
+    };
+    password_view(&p, &token, None)
+}
+
+/// Changes the password, then goes on to the second factor if the role needs one not yet
+/// enrolled, else to the overview.
+async fn password_change<A: Admin>(
+    State(s): S<A>,
+    ConnectInfo(peer): Peer,
+    h: HeaderMap,
+    Form(f): Form<PasswordForm>,
+) -> Response {
+    let (p, token) = match enrolling(&s, &h, peer, &f.csrf).await {
+        Ok(who) => who,
+        Err(r) => return r,
+    };
+    let change = crate::v1::PasswordChange {
+        current_password: f.current_password,
+        new_password: f.new_password,
+    };
+    if let Err(e) = s.admin.change_password(&p, &token, change).await {
+        return password_view(&p, &token, Some(e.to_string()));
+    }
+    let next = match signed_in(&s, &h, peer).await {
+        Some(_) => "/console/overview",
+        None => "/console/totp",
+    };
+    axum::response::Redirect::to(next).into_response()
 }
 
 async fn routes_page<A: Admin>(
@@ -532,6 +597,10 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], UPLOT_CSS) }),
         )
         .route("/console/totp", get(totp_page::<A>).post(totp_start::<A>))
+        .route(
+            "/console/password",
+            get(password_page::<A>).post(password_change::<A>),
+        )
         .route("/console/totp/confirm", post(totp_confirm::<A>))
         .route("/console/routes", get(routes_get::<A>).post(add_route::<A>))
         .route("/console/routes/{id}/remove", post(remove_route::<A>))

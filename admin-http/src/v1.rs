@@ -5,8 +5,7 @@
 //! | route | who |
 //! |---|---|
 //! | `POST /v1/login` | anyone (username, password, TOTP code or recovery code) |
-//! | `POST /v1/logout`, `GET /v1/me`, `POST /v1/me/totp`, `POST /v1/me/totp/confirm` | any signed-in account, also before its second factor is enrolled |
-//! | `POST /v1/me/password` | any signed-in account |
+//! | `POST /v1/logout`, `GET /v1/me`, `POST /v1/me/password`, `POST /v1/me/totp`, `POST /v1/me/totp/confirm` | any signed-in account, also before it is set up (its second factor enrolled, a password an administrator chose changed) |
 //! | `POST /v1/password-reset` | anyone with a reset token |
 //! | `POST /v1/accounts/{username}/reset`, `GET /v1/accounts`, `POST /v1/accounts`, `POST /v1/accounts/{username}/unlock`, `POST /v1/api-keys`, `GET /v1/audit` | `admin` |
 
@@ -58,6 +57,9 @@ pub struct LoginGranted {
     pub idle_timeout_s: u64,
     /// True: the account must enrol TOTP (`POST /v1/me/totp`) before anything else.
     pub totp_enrolment_required: bool,
+    /// True: the password was set by an administrator and must be changed
+    /// (`POST /v1/me/password`) before anything else (PCI DSS 8.3.5).
+    pub password_change_required: bool,
     /// Addresses this account logged in from for the first time since it was last told.
     pub new_login_addresses: Vec<String>,
 }
@@ -294,7 +296,11 @@ pub(crate) async fn authorize<A: Admin>(
     if !p.mfa_done && !enrolling {
         return Err(refused(
             AuthRefusal::Forbidden,
-            AdminError::Forbidden("enrol a second factor first: POST /v1/me/totp".into()),
+            AdminError::Forbidden(
+                "set the account up first: change the password an administrator chose \
+                 (POST /v1/me/password) and enrol a second factor (POST /v1/me/totp)"
+                    .into(),
+            ),
         ));
     }
     if !allowed(p.role) {
@@ -425,7 +431,8 @@ async fn change_password<A: Admin>(
     Json(req): Json<PasswordChange>,
 ) -> Response {
     let token = crate::bearer(&h).unwrap_or_default().to_string();
-    guarded(s, h, peer, Role::Merchant, false, |s, p| async move {
+    // Part of setting an account up: allowed before the second factor is enrolled.
+    guarded(s, h, peer, Role::Merchant, true, |s, p| async move {
         s.admin
             .change_password(&p, &token, req)
             .await

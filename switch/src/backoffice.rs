@@ -448,10 +448,10 @@ impl BackOffice {
             self.audit(rec).await?;
         }
         self.count_login("success");
-        let why = if mfa_done {
-            "signed in"
-        } else {
-            "signed in, second factor to enrol"
+        let why = match (acct.password_change_required, mfa_done) {
+            (true, _) => "signed in, password to change",
+            (false, true) => "signed in",
+            (false, false) => "signed in, second factor to enrol",
         };
         self.audit(login_record(
             &acct.username,
@@ -467,6 +467,7 @@ impl BackOffice {
             role: acct.role,
             idle_timeout_s: rules::SESSION_IDLE_MS / 1000,
             totp_enrolment_required: !mfa_done,
+            password_change_required: acct.password_change_required,
             new_login_addresses: shown,
         })
     }
@@ -556,6 +557,12 @@ impl BackOffice {
         }
         rules::check_password(&change.new_password)
             .map_err(|p| AdminError::Invalid(format!("password refused: {p}")))?;
+        if change.new_password == change.current_password {
+            // PCI DSS 8.3.7: a new password differs from the one it replaces.
+            return Err(AdminError::Invalid(
+                "password refused: the new password must differ from the current one".into(),
+            ));
+        }
         let hash = hash_password(&change.new_password).await?;
         let keep = rules::token_hash(token);
         self.store
@@ -584,19 +591,25 @@ impl BackOffice {
                 new.role.as_str()
             )));
         }
-        let view = self.insert_account(&new).await?;
+        // An administrator chose this password: the owner changes it at first use.
+        let view = self.insert_account(&new, true).await?;
         let mut rec = Self::record(who, "account.create", Some(&new.username));
         rec.after = serde_json::to_value(&view).ok();
         self.audit(rec).await?;
         Ok(view)
     }
 
-    async fn insert_account(&self, new: &NewAccount) -> Result<AccountView, AdminError> {
+    /// `change_required`: the password was set by someone other than the account's owner.
+    async fn insert_account(
+        &self,
+        new: &NewAccount,
+        change_required: bool,
+    ) -> Result<AccountView, AdminError> {
         check_new_account(new)?;
         let hash = hash_password(&new.password).await?;
         let merchant = new.merchant_id.as_deref();
         self.store
-            .insert(&new.username, new.role, merchant, &hash)
+            .insert(&new.username, new.role, merchant, &hash, change_required)
             .await
             .map_err(create_error)?;
         Ok(AccountView {
@@ -615,7 +628,8 @@ impl BackOffice {
         &self,
         new: NewAccount,
     ) -> Result<AccountView, AdminError> {
-        let view = self.insert_account(&new).await?;
+        // The operator at the command line sets the first superadmin's own password.
+        let view = self.insert_account(&new, false).await?;
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
         let rec = AuditRecord {
             actor: "cli",

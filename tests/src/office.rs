@@ -14,6 +14,9 @@ pub const STATIC_TOKEN: &str = "test-operator-token-0123456789";
 pub const ROOT_PASSWORD: &str = "Root-Tangerine-Viaduct-42";
 /// The password of every account a test creates.
 pub const PASSWORD: &str = "Quiet-Harbour-Lantern-77";
+/// The password an administrator gives a new account; its owner replaces it with
+/// [`PASSWORD`] at first use (PCI DSS 8.3.5).
+pub const INITIAL_PASSWORD: &str = "Chosen-By-Admin-Tide-42";
 
 /// A world whose switch has an admin listener on a free port with [`STATIC_TOKEN`];
 /// back-office requests above `approval_above_minor` need an approver; `admin_extra` is
@@ -182,13 +185,30 @@ impl Office {
         Session { token }
     }
 
-    /// Creates an account with [`PASSWORD`].
+    /// Creates an account with [`INITIAL_PASSWORD`] and, as its owner would at first use,
+    /// changes it to [`PASSWORD`].
     pub async fn create(&self, by: &Session, username: &str, role: &str, merchant: Option<&str>) {
-        let body = json!({"username": username, "role": role, "merchant_id": merchant, "password": PASSWORD});
+        let body = json!({"username": username, "role": role, "merchant_id": merchant, "password": INITIAL_PASSWORD});
         let a = self
             .call("POST", "/v1/accounts", Some(&by.token), Some(body))
             .await;
         assert_eq!(a.status, 200, "create {username}: {}", a.body);
+        self.first_use(username).await;
+    }
+
+    /// Logs in with [`INITIAL_PASSWORD`], which must be changed first, changes it to
+    /// [`PASSWORD`] and logs out.
+    pub async fn first_use(&self, username: &str) {
+        let a = self.login(username, INITIAL_PASSWORD).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.json()["password_change_required"], true, "{}", a.body);
+        let token = a.json()["token"].as_str().expect("token").to_string();
+        let body = json!({"current_password": INITIAL_PASSWORD, "new_password": PASSWORD});
+        let c = self
+            .call("POST", "/v1/me/password", Some(&token), Some(body))
+            .await;
+        assert_eq!(c.status, 200, "{}", c.body);
+        self.call("POST", "/v1/logout", Some(&token), None).await;
     }
 
     /// Creates an account and signs it in with TOTP.

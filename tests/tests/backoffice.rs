@@ -7,7 +7,9 @@
 use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Value, json};
-use system_tests::office::{PASSWORD, ROOT_PASSWORD, STATIC_TOKEN, admin_addr, cli_add, totp_code};
+use system_tests::office::{
+    INITIAL_PASSWORD, PASSWORD, ROOT_PASSWORD, STATIC_TOKEN, admin_addr, cli_add, totp_code,
+};
 use system_tests::switchyard::{
     Client, HttpAnswer, MERCHANT_ID, MerchantCreds, SwitchProc, WAIT, World, WorldOptions,
     count_mti, de48_tag, http_call, next_stan, rc,
@@ -97,12 +99,22 @@ impl Office {
         }
     }
 
+    /// Creates an account and changes its password at first use, as its owner would.
     async fn create(&self, by: &Session, username: &str, role: &str, merchant: Option<&str>) {
-        let body = json!({"username": username, "role": role, "merchant_id": merchant, "password": PASSWORD});
+        let body = json!({"username": username, "role": role, "merchant_id": merchant, "password": INITIAL_PASSWORD});
         let a = self
             .call("POST", "/v1/accounts", Some(&by.token), Some(body))
             .await;
         assert_eq!(a.status, 200, "create {username}: {}", a.body);
+        let a = self.login(username, INITIAL_PASSWORD).await;
+        assert_eq!(a.json()["password_change_required"], true, "{}", a.body);
+        let token = a.json()["token"].as_str().unwrap().to_string();
+        let body = json!({"current_password": INITIAL_PASSWORD, "new_password": PASSWORD});
+        let c = self
+            .call("POST", "/v1/me/password", Some(&token), Some(body))
+            .await;
+        assert_eq!(c.status, 200, "{}", c.body);
+        self.call("POST", "/v1/logout", Some(&token), None).await;
     }
 
     async fn audit(&self, by: &Session, query: &str) -> Vec<Value> {
@@ -474,6 +486,61 @@ async fn role_matrix() {
 fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+// Proves an account whose password an administrator chose must change it at first use
+// (PCI DSS 8.3.5): its session is refused everything but setting the account up until
+// then, over the API and in the console (which sends it to the password page), and the
+// new password must differ from the one chosen for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_chosen_by_an_admin_is_changed_at_first_use() {
+    let world = office_world("bo_first_use");
+    let mut sw = world.start_switch(1);
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    let body = json!({"username": "newbie", "role": "viewer", "password": INITIAL_PASSWORD});
+    let made = office
+        .call("POST", "/v1/accounts", Some(&root.token), Some(body))
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let a = office.login("newbie", INITIAL_PASSWORD).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["password_change_required"], true, "{}", a.body);
+    let token = a.json()["token"].as_str().unwrap().to_string();
+    let refused = office.get("/v1/transactions", &token).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("/v1/me/password"), "{}", refused.body);
+    let same = json!({"current_password": INITIAL_PASSWORD, "new_password": INITIAL_PASSWORD});
+    let again = office
+        .call("POST", "/v1/me/password", Some(&token), Some(same))
+        .await;
+    assert_eq!(again.status, 422, "the same password again: {}", again.body);
+    let form = [
+        ("current_password", INITIAL_PASSWORD),
+        ("new_password", PASSWORD),
+    ];
+    let (status, page) = console_post(
+        &office,
+        &token,
+        "/console/password",
+        "/console/password",
+        &form,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Overview"),
+        "a viewer goes on to the overview: {page}"
+    );
+    assert_eq!(office.get("/v1/transactions", &token).await.status, 200);
+    let later = office.login("newbie", PASSWORD).await;
+    assert_eq!(
+        later.json()["password_change_required"],
+        false,
+        "{}",
+        later.body
+    );
+    drop(sw);
 }
 
 // Proves 10 failed logins within 15 minutes lock an account (the right password is then

@@ -33,6 +33,8 @@ pub struct AccountRow {
     /// `locked_until` as RFC 3339 UTC.
     pub locked_until_text: Option<String>,
     pub disabled: bool,
+    /// Set by an administrator: the owner changes it at first use (PCI DSS 8.3.5).
+    pub password_change_required: bool,
 }
 
 /// What a live session or API key stands for.
@@ -43,6 +45,8 @@ pub struct Holder {
     pub actor: String,
     pub role: Role,
     pub merchant_id: Option<String>,
+    /// The session passed its second factor (or needs none) and its account's password
+    /// needs no change: false limits it to setting the account up.
     pub mfa_done: bool,
 }
 
@@ -79,7 +83,8 @@ pub struct AccountStore {
 
 const ACCOUNT_COLUMNS: &str = "id, username, role, merchant_id, password_hash, totp_secret, \
      totp_enabled, totp_last_step, locked_until, disabled, \
-     to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+     to_char(locked_until AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), \
+     password_change_required";
 
 /// An RFC 3339 UTC rendering of a `timestamptz` column, in SQL.
 macro_rules! utc_text {
@@ -110,6 +115,7 @@ fn account_of(r: &Row) -> AccountRow {
         locked_until: r.get(8),
         disabled: r.get(9),
         locked_until_text: r.get(10),
+        password_change_required: r.get(11),
     }
 }
 
@@ -118,20 +124,29 @@ impl AccountStore {
         AccountStore { pool }
     }
 
-    /// Creates an account; its id.
+    /// Creates an account; its id. `change_required`: its owner must change the password
+    /// at first use (it was set by someone else).
     pub async fn insert(
         &self,
         username: &str,
         role: Role,
         merchant_id: Option<&str>,
         password_hash: &str,
+        change_required: bool,
     ) -> Result<i64, CreateError> {
         let c = self.pool.get().await.map_err(StoreError::from)?;
         let r = c
             .query_one(
-                "INSERT INTO accounts (username, role, merchant_id, password_hash)
-                 VALUES ($1, $2, $3, $4) RETURNING id",
-                &[&username, &role.as_str(), &merchant_id, &password_hash],
+                "INSERT INTO accounts (username, role, merchant_id, password_hash,
+                   password_change_required)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &username,
+                    &role.as_str(),
+                    &merchant_id,
+                    &password_hash,
+                    &change_required,
+                ],
             )
             .await;
         match r {
@@ -325,7 +340,8 @@ impl AccountStore {
         Ok(())
     }
 
-    /// Replaces the password hash and revokes every session of the account but `keep`.
+    /// Replaces the password hash (chosen by the owner: no change is required any more)
+    /// and revokes every session of the account but `keep`.
     pub async fn set_password(
         &self,
         account_id: i64,
@@ -336,7 +352,8 @@ impl AccountStore {
         let mut c = self.pool.get().await?;
         let tx = c.transaction().await?;
         tx.execute(
-            "UPDATE accounts SET password_hash = $2 WHERE id = $1",
+            "UPDATE accounts SET password_hash = $2, password_change_required = false
+             WHERE id = $1",
             &[&account_id, &hash],
         )
         .await?;
@@ -382,7 +399,8 @@ impl AccountStore {
                 "UPDATE account_sessions s SET last_seen_at = $3 FROM accounts a
                  WHERE s.token_hash = $1 AND s.revoked_at IS NULL AND s.last_seen_at >= $2
                    AND a.id = s.account_id AND NOT a.disabled
-                 RETURNING a.username, a.role, a.merchant_id, s.mfa_done",
+                 RETURNING a.username, a.role, a.merchant_id,
+                   s.mfa_done AND NOT a.password_change_required",
                 &[&token_hash, &cutoff, &now],
             )
             .await?;
