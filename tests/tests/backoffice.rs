@@ -99,22 +99,15 @@ impl Office {
         }
     }
 
-    /// Creates an account and changes its password at first use, as its owner would.
+    /// Creates an account and changes its password at first use, as its owner would
+    /// (the shared helper, [`system_tests::office::Office::create`]).
     async fn create(&self, by: &Session, username: &str, role: &str, merchant: Option<&str>) {
-        let body = json!({"username": username, "role": role, "merchant_id": merchant, "password": INITIAL_PASSWORD});
-        let a = self
-            .call("POST", "/v1/accounts", Some(&by.token), Some(body))
+        let by = system_tests::office::Session {
+            token: by.token.clone(),
+        };
+        system_tests::office::Office::plain(self.addr)
+            .create(&by, username, role, merchant)
             .await;
-        assert_eq!(a.status, 200, "create {username}: {}", a.body);
-        let a = self.login(username, INITIAL_PASSWORD).await;
-        assert_eq!(a.json()["password_change_required"], true, "{}", a.body);
-        let token = a.json()["token"].as_str().unwrap().to_string();
-        let body = json!({"current_password": INITIAL_PASSWORD, "new_password": PASSWORD});
-        let c = self
-            .call("POST", "/v1/me/password", Some(&token), Some(body))
-            .await;
-        assert_eq!(c.status, 200, "{}", c.body);
-        self.call("POST", "/v1/logout", Some(&token), None).await;
     }
 
     async fn audit(&self, by: &Session, query: &str) -> Vec<Value> {
