@@ -2,7 +2,7 @@
 //! timed out and handed to the least-loaded ready link.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bank_links::{Bank, MatchKey, Outcome};
 use bytes::Bytes;
@@ -100,13 +100,24 @@ impl BankExchange {
     /// Begins an exchange the breaker must allow (a request the bank answers: a
     /// purchase, pre-authorisation or refund): `Refused::Breaker` while it is open.
     pub fn gated(bank: &Bank, clock: Arc<dyn Clock>) -> Result<BankExchange, Refused> {
-        if !bank.allow(clock.mono()) {
+        let now = clock.mono();
+        Self::gated_at(bank, clock, now)
+    }
+
+    /// [`BankExchange::gated`] with the breaker asked at `now` (the clock's monotonic
+    /// reading the caller took).
+    pub fn gated_at(
+        bank: &Bank,
+        clock: Arc<dyn Clock>,
+        now: Instant,
+    ) -> Result<BankExchange, Refused> {
+        if !bank.allow(now) {
             return Err(Refused::Breaker);
         }
         let stan = match bank.stans.allocate() {
             Ok(stan) => stan,
             Err(_) => {
-                bank.abandon(clock.mono());
+                bank.abandon(now);
                 return Err(Refused::Stans);
             }
         };

@@ -371,6 +371,14 @@ pub struct Verdict {
     pub rc: Rc,
 }
 
+impl Verdict {
+    /// Whether the bank may hold what it was asked although the switch does not know:
+    /// a reversal must follow (the row is `reversing`).
+    pub fn needs_reversal(&self) -> bool {
+        self.state == State::Reversing
+    }
+}
+
 /// What a request to a bank came to, as the verdicts read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BankReply {
@@ -893,7 +901,7 @@ mod tests {
 
     // Proves a bank's 91 declines an authorisation but leaves a refund unknown, no answer
     // leaves either unknown (reversing, answered 91), and a request never sent is refused
-    // (91, nothing to reverse).
+    // (91, nothing to reverse); only the unknown one needs a reversal.
     #[test]
     fn verdicts() {
         let unknown = Verdict {
@@ -916,6 +924,8 @@ mod tests {
             "never sent"
         );
         assert_eq!(refund_verdict(BankReply::NotSent), refused, "never sent");
+        assert!(unknown.needs_reversal() && !refused.needs_reversal());
+        assert!(!authorisation_verdict(BankReply::Answered(Rc::APPROVED)).needs_reversal());
         assert_eq!(
             authorisation_verdict(BankReply::Answered(Rc::ISSUER_DOWN)).state,
             State::Declined
