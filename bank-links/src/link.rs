@@ -375,7 +375,7 @@ impl Link {
     /// Signs a message encoded elsewhere when the bank uses a MAC; None if it cannot be.
     fn sign(&self, message: Bytes) -> Option<Bytes> {
         match &self.config.mac {
-            Some(key) => codec::mac::sign_encoded(self.config.dialect, message, key).ok(),
+            Some(key) => codec::builder::sign_encoded(self.config.dialect, message, key).ok(),
             None => Some(message),
         }
     }

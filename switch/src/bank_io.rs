@@ -19,6 +19,16 @@ pub fn set_acquirer<'a>(b: &mut MessageBuilder<'a>, bank: &Bank, acquirer_id: &'
     }
 }
 
+/// DE90 as the bank saw the original: its MTI, the switch's STAN and DE7 to the bank,
+/// the acquirer id right-justified in 11 digits, then 11 zeros.
+pub fn bank_de90(mti: &str, bank_stan: &str, bank_de7: &str, acquirer_id: &str) -> String {
+    let acquirer: String = acquirer_id.chars().filter(char::is_ascii_digit).collect();
+    format!(
+        "{mti}{bank_stan:0>6}{bank_de7:0>10}{acquirer:0>11}{}",
+        "0".repeat(11)
+    )
+}
+
 /// A bank's [`Outcome`] as the verdicts read it, and the approval code (DE38) of an
 /// approval. `NotSent` (refused before any byte was written) needs no reversal; a timeout,
 /// a lost link or a reply without a response code (DE39: garbage that matched the
@@ -270,5 +280,15 @@ mod tests {
         assert_eq!(reply(&answer(None)), (BankReply::Unknown, None));
         assert_eq!(reply(&Outcome::TimedOut), (BankReply::Unknown, None));
         assert_eq!(reply(&Outcome::NotSent), (BankReply::NotSent, None));
+    }
+
+    // Proves DE90 to the bank carries the original's MTI, STAN and DE7 to the bank and
+    // the acquirer id in 11 digits.
+    #[test]
+    fn de90_to_the_bank() {
+        assert_eq!(
+            bank_de90("0200", "000042", "1126065301", "123456"),
+            format!("0200000042112606530100000123456{}", "0".repeat(11))
+        );
     }
 }

@@ -10,7 +10,8 @@
 //! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
 //! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
 //! - [`server`], [`session`], [`quic`]: merchant listeners (TCP, TLS, QUIC) and connections.
-//! - [`engine`]: the request path, ordering the contract's checks.
+//! - [`engine`]: the request path, ordering the contract's checks; [`engine::payments`]:
+//!   completion, refund, reversal and status.
 //! - [`checks`]: the checks as plain functions; response codes.
 //! - [`answer`]: answers, their Redis form, and response messages.
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
@@ -26,7 +27,6 @@
 //! - [`lifecycle`]: the transaction state machine: what may follow what, and each step's
 //!   effect as a plain [`lifecycle::Transition`] the store applies.
 //! - [`notify`]: notifications (0620) to merchants: stored, delivered, repeated until 0630.
-//! - [`payments`]: completion, refund, reversal and status on the request path.
 //! - [`reversals`]: the store-and-forward workers (reversals and completion advices).
 //! - [`clock`]: the clock the request path reads (system, or virtual in the simulation).
 //! - [`mem`]: the store and the claims in memory, for the seeded simulation (`sim/`).
@@ -66,7 +66,6 @@ pub mod merchants;
 pub mod metrics;
 pub mod notify;
 pub mod overview;
-pub mod payments;
 pub mod quic;
 pub mod reference;
 pub mod refund_desk;
@@ -76,3 +75,7 @@ pub mod routing;
 pub mod server;
 pub mod session;
 pub mod store;
+
+// The old path of the request path's lifecycle messages (the back office's refund desk
+// reads a limit there).
+pub use engine::payments;

@@ -12,7 +12,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
-use crate::server::{Listening, TlsError};
+use crate::server::TlsError;
+use crate::session::Listening;
 use crate::session::{ConnShared, ConnectionSlot, serve_stream};
 
 /// ALPN of the merchant protocol over QUIC.

@@ -5,11 +5,8 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::engine::Engine;
-use crate::session::{self, ConnectionSlot, MerchantConnections, SessionLimits};
+use crate::session::{self, ConnectionSlot, Listening};
 
 /// Pause after a failed accept (out of file descriptors and the like), so a listener in
 /// trouble does not spin.
@@ -54,21 +51,6 @@ pub fn tls_server_config(
     Ok(rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)?)
-}
-
-/// Everything a listener shares with its sessions.
-#[derive(Debug, Clone)]
-pub struct Listening {
-    pub engine: Arc<Engine>,
-    pub limits: SessionLimits,
-    pub max_connections_total: usize,
-    pub connections: Arc<MerchantConnections>,
-    /// Stops accepting and reading.
-    pub shutdown: CancellationToken,
-    /// Sessions (so shutdown can wait for their answers to be written).
-    pub sessions: TaskTracker,
-    /// Accepted requests (so shutdown can wait for their outcomes).
-    pub requests: TaskTracker,
 }
 
 /// Accepts until shutdown; `tls` wraps each connection when given.

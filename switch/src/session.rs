@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::engine::SessionState;
+use crate::engine::{Engine, SessionState};
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]
@@ -94,9 +95,24 @@ impl ConnShared {
     }
 }
 
+/// Everything a listener shares with its sessions.
+#[derive(Debug, Clone)]
+pub struct Listening {
+    pub engine: Arc<Engine>,
+    pub limits: SessionLimits,
+    pub max_connections_total: usize,
+    pub connections: Arc<MerchantConnections>,
+    /// Stops accepting and reading.
+    pub shutdown: CancellationToken,
+    /// Sessions (so shutdown can wait for their answers to be written).
+    pub sessions: TaskTracker,
+    /// Accepted requests (so shutdown can wait for their outcomes).
+    pub requests: TaskTracker,
+}
+
 /// Serves one connection until the peer closes it, it idles out, a frame is bad, or
 /// shutdown stops the reading; then answers what was accepted and closes.
-pub async fn serve<S>(stream: S, peer: String, l: crate::server::Listening)
+pub async fn serve<S>(stream: S, peer: String, l: Listening)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -105,16 +121,11 @@ where
 
 /// Serves one stream of a connection (for TCP and TLS, the connection itself). `owns`:
 /// the connection ends with this stream.
-pub async fn serve_stream<S>(
-    stream: S,
-    peer: String,
-    l: crate::server::Listening,
-    conn: ConnShared,
-    owns: bool,
-) where
+pub async fn serve_stream<S>(stream: S, peer: String, l: Listening, conn: ConnShared, owns: bool)
+where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let crate::server::Listening {
+    let Listening {
         engine,
         limits,
         connections,

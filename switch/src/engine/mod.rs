@@ -11,7 +11,7 @@
 //!   decision;
 //! - [`purchase`]: purchases and pre-authorisations (0200, 0100), from admission to the
 //!   recorded outcome;
-//! - [`crate::payments`]: completions, refunds, reversals and status (0220, 0200 DE3 20,
+//! - [`payments`]: completions, refunds, reversals and status (0220, 0200 DE3 20,
 //!   0400, 0600).
 
 use std::collections::HashMap;
@@ -46,6 +46,7 @@ use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 
 mod admission;
 mod claim;
+pub mod payments;
 mod purchase;
 
 /// Pause between outcome write attempts (retried for `switch.outcome_wait_ms`).

@@ -10,9 +10,9 @@ use super::{
     Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, NotificationBacklog,
     OriginalRef, Outcome, PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
 };
+use super::{Total, Violation};
 use super::{advices, leases, notifications, payments, postings, reads, reversals};
-use crate::advices::AdviceEffect;
-use crate::ledger::{Total, Violation};
+use crate::lifecycle::AdviceEffect;
 use crate::lifecycle::Verdict;
 
 /// Payment locks take at most the pool's size divided by this: each holds a connection
