@@ -17,16 +17,16 @@ use crate::session::Listening;
 use crate::session::{ConnShared, ConnectionSlot, serve_stream};
 
 /// ALPN of the merchant protocol over QUIC.
-pub const MERCHANT_ALPN: &[u8] = b"switchyard-h2h/1";
+pub(crate) const MERCHANT_ALPN: &[u8] = b"switchyard-h2h/1";
 /// Advices queued for one connection at most; beyond it the notifier tries again later.
-pub const ADVICE_QUEUE_MAX: usize = 64;
+pub(crate) const ADVICE_QUEUE_MAX: usize = 64;
 /// How long the switch waits for the 0630 on an advice's stream.
-pub const ADVICE_ANSWER_WAIT_MS: u64 = 30_000;
+pub(crate) const ADVICE_ANSWER_WAIT_MS: u64 = 30_000;
 /// A connection idle this long is closed by QUIC itself.
-pub const QUIC_IDLE_TIMEOUT_MS: u64 = 300_000;
+pub(crate) const QUIC_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// A QUIC server endpoint for merchants from PEM files.
-pub fn endpoint(
+pub(crate) fn endpoint(
     addr: std::net::SocketAddr,
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
@@ -58,7 +58,7 @@ pub fn endpoint(
 }
 
 /// Accepts QUIC connections until shutdown.
-pub async fn accept_loop(endpoint: quinn::Endpoint, l: Listening) {
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, l: Listening) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {

@@ -21,7 +21,7 @@ use crate::engine::{Engine, SessionState};
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]
-pub struct SessionLimits {
+pub(crate) struct SessionLimits {
     pub max_in_flight_per_connection: usize,
     pub max_connections_per_merchant: usize,
     pub idle_timeout_ms: u64,
@@ -31,7 +31,7 @@ pub struct SessionLimits {
 
 /// Connections per merchant, to enforce `max_connections_per_merchant`.
 #[derive(Debug, Default)]
-pub struct MerchantConnections {
+pub(crate) struct MerchantConnections {
     counts: Mutex<HashMap<String, usize>>,
     pub total: AtomicUsize,
 }
@@ -61,7 +61,7 @@ impl MerchantConnections {
 /// What the streams of one merchant connection share: its sign-on state, which merchant
 /// it is counted for, and where the notifier sends it advices.
 #[derive(Debug, Clone)]
-pub struct ConnShared {
+pub(crate) struct ConnShared {
     state: Arc<SessionState>,
     bound: Arc<Mutex<Binding>>,
     session_id: u64,
@@ -71,7 +71,7 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(outlet: Option<mpsc::Sender<Bytes>>) -> Self {
+    pub(crate) fn new(outlet: Option<mpsc::Sender<Bytes>>) -> Self {
         ConnShared {
             state: Arc::new(SessionState::default()),
             bound: Arc::new(Mutex::new(Binding::default())),
@@ -80,12 +80,12 @@ impl ConnShared {
         }
     }
 
-    pub fn state(&self) -> &Arc<SessionState> {
+    pub(crate) fn state(&self) -> &Arc<SessionState> {
         &self.state
     }
 
     /// The connection is ending: nothing binds it any more, and the notifier forgets it.
-    pub fn close(&self, engine: &crate::engine::Engine, connections: &MerchantConnections) {
+    pub(crate) fn close(&self, engine: &crate::engine::Engine, connections: &MerchantConnections) {
         let mut b = self.bound.lock().expect("bound lock");
         b.closed = true;
         if let Some(id) = b.merchant.take() {
@@ -97,7 +97,7 @@ impl ConnShared {
 
 /// Everything a listener shares with its sessions.
 #[derive(Debug, Clone)]
-pub struct Listening {
+pub(crate) struct Listening {
     pub engine: Arc<Engine>,
     pub limits: SessionLimits,
     pub max_connections_total: usize,
@@ -112,7 +112,7 @@ pub struct Listening {
 
 /// Serves one connection until the peer closes it, it idles out, a frame is bad, or
 /// shutdown stops the reading; then answers what was accepted and closes.
-pub async fn serve<S>(stream: S, peer: String, l: Listening)
+pub(crate) async fn serve<S>(stream: S, peer: String, l: Listening)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -121,8 +121,13 @@ where
 
 /// Serves one stream of a connection (for TCP and TLS, the connection itself). `owns`:
 /// the connection ends with this stream.
-pub async fn serve_stream<S>(stream: S, peer: String, l: Listening, conn: ConnShared, owns: bool)
-where
+pub(crate) async fn serve_stream<S>(
+    stream: S,
+    peer: String,
+    l: Listening,
+    conn: ConnShared,
+    owns: bool,
+) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let Listening {
@@ -206,7 +211,7 @@ where
 
 /// Why a merchant connection (or QUIC stream) stopped reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadEnd {
+pub(crate) enum ReadEnd {
     /// The peer closed its side after whole frames.
     PeerClosed,
     /// The transport failed: the peer reset or aborted the connection, or closed it in
@@ -226,7 +231,7 @@ pub enum ReadEnd {
 impl ReadEnd {
     /// A read error: an i/o error is the transport's (a reset, or EOF inside a frame, which
     /// tokio-util reports as an i/o error), anything else the framing's.
-    pub fn from_frame_error(e: &codec::FrameError) -> ReadEnd {
+    pub(crate) fn from_frame_error(e: &codec::FrameError) -> ReadEnd {
         match e {
             codec::FrameError::Io(io) => ReadEnd::Reset(io.to_string()),
             other => ReadEnd::FramingFault(other.to_string()),
@@ -234,7 +239,7 @@ impl ReadEnd {
     }
 
     /// The `reason` field of the close line.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ReadEnd::PeerClosed => "closed by peer",
             ReadEnd::Reset(_) => "reset by peer",
@@ -305,7 +310,7 @@ async fn write_loop<W>(
 
 /// Answers written with one flush at most: bounds the time one connection's writer
 /// spends before it flushes, while answers keep arriving.
-pub const WRITE_COALESCE_MAX: usize = 64;
+pub(crate) const WRITE_COALESCE_MAX: usize = 64;
 
 /// Writes `first` and every answer already queued behind it (up to
 /// [`WRITE_COALESCE_MAX`]), then flushes once: one write(2) for all frames that are ready,
@@ -330,10 +335,13 @@ where
 
 /// Counts a connection for `max_connections_total` while it lives.
 #[derive(Debug)]
-pub struct ConnectionSlot(pub Arc<MerchantConnections>);
+pub(crate) struct ConnectionSlot(pub Arc<MerchantConnections>);
 
 impl ConnectionSlot {
-    pub fn try_new(c: &Arc<MerchantConnections>, max_total: usize) -> Option<ConnectionSlot> {
+    pub(crate) fn try_new(
+        c: &Arc<MerchantConnections>,
+        max_total: usize,
+    ) -> Option<ConnectionSlot> {
         let prev = c.total.fetch_add(1, Ordering::AcqRel);
         if prev >= max_total {
             c.total.fetch_sub(1, Ordering::AcqRel);
