@@ -12,7 +12,7 @@ use bytes::Bytes;
 use codec::FrameCodec;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -146,7 +146,6 @@ pub(crate) async fn serve_stream<S>(
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
     let writing = tokio::spawn(write_loop(writer, rx, write_timeout, peer.clone()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
-    let (state, bound, session_id) = (conn.state.clone(), conn.bound.clone(), conn.session_id);
     let over_limit = CancellationToken::new();
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     if owns {
@@ -170,34 +169,15 @@ pub(crate) async fn serve_stream<S>(
             Ok(Some(Ok(frame))) => frame,
         };
         // Accepted: carried through to its outcome even if the connection goes.
-        let engine = engine.clone();
-        let tx = tx.clone();
-        let state = state.clone();
-        let bound = bound.clone();
-        let connections = connections.clone();
-        let over_limit = over_limit.clone();
-        let max_per_merchant = limits.max_connections_per_merchant;
-        let outlet = conn.outlet.clone();
-        requests.spawn(async move {
-            let handled = engine.handle(frame.message, &state).await;
-            if let Some(answer) = handled.response {
-                let _ = tx.send(answer).await;
-            }
-            if let Some(m) = handled.merchant {
-                let mut b = bound.lock().expect("bound lock");
-                if b.merchant.is_none() && !b.closed {
-                    if connections.try_bind(&m.id, max_per_merchant) {
-                        b.merchant = Some(m.id.clone());
-                        let outlet = outlet.unwrap_or_else(|| tx.clone());
-                        engine.sessions.register(&m.id, session_id, outlet, state.signed_on.clone());
-                    } else {
-                        tracing::warn!(merchant = %m.id, "merchant over its connection limit: closing after this answer");
-                        over_limit.cancel();
-                    }
-                }
-            }
-            drop(permit);
-        });
+        let accepted = Accepted {
+            engine: engine.clone(),
+            conn: conn.clone(),
+            tx: tx.clone(),
+            connections: connections.clone(),
+            over_limit: over_limit.clone(),
+            max_per_merchant: limits.max_connections_per_merchant,
+        };
+        requests.spawn(accepted.run(frame.message, permit));
     };
     end.log(&peer, owns);
     if owns {
@@ -207,6 +187,54 @@ pub(crate) async fn serve_stream<S>(
     drop(tx);
     // The writer ends once every accepted request has answered (each holds a sender).
     let _ = writing.await;
+}
+
+/// What an accepted request's task needs of its connection.
+#[derive(Debug)]
+struct Accepted {
+    engine: Arc<Engine>,
+    conn: ConnShared,
+    /// The connection's writer.
+    tx: mpsc::Sender<Bytes>,
+    connections: Arc<MerchantConnections>,
+    /// Cancelled when the merchant is over its connection limit: reading stops.
+    over_limit: CancellationToken,
+    max_per_merchant: usize,
+}
+
+impl Accepted {
+    /// Handles the request, queues its answer, and binds the connection to the merchant
+    /// its first authenticated request names; `permit` is the request's room in flight.
+    async fn run(self, message: Bytes, permit: OwnedSemaphorePermit) {
+        let handled = self.engine.handle(message, &self.conn.state).await;
+        if let Some(answer) = handled.response {
+            let _ = self.tx.send(answer).await;
+        }
+        if let Some(m) = handled.merchant {
+            self.bind(&m.id);
+        }
+        drop(permit);
+    }
+
+    /// Binds an unbound, open connection to `merchant`, within its connection limit; over
+    /// it, the connection closes after this answer.
+    fn bind(&self, merchant: &str) {
+        let mut b = self.conn.bound.lock().expect("bound lock");
+        if b.merchant.is_some() || b.closed {
+            return;
+        }
+        if self.connections.try_bind(merchant, self.max_per_merchant) {
+            b.merchant = Some(merchant.to_string());
+            let outlet = self.conn.outlet.clone().unwrap_or_else(|| self.tx.clone());
+            let signed_on = self.conn.state.signed_on.clone();
+            self.engine
+                .sessions
+                .register(merchant, self.conn.session_id, outlet, signed_on);
+        } else {
+            tracing::warn!(merchant = %merchant, "merchant over its connection limit: closing after this answer");
+            self.over_limit.cancel();
+        }
+    }
 }
 
 /// Why a merchant connection (or QUIC stream) stopped reading.
