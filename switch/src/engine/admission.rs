@@ -1,6 +1,9 @@
 //! Admission of a purchase or pre-authorisation: whether it may go to a bank, or which
 //! code refuses it. A plain decision; [`super::purchase`] is its async shell.
 
+// A decision module: no clock readings of its own (clippy.toml says which).
+#![deny(clippy::disallowed_methods)]
+
 use std::time::Instant;
 
 use crate::bank_io::Refused;
@@ -52,6 +55,8 @@ where
 }
 
 #[cfg(test)]
+// Tests make their own clock readings to feed the decision.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use std::cell::Cell;
     use std::time::Duration;
