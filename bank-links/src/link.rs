@@ -180,8 +180,9 @@ pub const RTT_EWMA_WEIGHT_SIXTEENTHS: u64 = 2;
 /// where it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransmitKind {
-    /// A request of the switch: it opens an exchange, answered by `deadline`.
-    Request { deadline: Instant },
+    /// A request of the switch (matched by `key`): it opens an exchange, answered by
+    /// `deadline`.
+    Request { deadline: Instant, key: MatchKey },
     /// The answer to the bank's request that was handled last.
     Answer,
 }
@@ -307,7 +308,7 @@ impl Link {
                 header: self.config.header.clone(),
                 message,
             },
-            TransmitKind::Request { deadline },
+            TransmitKind::Request { deadline, key },
         ));
         Ok(())
     }
@@ -357,7 +358,7 @@ impl Link {
                         header: self.config.header.clone(),
                         message,
                     },
-                    TransmitKind::Request { deadline },
+                    TransmitKind::Request { deadline, key },
                 ));
             }
             Err(_) => self.stans.release(stan),
@@ -375,7 +376,7 @@ impl Link {
     /// Signs a message encoded elsewhere when the bank uses a MAC; None if it cannot be.
     fn sign(&self, message: Bytes) -> Option<Bytes> {
         match &self.config.mac {
-            Some(key) => codec::mac::sign_encoded(self.config.dialect, message, key).ok(),
+            Some(key) => codec::builder::sign_encoded(self.config.dialect, message, key).ok(),
             None => Some(message),
         }
     }
@@ -541,6 +542,26 @@ impl Link {
             }
         }
         debug_assert_eq!(self.user_in_flight, 0);
+    }
+
+    /// The shell could not write the request `key` it took from
+    /// [`poll_transmit_kind`](Self::poll_transmit_kind) (a per-exchange transport at its
+    /// bound): a request of the switch ends [`Outcome::NotSent`] at once, since the bank
+    /// never saw it; the link's own messages are left to their deadlines, as if lost.
+    pub fn unsent(&mut self, key: MatchKey) {
+        let Some(p) = self.pending.get(&key) else {
+            return;
+        };
+        let Origin::User(id) = p.origin else {
+            return;
+        };
+        self.deadlines.remove(&p.deadline);
+        self.pending.remove(&key);
+        self.user_in_flight -= 1;
+        self.events.push_back(Event::Reply {
+            id,
+            outcome: Outcome::NotSent,
+        });
     }
 
     /// Time passed: expire requests, send an echo on an idle link, declare a silent link down.
@@ -750,6 +771,40 @@ mod tests {
         )));
         // Sign-on answered after 2 ms, the purchase after 1 ms: the average leans to the first.
         assert_eq!(link.round_trip_us(), Some((2000 * 14 + 1000 * 2) / 16));
+    }
+
+    // Proves a request the shell could not write ends NotSent at once, frees its room in
+    // flight and leaves no deadline behind; a later unsent of the same key changes nothing.
+    #[test]
+    fn unsent_request_ends_not_sent() {
+        let t0 = Instant::now();
+        let mut link = signed_on(t0);
+        events(&mut link);
+        let (key, msg) = purchase(500);
+        link.send(at(t0, 1), 7, key, msg, Duration::from_secs(1))
+            .unwrap();
+        let (_, kind) = link.poll_transmit_kind().unwrap();
+        let TransmitKind::Request { key: taken, .. } = kind else {
+            panic!("a request");
+        };
+        assert_eq!(taken, key);
+        link.unsent(taken);
+        assert_eq!(link.in_flight(), 0);
+        assert!(matches!(
+            events(&mut link).as_slice(),
+            [Event::Reply {
+                id: 7,
+                outcome: Outcome::NotSent
+            }]
+        ));
+        link.unsent(taken);
+        link.handle_timeout(at(t0, 2000));
+        assert!(
+            !events(&mut link)
+                .iter()
+                .any(|e| matches!(e, Event::Reply { .. })),
+            "no second outcome"
+        );
     }
 
     // Proves a refused sign-on takes the link down, as does an unanswered one.
@@ -964,12 +1019,10 @@ mod tests {
         let mut link = Link::new(config(), Arc::new(StanAllocator::default()), t0);
         link.handle_connected(at(t0, 0));
         let (_, kind) = link.poll_transmit_kind().unwrap();
-        assert_eq!(
+        assert!(matches!(
             kind,
-            TransmitKind::Request {
-                deadline: at(t0, 1000).mono
-            }
-        );
+            TransmitKind::Request { deadline, key } if deadline == at(t0, 1000).mono && key.class == 8
+        ));
         let d = builtin::bank_bcd();
         let mut b = MessageBuilder::new(d, Mti::NETWORK_REQUEST);
         b.set(7, b"1126120000").set(11, b"000077").set(70, NMI_ECHO);

@@ -18,10 +18,11 @@ use bytes::{Bytes, BytesMut};
 use codec::{Frame, FrameCodec, Message};
 use futures::{FutureExt, SinkExt, StreamExt};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::codec::{Encoder, Framed, FramedRead};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::link::{
     Event, Link, LinkConfig, LinkState, MatchKey, Now, Outcome, SendError, TransmitKind,
@@ -50,6 +51,15 @@ pub const QUIC_INBOUND_QUEUE_MAX: usize = 4096;
 pub const QUIC_LATE_ANSWER_GRACE_MS: u64 = 10_000;
 /// QUIC: how long a stream the bank opened may take to deliver its message.
 pub const QUIC_BANK_STREAM_READ_MS: u64 = 10_000;
+/// QUIC: exchange and stream tasks of one connection at most (requests, answers on the
+/// bank's streams, streams the bank opens). Each lives until its answer or its deadline
+/// plus [`QUIC_LATE_ANSWER_GRACE_MS`]; beyond the bound a request is not sent (it ends
+/// `NotSent`: nothing to reverse), an answer is dropped (the bank repeats its request) and
+/// a stream the bank opens is refused.
+pub const QUIC_STREAM_TASKS_MAX: usize = 4096;
+/// QUIC: the application error code a stream refused at [`QUIC_STREAM_TASKS_MAX`] is
+/// stopped with.
+pub const QUIC_STREAM_REFUSED_CODE: u32 = 1;
 /// How long closing a stream transport (TLS close_notify) may take.
 pub const CLOSE_GRACE_MS: u64 = 500;
 
@@ -456,7 +466,7 @@ impl LinkTask {
         let mut sign_off_deadline: Option<tokio::time::Instant> = None;
         loop {
             while let Some((frame, kind)) = self.link.poll_transmit_kind() {
-                if wire.write(frame, kind).await.is_err() {
+                if self.transmit(wire, frame, kind).await.is_err() {
                     self.close_reason = "write failed";
                     return was_ready;
                 }
@@ -530,6 +540,26 @@ impl LinkTask {
         }
     }
 
+    /// Writes one frame; a request the wire has no room for ends `NotSent` in the link.
+    async fn transmit(
+        &mut self,
+        wire: &mut Wire,
+        frame: Frame,
+        kind: TransmitKind,
+    ) -> Result<(), String> {
+        match wire.write(frame, kind).await? {
+            Written::Yes => {}
+            Written::NoRoom => {
+                tracing::warn!(link = %self.shared.name, bound = QUIC_STREAM_TASKS_MAX,
+                    "QUIC stream tasks at their bound: frame not sent");
+                if let TransmitKind::Request { key, .. } = kind {
+                    self.link.unsent(key);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn inbound(&mut self, wire: &mut Wire, inbound: Option<Result<Inbound, String>>) -> Flow {
         match inbound {
             Some(Ok(Inbound { frame, reply })) => {
@@ -541,7 +571,7 @@ impl LinkTask {
                         match kind {
                             TransmitKind::Answer => answers.push(frame),
                             TransmitKind::Request { .. } => {
-                                if wire.write(frame, kind).await.is_err() {
+                                if self.transmit(wire, frame, kind).await.is_err() {
                                     return Flow::Close;
                                 }
                             }
@@ -666,6 +696,14 @@ struct Inbound {
     reply: Option<quinn::SendStream>,
 }
 
+/// Whether a frame was handed to the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    Yes,
+    /// A per-exchange wire at its task bound ([`QUIC_STREAM_TASKS_MAX`]): not sent.
+    NoRoom,
+}
+
 /// A connection as the link loop sees it.
 enum Wire {
     Stream(Framed<Box<dyn Io>, FrameCodec>),
@@ -673,13 +711,14 @@ enum Wire {
 }
 
 impl Wire {
-    async fn write(&mut self, frame: Frame, kind: TransmitKind) -> Result<(), String> {
+    async fn write(&mut self, frame: Frame, kind: TransmitKind) -> Result<Written, String> {
         match self {
-            Wire::Stream(f) => f.feed(frame).await.map_err(|e| e.to_string()),
-            Wire::Quic(q) => {
-                q.start(frame, kind);
-                Ok(())
-            }
+            Wire::Stream(f) => f
+                .feed(frame)
+                .await
+                .map(|()| Written::Yes)
+                .map_err(|e| e.to_string()),
+            Wire::Quic(q) => Ok(q.start(frame, kind)),
         }
     }
 
@@ -717,6 +756,10 @@ impl Wire {
             Wire::Quic(q) => {
                 q.acceptor.abort();
                 q.conn.close(quinn::VarInt::from_u32(0), b"link closed");
+                // The connection is closed: every stream task ends at its next read.
+                q.tasks.close();
+                let grace = Duration::from_millis(CLOSE_GRACE_MS);
+                let _ = tokio::time::timeout(grace, q.tasks.wait()).await;
             }
         }
     }
@@ -732,12 +775,64 @@ struct QuicWire {
     inbound_tx: mpsc::Sender<Inbound>,
     inbound_rx: mpsc::Receiver<Inbound>,
     acceptor: JoinHandle<()>,
+    /// Room for stream tasks ([`QUIC_STREAM_TASKS_MAX`]) and the tasks themselves.
+    tasks: StreamTasks,
+}
+
+/// The bounded, tracked stream tasks of one QUIC connection.
+#[derive(Clone)]
+struct StreamTasks {
+    room: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl StreamTasks {
+    fn new() -> Self {
+        Self::bounded(QUIC_STREAM_TASKS_MAX)
+    }
+
+    fn bounded(max: usize) -> Self {
+        StreamTasks {
+            room: Arc::new(Semaphore::new(max)),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// Room for one more task, if the bound allows.
+    fn room(&self) -> Option<OwnedSemaphorePermit> {
+        self.room.clone().try_acquire_owned().ok()
+    }
+
+    /// Runs `task` holding `permit` until it ends.
+    fn spawn<F>(&self, permit: OwnedSemaphorePermit, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(async move {
+            task.await;
+            drop(permit);
+        });
+    }
+
+    fn close(&self) {
+        self.tracker.close();
+    }
+
+    async fn wait(&self) {
+        self.tracker.wait().await;
+    }
 }
 
 impl QuicWire {
     fn new(conn: quinn::Connection, endpoint: quinn::Endpoint, codec: FrameCodec) -> Self {
         let (inbound_tx, inbound_rx) = mpsc::channel(QUIC_INBOUND_QUEUE_MAX);
-        let acceptor = tokio::spawn(accept_bank_streams(conn.clone(), codec, inbound_tx.clone()));
+        let tasks = StreamTasks::new();
+        let acceptor = tokio::spawn(accept_bank_streams(
+            conn.clone(),
+            codec,
+            inbound_tx.clone(),
+            tasks.clone(),
+        ));
         QuicWire {
             conn,
             _endpoint: endpoint,
@@ -745,25 +840,30 @@ impl QuicWire {
             inbound_tx,
             inbound_rx,
             acceptor,
+            tasks,
         }
     }
 
     /// A frame of the link's own: a request opens an exchange stream and reads its
-    /// answer; an answer with no bank stream to go on gets a stream of its own.
-    fn start(&self, frame: Frame, kind: TransmitKind) {
+    /// answer; an answer with no bank stream to go on gets a stream of its own. No room
+    /// for another stream task: [`Written::NoRoom`], nothing sent.
+    fn start(&self, frame: Frame, kind: TransmitKind) -> Written {
+        let Some(permit) = self.tasks.room() else {
+            return Written::NoRoom;
+        };
         let mut buf = BytesMut::new();
         if self.codec.clone().encode(frame, &mut buf).is_err() {
-            return;
+            return Written::Yes;
         }
         let (conn, codec, tx) = (self.conn.clone(), self.codec, self.inbound_tx.clone());
-        tokio::spawn(async move {
+        self.tasks.spawn(permit, async move {
             let Ok((mut send, recv)) = conn.open_bi().await else {
                 return;
             };
             if send.write_all(&buf).await.is_err() || send.finish().is_err() {
                 return;
             }
-            let TransmitKind::Request { deadline } = kind else {
+            let TransmitKind::Request { deadline, .. } = kind else {
                 return;
             };
             let until = tokio::time::Instant::from_std(deadline)
@@ -775,17 +875,27 @@ impl QuicWire {
                 }
             }
         });
+        Written::Yes
     }
 
     /// Writes the link's answers on the stream the bank opened, then ends it.
     fn answer_on(&self, mut send: quinn::SendStream, answers: Vec<Frame>) {
+        let Some(permit) = self.tasks.room() else {
+            // The bank repeats a request it has no answer to.
+            tracing::warn!(
+                bound = QUIC_STREAM_TASKS_MAX,
+                "QUIC stream tasks at their bound: answer dropped"
+            );
+            let _ = send.reset(quinn::VarInt::from_u32(QUIC_STREAM_REFUSED_CODE));
+            return;
+        };
         let mut buf = BytesMut::new();
         for a in answers {
             if self.codec.clone().encode(a, &mut buf).is_err() {
                 return;
             }
         }
-        tokio::spawn(async move {
+        self.tasks.spawn(permit, async move {
             if send.write_all(&buf).await.is_ok() {
                 let _ = send.finish();
             }
@@ -798,10 +908,21 @@ async fn accept_bank_streams(
     conn: quinn::Connection,
     codec: FrameCodec,
     tx: mpsc::Sender<Inbound>,
+    tasks: StreamTasks,
 ) {
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let Some(permit) = tasks.room() else {
+            tracing::warn!(
+                bound = QUIC_STREAM_TASKS_MAX,
+                "QUIC stream tasks at their bound: bank stream refused"
+            );
+            let code = quinn::VarInt::from_u32(QUIC_STREAM_REFUSED_CODE);
+            let _ = recv.stop(code);
+            let _ = send.reset(code);
+            continue;
+        };
         let tx = tx.clone();
-        tokio::spawn(async move {
+        tasks.spawn(permit, async move {
             let mut frames = FramedRead::new(recv, codec);
             let wait = Duration::from_millis(QUIC_BANK_STREAM_READ_MS);
             let mut reply = Some(send);
@@ -822,5 +943,28 @@ async fn accept_bank_streams(
                 let _ = send.finish();
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves stream tasks beyond the bound get no room, and a task's room comes back
+    // when it ends.
+    #[tokio::test]
+    async fn stream_tasks_are_bounded() {
+        let tasks = StreamTasks::bounded(1);
+        let permit = tasks.room().expect("room for one");
+        assert!(tasks.room().is_none(), "beyond the bound");
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        tasks.spawn(permit, async move {
+            let _ = done_rx.await;
+        });
+        assert!(tasks.room().is_none(), "held while the task runs");
+        done_tx.send(()).unwrap();
+        tasks.close();
+        tasks.wait().await;
+        assert!(tasks.room().is_some(), "given back when it ended");
     }
 }

@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::ebcdic;
-use crate::error::{EncodeError, EncodeErrorKind as K};
+use crate::error::{DecodeError, EncodeError, EncodeErrorKind as K};
 use crate::mac::{MAC_LEN_BYTES, MacKey};
 use crate::message::{bit, first_disallowed};
 use crate::mti::Mti;
@@ -457,5 +457,67 @@ fn write_bcd(class: ContentClass, len: usize, zero_pad: usize, value: &[u8], out
         let lo = if i + 1 < total { nib_at(i + 1) } else { 0 };
         out.put_u8((nib_at(i) << 4) | lo);
         i += 2;
+    }
+}
+
+/// Signs a message already encoded without a MAC (or with one, which is replaced): the
+/// same elements, re-encoded with the MAC where `dialect` puts it.
+///
+/// Errors: the bytes do not decode in `dialect`, the dialect has no MAC element, or the
+/// message with its MAC is longer than the dialect allows.
+pub fn sign_encoded(
+    dialect: &'static Dialect,
+    encoded: Bytes,
+    key: &MacKey,
+) -> Result<Bytes, SignError> {
+    let message = dialect.decode(encoded).map_err(SignError::Decode)?;
+    let values: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = message
+        .fields()
+        .filter(|&n| n != 64 && n != 128)
+        .filter_map(|n| message.get(n).map(|v| (n, v)))
+        .collect();
+    let mut b = MessageBuilder::new(dialect, message.mti());
+    for (n, v) in &values {
+        b.set(*n, v);
+    }
+    b.encode_with_mac(key).map_err(SignError::Encode)
+}
+
+/// Why [`sign_encoded`] could not sign.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SignError {
+    #[error("cannot sign: {0}")]
+    Decode(DecodeError),
+    #[error("cannot sign: {0}")]
+    Encode(EncodeError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mac::{MAC_KEY_LEN_BYTES, MacCheck};
+
+    // Proves a message encoded without a MAC is signed in both bank dialects, the MAC
+    // verifies, and a changed element makes it fail.
+    #[test]
+    fn sign_encoded_in_bank_dialects() {
+        let keys = [
+            MacKey::x9_19(&[7u8; 16]),
+            MacKey::new(&[9u8; MAC_KEY_LEN_BYTES]),
+        ];
+        for d in [crate::builtin::bank_bcd(), crate::builtin::bank_ebcdic()] {
+            for key in &keys {
+                let mut b = MessageBuilder::new(d, crate::Mti::NETWORK_REQUEST);
+                b.set(7, b"1201010101").set(11, b"000123").set(70, b"301");
+                let signed = sign_encoded(d, b.encode().unwrap(), key).unwrap();
+                let m = d.decode(signed.clone()).unwrap();
+                assert_eq!(m.check_mac(key), MacCheck::Valid, "{}", d.name);
+                let mut tampered = signed.to_vec();
+                let at = tampered.len() - MAC_LEN_BYTES - 1;
+                tampered[at] ^= 0x01;
+                let m = d.decode(Bytes::from(tampered)).unwrap();
+                assert_eq!(m.check_mac(key), MacCheck::Invalid, "{}", d.name);
+            }
+        }
     }
 }

@@ -31,6 +31,23 @@ pub fn luhn_complete(digits: &str) -> String {
     format!("{digits}{check}")
 }
 
+/// Masks a card number: first six and last four digits shown, the rest `*`
+/// (fewer shown for short numbers, never more than half).
+pub fn mask_pan(pan: &str) -> String {
+    let len = pan.chars().count();
+    let (head, tail) = if len >= 16 {
+        (6, 4)
+    } else if len >= 10 {
+        (4, 4)
+    } else {
+        (0, len / 3)
+    };
+    pan.chars()
+        .enumerate()
+        .map(|(i, c)| if i < head || i >= len - tail { c } else { '*' })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +65,13 @@ mod tests {
         for prefix in ["4", "40000000000000", "123456789012345678"] {
             assert!(luhn_valid(luhn_complete(prefix).as_bytes()), "{prefix}");
         }
+    }
+
+    // Proves masking never reveals more than BIN and last four.
+    #[test]
+    fn masks() {
+        assert_eq!(mask_pan("4111111111111111"), "411111******1111");
+        assert_eq!(mask_pan("1234567890"), "1234**7890");
+        assert_eq!(mask_pan("123"), "**3");
     }
 }

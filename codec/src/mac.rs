@@ -10,15 +10,9 @@
 
 use std::fmt;
 
-use bytes::Bytes;
 use des::Des;
 use retail_mac::{KeyInit, Mac, RetailMac};
 use ring::hmac;
-
-use crate::builder::MessageBuilder;
-use crate::error::EncodeError;
-use crate::message::Message;
-use crate::spec::Dialect;
 
 /// Bytes of an HMAC-SHA256 MAC key.
 pub const MAC_KEY_LEN_BYTES: usize = 32;
@@ -116,56 +110,6 @@ pub enum MacCheck {
     Misplaced,
 }
 
-/// Signs a message already encoded without a MAC (or with one, which is replaced): the
-/// same elements, re-encoded with the MAC where `dialect` puts it.
-///
-/// Errors: the bytes do not decode in `dialect`, the dialect has no MAC element, or the
-/// message with its MAC is longer than the dialect allows.
-pub fn sign_encoded(
-    dialect: &'static Dialect,
-    encoded: Bytes,
-    key: &MacKey,
-) -> Result<Bytes, SignError> {
-    let message = dialect.decode(encoded).map_err(SignError::Decode)?;
-    let values: Vec<(u8, std::borrow::Cow<'_, [u8]>)> = message
-        .fields()
-        .filter(|&n| n != 64 && n != 128)
-        .filter_map(|n| message.get(n).map(|v| (n, v)))
-        .collect();
-    let mut b = MessageBuilder::new(dialect, message.mti());
-    for (n, v) in &values {
-        b.set(*n, v);
-    }
-    b.encode_with_mac(key).map_err(SignError::Encode)
-}
-
-/// Why [`sign_encoded`] could not sign.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SignError {
-    #[error("cannot sign: {0}")]
-    Decode(crate::error::DecodeError),
-    #[error("cannot sign: {0}")]
-    Encode(EncodeError),
-}
-
-impl Message {
-    /// Checks the MAC where the dialect says it must be for this message.
-    pub fn check_mac(&self, key: &MacKey) -> MacCheck {
-        let Some(expected) = self.dialect().mac_field(self.has_secondary_bitmap()) else {
-            return MacCheck::Missing;
-        };
-        let other = if expected == 64 { 128 } else { 64 };
-        if self.has(other) && self.dialect().field(other).is_some() && other != expected {
-            return MacCheck::Misplaced;
-        }
-        match self.mac_input(expected) {
-            None => MacCheck::Missing,
-            Some((covered, mac)) if key.verify(covered, mac) => MacCheck::Valid,
-            Some(_) => MacCheck::Invalid,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,29 +140,5 @@ mod tests {
         );
         assert!(key.verify(b"Now is the time for it", &unhex("2E2B1428CC78254F")));
         assert!(!key.verify(b"Now is the time for iT", &unhex("2E2B1428CC78254F")));
-    }
-
-    // Proves a message encoded without a MAC is signed in both bank dialects, the MAC
-    // verifies, and a changed element makes it fail.
-    #[test]
-    fn sign_encoded_in_bank_dialects() {
-        let keys = [
-            MacKey::x9_19(&[7u8; 16]),
-            MacKey::new(&[9u8; MAC_KEY_LEN_BYTES]),
-        ];
-        for d in [crate::builtin::bank_bcd(), crate::builtin::bank_ebcdic()] {
-            for key in &keys {
-                let mut b = MessageBuilder::new(d, crate::Mti::NETWORK_REQUEST);
-                b.set(7, b"1201010101").set(11, b"000123").set(70, b"301");
-                let signed = sign_encoded(d, b.encode().unwrap(), key).unwrap();
-                let m = d.decode(signed.clone()).unwrap();
-                assert_eq!(m.check_mac(key), MacCheck::Valid, "{}", d.name);
-                let mut tampered = signed.to_vec();
-                let at = tampered.len() - MAC_LEN_BYTES - 1;
-                tampered[at] ^= 0x01;
-                let m = d.decode(Bytes::from(tampered)).unwrap();
-                assert_eq!(m.check_mac(key), MacCheck::Invalid, "{}", d.name);
-            }
-        }
     }
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 
 use crate::ebcdic;
 use crate::error::{DecodeError, DecodeErrorKind as K};
+use crate::mac::{MacCheck, MacKey};
 use crate::mti::Mti;
 use crate::spec::{
     BitmapEncoding, Check, ContentClass, Dialect, Encoding, FieldLayout, FieldSpec, Prefix,
@@ -732,7 +733,7 @@ impl fmt::Debug for Message {
         for n in self.fields() {
             let v = self.get(n).unwrap_or_default();
             let shown = match n {
-                2 | 35 => crate::owned::mask_pan(&String::from_utf8_lossy(&v)),
+                2 | 35 => crate::card::mask_pan(&String::from_utf8_lossy(&v)),
                 _ if self
                     .dialect
                     .field(n)
@@ -756,6 +757,24 @@ pub(crate) fn hex_upper(b: &[u8]) -> String {
         s.push(HEX[usize::from(x & 0xF)] as char);
     }
     s
+}
+
+impl Message {
+    /// Checks the MAC where the dialect says it must be for this message.
+    pub fn check_mac(&self, key: &MacKey) -> MacCheck {
+        let Some(expected) = self.dialect().mac_field(self.has_secondary_bitmap()) else {
+            return MacCheck::Missing;
+        };
+        let other = if expected == 64 { 128 } else { 64 };
+        if self.has(other) && self.dialect().field(other).is_some() && other != expected {
+            return MacCheck::Misplaced;
+        }
+        match self.mac_input(expected) {
+            None => MacCheck::Missing,
+            Some((covered, mac)) if key.verify(covered, mac) => MacCheck::Valid,
+            Some(_) => MacCheck::Invalid,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -521,7 +521,7 @@ async fn mac_checked_and_signed() {
     let d = builtin::bank_bcd();
     send(&mut link, network("000001", "001")).await;
     assert!(recv(&mut link, NO_ANSWER_WAIT).await.is_none(), "unsigned");
-    let signed = codec::mac::sign_encoded(d, network("000002", "001"), &key).unwrap();
+    let signed = codec::builder::sign_encoded(d, network("000002", "001"), &key).unwrap();
     let mut wrong = signed.to_vec();
     *wrong.last_mut().unwrap() ^= 0x80;
     send(&mut link, Bytes::from(wrong)).await;
@@ -537,7 +537,7 @@ async fn mac_checked_and_signed() {
     {
         let stan = format!("{:06}", 20 + i);
         let rrn = format!("{:012}", 2000 + i);
-        let p = codec::mac::sign_encoded(d, purchase(&stan, &rrn, "000000001000"), &key);
+        let p = codec::builder::sign_encoded(d, purchase(&stan, &rrn, "000000001000"), &key);
         send(&mut link, p.unwrap()).await;
         let r = recv(&mut link, ANSWER_WAIT)
             .await

@@ -24,17 +24,17 @@ use crate::session::MerchantConnections;
 use crate::store::Store;
 
 /// How often gauges are sampled.
-pub const SAMPLE_INTERVAL_MS: u64 = 1_000;
+pub(crate) const SAMPLE_INTERVAL_MS: u64 = 1_000;
 /// How often (in samples) the backlogs are measured and PostgreSQL probed (they cost
 /// queries).
-pub const REVERSAL_SAMPLE_EVERY: u32 = 5;
+pub(crate) const REVERSAL_SAMPLE_EVERY: u32 = 5;
 
 /// A probe query slower than this counts as failed (and does not hold the sampler up).
-pub const PROBE_TIMEOUT_MS: u64 = 2_000;
+pub(crate) const PROBE_TIMEOUT_MS: u64 = 2_000;
 
 /// What the admin surface reads and acts on.
 #[derive(Debug)]
-pub struct SwitchAdmin {
+pub(crate) struct SwitchAdmin {
     pub metrics: Arc<Metrics>,
     pub banks: HashMap<String, Bank>,
     pub store: Arc<dyn Store>,
@@ -386,7 +386,7 @@ fn check(name: &str, r: Result<(), String>) -> Check {
 /// Keeps the gauges that are states rather than events current: every
 /// [`SAMPLE_INTERVAL_MS`] the connections, links and the PostgreSQL pool; every
 /// [`REVERSAL_SAMPLE_EVERY`]-th time the backlogs (they cost queries) and a probe query.
-pub async fn sample(
+pub(crate) async fn sample(
     admin: Arc<SwitchAdmin>,
     connections: Arc<MerchantConnections>,
     shutdown: CancellationToken,

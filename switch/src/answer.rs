@@ -64,20 +64,20 @@ impl Answer {
 /// The contract puts DE38 on every approval. Banks often send none for completions,
 /// refunds and reversals; the switch then gives its own: the last six digits of the RRN,
 /// stable across retransmissions.
-pub fn switch_auth_code(rrn: &str) -> String {
+pub(crate) fn switch_auth_code(rrn: &str) -> String {
     rrn[rrn.len().saturating_sub(6)..].to_string()
 }
 
 /// Elements a response echoes from its request, when the request had them.
-pub const ECHOED: [u8; 8] = [3, 4, 7, 11, 41, 42, 49, 70];
+pub(crate) const ECHOED: [u8; 8] = [3, 4, 7, 11, 41, 42, 49, 70];
 
 /// What an answer to a message that could not be parsed echoes (the contract: whichever
 /// of these could be read).
-pub const ECHOED_WHEN_UNPARSEABLE: [u8; 4] = [7, 11, 41, 42];
+pub(crate) const ECHOED_WHEN_UNPARSEABLE: [u8; 4] = [7, 11, 41, 42];
 
 /// Builds the response to `req` with `extra` elements; MAC'd with the merchant's key when
 /// the merchant is known.
-pub fn respond(
+pub(crate) fn respond(
     req: &Message,
     merchant: Option<&Merchant>,
     answer: &Answer,
@@ -87,7 +87,7 @@ pub fn respond(
 }
 
 /// [`respond`] echoing only the elements in `echo` (for a salvaged, partly read request).
-pub fn respond_echoing(
+pub(crate) fn respond_echoing(
     req: &Message,
     merchant: Option<&Merchant>,
     answer: &Answer,

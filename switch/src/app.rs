@@ -27,7 +27,8 @@ use crate::merchants::Merchants;
 use crate::metrics::Metrics;
 use crate::reversals::ReversalWorker;
 use crate::routing::Router;
-use crate::server::{Listening, accept_loop, tls_acceptor};
+use crate::server::{accept_loop, tls_acceptor};
+use crate::session::Listening;
 use crate::session::{MerchantConnections, SessionLimits};
 use crate::store::{Journal, JournalSettings, PgStore, Store, StoreError};
 use crate::{db, dialects};
@@ -93,11 +94,123 @@ pub async fn run(
     resolve_banks(&config).await;
 
     // Then the stores: migrations, merchants, routes, Redis, recovery.
+    let stores = open_stores(&config, &vault).await?;
+    let metrics = instance_metrics(&config);
+    let links_shutdown = CancellationToken::new();
+    let banks = start_banks(
+        &config,
+        &bank_dialects,
+        &mut bank_tls,
+        &links_shutdown,
+        &metrics,
+        &stores.shared,
+    )
+    .await?;
+    let workers = Workers::default();
+    let (engine, tasks) = start_request_path(&config, &stores, banks, &vault, &metrics, &workers);
+
+    // Listeners last.
+    let listening = listening(&config, &engine);
+    let admin = switch_admin(&config, &engine, &stores, &metrics, &vault);
+    workers.spawn_admin(&admin, &listening);
+    let admin_shutdown = CancellationToken::new();
+    let admin_addr = serve_admin(&config, admin, admin_tls, &admin_shutdown).await?;
+    let listeners = TaskTracker::new();
+    let bound = bind_merchants(&config, tls, &listening, &listeners, admin_addr).await?;
+    tracing::info!(?bound, "switch ready");
+    on_ready(&bound);
+
+    shutdown.cancelled().await;
+    Running {
+        listening,
+        listeners,
+        workers,
+        admin_shutdown,
+        links_shutdown,
+        engine,
+        tasks,
+    }
+    .shut_down(&config)
+    .await;
+    Ok(())
+}
+
+/// The banks with their acquirer ids, by bank id.
+type Banks = (HashMap<String, Bank>, HashMap<String, String>);
+/// The journal's and the replays' tasks.
+type PathTasks = (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>);
+
+/// The journal, the workers beside the request path, and the engine.
+fn start_request_path(
+    config: &Config,
+    stores: &Stores,
+    (banks, acquirer_ids): Banks,
+    vault: &Arc<Vault>,
+    metrics: &Arc<Metrics>,
+    workers: &Workers,
+) -> (Arc<Engine>, PathTasks) {
+    let (journal, journal_task) = start_journal(config, metrics.clone());
+    let store: Arc<dyn Store> = Arc::new(stores.pg.clone().with_journal(journal));
+    let reversal_wake = Arc::new(Notify::new());
+    workers.spawn_per_bank(
+        config,
+        &stores.shared,
+        &banks,
+        vault,
+        &reversal_wake,
+        metrics,
+    );
+    let (replays, replays_task) =
+        crate::replays::Replays::start(Arc::new(stores.limiter.clone()), metrics.clone());
+    let parts = EngineParts {
+        stores,
+        banks,
+        acquirer_ids,
+        store,
+        replays,
+        vault,
+        reversal_wake: &reversal_wake,
+        metrics,
+    };
+    let engine = Arc::new(build_engine(config, parts));
+    workers.spawn_instance(config, stores, &engine, &reversal_wake, metrics, vault);
+    (engine, (journal_task, replays_task))
+}
+
+/// The instance's metrics, each bank's series present from the start (so rate() sees
+/// the first failure).
+fn instance_metrics(config: &Config) -> Arc<Metrics> {
+    let metrics = Arc::new(Metrics::new());
+    for b in &config.banks {
+        metrics
+            .bank_mac_failures
+            .with_label_values(&[b.id.as_str()]);
+    }
+    metrics
+}
+
+/// The stores opened and recovered at start-up.
+struct Stores {
+    pool: deadpool_postgres::Pool,
+    merchants: Arc<Merchants>,
+    router: Arc<Router>,
+    limiter: Limiter,
+    /// One PgStore (cloned), so that its limit on payment locks holds across all its users.
+    pg: PgStore,
+    /// The handle the workers, the advices and the admin surface share: no journal.
+    shared: Arc<dyn Store>,
+    /// This process's incarnation of its instance id: names its Redis claims and its lease.
+    incarnation: u64,
+}
+
+/// Migrations, reference data, Redis, this instance's lease, and recovery of what the
+/// last run left without an outcome.
+async fn open_stores(config: &Config, vault: &Arc<Vault>) -> Result<Stores, StartError> {
     let applied = db::migrate(&config.database.url).await?;
     tracing::info!(applied, "migrations checked");
     let pool = db::pool(&config.database.url, config.database.pool_size)?;
     let merchants = Arc::new(Merchants::default());
-    let n_merchants = merchants.reload(&pool, &vault).await?;
+    let n_merchants = merchants.reload(&pool, vault).await?;
     let router = Arc::new(Router::default());
     let n_routes = router.reload(&pool).await?;
     tracing::info!(
@@ -119,11 +232,8 @@ pub async fn run(
     // Only the request path records through the journal: the handle the workers, the
     // advices and the admin surface share has none, so the journal ends (writing what is
     // queued) as soon as the engine is gone, whatever they are still doing.
-    let cutover = config.switch.business_day_cutover_hour;
-    // One PgStore (cloned), so that its limit on payment locks holds across all its users.
-    let pg = PgStore::new(pool.clone(), cutover);
+    let pg = PgStore::new(pool.clone(), config.switch.business_day_cutover_hour);
     let shared: Arc<dyn Store> = Arc::new(pg.clone());
-    // This process's incarnation of its instance id: names its Redis claims and its lease.
     let incarnation: u64 = vault
         .random_u64()
         .map_err(|e| StartError::Invalid(e.to_string()))?;
@@ -138,72 +248,35 @@ pub async fn run(
             "transactions left without an outcome by the last run: reversing them"
         );
     }
+    Ok(Stores {
+        pool,
+        merchants,
+        router,
+        limiter,
+        pg,
+        shared,
+        incarnation,
+    })
+}
 
-    let metrics = Arc::new(Metrics::new());
-    for b in &config.banks {
-        // Present from the start, so rate() sees the first failure.
-        metrics
-            .bank_mac_failures
-            .with_label_values(&[b.id.as_str()]);
-    }
-    // Bank links.
-    let links_shutdown = CancellationToken::new();
+/// The banks by id with their links started, and each bank's acquirer id; the links'
+/// notices are logged and counted.
+async fn start_banks(
+    config: &Config,
+    bank_dialects: &HashMap<String, &'static Dialect>,
+    bank_tls: &mut HashMap<String, Option<bank_links::TlsMaterial>>,
+    links_shutdown: &CancellationToken,
+    metrics: &Arc<Metrics>,
+    shared: &Arc<dyn Store>,
+) -> Result<Banks, StartError> {
     let (notice_tx, notice_rx) = mpsc::channel(bank_links::tcp::LINK_EVENT_QUEUE_MAX);
     let mut banks = HashMap::new();
     let mut acquirer_ids = HashMap::new();
     for b in &config.banks {
         let dialect = bank_dialects[&b.id];
-        let header = match &b.header_hex {
-            Some(h) => Bytes::from(hex::decode(h).unwrap_or_default()),
-            None => default_header(dialect),
-        };
-        // Start STANs where the clock puts them, so a restart does not replay the numbers
-        // the bank saw just before.
-        let stans = Arc::new(StanAllocator::starting_at(
-            (codec::clock::unix_now() % 999_999) as u32 + 1,
-        ));
-        let endpoint = bank_endpoint(b, bank_tls.remove(&b.id).flatten(), &links_shutdown).await?;
-        let mac = b.mac_key();
-        let links = (0..b.links)
-            .map(|i| {
-                let lc = LinkConfig {
-                    name: format!("{}.{}", b.id, i),
-                    dialect,
-                    acquirer_id: b.acquirer_id.clone(),
-                    header: header.clone(),
-                    sign_on_timeout_ms: b.sign_on_timeout_ms,
-                    echo_idle_ms: b.echo_idle_ms,
-                    echo_timeout_ms: b.echo_timeout_ms,
-                    echo_missed_max: b.echo_missed_max,
-                    in_flight_max: b.in_flight_per_link,
-                    mac: mac.clone(),
-                };
-                let backoff = Backoff {
-                    min_ms: b.reconnect_min_ms,
-                    max_ms: b.reconnect_max_ms,
-                };
-                spawn_link(
-                    lc,
-                    endpoint.clone(),
-                    stans.clone(),
-                    backoff,
-                    notice_tx.clone(),
-                    links_shutdown.clone(),
-                )
-            })
-            .collect();
-        let bc = BankConfig {
-            id: b.id.clone(),
-            dialect,
-            request_timeout_ms: b.timeout_ms,
-        };
-        let breaker = bank_links::BreakerConfig {
-            window_ms: b.breaker_window_ms,
-            min_requests: b.breaker_min_requests,
-            timeout_rate_permille: b.breaker_timeout_rate_percent * 10,
-            open_ms: b.breaker_open_ms,
-        };
-        banks.insert(b.id.clone(), Bank::new(bc, stans, links, breaker));
+        let endpoint = bank_endpoint(b, bank_tls.remove(&b.id).flatten(), links_shutdown).await?;
+        let bank = start_bank(b, dialect, endpoint, &notice_tx, links_shutdown);
+        banks.insert(b.id.clone(), bank);
         acquirer_ids.insert(b.id.clone(), b.acquirer_id.clone());
     }
     drop(notice_tx);
@@ -218,99 +291,228 @@ pub async fn run(
         .collect();
     metrics.init_bank_labels(&labels);
     tokio::spawn(log_notices(notice_rx, metrics.clone(), shared.clone()));
+    Ok((banks, acquirer_ids))
+}
 
+/// One bank: its links spawned on `endpoint`, its STANs, its breaker.
+fn start_bank(
+    b: &crate::config::BankSection,
+    dialect: &'static Dialect,
+    endpoint: bank_links::LinkEndpoint,
+    notice_tx: &mpsc::Sender<LinkNotice>,
+    links_shutdown: &CancellationToken,
+) -> Bank {
+    let header = match &b.header_hex {
+        Some(h) => Bytes::from(hex::decode(h).unwrap_or_default()),
+        None => default_header(dialect),
+    };
+    // Start STANs where the clock puts them, so a restart does not replay the numbers
+    // the bank saw just before.
+    let stans = Arc::new(StanAllocator::starting_at(
+        (codec::clock::unix_now() % 999_999) as u32 + 1,
+    ));
+    let mac = b.mac_key();
+    let links = (0..b.links)
+        .map(|i| {
+            let lc = LinkConfig {
+                name: format!("{}.{}", b.id, i),
+                dialect,
+                acquirer_id: b.acquirer_id.clone(),
+                header: header.clone(),
+                sign_on_timeout_ms: b.sign_on_timeout_ms,
+                echo_idle_ms: b.echo_idle_ms,
+                echo_timeout_ms: b.echo_timeout_ms,
+                echo_missed_max: b.echo_missed_max,
+                in_flight_max: b.in_flight_per_link,
+                mac: mac.clone(),
+            };
+            let backoff = Backoff {
+                min_ms: b.reconnect_min_ms,
+                max_ms: b.reconnect_max_ms,
+            };
+            let (notices, shutdown) = (notice_tx.clone(), links_shutdown.clone());
+            spawn_link(
+                lc,
+                endpoint.clone(),
+                stans.clone(),
+                backoff,
+                notices,
+                shutdown,
+            )
+        })
+        .collect();
+    let bc = BankConfig {
+        id: b.id.clone(),
+        dialect,
+        request_timeout_ms: b.timeout_ms,
+    };
+    let breaker = bank_links::BreakerConfig {
+        window_ms: b.breaker_window_ms,
+        min_requests: b.breaker_min_requests,
+        timeout_rate_permille: b.breaker_timeout_rate_percent * 10,
+        open_ms: b.breaker_open_ms,
+    };
+    Bank::new(bc, stans, links, breaker)
+}
+
+/// The group-committed journal of the request path, and its task.
+fn start_journal(config: &Config, metrics: Arc<Metrics>) -> (Journal, tokio::task::JoinHandle<()>) {
     let db = &config.database;
-    let (journal, journal_task) = Journal::start(
+    Journal::start(
         JournalSettings {
-            url: config.database.url.clone(),
+            url: db.url.clone(),
             batch_max: db.journal_batch_max,
             writers: db.journal_writers,
             queue_max: db.journal_queue_max,
             commit_interval_us: db.journal_commit_interval_us,
-            cutover_hours: i32::from(cutover),
+            cutover_hours: i32::from(config.switch.business_day_cutover_hour),
         },
-        metrics.clone(),
-    );
-    let store: Arc<dyn Store> = Arc::new(pg.with_journal(journal));
-    let reversal_wake = Arc::new(Notify::new());
-    let workers_shutdown = CancellationToken::new();
-    let workers = TaskTracker::new();
-    for b in &config.banks {
-        let w = ReversalWorker {
-            store: shared.clone(),
-            bank: banks[&b.id].clone(),
-            vault: vault.clone(),
-            acquirer_id: b.acquirer_id.clone(),
-            max_age_ms: b.reversal_max_age_ms,
-            wake: reversal_wake.clone(),
-            metrics: metrics.clone(),
-        };
-        workers.spawn(w.run(workers_shutdown.clone()));
-        let inquiries = crate::inquiry::InquiryWorker {
-            store: shared.clone(),
-            bank: banks[&b.id].clone(),
-            acquirer_id: b.acquirer_id.clone(),
-            per_second: b.inquiries_per_second,
-        };
-        workers.spawn(inquiries.run(workers_shutdown.clone()));
+        metrics,
+    )
+}
+
+/// The workers beside the request path, tracked, stopped together at shutdown.
+#[derive(Debug, Default)]
+struct Workers {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Workers {
+    fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task);
     }
-    let (replays, replays_task) =
-        crate::replays::Replays::start(Arc::new(limiter.clone()), metrics.clone());
-    let engine = Arc::new(Engine {
+
+    /// Each bank's store-and-forward and inquiry workers.
+    fn spawn_per_bank(
+        &self,
+        config: &Config,
+        shared: &Arc<dyn Store>,
+        banks: &HashMap<String, Bank>,
+        vault: &Arc<Vault>,
+        reversal_wake: &Arc<Notify>,
+        metrics: &Arc<Metrics>,
+    ) {
+        for b in &config.banks {
+            let w = ReversalWorker {
+                store: shared.clone(),
+                bank: banks[&b.id].clone(),
+                vault: vault.clone(),
+                acquirer_id: b.acquirer_id.clone(),
+                max_age_ms: b.reversal_max_age_ms,
+                wake: reversal_wake.clone(),
+                metrics: metrics.clone(),
+            };
+            self.spawn(w.run(self.shutdown.clone()));
+            let inquiries = crate::inquiry::InquiryWorker {
+                store: shared.clone(),
+                bank: banks[&b.id].clone(),
+                acquirer_id: b.acquirer_id.clone(),
+                per_second: b.inquiries_per_second,
+            };
+            self.spawn(inquiries.run(self.shutdown.clone()));
+        }
+    }
+
+    /// The back office's refund resumer and the admin gauges' sampler.
+    fn spawn_admin(&self, admin: &Arc<SwitchAdmin>, listening: &Listening) {
+        if let Some(desk) = &admin.backoffice.desk {
+            self.spawn(desk.clone().run_resumer(self.shutdown.clone()));
+        }
+        self.spawn(crate::admin::sample(
+            admin.clone(),
+            listening.connections.clone(),
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// The lease, the notifier, and the reference data's reload.
+    fn spawn_instance(
+        &self,
+        config: &Config,
+        stores: &Stores,
+        engine: &Arc<Engine>,
+        reversal_wake: &Arc<Notify>,
+        metrics: &Arc<Metrics>,
+        vault: &Arc<Vault>,
+    ) {
+        self.spawn(hold_lease(
+            stores.shared.clone(),
+            config,
+            stores.incarnation,
+            reversal_wake.clone(),
+            metrics.clone(),
+            self.shutdown.clone(),
+        ));
+        self.spawn(crate::notify::run(
+            stores.shared.clone(),
+            engine.sessions.clone(),
+            stores.merchants.clone(),
+            self.shutdown.clone(),
+        ));
+        // Reference data follows the database: periodically and on SIGHUP.
+        self.spawn(reload_loop(
+            stores.pool.clone(),
+            vault.clone(),
+            stores.merchants.clone(),
+            stores.router.clone(),
+            config.switch.reload_interval_ms,
+            self.shutdown.clone(),
+        ));
+    }
+}
+
+/// What the engine is made of, beyond the configuration.
+struct EngineParts<'a> {
+    stores: &'a Stores,
+    banks: HashMap<String, Bank>,
+    acquirer_ids: HashMap<String, String>,
+    /// The store with the journal: the request path's.
+    store: Arc<dyn Store>,
+    replays: crate::replays::Replays,
+    vault: &'a Arc<Vault>,
+    reversal_wake: &'a Arc<Notify>,
+    metrics: &'a Arc<Metrics>,
+}
+
+/// The request path as production wires it: PostgreSQL, Redis, the links, the system
+/// clock.
+fn build_engine(config: &Config, p: EngineParts<'_>) -> Engine {
+    Engine {
         instance_id: config.switch.instance_id,
-        incarnation,
-        merchants: merchants.clone(),
-        router: router.clone(),
-        banks,
-        store: store.clone(),
-        limiter: Arc::new(limiter.clone()),
+        incarnation: p.stores.incarnation,
+        merchants: p.stores.merchants.clone(),
+        router: p.stores.router.clone(),
+        banks: p.banks,
+        store: p.store.clone(),
+        limiter: Arc::new(p.stores.limiter.clone()),
         clock: Arc::new(crate::clock::SystemClock),
-        replays,
-        vault: vault.clone(),
-        ids: Ids::new(store),
+        replays: p.replays,
+        vault: p.vault.clone(),
+        ids: Ids::new(p.store),
         inflight: Arc::new(InFlight::default()),
         card_rate: Rate::new(
             config.limits.card_velocity_per_minute,
             60_000_000,
             config.limits.card_velocity_burst,
         ),
-        acquirer_ids,
-        reversal_wake: reversal_wake.clone(),
+        acquirer_ids: p.acquirer_ids,
+        reversal_wake: p.reversal_wake.clone(),
         sessions: Arc::new(crate::notify::Sessions::default()),
-        metrics: metrics.clone(),
+        metrics: p.metrics.clone(),
         limits_on_outage: config.redis.limits_on_outage,
         outcome_wait_ms: config.switch.outcome_wait_ms,
         bank_timeout_max_ms: config.bank_timeout_max_ms(),
-    });
+    }
+}
 
-    workers.spawn(hold_lease(
-        shared.clone(),
-        &config,
-        incarnation,
-        reversal_wake.clone(),
-        metrics.clone(),
-        workers_shutdown.clone(),
-    ));
-    workers.spawn(crate::notify::run(
-        shared.clone(),
-        engine.sessions.clone(),
-        merchants.clone(),
-        workers_shutdown.clone(),
-    ));
-    // Reference data follows the database: periodically and on SIGHUP.
-    workers.spawn(reload_loop(
-        pool.clone(),
-        vault.clone(),
-        merchants,
-        router,
-        config.switch.reload_interval_ms,
-        workers_shutdown.clone(),
-    ));
-
-    // Listeners last.
+/// What every merchant listener shares with its sessions.
+fn listening(config: &Config, engine: &Arc<Engine>) -> Listening {
     let l = &config.merchant_listener;
-    let accept_shutdown = CancellationToken::new();
-    let listening = Listening {
+    Listening {
         engine: engine.clone(),
         limits: SessionLimits {
             max_in_flight_per_connection: l.max_in_flight_per_connection,
@@ -321,22 +523,27 @@ pub async fn run(
         },
         max_connections_total: l.max_connections_total,
         connections: Arc::new(MerchantConnections::default()),
-        shutdown: accept_shutdown.clone(),
+        shutdown: CancellationToken::new(),
         sessions: TaskTracker::new(),
         requests: TaskTracker::new(),
-    };
-    let mut bound = Bound {
-        merchant_tcp: None,
-        merchant_tls: None,
-        merchant_quic: None,
-        admin: None,
-    };
-    let admin = Arc::new(SwitchAdmin {
+    }
+}
+
+/// The switch behind the admin HTTP surface, the back office with it.
+fn switch_admin(
+    config: &Config,
+    engine: &Arc<Engine>,
+    stores: &Stores,
+    metrics: &Arc<Metrics>,
+    vault: &Arc<Vault>,
+) -> Arc<SwitchAdmin> {
+    let pool = &stores.pool;
+    Arc::new(SwitchAdmin {
         metrics: metrics.clone(),
         banks: engine.banks.clone(),
-        store: shared.clone(),
+        store: stores.shared.clone(),
         pool: pool.clone(),
-        limiter,
+        limiter: stores.limiter.clone(),
         routes: crate::routing::RouteBook {
             pool: pool.clone(),
             banks: config.banks.iter().map(|b| b.id.clone()).collect(),
@@ -348,50 +555,75 @@ pub async fn run(
             search: crate::store::search::TxnSearch::new(pool.clone()),
             pool: pool.clone(),
             merchants: Some(engine.merchants.clone()),
-            desk: Some(crate::refund_desk::RefundDesk {
-                requests: crate::store::refund_requests::RefundRequests::new(pool.clone()),
-                engine: Arc::downgrade(&engine),
-                store: shared.clone(),
-                policy: crate::refund_desk::RefundPolicy {
-                    approval_above_minor: config
-                        .admin
-                        .as_ref()
-                        .map_or(10_000, |a| a.refund_approval_above_minor),
-                    request_ttl_ms: config
-                        .admin
-                        .as_ref()
-                        .map_or(24 * 3600 * 1000, |a| a.refund_request_ttl_ms),
-                    resume_after_ms: config.bank_timeout_max_ms() + config.switch.outcome_wait_ms,
-                },
-            }),
+            desk: Some(refund_desk(config, engine, stores)),
             vault: vault.clone(),
             metrics: metrics.clone(),
         },
-    });
-    if let Some(desk) = &admin.backoffice.desk {
-        workers.spawn(desk.clone().run_resumer(workers_shutdown.clone()));
+    })
+}
+
+/// The back office's refund desk.
+fn refund_desk(
+    config: &Config,
+    engine: &Arc<Engine>,
+    stores: &Stores,
+) -> crate::refund_desk::RefundDesk {
+    crate::refund_desk::RefundDesk {
+        requests: crate::store::refund_requests::RefundRequests::new(stores.pool.clone()),
+        engine: Arc::downgrade(engine),
+        store: stores.shared.clone(),
+        policy: crate::refund_desk::RefundPolicy {
+            approval_above_minor: config
+                .admin
+                .as_ref()
+                .map_or(10_000, |a| a.refund_approval_above_minor),
+            request_ttl_ms: config
+                .admin
+                .as_ref()
+                .map_or(24 * 3600 * 1000, |a| a.refund_request_ttl_ms),
+            resume_after_ms: config.bank_timeout_max_ms() + config.switch.outcome_wait_ms,
+        },
     }
-    workers.spawn(crate::admin::sample(
-        admin.clone(),
-        listening.connections.clone(),
-        workers_shutdown.clone(),
-    ));
-    let admin_shutdown = CancellationToken::new();
-    if let Some(a) = &config.admin {
-        if admin_tls.is_none() {
-            tracing::warn!(addr = %a.addr, "admin listener without TLS: passwords, session tokens and API keys cross the network in clear; set [admin] tls");
-        }
-        let tokens = a.tokens.clone();
-        let (addr, _task) =
-            admin_http::serve(a.addr, admin, tokens, admin_tls, admin_shutdown.clone())
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: a.addr,
-                    source,
-                })?;
-        bound.admin = Some(addr);
+}
+
+/// Binds the admin listener when one is configured; its address.
+async fn serve_admin(
+    config: &Config,
+    admin: Arc<SwitchAdmin>,
+    admin_tls: Option<Arc<rustls::ServerConfig>>,
+    admin_shutdown: &CancellationToken,
+) -> Result<Option<SocketAddr>, StartError> {
+    let Some(a) = &config.admin else {
+        return Ok(None);
+    };
+    if admin_tls.is_none() {
+        tracing::warn!(addr = %a.addr, "admin listener without TLS: passwords, session tokens and API keys cross the network in clear; set [admin] tls");
     }
-    let listeners = TaskTracker::new();
+    let tokens = a.tokens.clone();
+    let (addr, _task) = admin_http::serve(a.addr, admin, tokens, admin_tls, admin_shutdown.clone())
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: a.addr,
+            source,
+        })?;
+    Ok(Some(addr))
+}
+
+/// Binds the merchant listeners (TCP, TLS, QUIC) and starts accepting on each.
+async fn bind_merchants(
+    config: &Config,
+    tls: Option<(SocketAddr, tokio_rustls::TlsAcceptor)>,
+    listening: &Listening,
+    listeners: &TaskTracker,
+    admin: Option<SocketAddr>,
+) -> Result<Bound, StartError> {
+    let l = &config.merchant_listener;
+    let mut bound = Bound {
+        merchant_tcp: None,
+        merchant_tls: None,
+        merchant_quic: None,
+        admin,
+    };
     if let Some(addr) = l.tcp {
         let listener = TcpListener::bind(addr)
             .await
@@ -406,7 +638,7 @@ pub async fn run(
         bound.merchant_tls = listener.local_addr().ok();
         listeners.spawn(accept_loop(listener, Some(acceptor), listening.clone()));
     }
-    if let Some(q) = &config.merchant_listener.quic {
+    if let Some(q) = &l.quic {
         let endpoint = crate::quic::endpoint(
             q.addr,
             &q.cert_pem,
@@ -416,45 +648,70 @@ pub async fn run(
         bound.merchant_quic = endpoint.local_addr().ok();
         listeners.spawn(crate::quic::accept_loop(endpoint, listening.clone()));
     }
-    tracing::info!(?bound, "switch ready");
-    on_ready(&bound);
+    Ok(bound)
+}
 
-    shutdown.cancelled().await;
-    let deadline = Duration::from_millis(config.switch.shutdown_deadline_ms);
-    tracing::info!(
-        deadline_ms = deadline.as_millis() as u64,
-        "shutting down: no new connections or requests"
-    );
-    accept_shutdown.cancel();
-    listeners.close();
-    listening.sessions.close();
-    listening.requests.close();
-    let drained = tokio::time::timeout(deadline, async {
-        listeners.wait().await;
-        listening.requests.wait().await;
-        listening.sessions.wait().await;
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            in_flight = engine.inflight.len(),
-            "shutdown deadline passed with requests in flight; recovery reverses them at the next start"
+/// A running instance, as shutdown takes it apart.
+struct Running {
+    listening: Listening,
+    listeners: TaskTracker,
+    workers: Workers,
+    admin_shutdown: CancellationToken,
+    links_shutdown: CancellationToken,
+    engine: Arc<Engine>,
+    tasks: PathTasks,
+}
+
+impl Running {
+    /// Stops accepting, waits (up to `shutdown_deadline_ms`) for accepted requests to be
+    /// answered, stops the workers, lets the journal write what is queued, and signs the
+    /// bank links off.
+    async fn shut_down(self, config: &Config) {
+        let deadline = Duration::from_millis(config.switch.shutdown_deadline_ms);
+        tracing::info!(
+            deadline_ms = deadline.as_millis() as u64,
+            "shutting down: no new connections or requests"
         );
+        let Running {
+            listening,
+            listeners,
+            workers,
+            admin_shutdown,
+            links_shutdown,
+            engine,
+            tasks: (journal_task, replays_task),
+        } = self;
+        listening.shutdown.cancel();
+        listeners.close();
+        listening.sessions.close();
+        listening.requests.close();
+        let drained = tokio::time::timeout(deadline, async {
+            listeners.wait().await;
+            listening.requests.wait().await;
+            listening.sessions.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = engine.inflight.len(),
+                "shutdown deadline passed with requests in flight; recovery reverses them at the next start"
+            );
+        }
+        workers.shutdown.cancel();
+        admin_shutdown.cancel();
+        workers.tracker.close();
+        let stop_wait = Duration::from_millis(WORKERS_STOP_WAIT_MS);
+        let _ = tokio::time::timeout(stop_wait, workers.tracker.wait()).await;
+        links_shutdown.cancel();
+        drop(listening);
+        drop(engine);
+        // Every journal handle is gone now: the collector writes what is queued and ends.
+        let _ = tokio::time::timeout(deadline, journal_task).await;
+        let _ = tokio::time::timeout(deadline, replays_task).await;
+        // Let the links send their sign-offs.
+        tokio::time::sleep(Duration::from_millis(SIGN_OFF_WAIT_MS)).await;
+        tracing::info!("switch stopped");
     }
-    workers_shutdown.cancel();
-    admin_shutdown.cancel();
-    workers.close();
-    let _ = tokio::time::timeout(Duration::from_millis(WORKERS_STOP_WAIT_MS), workers.wait()).await;
-    links_shutdown.cancel();
-    drop(listening);
-    drop(engine);
-    // Every journal handle is gone now: the collector writes what is queued and ends.
-    let _ = tokio::time::timeout(deadline, journal_task).await;
-    let _ = tokio::time::timeout(deadline, replays_task).await;
-    // Let the links send their sign-offs.
-    tokio::time::sleep(Duration::from_millis(SIGN_OFF_WAIT_MS)).await;
-    tracing::info!("switch stopped");
-    Ok(())
 }
 
 /// What the checks before start-up produce: each bank's dialect, the vault, the

@@ -2,7 +2,7 @@
 //! timed out and handed to the least-loaded ready link.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bank_links::{Bank, MatchKey, Outcome};
 use bytes::Bytes;
@@ -13,17 +13,27 @@ use crate::clock::Clock;
 use crate::lifecycle::BankReply;
 
 /// Sets DE32 (the switch's id at this bank) when the bank's dialect has it.
-pub fn set_acquirer<'a>(b: &mut MessageBuilder<'a>, bank: &Bank, acquirer_id: &'a str) {
+pub(crate) fn set_acquirer<'a>(b: &mut MessageBuilder<'a>, bank: &Bank, acquirer_id: &'a str) {
     if bank.config.dialect.field(32).is_some() && !acquirer_id.is_empty() {
         b.set(32, acquirer_id.as_bytes());
     }
+}
+
+/// DE90 as the bank saw the original: its MTI, the switch's STAN and DE7 to the bank,
+/// the acquirer id right-justified in 11 digits, then 11 zeros.
+pub(crate) fn bank_de90(mti: &str, bank_stan: &str, bank_de7: &str, acquirer_id: &str) -> String {
+    let acquirer: String = acquirer_id.chars().filter(char::is_ascii_digit).collect();
+    format!(
+        "{mti}{bank_stan:0>6}{bank_de7:0>10}{acquirer:0>11}{}",
+        "0".repeat(11)
+    )
 }
 
 /// A bank's [`Outcome`] as the verdicts read it, and the approval code (DE38) of an
 /// approval. `NotSent` (refused before any byte was written) needs no reversal; a timeout,
 /// a lost link or a reply without a response code (DE39: garbage that matched the
 /// request) leaves the outcome at the bank unknown.
-pub fn reply(outcome: &Outcome) -> (BankReply, Option<String>) {
+pub(crate) fn reply(outcome: &Outcome) -> (BankReply, Option<String>) {
     match outcome {
         Outcome::NotSent => (BankReply::NotSent, None),
         Outcome::Answered(reply) => {
@@ -73,7 +83,7 @@ async fn send(
 
 /// Why an exchange with a bank could not begin (answered `91`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// The bank's circuit breaker is open (or its single probe is out).
     Breaker,
     /// Every STAN is in flight.
@@ -87,7 +97,7 @@ pub enum Refused {
 /// request was refused, could not be recorded, or its task ended), it gives the STAN and
 /// the probe back. So no caller does this bookkeeping by hand, and none can forget it.
 #[derive(Debug)]
-pub struct BankExchange {
+pub(crate) struct BankExchange {
     bank: Bank,
     stan: u32,
     /// The clock the breaker was asked with, when it was.
@@ -99,14 +109,25 @@ pub struct BankExchange {
 impl BankExchange {
     /// Begins an exchange the breaker must allow (a request the bank answers: a
     /// purchase, pre-authorisation or refund): `Refused::Breaker` while it is open.
-    pub fn gated(bank: &Bank, clock: Arc<dyn Clock>) -> Result<BankExchange, Refused> {
-        if !bank.allow(clock.mono()) {
+    pub(crate) fn gated(bank: &Bank, clock: Arc<dyn Clock>) -> Result<BankExchange, Refused> {
+        let now = clock.mono();
+        Self::gated_at(bank, clock, now)
+    }
+
+    /// [`BankExchange::gated`] with the breaker asked at `now` (the clock's monotonic
+    /// reading the caller took).
+    pub(crate) fn gated_at(
+        bank: &Bank,
+        clock: Arc<dyn Clock>,
+        now: Instant,
+    ) -> Result<BankExchange, Refused> {
+        if !bank.allow(now) {
             return Err(Refused::Breaker);
         }
         let stan = match bank.stans.allocate() {
             Ok(stan) => stan,
             Err(_) => {
-                bank.abandon(clock.mono());
+                bank.abandon(now);
                 return Err(Refused::Stans);
             }
         };
@@ -120,7 +141,7 @@ impl BankExchange {
 
     /// Begins an exchange the breaker does not gate (store and forward, inquiries, a
     /// completion's number).
-    pub fn ungated(bank: &Bank) -> Result<BankExchange, Refused> {
+    pub(crate) fn ungated(bank: &Bank) -> Result<BankExchange, Refused> {
         let stan = bank.stans.allocate().map_err(|_| Refused::Stans)?;
         Ok(BankExchange {
             bank: bank.clone(),
@@ -131,19 +152,19 @@ impl BankExchange {
     }
 
     /// The exchange's STAN (DE11 at the bank).
-    pub fn stan(&self) -> u32 {
+    pub(crate) fn stan(&self) -> u32 {
         self.stan
     }
 
     /// The bank it is with.
-    pub fn bank(&self) -> &Bank {
+    pub(crate) fn bank(&self) -> &Bank {
         &self.bank
     }
 
     /// Sends the request as [`send`] does (keyed by `match_stan`, the exchange's STAN
     /// unless the message carries another: an advice's first send), records the outcome
     /// with the breaker when it gates this exchange, and frees the STAN.
-    pub async fn send(
+    pub(crate) async fn send(
         mut self,
         class: u8,
         match_stan: u32,
@@ -259,5 +280,15 @@ mod tests {
         assert_eq!(reply(&answer(None)), (BankReply::Unknown, None));
         assert_eq!(reply(&Outcome::TimedOut), (BankReply::Unknown, None));
         assert_eq!(reply(&Outcome::NotSent), (BankReply::NotSent, None));
+    }
+
+    // Proves DE90 to the bank carries the original's MTI, STAN and DE7 to the bank and
+    // the acquirer id in 11 digits.
+    #[test]
+    fn de90_to_the_bank() {
+        assert_eq!(
+            bank_de90("0200", "000042", "1126065301", "123456"),
+            format!("0200000042112606530100000123456{}", "0".repeat(11))
+        );
     }
 }

@@ -13,10 +13,10 @@ use codec::{Message, tlv};
 use ring::digest::{SHA256, digest};
 
 /// The elements compared, in order (DE48 is compared by its `OR` sub-element only).
-pub const COMPARED_ELEMENTS: [u8; 6] = [2, 3, 4, 14, 49, 90];
+pub(crate) const COMPARED_ELEMENTS: [u8; 6] = [2, 3, 4, 14, 49, 90];
 
 /// Bytes of the SHA-256 kept: 128 bits, far beyond any accidental collision.
-pub const DIGEST_LEN: usize = 16;
+pub(crate) const DIGEST_LEN: usize = 16;
 
 /// The content digest of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,7 +71,7 @@ impl ContentDigest {
 /// Whether a request with digest `ours` may be answered as the one remembered with
 /// `remembered`. A memory without a digest (written before digests were kept, or a rate
 /// limit refusal stored by Redis itself) cannot tell, and counts as the same request.
-pub fn same_request(remembered: Option<ContentDigest>, ours: ContentDigest) -> bool {
+pub(crate) fn same_request(remembered: Option<ContentDigest>, ours: ContentDigest) -> bool {
     remembered.is_none_or(|r| r == ours)
 }
 

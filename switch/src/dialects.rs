@@ -13,7 +13,9 @@ pub enum DialectLoadError {
 }
 
 /// Built-in dialects plus those in `files` (TOML, or JSON by extension).
-pub fn load(files: &[PathBuf]) -> Result<HashMap<String, &'static Dialect>, DialectLoadError> {
+pub(crate) fn load(
+    files: &[PathBuf],
+) -> Result<HashMap<String, &'static Dialect>, DialectLoadError> {
     let mut all: HashMap<String, &'static Dialect> = codec::builtin::names()
         .filter_map(|n| codec::builtin::get(n).map(|d| (n.to_string(), d)))
         .collect();

@@ -9,7 +9,7 @@ use bank_links::{Bank, Outcome};
 use codec::{Message, MessageBuilder, Mti, tlv};
 use tokio_util::sync::CancellationToken;
 
-use crate::payments::bank_de90;
+use crate::bank_io::bank_de90;
 use crate::store::{Store, StoreError};
 
 /// How often a worker looks for transactions to ask about.

@@ -21,7 +21,7 @@ const INPUT_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// ISO 8583 tools: decode, encode, list and print dialects.
 #[derive(clap::Args, Debug)]
-pub struct Iso8583Args {
+pub(crate) struct Iso8583Args {
     #[command(subcommand)]
     command: Iso8583Command,
 }
@@ -90,7 +90,7 @@ struct EncodeArgs {
 
 /// Runs one `switchyard iso8583` command, reading standard input and writing standard
 /// output.
-pub fn run(args: Iso8583Args) -> Result<()> {
+pub(crate) fn run(args: Iso8583Args) -> Result<()> {
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     execute(args, &mut stdin.lock(), &mut stdout.lock())

@@ -10,27 +10,13 @@
 
 use crate::store::{Store, StoreError};
 
-/// One broken invariant: the rule's name (e.g. `posting-balances`) and what breaks it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub rule: &'static str,
-    pub detail: String,
-}
+// The store's reports; their old paths stay for callers.
+pub use crate::store::{Total, Violation};
 
 /// Checks every invariant; the violations found (empty when the ledger is sound), at
 /// most ten per rule.
 pub async fn check(store: &dyn Store) -> Result<Vec<Violation>, StoreError> {
     store.ledger_violations().await
-}
-
-/// One line of a balance or settlement report.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Total {
-    pub business_day: String,
-    pub account: String,
-    pub currency: i16,
-    pub postings: i64,
-    pub amount_minor: i64,
 }
 
 /// Totals per business day, account and currency (the settlement report), optionally

@@ -1,78 +1,118 @@
 //! The Switchyard switch: merchant sessions to bank links, durable and idempotent.
 //!
-//! - [`advices`]: bank-initiated advices: what each does, acknowledged once recorded.
-//! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
-//! - [`backoffice`], [`backoffice_ops`], [`refund_desk`]: the back office's accounts,
-//!   refunds, captures, voids, store-and-forward queue and API keys.
-//! - [`reference`], [`overview`]: the back office's routes, links, settlement totals and
-//!   balances; the console overview's figures from the metrics registry.
-//! - [`bank_io`]: sending the switch's own requests to a bank.
-//! - [`config`]: the TOML file with environment overrides, checked before any port is bound.
-//! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and shutdown.
-//! - [`server`], [`session`], [`quic`]: merchant listeners (TCP, TLS, QUIC) and connections.
-//! - [`engine`]: the request path, ordering the contract's checks.
-//! - [`checks`]: the checks as plain functions; response codes.
-//! - [`answer`]: answers, their Redis form, and response messages.
+//! Modules in five groups. The request path, the workers and the back office use the
+//! store; the store uses only plain types and decisions (`checks`, `lifecycle`,
+//! `answer`, `content`, `crypto`), `db` and `metrics`, never the engine, a worker or the
+//! back office: no import circles (issue 10). Only what other crates (the binary,
+//! `sim/`, `tests/`) use is `pub`.
+//!
+//! **The request path: a merchant's message to its answer**
+//!
+//! - [`server`]: merchant listeners (TCP, TLS) within the connection limits.
+//! - [`session`]: a merchant connection: frames in, a task per request, answers out.
+//! - [`quic`]: merchant connections over QUIC.
+//! - [`engine`]: the request path, ordering the contract's checks;
+//!   [`engine::payments`]: completion, refund, reversal and status.
+//! - [`checks`]: the contract's checks as plain functions; response codes.
+//! - [`content`]: the content digest that tells a retransmission from a reused
+//!   identity.
 //! - [`limiter`]: Redis: idempotency claim, rate limit and card velocity in one script.
-//! - [`replays`]: recorded answers copied to Redis in batches, off the request path.
-//! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
 //! - [`inflight`]: requests in flight on this instance, for retransmissions.
-//! - [`content`]: the content digest that tells a retransmission from a reused identity.
-//! - [`store`]: the one owner of durable state (transactions, postings, the
-//!   store-and-forward queue, bank advices, in-doubt rows, notifications) behind the
-//!   [`store::Store`] trait; [`store::PgStore`] in PostgreSQL, with the group-committed
-//!   [`store::journal`] for the hot path. Nothing else writes SQL about them.
-//! - [`ledger`]: the double-entry ledger: checks, balances, settlement totals.
-//! - [`lifecycle`]: the transaction state machine: what may follow what, and each step's
-//!   effect as a plain [`lifecycle::Transition`] the store applies.
-//! - [`notify`]: notifications (0620) to merchants: stored, delivered, repeated until 0630.
-//! - [`payments`]: completion, refund, reversal and status on the request path.
-//! - [`reversals`]: the store-and-forward workers (reversals and completion advices).
-//! - [`clock`]: the clock the request path reads (system, or virtual in the simulation).
-//! - [`mem`]: the store and the claims in memory, for the seeded simulation (`sim/`).
 //! - [`routing`]: BIN ranges to banks.
 //! - [`merchants`]: merchant records and their in-memory table.
-//! - [`metrics`]: Prometheus metrics.
+//! - [`bank_io`]: a request to a bank: the exchange that owns the breaker's admission
+//!   and the STAN; reading replies.
+//! - [`lifecycle`]: the transaction state machine: what may follow what, each step's
+//!   effect as a plain [`lifecycle::Transition`], bank advices' effect.
+//! - [`answer`]: answers, their Redis form, and response messages.
 //! - [`crypto`]: sealing MAC keys and card data; the card-number hash.
-//! - [`lease`]: this instance's lease in PostgreSQL; takeover of instances that never return.
-//! - [`ids`]: transaction ids (from blocks the store reserves) and RRNs.
-//! - [`db`], [`dialects`]: the PostgreSQL pool and migrations; dialect loading.
+//! - [`ids`]: transaction ids (from blocks the store reserves).
+//! - [`clock`]: the clock the request path reads (system, or virtual in the
+//!   simulation).
+//!
+//! **The store: durable state**
+//!
+//! - [`store`]: the one owner of durable state behind the [`store::Store`] trait;
+//!   [`store::PgStore`] in PostgreSQL with the group-committed [`store::journal`].
+//!   Nothing else writes SQL about it.
+//! - [`ledger`]: the double-entry ledger: checks, balances, settlement totals.
+//! - [`mem`]: the store and the claims in memory, for the seeded simulation (`sim/`).
+//! - [`db`]: the PostgreSQL pool and migrations.
+//!
+//! **Workers beside the request path**
+//!
+//! - [`reversals`]: the store-and-forward workers (reversals and completion advices).
+//! - [`inquiry`]: status inquiries to banks about unknown outcomes, at a bounded rate.
+//! - [`notify`]: notifications (0620) to merchants, repeated until 0630.
+//! - [`advices`]: bank-initiated advices, acknowledged once recorded.
+//! - [`replays`]: recorded answers copied to Redis in batches.
+//! - [`lease`]: this instance's lease; takeover of instances that never return.
+//!
+//! **The back office**
+//!
+//! - [`admin`]: the switch behind the admin HTTP surface; the gauge sampler.
+//! - [`backoffice`]: the back office's accounts, refunds, captures and voids.
+//! - [`backoffice_ops`]: the store-and-forward queue and API keys.
+//! - [`refund_desk`]: refund requests and their approval.
+//! - [`accounts`]: back-office users and passwords.
+//! - [`reference`]: routes, links, settlement totals and balances.
+//! - [`overview`]: the console overview's figures from the metrics registry.
+//!
+//! **Start-up**
+//!
+//! - [`app`]: start-up (migrations, reference data, recovery, links, listeners) and
+//!   shutdown.
+//! - [`config`]: the TOML file with environment overrides, checked before any port is
+//!   bound.
+//! - [`dialects`]: dialect loading.
+//! - [`metrics`]: Prometheus metrics.
 
-pub mod accounts;
-pub mod admin;
-pub mod advices;
-pub mod answer;
-pub mod app;
-pub mod backoffice;
-pub mod backoffice_ops;
-pub mod bank_io;
+// The request path: a merchant's message to its answer.
+pub(crate) mod answer;
+pub(crate) mod bank_io;
 pub mod checks;
 pub mod clock;
-pub mod config;
-pub mod content;
+pub(crate) mod content;
 pub mod crypto;
-pub mod db;
-pub mod dialects;
 pub mod engine;
 pub mod ids;
 pub mod inflight;
-pub mod inquiry;
-pub mod lease;
-pub mod ledger;
 pub mod lifecycle;
 pub mod limiter;
-pub mod mem;
 pub mod merchants;
-pub mod metrics;
+pub(crate) mod quic;
+pub mod routing;
+pub(crate) mod server;
+pub(crate) mod session;
+
+// The store: durable state.
+pub mod db;
+pub mod ledger;
+pub mod mem;
+pub mod store;
+
+// Workers beside the request path.
+pub mod advices;
+pub mod inquiry;
+pub mod lease;
 pub mod notify;
-pub mod overview;
-pub mod payments;
-pub mod quic;
-pub mod reference;
-pub mod refund_desk;
 pub mod replays;
 pub mod reversals;
-pub mod routing;
-pub mod server;
-pub mod session;
-pub mod store;
+
+// The back office.
+pub mod accounts;
+pub(crate) mod admin;
+pub mod backoffice;
+pub mod backoffice_ops;
+pub(crate) mod overview;
+pub mod reference;
+pub mod refund_desk;
+
+// Start-up.
+pub mod app;
+pub mod config;
+pub(crate) mod dialects;
+pub mod metrics;
+// The old path of the request path's lifecycle messages (the back office's refund desk
+// reads a limit there).
+pub use engine::payments;

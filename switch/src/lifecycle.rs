@@ -371,6 +371,14 @@ pub struct Verdict {
     pub rc: Rc,
 }
 
+impl Verdict {
+    /// Whether the bank may hold what it was asked although the switch does not know:
+    /// a reversal must follow (the row is `reversing`).
+    pub fn needs_reversal(&self) -> bool {
+        self.state == State::Reversing
+    }
+}
+
 /// What a request to a bank came to, as the verdicts read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BankReply {
@@ -626,6 +634,56 @@ pub fn reversal_confirmed(kind: Kind, payment: &Payment, amount_minor: u64) -> R
     };
     debug_assert!(payment.after(&change).refunds_within_captured());
     change
+}
+
+// Bank advices (0420/0421: the bank reversed a transaction on its own); recorded and
+// applied by the store, see crate::advices.
+
+/// What an advice did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdviceEffect {
+    /// Seen before: acknowledged again, nothing applied.
+    Duplicate,
+    /// The named transaction's own outcome is not recorded yet: nothing is recorded and
+    /// the advice is not acknowledged, so the bank repeats it once it can be applied.
+    Deferred,
+    /// The named transaction is now reversed.
+    Reversed,
+    /// Recorded; the transaction was already reversed, or is unknown, or the advice is
+    /// of a kind that changes nothing here.
+    Recorded,
+}
+
+impl AdviceEffect {
+    /// The `effect` recorded with the advice, and its name in logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AdviceEffect::Duplicate => "duplicate",
+            AdviceEffect::Reversed => "reversed",
+            AdviceEffect::Recorded => "recorded",
+            AdviceEffect::Deferred => "deferred",
+        }
+    }
+}
+
+/// Whether a reversal advice may apply to a row in `state`: something the bank approved
+/// (or whose outcome is unknown) can be reversed; anything else is left as it is.
+pub fn reversible(state: State) -> bool {
+    matches!(state, State::Approved | State::Reversing)
+}
+
+/// What an advice of MTI class `class` does to the transaction it names (its state
+/// and kind; `None` when it names none we know), before duplicates are considered. Only
+/// whole payments (purchases, pre-authorisations) are reversed by an advice; a bank
+/// reversing a completion or refund on its own is recorded for an operator.
+pub fn decide(class: u8, named: Option<(State, Kind)>) -> AdviceEffect {
+    match named {
+        Some((State::Authorising, _)) if class == 4 => AdviceEffect::Deferred,
+        Some((state, kind)) if class == 4 && reversible(state) && kind.is_root() => {
+            AdviceEffect::Reversed
+        }
+        _ => AdviceEffect::Recorded,
+    }
 }
 
 #[cfg(test)]
@@ -893,7 +951,7 @@ mod tests {
 
     // Proves a bank's 91 declines an authorisation but leaves a refund unknown, no answer
     // leaves either unknown (reversing, answered 91), and a request never sent is refused
-    // (91, nothing to reverse).
+    // (91, nothing to reverse); only the unknown one needs a reversal.
     #[test]
     fn verdicts() {
         let unknown = Verdict {
@@ -916,6 +974,8 @@ mod tests {
             "never sent"
         );
         assert_eq!(refund_verdict(BankReply::NotSent), refused, "never sent");
+        assert!(unknown.needs_reversal() && !refused.needs_reversal());
+        assert!(!authorisation_verdict(BankReply::Answered(Rc::APPROVED)).needs_reversal());
         assert_eq!(
             authorisation_verdict(BankReply::Answered(Rc::ISSUER_DOWN)).state,
             State::Declined
@@ -1058,5 +1118,45 @@ mod tests {
         let c = reversal_confirmed(Kind::Completion, &pending, 400);
         assert!(!pending.after(&c).completion_pending);
         assert!(reversal_confirmed(Kind::Purchase, &purchase(1000), 1000).is_empty());
+    }
+
+    // Proves which states a bank's reversal advice may change.
+    #[test]
+    fn reversible_states() {
+        assert!(reversible(State::Approved));
+        assert!(reversible(State::Reversing));
+        assert!(
+            !reversible(State::Authorising),
+            "its outcome is not known yet"
+        );
+        assert!(!reversible(State::Declined));
+        assert!(!reversible(State::Reversed));
+    }
+
+    // Proves an advice reverses only a whole payment it may change, waits for an
+    // outcome not yet recorded, and is otherwise only recorded.
+    #[test]
+    fn decisions() {
+        let approved = Some((State::Approved, Kind::Purchase));
+        assert_eq!(decide(4, approved), AdviceEffect::Reversed);
+        assert_eq!(
+            decide(4, Some((State::Reversing, Kind::Preauth))),
+            AdviceEffect::Reversed
+        );
+        assert_eq!(
+            decide(4, Some((State::Authorising, Kind::Purchase))),
+            AdviceEffect::Deferred
+        );
+        assert_eq!(
+            decide(4, Some((State::Approved, Kind::Refund))),
+            AdviceEffect::Recorded,
+            "an operator settles it"
+        );
+        assert_eq!(decide(4, None), AdviceEffect::Recorded);
+        assert_eq!(
+            decide(2, approved),
+            AdviceEffect::Recorded,
+            "not a reversal"
+        );
     }
 }

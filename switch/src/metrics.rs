@@ -116,284 +116,294 @@ impl Default for Metrics {
     }
 }
 
-fn hist(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("valid histogram")
+/// Makes metrics from their [`Def`]s and registers each as it is made.
+struct Maker<'r>(&'r Registry);
+
+impl Maker<'_> {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metric names are unique");
+        c
+    }
+
+    fn opts(d: &Def) -> Opts {
+        Opts::new(d.name, d.help)
+    }
+
+    fn counter(&self, d: &Def) -> IntCounter {
+        self.register(IntCounter::with_opts(Self::opts(d)).expect("metric"))
+    }
+
+    fn counter_vec(&self, d: &Def) -> IntCounterVec {
+        self.register(IntCounterVec::new(Self::opts(d), d.labels).expect("metric"))
+    }
+
+    fn gauge(&self, d: &Def) -> IntGauge {
+        self.register(IntGauge::with_opts(Self::opts(d)).expect("metric"))
+    }
+
+    fn gauge_vec(&self, d: &Def) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(Self::opts(d), d.labels).expect("metric"))
+    }
+
+    fn histogram(&self, d: &Def, buckets: &[f64]) -> Histogram {
+        let opts = HistogramOpts::new(d.name, d.help).buckets(buckets.to_vec());
+        self.register(Histogram::with_opts(opts).expect("metric"))
+    }
+
+    fn histogram_vec(&self, d: &Def, buckets: &[f64]) -> HistogramVec {
+        let opts = HistogramOpts::new(d.name, d.help).buckets(buckets.to_vec());
+        self.register(HistogramVec::new(opts, d.labels).expect("metric"))
+    }
 }
+
+/// A metric's name (before the `switchyard_` prefix), help text and labels.
+#[derive(Debug)]
+struct Def {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+// The request path.
+
+const REQUESTS: Def = Def {
+    name: "requests_total",
+    help: "Merchant requests answered, by request MTI and response code",
+    labels: &["mti", "rc"],
+};
+const SWITCH_LATENCY: Def = Def {
+    name: "switch_latency_seconds",
+    help: "Time the switch adds to a request: from its last byte to its answer, less the bank's round trip",
+    labels: &["mti"],
+};
+const IN_FLIGHT: Def = Def {
+    name: "in_flight_requests",
+    help: "Merchant requests being processed",
+    labels: &[],
+};
+const MERCHANT_CONNECTIONS: Def = Def {
+    name: "merchant_connections",
+    help: "Open merchant connections",
+    labels: &[],
+};
+const IDEMPOTENCY_REPLAYS: Def = Def {
+    name: "idempotency_replays_total",
+    help: "Retransmissions answered from the record",
+    labels: &[],
+};
+const RATE_LIMIT_REFUSALS: Def = Def {
+    name: "rate_limit_refusals_total",
+    help: "Requests refused with 65, by rule",
+    labels: &["rule"],
+};
+const MERCHANT_MAC_FAILURES: Def = Def {
+    name: "merchant_mac_failures_total",
+    help: "Merchant requests refused for their MAC (a security signal), by reason",
+    labels: &["reason"],
+};
+const REDIS_OUTAGE_REQUESTS: Def = Def {
+    name: "redis_outage_requests_total",
+    help: "Requests handled while Redis was unreachable, by what became of the limits",
+    labels: &["limits"],
+};
+
+// Banks and their links.
+
+const BANK_ROUND_TRIP: Def = Def {
+    name: "bank_round_trip_seconds",
+    help: "Bank round trip of a request",
+    labels: &["bank"],
+};
+const LINK_STATE: Def = Def {
+    name: "bank_link_state",
+    help: "1 for the state each bank link is in",
+    labels: &["link", "state"],
+};
+const LINK_IN_FLIGHT: Def = Def {
+    name: "bank_link_in_flight",
+    help: "Requests in flight on a bank link",
+    labels: &["link"],
+};
+const LINK_QUEUE_DEPTH: Def = Def {
+    name: "bank_link_queue_depth",
+    help: "Requests and answers queued for a bank link's task",
+    labels: &["link"],
+};
+const BANK_TIMEOUTS: Def = Def {
+    name: "bank_timeouts_total",
+    help: "Bank requests without an answer",
+    labels: &["bank"],
+};
+const LATE_ANSWERS: Def = Def {
+    name: "bank_late_answers_total",
+    help: "Bank answers that came after their request was resolved",
+    labels: &["link"],
+};
+const BANK_MAC_FAILURES: Def = Def {
+    name: "bank_mac_failures_total",
+    help: "Bank messages dropped because their MAC was missing or wrong",
+    labels: &["bank"],
+};
+
+// Store and forward, notifications, leases.
+
+const REVERSALS_EXPIRED: Def = Def {
+    name: "reversals_expired_total",
+    help: "Reversals and advices given up unacknowledged after reversal_max_age_ms",
+    labels: &["bank"],
+};
+const REVERSALS_PENDING: Def = Def {
+    name: "reversals_pending",
+    help: "Reversals stored and not yet acknowledged",
+    labels: &["bank"],
+};
+const REVERSALS_OLDEST_AGE: Def = Def {
+    name: "reversals_oldest_age_seconds",
+    help: "Age of the oldest unacknowledged reversal",
+    labels: &["bank"],
+};
+const NOTIFICATIONS_PENDING: Def = Def {
+    name: "notifications_pending",
+    help: "Merchant notifications (0620) stored and not yet acknowledged (0630)",
+    labels: &[],
+};
+const NOTIFICATIONS_OLDEST_AGE: Def = Def {
+    name: "notifications_oldest_age_seconds",
+    help: "Age of the oldest unacknowledged merchant notification (0 when none)",
+    labels: &[],
+};
+const LEASE_TAKEOVERS: Def = Def {
+    name: "lease_takeovers_total",
+    help: "Instances taken over by this one after their lease expired",
+    labels: &[],
+};
+
+// The journal, PostgreSQL and Redis.
+
+const JOURNAL_BATCH_SIZE: Def = Def {
+    name: "journal_batch_size",
+    help: "Records written in one journal commit",
+    labels: &[],
+};
+const JOURNAL_COMMIT: Def = Def {
+    name: "journal_commit_seconds",
+    help: "Time of one journal commit",
+    labels: &[],
+};
+const JOURNAL_FAILURES: Def = Def {
+    name: "journal_failures_total",
+    help: "Journal batches that could not be written",
+    labels: &[],
+};
+const POSTGRES_PROBE: Def = Def {
+    name: "postgres_probe_seconds",
+    help: "Time of the periodic probe query (SELECT 1 on a pooled connection)",
+    labels: &[],
+};
+const POSTGRES_PROBE_FAILURES: Def = Def {
+    name: "postgres_probe_failures_total",
+    help: "Probe queries that failed or found no connection",
+    labels: &[],
+};
+const POOL_CONNECTIONS: Def = Def {
+    name: "postgres_pool_connections",
+    help: "PostgreSQL connections of the request pool, by state (idle, in_use)",
+    labels: &["state"],
+};
+const POOL_MAX: Def = Def {
+    name: "postgres_pool_max_connections",
+    help: "The request pool's size limit (database.pool_size)",
+    labels: &[],
+};
+const POOL_WAITING: Def = Def {
+    name: "postgres_pool_waiting",
+    help: "Tasks waiting for a PostgreSQL connection of the request pool",
+    labels: &[],
+};
+const REDIS_LATENCY: Def = Def {
+    name: "redis_seconds",
+    help: "Time of one Redis call",
+    labels: &[],
+};
+const REDIS_ERRORS: Def = Def {
+    name: "redis_errors_total",
+    help: "Redis calls that failed or timed out",
+    labels: &[],
+};
+
+// The admin surface and the build.
+
+const ADMIN_AUTH_FAILURES: Def = Def {
+    name: "admin_auth_failures_total",
+    help: "Admin HTTP requests refused 401 (unauthenticated) or 403 (forbidden)",
+    labels: &["reason"],
+};
+const ADMIN_LOGINS: Def = Def {
+    name: "admin_logins_total",
+    help: "Back-office login attempts: success, failure (bad password or code), locked (refused while locked)",
+    labels: &["outcome"],
+};
+const ADMIN_NEW_ADDRESS_LOGINS: Def = Def {
+    name: "admin_new_address_logins_total",
+    help: "Back-office logins from an address not seen before for that account",
+    labels: &[],
+};
+const BUILD_INFO: Def = Def {
+    name: "build_info",
+    help: "Always 1; the labels say which build this instance runs",
+    labels: &["version", "profile"],
+};
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let r = Registry::new_custom(Some("switchyard".into()), None).expect("registry");
+        let registry = Registry::new_custom(Some("switchyard".into()), None).expect("registry");
+        let mk = Maker(&registry);
         let m = Metrics {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "requests_total",
-                    "Merchant requests answered, by request MTI and response code",
-                ),
-                &["mti", "rc"],
-            )
-            .expect("metric"),
-            switch_latency: hist(
-                "switch_latency_seconds",
-                "Time the switch adds to a request: from its last byte to its answer, less the bank's round trip",
-                &["mti"],
-                &LATENCY_BUCKETS_S,
-            ),
-            bank_round_trip: hist(
-                "bank_round_trip_seconds",
-                "Bank round trip of a request",
-                &["bank"],
-                &LATENCY_BUCKETS_S,
-            ),
-            in_flight: IntGauge::new("in_flight_requests", "Merchant requests being processed")
-                .expect("metric"),
-            merchant_connections: IntGauge::new(
-                "merchant_connections",
-                "Open merchant connections",
-            )
-            .expect("metric"),
-            link_state: IntGaugeVec::new(
-                Opts::new("bank_link_state", "1 for the state each bank link is in"),
-                &["link", "state"],
-            )
-            .expect("metric"),
-            link_in_flight: IntGaugeVec::new(
-                Opts::new("bank_link_in_flight", "Requests in flight on a bank link"),
-                &["link"],
-            )
-            .expect("metric"),
-            link_queue_depth: IntGaugeVec::new(
-                Opts::new(
-                    "bank_link_queue_depth",
-                    "Requests and answers queued for a bank link's task",
-                ),
-                &["link"],
-            )
-            .expect("metric"),
-            reversals_expired: IntCounterVec::new(
-                Opts::new(
-                    "reversals_expired_total",
-                    "Reversals and advices given up unacknowledged after reversal_max_age_ms",
-                ),
-                &["bank"],
-            )
-            .expect("metric"),
-            reversals_pending: IntGaugeVec::new(
-                Opts::new(
-                    "reversals_pending",
-                    "Reversals stored and not yet acknowledged",
-                ),
-                &["bank"],
-            )
-            .expect("metric"),
-            reversals_oldest_age: IntGaugeVec::new(
-                Opts::new(
-                    "reversals_oldest_age_seconds",
-                    "Age of the oldest unacknowledged reversal",
-                ),
-                &["bank"],
-            )
-            .expect("metric"),
-            journal_batch_size: Histogram::with_opts(
-                HistogramOpts::new(
-                    "journal_batch_size",
-                    "Records written in one journal commit",
-                )
-                .buckets(BATCH_BUCKETS.to_vec()),
-            )
-            .expect("metric"),
-            journal_commit: Histogram::with_opts(
-                HistogramOpts::new("journal_commit_seconds", "Time of one journal commit")
-                    .buckets(LATENCY_BUCKETS_S.to_vec()),
-            )
-            .expect("metric"),
-            journal_failures: IntCounter::new(
-                "journal_failures_total",
-                "Journal batches that could not be written",
-            )
-            .expect("metric"),
-            redis_latency: Histogram::with_opts(
-                HistogramOpts::new("redis_seconds", "Time of one Redis call")
-                    .buckets(LATENCY_BUCKETS_S.to_vec()),
-            )
-            .expect("metric"),
-            redis_errors: IntCounter::new(
-                "redis_errors_total",
-                "Redis calls that failed or timed out",
-            )
-            .expect("metric"),
-            lease_takeovers: IntCounter::new(
-                "lease_takeovers_total",
-                "Instances taken over by this one after their lease expired",
-            )
-            .expect("metric"),
-            redis_outage_requests: IntCounterVec::new(
-                Opts::new(
-                    "redis_outage_requests_total",
-                    "Requests handled while Redis was unreachable, by what became of the limits",
-                ),
-                &["limits"],
-            )
-            .expect("metric"),
-            idempotency_replays: IntCounter::new(
-                "idempotency_replays_total",
-                "Retransmissions answered from the record",
-            )
-            .expect("metric"),
-            rate_limit_refusals: IntCounterVec::new(
-                Opts::new(
-                    "rate_limit_refusals_total",
-                    "Requests refused with 65, by rule",
-                ),
-                &["rule"],
-            )
-            .expect("metric"),
-            bank_timeouts: IntCounterVec::new(
-                Opts::new("bank_timeouts_total", "Bank requests without an answer"),
-                &["bank"],
-            )
-            .expect("metric"),
-            late_answers: IntCounterVec::new(
-                Opts::new(
-                    "bank_late_answers_total",
-                    "Bank answers that came after their request was resolved",
-                ),
-                &["link"],
-            )
-            .expect("metric"),
-            merchant_mac_failures: IntCounterVec::new(
-                Opts::new(
-                    "merchant_mac_failures_total",
-                    "Merchant requests refused for their MAC (a security signal), by reason",
-                ),
-                &["reason"],
-            )
-            .expect("metric"),
-            admin_auth_failures: IntCounterVec::new(
-                Opts::new(
-                    "admin_auth_failures_total",
-                    "Admin HTTP requests refused 401 (unauthenticated) or 403 (forbidden)",
-                ),
-                &["reason"],
-            )
-            .expect("metric"),
-            admin_logins: IntCounterVec::new(
-                Opts::new(
-                    "admin_logins_total",
-                    "Back-office login attempts: success, failure (bad password or code), locked (refused while locked)",
-                ),
-                &["outcome"],
-            )
-            .expect("metric"),
-            admin_new_address_logins: IntCounter::new(
-                "admin_new_address_logins_total",
-                "Back-office logins from an address not seen before for that account",
-            )
-            .expect("metric"),
-            notifications_pending: IntGauge::new(
-                "notifications_pending",
-                "Merchant notifications (0620) stored and not yet acknowledged (0630)",
-            )
-            .expect("metric"),
-            notifications_oldest_age: IntGauge::new(
-                "notifications_oldest_age_seconds",
-                "Age of the oldest unacknowledged merchant notification (0 when none)",
-            )
-            .expect("metric"),
-            pool_connections: IntGaugeVec::new(
-                Opts::new(
-                    "postgres_pool_connections",
-                    "PostgreSQL connections of the request pool, by state (idle, in_use)",
-                ),
-                &["state"],
-            )
-            .expect("metric"),
-            pool_max: IntGauge::new(
-                "postgres_pool_max_connections",
-                "The request pool's size limit (database.pool_size)",
-            )
-            .expect("metric"),
-            pool_waiting: IntGauge::new(
-                "postgres_pool_waiting",
-                "Tasks waiting for a PostgreSQL connection of the request pool",
-            )
-            .expect("metric"),
-            postgres_probe: Histogram::with_opts(
-                HistogramOpts::new(
-                    "postgres_probe_seconds",
-                    "Time of the periodic probe query (SELECT 1 on a pooled connection)",
-                )
-                .buckets(LATENCY_BUCKETS_S.to_vec()),
-            )
-            .expect("metric"),
-            postgres_probe_failures: IntCounter::new(
-                "postgres_probe_failures_total",
-                "Probe queries that failed or found no connection",
-            )
-            .expect("metric"),
-            build_info: IntGaugeVec::new(
-                Opts::new(
-                    "build_info",
-                    "Always 1; the labels say which build this instance runs",
-                ),
-                &["version", "profile"],
-            )
-            .expect("metric"),
+            // The request path.
+            requests: mk.counter_vec(&REQUESTS),
+            switch_latency: mk.histogram_vec(&SWITCH_LATENCY, &LATENCY_BUCKETS_S),
+            in_flight: mk.gauge(&IN_FLIGHT),
+            merchant_connections: mk.gauge(&MERCHANT_CONNECTIONS),
+            idempotency_replays: mk.counter(&IDEMPOTENCY_REPLAYS),
+            rate_limit_refusals: mk.counter_vec(&RATE_LIMIT_REFUSALS),
+            merchant_mac_failures: mk.counter_vec(&MERCHANT_MAC_FAILURES),
+            redis_outage_requests: mk.counter_vec(&REDIS_OUTAGE_REQUESTS),
+            // Banks and their links.
+            bank_round_trip: mk.histogram_vec(&BANK_ROUND_TRIP, &LATENCY_BUCKETS_S),
+            link_state: mk.gauge_vec(&LINK_STATE),
+            link_in_flight: mk.gauge_vec(&LINK_IN_FLIGHT),
+            link_queue_depth: mk.gauge_vec(&LINK_QUEUE_DEPTH),
+            bank_timeouts: mk.counter_vec(&BANK_TIMEOUTS),
+            late_answers: mk.counter_vec(&LATE_ANSWERS),
+            bank_mac_failures: mk.counter_vec(&BANK_MAC_FAILURES),
+            // Store and forward, notifications, leases.
+            reversals_expired: mk.counter_vec(&REVERSALS_EXPIRED),
+            reversals_pending: mk.gauge_vec(&REVERSALS_PENDING),
+            reversals_oldest_age: mk.gauge_vec(&REVERSALS_OLDEST_AGE),
+            notifications_pending: mk.gauge(&NOTIFICATIONS_PENDING),
+            notifications_oldest_age: mk.gauge(&NOTIFICATIONS_OLDEST_AGE),
+            lease_takeovers: mk.counter(&LEASE_TAKEOVERS),
+            // The journal, PostgreSQL and Redis.
+            journal_batch_size: mk.histogram(&JOURNAL_BATCH_SIZE, &BATCH_BUCKETS),
+            journal_commit: mk.histogram(&JOURNAL_COMMIT, &LATENCY_BUCKETS_S),
+            journal_failures: mk.counter(&JOURNAL_FAILURES),
+            postgres_probe: mk.histogram(&POSTGRES_PROBE, &LATENCY_BUCKETS_S),
+            postgres_probe_failures: mk.counter(&POSTGRES_PROBE_FAILURES),
+            pool_connections: mk.gauge_vec(&POOL_CONNECTIONS),
+            pool_max: mk.gauge(&POOL_MAX),
+            pool_waiting: mk.gauge(&POOL_WAITING),
+            redis_latency: mk.histogram(&REDIS_LATENCY, &LATENCY_BUCKETS_S),
+            redis_errors: mk.counter(&REDIS_ERRORS),
+            // The admin surface and the build.
+            admin_auth_failures: mk.counter_vec(&ADMIN_AUTH_FAILURES),
+            admin_logins: mk.counter_vec(&ADMIN_LOGINS),
+            admin_new_address_logins: mk.counter(&ADMIN_NEW_ADDRESS_LOGINS),
+            build_info: mk.gauge_vec(&BUILD_INFO),
             process: process_registry(),
-            bank_mac_failures: IntCounterVec::new(
-                Opts::new(
-                    "bank_mac_failures_total",
-                    "Bank messages dropped because their MAC was missing or wrong",
-                ),
-                &["bank"],
-            )
-            .expect("metric"),
-            registry: r,
+            registry,
         };
-        let reg = &m.registry;
-        let all: Vec<Box<dyn prometheus::core::Collector>> = vec![
-            Box::new(m.requests.clone()),
-            Box::new(m.switch_latency.clone()),
-            Box::new(m.bank_round_trip.clone()),
-            Box::new(m.in_flight.clone()),
-            Box::new(m.merchant_connections.clone()),
-            Box::new(m.link_state.clone()),
-            Box::new(m.link_in_flight.clone()),
-            Box::new(m.link_queue_depth.clone()),
-            Box::new(m.reversals_pending.clone()),
-            Box::new(m.reversals_expired.clone()),
-            Box::new(m.reversals_oldest_age.clone()),
-            Box::new(m.journal_batch_size.clone()),
-            Box::new(m.journal_commit.clone()),
-            Box::new(m.journal_failures.clone()),
-            Box::new(m.redis_latency.clone()),
-            Box::new(m.redis_errors.clone()),
-            Box::new(m.redis_outage_requests.clone()),
-            Box::new(m.lease_takeovers.clone()),
-            Box::new(m.idempotency_replays.clone()),
-            Box::new(m.rate_limit_refusals.clone()),
-            Box::new(m.bank_timeouts.clone()),
-            Box::new(m.late_answers.clone()),
-            Box::new(m.merchant_mac_failures.clone()),
-            Box::new(m.admin_auth_failures.clone()),
-            Box::new(m.admin_logins.clone()),
-            Box::new(m.admin_new_address_logins.clone()),
-            Box::new(m.notifications_pending.clone()),
-            Box::new(m.notifications_oldest_age.clone()),
-            Box::new(m.pool_connections.clone()),
-            Box::new(m.pool_max.clone()),
-            Box::new(m.pool_waiting.clone()),
-            Box::new(m.postgres_probe.clone()),
-            Box::new(m.postgres_probe_failures.clone()),
-            Box::new(m.build_info.clone()),
-            Box::new(m.bank_mac_failures.clone()),
-        ];
-        for c in all {
-            reg.register(c).expect("metric names are unique");
-        }
         m.init_fixed_labels();
         m
     }

@@ -13,64 +13,17 @@ use codec::{EncodeError, MacKey, Message, MessageBuilder, Mti, tlv};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::checks::Kind;
 use crate::merchants::Merchants;
 use crate::store::{Notification, Store, StoreError};
+
+// What a notification says and when it is repeated are the store's (it schedules the
+// repeats); their old paths stay for callers.
+pub use crate::store::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS, retry_ms};
 
 /// Notifications sent per merchant per round at most.
 pub const NOTIFY_BATCH_MAX: i64 = 100;
 /// The notifier looks for due notifications at least this often.
 pub const NOTIFY_POLL_MS: u64 = 500;
-/// The first repeat of an unanswered notification comes after this; repeats double up to
-/// [`NOTIFY_RETRY_MAX_MS`].
-pub const NOTIFY_RETRY_MS: u64 = 2_000;
-pub const NOTIFY_RETRY_MAX_MS: u64 = 60_000;
-
-/// What a notification tells the merchant of (DE48 `EV`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
-    /// A purchase or pre-authorisation answered `91` is confirmed reversed at the bank.
-    TransactionReversed,
-    /// A refund answered `91` is confirmed reversed.
-    RefundReversed,
-    /// A completion whose outcome was unknown is confirmed reversed.
-    CompletionReversed,
-    /// The bank reversed a payment on its own (an 0420 advice).
-    BankReversed,
-    /// A refund requested in the back office was executed (DE48 `ST` says the payment's
-    /// status after it; a declined refund leaves it unchanged).
-    BackOfficeRefund,
-    /// A capture (completion) requested in the back office was executed.
-    BackOfficeCapture,
-    /// A void (reversal) requested in the back office was executed.
-    BackOfficeVoid,
-}
-
-impl Event {
-    /// The event as DE48 `EV` carries it.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Event::TransactionReversed => "TRANSACTION_REVERSED",
-            Event::RefundReversed => "REFUND_REVERSED",
-            Event::CompletionReversed => "COMPLETION_REVERSED",
-            Event::BankReversed => "BANK_REVERSED",
-            Event::BackOfficeRefund => "BACK_OFFICE_REFUND",
-            Event::BackOfficeCapture => "BACK_OFFICE_CAPTURE",
-            Event::BackOfficeVoid => "BACK_OFFICE_VOID",
-        }
-    }
-
-    /// The event a merchant is told of when a transaction of `kind`, whose outcome was
-    /// unknown, is confirmed reversed at the bank.
-    pub fn reversed(kind: Kind) -> Event {
-        match kind {
-            Kind::Refund => Event::RefundReversed,
-            Kind::Completion => Event::CompletionReversed,
-            _ => Event::TransactionReversed,
-        }
-    }
-}
-
 /// A signed-on connection's way to send.
 #[derive(Debug, Clone)]
 struct Outlet {
@@ -132,15 +85,6 @@ impl Sessions {
             .filter(|o| o.signed_on.load(Ordering::Relaxed))
             .any(|o| o.tx.try_send(msg.clone()).is_ok())
     }
-}
-
-/// The pause before repeat number `attempts` of a notification.
-pub fn retry_ms(attempts: u32) -> u64 {
-    bank_links::Backoff {
-        min_ms: NOTIFY_RETRY_MS,
-        max_ms: NOTIFY_RETRY_MAX_MS,
-    }
-    .delay_ms(attempts)
 }
 
 /// Delivers due notifications to signed-on merchants until shutdown.
@@ -224,30 +168,4 @@ pub async fn acknowledged(
         return Ok(false);
     };
     store.notification_answered(merchant_id, &stan, &de7).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    // Proves repeats back off by doubling and stay bounded.
-    #[test]
-    fn retry_bounded() {
-        assert_eq!(retry_ms(0), 2_000);
-        assert_eq!(retry_ms(3), 16_000);
-        assert_eq!(retry_ms(30), NOTIFY_RETRY_MAX_MS);
-    }
-
-    // Proves each reversed kind names its event, and the events read as the contract
-    // spells them.
-    #[test]
-    fn events() {
-        assert_eq!(Event::reversed(Kind::Refund), Event::RefundReversed);
-        assert_eq!(Event::reversed(Kind::Completion), Event::CompletionReversed);
-        assert_eq!(
-            Event::reversed(Kind::Purchase).as_str(),
-            "TRANSACTION_REVERSED"
-        );
-        assert_eq!(Event::BankReversed.as_str(), "BANK_REVERSED");
-    }
 }

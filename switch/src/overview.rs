@@ -12,11 +12,11 @@ use prometheus::core::Collector;
 use crate::metrics::{LATENCY_BUCKETS_S, Metrics};
 
 /// Samples kept: five minutes at the sampler's one-second interval.
-pub const OVERVIEW_SAMPLES_MAX: usize = 300;
+pub(crate) const OVERVIEW_SAMPLES_MAX: usize = 300;
 
 /// The counters of one moment.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub struct Sample {
+pub(crate) struct Sample {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
     /// Merchant answers so far by response code, over every MTI.
@@ -29,7 +29,7 @@ pub struct Sample {
 }
 
 /// Reads the counters behind the overview from the registry.
-pub fn take(m: &Metrics, at_ms: u64) -> Sample {
+pub(crate) fn take(m: &Metrics, at_ms: u64) -> Sample {
     let mut s = Sample {
         at_ms,
         latency_le: vec![0; LATENCY_BUCKETS_S.len()],
@@ -65,7 +65,7 @@ pub fn take(m: &Metrics, at_ms: u64) -> Sample {
 /// Past the last bound, the last bound.
 // Latency and rates are measurements for a chart, never money: floats are right here.
 #[allow(clippy::float_arithmetic)]
-pub fn quantile_ms(q: f64, bounds_s: &[f64], le: &[u64], total: u64) -> Option<f64> {
+pub(crate) fn quantile_ms(q: f64, bounds_s: &[f64], le: &[u64], total: u64) -> Option<f64> {
     if total == 0 {
         return None;
     }
@@ -90,7 +90,10 @@ pub fn quantile_ms(q: f64, bounds_s: &[f64], le: &[u64], total: u64) -> Option<f
 /// response code (codes with any answer in the window; `00` when there were none), and
 /// latency percentiles.
 #[allow(clippy::float_arithmetic)]
-pub fn series(samples: &[Sample], bounds_s: &[f64]) -> (Vec<u64>, Vec<RcSeries>, LatencySeries) {
+pub(crate) fn series(
+    samples: &[Sample],
+    bounds_s: &[f64],
+) -> (Vec<u64>, Vec<RcSeries>, LatencySeries) {
     let pairs: Vec<(&Sample, &Sample)> = samples.windows(2).map(|w| (&w[0], &w[1])).collect();
     let mut codes: Vec<String> = match (samples.first(), samples.last()) {
         (Some(a), Some(b)) => b
@@ -140,13 +143,13 @@ pub fn series(samples: &[Sample], bounds_s: &[f64]) -> (Vec<u64>, Vec<RcSeries>,
 
 /// The last [`OVERVIEW_SAMPLES_MAX`] samples.
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub(crate) struct Recorder {
     samples: Mutex<VecDeque<Sample>>,
 }
 
 impl Recorder {
     /// Keeps a sample, dropping the oldest beyond the bound.
-    pub fn push(&self, s: Sample) {
+    pub(crate) fn push(&self, s: Sample) {
         let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() == OVERVIEW_SAMPLES_MAX {
             q.pop_front();
@@ -154,7 +157,7 @@ impl Recorder {
         q.push_back(s);
     }
 
-    pub fn snapshot(&self) -> Vec<Sample> {
+    pub(crate) fn snapshot(&self) -> Vec<Sample> {
         let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
         q.iter().cloned().collect()
     }

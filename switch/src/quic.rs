@@ -9,23 +9,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use codec::FrameCodec;
 use futures::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::task::TaskTracker;
 
-use crate::server::{Listening, TlsError};
+use crate::server::TlsError;
+use crate::session::Listening;
 use crate::session::{ConnShared, ConnectionSlot, serve_stream};
 
 /// ALPN of the merchant protocol over QUIC.
-pub const MERCHANT_ALPN: &[u8] = b"switchyard-h2h/1";
+pub(crate) const MERCHANT_ALPN: &[u8] = b"switchyard-h2h/1";
 /// Advices queued for one connection at most; beyond it the notifier tries again later.
-pub const ADVICE_QUEUE_MAX: usize = 64;
+pub(crate) const ADVICE_QUEUE_MAX: usize = 64;
+/// Advice streams of one connection open at once at most (each waits up to
+/// [`ADVICE_ANSWER_WAIT_MS`] for its 0630); an advice beyond it is not sent now, and the
+/// notifier repeats it, as it does every advice not answered.
+pub(crate) const ADVICE_STREAMS_MAX: usize = 64;
 /// How long the switch waits for the 0630 on an advice's stream.
-pub const ADVICE_ANSWER_WAIT_MS: u64 = 30_000;
+pub(crate) const ADVICE_ANSWER_WAIT_MS: u64 = 30_000;
 /// A connection idle this long is closed by QUIC itself.
-pub const QUIC_IDLE_TIMEOUT_MS: u64 = 300_000;
+pub(crate) const QUIC_IDLE_TIMEOUT_MS: u64 = 300_000;
 
 /// A QUIC server endpoint for merchants from PEM files.
-pub fn endpoint(
+pub(crate) fn endpoint(
     addr: std::net::SocketAddr,
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
@@ -57,7 +63,7 @@ pub fn endpoint(
 }
 
 /// Accepts QUIC connections until shutdown.
-pub async fn accept_loop(endpoint: quinn::Endpoint, l: Listening) {
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, l: Listening) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i {
@@ -89,13 +95,15 @@ async fn serve_connection(conn: quinn::Connection, l: Listening) {
     let peer = conn.remote_address().to_string();
     let (outlet_tx, outlet_rx) = mpsc::channel::<Bytes>(ADVICE_QUEUE_MAX);
     let shared = ConnShared::new(Some(outlet_tx));
+    let advice_streams = TaskTracker::new();
     let advices = tokio::spawn(send_advices(
         conn.clone(),
         outlet_rx,
         l.clone(),
         shared.clone(),
+        advice_streams.clone(),
     ));
-    let streams = tokio_util::task::TaskTracker::new();
+    let streams = TaskTracker::new();
     tracing::info!(%peer, transport = "quic", "merchant connection opened");
     let reason = loop {
         let (send, recv) = tokio::select! {
@@ -120,25 +128,38 @@ async fn serve_connection(conn: quinn::Connection, l: Listening) {
     streams.wait().await;
     shared.close(&l.engine, &l.connections);
     advices.abort();
+    // Advice streams end with the connection or their wait for the 0630; none is
+    // awaited here, so a shutdown is not held up by a merchant that does not answer.
+    advice_streams.close();
 }
 
 /// Opens a stream for each advice, writes it, and hands the merchant's answer (0630) to
-/// the engine.
+/// the engine; at most [`ADVICE_STREAMS_MAX`] at once, tracked by `tasks`.
 async fn send_advices(
     conn: quinn::Connection,
     mut rx: mpsc::Receiver<Bytes>,
     l: Listening,
     shared: ConnShared,
+    tasks: TaskTracker,
 ) {
     let dialect = codec::builtin::merchant();
     let codec = FrameCodec::new(dialect.framing, l.limits.max_message_len);
+    let room = Arc::new(Semaphore::new(ADVICE_STREAMS_MAX));
     while let Some(advice) = rx.recv().await {
+        let Ok(permit) = room.clone().try_acquire_owned() else {
+            tracing::warn!(
+                bound = ADVICE_STREAMS_MAX,
+                "QUIC advice streams at their bound: advice left for the notifier's repeat"
+            );
+            continue;
+        };
         let Ok((send, recv)) = conn.open_bi().await else {
             return;
         };
         let engine = l.engine.clone();
         let state = shared.state().clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
+            let _permit = permit;
             let mut writer = FramedWrite::new(send, codec);
             if writer.send(advice).await.is_err() {
                 return;

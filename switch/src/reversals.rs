@@ -170,7 +170,7 @@ impl ReversalWorker {
         } else {
             original.repeat()
         };
-        let de90 = crate::payments::bank_de90(
+        let de90 = crate::bank_io::bank_de90(
             &d.original_mti,
             d.original_bank_stan.as_deref().unwrap_or("0"),
             d.original_bank_de7.as_deref().unwrap_or("0"),

@@ -5,15 +5,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::engine::Engine;
-use crate::session::{self, ConnectionSlot, MerchantConnections, SessionLimits};
+use crate::session::{self, ConnectionSlot, Listening};
 
 /// Pause after a failed accept (out of file descriptors and the like), so a listener in
 /// trouble does not spin.
-pub const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
+pub(crate) const ACCEPT_ERROR_PAUSE_MS: u64 = 50;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +22,7 @@ pub enum TlsError {
 }
 
 /// A rustls server configuration from PEM files.
-pub fn tls_acceptor(
+pub(crate) fn tls_acceptor(
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
 ) -> Result<TlsAcceptor, TlsError> {
@@ -36,7 +33,7 @@ pub fn tls_acceptor(
 
 /// A rustls server configuration (certificate chain and key from PEM files), shared by
 /// the TLS and QUIC listeners.
-pub fn tls_server_config(
+pub(crate) fn tls_server_config(
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
 ) -> Result<rustls::ServerConfig, TlsError> {
@@ -56,23 +53,8 @@ pub fn tls_server_config(
         .with_single_cert(certs, key)?)
 }
 
-/// Everything a listener shares with its sessions.
-#[derive(Debug, Clone)]
-pub struct Listening {
-    pub engine: Arc<Engine>,
-    pub limits: SessionLimits,
-    pub max_connections_total: usize,
-    pub connections: Arc<MerchantConnections>,
-    /// Stops accepting and reading.
-    pub shutdown: CancellationToken,
-    /// Sessions (so shutdown can wait for their answers to be written).
-    pub sessions: TaskTracker,
-    /// Accepted requests (so shutdown can wait for their outcomes).
-    pub requests: TaskTracker,
-}
-
 /// Accepts until shutdown; `tls` wraps each connection when given.
-pub async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Listening) {
+pub(crate) async fn accept_loop(listener: TcpListener, tls: Option<TlsAcceptor>, l: Listening) {
     loop {
         let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {

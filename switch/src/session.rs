@@ -12,15 +12,16 @@ use bytes::Bytes;
 use codec::FrameCodec;
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::engine::SessionState;
+use crate::engine::{Engine, SessionState};
 
 /// Limits of one listener.
 #[derive(Debug, Clone)]
-pub struct SessionLimits {
+pub(crate) struct SessionLimits {
     pub max_in_flight_per_connection: usize,
     pub max_connections_per_merchant: usize,
     pub idle_timeout_ms: u64,
@@ -30,7 +31,7 @@ pub struct SessionLimits {
 
 /// Connections per merchant, to enforce `max_connections_per_merchant`.
 #[derive(Debug, Default)]
-pub struct MerchantConnections {
+pub(crate) struct MerchantConnections {
     counts: Mutex<HashMap<String, usize>>,
     pub total: AtomicUsize,
 }
@@ -60,7 +61,7 @@ impl MerchantConnections {
 /// What the streams of one merchant connection share: its sign-on state, which merchant
 /// it is counted for, and where the notifier sends it advices.
 #[derive(Debug, Clone)]
-pub struct ConnShared {
+pub(crate) struct ConnShared {
     state: Arc<SessionState>,
     bound: Arc<Mutex<Binding>>,
     session_id: u64,
@@ -70,7 +71,7 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
-    pub fn new(outlet: Option<mpsc::Sender<Bytes>>) -> Self {
+    pub(crate) fn new(outlet: Option<mpsc::Sender<Bytes>>) -> Self {
         ConnShared {
             state: Arc::new(SessionState::default()),
             bound: Arc::new(Mutex::new(Binding::default())),
@@ -79,12 +80,12 @@ impl ConnShared {
         }
     }
 
-    pub fn state(&self) -> &Arc<SessionState> {
+    pub(crate) fn state(&self) -> &Arc<SessionState> {
         &self.state
     }
 
     /// The connection is ending: nothing binds it any more, and the notifier forgets it.
-    pub fn close(&self, engine: &crate::engine::Engine, connections: &MerchantConnections) {
+    pub(crate) fn close(&self, engine: &crate::engine::Engine, connections: &MerchantConnections) {
         let mut b = self.bound.lock().expect("bound lock");
         b.closed = true;
         if let Some(id) = b.merchant.take() {
@@ -94,9 +95,24 @@ impl ConnShared {
     }
 }
 
+/// Everything a listener shares with its sessions.
+#[derive(Debug, Clone)]
+pub(crate) struct Listening {
+    pub engine: Arc<Engine>,
+    pub limits: SessionLimits,
+    pub max_connections_total: usize,
+    pub connections: Arc<MerchantConnections>,
+    /// Stops accepting and reading.
+    pub shutdown: CancellationToken,
+    /// Sessions (so shutdown can wait for their answers to be written).
+    pub sessions: TaskTracker,
+    /// Accepted requests (so shutdown can wait for their outcomes).
+    pub requests: TaskTracker,
+}
+
 /// Serves one connection until the peer closes it, it idles out, a frame is bad, or
 /// shutdown stops the reading; then answers what was accepted and closes.
-pub async fn serve<S>(stream: S, peer: String, l: crate::server::Listening)
+pub(crate) async fn serve<S>(stream: S, peer: String, l: Listening)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -105,16 +121,16 @@ where
 
 /// Serves one stream of a connection (for TCP and TLS, the connection itself). `owns`:
 /// the connection ends with this stream.
-pub async fn serve_stream<S>(
+pub(crate) async fn serve_stream<S>(
     stream: S,
     peer: String,
-    l: crate::server::Listening,
+    l: Listening,
     conn: ConnShared,
     owns: bool,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let crate::server::Listening {
+    let Listening {
         engine,
         limits,
         connections,
@@ -130,7 +146,6 @@ pub async fn serve_stream<S>(
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
     let writing = tokio::spawn(write_loop(writer, rx, write_timeout, peer.clone()));
     let in_flight = Arc::new(Semaphore::new(limits.max_in_flight_per_connection));
-    let (state, bound, session_id) = (conn.state.clone(), conn.bound.clone(), conn.session_id);
     let over_limit = CancellationToken::new();
     let idle = Duration::from_millis(limits.idle_timeout_ms);
     if owns {
@@ -154,34 +169,15 @@ pub async fn serve_stream<S>(
             Ok(Some(Ok(frame))) => frame,
         };
         // Accepted: carried through to its outcome even if the connection goes.
-        let engine = engine.clone();
-        let tx = tx.clone();
-        let state = state.clone();
-        let bound = bound.clone();
-        let connections = connections.clone();
-        let over_limit = over_limit.clone();
-        let max_per_merchant = limits.max_connections_per_merchant;
-        let outlet = conn.outlet.clone();
-        requests.spawn(async move {
-            let handled = engine.handle(frame.message, &state).await;
-            if let Some(answer) = handled.response {
-                let _ = tx.send(answer).await;
-            }
-            if let Some(m) = handled.merchant {
-                let mut b = bound.lock().expect("bound lock");
-                if b.merchant.is_none() && !b.closed {
-                    if connections.try_bind(&m.id, max_per_merchant) {
-                        b.merchant = Some(m.id.clone());
-                        let outlet = outlet.unwrap_or_else(|| tx.clone());
-                        engine.sessions.register(&m.id, session_id, outlet, state.signed_on.clone());
-                    } else {
-                        tracing::warn!(merchant = %m.id, "merchant over its connection limit: closing after this answer");
-                        over_limit.cancel();
-                    }
-                }
-            }
-            drop(permit);
-        });
+        let accepted = Accepted {
+            engine: engine.clone(),
+            conn: conn.clone(),
+            tx: tx.clone(),
+            connections: connections.clone(),
+            over_limit: over_limit.clone(),
+            max_per_merchant: limits.max_connections_per_merchant,
+        };
+        requests.spawn(accepted.run(frame.message, permit));
     };
     end.log(&peer, owns);
     if owns {
@@ -193,9 +189,57 @@ pub async fn serve_stream<S>(
     let _ = writing.await;
 }
 
+/// What an accepted request's task needs of its connection.
+#[derive(Debug)]
+struct Accepted {
+    engine: Arc<Engine>,
+    conn: ConnShared,
+    /// The connection's writer.
+    tx: mpsc::Sender<Bytes>,
+    connections: Arc<MerchantConnections>,
+    /// Cancelled when the merchant is over its connection limit: reading stops.
+    over_limit: CancellationToken,
+    max_per_merchant: usize,
+}
+
+impl Accepted {
+    /// Handles the request, queues its answer, and binds the connection to the merchant
+    /// its first authenticated request names; `permit` is the request's room in flight.
+    async fn run(self, message: Bytes, permit: OwnedSemaphorePermit) {
+        let handled = self.engine.handle(message, &self.conn.state).await;
+        if let Some(answer) = handled.response {
+            let _ = self.tx.send(answer).await;
+        }
+        if let Some(m) = handled.merchant {
+            self.bind(&m.id);
+        }
+        drop(permit);
+    }
+
+    /// Binds an unbound, open connection to `merchant`, within its connection limit; over
+    /// it, the connection closes after this answer.
+    fn bind(&self, merchant: &str) {
+        let mut b = self.conn.bound.lock().expect("bound lock");
+        if b.merchant.is_some() || b.closed {
+            return;
+        }
+        if self.connections.try_bind(merchant, self.max_per_merchant) {
+            b.merchant = Some(merchant.to_string());
+            let outlet = self.conn.outlet.clone().unwrap_or_else(|| self.tx.clone());
+            let signed_on = self.conn.state.signed_on.clone();
+            self.engine
+                .sessions
+                .register(merchant, self.conn.session_id, outlet, signed_on);
+        } else {
+            tracing::warn!(merchant = %merchant, "merchant over its connection limit: closing after this answer");
+            self.over_limit.cancel();
+        }
+    }
+}
+
 /// Why a merchant connection (or QUIC stream) stopped reading.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReadEnd {
+pub(crate) enum ReadEnd {
     /// The peer closed its side after whole frames.
     PeerClosed,
     /// The transport failed: the peer reset or aborted the connection, or closed it in
@@ -215,7 +259,7 @@ pub enum ReadEnd {
 impl ReadEnd {
     /// A read error: an i/o error is the transport's (a reset, or EOF inside a frame, which
     /// tokio-util reports as an i/o error), anything else the framing's.
-    pub fn from_frame_error(e: &codec::FrameError) -> ReadEnd {
+    pub(crate) fn from_frame_error(e: &codec::FrameError) -> ReadEnd {
         match e {
             codec::FrameError::Io(io) => ReadEnd::Reset(io.to_string()),
             other => ReadEnd::FramingFault(other.to_string()),
@@ -223,7 +267,7 @@ impl ReadEnd {
     }
 
     /// The `reason` field of the close line.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             ReadEnd::PeerClosed => "closed by peer",
             ReadEnd::Reset(_) => "reset by peer",
@@ -294,7 +338,7 @@ async fn write_loop<W>(
 
 /// Answers written with one flush at most: bounds the time one connection's writer
 /// spends before it flushes, while answers keep arriving.
-pub const WRITE_COALESCE_MAX: usize = 64;
+pub(crate) const WRITE_COALESCE_MAX: usize = 64;
 
 /// Writes `first` and every answer already queued behind it (up to
 /// [`WRITE_COALESCE_MAX`]), then flushes once: one write(2) for all frames that are ready,
@@ -319,10 +363,13 @@ where
 
 /// Counts a connection for `max_connections_total` while it lives.
 #[derive(Debug)]
-pub struct ConnectionSlot(pub Arc<MerchantConnections>);
+pub(crate) struct ConnectionSlot(pub Arc<MerchantConnections>);
 
 impl ConnectionSlot {
-    pub fn try_new(c: &Arc<MerchantConnections>, max_total: usize) -> Option<ConnectionSlot> {
+    pub(crate) fn try_new(
+        c: &Arc<MerchantConnections>,
+        max_total: usize,
+    ) -> Option<ConnectionSlot> {
         let prev = c.total.fetch_add(1, Ordering::AcqRel);
         if prev >= max_total {
             c.total.fetch_sub(1, Ordering::AcqRel);

@@ -135,51 +135,44 @@ fn exported_metric_names() -> BTreeSet<String> {
         src.contains(r#"Registry::new_custom(Some("switchyard".into())"#),
         "switch/src/metrics.rs no longer registers under the `switchyard` namespace"
     );
-    // Constructors whose first argument is the metric's name, and whether it is a histogram.
-    const CONSTRUCTORS: [(&str, bool); 6] = [
-        ("Opts::new(", false),
-        ("IntGauge::new(", false),
-        ("IntCounter::new(", false),
-        ("HistogramOpts::new(", true),
-        ("hist(", true),
-        ("Gauge::new(", false),
-    ];
+    // Each metric is a `const IDENT: Def = Def { name: "...", .. }`, made (and registered)
+    // by one `IDENT_FIELD: mk.KIND(&IDENT, ..)`; a histogram's kind starts `histogram`.
     let mut names = BTreeSet::new();
-    let mut registered = 0;
-    for (call, histogram) in CONSTRUCTORS {
-        let mut rest = src.as_str();
-        while let Some(i) = rest.find(call) {
-            // `Opts::new(` also ends `HistogramOpts::new(`; `hist(` also ends `fn hist(`.
-            let before = &rest[..i];
-            rest = &rest[i + call.len()..];
-            if before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-                continue;
+    let mut defined = 0;
+    for chunk in src.split("const ").skip(1) {
+        let Some((ident, rest)) = chunk.split_once(": Def = Def {") else {
+            continue;
+        };
+        let name = rest
+            .split_once("name: \"")
+            .and_then(|(_, r)| r.split_once('"'))
+            .map(|(name, _)| name)
+            .expect("a Def names its metric");
+        let full = format!("switchyard_{name}");
+        let histogram = [
+            format!("mk.histogram(&{ident},"),
+            format!("mk.histogram_vec(&{ident},"),
+        ]
+        .iter()
+        .any(|call| src.contains(call.as_str()));
+        if histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{full}{suffix}"));
             }
-            let arg = rest.trim_start();
-            let Some(arg) = arg.strip_prefix('"') else {
-                continue; // the definition `fn hist(name: &str, ...)`
-            };
-            let name = &arg[..arg.find('"').expect("closed string literal")];
-            let full = format!("switchyard_{name}");
-            if histogram {
-                for suffix in ["_bucket", "_sum", "_count"] {
-                    names.insert(format!("{full}{suffix}"));
-                }
-            }
-            names.insert(full);
-            registered += 1;
         }
+        names.insert(full);
+        defined += 1;
     }
     assert!(
         src.contains("ProcessCollector::for_self()"),
         "switch/src/metrics.rs no longer registers the process collector"
     );
     names.extend(PROCESS_METRICS.map(String::from));
-    let boxed = src.matches("Box::new(m.").count();
+    let made = src.matches(": mk.").count();
     assert_eq!(
-        registered, boxed,
-        "found {registered} metric names in switch/src/metrics.rs but {boxed} registrations: \
-         the name parser in tests/tests/ops_rules.rs needs to learn a new constructor"
+        defined, made,
+        "found {defined} metric definitions in switch/src/metrics.rs but {made} metrics made: \
+         the name parser in tests/tests/ops_rules.rs needs to learn a new form"
     );
     names
 }

@@ -24,27 +24,27 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for something that should happen promptly on loopback.
-pub const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 /// The name in the simulator's certificate.
-pub const BANK_NAME: &str = "bank.test";
+pub(crate) const BANK_NAME: &str = "bank.test";
 
 /// A certificate and its key, in PEM.
 #[derive(Debug, Clone)]
-pub struct Pem {
+pub(crate) struct Pem {
     pub cert: String,
     pub key: String,
 }
 
 /// A CA and the certificates it issued.
 #[derive(Debug, Clone)]
-pub struct Pki {
+pub(crate) struct Pki {
     pub ca: String,
     pub server: Pem,
     pub client: Pem,
 }
 
 impl Pki {
-    pub fn generate(label: &str) -> Pki {
+    pub(crate) fn generate(label: &str) -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params
             .distinguished_name
@@ -70,7 +70,7 @@ impl Pki {
     }
 
     /// The switch's side: its client certificate, trusting only this CA.
-    pub fn switch_material(&self) -> TlsMaterial {
+    pub(crate) fn switch_material(&self) -> TlsMaterial {
         TlsMaterial::from_pem(
             self.client.cert.as_bytes(),
             self.client.key.as_bytes(),
@@ -81,7 +81,7 @@ impl Pki {
     }
 
     /// The simulator's side: its server certificate, requiring clients of `client_ca`.
-    pub fn sim_transport(&self, kind: TransportKind, client_ca: &str) -> Transport {
+    pub(crate) fn sim_transport(&self, kind: TransportKind, client_ca: &str) -> Transport {
         let quic = kind == TransportKind::Quic;
         let c = banksim::tls::server_config_pem(
             self.server.cert.as_bytes(),
@@ -99,7 +99,7 @@ impl Pki {
 }
 
 /// Starts a simulator with this transport and these faults.
-pub async fn sim(transport: Transport, faults: Faults) -> (Addrs, Handle) {
+pub(crate) async fn sim(transport: Transport, faults: Faults) -> (Addrs, Handle) {
     sim_with(Config {
         transport,
         faults,
@@ -108,11 +108,11 @@ pub async fn sim(transport: Transport, faults: Faults) -> (Addrs, Handle) {
     .await
 }
 
-pub async fn sim_with(config: Config) -> (Addrs, Handle) {
+pub(crate) async fn sim_with(config: Config) -> (Addrs, Handle) {
     banksim::serve(config).await.expect("simulator starts")
 }
 
-pub fn link_config(name: &str) -> LinkConfig {
+pub(crate) fn link_config(name: &str) -> LinkConfig {
     let d = builtin::bank_bcd();
     LinkConfig {
         name: name.into(),
@@ -128,24 +128,28 @@ pub fn link_config(name: &str) -> LinkConfig {
     }
 }
 
-pub const FAST_BACKOFF: Backoff = Backoff {
+pub(crate) const FAST_BACKOFF: Backoff = Backoff {
     min_ms: 20,
     max_ms: 200,
 };
 
 /// A running link and what it reports.
-pub struct TestLink {
+pub(crate) struct TestLink {
     pub handle: LinkHandle,
     pub notices: mpsc::Receiver<LinkNotice>,
     pub shutdown: CancellationToken,
 }
 
-pub fn connector(kind: TransportKind, pki: Option<&Pki>) -> Connector {
+pub(crate) fn connector(kind: TransportKind, pki: Option<&Pki>) -> Connector {
     let m = pki.map(Pki::switch_material);
     Connector::new(kind, m.as_ref()).unwrap()
 }
 
-pub fn spawn(config: LinkConfig, endpoint: LinkEndpoint, stans: Arc<StanAllocator>) -> TestLink {
+pub(crate) fn spawn(
+    config: LinkConfig,
+    endpoint: LinkEndpoint,
+    stans: Arc<StanAllocator>,
+) -> TestLink {
     let (tx, notices) = mpsc::channel(bank_links::tcp::LINK_EVENT_QUEUE_MAX);
     let shutdown = CancellationToken::new();
     let handle = spawn_link(config, endpoint, stans, FAST_BACKOFF, tx, shutdown.clone());
@@ -156,7 +160,7 @@ pub fn spawn(config: LinkConfig, endpoint: LinkEndpoint, stans: Arc<StanAllocato
     }
 }
 
-pub fn dial(
+pub(crate) fn dial(
     config: LinkConfig,
     addr: SocketAddr,
     connector: Connector,
@@ -167,7 +171,7 @@ pub fn dial(
 }
 
 /// Waits (bounded) until `cond` holds, checking as state changes propagate.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     while !cond() {
         assert!(
@@ -178,7 +182,7 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-pub async fn ready(link: &LinkHandle) {
+pub(crate) async fn ready(link: &LinkHandle) {
     eventually(&format!("{} ready", link.name()), || {
         link.state() == bank_links::LinkState::Ready
     })
@@ -186,7 +190,7 @@ pub async fn ready(link: &LinkHandle) {
 }
 
 /// A 0200 purchase for `amount` minor units with a fresh STAN and an RRN from `seq`.
-pub fn purchase(stans: &StanAllocator, seq: u64, amount: u64) -> (MatchKey, Bytes) {
+pub(crate) fn purchase(stans: &StanAllocator, seq: u64, amount: u64) -> (MatchKey, Bytes) {
     let d = builtin::bank_bcd();
     let stan = stans.allocate().unwrap();
     let stan_s = bank_links::stan::format_stan(stan);
@@ -212,7 +216,7 @@ pub fn purchase(stans: &StanAllocator, seq: u64, amount: u64) -> (MatchKey, Byte
 }
 
 /// Sends a purchase on `link` and waits for its outcome, releasing the STAN.
-pub async fn pay(
+pub(crate) async fn pay(
     link: &LinkHandle,
     stans: &StanAllocator,
     seq: u64,
@@ -225,7 +229,7 @@ pub async fn pay(
     out
 }
 
-pub fn rc(outcome: &Outcome) -> Option<String> {
+pub(crate) fn rc(outcome: &Outcome) -> Option<String> {
     match outcome {
         Outcome::Answered(m) => m.get_str(39).map(|s| s.into_owned()),
         _ => None,

@@ -265,7 +265,7 @@ impl Advisor {
         )
         .map_err(|e| AdviseError::Encode(e.to_string()))?;
         let message = match &self.mac {
-            Some(key) => codec::mac::sign_encoded(self.dialect, message, key)
+            Some(key) => codec::builder::sign_encoded(self.dialect, message, key)
                 .map_err(|e| AdviseError::Encode(e.to_string()))?,
             None => message,
         };

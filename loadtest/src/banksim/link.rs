@@ -141,7 +141,7 @@ pub(crate) fn sign(shared: &Shared, peer: SocketAddr, frame: Frame) -> Option<Fr
     let Some(key) = &shared.mac else {
         return Some(frame);
     };
-    match codec::mac::sign_encoded(shared.dialect, frame.message, key) {
+    match codec::builder::sign_encoded(shared.dialect, frame.message, key) {
         Ok(message) => Some(Frame {
             header: frame.header,
             message,

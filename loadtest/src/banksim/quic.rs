@@ -20,7 +20,7 @@ use super::link::{LINK_IN_FLIGHT_MAX, Plan, Shared, plan};
 use super::{LINKS_MAX, ServeError};
 
 /// Streams a switch may have open on one connection at once.
-pub const QUIC_STREAMS_MAX: u32 = 16_384;
+pub(super) const QUIC_STREAMS_MAX: u32 = 16_384;
 /// How long a stream may take to deliver its request.
 const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a QUIC handshake may take.

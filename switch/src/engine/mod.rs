@@ -7,9 +7,11 @@
 //!
 //! - this module: decoding, authentication, dispatch by MTI, network management (0800);
 //! - [`claim`]: the retransmission check and the limits, and settling a request's key;
+//! - [`admission`]: whether a purchase may go to a bank (route, link, breaker), a plain
+//!   decision;
 //! - [`purchase`]: purchases and pre-authorisations (0200, 0100), from admission to the
 //!   recorded outcome;
-//! - [`crate::payments`]: completions, refunds, reversals and status (0220, 0200 DE3 20,
+//! - [`payments`]: completions, refunds, reversals and status (0220, 0200 DE3 20,
 //!   0400, 0600).
 
 use std::collections::HashMap;
@@ -25,7 +27,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::answer::{Answer, ECHOED_WHEN_UNPARSEABLE, respond, respond_echoing};
-use crate::bank_io::{BankExchange, Refused};
+use crate::bank_io::BankExchange;
 use crate::checks::{self, Authorisation, Rc};
 use crate::clock::Clock;
 use crate::config::LimitsOnOutage;
@@ -42,7 +44,9 @@ use crate::replays::Replays;
 use crate::routing::Router;
 use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
 
+mod admission;
 mod claim;
+pub mod payments;
 mod purchase;
 
 /// Pause between outcome write attempts (retried for `switch.outcome_wait_ms`).

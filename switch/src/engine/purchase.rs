@@ -2,6 +2,7 @@
 //! the record before anything reaches the bank, the bank exchange, the outcome recorded
 //! before the answer.
 
+use super::admission::{self, Refusal, Route};
 use super::*;
 
 impl Engine {
@@ -98,41 +99,41 @@ impl Engine {
         answer
     }
 
-    /// Routing and reachability, decided before recording so that the record says where
-    /// the request went; their refusals come after the order-reference check.
+    /// Routing and reachability ([`admission::admit`]), decided before recording so that
+    /// the record says where the request went; their refusals come after the
+    /// order-reference check.
     async fn admit(&self, r: &AuthRequest<'_, '_>) -> Result<BankExchange, Answer> {
-        let route = self.router.lookup(r.a.pan);
-        let bank = route.as_ref().and_then(|id| self.banks.get(&**id));
-        let refusal = match (&route, bank) {
-            (None, _) => (Rc::NO_ROUTE, "no bank serves this card"),
-            (Some(_), None) => (Rc::NO_ROUTE, "route names an unconfigured bank"),
-            (Some(_), Some(b)) if !b.is_reachable() => (Rc::ISSUER_DOWN, "bank has no ready link"),
-            // Last, so that no other refusal uses up the breaker's single probe.
-            (Some(_), Some(b)) => match BankExchange::gated(b, self.clock.clone()) {
-                Ok(exchange) => return Ok(exchange),
-                Err(Refused::Breaker) => (Rc::ISSUER_DOWN, "bank circuit breaker open"),
-                Err(Refused::Stans) => (Rc::ISSUER_DOWN, "every STAN of the bank in flight"),
+        let routed = self.router.lookup(r.a.pan);
+        let bank = routed.as_ref().and_then(|id| self.banks.get(&**id));
+        let route = match (&routed, bank) {
+            (None, _) => Route::Unserved,
+            (Some(_), None) => Route::Unconfigured,
+            (Some(_), Some(b)) => Route::Bank {
+                bank: b,
+                link_ready: b.is_reachable(),
             },
         };
-        {
-            let (rc, why) = refusal;
-            // A retransmission of a recorded request whose Redis key is gone (expired,
-            // flushed) gets its recorded answer, not this refusal: the record comes first
-            // in the order of checks (merchant-h2h.md).
-            if let Some(answer) = self.answer_from_record(r.key, r.content).await {
-                tracing::info!(
-                    rc = answer.rc.as_str(),
-                    "retransmission answered from the record"
-                );
-                return Err(answer);
-            }
-            if self.order_ref_live(&r.merchant.id, &r.order_ref).await {
-                tracing::info!(rc = "94", "request refused: order reference in use");
-                return Err(Answer::refused(Rc::DUPLICATE));
-            }
-            tracing::info!(rc = rc.as_str(), reason = why, card = %masked(r.a.pan), "request refused");
-            Err(Answer::refused(rc))
+        let gate = |b, now| BankExchange::gated_at(b, self.clock.clone(), now);
+        let Refusal { rc, why } = match admission::admit(route, self.clock.mono(), gate) {
+            Ok(exchange) => return Ok(exchange),
+            Err(refusal) => refusal,
+        };
+        // A retransmission of a recorded request whose Redis key is gone (expired,
+        // flushed) gets its recorded answer, not this refusal: the record comes first in
+        // the order of checks (merchant-h2h.md).
+        if let Some(answer) = self.answer_from_record(r.key, r.content).await {
+            tracing::info!(
+                rc = answer.rc.as_str(),
+                "retransmission answered from the record"
+            );
+            return Err(answer);
         }
+        if self.order_ref_live(&r.merchant.id, &r.order_ref).await {
+            tracing::info!(rc = "94", "request refused: order reference in use");
+            return Err(Answer::refused(Rc::DUPLICATE));
+        }
+        tracing::info!(rc = rc.as_str(), reason = why, card = %masked(r.a.pan), "request refused");
+        Err(Answer::refused(rc))
     }
 
     /// Gives the request its id and RRN and records it (`authorising`) with the
@@ -347,7 +348,8 @@ impl Engine {
             BankReply::Answered(_) => {}
         }
         let verdict = lifecycle::authorisation_verdict(reply);
-        let reversal = (verdict.state == State::Reversing)
+        let reversal = verdict
+            .needs_reversal()
             .then(|| (bank.config.id.clone(), ReversalReason::Timeout));
         let outcome = Outcome {
             id: sent.id,

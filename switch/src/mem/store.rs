@@ -12,18 +12,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::OwnedMutexGuard;
 
-use crate::advices::{AdviceEffect, decide};
 use crate::checks::Kind;
 use crate::clock::Clock;
 use crate::ids::ID_BLOCK;
-use crate::ledger::{Total, Violation};
 use crate::lifecycle::{self, Forward, Posting, RootChange, Row, Transition, Verdict};
-use crate::notify::Event;
+use crate::lifecycle::{AdviceEffect, decide};
+use crate::store::Event;
 use crate::store::{
     Backlog, BankAdvice, DueForward, Inquiry, JournalError, NewTxn, Notification,
     NotificationBacklog, OriginalRef, Outcome, PaymentLock, Recorded, RequestRef, State, Store,
     StoreError, TxnRecord,
 };
+use crate::store::{Total, Violation};
 
 /// What happens to one write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -671,7 +671,7 @@ impl Store for MemStore {
     }
 
     async fn transaction_by_rrn(&self, rrn: &str) -> Result<Option<TxnRecord>, StoreError> {
-        let id = crate::ids::id_of_rrn(rrn);
+        let id = crate::store::id_of_rrn(rrn);
         Ok(self
             .db()
             .txns
@@ -895,7 +895,7 @@ impl Store for MemStore {
     async fn apply_bank_advice(&self, a: &BankAdvice) -> Result<AdviceEffect, StoreError> {
         let named = a.rrn.as_ref().and_then(|rrn| {
             let db = self.db();
-            let id = crate::ids::id_of_rrn(rrn);
+            let id = crate::store::id_of_rrn(rrn);
             db.txns
                 .get(&id)
                 .filter(|t| &t.new.rrn == rrn && t.new.bank_id.as_deref() == Some(&a.bank_id))
@@ -944,7 +944,7 @@ impl Store for MemStore {
             if n.delivered || n.next_us > now || !merchants.contains(&n.merchant_id) {
                 continue;
             }
-            let pause = crate::notify::retry_ms(n.attempts.max(0) as u32);
+            let pause = crate::store::retry_ms(n.attempts.max(0) as u32);
             n.attempts += 1;
             n.next_us = now + pause * 1_000;
             let stan = n
@@ -1056,7 +1056,7 @@ impl Db {
             row.transmitted_at = a.transmitted_at.clone();
             row.mti = "A420".into();
             row.kind = Kind::Reversal;
-            row.rrn = crate::ids::rrn_of(id);
+            row.rrn = crate::store::rrn_of(id);
             row.original_id = Some(t.id);
             row.state = State::Approved;
             row.response_code = Some("00".into());

@@ -1,15 +1,15 @@
 //! Advices banks start, recorded before they are acknowledged and applied exactly once
-//! (the decision is [`crate::advices::decide`]).
+//! (the decision is [`crate::lifecycle::decide`]).
 
 use deadpool_postgres::{GenericClient, Pool};
 
+use super::Event;
 use super::notifications;
 use super::postings::business_day_sql;
 use super::reads::{TXN_COLUMNS, lock_row, txn_record};
 use super::{BankAdvice, StoreError, TxnRecord};
-use crate::advices::{AdviceEffect, decide};
 use crate::lifecycle::State;
-use crate::notify::Event;
+use crate::lifecycle::{AdviceEffect, decide};
 
 /// Records and applies one advice.
 pub(super) async fn apply(
@@ -25,7 +25,7 @@ pub(super) async fn apply(
                 &format!(
                     "SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1 AND rrn = $2 AND bank_id = $3 FOR UPDATE"
                 ),
-                &[&crate::ids::id_of_rrn(rrn), rrn, &a.bank_id],
+                &[&super::id_of_rrn(rrn), rrn, &a.bank_id],
             )
             .await?
             .map(|r| txn_record(&r)),

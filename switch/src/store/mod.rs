@@ -34,22 +34,24 @@ mod reads;
 pub mod refund_requests;
 mod retention;
 mod reversals;
+mod rrn;
 pub mod search;
 
 use async_trait::async_trait;
 use codec::Mti;
 
-use crate::advices::AdviceEffect;
 use crate::answer::{Answer, switch_auth_code};
 use crate::checks::{Kind, Rc};
 use crate::db::DbError;
-use crate::ledger::{Total, Violation};
-use crate::lifecycle::{Named, Payment, Transition, Verdict};
+use crate::lifecycle::{AdviceEffect, Named, Payment, Transition, Verdict};
 
 pub use crate::lifecycle::State;
 pub use journal::{Journal, JournalError, JournalSettings, NewTxn, Outcome};
+pub use notifications::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS, retry_ms};
 pub use pg::PgStore;
+pub use postings::{Total, Violation};
 pub use retention::{PRUNE_BATCH_MAX, Pruned};
+pub use rrn::{RRN_MODULUS, id_of_rrn, rrn_of};
 
 /// A store operation that failed: the caller answers `96`, retries, or logs, as before
 /// the store existed.
@@ -439,7 +441,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn apply_bank_advice(&self, advice: &BankAdvice) -> Result<AdviceEffect, StoreError>;
 
     /// Claims up to `max` due notifications of the `merchants` signed on here, leased
-    /// until their next repeat ([`crate::notify::retry_ms`]); one sent for the first time
+    /// until their next repeat ([`retry_ms`]); one sent for the first time
     /// takes `transmitted_at` (DE7) and a DE11 of its own.
     async fn claim_notifications(
         &self,

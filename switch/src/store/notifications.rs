@@ -5,8 +5,67 @@
 use deadpool_postgres::{GenericClient, Pool};
 
 use super::{Notification, NotificationBacklog, StoreError, TxnRecord};
+use crate::checks::Kind;
 use crate::lifecycle::Status;
-use crate::notify::Event;
+
+/// The first repeat of an unanswered notification comes after this; repeats double up to
+/// [`NOTIFY_RETRY_MAX_MS`].
+pub const NOTIFY_RETRY_MS: u64 = 2_000;
+pub const NOTIFY_RETRY_MAX_MS: u64 = 60_000;
+
+/// What a notification tells the merchant of (DE48 `EV`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A purchase or pre-authorisation answered `91` is confirmed reversed at the bank.
+    TransactionReversed,
+    /// A refund answered `91` is confirmed reversed.
+    RefundReversed,
+    /// A completion whose outcome was unknown is confirmed reversed.
+    CompletionReversed,
+    /// The bank reversed a payment on its own (an 0420 advice).
+    BankReversed,
+    /// A refund requested in the back office was executed (DE48 `ST` says the payment's
+    /// status after it; a declined refund leaves it unchanged).
+    BackOfficeRefund,
+    /// A capture (completion) requested in the back office was executed.
+    BackOfficeCapture,
+    /// A void (reversal) requested in the back office was executed.
+    BackOfficeVoid,
+}
+
+impl Event {
+    /// The event as DE48 `EV` carries it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Event::TransactionReversed => "TRANSACTION_REVERSED",
+            Event::RefundReversed => "REFUND_REVERSED",
+            Event::CompletionReversed => "COMPLETION_REVERSED",
+            Event::BankReversed => "BANK_REVERSED",
+            Event::BackOfficeRefund => "BACK_OFFICE_REFUND",
+            Event::BackOfficeCapture => "BACK_OFFICE_CAPTURE",
+            Event::BackOfficeVoid => "BACK_OFFICE_VOID",
+        }
+    }
+
+    /// The event a merchant is told of when a transaction of `kind`, whose outcome was
+    /// unknown, is confirmed reversed at the bank.
+    pub fn reversed(kind: Kind) -> Event {
+        match kind {
+            Kind::Refund => Event::RefundReversed,
+            Kind::Completion => Event::CompletionReversed,
+            _ => Event::TransactionReversed,
+        }
+    }
+}
+
+/// The pause before repeat number `attempts` of a notification.
+pub fn retry_ms(attempts: u32) -> u64 {
+    bank_links::Backoff {
+        min_ms: NOTIFY_RETRY_MS,
+        max_ms: NOTIFY_RETRY_MAX_MS,
+    }
+    .delay_ms(attempts)
+}
 
 /// Stores a notification of `event` about the payment `root`, caused by transaction
 /// `source_id`, with the payment's `status` after the change. A duplicate (same source
@@ -35,20 +94,20 @@ pub(super) async fn enqueue<C: GenericClient>(
     Ok(())
 }
 
-/// Attempts after which the pause stops growing ([`crate::notify::retry_ms`] is at its
+/// Attempts after which the pause stops growing ([`retry_ms`] is at its
 /// maximum well before): the last index of [`retry_table`].
 const RETRY_TABLE_LAST: u32 = 16;
 
 /// The pause before repeat `k` for k in `0..=RETRY_TABLE_LAST`, in ms: the tested
-/// [`crate::notify::retry_ms`] handed to SQL, which picks each row's by its attempts.
+/// [`retry_ms`] handed to SQL, which picks each row's by its attempts.
 fn retry_table() -> Vec<i64> {
     (0..=RETRY_TABLE_LAST)
-        .map(|k| i64::try_from(crate::notify::retry_ms(k)).unwrap_or(i64::MAX))
+        .map(|k| i64::try_from(retry_ms(k)).unwrap_or(i64::MAX))
         .collect()
 }
 
 /// Claims due notifications of the `online` merchants with a lease (`next_attempt_at`,
-/// backing off as [`crate::notify::retry_ms`] says) so two instances do not send the same
+/// backing off as [`retry_ms`] says) so two instances do not send the same
 /// one at once. A first send takes `de7` and a DE11 from the notification's id.
 pub(super) async fn claim(
     pool: &Pool,
@@ -123,4 +182,30 @@ pub(super) async fn backlog(pool: &Pool) -> Result<NotificationBacklog, StoreErr
         pending: row.get(0),
         oldest_age_s: row.get(1),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves repeats back off by doubling and stay bounded.
+    #[test]
+    fn retry_bounded() {
+        assert_eq!(retry_ms(0), 2_000);
+        assert_eq!(retry_ms(3), 16_000);
+        assert_eq!(retry_ms(30), NOTIFY_RETRY_MAX_MS);
+    }
+
+    // Proves each reversed kind names its event, and the events read as the contract
+    // spells them.
+    #[test]
+    fn events() {
+        assert_eq!(Event::reversed(Kind::Refund), Event::RefundReversed);
+        assert_eq!(Event::reversed(Kind::Completion), Event::CompletionReversed);
+        assert_eq!(
+            Event::reversed(Kind::Purchase).as_str(),
+            "TRANSACTION_REVERSED"
+        );
+        assert_eq!(Event::BankReversed.as_str(), "BANK_REVERSED");
+    }
 }

@@ -19,7 +19,7 @@ use crate::lifecycle::{self, Posting, RootChange, Row, Settlement, Transition, V
 
 /// Pause before asking the pool again when it has no connection to give (busy or
 /// timed out, as opposed to the database refusing one) while settling a refund.
-pub const POOL_WAIT_PAUSE_MS: u64 = 200;
+pub(super) const POOL_WAIT_PAUSE_MS: u64 = 200;
 
 /// The first of a block of fresh transaction ids (the sequence steps by the block).
 pub(super) async fn id_block(pool: &Pool) -> Result<i64, StoreError> {

@@ -10,15 +10,15 @@ use super::{
     Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, NotificationBacklog,
     OriginalRef, Outcome, PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
 };
+use super::{Total, Violation};
 use super::{advices, leases, notifications, payments, postings, reads, reversals};
-use crate::advices::AdviceEffect;
-use crate::ledger::{Total, Violation};
+use crate::lifecycle::AdviceEffect;
 use crate::lifecycle::Verdict;
 
 /// Payment locks take at most the pool's size divided by this: each holds a connection
 /// until recorded or dropped, and the journal's lookups, the workers and the admin surface
 /// need the rest.
-pub const PAYMENT_LOCKS_POOL_DIVISOR: usize = 2;
+pub(super) const PAYMENT_LOCKS_POOL_DIVISOR: usize = 2;
 
 /// The store in PostgreSQL: the pool for everything, and the group-committed
 /// [`Journal`] for the hot path's records when it has one.

@@ -4,7 +4,23 @@
 use deadpool_postgres::{GenericClient, Pool};
 
 use super::StoreError;
-use crate::ledger::{Total, Violation};
+
+/// One broken invariant: the rule's name (e.g. `posting-balances`) and what breaks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+/// One line of a balance or settlement report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Total {
+    pub business_day: String,
+    pub account: String,
+    pub currency: i16,
+    pub postings: i64,
+    pub amount_minor: i64,
+}
 
 /// The business day of a posting made now, as SQL: the UTC date `$<param>` hours (the
 /// cut-over hour, `switch.business_day_cutover_hour`, an `int`) ago. The ONE rule: every

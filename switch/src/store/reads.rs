@@ -180,7 +180,7 @@ pub(super) async fn by_rrn(pool: &Pool, rrn: &str) -> Result<Option<TxnRecord>, 
     let row = client
         .query_opt(
             &format!("SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1 AND rrn = $2"),
-            &[&crate::ids::id_of_rrn(rrn), &rrn],
+            &[&super::id_of_rrn(rrn), &rrn],
         )
         .await?;
     Ok(row.map(|r| txn_record(&r)))

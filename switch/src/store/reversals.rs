@@ -3,13 +3,13 @@
 
 use deadpool_postgres::{GenericClient, Pool};
 
+use super::Event;
 use super::notifications;
 use super::payments::change_root;
 use super::reads::lock_row;
 use super::{Backlog, DueForward, Inquiry, StoreError};
 use crate::checks::Kind;
 use crate::lifecycle::{self, Forward};
-use crate::notify::Event;
 
 /// The queue row's `kind` and `reason` for a message.
 fn columns(f: Forward) -> (&'static str, &'static str) {

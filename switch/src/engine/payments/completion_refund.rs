@@ -377,7 +377,7 @@ impl Engine {
         if let Err(e) = recorded {
             return crate::engine::outcome_unrecorded(f.rrn, &e);
         }
-        if verdict.state == State::Reversing {
+        if verdict.needs_reversal() {
             self.reversal_wake.notify_waiters();
         }
         let rc = verdict.rc;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use codec::{Message, MessageBuilder, Mti, tlv};
 
 use crate::answer::{Answer, switch_auth_code};
-use crate::bank_io::BankExchange;
+use crate::bank_io::{BankExchange, bank_de90};
 use crate::checks::{Kind, Rc, valid_transmission};
 use crate::content::ContentDigest;
 use crate::crypto::{Purpose, split_card};
@@ -56,16 +56,6 @@ pub fn parse_de90(de90: &[u8]) -> Option<OriginalRef> {
         stan: String::from_utf8_lossy(&de90[4..10]).into_owned(),
         transmitted_at: String::from_utf8_lossy(de7).into_owned(),
     })
-}
-
-/// DE90 as the bank saw the original: its MTI, the switch's STAN and DE7 to the bank,
-/// the acquirer id right-justified in 11 digits, then 11 zeros.
-pub fn bank_de90(mti: &str, bank_stan: &str, bank_de7: &str, acquirer_id: &str) -> String {
-    let acquirer: String = acquirer_id.chars().filter(char::is_ascii_digit).collect();
-    format!(
-        "{mti}{bank_stan:0>6}{bank_de7:0>10}{acquirer:0>11}{}",
-        "0".repeat(11)
-    )
 }
 
 /// Elements common to the lifecycle requests, checked present and well formed.
@@ -167,10 +157,6 @@ mod tests {
         assert!(
             parse_de90(b"010000000413260653020000000000000000000000").is_none(),
             "month 13"
-        );
-        assert_eq!(
-            bank_de90("0200", "000042", "1126065301", "123456"),
-            format!("0200000042112606530100000123456{}", "0".repeat(11))
         );
     }
 }
