@@ -32,7 +32,9 @@ use crate::{Admin, AdminError, AppState, Role, constant_time_eq};
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "sy_session";
 const HTMX: &str = include_str!("../console/vendor/htmx.min.js");
-const TEMPLATES: [(&str, &str); 6] = [
+/// Every page of the console, including those of [`crate::console_pages`] and
+/// [`crate::console_ops`] (kept here so that they depend on this module, not it on them).
+const TEMPLATES: [(&str, &str); 12] = [
     ("base.html", include_str!("../console/templates/base.html")),
     (
         "login.html",
@@ -51,16 +53,31 @@ const TEMPLATES: [(&str, &str); 6] = [
         "refunds.html",
         include_str!("../console/templates/refunds.html"),
     ),
+    ("totp.html", include_str!("../console/templates/totp.html")),
+    (
+        "password.html",
+        include_str!("../console/templates/password.html"),
+    ),
+    (
+        "routes.html",
+        include_str!("../console/templates/routes.html"),
+    ),
+    (
+        "links.html",
+        include_str!("../console/templates/links.html"),
+    ),
+    (
+        "merchants.html",
+        include_str!("../console/templates/merchants.html"),
+    ),
+    ("saf.html", include_str!("../console/templates/saf.html")),
 ];
 
 fn templates() -> &'static Environment<'static> {
     static ENV: OnceLock<Environment<'static>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
-        let more = crate::console_pages::TEMPLATES
-            .into_iter()
-            .chain(crate::console_ops::TEMPLATES);
-        for (name, text) in TEMPLATES.into_iter().chain(more) {
+        for (name, text) in TEMPLATES {
             env.add_template(name, text)
                 .expect("console template parses");
         }
@@ -478,6 +495,4 @@ pub(crate) fn routes<A: Admin>() -> Router<Arc<AppState<A>>> {
         .route("/console/transactions/{rrn}/{op}", post(operation::<A>))
         .route("/console/refunds", get(refunds::<A>))
         .route("/console/refunds/{id}/{verb}", post(decide::<A>))
-        .merge(crate::console_pages::routes::<A>())
-        .merge(crate::console_ops::routes::<A>())
 }

@@ -27,9 +27,6 @@ use crate::{Admin, AdminError, AppState, Role};
 pub const SAF_CONSOLE_PAGE: u32 = 50;
 
 /// This module's templates, registered with the console's.
-pub(crate) const TEMPLATES: [(&str, &str); 1] =
-    [("saf.html", include_str!("../console/templates/saf.html"))];
-
 /// The queue page's filters as the browser sends them: empty fields are no filter.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SafFilter {

@@ -30,26 +30,6 @@ const UPLOT_JS: &str = include_str!("../console/vendor/uPlot.iife.min.js");
 const UPLOT_CSS: &str = include_str!("../console/vendor/uPlot.min.css");
 
 /// This module's templates, registered with the console's.
-pub(crate) const TEMPLATES: [(&str, &str); 5] = [
-    ("totp.html", include_str!("../console/templates/totp.html")),
-    (
-        "password.html",
-        include_str!("../console/templates/password.html"),
-    ),
-    (
-        "routes.html",
-        include_str!("../console/templates/routes.html"),
-    ),
-    (
-        "links.html",
-        include_str!("../console/templates/links.html"),
-    ),
-    (
-        "merchants.html",
-        include_str!("../console/templates/merchants.html"),
-    ),
-];
-
 type S<A> = State<Arc<AppState<A>>>;
 type Peer = ConnectInfo<SocketAddr>;
 

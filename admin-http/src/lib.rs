@@ -556,6 +556,8 @@ pub fn router<A: Admin>(admin: Arc<A>, tokens: Vec<Token>) -> Router {
                 .layer(axum::middleware::map_response(openapi::as_problem)),
         )
         .merge(console::routes::<A>())
+        .merge(console_pages::routes::<A>())
+        .merge(console_ops::routes::<A>())
         .route(
             "/openapi.json",
             get(|| async { axum::Json(<openapi::ApiDoc as utoipa::OpenApi>::openapi()) }),

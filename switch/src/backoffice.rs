@@ -44,17 +44,7 @@ pub struct BackOffice {
     pub metrics: Arc<Metrics>,
 }
 
-/// A store failure as the API answers it: a value PostgreSQL cannot take (SQLSTATE class
-/// 22, data exception: a NUL byte, an unreadable time) is the request's fault (422);
-/// anything else is the store being unavailable (503).
-pub fn unavailable(e: StoreError) -> AdminError {
-    if let StoreError::Db(crate::db::DbError::Postgres(pg)) = &e
-        && pg.code().is_some_and(|c| c.code().starts_with("22"))
-    {
-        return AdminError::Invalid(format!("a value the database cannot take: {pg}"));
-    }
-    AdminError::Unavailable(e.to_string())
-}
+pub use crate::store::unavailable;
 
 fn create_error(e: CreateError) -> AdminError {
     match e {

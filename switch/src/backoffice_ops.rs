@@ -19,10 +19,10 @@ use crate::store::StoreError;
 use crate::store::operations as sql;
 
 /// Longest discard reason accepted.
-pub const DISCARD_REASON_MAX_LEN: usize = 255;
+pub(crate) const DISCARD_REASON_MAX_LEN: usize = 255;
 
 /// Checks a discard's reason: 1 to [`DISCARD_REASON_MAX_LEN`] characters, not blank.
-pub fn check_discard(d: &Discard) -> Result<(), AdminError> {
+pub(crate) fn check_discard(d: &Discard) -> Result<(), AdminError> {
     let r = d.reason.trim();
     if r.is_empty() || r.len() > DISCARD_REASON_MAX_LEN {
         return Err(AdminError::Invalid(format!(
@@ -34,7 +34,7 @@ pub fn check_discard(d: &Discard) -> Result<(), AdminError> {
 
 /// Why `who` may not disable or enable the account `target` (of role `role`), if so: only
 /// roles the caller may grant ([`may_grant`]), and never one's own account.
-pub fn switch_refusal(who: &Principal, target: &str, role: Role) -> Option<AdminError> {
+pub(crate) fn switch_refusal(who: &Principal, target: &str, role: Role) -> Option<AdminError> {
     if who.actor == target {
         return Some(AdminError::Forbidden(
             "an account may not disable or enable itself".into(),

@@ -100,13 +100,13 @@ pub mod replays;
 pub mod reversals;
 
 // The back office.
-pub mod accounts;
+pub(crate) mod accounts;
 pub(crate) mod admin;
 pub mod backoffice;
-pub mod backoffice_ops;
+pub(crate) mod backoffice_ops;
 pub(crate) mod overview;
 pub mod reference;
-pub mod refund_desk;
+pub(crate) mod refund_desk;
 
 // Start-up.
 pub mod app;

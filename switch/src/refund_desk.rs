@@ -17,35 +17,35 @@ use admin_http::v1::Principal;
 use admin_http::{AdminError, Role};
 use codec::{Mti, OwnedMessage, builtin};
 
-use crate::backoffice::unavailable;
 use crate::engine::{Engine, SessionState};
 use crate::lifecycle::State;
 use crate::notify::Event;
 use crate::payments::REFUND_REASON_MAX_LEN;
 use crate::store::refund_requests::{NewRefundRequest, Original, RefundRequests, RequestRow};
+use crate::store::unavailable;
 use crate::store::{Store, StoreError};
 
 /// Longest idempotency key accepted.
-pub const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
+pub(crate) const IDEMPOTENCY_KEY_MAX_LEN: usize = 64;
 /// Interrupted executions resumed per round.
-pub const RESUME_BATCH_MAX: i64 = 32;
+pub(crate) const RESUME_BATCH_MAX: i64 = 32;
 /// How often the desk looks for interrupted executions.
-pub const RESUME_POLL_MS: u64 = 2_000;
+pub(crate) const RESUME_POLL_MS: u64 = 2_000;
 /// The longest a request whose sending keeps failing for a passing reason waits between
 /// attempts.
-pub const RESUME_BACKOFF_MAX_MS: u64 = 300_000;
+pub(crate) const RESUME_BACKOFF_MAX_MS: u64 = 300_000;
 
 /// Whether a failed sending can never succeed however often it is tried: the original or
 /// the merchant unknown, a message that cannot be built ([`AdminError::Invalid`],
 /// [`AdminError::NotFound`]). Anything else (the store unavailable, the switch stopping)
 /// may pass.
-pub fn is_permanent(e: &AdminError) -> bool {
+pub(crate) fn is_permanent(e: &AdminError) -> bool {
     matches!(e, AdminError::Invalid(_) | AdminError::NotFound(_))
 }
 
 /// How long a request waits after its `attempts`-th sending failed for a passing reason:
 /// [`RESUME_POLL_MS`] doubled with each attempt, at most [`RESUME_BACKOFF_MAX_MS`].
-pub fn retry_delay_ms(attempts: i32) -> u64 {
+pub(crate) fn retry_delay_ms(attempts: i32) -> u64 {
     let doublings = attempts.clamp(0, 20) as u32;
     RESUME_POLL_MS
         .saturating_mul(1 << doublings)
@@ -127,7 +127,7 @@ pub struct RefundPolicy {
 
 /// The person an actor stands for: an API key (`apikey:NAME/CREATOR`) is its creator's
 /// (usernames have no `/`); anyone else is itself.
-pub fn person_of(actor: &str) -> &str {
+pub(crate) fn person_of(actor: &str) -> &str {
     match actor.strip_prefix("apikey:") {
         Some(key) => key.rsplit_once('/').map_or(actor, |(_, creator)| creator),
         None => actor,
@@ -138,7 +138,11 @@ pub fn person_of(actor: &str) -> &str {
 /// checker (an API key counts as the person who created it, else an admin could approve
 /// what a key of theirs asked for), only pending requests are decided, and an expired one
 /// is not.
-pub fn refusal(approver: &Principal, request: &RequestRow, now: SystemTime) -> Option<AdminError> {
+pub(crate) fn refusal(
+    approver: &Principal,
+    request: &RequestRow,
+    now: SystemTime,
+) -> Option<AdminError> {
     if person_of(&request.view.requested_by) == person_of(&approver.actor) {
         return Some(AdminError::Forbidden(
             "maker-checker: the requester may not decide its own request".into(),
@@ -157,7 +161,7 @@ pub fn refusal(approver: &Principal, request: &RequestRow, now: SystemTime) -> O
 }
 
 /// Checks an ask's fields.
-pub fn check_ask(ask: &Ask<'_>) -> Result<(), AdminError> {
+pub(crate) fn check_ask(ask: &Ask<'_>) -> Result<(), AdminError> {
     let key_ok = (1..=IDEMPOTENCY_KEY_MAX_LEN).contains(&ask.idempotency_key.len());
     let reason_ok = !ask.reason.trim().is_empty() && ask.reason.len() <= REFUND_REASON_MAX_LEN;
     if ask.amount_minor.is_some_and(|a| a <= 0) || !key_ok || !reason_ok {
@@ -174,7 +178,7 @@ pub fn check_ask(ask: &Ask<'_>) -> Result<(), AdminError> {
 /// and an amount past DE4's 12 digits cannot even be encoded, so an approved request for it
 /// would stay `approved` with no outcome, resumed (and failing) for ever. Refused when asked
 /// (`422`), before anyone is asked to approve it.
-pub fn check_amount(ask: &Ask<'_>, original_amount_minor: i64) -> Result<(), AdminError> {
+pub(crate) fn check_amount(ask: &Ask<'_>, original_amount_minor: i64) -> Result<(), AdminError> {
     match ask.amount_minor {
         Some(a) if a > original_amount_minor => Err(AdminError::Invalid(format!(
             "amount_minor {a} is more than the transaction's {original_amount_minor}"
@@ -186,7 +190,7 @@ pub fn check_amount(ask: &Ask<'_>, original_amount_minor: i64) -> Result<(), Adm
 /// Why a request that reused an idempotency key is refused, if it is: the same key must
 /// ask for the same thing (kind, transaction and amount), else the caller would be told
 /// of another request as if it were theirs (`409`).
-pub fn key_reused(
+pub(crate) fn key_reused(
     existing: &RefundRequestView,
     op: Operation,
     rrn: &str,
@@ -207,7 +211,7 @@ pub fn key_reused(
 /// naming the original by its MTI, DE11 and DE7; a refund is a 0200 with DE3 `20` and the
 /// reason in DE48 `RR`, a capture a 0220 with DE3 `00`, a void a 0400 for the original's
 /// amount.
-pub fn request_message(
+pub(crate) fn request_message(
     op: Operation,
     o: &Original,
     amount_minor: i64,
@@ -260,7 +264,7 @@ pub fn request_message(
 /// with the same STAN in the same second would be answered `94`. Starting at 900000 keeps
 /// clear of terminals that count their STANs up from 1 and wrap well before; it is not a
 /// guarantee for a terminal that reaches the 900000s.
-pub fn stan_of(request_id: i64) -> String {
+pub(crate) fn stan_of(request_id: i64) -> String {
     format!("9{:05}", request_id.rem_euclid(100_000))
 }
 

@@ -13,36 +13,36 @@ use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Shortest password accepted, in characters.
-pub const PASSWORD_MIN_CHARS: usize = 12;
+pub(crate) const PASSWORD_MIN_CHARS: usize = 12;
 /// Longest password accepted, in characters: OWASP's "at least 64" with room for
 /// passphrases, and a bound on what anyone can make argon2 hash (checked before it).
-pub const PASSWORD_MAX_CHARS: usize = 128;
+pub(crate) const PASSWORD_MAX_CHARS: usize = 128;
 /// Failed logins within [`LOCKOUT_WINDOW_MS`] that lock an account (PCI DSS 8.3.4).
-pub const LOCKOUT_FAILURES: u32 = 10;
+pub(crate) const LOCKOUT_FAILURES: u32 = 10;
 /// The window failures are counted in.
-pub const LOCKOUT_WINDOW_MS: u64 = 15 * 60 * 1000;
+pub(crate) const LOCKOUT_WINDOW_MS: u64 = 15 * 60 * 1000;
 /// How long a lockout lasts unless an admin unlocks first.
-pub const LOCKOUT_MS: u64 = 30 * 60 * 1000;
+pub(crate) const LOCKOUT_MS: u64 = 30 * 60 * 1000;
 /// A session unused this long is over (PCI DSS 8.2.8).
-pub const SESSION_IDLE_MS: u64 = 15 * 60 * 1000;
+pub(crate) const SESSION_IDLE_MS: u64 = 15 * 60 * 1000;
 /// Recovery codes issued at TOTP enrolment.
-pub const RECOVERY_CODES: usize = 10;
+pub(crate) const RECOVERY_CODES: usize = 10;
 /// Longest life of an API key, in days.
-pub const API_KEY_MAX_DAYS: u32 = 365;
+pub(crate) const API_KEY_MAX_DAYS: u32 = 365;
 /// Prefix of session tokens (tells them from API keys without a lookup).
-pub const SESSION_PREFIX: &str = "sys_";
+pub(crate) const SESSION_PREFIX: &str = "sys_";
 /// Prefix of API keys.
-pub const API_KEY_PREFIX: &str = "syk_";
+pub(crate) const API_KEY_PREFIX: &str = "syk_";
 /// Prefix of password reset tokens.
-pub const RESET_PREFIX: &str = "syr_";
+pub(crate) const RESET_PREFIX: &str = "syr_";
 /// How long a password reset token is valid.
-pub const RESET_TTL_MS: u64 = 60 * 60 * 1000;
+pub(crate) const RESET_TTL_MS: u64 = 60 * 60 * 1000;
 
 const COMMON_PASSWORDS: &str = include_str!("common-passwords.txt");
 
 /// Why a password is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PasswordProblem {
+pub(crate) enum PasswordProblem {
     #[error("shorter than {PASSWORD_MIN_CHARS} characters")]
     TooShort,
     #[error("longer than {PASSWORD_MAX_CHARS} characters")]
@@ -66,7 +66,7 @@ type CharTest = fn(char) -> bool;
 /// case, lower case, digit and symbol, and not a common password: neither the whole
 /// (any case) nor what is left after stripping digits and symbols from both ends is on
 /// `common-passwords.txt` (so `Password123!` is refused for `password`).
-pub fn check_password(pw: &str) -> Result<(), PasswordProblem> {
+pub(crate) fn check_password(pw: &str) -> Result<(), PasswordProblem> {
     if too_long(pw) {
         return Err(PasswordProblem::TooLong);
     }
@@ -102,7 +102,7 @@ fn too_long(pw: &str) -> bool {
 
 /// A PHC string (`$argon2id$v=19$...`) of `pw` with a fresh salt (argon2 0.6 defaults:
 /// argon2id, 19 MiB, 2 passes, OWASP's recommendation).
-pub fn hash_password(pw: &str) -> Result<String, String> {
+pub(crate) fn hash_password(pw: &str) -> Result<String, String> {
     Argon2::default()
         .hash_password(pw.as_bytes())
         .map(|h| h.to_string())
@@ -111,7 +111,7 @@ pub fn hash_password(pw: &str) -> Result<String, String> {
 
 /// Whether `pw` matches the PHC string (false for an unreadable one, and for a password
 /// longer than [`PASSWORD_MAX_CHARS`], which no account can have, without hashing it).
-pub fn verify_password(pw: &str, phc: &str) -> bool {
+pub(crate) fn verify_password(pw: &str, phc: &str) -> bool {
     if too_long(pw) {
         return false;
     }
@@ -123,28 +123,28 @@ pub fn verify_password(pw: &str, phc: &str) -> bool {
 
 /// Until when an account is locked after a failure, given the failures counted in the
 /// last [`LOCKOUT_WINDOW_MS`] (this one included); `None`: not locked.
-pub fn lock_until(failures_in_window: u32, now: SystemTime) -> Option<SystemTime> {
+pub(crate) fn lock_until(failures_in_window: u32, now: SystemTime) -> Option<SystemTime> {
     (failures_in_window >= LOCKOUT_FAILURES).then(|| now + Duration::from_millis(LOCKOUT_MS))
 }
 
 /// Whether a lock set until `locked_until` still holds at `now`.
-pub fn is_locked(locked_until: Option<SystemTime>, now: SystemTime) -> bool {
+pub(crate) fn is_locked(locked_until: Option<SystemTime>, now: SystemTime) -> bool {
     locked_until.is_some_and(|t| t > now)
 }
 
 /// Failures at or after this instant count towards a lockout.
-pub fn failure_window_start(now: SystemTime) -> SystemTime {
+pub(crate) fn failure_window_start(now: SystemTime) -> SystemTime {
     now - Duration::from_millis(LOCKOUT_WINDOW_MS)
 }
 
 /// A session last used before this instant has expired.
-pub fn session_cutoff(now: SystemTime) -> SystemTime {
+pub(crate) fn session_cutoff(now: SystemTime) -> SystemTime {
     now - Duration::from_millis(SESSION_IDLE_MS)
 }
 
 /// Whether `role` must pass a second factor: every role above `viewer` (merchant users
 /// too: they can move money back).
-pub fn needs_second_factor(role: Role) -> bool {
+pub(crate) fn needs_second_factor(role: Role) -> bool {
     role != Role::Viewer
 }
 
@@ -158,7 +158,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 
 /// SHA-256 of a token, as stored (tokens are random, 256 bits: no salt or stretching
 /// needed).
-pub fn token_hash(token: &str) -> Vec<u8> {
+pub(crate) fn token_hash(token: &str) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
         .as_ref()
         .to_vec()
@@ -166,20 +166,20 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 
 /// A fresh opaque token with `prefix` ([`SESSION_PREFIX`] or [`API_KEY_PREFIX`]) and
 /// its hash.
-pub fn new_token(prefix: &str) -> (String, Vec<u8>) {
+pub(crate) fn new_token(prefix: &str) -> (String, Vec<u8>) {
     let token = format!("{prefix}{}", hex::encode(random_bytes::<32>()));
     let hash = token_hash(&token);
     (token, hash)
 }
 
 /// A fresh TOTP secret: 160 bits, RFC 4226's recommendation.
-pub fn new_totp_secret() -> Vec<u8> {
+pub(crate) fn new_totp_secret() -> Vec<u8> {
     random_bytes::<20>().to_vec()
 }
 
 /// The RFC 6238 generator for a secret: SHA-1, 6 digits, 30 s steps, one step of skew
 /// (what authenticator apps implement).
-pub fn totp(secret: &[u8], username: &str) -> Result<totp_rs::Totp, String> {
+pub(crate) fn totp(secret: &[u8], username: &str) -> Result<totp_rs::Totp, String> {
     totp_rs::Builder::new()
         .with_secret(secret.to_vec())
         .with_issuer(Some("Switchyard"))
@@ -190,7 +190,7 @@ pub fn totp(secret: &[u8], username: &str) -> Result<totp_rs::Totp, String> {
 
 /// The time step a code is valid for at `now`, if valid and later than `last_step` (a
 /// code is accepted once, RFC 6238 §5.2).
-pub fn check_totp(
+pub(crate) fn check_totp(
     t: &totp_rs::Totp,
     code: &str,
     now: SystemTime,
@@ -202,7 +202,7 @@ pub fn check_totp(
 }
 
 /// [`RECOVERY_CODES`] fresh codes, `xxxxx-xxxxx` in lower-case hex (80 bits each).
-pub fn new_recovery_codes() -> Vec<String> {
+pub(crate) fn new_recovery_codes() -> Vec<String> {
     (0..RECOVERY_CODES)
         .map(|_| {
             let h = hex::encode(random_bytes::<5>());
@@ -212,7 +212,7 @@ pub fn new_recovery_codes() -> Vec<String> {
 }
 
 /// A recovery code as typed (case, spaces) to its stored hash.
-pub fn recovery_hash(code: &str) -> Vec<u8> {
+pub(crate) fn recovery_hash(code: &str) -> Vec<u8> {
     token_hash(&code.trim().to_ascii_lowercase())
 }
 

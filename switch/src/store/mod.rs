@@ -470,6 +470,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn ledger_totals(&self, day: Option<&str>) -> Result<Vec<Total>, StoreError>;
 }
 
+/// A store failure as the API answers it: a value PostgreSQL cannot take (SQLSTATE class
+/// 22, data exception: a NUL byte, an unreadable time) is the request's fault (422);
+/// anything else is the store being unavailable (503).
+pub fn unavailable(e: StoreError) -> admin_http::AdminError {
+    if let StoreError::Db(crate::db::DbError::Postgres(pg)) = &e
+        && pg.code().is_some_and(|c| c.code().starts_with("22"))
+    {
+        return admin_http::AdminError::Invalid(format!("a value the database cannot take: {pg}"));
+    }
+    admin_http::AdminError::Unavailable(e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

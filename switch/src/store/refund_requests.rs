@@ -9,9 +9,9 @@ use admin_http::refunds::RefundRequestView;
 use deadpool_postgres::Pool;
 use tokio_postgres::Row;
 
+use super::Event;
 use super::{StoreError, TxnRecord};
 use crate::lifecycle::Status;
-use crate::notify::Event;
 
 /// The original transaction of a refund, as the merchant named it.
 #[derive(Debug, Clone)]
