@@ -12,8 +12,8 @@ use switch::lifecycle::{self, Verdict};
 use switch::mem::MemStore;
 use switch::metrics::Metrics;
 use switch::store::{
-    BankAdvice, Journal, JournalSettings, NewTxn, OriginalRef, Outcome, PgStore, RequestRef, State,
-    Store,
+    BankAdvice, Journal, JournalSettings, NewTxn, OriginalRef, OutcomeRecord, PgStore, RequestRef,
+    State, Store,
 };
 
 const MERCHANT: &str = "MCONTRACT";
@@ -86,8 +86,8 @@ fn key(stan: &str) -> RequestRef<'_> {
     }
 }
 
-fn outcome(id: i64, state: State, rc: &str) -> Outcome {
-    Outcome {
+fn outcome(id: i64, state: State, rc: &str) -> OutcomeRecord {
+    OutcomeRecord {
         id,
         state,
         response_code: rc.into(),

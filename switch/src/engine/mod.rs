@@ -42,7 +42,7 @@ use crate::metrics::Metrics;
 use crate::notify::Sessions;
 use crate::replays::Replays;
 use crate::routing::Router;
-use crate::store::{NewTxn, Outcome, RequestRef, Store, StoreError};
+use crate::store::{NewTxn, OutcomeRecord, RequestRef, Store, StoreError};
 
 mod admission;
 mod claim;

@@ -331,7 +331,7 @@ impl Engine {
         sent: &Sent,
         exchange: LinkOutcome,
         started: Instant,
-    ) -> (Outcome, Answer) {
+    ) -> (OutcomeRecord, Answer) {
         let (reply, auth) = crate::bank_io::reply(&exchange);
         match reply {
             BankReply::Unknown => {
@@ -351,7 +351,7 @@ impl Engine {
         let reversal = verdict
             .needs_reversal()
             .then(|| (bank.config.id.clone(), ReversalReason::Timeout));
-        let outcome = Outcome {
+        let outcome = OutcomeRecord {
             id: sent.id,
             state: verdict.state,
             response_code: verdict.rc.as_str().into(),

@@ -20,8 +20,8 @@ use crate::lifecycle::{AdviceEffect, decide};
 use crate::store::Event;
 use crate::store::{
     Backlog, BankAdvice, DueForward, Inquiry, JournalError, NewTxn, Notification,
-    NotificationBacklog, OriginalRef, Outcome, PaymentLock, Recorded, RequestRef, State, Store,
-    StoreError, TxnRecord,
+    NotificationBacklog, OriginalRef, OutcomeRecord, PaymentLock, Recorded, RequestRef, State,
+    Store, StoreError, TxnRecord,
 };
 use crate::store::{Total, Violation};
 
@@ -512,7 +512,7 @@ impl Store for MemStore {
         })
     }
 
-    async fn record_outcome(&self, o: Outcome) -> Result<(), StoreError> {
+    async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), StoreError> {
         let (now, day) = (self.now_us(), self.day());
         self.write("outcome", |db| {
             db.in_doubt.remove(&o.id);

@@ -52,9 +52,11 @@ pub struct NewTxn {
     pub content: Option<ContentDigest>,
 }
 
-/// A transaction's outcome, and the reversal it needs if the outcome is unknown.
+/// A transaction's outcome as the journal writes it (a row update), and the reversal it
+/// needs if the outcome is unknown. Not to be confused with [`bank_links::Outcome`], what
+/// a bank exchange came to.
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct OutcomeRecord {
     pub id: i64,
     pub state: State,
     pub response_code: String,
@@ -80,7 +82,7 @@ pub enum JournalError {
 
 enum Op {
     Insert(Box<NewTxn>, oneshot::Sender<Result<bool, JournalError>>),
-    Update(Outcome, oneshot::Sender<Result<(), JournalError>>),
+    Update(OutcomeRecord, oneshot::Sender<Result<(), JournalError>>),
 }
 
 impl Op {
@@ -158,7 +160,7 @@ impl Journal {
     }
 
     /// Records an outcome (and its reversal, if any).
-    pub async fn record_outcome(&self, o: Outcome) -> Result<(), JournalError> {
+    pub async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), JournalError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Op::Update(o, ack))
@@ -523,7 +525,7 @@ impl<'a> Columns<'a> {
         self.content.push(t.content.as_ref().map(|d| &d.0[..]));
     }
 
-    fn push_update(&mut self, o: &'a Outcome) {
+    fn push_update(&mut self, o: &'a OutcomeRecord) {
         self.u_id.push(o.id);
         self.u_state.push(o.state.as_str());
         self.u_rc.push(&o.response_code);

@@ -3,7 +3,7 @@
 //! and notifications is in this module, behind [`Store`].
 //!
 //! The request path and the workers ask [`Store`] in domain terms: ids, [`NewTxn`],
-//! [`Outcome`], [`State`], amounts, [`Transition`]s computed by [`crate::lifecycle`], and
+//! [`OutcomeRecord`], [`State`], amounts, [`Transition`]s computed by [`crate::lifecycle`], and
 //! answer-shaped values back; never rows or SQL. [`PgStore`] is the PostgreSQL
 //! implementation:
 //!
@@ -46,7 +46,7 @@ use crate::db::DbError;
 use crate::lifecycle::{AdviceEffect, Named, Payment, Transition, Verdict};
 
 pub use crate::lifecycle::State;
-pub use journal::{Journal, JournalError, JournalSettings, NewTxn, Outcome};
+pub use journal::{Journal, JournalError, JournalSettings, NewTxn, OutcomeRecord};
 pub use notifications::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS, retry_ms};
 pub use pg::PgStore;
 pub use postings::{Total, Violation};
@@ -319,7 +319,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records a purchase's or pre-authorisation's outcome through the journal, with its
     /// postings (an approved purchase) and its reversal (if any), in one commit.
-    async fn record_outcome(&self, o: Outcome) -> Result<(), StoreError>;
+    async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), StoreError>;
 
     /// The first of [`crate::ids::ID_BLOCK`] fresh transaction ids, unique across
     /// instances and restarts.

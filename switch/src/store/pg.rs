@@ -8,7 +8,7 @@ use tokio::sync::Semaphore;
 
 use super::{
     Backlog, BankAdvice, DueForward, Inquiry, Journal, NewTxn, Notification, NotificationBacklog,
-    OriginalRef, Outcome, PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
+    OriginalRef, OutcomeRecord, PaymentLock, Recorded, RequestRef, Store, StoreError, TxnRecord,
 };
 use super::{Total, Violation};
 use super::{advices, leases, notifications, payments, postings, reads, reversals};
@@ -75,7 +75,7 @@ impl Store for PgStore {
         Ok(self.journal()?.insert(t).await?)
     }
 
-    async fn record_outcome(&self, o: Outcome) -> Result<(), StoreError> {
+    async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), StoreError> {
         Ok(self.journal()?.record_outcome(o).await?)
     }
 
