@@ -34,18 +34,20 @@ fn main() -> anyhow::Result<()> {
                 % 1_000_000_000
         }
     };
-    println!(
-        "seeds {start}..{} ({} seeds)",
-        start + args.seeds,
-        args.seeds
-    );
+    let Some(end) = start.checked_add(args.seeds) else {
+        anyhow::bail!("seeds {start} and the {} after it pass 2^64", args.seeds);
+    };
+    match args.seeds {
+        0 => println!("no seeds"),
+        n => println!("seeds {start} to {} ({n} seeds)", end - 1),
+    }
     let opts = sim::Options {
         terminals: args.terminals,
         ops: args.ops,
         ..sim::Options::default()
     };
     let (mut passed, mut failed) = (0u64, 0u64);
-    for seed in start..start + args.seeds {
+    for seed in start..end {
         let r = sim::run_seed(seed, &opts);
         if r.violations.is_empty() {
             passed += 1;
