@@ -19,7 +19,7 @@ use switch::limiter::Rate;
 use switch::mem::{MemClaims, MemStore};
 use switch::merchants::{Merchant, Merchants};
 use switch::metrics::Metrics;
-use switch::notify::Sessions;
+use switch::notify::Outlets;
 use switch::routing::{Route, RouteTable, Router};
 use switch::store::Store;
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -223,10 +223,10 @@ impl World {
         for (i, (merchant, tx)) in self.outlets.iter().enumerate() {
             let signed_on = Arc::new(AtomicBool::new(true));
             engine
-                .sessions
+                .outlets
                 .register(merchant, i as u64, tx.clone(), signed_on);
         }
-        engine.sessions.wake.notify_one();
+        engine.outlets.wake.notify_one();
         *self.switch() = Some(Incarnation {
             engine,
             tasks,
@@ -286,7 +286,7 @@ impl World {
             card_rate: Rate::new(30, 60_000_000, 10),
             acquirer_ids: HashMap::new(),
             reversal_wake: Arc::new(Notify::new()),
-            sessions: Arc::new(Sessions::default()),
+            outlets: Arc::new(Outlets::default()),
             metrics,
             limits_on_outage: self.limits_on_outage,
             outcome_wait_ms: OUTCOME_WAIT_MS,
@@ -326,7 +326,7 @@ impl World {
         }
         tasks.spawn(switch::notify::run(
             engine.store.clone(),
-            engine.sessions.clone(),
+            engine.outlets.clone(),
             engine.merchants.clone(),
             shutdown.clone(),
         ));

@@ -449,7 +449,7 @@ impl Workers {
         ));
         self.spawn(crate::notify::run(
             stores.shared.clone(),
-            engine.sessions.clone(),
+            engine.outlets.clone(),
             stores.merchants.clone(),
             self.shutdown.clone(),
         ));
@@ -501,7 +501,7 @@ fn build_engine(config: &Config, p: EngineParts<'_>) -> Engine {
         ),
         acquirer_ids: p.acquirer_ids,
         reversal_wake: p.reversal_wake.clone(),
-        sessions: Arc::new(crate::notify::Sessions::default()),
+        outlets: Arc::new(crate::notify::Outlets::default()),
         metrics: p.metrics.clone(),
         limits_on_outage: config.redis.limits_on_outage,
         outcome_wait_ms: config.switch.outcome_wait_ms,

@@ -34,13 +34,13 @@ struct Outlet {
 
 /// Connections by merchant, for delivering notifications.
 #[derive(Debug, Default)]
-pub struct Sessions {
+pub struct Outlets {
     by_merchant: Mutex<HashMap<String, Vec<Outlet>>>,
     /// Wakes the notifier (a merchant signed on, a notification was stored).
     pub wake: Notify,
 }
 
-impl Sessions {
+impl Outlets {
     pub fn register(
         &self,
         merchant: &str,
@@ -48,7 +48,7 @@ impl Sessions {
         tx: mpsc::Sender<Bytes>,
         signed_on: Arc<AtomicBool>,
     ) {
-        let mut m = self.by_merchant.lock().expect("sessions lock");
+        let mut m = self.by_merchant.lock().expect("outlets lock");
         m.entry(merchant.to_string()).or_default().push(Outlet {
             session,
             tx,
@@ -57,7 +57,7 @@ impl Sessions {
     }
 
     pub fn unregister(&self, merchant: &str, session: u64) {
-        let mut m = self.by_merchant.lock().expect("sessions lock");
+        let mut m = self.by_merchant.lock().expect("outlets lock");
         if let Some(v) = m.get_mut(merchant) {
             v.retain(|o| o.session != session);
             if v.is_empty() {
@@ -68,7 +68,7 @@ impl Sessions {
 
     /// Merchants with at least one signed-on connection here.
     fn signed_on(&self) -> Vec<String> {
-        let m = self.by_merchant.lock().expect("sessions lock");
+        let m = self.by_merchant.lock().expect("outlets lock");
         m.iter()
             .filter(|(_, v)| v.iter().any(|o| o.signed_on.load(Ordering::Relaxed)))
             .map(|(k, _)| k.clone())
@@ -77,7 +77,7 @@ impl Sessions {
 
     /// Hands a message to one signed-on connection of the merchant; false if none took it.
     fn deliver(&self, merchant: &str, msg: Bytes) -> bool {
-        let m = self.by_merchant.lock().expect("sessions lock");
+        let m = self.by_merchant.lock().expect("outlets lock");
         let Some(v) = m.get(merchant) else {
             return false;
         };
@@ -90,21 +90,21 @@ impl Sessions {
 /// Delivers due notifications to signed-on merchants until shutdown.
 pub async fn run(
     store: Arc<dyn Store>,
-    sessions: Arc<Sessions>,
+    outlets: Arc<Outlets>,
     merchants: Arc<Merchants>,
     shutdown: CancellationToken,
 ) {
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = sessions.wake.notified() => {}
+            _ = outlets.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(NOTIFY_POLL_MS)) => {}
         }
-        let online = sessions.signed_on();
+        let online = outlets.signed_on();
         if online.is_empty() {
             continue;
         }
-        if let Err(e) = round(&*store, &sessions, &merchants, &online).await {
+        if let Err(e) = round(&*store, &outlets, &merchants, &online).await {
             tracing::warn!(error = %e, "notification round failed");
         }
     }
@@ -112,7 +112,7 @@ pub async fn run(
 
 async fn round(
     store: &dyn Store,
-    sessions: &Sessions,
+    outlets: &Outlets,
     merchants: &Merchants,
     online: &[String],
 ) -> Result<(), StoreError> {
@@ -127,7 +127,7 @@ async fn round(
         };
         match advice(&n, &merchant.mac_key) {
             Ok(bytes) => {
-                let sent = sessions.deliver(&n.merchant_id, bytes);
+                let sent = outlets.deliver(&n.merchant_id, bytes);
                 tracing::info!(merchant = %n.merchant_id, event = %n.event, rrn = %n.rrn, sent, attempts = n.attempts,
                     "notification sent");
             }

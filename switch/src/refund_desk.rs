@@ -630,7 +630,7 @@ impl RefundDesk {
                 .notify(&root, status, made.id, event)
                 .await
                 .map_err(unavailable)?;
-            engine.sessions.wake.notify_one();
+            engine.outlets.wake.notify_one();
         }
         Ok(())
     }

@@ -89,7 +89,7 @@ impl ConnShared {
         let mut b = self.bound.lock().expect("bound lock");
         b.closed = true;
         if let Some(id) = b.merchant.take() {
-            engine.sessions.unregister(&id, self.session_id);
+            engine.outlets.unregister(&id, self.session_id);
             connections.unbind(&id);
         }
     }
@@ -228,7 +228,7 @@ impl Accepted {
             let outlet = self.conn.outlet.clone().unwrap_or_else(|| self.tx.clone());
             let signed_on = self.conn.state.signed_on.clone();
             self.engine
-                .sessions
+                .outlets
                 .register(merchant, self.conn.session_id, outlet, signed_on);
         } else {
             tracing::warn!(merchant = %merchant, "merchant over its connection limit: closing after this answer");

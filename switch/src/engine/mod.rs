@@ -39,7 +39,7 @@ use crate::lifecycle::{self, BankReply, ReversalReason, State};
 use crate::limiter::{Claim, ClaimRequest, Claims, KeyWrite, LimiterError, Rate};
 use crate::merchants::{Merchant, Merchants};
 use crate::metrics::Metrics;
-use crate::notify::Sessions;
+use crate::notify::Outlets;
 use crate::replays::Replays;
 use crate::routing::Router;
 use crate::store::{NewTxn, OutcomeRecord, RequestRef, Store, StoreError};
@@ -120,7 +120,7 @@ pub struct Engine {
     /// Wakes the reversal workers when a reversal has been recorded.
     pub reversal_wake: Arc<Notify>,
     /// Merchant connections, for notifications.
-    pub sessions: Arc<Sessions>,
+    pub outlets: Arc<Outlets>,
     pub metrics: Arc<Metrics>,
     /// What the limits do while Redis is unreachable.
     pub limits_on_outage: LimitsOnOutage,
@@ -444,7 +444,7 @@ impl Engine {
         match msg.raw(70) {
             Some(b"001") => {
                 session.signed_on.store(true, Ordering::Relaxed);
-                self.sessions.wake.notify_one();
+                self.outlets.wake.notify_one();
             }
             Some(b"002") => session.signed_on.store(false, Ordering::Relaxed),
             Some(b"301") => {}
