@@ -125,10 +125,10 @@ async fn a_request_is_recorded_once_and_settled_once() {
     for (name, store) in stores("contract_once").await {
         let id = store.id_block().await.expect("ids");
         let t = purchase(id, "000001", "ORDER-1", 1_000);
-        assert!(store.insert(t.clone()).await.unwrap(), "{name}: first");
-        assert!(!store.insert(t).await.unwrap(), "{name}: same key");
+        assert!(store.insert(Arc::new(t.clone())).await.unwrap(), "{name}: first");
+        assert!(!store.insert(Arc::new(t)).await.unwrap(), "{name}: same key");
         let other = purchase(id + 1, "000002", "ORDER-1", 1_000);
-        assert!(!store.insert(other).await.unwrap(), "{name}: live order");
+        assert!(!store.insert(Arc::new(other)).await.unwrap(), "{name}: live order");
         let rec = store
             .recorded(&key("000001"))
             .await
@@ -172,7 +172,7 @@ async fn a_declined_order_is_free_again() {
     for (name, store) in stores("contract_declined").await {
         let id = store.id_block().await.unwrap();
         store
-            .insert(purchase(id, "000001", "ORDER-2", 500))
+            .insert(Arc::new(purchase(id, "000001", "ORDER-2", 500)))
             .await
             .unwrap();
         store
@@ -185,7 +185,7 @@ async fn a_declined_order_is_free_again() {
         );
         let again = purchase(id + 1, "000002", "ORDER-2", 500);
         assert!(
-            store.insert(again).await.unwrap(),
+            store.insert(Arc::new(again)).await.unwrap(),
             "{name}: a new request for the order"
         );
     }

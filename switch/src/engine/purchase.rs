@@ -165,7 +165,7 @@ impl Engine {
             unix,
         };
         let record = match self.new_txn(r, bank, &sent) {
-            Ok(record) => record,
+            Ok(record) => Arc::new(record),
             Err(answer) => return Err(answer),
         };
         match self.insert_resolved(record, r.key).await {
@@ -210,7 +210,7 @@ impl Engine {
     /// Writes that certainly did not commit are retried [`RECORD_RETRY_MAX`] times (then
     /// `Err` with `maybe_written` false: answered `96`); once one may have committed, for
     /// `outcome_wait_ms` (then `maybe_written` true: no answer can be given).
-    async fn insert_resolved(&self, record: NewTxn, key: &str) -> Result<bool, Unresolved> {
+    async fn insert_resolved(&self, record: Arc<NewTxn>, key: &str) -> Result<bool, Unresolved> {
         let id = record.id;
         let started = self.clock.mono();
         let (mut failed, mut maybe_written, mut attempt) = (false, false, 0u32);

@@ -501,7 +501,7 @@ impl PaymentLock for MemPaymentLock {
 
 #[async_trait]
 impl Store for MemStore {
-    async fn insert(&self, t: NewTxn) -> Result<bool, StoreError> {
+    async fn insert(&self, t: Arc<NewTxn>) -> Result<bool, StoreError> {
         let now = self.now_us();
         self.write("insert", |db| {
             let inserted = db.insert(&t, now);

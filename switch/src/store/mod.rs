@@ -37,6 +37,8 @@ mod reversals;
 mod rrn;
 pub mod search;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use codec::Mti;
 
@@ -314,8 +316,9 @@ pub struct Notification {
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records a new purchase or pre-authorisation through the group-committed journal;
     /// `Ok(false)` if a row with the same request key (or a live row with the same order
-    /// reference) exists already.
-    async fn insert(&self, t: NewTxn) -> Result<bool, StoreError>;
+    /// reference) exists already. Shared (`Arc`): a write retried after a lost
+    /// acknowledgement sends the same record again without copying it.
+    async fn insert(&self, t: Arc<NewTxn>) -> Result<bool, StoreError>;
 
     /// Records a purchase's or pre-authorisation's outcome through the journal, with its
     /// postings (an approved purchase) and its reversal (if any), in one commit.

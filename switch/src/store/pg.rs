@@ -71,7 +71,7 @@ impl PgStore {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn insert(&self, t: NewTxn) -> Result<bool, StoreError> {
+    async fn insert(&self, t: Arc<NewTxn>) -> Result<bool, StoreError> {
         Ok(self.journal()?.insert(t).await?)
     }
 
