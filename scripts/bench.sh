@@ -6,7 +6,8 @@
 # and writes reports under target/bench/<time>/ (and target/bench/latest): latency, CPU
 # per answered request of every program (by PID tree, over the measured window), the
 # switch's journal batches and Redis calls, and PostgreSQL's top statements
-# (pg_stat_statements, enabled in the private cluster).
+# (pg_stat_statements, enabled in the private cluster), and the disk's write + fdatasync
+# latency tail (disk.json, from fsync-probe).
 #
 # Environment (defaults in brackets):
 #   RATE [2000]  DURATION [20]  WARMUP [5]  CONNECTIONS [16]
@@ -105,6 +106,10 @@ shared_buffers = ${PG_SHARED_BUFFERS:-2GB}
 # are sized for small ones): fewer full-page images in the WAL after each checkpoint.
 max_wal_size = 8GB
 checkpoint_timeout = 15min
+# What the database did in the background, in work/postgres.log: a stall in the latency
+# series can be matched with an autovacuum or a checkpoint.
+log_autovacuum_min_duration = 0
+log_checkpoints = on
 EOF
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
@@ -126,6 +131,11 @@ echo "postmaster pid $pg_pid, redis pid $redis_pid"
 
 say "release build (switchyard, bank-sim, loadgen, relay)"
 cargo build --release -p switch -p loadtest
+
+# The disk's own tail, with nothing else running: the switch answers after two durable
+# commits, so its p99 cannot beat the WAL flush's; the relay never touches the disk.
+say "disk: write + fdatasync under the database's directory for 5 s (fsync-probe)"
+"$bin/fsync-probe" --dir "$SWITCHYARD_TEST_PG_DATA" --seconds 5 | tee "$out/disk.json"
 
 declare -A listen control
 bank_pids=()
@@ -244,6 +254,7 @@ status=0
 # latency it adds) for the run, next to the harness's report.
 mkdir -p "$out"
 curl -fsS "http://$admin_addr/metrics" >"$out/switch-metrics.txt" 2>/dev/null || true
+cp "$SWITCHYARD_TEST_PG_DATA/server.log" "$work/postgres.log" 2>/dev/null || true
 
 # The switch must still be alive after the load (a crash is a finding, not a detail).
 if ! kill -0 "$switch_pid" 2>/dev/null; then

@@ -125,10 +125,19 @@ async fn a_request_is_recorded_once_and_settled_once() {
     for (name, store) in stores("contract_once").await {
         let id = store.id_block().await.expect("ids");
         let t = purchase(id, "000001", "ORDER-1", 1_000);
-        assert!(store.insert(Arc::new(t.clone())).await.unwrap(), "{name}: first");
-        assert!(!store.insert(Arc::new(t)).await.unwrap(), "{name}: same key");
+        assert!(
+            store.insert(Arc::new(t.clone())).await.unwrap(),
+            "{name}: first"
+        );
+        assert!(
+            !store.insert(Arc::new(t)).await.unwrap(),
+            "{name}: same key"
+        );
         let other = purchase(id + 1, "000002", "ORDER-1", 1_000);
-        assert!(!store.insert(Arc::new(other)).await.unwrap(), "{name}: live order");
+        assert!(
+            !store.insert(Arc::new(other)).await.unwrap(),
+            "{name}: live order"
+        );
         let rec = store
             .recorded(&key("000001"))
             .await

@@ -400,7 +400,8 @@ impl Writer {
 /// purchases/s with `PRELOAD=0`: 0.13 ms of planning per commit beside 0.22 ms of
 /// execution, about 20 µs of database CPU per purchase), while on a grown database it
 /// settled on the generic plan.
-const WRITER_SESSION_SQL: &str = "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan";
+const WRITER_SESSION_SQL: &str =
+    "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan";
 
 /// The batch statement, with `$conflict` after the inserts of transactions, in-doubt rows
 /// and postings: [`BATCH_SQL`] skips rows that exist already (a retried write, a duplicate
