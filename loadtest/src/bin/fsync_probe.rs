@@ -4,8 +4,8 @@
 //!
 //! The benchmark runs it before its runs: a switch that answers only after two durable
 //! commits cannot have a latency tail shorter than the disk's, while the bare relay never
-//! touches the disk. Prints one JSON line: the count, p50, p99, p99.9 and max in ms, and
-//! the worst write of every half second (`worst_ms_per_half_s`), so periodic stalls show.
+//! touches the disk. Prints one JSON line: the count, p50, p99, p99.9 and max in µs, and
+//! the worst write of every half second (`worst_us_per_half_s`), so periodic stalls show.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -54,16 +54,17 @@ fn try_main() -> Result<()> {
         .join(format!("fsync-probe-{}.tmp", std::process::id()));
     let result = probe(&path, Duration::from_secs(args.seconds));
     let _ = std::fs::remove_file(&path);
-    let (mut lat_us, worst) = result?;
+    let (mut lat_us, worst_us) = result?;
     lat_us.sort_unstable();
-    let pick = |q: f64| lat_us[((lat_us.len() - 1) as f64 * q) as usize] as f64 / 1000.0;
+    // The write at `per_mille` of the way through the sorted latencies.
+    let pick = |per_mille: usize| lat_us[(lat_us.len() - 1) * per_mille / 1000];
     let line = serde_json::json!({
         "writes": lat_us.len(),
-        "p50_ms": pick(0.5),
-        "p99_ms": pick(0.99),
-        "p999_ms": pick(0.999),
-        "max_ms": pick(1.0),
-        "worst_ms_per_half_s": worst.iter().map(|us| *us as f64 / 1000.0).collect::<Vec<_>>(),
+        "p50_us": pick(500),
+        "p99_us": pick(990),
+        "p999_us": pick(999),
+        "max_us": pick(1000),
+        "worst_us_per_half_s": worst_us,
     });
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}")?;
