@@ -101,7 +101,7 @@ async fn approved(store: &dyn Store, stan: &str, order: &str, amount: i64) -> i6
     let id = store.id_block().await.expect("ids");
     assert!(
         store
-            .insert(purchase(id, stan, order, amount))
+            .insert(Arc::new(purchase(id, stan, order, amount)))
             .await
             .expect("insert")
     );
@@ -208,7 +208,7 @@ async fn recovery_reverses_and_notifies() {
     for (name, store) in stores("contract_recovery").await {
         let id = store.id_block().await.unwrap();
         store
-            .insert(purchase(id, "000001", "ORDER-3", 700))
+            .insert(Arc::new(purchase(id, "000001", "ORDER-3", 700)))
             .await
             .unwrap();
         assert_eq!(store.recover(1).await.unwrap(), 1, "{name}");
