@@ -11,19 +11,39 @@
 started=()
 ready_wait_tenths="${ready_wait_tenths:-600}"
 
-# Stops every started process (TERM, then KILL after 10 s), then the private services.
-stop_all() {
+# stop_pids PID...: TERM, then KILL those still alive after 10 s.
+stop_pids() {
   local pid i
-  for pid in "${started[@]}"; do
+  for pid in "$@"; do
     kill "$pid" 2>/dev/null || true
   done
-  for pid in "${started[@]}"; do
+  for pid in "$@"; do
     for i in $(seq 1 100); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
     kill -9 "$pid" 2>/dev/null || true
   done
+}
+
+# children_of PID: the PIDs of a process's direct children (from /proc: procps may not be
+# installed).
+children_of() {
+  cat /proc/"$1"/task/*/children 2>/dev/null || true
+}
+
+# Stops every started process (TERM, then KILL after 10 s), then the private services.
+# A process that runs under a wrapper (bench.sh's SWITCH_WRAPPER, e.g. `perf stat`) is
+# stopped first, so the wrapper can write what it measured and exit by itself: stopping
+# the wrapper alone left the switch running.
+stop_all() {
+  local pid children=()
+  for pid in "${started[@]}"; do
+    # shellcheck disable=SC2207
+    children+=($(children_of "$pid"))
+  done
+  stop_pids "${children[@]}"
+  stop_pids "${started[@]}"
   started=()
   services_stop
 }
