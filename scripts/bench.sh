@@ -22,6 +22,9 @@
 #     thread per core, the switch's default)
 #   JOURNAL_WRITERS, JOURNAL_BATCH_MAX, JOURNAL_COMMIT_INTERVAL_US [the switch's defaults]:
 #     [database] settings to try
+#   SCHEDULE [tick]: when loadgen sends each request: tick (on tokio's 1 ms timer, in
+#     bursts at each tick, as every earlier figure was measured) or precise (at its due
+#     time, a timerfd per connection; see docs/loadtest.md)
 #   PRELOAD [0]: historical transactions written before the switch starts
 #     (scripts/bench-preload.sql; the standard run uses PRELOAD=1000000)
 # Refuses to start while another benchmark's loadgen is running.
@@ -48,6 +51,8 @@ BANK_TIMEOUT_MS="${BANK_TIMEOUT_MS:-2000}"
 SWITCH_LOG="${SWITCH_LOG:-warn}"
 DURABLE="${DURABLE:-1}"
 PRELOAD="${PRELOAD:-0}"
+SCHEDULE="${SCHEDULE:-tick}"
+case "$SCHEDULE" in tick | precise) ;; *) echo "SCHEDULE must be tick or precise, not '$SCHEDULE'" >&2; exit 1 ;; esac
 case "$PRELOAD" in '' | *[!0-9]*) echo "PRELOAD must be a number of transactions, not '$PRELOAD'" >&2; exit 1 ;; esac
 
 # Two benchmarks at once measure each other: refuse while another loadgen runs.
@@ -242,11 +247,14 @@ args=(
   --relay-upstream "${listen[bank-a]}" --relay-control "${control[bank-a]}"
   --out "$out"
 )
+if [ "$SCHEDULE" = precise ]; then
+  args+=(--precise-schedule)
+fi
 if [ "$SEARCH" = 1 ]; then
   args+=(--search --p99-target-ms "$P99_TARGET_MS" --search-max "$SEARCH_MAX")
   say "loadgen: search from $RATE/s for p99 <= $P99_TARGET_MS ms ($DURATION s per step)"
 else
-  say "loadgen: relay then switch at $RATE/s for $DURATION s (+$WARMUP s warm-up)"
+  say "loadgen: relay then switch at $RATE/s for $DURATION s (+$WARMUP s warm-up), $SCHEDULE schedule"
 fi
 status=0
 "$bin/loadgen" "${args[@]}" || status=$?

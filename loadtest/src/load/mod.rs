@@ -6,9 +6,11 @@
 //! [`reconcile`] (the harness against the bank's record), [`sysstat`] (steal and CPU
 //! from /proc), [`proctree`] (CPU by role over a window, by PID tree), [`switchstats`]
 //! (journal and Redis figures from two snapshots), [`pg`] (statement figures), [`svg`]
-//! (the chart). [`run`] does the I/O, [`window`] samples the measured window; [`http`]
-//! reads the record and the switch's metrics.
+//! (the chart). [`run`] does the I/O, [`due`] wakes it at each request's due time,
+//! [`window`] samples the measured window; [`http`] reads the record and the switch's
+//! metrics.
 
+pub mod due;
 pub mod http;
 pub mod mix;
 pub mod pg;

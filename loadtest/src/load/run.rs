@@ -120,6 +120,10 @@ pub struct RunSpec {
     /// Distinguishes this run's terminals, order references and RRNs (0..=999).
     pub nonce: u32,
     pub progress: bool,
+    /// Send each request at its due time to within tens of microseconds (a timerfd per
+    /// connection, [`super::due`]) rather than on tokio's 1 ms timer, which sends the
+    /// schedule in bursts at each tick.
+    pub precise_schedule: bool,
 }
 
 #[derive(Debug)]
@@ -227,10 +231,13 @@ async fn send_loop(
     let keep_for_resend = !relay && mix.weight(Kind::Retransmit) > 0;
     let mut stan = 0u32;
     let mut i = c as u64;
+    let mut timer = spec.precise_schedule.then(super::due::DueTimer::in_reactor);
     while i < total {
         let due = t0 + due_offset(i, spec.rate);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
+        match timer.as_mut() {
+            Some(t) => t.sleep_until(due.into_std()).await,
+            None if due > Instant::now() => tokio::time::sleep_until(due).await,
+            None => {}
         }
         let mut kind = mix.kind_at(i);
         let mut resent = None;
