@@ -169,6 +169,23 @@ fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).trim_end().to_string()
 }
 
+/// What a request goes to its bank with besides its RRN: the bank-side STAN (DE11) and
+/// the transmission date and time (DE7), as sent and as recorded.
+struct BankStamp {
+    stan: [u8; 6],
+    de7: [u8; 10],
+}
+
+impl BankStamp {
+    /// The STAN allotted for the exchange; `unix_s` is when the request is recorded.
+    fn new(stan: u32, unix_s: u64) -> BankStamp {
+        BankStamp {
+            stan: bank_links::stan::format_stan(stan),
+            de7: codec::clock::transmission(unix_s),
+        }
+    }
+}
+
 /// The answer when a bank's reply cannot be recorded within `switch.outcome_wait_ms`:
 /// none at all ([`Rc::WITHHELD`]): the request is recorded and was at the bank, its
 /// outcome is not recorded, and the last write may yet have committed. The in-doubt

@@ -160,8 +160,7 @@ impl Engine {
             id,
             rrn,
             bank_stan,
-            stan_digits: bank_links::stan::format_stan(bank_stan),
-            bank_de7: codec::clock::transmission(unix),
+            stamp: BankStamp::new(bank_stan, unix),
             unix,
         };
         let record = match self.new_txn(r, bank, &sent) {
@@ -276,8 +275,8 @@ impl Engine {
             card_enc: Some(card_enc),
             rrn: sent.rrn.clone(),
             bank_id: Some(bank.config.id.clone()),
-            bank_stan: Some(text(&sent.stan_digits)),
-            bank_transmitted_at: Some(text(&sent.bank_de7)),
+            bank_stan: Some(text(&sent.stamp.stan)),
+            bank_transmitted_at: Some(text(&sent.stamp.de7)),
             original_id: None,
             state: State::Authorising,
             response_code: None,
@@ -307,8 +306,8 @@ impl Engine {
         b.set(2, a.pan)
             .set(3, a.processing_code)
             .set(4, msg.raw(4).unwrap_or(b"0"))
-            .set(7, &sent.bank_de7)
-            .set(11, &sent.stan_digits)
+            .set(7, &sent.stamp.de7)
+            .set(11, &sent.stamp.stan)
             .set(12, &de12)
             .set(13, &de13)
             .set(14, a.expiry)
@@ -390,8 +389,7 @@ struct Sent {
     id: i64,
     rrn: String,
     bank_stan: u32,
-    stan_digits: [u8; 6],
-    bank_de7: [u8; 10],
+    stamp: BankStamp,
     /// When it was recorded (DE7, DE12 and DE13 to the bank), in Unix seconds.
     unix: u64,
 }

@@ -3,6 +3,7 @@
 //! reserved under the payment's lock, then sent to the bank, then settled).
 
 use super::*;
+use crate::engine::{BankStamp, text};
 
 /// A completion or refund on its way: what each step of it reads.
 struct Step<'a> {
@@ -29,8 +30,7 @@ struct Allotted {
     id: i64,
     rrn: String,
     exchange: BankExchange,
-    stan_digits: [u8; 6],
-    bank_de7: [u8; 10],
+    stamp: BankStamp,
 }
 
 /// What a lifecycle request sends to the bank once its effect is reserved.
@@ -64,8 +64,8 @@ fn lifecycle_row(s: &Step<'_>, root: &TxnRecord, a: &Allotted, instance_id: i16)
         card_enc: root.card_enc.clone(),
         rrn: a.rrn.clone(),
         bank_id: Some(a.exchange.bank().config.id.clone()),
-        bank_stan: Some(String::from_utf8_lossy(&a.stan_digits).into_owned()),
-        bank_transmitted_at: Some(String::from_utf8_lossy(&a.bank_de7).into_owned()),
+        bank_stan: Some(text(&a.stamp.stan)),
+        bank_transmitted_at: Some(text(&a.stamp.de7)),
         original_id: Some(root.id),
         state: State::Authorising,
         response_code: None,
@@ -279,8 +279,7 @@ impl Engine {
         Allotted {
             id,
             rrn: rrn_of(id),
-            stan_digits: bank_links::stan::format_stan(exchange.stan()),
-            bank_de7: codec::clock::transmission(self.clock.unix_s()),
+            stamp: BankStamp::new(exchange.stan(), self.clock.unix_s()),
             exchange,
         }
     }
@@ -341,8 +340,8 @@ impl Engine {
         }
         b.set(3, s.msg.raw(3).unwrap_or(b"000000"))
             .set(4, amount.as_bytes())
-            .set(7, &a.bank_de7)
-            .set(11, &a.stan_digits)
+            .set(7, &a.stamp.de7)
+            .set(11, &a.stamp.stan)
             .set(37, a.rrn.as_bytes())
             .set(41, s.msg.raw(41).unwrap_or(b"        "))
             .set(42, s.msg.raw(42).unwrap_or(b" "))
