@@ -400,8 +400,39 @@ impl Writer {
 /// purchases/s with `PRELOAD=0`: 0.13 ms of planning per commit beside 0.22 ms of
 /// execution, about 20 µs of database CPU per purchase), while on a grown database it
 /// settled on the generic plan.
+///
+/// Memoize is off: it caches inner rows by join key, and every key of a batch (a
+/// transaction id) is distinct, so its cache could only cost.
 const WRITER_SESSION_SQL: &str =
-    "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan";
+    "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan; SET enable_memoize = off";
+
+/// The plan the batch statement runs with on a writer's session, as
+/// `EXPLAIN (FORMAT JSON)` prints it (a one-element JSON array). Run on `client` as a
+/// writer sets itself up ([`WRITER_SESSION_SQL`]), so it is the generic plan every commit
+/// uses; tests check its shape (each record reaches its rows by key, never by a rescan of
+/// the batch). Errors: the database's.
+pub async fn explain_batch(client: &tokio_postgres::Client) -> Result<serde_json::Value, DbError> {
+    client.batch_execute(WRITER_SESSION_SQL).await?;
+    client
+        .batch_execute(&format!("PREPARE journal_batch_plan AS {BATCH_SQL_FAST}"))
+        .await?;
+    // Empty arrays for every column, 0 for the cut-over hour ($31): the plan is generic.
+    let args: Vec<&str> = (1..=BATCH_PARAMS)
+        .map(|i| if i == 31 { "0" } else { "'{}'" })
+        .collect();
+    let sql = format!(
+        "EXPLAIN (FORMAT JSON) EXECUTE journal_batch_plan({})",
+        args.join(", ")
+    );
+    let row = client.query_one(&sql, &[]).await?;
+    client
+        .batch_execute("DEALLOCATE journal_batch_plan")
+        .await?;
+    Ok(row.get(0))
+}
+
+/// Parameters of the batch statement ($1..$32).
+const BATCH_PARAMS: usize = 32;
 
 /// The batch statement, with `$conflict` after the inserts of transactions, in-doubt rows
 /// and postings: [`BATCH_SQL`] skips rows that exist already (a retried write, a duplicate
@@ -433,7 +464,10 @@ WITH ins AS (
   FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
   -- An outcome settles a request still waiting for one: written again after a lost
   -- acknowledgement, it must not undo what came after it (a merchant's reversal).
-  WHERE t.id = ANY($24::bigint[]) AND t.id = u.id AND t.state = 'authorising'
+  -- Joined by key alone, so each outcome is one primary-key probe: with `t.id = ANY(...)`
+  -- added, the generic plan scanned the ids first and rescanned the whole array for each
+  -- row found, a cost growing with the square of the batch (see WRITER_SESSION_SQL).
+  WHERE t.id = u.id AND t.state = 'authorising'
   RETURNING t.id, t.kind, t.state, t.amount_minor, t.currency, t.merchant_id, t.bank_id
 ), settled AS (
   DELETE FROM in_doubt WHERE transaction_id = ANY($24::bigint[])

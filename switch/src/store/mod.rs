@@ -48,7 +48,7 @@ use crate::db::DbError;
 use crate::lifecycle::{AdviceEffect, Named, Payment, Transition, Verdict};
 
 pub use crate::lifecycle::State;
-pub use journal::{Journal, JournalError, JournalSettings, NewTxn, OutcomeRecord};
+pub use journal::{Journal, JournalError, JournalSettings, NewTxn, OutcomeRecord, explain_batch};
 pub use notifications::{Event, NOTIFY_RETRY_MAX_MS, NOTIFY_RETRY_MS, retry_ms};
 pub use pg::PgStore;
 pub use postings::{Total, Violation};
