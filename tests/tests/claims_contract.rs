@@ -181,3 +181,52 @@ async fn the_merchant_rate_refuses_beyond_its_burst() {
         }
     }
 }
+
+// Proves claims asked at once decide as one-by-one claims would: each merchant's burst is
+// granted exactly, without one merchant's claims counting against another's, and of two
+// claims of one key exactly one owns it while the other is told the owner's value.
+#[tokio::test]
+async fn claims_asked_together_decide_as_one_by_one() {
+    for algorithm in [RateAlgorithm::Gcra, RateAlgorithm::TokenBucket] {
+        let rate = Rate::new(1, 1_000_000, 5);
+        for (name, claims) in both(algorithm).await {
+            let keys: Vec<String> = (0..24)
+                .map(|i| format!("M{}|T1|{:06}|x|0200", 4 + i % 2, i))
+                .collect();
+            let requests: Vec<ClaimRequest> =
+                keys.iter().map(|k| request(k, "P", rate, false)).collect();
+            let got = futures::future::join_all(requests.iter().map(|r| claims.claim(r))).await;
+            for merchant in ["M4|", "M5|"] {
+                let theirs: Vec<&Claim> = keys
+                    .iter()
+                    .zip(&got)
+                    .filter(|(k, _)| k.starts_with(merchant))
+                    .map(|(_, c)| c.as_ref().expect("claim"))
+                    .collect();
+                let claimed = theirs.iter().filter(|c| ***c == Claim::Claimed).count();
+                let limited = theirs
+                    .iter()
+                    .filter(|c| ***c == Claim::Limited("merchant"))
+                    .count();
+                assert_eq!(
+                    (claimed, limited),
+                    (5, 7),
+                    "{name} {algorithm:?} {merchant}"
+                );
+            }
+            let free = Rate::new(0, 1, 0);
+            let key = "M6|T1|000001|x|0200";
+            let twice = futures::future::join(
+                claims.claim(&request(key, "P|a", free, false)),
+                claims.claim(&request(key, "P|b", free, false)),
+            )
+            .await;
+            let owner_told = match (twice.0.unwrap(), twice.1.unwrap()) {
+                (Claim::Claimed, Claim::Known(v)) => v == "P|a",
+                (Claim::Known(v), Claim::Claimed) => v == "P|b",
+                other => panic!("{name} {algorithm:?}: {other:?}"),
+            };
+            assert!(owner_told, "{name} {algorithm:?}: told the owner's value");
+        }
+    }
+}
