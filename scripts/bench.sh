@@ -27,6 +27,7 @@
 #     time, a timerfd per connection; see docs/loadtest.md)
 #   PRELOAD [0]: historical transactions written before the switch starts
 #     (scripts/bench-preload.sql; the standard run uses PRELOAD=1000000)
+#   SWITCHYARD_TEST_PG_LOCALE [C]: the private cluster's locale (scripts/services.sh)
 # Refuses to start while another benchmark's loadgen is running.
 # See docs/loadtest.md.
 set -euo pipefail

@@ -24,6 +24,9 @@
 #     SWITCHYARD_TEST_REDIS_URL  redis://127.0.0.1:PORT/
 #     SWITCHYARD_TEST_REDIS_PORT
 #
+# SWITCHYARD_TEST_PG_LOCALE (default C) is the cluster's locale (initdb --locale): C.UTF-8 or a
+# language's locale measures what a database made with a libc collation costs (bench.sh).
+#
 # It never touches a system-wide PostgreSQL or Redis (no systemctl, no service, no default
 # ports). services_stop stops only what services_start started, is safe to call twice and
 # after a partial start, and removes the data directories (logs are copied to
@@ -195,7 +198,7 @@ _sy_pg_start() {
       chmod 700 "$_sy_pg_data"
     fi
   fi
-  if ! _sy_as_pg "$pgbin/initdb" -D "$_sy_pg_data" -U postgres -A trust -E UTF8 --locale=C \
+  if ! _sy_as_pg "$pgbin/initdb" -D "$_sy_pg_data" -U postgres -A trust -E UTF8 --locale="${SWITCHYARD_TEST_PG_LOCALE:-C}" \
     --no-sync >"$_sy_services_dir/initdb-$suffix.log" 2>&1; then
     _sy_log "initdb failed:"
     cat "$_sy_services_dir/initdb-$suffix.log" >&2
