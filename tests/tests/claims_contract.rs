@@ -188,29 +188,29 @@ async fn the_merchant_rate_refuses_beyond_its_burst() {
 #[tokio::test]
 async fn claims_asked_together_decide_as_one_by_one() {
     for algorithm in [RateAlgorithm::Gcra, RateAlgorithm::TokenBucket] {
-        let rate = Rate::new(1, 1_000_000, 5);
+        // Two merchants, each asking for more than its burst at once.
+        const BURST: u32 = 5;
+        const PER_MERCHANT: usize = 12;
+        let rate = Rate::new(1, 1_000_000, BURST);
         for (name, claims) in both(algorithm).await {
-            let keys: Vec<String> = (0..24)
+            let keys: Vec<String> = (0..2 * PER_MERCHANT)
                 .map(|i| format!("M{}|T1|{:06}|x|0200", 4 + i % 2, i))
                 .collect();
             let requests: Vec<ClaimRequest> =
                 keys.iter().map(|k| request(k, "P", rate, false)).collect();
             let got = futures::future::join_all(requests.iter().map(|r| claims.claim(r))).await;
             for merchant in ["M4|", "M5|"] {
-                let theirs: Vec<&Claim> = keys
-                    .iter()
-                    .zip(&got)
-                    .filter(|(k, _)| k.starts_with(merchant))
-                    .map(|(_, c)| c.as_ref().expect("claim"))
-                    .collect();
-                let claimed = theirs.iter().filter(|c| ***c == Claim::Claimed).count();
-                let limited = theirs
-                    .iter()
-                    .filter(|c| ***c == Claim::Limited("merchant"))
-                    .count();
+                let count = |want: &Claim| {
+                    keys.iter()
+                        .zip(&got)
+                        .filter(|(k, c)| {
+                            k.starts_with(merchant) && c.as_ref().expect("claim") == want
+                        })
+                        .count()
+                };
                 assert_eq!(
-                    (claimed, limited),
-                    (5, 7),
+                    (count(&Claim::Claimed), count(&Claim::Limited("merchant"))),
+                    (BURST as usize, PER_MERCHANT - BURST as usize),
                     "{name} {algorithm:?} {merchant}"
                 );
             }
