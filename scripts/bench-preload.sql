@@ -3,7 +3,7 @@
 -- (indexes of realistic depth, tables larger than a few pages), not an empty one.
 --
 -- THIS FILE MUST FOLLOW THE SCHEMA (migrations/*.sql). Whoever changes the tables it
--- writes (transactions, ledger_postings, reversals, the sequence transaction_id_seq)
+-- writes (transaction_rows, settlements, ledger_postings, reversals, the sequence transaction_id_seq)
 -- changes it too; scripts/bench.sh stops with an error when it fails (ON_ERROR_STOP). It
 -- names only columns it must fill and leaves the others to their defaults (generated
 -- columns, surrogate ids), so a column added with a default or generated does not
@@ -43,7 +43,7 @@ SET work_mem = '64MB';
 
 BEGIN;
 
-INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti,
+INSERT INTO transaction_rows (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti,
     kind, processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn,
     bank_id, bank_stan, bank_transmitted_at, state, response_code, auth_code, captured_minor,
     reason, created_at, updated_at)
@@ -60,9 +60,12 @@ SELECT i, 1, :'merchant',
     CASE WHEN (i / 101) % 2 = 0 THEN 'bank-a' ELSE 'bank-b' END,
     lpad((i % 999999 + 1)::text, 6, '0'),
     to_char(at AT TIME ZONE 'UTC', 'MMDDHH24MISS'),
-    state, rc,
-    CASE WHEN state = 'approved' THEN lpad((i * 7 % 1000000)::text, 6, '0') END,
-    CASE WHEN state = 'approved' THEN amount ELSE 0 END,
+    -- As the switch writes them (V16): an approved purchase's row stays 'authorising',
+    -- its approval is a settlement (below).
+    CASE WHEN state = 'approved' THEN 'authorising' ELSE state END,
+    CASE WHEN state = 'approved' THEN NULL ELSE rc END,
+    NULL,
+    0,
     NULL,
     at, at + interval '150 milliseconds'
 FROM (
@@ -78,6 +81,12 @@ FROM (
              ELSE '00' END AS rc
     FROM generate_series(1::bigint, :n) AS i
 ) AS g;
+
+INSERT INTO settlements (transaction_id, state, response_code, auth_code, settled_at)
+SELECT id, 'approved', '00', lpad((id * 7 % 1000000)::text, 6, '0'), updated_at
+FROM transaction_rows
+WHERE id <= :n AND state = 'authorising'
+ORDER BY id;
 
 -- An approved purchase is captured at once: the bank owes it, the merchant is owed it.
 INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day,
@@ -106,7 +115,8 @@ SELECT setval('transaction_id_seq',
 
 COMMIT;
 
-VACUUM ANALYZE transactions;
+VACUUM ANALYZE transaction_rows;
+VACUUM ANALYZE settlements;
 VACUUM ANALYZE ledger_postings;
 VACUUM ANALYZE reversals;
 

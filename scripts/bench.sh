@@ -28,6 +28,10 @@
 #   PRELOAD [0]: historical transactions written before the switch starts
 #     (scripts/bench-preload.sql; the standard run uses PRELOAD=1000000)
 #   SWITCHYARD_TEST_PG_LOCALE [C]: the private cluster's locale (scripts/services.sh)
+#   SWITCHYARD_BIN [target/release/switchyard], PRELOAD_SQL [scripts/bench-preload.sql]:
+#     another build of the switch and the preload that fits its schema, for runs of two
+#     versions one after the other on the same host (e.g. a copy of an older commit's
+#     binary and `git show OLD:scripts/bench-preload.sql`)
 # Refuses to start while another benchmark's loadgen is running.
 # See docs/loadtest.md.
 set -euo pipefail
@@ -53,6 +57,8 @@ SWITCH_LOG="${SWITCH_LOG:-warn}"
 DURABLE="${DURABLE:-1}"
 PRELOAD="${PRELOAD:-0}"
 SCHEDULE="${SCHEDULE:-tick}"
+SWITCHYARD_BIN="${SWITCHYARD_BIN:-$bin/switchyard}"
+PRELOAD_SQL="${PRELOAD_SQL:-scripts/bench-preload.sql}"
 case "$SCHEDULE" in tick | precise) ;; *) echo "SCHEDULE must be tick or precise, not '$SCHEDULE'" >&2; exit 1 ;; esac
 case "$PRELOAD" in '' | *[!0-9]*) echo "PRELOAD must be a number of transactions, not '$PRELOAD'" >&2; exit 1 ;; esac
 
@@ -199,7 +205,7 @@ acquirer_id = "123456"
 timeout_ms = $BANK_TIMEOUT_MS
 EOF
 
-sy() { RUST_LOG=warn "$bin/switchyard" "$@" --config "$config"; }
+sy() { RUST_LOG=warn "$SWITCHYARD_BIN" "$@" --config "$config"; }
 say "migrate, merchant, routes"
 sy migrate
 merchant_id="BENCHMERCHANT01"
@@ -212,12 +218,12 @@ sy route add --low 51 --high 55 --bank bank-b
 
 preload_args=()
 if [ "$PRELOAD" -gt 0 ]; then
-  say "preloading $PRELOAD historical transactions (scripts/bench-preload.sql)"
+  say "preloading $PRELOAD historical transactions ($PRELOAD_SQL)"
   preload_t0="$EPOCHREALTIME"
   if ! "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -v ON_ERROR_STOP=1 \
-    -v n="$PRELOAD" -v merchant="$merchant_id" -f scripts/bench-preload.sql >"$work/preload.log" 2>&1; then
+    -v n="$PRELOAD" -v merchant="$merchant_id" -f "$PRELOAD_SQL" >"$work/preload.log" 2>&1; then
     cat "$work/preload.log" >&2
-    echo "PRELOAD FAILED: scripts/bench-preload.sql no longer fits the schema (migrations/*.sql)?" \
+    echo "PRELOAD FAILED: $PRELOAD_SQL no longer fits the schema (migrations/*.sql)?" \
       "Fix the preload or run with PRELOAD=0." >&2
     exit 1
   fi
@@ -233,7 +239,7 @@ if [ "$PRELOAD" -gt 0 ]; then
 fi
 
 say "starting the switch"
-RUST_LOG="$SWITCH_LOG" ${SWITCH_WRAPPER:-} "$bin/switchyard" run --config "$config" >"$work/switch.out" 2>"$work/switch.log" &
+RUST_LOG="$SWITCH_LOG" ${SWITCH_WRAPPER:-} "$SWITCHYARD_BIN" run --config "$config" >"$work/switch.out" 2>"$work/switch.log" &
 switch_pid=$!
 started+=("$switch_pid")
 line="$(wait_ready "$work/switch.out" "$switch_pid" switchyard)"

@@ -91,7 +91,7 @@ async fn pg_dump_and_pg_restore_give_an_equal_consistent_database() {
     let world = World::new("backup", WorldOptions::default());
     make_traffic(&world).await;
     let before = row_counts(&world.db_url).await;
-    let transactions = before.iter().find(|(t, _)| t == "transactions");
+    let transactions = before.iter().find(|(t, _)| t == "transaction_rows");
     assert!(
         matches!(transactions, Some((_, n)) if *n >= 5),
         "the traffic left transactions: {before:?}"

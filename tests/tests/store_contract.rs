@@ -24,6 +24,12 @@ const DE7: &str = "0301120000";
 async fn postgres(name: &str) -> Arc<dyn Store> {
     let url = system_tests::fresh_database(name);
     switch::db::migrate(&url).await.expect("migrations");
+    postgres_at(&url)
+}
+
+/// A PostgreSQL store over the migrated database at `url`, recording through its journal.
+fn postgres_at(url: &str) -> Arc<dyn Store> {
+    let url = url.to_string();
     let pool = switch::db::pool(&url, 4).expect("pool");
     let settings = JournalSettings {
         url,
@@ -89,6 +95,7 @@ fn key(stan: &str) -> RequestRef<'_> {
 fn outcome(id: i64, state: State, rc: &str) -> OutcomeRecord {
     OutcomeRecord {
         id,
+        kind: Kind::Purchase,
         state,
         response_code: rc.into(),
         auth_code: None,
@@ -258,6 +265,98 @@ async fn recovery_reverses_and_notifies() {
         );
         sound(name, &*store).await;
     }
+}
+
+// Proves a request is settled once whichever comes first, the bank's approval or
+// recovery's reversal: the second changes nothing, and the ledger posts only what the
+// first settled.
+#[tokio::test]
+async fn approval_and_recovery_settle_a_request_once() {
+    for (name, store) in stores("contract_settle_once").await {
+        let id = store.id_block().await.unwrap();
+        store
+            .insert(Arc::new(purchase(id, "000001", "ORDER-5", 700)))
+            .await
+            .unwrap();
+        assert_eq!(store.recover(1).await.unwrap(), 1, "{name}: reversed");
+        store
+            .record_outcome(outcome(id, State::Approved, "00"))
+            .await
+            .unwrap();
+        let rec = store.recorded(&key("000001")).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.response_code.as_deref()),
+            (State::Reversing, Some("91")),
+            "{name}: recovery came first"
+        );
+        sound(name, &*store).await;
+
+        let id = approved(&*store, "000002", "ORDER-6", 800).await;
+        assert_eq!(
+            store.recover(1).await.unwrap(),
+            0,
+            "{name}: nothing in doubt"
+        );
+        let rec = store.recorded(&key("000002")).await.unwrap().unwrap();
+        let answer = rec.answer().expect("an answer");
+        assert_eq!(
+            (rec.state, answer.rc, answer.rrn),
+            (State::Approved, Rc::APPROVED, Some(rrn_of(id))),
+            "{name}: the approval came first"
+        );
+        sound(name, &*store).await;
+    }
+}
+
+// Proves recovery that meets an approval still committing waits for it and then leaves
+// it standing: a settlement's key decides which came first, not a snapshot taken before
+// the approval committed (migrations/V16).
+#[tokio::test]
+async fn recovery_waits_for_an_approval_still_committing() {
+    let url = system_tests::fresh_database("contract_settle_race");
+    switch::db::migrate(&url).await.expect("migrations");
+    let store = postgres_at(&url);
+    let id = store.id_block().await.unwrap();
+    store
+        .insert(Arc::new(purchase(id, "000001", "ORDER-7", 900)))
+        .await
+        .unwrap();
+    let (mut approver, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    // The journal's approval, caught between its statement and its commit.
+    let open = approver.transaction().await.unwrap();
+    open.batch_execute(&format!(
+        "INSERT INTO settlements (transaction_id, state, response_code) VALUES ({id}, 'approved', '00');
+         DELETE FROM in_doubt WHERE transaction_id = {id}"
+    ))
+    .await
+    .unwrap();
+    let recovering = tokio::spawn({
+        let store = store.clone();
+        async move { store.recover(1).await }
+    });
+    let (watch, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    for _ in 0..3_000 {
+        let waiting: i64 = watch
+            .query_one("SELECT count(*) FROM pg_locks WHERE NOT granted", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(!recovering.is_finished(), "recovery did not wait");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    open.commit().await.unwrap();
+    assert_eq!(recovering.await.unwrap().unwrap(), 0, "nothing reversed");
+    let rec = store.recorded(&key("000001")).await.unwrap().unwrap();
+    assert_eq!(rec.state, State::Approved);
 }
 
 // Proves a refund recorded under the payment's lock reserves its amount, the bank's

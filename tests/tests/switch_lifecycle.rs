@@ -1008,7 +1008,7 @@ async fn prune_removes_old_settled_payments_whole() {
     };
     // Everything so far happened 40 days ago; one purchase happens today.
     db.execute(
-        "UPDATE transactions SET created_at = created_at - interval '40 days'",
+        "UPDATE transaction_rows SET created_at = created_at - interval '40 days'",
         &[],
     )
     .await

@@ -14,7 +14,7 @@ pub const TOP_STATEMENTS: i64 = 10;
 /// Characters of a statement's text kept in the report (enough to recognise it).
 pub const QUERY_TEXT_MAX: usize = 160;
 /// The tables whose size is reported (the journal's, which grow with every purchase).
-pub const SIZED_TABLES: [&str; 2] = ["transactions", "ledger_postings"];
+pub const SIZED_TABLES: [&str; 3] = ["transaction_rows", "settlements", "ledger_postings"];
 
 /// The bench database's statements by exec + plan time, with everyone's total for the
 /// share; our own statements about pg_stat_statements are left out.
@@ -210,14 +210,14 @@ mod tests {
             ..DbReport::default()
         };
         db.table_bytes_end
-            .insert("transactions".into(), Some(2 * 1_048_576));
+            .insert("transaction_rows".into(), Some(2 * 1_048_576));
         let t = db_table(&db);
         assert!(
             t.contains("preload 1000 historical transactions in 2 s"),
             "{t}"
         );
         assert!(
-            t.contains("transactions: - before the runs, 2.0 MiB after"),
+            t.contains("transaction_rows: - before the runs, 2.0 MiB after"),
             "{t}"
         );
         assert!(t.contains("100.0%  SELECT 1"), "{t}");

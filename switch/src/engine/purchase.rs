@@ -4,6 +4,7 @@
 
 use super::admission::{self, Refusal, Route};
 use super::*;
+use crate::checks::Kind;
 
 impl Engine {
     /// A purchase or pre-authorisation, from the retransmission lookup to the answer.
@@ -158,6 +159,7 @@ impl Engine {
         let unix = self.clock.unix_s();
         let sent = Sent {
             id,
+            kind: r.a.kind,
             rrn,
             bank_stan,
             stamp: BankStamp::new(bank_stan, unix),
@@ -352,6 +354,7 @@ impl Engine {
             .then(|| (bank.config.id.clone(), ReversalReason::Timeout));
         let outcome = OutcomeRecord {
             id: sent.id,
+            kind: sent.kind,
             state: verdict.state,
             response_code: verdict.rc.as_str().into(),
             auth_code: auth.clone(),
@@ -387,6 +390,8 @@ struct Unresolved {
 /// A recorded request, as it goes to the bank.
 struct Sent {
     id: i64,
+    /// Purchase or pre-authorisation (the journal appends an approved purchase's outcome).
+    kind: Kind,
     rrn: String,
     bank_stan: u32,
     stamp: BankStamp,

@@ -6,7 +6,7 @@ use deadpool_postgres::{GenericClient, Pool};
 use super::Event;
 use super::notifications;
 use super::postings::business_day_sql;
-use super::reads::{TXN_COLUMNS, lock_row, txn_record};
+use super::reads::{lock_row, lock_where};
 use super::{BankAdvice, StoreError, TxnRecord};
 use crate::lifecycle::State;
 use crate::lifecycle::{AdviceEffect, decide};
@@ -20,15 +20,14 @@ pub(super) async fn apply(
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
     let txn = match &a.rrn {
-        Some(rrn) => tx
-            .query_opt(
-                &format!(
-                    "SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1 AND rrn = $2 AND bank_id = $3 FOR UPDATE"
-                ),
+        Some(rrn) => {
+            lock_where(
+                &tx,
+                "SELECT id FROM transaction_rows WHERE id = $1 AND rrn = $2 AND bank_id = $3 FOR UPDATE",
                 &[&super::id_of_rrn(rrn), rrn, &a.bank_id],
             )
             .await?
-            .map(|r| txn_record(&r)),
+        }
         None => None,
     };
     let effect = decide(a.mti.class(), txn.as_ref().map(|t| (t.state, t.kind)));
@@ -70,7 +69,7 @@ async fn reverse<C: GenericClient>(
     t: &TxnRecord,
 ) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE transactions SET state = 'reversed', updated_at = now() WHERE id = $1",
+        "UPDATE transaction_rows SET state = 'reversed', updated_at = now() WHERE id = $1",
         &[&t.id],
     )
     .await?;
@@ -100,7 +99,7 @@ async fn undo_postings<C: GenericClient>(
 ) -> Result<(), StoreError> {
     let q = format!(
         "WITH r AS (
-           INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
+           INSERT INTO transaction_rows (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
              processing_code, amount_minor, currency, rrn, bank_id, original_id, state, response_code, reason)
            SELECT n.id, t.instance_id, t.merchant_id, t.terminal_id, $2, $3, 'A420', 'reversal',
              t.processing_code, t.amount_minor, t.currency, lpad((n.id % 1000000000000)::text, 12, '0'),

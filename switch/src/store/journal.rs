@@ -58,6 +58,9 @@ pub struct NewTxn {
 #[derive(Debug, Clone)]
 pub struct OutcomeRecord {
     pub id: i64,
+    /// The transaction's kind, as recorded: an approved purchase's outcome is appended as
+    /// a settlement (migrations/V16), every other one updates the row.
+    pub kind: Kind,
     pub state: State,
     pub response_code: String,
     pub auth_code: Option<String>,
@@ -250,20 +253,48 @@ struct Queue {
     pacing: Pacing,
 }
 
-/// A writer's connection and the two forms of the batch statement prepared on it.
+/// A writer's connection and the forms of the batch statement prepared on it.
 struct Connection {
     client: tokio_postgres::Client,
+    /// [`BATCH_SQL`], [`BATCH_SQL_FAST`]: for batches with outcomes that update rows.
     safe: Statement,
     fast: Statement,
+    /// [`BATCH_SQL_NO_UPDATE`], [`BATCH_SQL_FAST_NO_UPDATE`]: for the others.
+    safe_no_update: Statement,
+    fast_no_update: Statement,
 }
 
 impl Connection {
+    /// Prepares the batch statement's forms on `client`, set up as a writer's session.
+    async fn prepare(client: tokio_postgres::Client) -> Result<Connection, tokio_postgres::Error> {
+        client.batch_execute(WRITER_SESSION_SQL).await?;
+        Ok(Connection {
+            safe: client.prepare(BATCH_SQL).await?,
+            fast: client.prepare(BATCH_SQL_FAST).await?,
+            safe_no_update: client.prepare(BATCH_SQL_NO_UPDATE).await?,
+            fast_no_update: client.prepare(BATCH_SQL_FAST_NO_UPDATE).await?,
+            client,
+        })
+    }
+
     /// Writes a batch in one statement: the fast form first, the safe form again if the
     /// fast one met a row that exists already. The ids of the transactions inserted.
     async fn write(&self, batch: &[Op], cutover_hours: i32) -> Result<HashSet<i64>, DbError> {
-        match write_once(&self.client, &self.fast, batch, cutover_hours).await {
+        let mut c = Columns::default();
+        for op in batch {
+            match op {
+                Op::Insert(t, _) => c.push_insert(t),
+                Op::Update(o, _) => c.push_outcome(o),
+            }
+        }
+        let (fast, safe) = if c.u_id.is_empty() {
+            (&self.fast_no_update, &self.safe_no_update)
+        } else {
+            (&self.fast, &self.safe)
+        };
+        match write_once(&self.client, fast, &c, cutover_hours).await {
             Err(DbError::Postgres(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                write_once(&self.client, &self.safe, batch, cutover_hours).await
+                write_once(&self.client, safe, &c, cutover_hours).await
             }
             done => done,
         }
@@ -320,10 +351,7 @@ impl Writer {
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                client.batch_execute(WRITER_SESSION_SQL).await?;
-                let safe = client.prepare(BATCH_SQL).await?;
-                let fast = client.prepare(BATCH_SQL_FAST).await?;
-                Ok::<_, tokio_postgres::Error>(Connection { client, safe, fast })
+                Connection::prepare(client).await
             };
             let timeout = std::time::Duration::from_millis(WRITER_CONNECT_TIMEOUT_MS);
             match tokio::time::timeout(timeout, connect).await {
@@ -431,18 +459,26 @@ pub async fn explain_batch(client: &tokio_postgres::Client) -> Result<serde_json
     Ok(row.get(0))
 }
 
-/// Parameters of the batch statement ($1..$32).
-const BATCH_PARAMS: usize = 32;
+/// Parameters of the batch statement ($1..$35).
+const BATCH_PARAMS: usize = 35;
 
-/// The batch statement, with `$conflict` after the inserts of transactions, in-doubt rows
-/// and postings: [`BATCH_SQL`] skips rows that exist already (a retried write, a duplicate
-/// request), [`BATCH_SQL_FAST`] has no conflict clause at all.
+/// The batch statement, with `$conflict` after the inserts of transactions, in-doubt rows,
+/// settlements and postings ([`BATCH_SQL`] skips rows that exist already: a retried
+/// write, a duplicate request; [`BATCH_SQL_FAST`] has no conflict clause at all), and
+/// `$update` (the outcomes that change their rows, [`OUTCOME_UPDATE`]) or nothing: a
+/// batch of requests and approved purchases only leaves `transaction_rows` a single
+/// result relation, whose CHECK constraints PostgreSQL rebuilds on every execution.
+///
+/// Parameters: $1..$23 and $32 the requests' columns; $24..$27 the outcomes that update
+/// their rows (id, state, response code, authorisation code); $33..$35 the approved
+/// purchases (id, response code, authorisation code); $28..$30 reversals to store and
+/// forward; $31 the business day's cut-over hour.
 macro_rules! batch_sql {
-    ($conflict:literal) => {
+    ($conflict:literal, $update:expr) => {
         concat!(
             "
 WITH ins AS (
-  INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
+  INSERT INTO transaction_rows (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind,
     processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn, bank_id, bank_stan,
     bank_transmitted_at, original_id, state, response_code, reason, content_digest)
   SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
@@ -458,28 +494,35 @@ WITH ins AS (
   SELECT id, instance_id FROM ins WHERE state = 'authorising'
 ",
             $conflict,
-            "), upd AS (
-  UPDATE transactions t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
-    captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
-  FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
-  -- An outcome settles a request still waiting for one: written again after a lost
-  -- acknowledgement, it must not undo what came after it (a merchant's reversal).
-  -- Joined by key alone, so each outcome is one primary-key probe: with `t.id = ANY(...)`
-  -- added, the generic plan scanned the ids first and rescanned the whole array for each
-  -- row found, a cost growing with the square of the batch (see WRITER_SESSION_SQL).
-  WHERE t.id = u.id AND t.state = 'authorising'
-  RETURNING t.id, t.kind, t.state, t.amount_minor, t.currency, t.merchant_id, t.bank_id
-), settled AS (
-  DELETE FROM in_doubt WHERE transaction_id = ANY($24::bigint[])
+            "), settle AS (
+  -- An approved purchase's outcome is appended (V16), not written over its row: one
+  -- narrow row instead of a new version of a 35-column one. Its key makes a settlement
+  -- exclusive: recovery's reversal of the same request, or this outcome written again
+  -- after a lost acknowledgement, inserts nothing here. Each approval reaches its row by
+  -- key (see WRITER_SESSION_SQL), for the row's kind and state: an outcome settles only a
+  -- request still waiting for one.
+  INSERT INTO settlements (transaction_id, state, response_code, auth_code)
+  SELECT t.id, 'approved', a.rc, a.auth
+  FROM unnest($33::bigint[], $34::text[], $35::text[]) AS a(id, rc, auth)
+  JOIN transaction_rows t ON t.id = a.id
+  WHERE t.kind = 'purchase' AND t.state = 'authorising'
+",
+            $conflict,
+            "  RETURNING transaction_id
+)",
+            $update,
+            ", settled AS (
+  DELETE FROM in_doubt WHERE transaction_id = ANY($24::bigint[] || $33::bigint[])
 ), post AS (
   -- An approved purchase is captured at once: the bank owes it, the merchant is owed it.
-  -- Keyed by (transaction, account): an outcome written again after a lost
-  -- acknowledgement posts nothing more.
+  -- Only for a settlement this statement inserted (an outcome written again after a lost
+  -- acknowledgement posts nothing more; the (transaction, account) key backs that),
+  -- reached by key from it.
   INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
-  SELECT upd.id, a.account, a.sign * upd.amount_minor, upd.currency,
+  SELECT t.id, p.account, p.sign * t.amount_minor, t.currency,
     (now() AT TIME ZONE 'UTC' - make_interval(hours => $31::int))::date
-  FROM upd, LATERAL (VALUES ('bank:' || upd.bank_id, 1), ('merchant:' || upd.merchant_id, -1)) AS a(account, sign)
-  WHERE upd.kind = 'purchase' AND upd.state = 'approved'
+  FROM settle JOIN transaction_rows t ON t.id = settle.transaction_id,
+    LATERAL (VALUES ('bank:' || t.bank_id, 1), ('merchant:' || t.merchant_id, -1)) AS p(account, sign)
 ",
             $conflict,
             "), rev AS (
@@ -493,16 +536,53 @@ SELECT id FROM ins"
     };
 }
 
-/// The journal's one statement per batch (one commit): inserts, outcome updates, postings
-/// and reversal records as data-modifying CTEs over `unnest`ed arrays.
-const BATCH_SQL: &str = batch_sql!("  ON CONFLICT DO NOTHING\n");
+/// The outcomes that change their rows (declines, refusals, timeouts, pre-authorisations):
+/// an update of `transaction_rows`, for [`batch_sql`]. A decline ends the order
+/// reference's hold, which the row's index keeps.
+macro_rules! outcome_update {
+    () => {
+        ", upd AS (
+  UPDATE transaction_rows t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
+    captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
+  FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
+  -- An outcome settles a request still waiting for one: written again after a lost
+  -- acknowledgement, it must not undo what came after it (a merchant's reversal), and a
+  -- row that says 'authorising' under a settlement has been settled (V16).
+  -- Joined by key alone, so each outcome is one primary-key probe: with `t.id = ANY(...)`
+  -- added, the generic plan scanned the ids first and rescanned the whole array for each
+  -- row found, a cost growing with the square of the batch (see WRITER_SESSION_SQL).
+  WHERE t.id = u.id AND t.state = 'authorising'
+    AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.transaction_id = t.id)
+)"
+    };
+}
+
+/// The journal's one statement per batch (one commit): inserts, outcomes, postings and
+/// reversal records as data-modifying CTEs over `unnest`ed arrays.
+const BATCH_SQL: &str = batch_sql!("  ON CONFLICT DO NOTHING\n", outcome_update!());
 
 /// [`BATCH_SQL`] without the conflict clauses, tried first. A conflict is rare (Redis
 /// stops most duplicates before they reach the journal), while checking every unique
 /// index before each insert ("speculative insertion") cost about 7 % of the writer's
 /// database CPU, measured with perf. A batch it refuses with a unique violation is written
 /// again with [`BATCH_SQL`], which then tells each record "new" from "already there".
-const BATCH_SQL_FAST: &str = batch_sql!("");
+const BATCH_SQL_FAST: &str = batch_sql!("", outcome_update!());
+
+/// In place of [`outcome_update`] when a batch has no outcome that updates its row: it
+/// only names the update's parameters, so that the statement's parameters are those of
+/// the other forms (PostgreSQL must be able to tell every parameter's type); a CTE that
+/// reads nothing and is not referred to is never run.
+macro_rules! no_outcome_update {
+    () => {
+        ", upd AS (SELECT $25::text[], $26::text[], $27::text[])"
+    };
+}
+
+/// [`BATCH_SQL`] for a batch without outcomes that update their rows.
+const BATCH_SQL_NO_UPDATE: &str = batch_sql!("  ON CONFLICT DO NOTHING\n", no_outcome_update!());
+
+/// [`BATCH_SQL_FAST`] for a batch without outcomes that update their rows.
+const BATCH_SQL_FAST_NO_UPDATE: &str = batch_sql!("", no_outcome_update!());
 
 /// The batch statement's array parameters, borrowed from the batch: nothing is copied
 /// between a request's record and the statement.
@@ -536,6 +616,9 @@ struct Columns<'a> {
     u_state: Vec<&'a str>,
     u_rc: Vec<&'a str>,
     u_auth: Vec<Option<&'a str>>,
+    a_id: Vec<i64>,
+    a_rc: Vec<&'a str>,
+    a_auth: Vec<Option<&'a str>>,
     r_id: Vec<i64>,
     r_bank: Vec<&'a str>,
     r_reason: Vec<&'a str>,
@@ -569,11 +652,19 @@ impl<'a> Columns<'a> {
         self.content.push(t.content.as_ref().map(|d| &d.0[..]));
     }
 
-    fn push_update(&mut self, o: &'a OutcomeRecord) {
-        self.u_id.push(o.id);
-        self.u_state.push(o.state.as_str());
-        self.u_rc.push(&o.response_code);
-        self.u_auth.push(o.auth_code.as_deref());
+    /// An approved purchase's outcome goes to the settlements ($33..$35), any other to the
+    /// row updates ($24..$27).
+    fn push_outcome(&mut self, o: &'a OutcomeRecord) {
+        if o.kind == Kind::Purchase && o.state == State::Approved {
+            self.a_id.push(o.id);
+            self.a_rc.push(&o.response_code);
+            self.a_auth.push(o.auth_code.as_deref());
+        } else {
+            self.u_id.push(o.id);
+            self.u_state.push(o.state.as_str());
+            self.u_rc.push(&o.response_code);
+            self.u_auth.push(o.auth_code.as_deref());
+        }
         if let Some((bank, reason)) = &o.reversal {
             self.r_id.push(o.id);
             self.r_bank.push(bank);
@@ -582,19 +673,13 @@ impl<'a> Columns<'a> {
     }
 }
 
+/// Runs one form of the batch statement over the batch's columns.
 async fn write_once(
     client: &tokio_postgres::Client,
     stmt: &Statement,
-    batch: &[Op],
+    c: &Columns<'_>,
     cutover_hours: i32,
 ) -> Result<HashSet<i64>, DbError> {
-    let mut c = Columns::default();
-    for op in batch {
-        match op {
-            Op::Insert(t, _) => c.push_insert(t),
-            Op::Update(o, _) => c.push_update(o),
-        }
-    }
     let rows = client
         .query(
             stmt,
@@ -631,6 +716,9 @@ async fn write_once(
                 &c.r_reason,
                 &cutover_hours,
                 &c.content,
+                &c.a_id,
+                &c.a_rc,
+                &c.a_auth,
             ],
         )
         .await?;
@@ -645,18 +733,30 @@ mod tests {
     fn batch_uses_the_one_business_day_rule() {
         assert!(super::BATCH_SQL.contains(&super::super::postings::business_day_sql(31)));
         assert!(super::BATCH_SQL_FAST.contains(&super::super::postings::business_day_sql(31)));
+        assert!(super::BATCH_SQL_NO_UPDATE.contains(&super::super::postings::business_day_sql(31)));
     }
 
-    // Proves the fast statement differs from the safe one only by its conflict clauses.
+    // Proves each fast statement differs from its safe one only by its conflict clauses,
+    // and the forms without outcome updates from the others only by the update.
     #[test]
-    fn fast_statement_is_the_safe_one_without_conflict_clauses() {
-        let safe = super::BATCH_SQL.replace("  ON CONFLICT DO NOTHING\n", "");
-        assert_eq!(safe, super::BATCH_SQL_FAST);
+    fn statement_forms_differ_only_where_they_should() {
+        let strip = |sql: &str| sql.replace("  ON CONFLICT DO NOTHING\n", "");
+        assert_eq!(strip(super::BATCH_SQL), super::BATCH_SQL_FAST);
         assert_eq!(
-            super::BATCH_SQL.matches("ON CONFLICT DO NOTHING").count(),
-            3
+            strip(super::BATCH_SQL_NO_UPDATE),
+            super::BATCH_SQL_FAST_NO_UPDATE
         );
-        assert!(super::BATCH_SQL_FAST.contains("ON CONFLICT (transaction_id, kind) DO NOTHING"));
+        for safe in [super::BATCH_SQL, super::BATCH_SQL_NO_UPDATE] {
+            assert_eq!(safe.matches("ON CONFLICT DO NOTHING").count(), 4);
+        }
+        for sql in [super::BATCH_SQL_FAST, super::BATCH_SQL_FAST_NO_UPDATE] {
+            assert!(sql.contains("ON CONFLICT (transaction_id, kind) DO NOTHING"));
+        }
+        assert_eq!(
+            super::BATCH_SQL.replace(outcome_update!(), no_outcome_update!()),
+            super::BATCH_SQL_NO_UPDATE
+        );
+        assert!(!super::BATCH_SQL_NO_UPDATE.contains("UPDATE transaction_rows"));
     }
 
     // Proves pacing on a virtual clock: the first batch never waits, a batch within the

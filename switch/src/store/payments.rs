@@ -216,7 +216,7 @@ async fn record(
 async fn insert<C: GenericClient>(c: &C, t: &NewTxn) -> Result<bool, StoreError> {
     let n = c
         .execute(
-            "INSERT INTO transactions (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind, \
+            "INSERT INTO transaction_rows (id, instance_id, merchant_id, terminal_id, stan, transmitted_at, mti, kind, \
              processing_code, amount_minor, currency, order_ref, pan_hash, pan_last4, card_enc, rrn, bank_id, bank_stan, \
              bank_transmitted_at, original_id, state, response_code, reason, refund_reason, content_digest) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, \
@@ -265,7 +265,7 @@ async fn apply<C: GenericClient>(
     }
     if let Some(state) = t.named_state {
         c.execute(
-            "UPDATE transactions SET state = $2, updated_at = now() WHERE id = $1",
+            "UPDATE transaction_rows SET state = $2, updated_at = now() WHERE id = $1",
             &[&rows.named_id, &state.as_str()],
         )
         .await?;
@@ -319,7 +319,7 @@ async fn apply<C: GenericClient>(
 /// A row's outcome: state, response code, DE38.
 async fn settle_row<C: GenericClient>(c: &C, id: i64, s: &Settlement) -> Result<(), StoreError> {
     c.execute(
-        "UPDATE transactions SET state = $2, response_code = $3, auth_code = $4, updated_at = now() WHERE id = $1",
+        "UPDATE transaction_rows SET state = $2, response_code = $3, auth_code = $4, updated_at = now() WHERE id = $1",
         &[&id, &s.state.as_str(), &s.rc.as_str(), &s.auth_code],
     )
     .await?;
@@ -334,7 +334,7 @@ pub(super) async fn change_root<C: GenericClient>(
 ) -> Result<(), StoreError> {
     let captured = r.captured_minor.map(|v| v as i64);
     c.execute(
-        "UPDATE transactions SET state = coalesce($2, state), captured_minor = coalesce($3, captured_minor), \
+        "UPDATE transaction_rows SET state = coalesce($2, state), captured_minor = coalesce($3, captured_minor), \
          refunded_minor = refunded_minor + $4, refund_reserved_minor = refund_reserved_minor + $5, \
          completion_pending = coalesce($6, completion_pending), updated_at = now() WHERE id = $1",
         &[

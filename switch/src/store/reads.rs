@@ -53,42 +53,89 @@ pub(super) async fn load_named<C: GenericClient>(
     r: &OriginalRef,
     lock: bool,
 ) -> Result<Option<(TxnRecord, TxnRecord)>, tokio_postgres::Error> {
-    let suffix = if lock { " FOR UPDATE" } else { "" };
-    let q = format!(
-        "SELECT {TXN_COLUMNS} FROM transactions WHERE merchant_id = $1 AND terminal_id = $2 AND mti = $3 \
-         AND stan = $4 AND transmitted_at = $5{suffix}"
-    );
-    let Some(row) = c
-        .query_opt(
-            &q,
-            &[
-                &merchant_id,
-                &terminal_id,
-                &r.mti,
-                &r.stan,
-                &r.transmitted_at,
-            ],
-        )
-        .await?
-    else {
+    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        &merchant_id,
+        &terminal_id,
+        &r.mti,
+        &r.stan,
+        &r.transmitted_at,
+    ];
+    let named = if lock {
+        let q = "SELECT id FROM transaction_rows WHERE merchant_id = $1 AND terminal_id = $2 AND mti = $3 \
+                 AND stan = $4 AND transmitted_at = $5 FOR UPDATE";
+        lock_where(c, q, &key).await?
+    } else {
+        let q = format!(
+            "SELECT {TXN_COLUMNS} FROM transactions WHERE merchant_id = $1 AND terminal_id = $2 AND mti = $3 \
+             AND stan = $4 AND transmitted_at = $5"
+        );
+        c.query_opt(&q, &key).await?.map(|row| txn_record(&row))
+    };
+    let Some(named) = named else {
         return Ok(None);
     };
-    let named = txn_record(&row);
     if named.kind.is_root() {
         return Ok(Some((named.clone(), named)));
     }
     let Some(root_id) = named.original_id else {
         return Ok(None);
     };
-    let q = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1{suffix}");
-    let root = c.query_opt(&q, &[&root_id]).await?.map(|r| txn_record(&r));
+    let root = if lock {
+        lock_where(c, LOCK_SQL, &[&root_id]).await?
+    } else {
+        let q = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1");
+        c.query_opt(&q, &[&root_id]).await?.map(|r| txn_record(&r))
+    };
     Ok(root.map(|root| (named, root)))
 }
 
-/// Transaction `id`, locked until the caller's transaction ends.
+/// Transaction `id`, locked until the caller's transaction ends, its settlement folded
+/// in ([`fold_sql`]). Errors: the database's, and a missing row.
 pub(super) async fn lock_row<C: GenericClient>(c: &C, id: i64) -> Result<TxnRecord, StoreError> {
-    let q = format!("SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1 FOR UPDATE");
-    Ok(txn_record(&c.query_one(&q, &[&id]).await?))
+    let lock = c.prepare_cached(LOCK_SQL).await?;
+    c.query_one(&lock, &[&id]).await?;
+    let fold = c.prepare_cached(&fold_sql()).await?;
+    Ok(txn_record(&c.query_one(&fold, &[&id]).await?))
+}
+
+/// Locks row `$1` of `transaction_rows` (the table under the view, which cannot be
+/// locked through its outer join).
+const LOCK_SQL: &str = "SELECT id FROM transaction_rows WHERE id = $1 FOR UPDATE";
+
+/// Folds row `$1`'s settlement (V16) into the row, which the caller's transaction has
+/// locked, and reads it with [`TXN_COLUMNS`]. Run after the lock, as a statement of its
+/// own: its snapshot is taken once the lock is held, so it sees a settlement committed
+/// while the lock was awaited. From then on the row's own columns (and its constraints:
+/// refunds within captured) say what the view says. The view's read in the same
+/// statement sees the row as it was with the settlement laid over it: what the fold
+/// writes.
+fn fold_sql() -> String {
+    format!(
+        "WITH f AS (
+           UPDATE transaction_rows t SET state = s.state, response_code = s.response_code,
+             auth_code = s.auth_code, updated_at = s.settled_at,
+             captured_minor = CASE WHEN s.state = 'approved' AND t.kind = 'purchase'
+                                   THEN t.amount_minor ELSE t.captured_minor END
+           FROM settlements s WHERE t.id = $1 AND s.transaction_id = t.id AND t.state = 'authorising')
+         SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1"
+    )
+}
+
+/// Locks the row of `transaction_rows` that `lock_sql` selects (its id, `FOR UPDATE`)
+/// until the caller's transaction ends, and reads it with its settlement folded in
+/// ([`fold_sql`]); None if it selects none.
+pub(super) async fn lock_where<C: GenericClient>(
+    c: &C,
+    lock_sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Option<TxnRecord>, tokio_postgres::Error> {
+    let lock = c.prepare_cached(lock_sql).await?;
+    let Some(locked) = c.query_opt(&lock, params).await? else {
+        return Ok(None);
+    };
+    let id: i64 = locked.get(0);
+    let fold = c.prepare_cached(&fold_sql()).await?;
+    Ok(c.query_opt(&fold, &[&id]).await?.map(|r| txn_record(&r)))
 }
 
 /// What the record says about the request with this key.

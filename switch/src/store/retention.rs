@@ -54,14 +54,17 @@ WITH RECURSIVE roots AS (
   DELETE FROM reversals WHERE transaction_id IN (SELECT id FROM doomed)
 ), a AS (
   DELETE FROM bank_advices WHERE transaction_id IN (SELECT id FROM doomed)
+), s AS (
+  DELETE FROM settlements WHERE transaction_id IN (SELECT id FROM doomed)
 ), t AS (
-  DELETE FROM transactions WHERE id IN (SELECT id FROM doomed) RETURNING 1
+  DELETE FROM transaction_rows WHERE id IN (SELECT id FROM doomed) RETURNING 1
 )
 SELECT (SELECT count(DISTINCT root) FROM doomed), (SELECT count(*) FROM t), (SELECT count(*) FROM p),
   (SELECT count(*) FROM roots), (SELECT coalesce(max(id), 0) FROM roots)";
 
 /// The journal's tables, vacuumed (and their statistics refreshed) after each prune.
-const VACUUM_SQL: &str = "VACUUM (ANALYZE) transactions, ledger_postings, in_doubt";
+const VACUUM_SQL: &str =
+    "VACUUM (ANALYZE) transaction_rows, settlements, ledger_postings, in_doubt";
 
 /// Removes settled payments of business days before `before`, [`PRUNE_BATCH_MAX`] at a
 /// time, until none is left; returns what went. `cutover_hours` is

@@ -65,10 +65,20 @@ pub(super) async fn recover_on<C: GenericClient>(
         .execute(
             "WITH d AS (
                SELECT transaction_id FROM in_doubt WHERE instance_id = $1
-             ), r AS (
-               UPDATE transactions t SET state = 'reversing', response_code = '91', updated_at = now()
-               FROM d WHERE t.id = d.transaction_id AND t.state = 'authorising' AND t.bank_id IS NOT NULL
+             ), due AS (
+               SELECT t.id FROM d JOIN transaction_rows t ON t.id = d.transaction_id
+               WHERE t.state = 'authorising' AND t.bank_id IS NOT NULL
                  AND t.created_at <= now() - $2::bigint * interval '1 millisecond'
+             ), won AS (
+               -- A settlement is exclusive (V16): where the journal has appended the
+               -- bank's approval, committed or not yet, this inserts nothing (a unique
+               -- check waits for the other writer) and the approval stands.
+               INSERT INTO settlements (transaction_id, state, response_code)
+               SELECT id, 'reversing', '91' FROM due ON CONFLICT DO NOTHING
+               RETURNING transaction_id
+             ), r AS (
+               UPDATE transaction_rows t SET state = 'reversing', response_code = '91', updated_at = now()
+               FROM won WHERE t.id = won.transaction_id AND t.state = 'authorising'
                RETURNING t.id, t.bank_id
              ), settled AS (
                -- The rows reversed here, and those whose transaction has moved on; a row
@@ -193,7 +203,7 @@ pub(super) async fn reversal_answered(pool: &Pool, id: i64, rc: &str) -> Result<
                UPDATE reversals SET state = 'acknowledged', acknowledged_at = now(),
                  attempts = attempts + 1, last_response_code = $2
                WHERE id = $1 AND state = 'pending' RETURNING transaction_id)
-             UPDATE transactions t SET state = 'reversed', updated_at = now()
+             UPDATE transaction_rows t SET state = 'reversed', updated_at = now()
              FROM r WHERE t.id = r.transaction_id AND t.state = 'reversing'
              RETURNING t.id, t.kind, coalesce(t.original_id, t.id), t.amount_minor",
             )
@@ -249,11 +259,11 @@ pub(super) async fn claim_inquiries(
     let rows = client
         .query(
             &client.prepare_cached("WITH due AS (
-               SELECT t.id FROM reversals r JOIN transactions t ON t.id = r.transaction_id
+               SELECT t.id FROM reversals r JOIN transaction_rows t ON t.id = r.transaction_id
                WHERE r.bank_id = $1 AND r.state = 'pending' AND r.attempts >= 1 AND t.state = 'reversing'
                  AND (t.inquired_at IS NULL OR t.inquired_at < now() - ($3::bigint * interval '1 millisecond'))
                ORDER BY r.id LIMIT $2 FOR UPDATE OF t SKIP LOCKED)
-             UPDATE transactions t SET inquired_at = now(), inquiries = t.inquiries + 1
+             UPDATE transaction_rows t SET inquired_at = now(), inquiries = t.inquiries + 1
              FROM due, reversals r WHERE t.id = due.id AND r.transaction_id = t.id
              RETURNING t.id, t.rrn, t.mti, t.bank_stan, t.bank_transmitted_at, r.id").await?,
             &[&bank_id, &max, &repeat_ms],
