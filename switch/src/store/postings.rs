@@ -84,6 +84,7 @@ pub(super) async fn violations(pool: &Pool) -> Result<Vec<Violation>, StoreError
     let mut out = Vec::new();
     unbalanced(&client, &mut out).await?;
     orphaned(&client, &mut out).await?;
+    orphaned_settlements(&client, &mut out).await?;
     merchant_balances(&client, &mut out).await?;
     unposted(&client, &mut out).await?;
     refunds_beyond_captures(&client, &mut out).await?;
@@ -125,6 +126,32 @@ async fn orphaned<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(
             detail: format!(
                 "{} postings name transaction {}, which is not recorded",
                 r.get::<_, i64>(1),
+                r.get::<_, i64>(0)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Rule 1c: each settlement names a recorded transaction (settlements carry no foreign key
+/// either, so that appending one costs one index; see migrations/V16).
+async fn orphaned_settlements<C: GenericClient>(
+    c: &C,
+    out: &mut Vec<Violation>,
+) -> Result<(), StoreError> {
+    for r in c
+        .query(
+            "SELECT s.transaction_id FROM settlements s \
+             WHERE NOT EXISTS (SELECT 1 FROM transaction_rows t WHERE t.id = s.transaction_id) \
+             ORDER BY 1 LIMIT 10",
+            &[],
+        )
+        .await?
+    {
+        out.push(Violation {
+            rule: "settlement-names-transaction",
+            detail: format!(
+                "a settlement names transaction {}, which is not recorded",
                 r.get::<_, i64>(0)
             ),
         });
