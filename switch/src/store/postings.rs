@@ -84,7 +84,6 @@ pub(super) async fn violations(pool: &Pool) -> Result<Vec<Violation>, StoreError
     let mut out = Vec::new();
     unbalanced(&client, &mut out).await?;
     orphaned(&client, &mut out).await?;
-    orphaned_settlements(&client, &mut out).await?;
     merchant_balances(&client, &mut out).await?;
     unposted(&client, &mut out).await?;
     refunds_beyond_captures(&client, &mut out).await?;
@@ -109,52 +108,37 @@ async fn unbalanced<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result
     Ok(())
 }
 
-/// Rule 1b: each posting names a recorded transaction (postings carry no foreign key, so
-/// that writing them costs one index; see migrations/V6__flat_journal.sql).
+/// Rules 1b and 1c: each posting and each settlement names a recorded transaction. Neither
+/// carries a foreign key, so that writing one costs one index entry
+/// (migrations/V6__flat_journal.sql, V16__appended_settlements.sql).
 async fn orphaned<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(), StoreError> {
-    for r in c
-        .query(
+    let checks = [
+        (
+            "posting-names-transaction",
+            "postings",
             "SELECT p.transaction_id, count(*)::bigint FROM ledger_postings p \
-             WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.id = p.transaction_id) \
+             WHERE NOT EXISTS (SELECT 1 FROM transaction_rows t WHERE t.id = p.transaction_id) \
              GROUP BY p.transaction_id ORDER BY 1 LIMIT 10",
-            &[],
-        )
-        .await?
-    {
-        out.push(Violation {
-            rule: "posting-names-transaction",
-            detail: format!(
-                "{} postings name transaction {}, which is not recorded",
-                r.get::<_, i64>(1),
-                r.get::<_, i64>(0)
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// Rule 1c: each settlement names a recorded transaction (settlements carry no foreign key
-/// either, so that appending one costs one index; see migrations/V16).
-async fn orphaned_settlements<C: GenericClient>(
-    c: &C,
-    out: &mut Vec<Violation>,
-) -> Result<(), StoreError> {
-    for r in c
-        .query(
-            "SELECT s.transaction_id FROM settlements s \
+        ),
+        (
+            "settlement-names-transaction",
+            "settlements",
+            "SELECT s.transaction_id, 1::bigint FROM settlements s \
              WHERE NOT EXISTS (SELECT 1 FROM transaction_rows t WHERE t.id = s.transaction_id) \
              ORDER BY 1 LIMIT 10",
-            &[],
-        )
-        .await?
-    {
-        out.push(Violation {
-            rule: "settlement-names-transaction",
-            detail: format!(
-                "a settlement names transaction {}, which is not recorded",
-                r.get::<_, i64>(0)
-            ),
-        });
+        ),
+    ];
+    for (rule, what, sql) in checks {
+        for r in c.query(sql, &[]).await? {
+            out.push(Violation {
+                rule,
+                detail: format!(
+                    "{} {what} name transaction {}, which is not recorded",
+                    r.get::<_, i64>(1),
+                    r.get::<_, i64>(0)
+                ),
+            });
+        }
     }
     Ok(())
 }
