@@ -112,10 +112,13 @@ async fn approved(store: &dyn Store, stan: &str, order: &str, amount: i64) -> i6
             .await
             .expect("insert")
     );
-    store
-        .record_outcome(outcome(id, State::Approved, "00"))
-        .await
-        .expect("outcome");
+    assert!(
+        store
+            .record_outcome(outcome(id, State::Approved, "00"))
+            .await
+            .expect("outcome"),
+        "the approval settles the request"
+    );
     id
 }
 
@@ -268,8 +271,8 @@ async fn recovery_reverses_and_notifies() {
 }
 
 // Proves a request is settled once whichever comes first, the bank's approval or
-// recovery's reversal: the second changes nothing, and the ledger posts only what the
-// first settled.
+// recovery's reversal: the second changes nothing and says so (the switch then answers
+// from the record), and the ledger posts only what the first settled.
 #[tokio::test]
 async fn approval_and_recovery_settle_a_request_once() {
     for (name, store) in stores("contract_settle_once").await {
@@ -279,10 +282,13 @@ async fn approval_and_recovery_settle_a_request_once() {
             .await
             .unwrap();
         assert_eq!(store.recover(1).await.unwrap(), 1, "{name}: reversed");
-        store
-            .record_outcome(outcome(id, State::Approved, "00"))
-            .await
-            .unwrap();
+        assert!(
+            !store
+                .record_outcome(outcome(id, State::Approved, "00"))
+                .await
+                .unwrap(),
+            "{name}: the approval settled nothing"
+        );
         let rec = store.recorded(&key("000001")).await.unwrap().unwrap();
         assert_eq!(
             (rec.state, rec.response_code.as_deref()),
@@ -292,6 +298,13 @@ async fn approval_and_recovery_settle_a_request_once() {
         sound(name, &*store).await;
 
         let id = approved(&*store, "000002", "ORDER-6", 800).await;
+        assert!(
+            !store
+                .record_outcome(outcome(id, State::Approved, "00"))
+                .await
+                .unwrap(),
+            "{name}: written again, it settles nothing more"
+        );
         assert_eq!(
             store.recover(1).await.unwrap(),
             0,

@@ -317,19 +317,23 @@ impl Engine {
     }
 
     /// Runs `write` until it succeeds, retrying a failure [`OUTCOME_RETRY_PAUSE_MS`] apart
-    /// for `outcome_wait_ms`: how many attempts failed before it did, or the last error if
-    /// none succeeds. `what` names the record in the logs.
-    pub(crate) async fn retrying<F, Fut>(&self, what: &str, mut write: F) -> Result<u32, StoreError>
+    /// for `outcome_wait_ms`: what it returned and how many attempts failed before it did,
+    /// or the last error if none succeeds. `what` names the record in the logs.
+    pub(crate) async fn retrying<F, Fut, T>(
+        &self,
+        what: &str,
+        mut write: F,
+    ) -> Result<(T, u32), StoreError>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), StoreError>>,
+        Fut: Future<Output = Result<T, StoreError>>,
     {
         let started = self.clock.mono();
         let budget = Duration::from_millis(self.outcome_wait_ms);
         let mut attempt = 0u32;
         loop {
             match write().await {
-                Ok(()) => return Ok(attempt),
+                Ok(done) => return Ok((done, attempt)),
                 Err(e) if self.clock.mono().duration_since(started) < budget => {
                     attempt += 1;
                     tracing::warn!(error = %e, attempt, "{what} not recorded yet; retrying");

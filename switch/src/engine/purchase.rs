@@ -82,9 +82,10 @@ impl Engine {
             .retrying("outcome", || self.store.record_outcome(outcome.clone()))
             .await;
         let answer = match recorded {
-            Ok(0) => answer,
-            // A retried write: an earlier attempt may have committed after all, or another
-            // instance may have taken this one's transactions over meanwhile (its lease
+            Ok((true, 0)) => answer,
+            // This write settled nothing (recovery reversed the request first), or it was
+            // retried (an earlier attempt may have committed after all, or another
+            // instance may have taken this one's transactions over meanwhile: its lease
             // ran out): the record, not this process's view, is the answer.
             Ok(_) => self
                 .answer_from_record(r.key, r.content)

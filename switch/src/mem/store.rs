@@ -512,16 +512,16 @@ impl Store for MemStore {
         })
     }
 
-    async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), StoreError> {
+    async fn record_outcome(&self, o: OutcomeRecord) -> Result<bool, StoreError> {
         let (now, day) = (self.now_us(), self.day());
         self.write("outcome", |db| {
             db.in_doubt.remove(&o.id);
             let Some(t) = db.txns.get_mut(&o.id) else {
-                return Ok(());
+                return Ok(false);
             };
             // Written again after a lost acknowledgement: what came after stays.
             if t.state != State::Authorising {
-                return Ok(());
+                return Ok(false);
             }
             t.state = o.state;
             t.response_code = Some(o.response_code.clone());
@@ -535,7 +535,7 @@ impl Store for MemStore {
             if let Some((bank, reason)) = &o.reversal {
                 db.queue(o.id, bank, Forward::Reversal(*reason), now);
             }
-            Ok(())
+            Ok(true)
         })
     }
 

@@ -85,19 +85,20 @@ pub enum JournalError {
 
 enum Op {
     Insert(Arc<NewTxn>, oneshot::Sender<Result<bool, JournalError>>),
-    Update(OutcomeRecord, oneshot::Sender<Result<(), JournalError>>),
+    Update(OutcomeRecord, oneshot::Sender<Result<bool, JournalError>>),
 }
 
 impl Op {
-    /// Tells the waiting request how its record fared: the ids the batch inserted, or why
+    /// Tells the waiting request how its record fared: the ids the batch inserted or
+    /// settled, or why
     /// it was not written.
     fn ack(self, written: Result<&HashSet<i64>, &JournalError>) {
         match self {
             Op::Insert(t, ack) => {
                 let _ = ack.send(written.map(|ids| ids.contains(&t.id)).map_err(Clone::clone));
             }
-            Op::Update(_, ack) => {
-                let _ = ack.send(written.map(|_| ()).map_err(Clone::clone));
+            Op::Update(o, ack) => {
+                let _ = ack.send(written.map(|ids| ids.contains(&o.id)).map_err(Clone::clone));
             }
         }
     }
@@ -162,8 +163,10 @@ impl Journal {
         rx.await.map_err(|_| JournalError::Stopped)?
     }
 
-    /// Records an outcome (and its reversal, if any).
-    pub async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), JournalError> {
+    /// Records an outcome (and its reversal, if any); `Ok(false)` if the request was
+    /// settled already (by recovery, or by this outcome written before while its
+    /// acknowledgement was lost), so that the record, not this outcome, is the answer.
+    pub async fn record_outcome(&self, o: OutcomeRecord) -> Result<bool, JournalError> {
         let (ack, rx) = oneshot::channel();
         self.tx
             .send(Op::Update(o, ack))
@@ -278,7 +281,8 @@ impl Connection {
     }
 
     /// Writes a batch in one statement: the fast form first, the safe form again if the
-    /// fast one met a row that exists already. The ids of the transactions inserted.
+    /// fast one met a row that exists already. The ids of the transactions inserted or
+    /// settled.
     async fn write(&self, batch: &[Op], cutover_hours: i32) -> Result<HashSet<i64>, DbError> {
         let mut c = Columns::default();
         for op in batch {
@@ -531,7 +535,10 @@ WITH ins AS (
   ON CONFLICT (transaction_id, kind) DO NOTHING
   RETURNING id
 )
-SELECT id FROM ins"
+-- The transactions this statement inserted and those whose outcome it settled (an insert
+-- and an outcome of one transaction never share a batch: the outcome follows the bank,
+-- which follows the insert's commit).
+SELECT id FROM ins UNION ALL SELECT transaction_id FROM settle UNION ALL SELECT id FROM upd"
         )
     };
 }
@@ -553,6 +560,7 @@ macro_rules! outcome_update {
   -- row found, a cost growing with the square of the batch (see WRITER_SESSION_SQL).
   WHERE t.id = u.id AND t.state = 'authorising'
     AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.transaction_id = t.id)
+  RETURNING t.id
 )"
     };
 }
@@ -574,7 +582,7 @@ const BATCH_SQL_FAST: &str = batch_sql!("", outcome_update!());
 /// reads nothing and is not referred to is never run.
 macro_rules! no_outcome_update {
     () => {
-        ", upd AS (SELECT $25::text[], $26::text[], $27::text[])"
+        ", upd AS (SELECT NULL::bigint AS id, $25::text[] AS state, $26::text[] AS rc, $27::text[] AS auth WHERE false)"
     };
 }
 

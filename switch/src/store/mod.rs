@@ -321,8 +321,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn insert(&self, t: Arc<NewTxn>) -> Result<bool, StoreError>;
 
     /// Records a purchase's or pre-authorisation's outcome through the journal, with its
-    /// postings (an approved purchase) and its reversal (if any), in one commit.
-    async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), StoreError>;
+    /// postings (an approved purchase) and its reversal (if any), in one commit. `Ok(false)`:
+    /// the request was settled already (recovery reversed it, or this outcome was written
+    /// before while its acknowledgement was lost) and this write changed nothing, so the
+    /// merchant's answer is what the record says.
+    async fn record_outcome(&self, o: OutcomeRecord) -> Result<bool, StoreError>;
 
     /// The first of [`crate::ids::ID_BLOCK`] fresh transaction ids, unique across
     /// instances and restarts.

@@ -75,7 +75,7 @@ impl Store for PgStore {
         Ok(self.journal()?.insert(t).await?)
     }
 
-    async fn record_outcome(&self, o: OutcomeRecord) -> Result<(), StoreError> {
+    async fn record_outcome(&self, o: OutcomeRecord) -> Result<bool, StoreError> {
         Ok(self.journal()?.record_outcome(o).await?)
     }
 
