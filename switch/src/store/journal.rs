@@ -68,6 +68,14 @@ pub struct OutcomeRecord {
     pub reversal: Option<(String, ReversalReason)>,
 }
 
+impl OutcomeRecord {
+    /// Whether this outcome is appended as a settlement (an approved purchase, which its
+    /// capture makes final: migrations/V16) rather than written over its row.
+    pub fn appends(&self) -> bool {
+        self.kind == Kind::Purchase && self.state == State::Approved
+    }
+}
+
 /// The journal could not record: the caller answers `96` (before a bank was asked) or
 /// retries (after).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -549,8 +557,7 @@ SELECT id FROM ins UNION ALL SELECT transaction_id FROM settle UNION ALL SELECT 
 macro_rules! outcome_update {
     () => {
         ", upd AS (
-  UPDATE transaction_rows t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now(),
-    captured_minor = CASE WHEN u.state = 'approved' AND t.kind = 'purchase' THEN t.amount_minor ELSE t.captured_minor END
+  UPDATE transaction_rows t SET state = u.state, response_code = u.rc, auth_code = u.auth, updated_at = now()
   FROM unnest($24::bigint[], $25::text[], $26::text[], $27::text[]) AS u(id, state, rc, auth)
   -- An outcome settles a request still waiting for one: written again after a lost
   -- acknowledgement, it must not undo what came after it (a merchant's reversal), and a
@@ -663,7 +670,7 @@ impl<'a> Columns<'a> {
     /// An approved purchase's outcome goes to the settlements ($33..$35), any other to the
     /// row updates ($24..$27).
     fn push_outcome(&mut self, o: &'a OutcomeRecord) {
-        if o.kind == Kind::Purchase && o.state == State::Approved {
+        if o.appends() {
             self.a_id.push(o.id);
             self.a_rc.push(&o.response_code);
             self.a_auth.push(o.auth_code.as_deref());

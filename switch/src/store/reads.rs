@@ -2,11 +2,14 @@
 //! views. None of them changes anything; [`load_named`] and [`lock_root`] also serve the
 //! writers that hold a payment's lock.
 
+use std::sync::LazyLock;
+
 use deadpool_postgres::{GenericClient, Pool};
 use tokio_postgres::Row;
 
 use super::{OriginalRef, Recorded, RequestRef, StoreError, TxnRecord};
 use crate::checks::Kind;
+use crate::db::DbError;
 use crate::lifecycle::State;
 
 /// The columns every lifecycle query reads, in the order [`txn_record`] expects.
@@ -90,12 +93,11 @@ pub(super) async fn load_named<C: GenericClient>(
 }
 
 /// Transaction `id`, locked until the caller's transaction ends, its settlement folded
-/// in ([`fold_sql`]). Errors: the database's, and a missing row.
+/// in ([`FOLD_SQL`]). Errors: the database's, and a missing row.
 pub(super) async fn lock_row<C: GenericClient>(c: &C, id: i64) -> Result<TxnRecord, StoreError> {
-    let lock = c.prepare_cached(LOCK_SQL).await?;
-    c.query_one(&lock, &[&id]).await?;
-    let fold = c.prepare_cached(&fold_sql()).await?;
-    Ok(txn_record(&c.query_one(&fold, &[&id]).await?))
+    lock_where(c, LOCK_SQL, &[&id])
+        .await?
+        .ok_or_else(|| StoreError::Db(DbError::Invalid(format!("no transaction {id} to lock"))))
 }
 
 /// Locks row `$1` of `transaction_rows` (the table under the view, which cannot be
@@ -103,27 +105,26 @@ pub(super) async fn lock_row<C: GenericClient>(c: &C, id: i64) -> Result<TxnReco
 const LOCK_SQL: &str = "SELECT id FROM transaction_rows WHERE id = $1 FOR UPDATE";
 
 /// Folds row `$1`'s settlement (V16) into the row, which the caller's transaction has
-/// locked, and reads it with [`TXN_COLUMNS`]. Run after the lock, as a statement of its
-/// own: its snapshot is taken once the lock is held, so it sees a settlement committed
-/// while the lock was awaited. From then on the row's own columns (and its constraints:
-/// refunds within captured) say what the view says. The view's read in the same
-/// statement sees the row as it was with the settlement laid over it: what the fold
-/// writes.
-fn fold_sql() -> String {
+/// locked, and reads it with [`TXN_COLUMNS`]. The values written are the view's own (one
+/// definition of how a settlement reads), so from then on the row's columns and
+/// constraints (refunds within captured) say what the view says. Run after the lock, as
+/// a statement of its own: its snapshot is taken once the lock is held, so it sees a
+/// settlement committed while the lock was awaited. The read in the same statement sees
+/// the row as it was with the settlement laid over it: what the fold writes.
+static FOLD_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH f AS (
-           UPDATE transaction_rows t SET state = s.state, response_code = s.response_code,
-             auth_code = s.auth_code, updated_at = s.settled_at,
-             captured_minor = CASE WHEN s.state = 'approved' AND t.kind = 'purchase'
-                                   THEN t.amount_minor ELSE t.captured_minor END
-           FROM settlements s WHERE t.id = $1 AND s.transaction_id = t.id AND t.state = 'authorising')
+           UPDATE transaction_rows t SET state = v.state, response_code = v.response_code,
+             auth_code = v.auth_code, updated_at = v.updated_at, captured_minor = v.captured_minor
+           FROM transactions v WHERE t.id = $1 AND v.id = t.id AND t.state = 'authorising'
+             AND v.state <> t.state)
          SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1"
     )
-}
+});
 
 /// Locks the row of `transaction_rows` that `lock_sql` selects (its id, `FOR UPDATE`)
 /// until the caller's transaction ends, and reads it with its settlement folded in
-/// ([`fold_sql`]); None if it selects none.
+/// ([`FOLD_SQL`]); None if it selects none.
 pub(super) async fn lock_where<C: GenericClient>(
     c: &C,
     lock_sql: &str,
@@ -134,7 +135,7 @@ pub(super) async fn lock_where<C: GenericClient>(
         return Ok(None);
     };
     let id: i64 = locked.get(0);
-    let fold = c.prepare_cached(&fold_sql()).await?;
+    let fold = c.prepare_cached(&FOLD_SQL).await?;
     Ok(c.query_opt(&fold, &[&id]).await?.map(|r| txn_record(&r)))
 }
 
