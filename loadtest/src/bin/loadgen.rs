@@ -373,9 +373,24 @@ async fn table_bytes(
     })
 }
 
+/// Autovacuum and autoanalyze passes so far, or a note saying why not.
+async fn maintenance(
+    pg: Option<&Arc<tokio_postgres::Client>>,
+    notes: &mut Vec<String>,
+) -> std::collections::BTreeMap<String, [i64; 2]> {
+    let Some(c) = pg else {
+        return Default::default();
+    };
+    pg::maintenance(c).await.unwrap_or_else(|e| {
+        notes.push(format!("autovacuum counts: {e}"));
+        Default::default()
+    })
+}
+
 /// The database section: the preload, sizes, and the last switch run's statements.
 async fn finish_db(plan: &Plan, mut db: DbReport, runs: &[RunReport]) -> DbReport {
     db.table_bytes_end = table_bytes(plan.sources.pg.as_ref(), &mut db.notes).await;
+    db.maintenance_end = maintenance(plan.sources.pg.as_ref(), &mut db.notes).await;
     if plan.sources.pg.is_some()
         && let Some(r) = runs.iter().rev().find(|r| r.name == "switch")
     {
@@ -480,6 +495,7 @@ async fn try_main() -> Result<()> {
         ..DbReport::default()
     };
     db.table_bytes_start = table_bytes(sources.pg.as_ref(), &mut db.notes).await;
+    db.maintenance_start = maintenance(sources.pg.as_ref(), &mut db.notes).await;
     let nonce = (codec::clock::unix_now() % 1000) as u32;
     let mut plan = Plan {
         args,

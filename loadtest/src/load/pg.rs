@@ -50,6 +50,11 @@ pub struct DbReport {
     /// the last; null when the table does not exist.
     pub table_bytes_start: BTreeMap<String, Option<i64>>,
     pub table_bytes_end: BTreeMap<String, Option<i64>>,
+    /// Autovacuum and autoanalyze passes of each table so far (`pg_stat_user_tables`),
+    /// before the first run and after the last: a pass during the runs costs the
+    /// database CPU the runs are charged with.
+    pub maintenance_start: BTreeMap<String, [i64; 2]>,
+    pub maintenance_end: BTreeMap<String, [i64; 2]>,
     /// The run the statements are from (the last switch run).
     pub top_statements_run: Option<String>,
     pub top_statements: Vec<TopStatement>,
@@ -119,6 +124,37 @@ pub async fn table_bytes(
     Ok(out)
 }
 
+/// Autovacuum and autoanalyze passes of each of [`SIZED_TABLES`] so far; a table
+/// missing (or never seen by the statistics collector) is left out.
+pub async fn maintenance(
+    c: &Client,
+) -> Result<BTreeMap<String, [i64; 2]>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT relname::text, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables \
+             WHERE relname = ANY($1)",
+            &[&SIZED_TABLES.as_slice()],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), [r.get(1), r.get(2)]))
+        .collect())
+}
+
+/// " (autovacuum N, autoanalyze M during the runs)" for `table`, or nothing when either
+/// end is unknown.
+fn maintenance_note(db: &DbReport, table: &str) -> String {
+    match (db.maintenance_start.get(table), db.maintenance_end.get(table)) {
+        (Some(a), Some(b)) => format!(
+            "; autovacuum {}, autoanalyze {} during the runs",
+            b[0] - a[0],
+            b[1] - a[1]
+        ),
+        _ => String::new(),
+    }
+}
+
 #[allow(clippy::float_arithmetic)]
 fn mib(b: Option<i64>) -> String {
     b.map_or("-".to_owned(), |b| {
@@ -139,9 +175,10 @@ pub fn db_table(db: &DbReport) -> String {
         let size = |m: &BTreeMap<String, Option<i64>>| mib(m.get(t).copied().flatten());
         let _ = writeln!(
             out,
-            "  {t}: {} before the runs, {} after",
+            "  {t}: {} before the runs, {} after{}",
             size(&db.table_bytes_start),
-            size(&db.table_bytes_end)
+            size(&db.table_bytes_end),
+            maintenance_note(db, t)
         );
     }
     if let Some(run) = &db.top_statements_run {
@@ -199,7 +236,8 @@ mod tests {
         );
     }
 
-    // Proves the database section names the preload, both sizes and every statement.
+    // Proves the database section names the preload, both sizes, the maintenance passes
+    // between them and every statement.
     #[test]
     fn db_section() {
         let mut db = DbReport {
@@ -211,7 +249,14 @@ mod tests {
         };
         db.table_bytes_end
             .insert("transaction_rows".into(), Some(2 * 1_048_576));
+        db.maintenance_start
+            .insert("settlements".into(), [1, 2]);
+        db.maintenance_end.insert("settlements".into(), [1, 5]);
         let t = db_table(&db);
+        assert!(
+            t.contains("settlements: - before the runs, - after; autovacuum 0, autoanalyze 3 during the runs"),
+            "{t}"
+        );
         assert!(
             t.contains("preload 1000 historical transactions in 2 s"),
             "{t}"

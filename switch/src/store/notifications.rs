@@ -77,9 +77,17 @@ pub(super) async fn enqueue<C: GenericClient>(
     source_id: i64,
     event: Event,
 ) -> Result<(), StoreError> {
+    // Prepared once per connection: a reversal's acknowledgement enqueues one per
+    // timed-out request, and an unprepared statement cost a parse round trip and a fresh
+    // plan each time (0.18 ms mean in pg_stat_statements at 5,000/s, docs/loadtest.md).
+    let insert = c
+        .prepare_cached(
+            "INSERT INTO notifications (merchant_id, terminal_id, transaction_id, event, status, rrn, order_ref) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (transaction_id, event) DO NOTHING",
+        )
+        .await?;
     c.execute(
-        "INSERT INTO notifications (merchant_id, terminal_id, transaction_id, event, status, rrn, order_ref) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (transaction_id, event) DO NOTHING",
+        &insert,
         &[
             &root.merchant_id,
             &root.terminal_id,
