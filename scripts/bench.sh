@@ -17,6 +17,7 @@
 #   SWITCH_WRAPPER [] a command the switch runs under (e.g. valgrind --tool=callgrind)
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
 #   PG_SHARED_BUFFERS [2GB]: the private cluster's shared_buffers
+#   PG_WAL_INIT_ZERO [on]: the private cluster's wal_init_zero
 #   RUNTIME_THREADS [1]: [switch] runtime_threads (1: a single-threaded runtime, the least
 #     CPU per purchase when the switch shares 2 cores with PostgreSQL and Redis; 0: one
 #     thread per core, the switch's default)
@@ -122,6 +123,9 @@ checkpoint_timeout = 15min
 # series can be matched with an autovacuum or a checkpoint.
 log_autovacuum_min_duration = 0
 log_checkpoints = on
+# Whether a new 16 MB WAL segment is written full of zeros when it is created, inside the
+# commit that needs it (see docs/loadtest.md, 2026-12-03).
+wal_init_zero = ${PG_WAL_INIT_ZERO:-on}
 EOF
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
@@ -243,6 +247,17 @@ if [ "$PRELOAD" -gt 0 ]; then
   # settled on a real server, so analyze again from a session of its own.
   "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" \
     -c 'ANALYZE transaction_rows, settlements, ledger_postings'
+else
+  # A server that has run before has WAL segments to recycle; a new cluster has none, and
+  # creates each 16 MB segment by writing it full of zeros inside the commit that first
+  # needs it: at 5,000/s, one every two seconds, and p99 of 55-85 ms in every other second
+  # of the run (2026-12-03, docs/loadtest.md). The preload leaves such segments; without
+  # it, about 1 GB of WAL is written and checkpointed here, so that PRELOAD=0 measures an
+  # empty journal on a server that has run, not a new server's first gigabyte.
+  say "writing 1 GB of WAL for the runs to recycle (no preload)"
+  "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -v ON_ERROR_STOP=1 \
+    -c "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('w', 500) AS w FROM generate_series(1, 1800000) g" \
+    -c 'DROP TABLE bench_wal_warmup' -c 'CHECKPOINT' >/dev/null
 fi
 
 say "starting the switch"

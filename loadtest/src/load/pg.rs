@@ -126,9 +126,7 @@ pub async fn table_bytes(
 
 /// Autovacuum and autoanalyze passes of each of [`SIZED_TABLES`] so far; a table
 /// missing (or never seen by the statistics collector) is left out.
-pub async fn maintenance(
-    c: &Client,
-) -> Result<BTreeMap<String, [i64; 2]>, tokio_postgres::Error> {
+pub async fn maintenance(c: &Client) -> Result<BTreeMap<String, [i64; 2]>, tokio_postgres::Error> {
     let rows = c
         .query(
             "SELECT relname::text, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables \
@@ -145,7 +143,10 @@ pub async fn maintenance(
 /// " (autovacuum N, autoanalyze M during the runs)" for `table`, or nothing when either
 /// end is unknown.
 fn maintenance_note(db: &DbReport, table: &str) -> String {
-    match (db.maintenance_start.get(table), db.maintenance_end.get(table)) {
+    match (
+        db.maintenance_start.get(table),
+        db.maintenance_end.get(table),
+    ) {
         (Some(a), Some(b)) => format!(
             "; autovacuum {}, autoanalyze {} during the runs",
             b[0] - a[0],
@@ -249,8 +250,7 @@ mod tests {
         };
         db.table_bytes_end
             .insert("transaction_rows".into(), Some(2 * 1_048_576));
-        db.maintenance_start
-            .insert("settlements".into(), [1, 2]);
+        db.maintenance_start.insert("settlements".into(), [1, 2]);
         db.maintenance_end.insert("settlements".into(), [1, 5]);
         let t = db_table(&db);
         assert!(
