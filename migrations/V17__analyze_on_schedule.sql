@@ -9,8 +9,8 @@
 -- purchases/s on those tables, about 5 µs of database CPU per purchase: `perf` put
 -- autovacuum's ANALYZE at 8 % of PostgreSQL's samples in the standard benchmark
 -- (docs/loadtest.md, 2026-12-03). With 1,000,000 + 10 %, a pass comes at most once per
--- 200,000 purchases (the postings are two rows per purchase), under 1 µs per purchase,
--- and on a table of a hundred million rows as often as before.
+-- million purchases (per 500,000 for ledger_postings, two rows per purchase), under 1 µs
+-- per purchase in all, and on a table of a hundred million rows as often as before.
 --
 -- What it costs: a table's statistics can be up to a million rows (or 10 %) old. The
 -- switch's statements reach these tables by key, and the planner scales its row counts
