@@ -252,11 +252,17 @@ else
   # creates each 16 MB segment by writing it full of zeros inside the commit that first
   # needs it: at 5,000/s, one every two seconds, and p99 of 55-85 ms in every other second
   # of the run (2026-12-03, docs/loadtest.md). The preload leaves such segments; without
-  # it, about 1 GB of WAL is written and checkpointed here, so that PRELOAD=0 measures an
-  # empty journal on a server that has run, not a new server's first gigabyte.
-  say "writing 1 GB of WAL for the runs to recycle (no preload)"
+  # it, WAL is written and checkpointed here, so that PRELOAD=0 measures an empty journal
+  # on a server that has run, not a new server's first gigabytes: 2 KB per request of the
+  # switch run (the journal writes about 1.6 KB per purchase), at least 1 GB, at most 6 GB
+  # (max_wal_size keeps 8 GB; a search's later steps may outrun it). A row of the scratch
+  # table is about 560 bytes of WAL.
+  wal_mb=$(( RATE * (DURATION + WARMUP) * 2 / 1024 ))
+  wal_mb=$(( wal_mb < 1024 ? 1024 : (wal_mb > 6144 ? 6144 : wal_mb) ))
+  say "writing $wal_mb MB of WAL for the runs to recycle (no preload)"
   "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -v ON_ERROR_STOP=1 \
-    -c "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('w', 500) AS w FROM generate_series(1, 1800000) g" \
+    -c "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('w', 500) AS w
+        FROM generate_series(1, $(( wal_mb * 1048576 / 560 ))) g" \
     -c 'DROP TABLE bench_wal_warmup' -c 'CHECKPOINT' >/dev/null
 fi
 

@@ -495,29 +495,39 @@ impl Writer {
 const WRITER_SESSION_SQL: &str =
     "SET enable_seqscan = off; SET plan_cache_mode = force_generic_plan; SET enable_memoize = off";
 
-/// The plan the batch statement runs with on a writer's session, as
-/// `EXPLAIN (FORMAT JSON)` prints it (a one-element JSON array). Run on `client` as a
-/// writer sets itself up ([`WRITER_SESSION_SQL`]), so it is the generic plan every commit
-/// uses; tests check its shape (each record reaches its rows by key, never by a rescan of
-/// the batch). Errors: the database's.
-pub async fn explain_batch(client: &tokio_postgres::Client) -> Result<serde_json::Value, DbError> {
+/// The plans the batch statement runs with on a writer's session, one per prepared form
+/// (each [`Form`], fast then safe), each as `EXPLAIN (FORMAT JSON)` prints it (a
+/// one-element JSON array). Run on `client` as a writer sets itself up
+/// ([`WRITER_SESSION_SQL`]), so they are the generic plans every commit uses; tests check
+/// their shape (each record reaches its rows by key, never by a rescan of the batch).
+/// Errors: the database's.
+pub async fn explain_batch(
+    client: &tokio_postgres::Client,
+) -> Result<Vec<serde_json::Value>, DbError> {
     client.batch_execute(WRITER_SESSION_SQL).await?;
-    client
-        .batch_execute(&format!("PREPARE journal_batch_plan AS {BATCH_SQL_FAST}"))
-        .await?;
     // Empty arrays for every column, 0 for the cut-over hour ($31): the plan is generic.
     let args: Vec<&str> = (1..=BATCH_PARAMS)
         .map(|i| if i == 31 { "0" } else { "'{}'" })
         .collect();
-    let sql = format!(
+    let explain = format!(
         "EXPLAIN (FORMAT JSON) EXECUTE journal_batch_plan({})",
         args.join(", ")
     );
-    let row = client.query_one(&sql, &[]).await?;
-    client
-        .batch_execute("DEALLOCATE journal_batch_plan")
-        .await?;
-    Ok(row.get(0))
+    let mut plans = Vec::with_capacity(Form::ALL.len() * 2);
+    for form in Form::ALL {
+        for fast in [true, false] {
+            let sql = form.sql(fast);
+            client
+                .batch_execute(&format!("PREPARE journal_batch_plan AS {sql}"))
+                .await?;
+            let row = client.query_one(&explain, &[]).await?;
+            client
+                .batch_execute("DEALLOCATE journal_batch_plan")
+                .await?;
+            plans.push(row.get(0));
+        }
+    }
+    Ok(plans)
 }
 
 /// Parameters of the batch statement ($1..$35).
