@@ -18,6 +18,7 @@
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
 #   PG_SHARED_BUFFERS [2GB]: the private cluster's shared_buffers
 #   PG_WAL_INIT_ZERO [on]: the private cluster's wal_init_zero
+#   SOCKETS [1]: the switch reaches PostgreSQL and Redis by unix socket (0: loopback TCP)
 #   RUNTIME_THREADS [1]: [switch] runtime_threads (1: a single-threaded runtime, the least
 #     CPU per purchase when the switch shares 2 cores with PostgreSQL and Redis; 0: one
 #     thread per core, the switch's default)
@@ -165,6 +166,17 @@ psql -c 'CREATE DATABASE switchyard_bench'
 bench_db_url="postgres://postgres@127.0.0.1:${SWITCHYARD_TEST_PG_PORT}/switchyard_bench"
 "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -c 'CREATE EXTENSION pg_stat_statements'
 config="$work/switchyard.toml"
+# The switch reaches the database and Redis on this machine through their unix sockets
+# (SOCKETS=1), as a deployment that runs them beside it would: on loopback TCP the sender
+# also runs the receiver's protocol processing (docs/loadtest.md, 2026-12-03).
+if [ "${SOCKETS:-1}" = 1 ]; then
+  pg_sock_enc="$(printf '%s' "$SWITCHYARD_TEST_PG_SOCKET_DIR" | sed 's#/#%2F#g')"
+  switch_db_url="postgres://postgres@${pg_sock_enc}:${SWITCHYARD_TEST_PG_PORT}/switchyard_bench"
+  switch_redis_url="redis+unix://$SWITCHYARD_TEST_REDIS_SOCKET"
+else
+  switch_db_url="$bench_db_url"
+  switch_redis_url="$SWITCHYARD_TEST_REDIS_URL"
+fi
 cat >"$config" <<EOF
 # Written by scripts/bench.sh.
 [switch]
@@ -178,13 +190,13 @@ tcp = "127.0.0.1:0"
 idle_timeout_ms = 600000
 
 [database]
-url = "$bench_db_url"
+url = "$switch_db_url"
 $( [ -n "${JOURNAL_WRITERS:-}" ] && echo "journal_writers = $JOURNAL_WRITERS" || true)
 $( [ -n "${JOURNAL_BATCH_MAX:-}" ] && echo "journal_batch_max = $JOURNAL_BATCH_MAX" || true)
 $( [ -n "${JOURNAL_COMMIT_INTERVAL_US:-}" ] && echo "journal_commit_interval_us = $JOURNAL_COMMIT_INTERVAL_US" || true)
 
 [redis]
-url = "$SWITCHYARD_TEST_REDIS_URL"
+url = "$switch_redis_url"
 key_prefix = "bench:"
 
 [security]

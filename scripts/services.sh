@@ -21,8 +21,10 @@
 #                                postgresql.conf, so `pg_ctl -D DATA -l DATA/server.log -w start`
 #                                brings it back on the same port)
 #     SWITCHYARD_TEST_PG_PORT
+#     SWITCHYARD_TEST_PG_SOCKET_DIR  the directory of the cluster's unix socket
 #     SWITCHYARD_TEST_REDIS_URL  redis://127.0.0.1:PORT/
 #     SWITCHYARD_TEST_REDIS_PORT
+#     SWITCHYARD_TEST_REDIS_SOCKET  the path of Redis's unix socket
 #
 # SWITCHYARD_TEST_PG_LOCALE (default C) is the cluster's locale (initdb --locale): C.UTF-8 or a
 # language's locale measures what a database made with a libc collation costs (bench.sh).
@@ -40,6 +42,7 @@ _sy_pg_data=""
 _sy_pg_sock=""
 _sy_redis_dir=""
 _sy_redis_port=""
+_sy_redis_sock=""
 
 _sy_log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -232,6 +235,7 @@ EOF
     if _sy_as_pg "$pgbin/pg_ctl" -D "$_sy_pg_data" -l "$_sy_pg_data/server.log" -w -t 60 start >/dev/null 2>&1; then
       export SWITCHYARD_TEST_PG_PORT="$port"
       export SWITCHYARD_TEST_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+      export SWITCHYARD_TEST_PG_SOCKET_DIR="$_sy_pg_sock"
       export SWITCHYARD_TEST_PG_BIN="$pgbin"
       export SWITCHYARD_TEST_PG_DATA="$_sy_pg_data"
       return 0
@@ -247,11 +251,18 @@ _sy_redis_start() {
   _sy_redis_dir="$_sy_services_dir/redis-$suffix"
   mkdir -p "$_sy_redis_dir"
   echo "$$" >"$_sy_redis_dir/owner.pid"
+  # A unix socket as well (scripts/bench.sh can reach Redis through it), in the directory
+  # unless that path is too long for a socket (108 bytes).
+  _sy_redis_sock="$_sy_redis_dir/redis.sock"
+  if [ "${#_sy_redis_sock}" -gt 100 ]; then
+    _sy_redis_sock="$(mktemp -u /tmp/switchyard-redis-XXXXXX.sock)"
+  fi
   for attempt in 1 2 3; do
     port="$(_sy_free_port)" || return 1
     if [ "$port" = "${SWITCHYARD_TEST_PG_PORT:-}" ]; then continue; fi
     rm -f "$_sy_redis_dir/redis.pid"
     if redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+      --unixsocket "$_sy_redis_sock" --unixsocketperm 700 \
       --daemonize yes --pidfile "$_sy_redis_dir/redis.pid" --dir "$_sy_redis_dir" \
       --logfile "$_sy_redis_dir/redis.log" >/dev/null 2>&1; then
       _sy_redis_port="$port"
@@ -259,6 +270,7 @@ _sy_redis_start() {
         if [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = PONG ]; then
           export SWITCHYARD_TEST_REDIS_PORT="$port"
           export SWITCHYARD_TEST_REDIS_URL="redis://127.0.0.1:$port/"
+          export SWITCHYARD_TEST_REDIS_SOCKET="$_sy_redis_sock"
           return 0
         fi
         sleep 0.1
