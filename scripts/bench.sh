@@ -267,14 +267,18 @@ else
   # it, WAL is written and checkpointed here, so that PRELOAD=0 measures an empty journal
   # on a server that has run, not a new server's first gigabytes: 2 KB per request of the
   # switch run (the journal writes about 1.6 KB per purchase), at least 1 GB, at most 6 GB
-  # (max_wal_size keeps 8 GB; a search's later steps may outrun it). A row of the scratch
-  # table is about 560 bytes of WAL.
-  wal_mb=$(( RATE * (DURATION + WARMUP) * 2 / 1024 ))
-  wal_mb=$(( wal_mb < 1024 ? 1024 : (wal_mb > 6144 ? 6144 : wal_mb) ))
+  # (max_wal_size keeps 8 GB; a search's later steps may outrun it).
+  wal_warmup_kb_per_request=2
+  wal_warmup_min_mb=1024
+  wal_warmup_max_mb=6144
+  wal_warmup_row_bytes=560 # WAL per row of the scratch table (500 bytes of text)
+  wal_mb=$(( RATE * (DURATION + WARMUP) * wal_warmup_kb_per_request / 1024 ))
+  wal_mb=$(( wal_mb < wal_warmup_min_mb ? wal_warmup_min_mb : wal_mb ))
+  wal_mb=$(( wal_mb > wal_warmup_max_mb ? wal_warmup_max_mb : wal_mb ))
   say "writing $wal_mb MB of WAL for the runs to recycle (no preload)"
   "$SWITCHYARD_TEST_PG_BIN/psql" -X -qAt "$bench_db_url" -v ON_ERROR_STOP=1 \
     -c "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('w', 500) AS w
-        FROM generate_series(1, $(( wal_mb * 1048576 / 560 ))) g" \
+        FROM generate_series(1, $(( wal_mb * 1048576 / wal_warmup_row_bytes ))) g" \
     -c 'DROP TABLE bench_wal_warmup' -c 'CHECKPOINT' >/dev/null
 fi
 

@@ -377,7 +377,7 @@ async fn table_bytes(
 async fn maintenance(
     pg: Option<&Arc<tokio_postgres::Client>>,
     notes: &mut Vec<String>,
-) -> std::collections::BTreeMap<String, [i64; 2]> {
+) -> std::collections::BTreeMap<String, pg::Maintenance> {
     let Some(c) = pg else {
         return Default::default();
     };

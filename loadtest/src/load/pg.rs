@@ -53,8 +53,8 @@ pub struct DbReport {
     /// Autovacuum and autoanalyze passes of each table so far (`pg_stat_user_tables`),
     /// before the first run and after the last: a pass during the runs costs the
     /// database CPU the runs are charged with.
-    pub maintenance_start: BTreeMap<String, [i64; 2]>,
-    pub maintenance_end: BTreeMap<String, [i64; 2]>,
+    pub maintenance_start: BTreeMap<String, Maintenance>,
+    pub maintenance_end: BTreeMap<String, Maintenance>,
     /// The run the statements are from (the last switch run).
     pub top_statements_run: Option<String>,
     pub top_statements: Vec<TopStatement>,
@@ -124,9 +124,18 @@ pub async fn table_bytes(
     Ok(out)
 }
 
+/// A table's autovacuum and autoanalyze passes so far (`pg_stat_user_tables`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Maintenance {
+    pub autovacuum: i64,
+    pub autoanalyze: i64,
+}
+
 /// Autovacuum and autoanalyze passes of each of [`SIZED_TABLES`] so far; a table
 /// missing (or never seen by the statistics collector) is left out.
-pub async fn maintenance(c: &Client) -> Result<BTreeMap<String, [i64; 2]>, tokio_postgres::Error> {
+pub async fn maintenance(
+    c: &Client,
+) -> Result<BTreeMap<String, Maintenance>, tokio_postgres::Error> {
     let rows = c
         .query(
             "SELECT relname::text, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables \
@@ -136,7 +145,13 @@ pub async fn maintenance(c: &Client) -> Result<BTreeMap<String, [i64; 2]>, tokio
         .await?;
     Ok(rows
         .iter()
-        .map(|r| (r.get(0), [r.get(1), r.get(2)]))
+        .map(|r| {
+            let passes = Maintenance {
+                autovacuum: r.get(1),
+                autoanalyze: r.get(2),
+            };
+            (r.get(0), passes)
+        })
         .collect())
 }
 
@@ -149,8 +164,8 @@ fn maintenance_note(db: &DbReport, table: &str) -> String {
     ) {
         (Some(a), Some(b)) => format!(
             "; autovacuum {}, autoanalyze {} during the runs",
-            b[0] - a[0],
-            b[1] - a[1]
+            b.autovacuum - a.autovacuum,
+            b.autoanalyze - a.autoanalyze
         ),
         _ => String::new(),
     }
@@ -250,8 +265,14 @@ mod tests {
         };
         db.table_bytes_end
             .insert("transaction_rows".into(), Some(2 * 1_048_576));
-        db.maintenance_start.insert("settlements".into(), [1, 2]);
-        db.maintenance_end.insert("settlements".into(), [1, 5]);
+        let passes = |autovacuum, autoanalyze| Maintenance {
+            autovacuum,
+            autoanalyze,
+        };
+        db.maintenance_start
+            .insert("settlements".into(), passes(1, 2));
+        db.maintenance_end
+            .insert("settlements".into(), passes(1, 5));
         let t = db_table(&db);
         assert!(
             t.contains("settlements: - before the runs, - after; autovacuum 0, autoanalyze 3 during the runs"),
