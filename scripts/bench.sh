@@ -6,7 +6,8 @@
 # and writes reports under target/bench/<time>/ (and target/bench/latest): latency, CPU
 # per answered request of every program (by PID tree, over the measured window), the
 # switch's journal batches and Redis calls, and PostgreSQL's top statements
-# (pg_stat_statements, enabled in the private cluster), and the disk's write + fdatasync
+# (pg_stat_statements, enabled in the private cluster), PostgreSQL's WAL flushes, Redis's
+# own stalls (redis-latency.txt, its latency monitor), and the disk's write + fdatasync
 # latency tail (disk.json, from fsync-probe).
 #
 # Environment (defaults in brackets):
@@ -109,6 +110,9 @@ cat >>"$pg_conf" <<EOF
 # scripts/bench.sh: statement statistics
 shared_preload_libraries = 'pg_stat_statements'
 pg_stat_statements.track_planning = on
+# How long WAL writes and flushes take (pg_stat_wal), to split a commit's time between
+# the statement and its flush.
+track_wal_io_timing = on
 
 # scripts/bench.sh: memory as a database server is given it. PostgreSQL's default
 # shared_buffers (128MB) is sized to start anywhere; its manual suggests a quarter of RAM
@@ -124,6 +128,11 @@ checkpoint_timeout = 15min
 # series can be matched with an autovacuum or a checkpoint.
 log_autovacuum_min_duration = 0
 log_checkpoints = on
+# Statements of 50 ms or more, and lock waits of 20 ms or more, with their times: to
+# match the switch's "slow journal commit" lines (same threshold) with their cause.
+log_min_duration_statement = 50
+log_lock_waits = on
+deadlock_timeout = 20ms
 # Whether a new 16 MB WAL segment is written full of zeros when it is created, inside the
 # commit that needs it (see docs/loadtest.md, 2026-12-03).
 wal_init_zero = ${PG_WAL_INIT_ZERO:-on}
@@ -145,6 +154,10 @@ pg_pid="$(head -n 1 "$SWITCHYARD_TEST_PG_DATA/postmaster.pid")"
 # services.sh starts Redis with its pidfile in its own directory.
 redis_pid="$(cat "$_sy_redis_dir/redis.pid")"
 echo "postmaster pid $pg_pid, redis pid $redis_pid"
+# Redis's latency monitor: events (a command, the expiry cycle, ...) of at least 5 ms are
+# kept, and LATENCY LATEST goes into the report's directory after the runs.
+redis_cli() { redis-cli -h 127.0.0.1 -p "$SWITCHYARD_TEST_REDIS_PORT" "$@"; }
+redis_cli CONFIG SET latency-monitor-threshold 5 >/dev/null
 
 say "release build (switchyard, bank-sim, loadgen, relay)"
 cargo build --release -p switch -p loadtest
@@ -320,6 +333,8 @@ status=0
 mkdir -p "$out"
 curl -fsS "http://$admin_addr/metrics" >"$out/switch-metrics.txt" 2>/dev/null || true
 cp "$SWITCHYARD_TEST_PG_DATA/server.log" "$work/postgres.log" 2>/dev/null || true
+# Redis's own stalls of 5 ms or more: event, when last (unix s), last ms, worst ms.
+redis_cli LATENCY LATEST >"$out/redis-latency.txt" 2>&1 || true
 
 # The switch must still be alive after the load (a crash is a finding, not a detail).
 if ! kill -0 "$switch_pid" 2>/dev/null; then

@@ -2,7 +2,7 @@
 //! tests and the load harness read (`GET /record`) to reconcile the switch against.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard};
 
 use codec::{Message, Mti};
@@ -119,18 +119,84 @@ pub struct Snapshot {
     pub macs_tampered: u64,
 }
 
+/// Entries in one chunk of a [`Chunked`] list.
+const CHUNK_ENTRIES: usize = 16_384;
+
+/// A list that grows a chunk at a time: a push never moves what the list holds. (A `Vec`
+/// doubles by copying everything it holds at once.)
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, item: T) {
+        if self.chunks.last().is_none_or(|c| c.len() == CHUNK_ENTRIES) {
+            self.chunks.push(Vec::with_capacity(CHUNK_ENTRIES));
+        }
+        self.chunks
+            .last_mut()
+            .expect("a chunk with room")
+            .push(item);
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+
+    fn to_vec(&self) -> Vec<T>
+    where
+        T: Clone,
+    {
+        self.iter().cloned().collect()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Chunked<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        &self.chunks[i / CHUNK_ENTRIES][i % CHUNK_ENTRIES]
+    }
+}
+
+impl<T> std::ops::IndexMut<usize> for Chunked<T> {
+    fn index_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i / CHUNK_ENTRIES][i % CHUNK_ENTRIES]
+    }
+}
+
+/// Nothing here grows by moving all it holds at once: the RRN indexes are B-trees (a hash
+/// table rehashes every entry when it doubles) and the lists are [`Chunked`]. Either
+/// pause held the lock every link answers under, and showed as single seconds of 50-250
+/// ms in the p99 of every load run, at the same seconds in each (docs/loadtest.md,
+/// 2026-12-03 later).
 #[derive(Debug, Default)]
 struct Inner {
-    approved: Vec<Approval>,
-    approved_by_rrn: HashMap<String, usize>,
-    declined: Vec<Decline>,
-    declined_rrns: HashSet<String>,
-    unanswered: Vec<Txn>,
+    approved: Chunked<Approval>,
+    approved_by_rrn: BTreeMap<String, usize>,
+    declined: Chunked<Decline>,
+    declined_rrns: BTreeSet<String>,
+    unanswered: Chunked<Txn>,
     reversals: BTreeMap<String, u64>,
     unknown_reversals: BTreeMap<String, u64>,
     inquiries: BTreeMap<String, u64>,
-    advices: Vec<SentAdvice>,
-    seen_rrns: HashSet<String>,
+    advices: Chunked<SentAdvice>,
+    seen_rrns: BTreeSet<String>,
     dupes: u64,
     counts_by_mti: BTreeMap<Mti, u64>,
     dropped: u64,
@@ -160,7 +226,7 @@ impl Inner {
         }
     }
 
-    fn push<T>(list: &mut Vec<T>, dropped: &mut u64, item: T) {
+    fn push<T>(list: &mut Chunked<T>, dropped: &mut u64, item: T) {
         if list.len() < RECORD_ENTRIES_MAX {
             list.push(item);
         } else {
@@ -331,7 +397,10 @@ impl Record {
     }
 
     pub fn reset(&self) {
-        *self.lock() = Inner::default();
+        // The old record is freed after the lock is let go: freeing a long run's entries
+        // takes a while, and links answer under this lock.
+        let old = std::mem::take(&mut *self.lock());
+        drop(old);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -343,7 +412,7 @@ impl Record {
             reversed_amount_minor: 0,
             net_amount_minor: 0,
         };
-        for a in &g.approved {
+        for a in g.approved.iter() {
             let amount = a.txn.amount_minor.unwrap_or(0);
             totals.approved_count += 1;
             totals.approved_amount_minor += amount;
@@ -354,13 +423,13 @@ impl Record {
         }
         totals.net_amount_minor = totals.approved_amount_minor - totals.reversed_amount_minor;
         Snapshot {
-            approved: g.approved.clone(),
-            declined: g.declined.clone(),
-            unanswered: g.unanswered.clone(),
+            approved: g.approved.to_vec(),
+            declined: g.declined.to_vec(),
+            unanswered: g.unanswered.to_vec(),
             reversals: g.reversals.clone(),
             unknown_reversals: g.unknown_reversals.clone(),
             inquiries: g.inquiries.clone(),
-            advices: g.advices.clone(),
+            advices: g.advices.to_vec(),
             requests_by_rrn_dupes: g.dupes,
             counts_by_mti: g
                 .counts_by_mti
@@ -432,6 +501,27 @@ mod tests {
         assert_eq!(s.approved.len(), 1);
         assert_eq!(s.requests_by_rrn_dupes, 2);
         assert_eq!(s.declined.len(), 2);
+    }
+
+    // Proves a chunked list indexes, iterates and copies in push order past a chunk's
+    // end, as the Vec it replaces did.
+    #[test]
+    fn chunked_keeps_order_across_chunks() {
+        let mut c = Chunked::default();
+        for i in 0..CHUNK_ENTRIES * 2 + 3 {
+            c.push(i);
+        }
+        assert_eq!(c.len(), CHUNK_ENTRIES * 2 + 3);
+        assert_eq!(c[CHUNK_ENTRIES], CHUNK_ENTRIES);
+        c[CHUNK_ENTRIES * 2 + 1] = 7;
+        let v = c.to_vec();
+        assert_eq!(v.len(), c.len());
+        assert_eq!(v[CHUNK_ENTRIES * 2 + 1], 7);
+        assert!(
+            c.iter()
+                .enumerate()
+                .all(|(i, x)| *x == i || i == CHUNK_ENTRIES * 2 + 1)
+        );
     }
 
     // Proves reset empties the record but authorisation codes stay unique after it.

@@ -1,6 +1,6 @@
 //! PostgreSQL figures of a benchmark: the statements that took the database's time in
-//! the measured window (`pg_stat_statements`, reset at the window's start), and the size
-//! of the journal's tables.
+//! the measured window (`pg_stat_statements`, reset at the window's start), its WAL
+//! writes and flushes (`pg_stat_wal`), and the size of the journal's tables.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -122,6 +122,75 @@ pub async fn table_bytes(
         out.insert(t.to_owned(), row.get::<_, Option<i64>>(0));
     }
     Ok(out)
+}
+
+/// PostgreSQL's WAL counters so far (`pg_stat_wal`, PostgreSQL 14 and later); the times
+/// stay 0 unless `track_wal_io_timing` is on (scripts/bench.sh turns it on).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WalCounters {
+    pub records: i64,
+    /// Full-page images: a page's first change after a checkpoint logs the whole page.
+    pub fpi: i64,
+    pub bytes: f64,
+    /// WAL buffers written out (`write(2)`) and flushed to disk (`fdatasync(2)` with
+    /// the default `wal_sync_method`), and the time each took in all, ms.
+    pub writes: i64,
+    pub syncs: i64,
+    pub write_ms: f64,
+    pub sync_ms: f64,
+}
+
+pub async fn wal_counters(c: &Client) -> Result<WalCounters, tokio_postgres::Error> {
+    let r = c
+        .query_one(
+            "SELECT wal_records, wal_fpi, wal_bytes::float8, wal_write, wal_sync, \
+             wal_write_time, wal_sync_time FROM pg_stat_wal",
+            &[],
+        )
+        .await?;
+    Ok(WalCounters {
+        records: r.get(0),
+        fpi: r.get(1),
+        bytes: r.get(2),
+        writes: r.get(3),
+        syncs: r.get(4),
+        write_ms: r.get(5),
+        sync_ms: r.get(6),
+    })
+}
+
+/// The WAL a run wrote, per answered request, and how long its flushes took.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WalStats {
+    pub bytes_per_tx: Option<f64>,
+    pub records_per_tx: Option<f64>,
+    pub fpi_per_tx: Option<f64>,
+    pub syncs_per_s: f64,
+    /// Mean time of one flush and of one write, ms; null without `track_wal_io_timing`
+    /// (or without any).
+    pub mean_sync_ms: Option<f64>,
+    pub mean_write_ms: Option<f64>,
+}
+
+/// The WAL written between two readings `window_s` seconds apart.
+#[allow(clippy::float_arithmetic)]
+pub fn wal_delta(a: &WalCounters, b: &WalCounters, window_s: f64, answered: u64) -> WalStats {
+    let per_tx = |x: f64| (answered > 0).then(|| x / answered as f64);
+    let mean = |ms: f64, n: i64| (n > 0 && ms > 0.0).then(|| ms / n as f64);
+    let syncs = b.syncs - a.syncs;
+    let writes = b.writes - a.writes;
+    WalStats {
+        bytes_per_tx: per_tx(b.bytes - a.bytes),
+        records_per_tx: per_tx((b.records - a.records) as f64),
+        fpi_per_tx: per_tx((b.fpi - a.fpi) as f64),
+        syncs_per_s: if window_s > 0.0 {
+            syncs as f64 / window_s
+        } else {
+            0.0
+        },
+        mean_sync_ms: mean(b.sync_ms - a.sync_ms, syncs),
+        mean_write_ms: mean(b.write_ms - a.write_ms, writes),
+    }
 }
 
 /// A table's autovacuum and autoanalyze passes so far (`pg_stat_user_tables`).
@@ -249,6 +318,47 @@ mod tests {
         assert_eq!(
             short_query(&long, QUERY_TEXT_MAX).chars().count(),
             QUERY_TEXT_MAX
+        );
+    }
+
+    // Proves WAL counters become per-request figures and mean flush times, and that
+    // times left at 0 (timing off) give no mean rather than a zero one.
+    #[test]
+    fn wal_per_request() {
+        let a = WalCounters {
+            records: 10,
+            fpi: 1,
+            bytes: 1000.0,
+            writes: 5,
+            syncs: 5,
+            write_ms: 1.0,
+            sync_ms: 2.0,
+        };
+        let b = WalCounters {
+            records: 210,
+            fpi: 21,
+            bytes: 41_000.0,
+            writes: 15,
+            syncs: 25,
+            write_ms: 2.0,
+            sync_ms: 12.0,
+        };
+        let w = wal_delta(&a, &b, 2.0, 20);
+        assert_eq!(w.bytes_per_tx, Some(2000.0));
+        assert_eq!(w.records_per_tx, Some(10.0));
+        assert_eq!(w.fpi_per_tx, Some(1.0));
+        assert_eq!(w.syncs_per_s, 10.0);
+        assert_eq!(w.mean_sync_ms, Some(0.5));
+        assert_eq!(w.mean_write_ms, Some(0.1));
+        let untimed = WalCounters {
+            write_ms: 0.0,
+            sync_ms: 0.0,
+            ..b
+        };
+        let w = wal_delta(&WalCounters::default(), &untimed, 0.0, 0);
+        assert_eq!(
+            (w.mean_sync_ms, w.bytes_per_tx, w.syncs_per_s),
+            (None, None, 0.0)
         );
     }
 

@@ -689,6 +689,20 @@ fn report_spec(spec: &RunSpec) -> ReportSpec {
     }
 }
 
+/// Room for every request the run sends (at most [`SEEN_MAX`]), reserved up front: a
+/// vector that doubles copies all it holds at once while answers wait for the lock, which
+/// showed as single seconds of p99 in every run (docs/loadtest.md, 2026-12-03 later).
+/// The reservation is address space; pages are touched only as entries arrive.
+fn seen_capacity(spec: &RunSpec) -> usize {
+    let seconds = spec
+        .warmup_s
+        .saturating_add(spec.duration_s)
+        .saturating_add(1);
+    usize::try_from(spec.rate.saturating_mul(seconds))
+        .unwrap_or(SEEN_MAX)
+        .min(SEEN_MAX)
+}
+
 /// Runs one open-loop load run and reconciles it.
 pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
     if spec.connections == 0 || spec.connections > CONNECTIONS_MAX {
@@ -709,7 +723,7 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
             Duration::from_secs(spec.warmup_s),
             Duration::from_secs(spec.duration_s),
         ),
-        seen: Vec::new(),
+        seen: Vec::with_capacity(seen_capacity(&spec)),
         seen_dropped: 0,
     }));
     let tasks = start_tasks(&spec, &conns, receivers, &state, t0);

@@ -405,7 +405,7 @@ impl RunReport {
             ticks: o.ticks,
             processes: o.processes,
         };
-        if o.metrics.is_some() || o.redis.is_some() {
+        if o.metrics.is_some() || o.redis.is_some() || o.wal.is_some() {
             let m = o.metrics.as_ref();
             self.switch_stats = Some(SwitchStats {
                 window_s: o.seconds,
@@ -416,6 +416,10 @@ impl RunReport {
                     .redis
                     .as_ref()
                     .map(|(a, b)| switchstats::redis_delta(a, b, answered)),
+                wal: o
+                    .wal
+                    .as_ref()
+                    .map(|(a, b)| super::pg::wal_delta(a, b, o.seconds, answered)),
             });
         }
         self.top_statements = o.top_statements.unwrap_or_default();
@@ -529,6 +533,19 @@ pub fn switch_table(runs: &[RunReport]) -> String {
                 "  Redis commands (INFO commandstats; those a script runs count too): {} per answered request: {}",
                 per_tx_text(rd.calls_per_tx),
                 cmds.join("; ")
+            );
+        }
+        if let Some(w) = &s.wal {
+            let _ = writeln!(
+                out,
+                "  WAL (pg_stat_wal): {} bytes, {} records, {} full-page images per answered request; {:.1} flushes/s, flush mean {} ms, write mean {} ms",
+                w.bytes_per_tx.map_or("-".to_owned(), |v| format!("{v:.0}")),
+                per_tx_text(w.records_per_tx),
+                per_tx_text(w.fpi_per_tx),
+                w.syncs_per_s,
+                w.mean_sync_ms.map_or("-".to_owned(), |v| format!("{v:.3}")),
+                w.mean_write_ms
+                    .map_or("-".to_owned(), |v| format!("{v:.3}"))
             );
         }
     }

@@ -110,6 +110,7 @@ pub struct SwitchStats {
     pub journal: Option<JournalStats>,
     pub switch_redis: Option<SwitchRedisStats>,
     pub redis: Option<RedisStats>,
+    pub wal: Option<super::pg::WalStats>,
 }
 
 #[allow(clippy::float_arithmetic)]

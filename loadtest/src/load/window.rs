@@ -1,6 +1,6 @@
 //! The measured window of one run, observed from outside the load: CPU by role sampled
 //! from /proc, the machine's busy time, and (for the switch's run) the switch's metrics,
-//! Redis's command counts and PostgreSQL's statement statistics, each read at the
+//! Redis's command counts and PostgreSQL's statement and WAL statistics, each read at the
 //! window's start and end. A source that cannot be read leaves a note, not a failure:
 //! the load and its reconciliation matter more than any one figure.
 
@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::http;
-use super::pg::{self, TopStatement};
+use super::pg::{self, TopStatement, WalCounters};
 use super::proctree::{CpuTracker, Roots, assign};
 use super::switchstats::{CommandCounts, Samples, parse_commandstats, parse_prometheus};
 use super::sysstat::{self, MachineTicks};
@@ -66,6 +66,8 @@ pub struct Observed {
     /// Redis's command counts at the window's start and end.
     pub redis: Option<(CommandCounts, CommandCounts)>,
     pub top_statements: Option<Vec<TopStatement>>,
+    /// PostgreSQL's WAL counters at the window's start and end.
+    pub wal: Option<(WalCounters, WalCounters)>,
     pub notes: Vec<String>,
 }
 
@@ -105,12 +107,13 @@ pub async fn redis_info(addr: SocketAddr, section: &str) -> std::io::Result<Stri
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// Metrics, Redis counts (and a statements reset at the start, or the top statements at
-/// the end), as one snapshot.
+/// Metrics, Redis counts, WAL counters (and a statements reset at the start, or the top
+/// statements at the end), as one snapshot.
 struct Snapshot {
     metrics: Option<Samples>,
     redis: Option<CommandCounts>,
     top: Option<Vec<TopStatement>>,
+    wal: Option<WalCounters>,
 }
 
 async fn snapshot(spec: &WindowSpec, at_end: bool, notes: &mut Vec<String>) -> Snapshot {
@@ -118,6 +121,7 @@ async fn snapshot(spec: &WindowSpec, at_end: bool, notes: &mut Vec<String>) -> S
         metrics: None,
         redis: None,
         top: None,
+        wal: None,
     };
     let src = &spec.sources;
     if spec.switch_sources {
@@ -136,6 +140,9 @@ async fn snapshot(spec: &WindowSpec, at_end: bool, notes: &mut Vec<String>) -> S
         }
     }
     if let Some(c) = &src.pg {
+        if spec.switch_sources {
+            snap.wal = timed("pg_stat_wal", pg::wal_counters(c), notes).await;
+        }
         if !at_end {
             timed("pg_stat_statements_reset", pg::reset_statements(c), notes).await;
         } else if spec.switch_sources {
@@ -192,6 +199,7 @@ pub async fn observe(spec: WindowSpec) -> Observed {
         metrics: before.metrics.zip(after.metrics),
         redis: before.redis.zip(after.redis),
         top_statements: after.top,
+        wal: before.wal.zip(after.wal),
         notes,
     }
 }
