@@ -487,6 +487,11 @@ fn per_tx_text(v: Option<f64>) -> String {
     v.map_or("-".to_owned(), |v| format!("{v:.2}"))
 }
 
+/// A mean time in ms to the microsecond, or `-`.
+fn ms_text(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |v| format!("{v:.3}"))
+}
+
 /// Journal and Redis figures of the switch's runs.
 pub fn switch_table(runs: &[RunReport]) -> String {
     use std::fmt::Write;
@@ -543,9 +548,8 @@ pub fn switch_table(runs: &[RunReport]) -> String {
                 per_tx_text(w.records_per_tx),
                 per_tx_text(w.fpi_per_tx),
                 w.syncs_per_s,
-                w.mean_sync_ms.map_or("-".to_owned(), |v| format!("{v:.3}")),
-                w.mean_write_ms
-                    .map_or("-".to_owned(), |v| format!("{v:.3}"))
+                ms_text(w.mean_sync_ms),
+                ms_text(w.mean_write_ms)
             );
         }
     }
