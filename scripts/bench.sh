@@ -155,7 +155,7 @@ pg_pid="$(head -n 1 "$SWITCHYARD_TEST_PG_DATA/postmaster.pid")"
 redis_pid="$(cat "$_sy_redis_dir/redis.pid")"
 echo "postmaster pid $pg_pid, redis pid $redis_pid"
 # Redis's latency monitor: events (a command, the expiry cycle, ...) of at least 5 ms are
-# kept, and LATENCY LATEST goes into the report's directory after the runs.
+# kept; reset just before the runs, read after them into the report's directory.
 redis_cli() { redis-cli -h 127.0.0.1 -p "$SWITCHYARD_TEST_REDIS_PORT" "$@"; }
 redis_cli CONFIG SET latency-monitor-threshold 5 >/dev/null
 
@@ -327,14 +327,23 @@ else
   say "loadgen: relay then switch at $RATE/s for $DURATION s (+$WARMUP s warm-up), $SCHEDULE schedule"
 fi
 status=0
+redis_cli LATENCY RESET >/dev/null
 "$bin/loadgen" "${args[@]}" || status=$?
 # The switch's own per-stage histograms (Redis, journal commits, bank round trips, the
 # latency it adds) for the run, next to the harness's report.
 mkdir -p "$out"
 curl -fsS "http://$admin_addr/metrics" >"$out/switch-metrics.txt" 2>/dev/null || true
 cp "$SWITCHYARD_TEST_PG_DATA/server.log" "$work/postgres.log" 2>/dev/null || true
-# Redis's own stalls of 5 ms or more: event, when last (unix s), last ms, worst ms.
-redis_cli LATENCY LATEST >"$out/redis-latency.txt" 2>&1 || true
+# Redis's own stalls of 5 ms or more during the runs: LATENCY LATEST (event, when last in
+# unix s, last ms, worst ms), then each event's history (unix s, ms; up to 160 samples).
+{
+  echo "# LATENCY LATEST"
+  redis_cli LATENCY LATEST
+  for event in command fast-command expire-cycle eviction-cycle; do
+    echo "# LATENCY HISTORY $event"
+    redis_cli LATENCY HISTORY "$event"
+  done
+} >"$out/redis-latency.txt" 2>&1 || true
 
 # The switch must still be alive after the load (a crash is a finding, not a detail).
 if ! kill -0 "$switch_pid" 2>/dev/null; then

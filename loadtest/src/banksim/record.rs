@@ -119,11 +119,13 @@ pub struct Snapshot {
     pub macs_tampered: u64,
 }
 
-/// Entries in one chunk of a [`Chunked`] list.
+/// Entries in one chunk of a [`Chunked`] list: a few MB of approvals, so a list at
+/// [`RECORD_ENTRIES_MAX`] is about 120 chunks.
 const CHUNK_ENTRIES: usize = 16_384;
 
-/// A list that grows a chunk at a time: a push never moves what the list holds. (A `Vec`
-/// doubles by copying everything it holds at once.)
+/// A list that grows a chunk at a time: a push never moves what the list holds, where a
+/// `Vec` reallocates all it holds when it doubles (copying it, unless the allocator can
+/// remap the pages).
 #[derive(Debug)]
 struct Chunked<T> {
     chunks: Vec<Vec<T>>,
@@ -163,7 +165,12 @@ impl<T> Chunked<T> {
     where
         T: Clone,
     {
-        self.iter().cloned().collect()
+        // One allocation of the exact size: a snapshot is taken under the record's lock.
+        let mut all = Vec::with_capacity(self.len);
+        for c in &self.chunks {
+            all.extend_from_slice(c);
+        }
+        all
     }
 }
 
@@ -181,10 +188,10 @@ impl<T> std::ops::IndexMut<usize> for Chunked<T> {
 }
 
 /// Nothing here grows by moving all it holds at once: the RRN indexes are B-trees (a hash
-/// table rehashes every entry when it doubles) and the lists are [`Chunked`]. Either
-/// pause held the lock every link answers under, and showed as single seconds of 50-250
-/// ms in the p99 of every load run, at the same seconds in each (docs/loadtest.md,
-/// 2026-12-03 later).
+/// table rehashes every entry when it doubles, under the lock every link answers under;
+/// that showed as single seconds of 30-150 ms in the p99 of every load run, at the seconds
+/// the tables filled: docs/loadtest.md, 2026-12-03 later) and the lists are [`Chunked`]
+/// (a doubling `Vec` is the same kind of pause, though not one matched to a spike).
 #[derive(Debug, Default)]
 struct Inner {
     approved: Chunked<Approval>,
@@ -399,7 +406,10 @@ impl Record {
     pub fn reset(&self) {
         // The old record is freed after the lock is let go: freeing a long run's entries
         // takes a while, and links answer under this lock.
-        let old = std::mem::take(&mut *self.lock());
+        let old = {
+            let mut g = self.lock();
+            std::mem::take(&mut *g)
+        };
         drop(old);
     }
 

@@ -5,7 +5,7 @@
 //! [`schedule`] (when it is due; the rate search), [`stats`] (percentiles, the table),
 //! [`reconcile`] (the harness against the bank's record), [`sysstat`] (steal and CPU
 //! from /proc), [`proctree`] (CPU by role over a window, by PID tree), [`switchstats`]
-//! (journal and Redis figures from two snapshots), [`pg`] (statement figures), [`svg`]
+//! (journal and Redis figures from two snapshots), [`pg`] (statement and WAL figures), [`svg`]
 //! (the chart). [`run`] does the I/O, [`due`] wakes it at each request's due time,
 //! [`window`] samples the measured window; [`http`] reads the record and the switch's
 //! metrics.

@@ -124,8 +124,10 @@ pub async fn table_bytes(
     Ok(out)
 }
 
-/// PostgreSQL's WAL counters so far (`pg_stat_wal`, PostgreSQL 14 and later); the times
-/// stay 0 unless `track_wal_io_timing` is on (scripts/bench.sh turns it on).
+/// PostgreSQL's WAL counters so far (`pg_stat_wal` as PostgreSQL 14-17 have it; 18 moved
+/// the write and flush columns to `pg_stat_io`, and the query then fails into a note).
+/// The times stay 0 unless `track_wal_io_timing` is on (scripts/bench.sh turns it on).
+/// Cluster-wide: autovacuum's and checkpoints' WAL counts too.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct WalCounters {
     pub records: i64,
@@ -140,6 +142,7 @@ pub struct WalCounters {
     pub sync_ms: f64,
 }
 
+/// Reads [`WalCounters`]. Errors: the database's.
 pub async fn wal_counters(c: &Client) -> Result<WalCounters, tokio_postgres::Error> {
     let r = c
         .query_one(
@@ -175,10 +178,11 @@ pub struct WalStats {
 /// The WAL written between two readings `window_s` seconds apart.
 #[allow(clippy::float_arithmetic)]
 pub fn wal_delta(a: &WalCounters, b: &WalCounters, window_s: f64, answered: u64) -> WalStats {
-    let per_tx = |x: f64| (answered > 0).then(|| x / answered as f64);
+    // Counters reset inside the window (pg_stat_reset_shared, a crash) count from 0.
+    let per_tx = |x: f64| (answered > 0).then(|| x.max(0.0) / answered as f64);
     let mean = |ms: f64, n: i64| (n > 0 && ms > 0.0).then(|| ms / n as f64);
-    let syncs = b.syncs - a.syncs;
-    let writes = b.writes - a.writes;
+    let syncs = (b.syncs - a.syncs).max(0);
+    let writes = (b.writes - a.writes).max(0);
     WalStats {
         bytes_per_tx: per_tx(b.bytes - a.bytes),
         records_per_tx: per_tx((b.records - a.records) as f64),

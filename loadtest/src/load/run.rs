@@ -689,18 +689,25 @@ fn report_spec(spec: &RunSpec) -> ReportSpec {
     }
 }
 
-/// Room for every request the run sends (at most [`SEEN_MAX`]), reserved up front: a
-/// vector that doubles copies all it holds at once while answers wait for the lock, which
-/// showed as single seconds of p99 in every run (docs/loadtest.md, 2026-12-03 later).
-/// The reservation is address space; pages are touched only as entries arrive.
+/// Room for every request the run sends (at most [`SEEN_MAX`]), reserved up front so
+/// that the list never reallocates while answers wait for its lock (the same kind of
+/// pause the bank simulator's tables made: docs/loadtest.md, 2026-12-03 later). The
+/// reservation is address space; pages are touched only as entries arrive.
 fn seen_capacity(spec: &RunSpec) -> usize {
-    let seconds = spec
-        .warmup_s
-        .saturating_add(spec.duration_s)
-        .saturating_add(1);
+    let seconds = spec.warmup_s.saturating_add(spec.duration_s);
     usize::try_from(spec.rate.saturating_mul(seconds))
         .unwrap_or(SEEN_MAX)
         .min(SEEN_MAX)
+}
+
+/// An empty list with room for `n`, or less room if that much cannot be had: a run
+/// without the reservation only reallocates as it goes.
+fn reserved(n: usize) -> Vec<Seen> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(n).is_err() {
+        let _ = v.try_reserve_exact(n / 8);
+    }
+    v
 }
 
 /// Runs one open-loop load run and reconciles it.
@@ -723,7 +730,7 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
             Duration::from_secs(spec.warmup_s),
             Duration::from_secs(spec.duration_s),
         ),
-        seen: Vec::with_capacity(seen_capacity(&spec)),
+        seen: reserved(seen_capacity(&spec)),
         seen_dropped: 0,
     }));
     let tasks = start_tasks(&spec, &conns, receivers, &state, t0);

@@ -728,8 +728,8 @@ mod tests {
         assert_eq!(cpu_per_tx(&ticks, 0)["forwarder"], None);
     }
 
-    // Proves a window's observations land in the report: CPU by role, journal and Redis
-    // deltas, notes, and the tables show them with "other" = machine minus the roles.
+    // Proves a window's observations land in the report: CPU by role, journal, Redis and
+    // WAL deltas, notes, and the tables show them with "other" = machine minus the roles.
     #[test]
     fn window_in_report_and_table() {
         let mut r = report_with(1000);
@@ -750,6 +750,16 @@ mod tests {
             ]),
             metrics: Some((m(0.0, 0.0), m(1000.0, 400.0))),
             redis: Some((cmd(5), cmd(2005))),
+            wal: Some((
+                super::super::pg::WalCounters::default(),
+                super::super::pg::WalCounters {
+                    bytes: 1_500_000.0,
+                    records: 13_000,
+                    syncs: 500,
+                    sync_ms: 150.0,
+                    ..Default::default()
+                },
+            )),
             notes: vec!["redis INFO commandstats: refused".into()],
             ..Observed::default()
         });
@@ -765,6 +775,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("evalsha 2.00, 2.0 us"), "{t}");
+        assert!(
+            t.contains("1500 bytes, 13.00 records, 0.00 full-page images per answered request; 50.0 flushes/s, flush mean 0.300 ms, write mean - ms"),
+            "{t}"
+        );
         assert!(
             t.contains("switch note: redis INFO commandstats: refused"),
             "{t}"
