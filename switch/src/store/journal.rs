@@ -148,6 +148,7 @@ impl Journal {
                     conn: None,
                     metrics: metrics.clone(),
                     cutover_hours,
+                    slow: SlowCommits::default(),
                 };
                 tokio::spawn(w.run(queue.clone(), batch_max))
             })
@@ -378,6 +379,32 @@ struct Writer {
     conn: Option<Connection>,
     metrics: Arc<Metrics>,
     cutover_hours: i32,
+    slow: SlowCommits,
+}
+
+/// Slow commits logged at most once per this many ms, those between counted in the next
+/// line: a database slow throughout would otherwise log every batch.
+const SLOW_COMMIT_LOG_EVERY_MS: u64 = 1_000;
+
+/// Which slow commits get a log line. A plain decision over times passed in.
+#[derive(Debug, Default)]
+struct SlowCommits {
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl SlowCommits {
+    /// A slow commit ended at `now`: `Some(n)` to log it, with `n` slow commits since
+    /// the last line that were not logged; `None` to count it into the next line.
+    fn observe(&mut self, now: Instant) -> Option<u64> {
+        let every = Duration::from_millis(SLOW_COMMIT_LOG_EVERY_MS);
+        if self.last_logged.is_some_and(|t| now < t + every) {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 impl Writer {
@@ -457,12 +484,14 @@ impl Writer {
                 self.metrics
                     .journal_commit
                     .observe(started.elapsed().as_secs_f64());
-                if took >= Duration::from_millis(SLOW_COMMIT_WARN_MS) {
+                let slow = took >= Duration::from_millis(SLOW_COMMIT_WARN_MS);
+                if let Some(unlogged) = slow.then(|| self.slow.observe(Instant::now())).flatten() {
                     // Every request of the batch, and every one queued behind it, waited
                     // this long: worth a line to match with the database's log.
                     tracing::warn!(
                         took_ms = took.as_millis() as u64,
                         records = n,
+                        slow_commits_unlogged = unlogged,
                         "slow journal commit"
                     );
                 }
@@ -848,6 +877,21 @@ async fn write_once(
 
 #[cfg(test)]
 mod tests {
+    // Proves slow commits log at most one line per interval, and the next line counts
+    // those left out.
+    #[test]
+    fn slow_commits_log_once_per_interval() {
+        let mut s = super::SlowCommits::default();
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(s.observe(t0), Some(0));
+        assert_eq!(s.observe(t0 + ms(10)), None);
+        assert_eq!(s.observe(t0 + ms(999)), None);
+        let every = ms(super::SLOW_COMMIT_LOG_EVERY_MS);
+        assert_eq!(s.observe(t0 + every), Some(2));
+        assert_eq!(s.observe(t0 + every * 3), Some(0));
+    }
+
     // Proves the batch statement posts by the one business-day rule every other posting
     // uses (the statement itself stays as it is tuned).
     #[test]
