@@ -316,6 +316,9 @@ _sy_redis_stop_only() {
       kill -9 "$pid" 2>/dev/null
     fi
   fi
+  # A socket Redis could not remove itself (killed), wherever it is (in /tmp when the
+  # directory's path was too long).
+  [ -n "$_sy_redis_sock" ] && rm -f "$_sy_redis_sock"
   _sy_redis_port=""
 }
 

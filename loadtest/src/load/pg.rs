@@ -9,6 +9,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio_postgres::{Client, NoTls};
 
+use super::switchstats::ratio;
+
 /// Statements reported: the issue asks for the top ten.
 pub const TOP_STATEMENTS: i64 = 10;
 /// Characters of a statement's text kept in the report (enough to recognise it).
@@ -179,19 +181,15 @@ pub struct WalStats {
 #[allow(clippy::float_arithmetic)]
 pub fn wal_delta(a: &WalCounters, b: &WalCounters, window_s: f64, answered: u64) -> WalStats {
     // Counters reset inside the window (pg_stat_reset_shared, a crash) count from 0.
-    let per_tx = |x: f64| (answered > 0).then(|| x.max(0.0) / answered as f64);
-    let mean = |ms: f64, n: i64| (n > 0 && ms > 0.0).then(|| ms / n as f64);
+    let per_tx = |x: f64| ratio(x.max(0.0), answered as f64);
+    let mean = |ms: f64, n: i64| ratio(ms, n as f64).filter(|m| *m > 0.0);
     let syncs = (b.syncs - a.syncs).max(0);
     let writes = (b.writes - a.writes).max(0);
     WalStats {
         bytes_per_tx: per_tx(b.bytes - a.bytes),
         records_per_tx: per_tx((b.records - a.records) as f64),
         fpi_per_tx: per_tx((b.fpi - a.fpi) as f64),
-        syncs_per_s: if window_s > 0.0 {
-            syncs as f64 / window_s
-        } else {
-            0.0
-        },
+        syncs_per_s: ratio(syncs as f64, window_s).unwrap_or(0.0),
         mean_sync_ms: mean(b.sync_ms - a.sync_ms, syncs),
         mean_write_ms: mean(b.write_ms - a.write_ms, writes),
     }

@@ -114,7 +114,7 @@ pub struct SwitchStats {
 }
 
 #[allow(clippy::float_arithmetic)]
-fn ratio(a: f64, b: f64) -> Option<f64> {
+pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
 

@@ -394,9 +394,13 @@ struct SlowCommits {
 }
 
 impl SlowCommits {
-    /// A slow commit ended at `now`: `Some(n)` to log it, with `n` slow commits since
-    /// the last line that were not logged; `None` to count it into the next line.
-    fn observe(&mut self, now: Instant) -> Option<u64> {
+    /// A commit that took `took` ended at `now`: `Some(n)` to log it as slow, with `n`
+    /// slow commits since the last line that were not logged; `None` if it was not slow,
+    /// or to count it into the next line.
+    fn observe(&mut self, took: Duration, now: Instant) -> Option<u64> {
+        if took < Duration::from_millis(SLOW_COMMIT_WARN_MS) {
+            return None;
+        }
         let every = Duration::from_millis(SLOW_COMMIT_LOG_EVERY_MS);
         if self.last_logged.is_some_and(|t| now < t + every) {
             self.unlogged += 1;
@@ -484,8 +488,7 @@ impl Writer {
                 self.metrics
                     .journal_commit
                     .observe(started.elapsed().as_secs_f64());
-                let slow = took >= Duration::from_millis(SLOW_COMMIT_WARN_MS);
-                if let Some(unlogged) = slow.then(|| self.slow.observe(Instant::now())).flatten() {
+                if let Some(unlogged) = self.slow.observe(took, Instant::now()) {
                     // Every request of the batch, and every one queued behind it, waited
                     // this long: worth a line to match with the database's log.
                     tracing::warn!(
@@ -884,12 +887,13 @@ mod tests {
         let mut s = super::SlowCommits::default();
         let t0 = std::time::Instant::now();
         let ms = std::time::Duration::from_millis;
-        assert_eq!(s.observe(t0), Some(0));
-        assert_eq!(s.observe(t0 + ms(10)), None);
-        assert_eq!(s.observe(t0 + ms(999)), None);
+        let slow = ms(super::SLOW_COMMIT_WARN_MS);
+        assert_eq!(s.observe(slow, t0), Some(0));
+        assert_eq!(s.observe(slow, t0 + ms(10)), None);
+        assert_eq!(s.observe(slow, t0 + ms(999)), None);
         let every = ms(super::SLOW_COMMIT_LOG_EVERY_MS);
-        assert_eq!(s.observe(t0 + every), Some(2));
-        assert_eq!(s.observe(t0 + every * 3), Some(0));
+        assert_eq!(s.observe(slow, t0 + every), Some(2));
+        assert_eq!(s.observe(slow, t0 + every * 3), Some(0));
     }
 
     // Proves the batch statement posts by the one business-day rule every other posting
