@@ -23,6 +23,11 @@
 #   RUNTIME_THREADS [1]: [switch] runtime_threads (1: a single-threaded runtime, the least
 #     CPU per purchase when the switch shares 2 cores with PostgreSQL and Redis; 0: one
 #     thread per core, the switch's default)
+#     The relay of the ceiling run gets the same setting, so that it is the same kind of
+#     program (before 2026-12-04 it always ran one thread per core).
+#   HARNESS_RUNTIME_THREADS [1]: loadgen's and the bank simulators' runtime threads (1: a
+#     single thread, which leaves the two cores to the programs measured; 0: one per core,
+#     as before 2026-12-04)
 #   JOURNAL_WRITERS, JOURNAL_BATCH_MAX, JOURNAL_COMMIT_INTERVAL_US [the switch's defaults]:
 #     [database] settings to try
 #   SCHEDULE [tick]: when loadgen sends each request: tick (on tokio's 1 ms timer, in
@@ -60,6 +65,8 @@ SWITCH_LOG="${SWITCH_LOG:-warn}"
 DURABLE="${DURABLE:-1}"
 PRELOAD="${PRELOAD:-0}"
 SCHEDULE="${SCHEDULE:-tick}"
+RUNTIME_THREADS="${RUNTIME_THREADS:-1}"
+HARNESS_RUNTIME_THREADS="${HARNESS_RUNTIME_THREADS:-1}"
 SWITCHYARD_BIN="${SWITCHYARD_BIN:-$bin/switchyard}"
 PRELOAD_SQL="${PRELOAD_SQL:-scripts/bench-preload.sql}"
 case "$SCHEDULE" in tick | precise) ;; *) echo "SCHEDULE must be tick or precise, not '$SCHEDULE'" >&2; exit 1 ;; esac
@@ -170,7 +177,7 @@ say "disk: write + fdatasync under the database's directory for 5 s (fsync-probe
 declare -A listen control
 bank_pids=()
 for bank in bank-a bank-b; do
-  start_bank_sim "$bank" "$work"
+  start_bank_sim "$bank" "$work" --runtime-threads "$HARNESS_RUNTIME_THREADS"
   bank_pids+=("${started[-1]}")
   echo "$bank: links ${listen[$bank]}, control ${control[$bank]}"
 done
@@ -194,7 +201,7 @@ cat >"$config" <<EOF
 # Written by scripts/bench.sh.
 [switch]
 instance_id = 1
-runtime_threads = ${RUNTIME_THREADS:-1}
+runtime_threads = $RUNTIME_THREADS
 shutdown_deadline_ms = 10000
 reload_interval_ms = 5000
 
@@ -316,6 +323,7 @@ args=(
   --pg-url "$bench_db_url" "${preload_args[@]}"
   --relay-upstream "${listen[bank-a]}" --relay-control "${control[bank-a]}"
   --out "$out"
+  --runtime-threads "$HARNESS_RUNTIME_THREADS" --relay-runtime-threads "$RUNTIME_THREADS"
 )
 if [ "$SCHEDULE" = precise ]; then
   args+=(--precise-schedule)

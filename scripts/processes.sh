@@ -73,7 +73,8 @@ wait_ready() {
 # last of `started`.
 start_bank_sim() {
   local name="$1" dir="$2" line
-  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 \
+  shift 2
+  RUST_LOG=warn "$bin/bank-sim" --listen 127.0.0.1:0 --control 127.0.0.1:0 "$@" \
     >"$dir/$name.out" 2>"$dir/$name.log" &
   started+=($!)
   line="$(wait_ready "$dir/$name.out" $! "$name")" || return 1

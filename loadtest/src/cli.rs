@@ -34,3 +34,25 @@ pub fn exit(name: &str, result: anyhow::Result<()>) -> ExitCode {
         }
     }
 }
+
+/// Runs `main` on the runtime `--runtime-threads` asks for: 1, a current-thread runtime
+/// (on a 2-core machine shared with the programs under test, a second worker thread costs
+/// more in wake-ups between threads than it adds; the switch measured a third less CPU
+/// per purchase on one thread, docs/loadtest.md); 0, one worker per core (tokio's
+/// default); n, that many workers.
+///
+/// Errors: the runtime cannot be built (threads or the reactor's descriptors refused),
+/// or `main`'s own error.
+pub fn run_on<F>(threads: usize, main: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let mut builder = match threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if threads > 1 {
+        builder.worker_threads(threads);
+    }
+    builder.enable_all().build()?.block_on(main)
+}

@@ -78,6 +78,7 @@ pub struct Metrics {
     pub reversals_oldest_age: IntGaugeVec,
     pub journal_batch_size: Histogram,
     pub journal_commit: Histogram,
+    pub journal_wait: HistogramVec,
     pub journal_failures: IntCounter,
     pub redis_latency: Histogram,
     pub redis_errors: IntCounter,
@@ -292,6 +293,11 @@ const JOURNAL_COMMIT: Def = Def {
     help: "Time of one journal commit",
     labels: &[],
 };
+const JOURNAL_WAIT: Def = Def {
+    name: "journal_wait_seconds",
+    help: "Time from a record's queueing to its commit's acknowledgement (what a request waits for durability), by record: request or outcome",
+    labels: &["record"],
+};
 const JOURNAL_FAILURES: Def = Def {
     name: "journal_failures_total",
     help: "Journal batches that could not be written",
@@ -388,6 +394,7 @@ impl Metrics {
             // The journal, PostgreSQL and Redis.
             journal_batch_size: mk.histogram(&JOURNAL_BATCH_SIZE, &BATCH_BUCKETS),
             journal_commit: mk.histogram(&JOURNAL_COMMIT, &LATENCY_BUCKETS_S),
+            journal_wait: mk.histogram_vec(&JOURNAL_WAIT, &LATENCY_BUCKETS_S),
             journal_failures: mk.counter(&JOURNAL_FAILURES),
             postgres_probe: mk.histogram(&POSTGRES_PROBE, &LATENCY_BUCKETS_S),
             postgres_probe_failures: mk.counter(&POSTGRES_PROBE_FAILURES),

@@ -37,6 +37,9 @@ struct Args {
     /// Milliseconds added before every answer.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
+    /// Runtime threads: 1 a single thread, 0 one per core.
+    #[arg(long, default_value_t = 0)]
+    runtime_threads: usize,
     /// Never answer echo tests (0800 DE70 301).
     #[arg(long)]
     ignore_echo: bool,
@@ -160,14 +163,14 @@ fn load_dialect(args: &Args) -> Result<&'static Dialect> {
     Ok(codec::spec::leak(dialect))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    loadtest::cli::exit("bank-sim", try_main().await)
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let threads = args.runtime_threads;
+    loadtest::cli::exit("bank-sim", loadtest::cli::run_on(threads, try_main(args)))
 }
 
-async fn try_main() -> Result<()> {
+async fn try_main(args: Args) -> Result<()> {
     loadtest::cli::init_logs("info");
-    let args = Args::parse();
     let config = Config {
         listen: args.listen,
         control: args.control,

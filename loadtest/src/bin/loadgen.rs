@@ -130,6 +130,13 @@ struct Args {
     /// No live progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// loadgen's runtime threads: 1 a single thread, 0 one per core.
+    #[arg(long, default_value_t = 0)]
+    runtime_threads: usize,
+    /// The runtime threads of the relay started with --relay-upstream (its
+    /// --runtime-threads).
+    #[arg(long, default_value_t = 0)]
+    relay_runtime_threads: usize,
 }
 
 struct Ceiling {
@@ -139,7 +146,10 @@ struct Ceiling {
     _child: Option<tokio::process::Child>,
 }
 
-async fn start_relay(upstream: SocketAddr) -> Result<(SocketAddr, tokio::process::Child)> {
+async fn start_relay(
+    upstream: SocketAddr,
+    runtime_threads: usize,
+) -> Result<(SocketAddr, tokio::process::Child)> {
     let exe = std::env::current_exe()?.with_file_name("relay");
     let mut child = tokio::process::Command::new(&exe)
         .args([
@@ -147,6 +157,8 @@ async fn start_relay(upstream: SocketAddr) -> Result<(SocketAddr, tokio::process
             "127.0.0.1:0",
             "--upstream",
             &upstream.to_string(),
+            "--runtime-threads",
+            &runtime_threads.to_string(),
         ])
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -310,7 +322,7 @@ async fn ceiling_of(args: &Args) -> Result<Option<Ceiling>> {
             _child: None,
         }))
     } else if let Some(up) = args.relay_upstream {
-        let (addr, child) = start_relay(up).await?;
+        let (addr, child) = start_relay(up, args.relay_runtime_threads).await?;
         eprintln!("relay listening on {addr}, forwarding to {up}");
         Ok(Some(Ceiling {
             addr,
@@ -469,13 +481,13 @@ async fn sources_of(args: &Args) -> Result<Sources> {
     })
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    loadtest::cli::exit("loadgen", try_main().await)
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let threads = args.runtime_threads;
+    loadtest::cli::exit("loadgen", loadtest::cli::run_on(threads, try_main(args)))
 }
 
-async fn try_main() -> Result<()> {
-    let args = Args::parse();
+async fn try_main(args: Args) -> Result<()> {
     let mix = Mix::parse(&args.mix)?;
     let merchants = merchants_of(&args)?;
     let ceiling = ceiling_of(&args).await?;

@@ -23,16 +23,20 @@ struct Args {
     /// Where to forward every connection (a bank simulator's bank-link address).
     #[arg(long)]
     upstream: SocketAddr,
+    /// Runtime threads: 1 a single thread, 0 one per core (the benchmark gives the relay
+    /// the switch's setting, so that the ceiling is the same kind of program).
+    #[arg(long, default_value_t = 0)]
+    runtime_threads: usize,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    loadtest::cli::exit("relay", try_main().await)
-}
-
-async fn try_main() -> Result<()> {
-    loadtest::cli::init_logs("warn");
+fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let threads = args.runtime_threads;
+    loadtest::cli::exit("relay", loadtest::cli::run_on(threads, try_main(args)))
+}
+
+async fn try_main(args: Args) -> Result<()> {
+    loadtest::cli::init_logs("warn");
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

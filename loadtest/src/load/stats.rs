@@ -513,6 +513,14 @@ pub fn switch_table(runs: &[RunReport]) -> String {
                 per_tx_text(j.records_per_tx),
                 per_tx_text(j.mean_commit_ms)
             );
+            if j.mean_request_wait_ms.is_some() || j.mean_outcome_wait_ms.is_some() {
+                let _ = writeln!(
+                    out,
+                    "  durable waits (switchyard_journal_wait_seconds, queued to acknowledged): request's record mean {} ms, outcome's mean {} ms",
+                    per_tx_text(j.mean_request_wait_ms),
+                    per_tx_text(j.mean_outcome_wait_ms)
+                );
+            }
         }
         if let Some(sr) = &s.switch_redis {
             let _ = writeln!(

@@ -11,6 +11,7 @@ use serde::Serialize;
 pub const JOURNAL_BATCH: &str = "switchyard_journal_batch_size";
 pub const JOURNAL_COMMIT: &str = "switchyard_journal_commit_seconds";
 pub const SWITCH_REDIS: &str = "switchyard_redis_seconds";
+pub const JOURNAL_WAIT: &str = "switchyard_journal_wait_seconds";
 /// Our own `INFO` calls are not the switch's work.
 pub const REDIS_OWN_COMMAND: &str = "info";
 
@@ -76,6 +77,12 @@ pub struct JournalStats {
     pub mean_commit_ms: Option<f64>,
     pub batches_per_s: f64,
     pub records_per_tx: Option<f64>,
+    /// Mean time from queueing to acknowledgement (the wait for the commit in progress,
+    /// the pacing and the record's own commit) of a request's record, and of an
+    /// outcome's: the two durable waits on a purchase's path. None from a switch
+    /// without `switchyard_journal_wait_seconds`.
+    pub mean_request_wait_ms: Option<f64>,
+    pub mean_outcome_wait_ms: Option<f64>,
 }
 
 /// The switch's own count of its Redis calls over the window, and their mean time.
@@ -124,10 +131,23 @@ fn per_tx(n: u64, answered: u64) -> Option<f64> {
 }
 
 /// (Δsum, Δcount) of histogram `name` between two scrapes.
-#[allow(clippy::float_arithmetic)]
 fn hist_delta(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>, name: &str) -> (f64, u64) {
+    series_delta(a, b, name, "")
+}
+
+/// (Δsum, Δcount) of the series of histogram `name` with `labels` (`{record="request"}`,
+/// or "" for none) between two scrapes.
+#[allow(clippy::float_arithmetic)]
+fn series_delta(
+    a: &BTreeMap<String, f64>,
+    b: &BTreeMap<String, f64>,
+    name: &str,
+    labels: &str,
+) -> (f64, u64) {
     let get = |m: &BTreeMap<String, f64>, suffix: &str| {
-        m.get(&format!("{name}_{suffix}")).copied().unwrap_or(0.0)
+        m.get(&format!("{name}_{suffix}{labels}"))
+            .copied()
+            .unwrap_or(0.0)
     };
     let sum = (get(b, "sum") - get(a, "sum")).max(0.0);
     let count = (get(b, "count") - get(a, "count")).max(0.0);
@@ -144,6 +164,11 @@ pub fn journal_delta(
 ) -> JournalStats {
     let (records, batches) = hist_delta(before, after, JOURNAL_BATCH);
     let (commit_s, commits) = hist_delta(before, after, JOURNAL_COMMIT);
+    let mean_wait_ms = |record: &str| {
+        let labels = format!("{{record=\"{record}\"}}");
+        let (secs, n) = series_delta(before, after, JOURNAL_WAIT, &labels);
+        ratio(secs * 1000.0, n as f64)
+    };
     let records = records.round() as u64;
     JournalStats {
         batches,
@@ -152,6 +177,8 @@ pub fn journal_delta(
         mean_commit_ms: ratio(commit_s * 1000.0, commits as f64),
         batches_per_s: ratio(batches as f64, window_s).unwrap_or(0.0),
         records_per_tx: per_tx(records, answered),
+        mean_request_wait_ms: mean_wait_ms("request"),
+        mean_outcome_wait_ms: mean_wait_ms("outcome"),
     }
 }
 
@@ -225,6 +252,8 @@ mod tests {
         switchyard_journal_commit_seconds_count 1040\n\
         switchyard_redis_seconds_sum 2.5\n\
         switchyard_redis_seconds_count 3000\n\
+        switchyard_journal_wait_seconds_sum{record=\"request\"} 3.6\n\
+        switchyard_journal_wait_seconds_count{record=\"request\"} 1200\n\
         not_a_value x\n";
 
     // Proves Prometheus text parses by series (labels kept, comments and timestamps
@@ -242,6 +271,11 @@ mod tests {
         assert!((j.mean_commit_ms.unwrap() - 2.5).abs() < 1e-9);
         assert!((j.batches_per_s - 100.0).abs() < 1e-9);
         assert!((j.records_per_tx.unwrap() - 2.0).abs() < 1e-9);
+        assert!((j.mean_request_wait_ms.unwrap() - 3.0).abs() < 1e-9);
+        assert_eq!(
+            j.mean_outcome_wait_ms, None,
+            "no outcome series in the scrapes"
+        );
         let r = switch_redis_delta(&a, &b, 1000);
         assert_eq!(r.calls, 2000);
         assert!((r.mean_ms.unwrap() - 1.0).abs() < 1e-9);

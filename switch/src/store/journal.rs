@@ -116,6 +116,9 @@ impl Op {
 #[derive(Debug, Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Op>,
+    /// `switchyard_journal_wait_seconds` for requests' and outcomes' records.
+    request_wait: prometheus::Histogram,
+    outcome_wait: prometheus::Histogram,
 }
 
 impl Journal {
@@ -158,18 +161,20 @@ impl Journal {
                 let _ = t.await;
             }
         });
-        (Journal { tx }, all)
+        let journal = Journal {
+            tx,
+            request_wait: metrics.journal_wait.with_label_values(&["request"]),
+            outcome_wait: metrics.journal_wait.with_label_values(&["outcome"]),
+        };
+        (journal, all)
     }
 
     /// Records a new transaction; `Ok(false)` if a row with the same request key (or a
     /// live row with the same order reference) already exists.
     pub async fn insert(&self, t: Arc<NewTxn>) -> Result<bool, JournalError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Insert(t, ack))
+        self.queued(Op::Insert(t, ack), rx, &self.request_wait)
             .await
-            .map_err(|_| JournalError::Stopped)?;
-        rx.await.map_err(|_| JournalError::Stopped)?
     }
 
     /// Records an outcome (and its reversal, if any); `Ok(false)` if the request was
@@ -177,11 +182,22 @@ impl Journal {
     /// acknowledgement was lost), so that the record, not this outcome, is the answer.
     pub async fn record_outcome(&self, o: OutcomeRecord) -> Result<bool, JournalError> {
         let (ack, rx) = oneshot::channel();
-        self.tx
-            .send(Op::Update(o, ack))
+        self.queued(Op::Update(o, ack), rx, &self.outcome_wait)
             .await
-            .map_err(|_| JournalError::Stopped)?;
-        rx.await.map_err(|_| JournalError::Stopped)?
+    }
+
+    /// Queues `op` and waits for its acknowledgement on `rx`, timed into `wait`.
+    async fn queued(
+        &self,
+        op: Op,
+        rx: oneshot::Receiver<Result<bool, JournalError>>,
+        wait: &prometheus::Histogram,
+    ) -> Result<bool, JournalError> {
+        let queued = Instant::now();
+        self.tx.send(op).await.map_err(|_| JournalError::Stopped)?;
+        let acked = rx.await.map_err(|_| JournalError::Stopped)?;
+        wait.observe(queued.elapsed().as_secs_f64());
+        acked
     }
 }
 
