@@ -693,9 +693,9 @@ fn report_spec(spec: &RunSpec) -> ReportSpec {
 /// that the list never reallocates while answers wait for its lock (the same kind of
 /// pause the bank simulator's tables made: docs/loadtest.md, 2026-12-03 later). The
 /// reservation is address space; pages are touched only as entries arrive.
-fn seen_capacity(spec: &RunSpec) -> usize {
-    let seconds = spec.warmup_s.saturating_add(spec.duration_s);
-    usize::try_from(spec.rate.saturating_mul(seconds))
+fn seen_capacity(rate: u64, warmup_s: u64, duration_s: u64) -> usize {
+    let seconds = warmup_s.saturating_add(duration_s);
+    usize::try_from(rate.saturating_mul(seconds))
         .unwrap_or(SEEN_MAX)
         .min(SEEN_MAX)
 }
@@ -730,7 +730,7 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
             Duration::from_secs(spec.warmup_s),
             Duration::from_secs(spec.duration_s),
         ),
-        seen: reserved(seen_capacity(&spec)),
+        seen: reserved(seen_capacity(spec.rate, spec.warmup_s, spec.duration_s)),
         seen_dropped: 0,
     }));
     let tasks = start_tasks(&spec, &conns, receivers, &state, t0);
@@ -758,6 +758,20 @@ pub async fn run(spec: RunSpec) -> Result<RunReport, RunError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Proves the reconciliation list is reserved for every request of the schedule
+    // (warm-up included), never beyond SEEN_MAX, and without overflow.
+    #[test]
+    fn seen_room_is_the_whole_schedule_up_to_the_cap() {
+        assert_eq!(seen_capacity(5_000, 5, 60), 325_000);
+        assert_eq!(seen_capacity(0, 5, 60), 0);
+        assert_eq!(seen_capacity(1_000_000, 5, 60), SEEN_MAX);
+        assert_eq!(
+            seen_capacity(u64::MAX, u64::MAX, 1),
+            SEEN_MAX,
+            "no overflow"
+        );
+    }
 
     // Proves generated cards pass Luhn, take turns between the two routed families, and
     // that slots one mix period apart (same kind) reach both banks.

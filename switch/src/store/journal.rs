@@ -904,6 +904,46 @@ async fn write_once(
 
 #[cfg(test)]
 mod tests {
+    fn outcome(id: i64) -> super::Op {
+        let o = super::OutcomeRecord {
+            id,
+            kind: super::Kind::Purchase,
+            state: super::State::Approved,
+            response_code: "00".into(),
+            auth_code: None,
+            reversal: None,
+        };
+        super::Op::Update(o, super::oneshot::channel().0)
+    }
+
+    // Proves the pacing pause takes what arrives while it lasts and ends no earlier than
+    // its deadline when nothing more comes; and that it ends at once, keeping what it
+    // took, when every handle is gone.
+    #[tokio::test]
+    async fn pacing_pause_gathers_until_its_deadline() {
+        use std::time::{Duration, Instant};
+        let (tx, mut rx) = super::mpsc::channel(8);
+        let until = Instant::now() + Duration::from_millis(200);
+        let sender = tokio::spawn(async move {
+            for id in [1, 2] {
+                assert!(tx.send(outcome(id)).await.is_ok());
+            }
+            tx
+        });
+        let mut batch = Vec::new();
+        super::gather_until(&mut rx, &mut batch, 8, until).await;
+        assert!(Instant::now() >= until, "ended before its deadline");
+        assert_eq!(batch.len(), 2);
+
+        let tx = sender.await.expect("sender");
+        assert!(tx.send(outcome(3)).await.is_ok());
+        drop(tx);
+        let later = Instant::now() + Duration::from_secs(60);
+        super::gather_until(&mut rx, &mut batch, 8, later).await;
+        assert!(Instant::now() < later, "waited on a closed queue");
+        assert_eq!(batch.len(), 3);
+    }
+
     // Proves slow commits log at most one line per interval, and the next line counts
     // those left out.
     #[test]
