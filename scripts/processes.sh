@@ -67,7 +67,8 @@ wait_ready() {
   return 1
 }
 
-# start_bank_sim NAME DIR: starts a bank simulator (binary in $bin) logging to DIR/NAME.log,
+# start_bank_sim NAME DIR [ARG...]: starts a bank simulator (binary in $bin, with ARGs
+# after its addresses, e.g. --runtime-threads 1) logging to DIR/NAME.log,
 # waits for it, and sets listen[NAME] (its bank links) and control[NAME] (its control
 # endpoint); the caller declares both arrays (`declare -A listen control`). Its PID is the
 # last of `started`.

@@ -41,6 +41,9 @@ pub fn exit(name: &str, result: anyhow::Result<()>) -> ExitCode {
 /// per purchase on one thread, docs/loadtest.md); 0, one worker per core (tokio's
 /// default); n, that many workers.
 ///
+/// The switch builds its runtime the same way from `[switch] runtime_threads`
+/// (`switch/src/main.rs`, `runtime`); the benchmark passes both the same setting.
+///
 /// Errors: the runtime cannot be built (threads or the reactor's descriptors refused),
 /// or `main`'s own error.
 pub fn run_on<F>(threads: usize, main: F) -> anyhow::Result<()>

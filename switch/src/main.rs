@@ -288,7 +288,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     rt.block_on(async_main(cli))
 }
 
-/// The runtime `[switch] runtime_threads` asks for (0: one thread per core).
+/// The runtime `[switch] runtime_threads` asks for (0: one thread per core). The load
+/// harness's programs build theirs the same way (`loadtest::cli::run_on`).
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     match threads {
         1 => tokio::runtime::Builder::new_current_thread()

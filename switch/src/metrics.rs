@@ -295,7 +295,7 @@ const JOURNAL_COMMIT: Def = Def {
 };
 const JOURNAL_WAIT: Def = Def {
     name: "journal_wait_seconds",
-    help: "Time from a record's queueing to its commit's acknowledgement (what a request waits for durability), by record: request or outcome",
+    help: "Time from a record's queueing (room in a full queue included) to its commit's acknowledgement or failure: what a request waits for durability, by record (request, outcome)",
     labels: &["record"],
 };
 const JOURNAL_FAILURES: Def = Def {

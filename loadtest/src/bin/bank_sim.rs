@@ -37,7 +37,7 @@ struct Args {
     /// Milliseconds added before every answer.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Runtime threads: 1 a single thread, 0 one per core.
+    /// Runtime threads: 1 a single thread, 0 one per core, n that many.
     #[arg(long, default_value_t = 0)]
     runtime_threads: usize,
     /// Never answer echo tests (0800 DE70 301).

@@ -130,7 +130,7 @@ struct Args {
     /// No live progress line on stderr.
     #[arg(long)]
     quiet: bool,
-    /// loadgen's runtime threads: 1 a single thread, 0 one per core.
+    /// loadgen's runtime threads: 1 a single thread, 0 one per core, n that many.
     #[arg(long, default_value_t = 0)]
     runtime_threads: usize,
     /// The runtime threads of the relay started with --relay-upstream (its

@@ -23,8 +23,9 @@ struct Args {
     /// Where to forward every connection (a bank simulator's bank-link address).
     #[arg(long)]
     upstream: SocketAddr,
-    /// Runtime threads: 1 a single thread, 0 one per core (the benchmark gives the relay
-    /// the switch's setting, so that the ceiling is the same kind of program).
+    /// Runtime threads: 1 a single thread, 0 one per core, n that many (the benchmark
+    /// gives the relay the switch's setting, so that the ceiling is the same kind of
+    /// program).
     #[arg(long, default_value_t = 0)]
     runtime_threads: usize,
 }

@@ -492,6 +492,29 @@ fn ms_text(v: Option<f64>) -> String {
     v.map_or("-".to_owned(), |v| format!("{v:.3}"))
 }
 
+/// The journal's lines of [`switch_table`]: commits, and the two durable waits when the
+/// switch reports them.
+fn journal_lines(out: &mut String, j: &super::switchstats::JournalStats) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        out,
+        "  journal: {} commits ({:.1}/s), {} records per commit, {} records per answered request, commit mean {} ms",
+        j.batches,
+        j.batches_per_s,
+        per_tx_text(j.mean_batch_size),
+        per_tx_text(j.records_per_tx),
+        per_tx_text(j.mean_commit_ms)
+    );
+    if j.mean_request_wait_ms.is_some() || j.mean_outcome_wait_ms.is_some() {
+        let _ = writeln!(
+            out,
+            "  durable waits (switchyard_journal_wait_seconds, queued to acknowledged): request's record mean {} ms, outcome's mean {} ms",
+            per_tx_text(j.mean_request_wait_ms),
+            per_tx_text(j.mean_outcome_wait_ms)
+        );
+    }
+}
+
 /// Journal and Redis figures of the switch's runs.
 pub fn switch_table(runs: &[RunReport]) -> String {
     use std::fmt::Write;
@@ -504,23 +527,7 @@ pub fn switch_table(runs: &[RunReport]) -> String {
             r.name, r.offered_rate, s.window_s, s.answered
         );
         if let Some(j) = &s.journal {
-            let _ = writeln!(
-                out,
-                "  journal: {} commits ({:.1}/s), {} records per commit, {} records per answered request, commit mean {} ms",
-                j.batches,
-                j.batches_per_s,
-                per_tx_text(j.mean_batch_size),
-                per_tx_text(j.records_per_tx),
-                per_tx_text(j.mean_commit_ms)
-            );
-            if j.mean_request_wait_ms.is_some() || j.mean_outcome_wait_ms.is_some() {
-                let _ = writeln!(
-                    out,
-                    "  durable waits (switchyard_journal_wait_seconds, queued to acknowledged): request's record mean {} ms, outcome's mean {} ms",
-                    per_tx_text(j.mean_request_wait_ms),
-                    per_tx_text(j.mean_outcome_wait_ms)
-                );
-            }
+            journal_lines(&mut out, j);
         }
         if let Some(sr) = &s.switch_redis {
             let _ = writeln!(

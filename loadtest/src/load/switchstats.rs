@@ -11,6 +11,7 @@ use serde::Serialize;
 pub const JOURNAL_BATCH: &str = "switchyard_journal_batch_size";
 pub const JOURNAL_COMMIT: &str = "switchyard_journal_commit_seconds";
 pub const SWITCH_REDIS: &str = "switchyard_redis_seconds";
+/// By `record`: "request" or "outcome" (the label values of `switch/src/store/journal.rs`).
 pub const JOURNAL_WAIT: &str = "switchyard_journal_wait_seconds";
 /// Our own `INFO` calls are not the switch's work.
 pub const REDIS_OWN_COMMAND: &str = "info";

@@ -166,25 +166,62 @@ fn machine_now(notes: &mut Vec<String>) -> MachineTicks {
     })
 }
 
+/// The CPU seen over the window: by process tree, and the machine's busy ticks at its
+/// edges.
+struct CpuSeen {
+    tracker: CpuTracker,
+    machine: (MachineTicks, MachineTicks),
+    seconds: f64,
+    notes: Vec<String>,
+}
+
+/// Samples /proc every [`PROC_SAMPLE_EVERY`] until `end`, on the calling thread: a sweep
+/// reads every process's stat file (a few hundred files, milliseconds), so it runs on a
+/// blocking-pool thread, not on loadgen's single runtime thread, which sends requests and
+/// timestamps answers.
+fn sample_until(roots: &Roots, end: std::time::Instant) -> CpuSeen {
+    let mut notes = Vec::new();
+    let mut tracker = CpuTracker::new();
+    let m0 = machine_now(&mut notes);
+    sample(roots, &mut tracker, &mut notes);
+    let t0 = std::time::Instant::now();
+    let mut next = t0 + PROC_SAMPLE_EVERY;
+    while next < end {
+        std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
+        sample(roots, &mut tracker, &mut notes);
+        next += PROC_SAMPLE_EVERY;
+    }
+    std::thread::sleep(end.saturating_duration_since(std::time::Instant::now()));
+    sample(roots, &mut tracker, &mut notes);
+    let m1 = machine_now(&mut notes);
+    CpuSeen {
+        tracker,
+        machine: (m0, m1),
+        seconds: t0.elapsed().as_secs_f64(),
+        notes,
+    }
+}
+
 /// Waits for the window, samples it, and returns what it saw.
 pub async fn observe(spec: WindowSpec) -> Observed {
     let mut notes = Vec::new();
     tokio::time::sleep_until(spec.start).await;
     let before = snapshot(&spec, false, &mut notes).await;
-    let mut tracker = CpuTracker::new();
-    let m0 = machine_now(&mut notes);
-    sample(&spec.roots, &mut tracker, &mut notes);
-    let t0 = Instant::now();
-    let mut tick = tokio::time::interval_at(t0 + PROC_SAMPLE_EVERY, PROC_SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    while Instant::now() + PROC_SAMPLE_EVERY < spec.end {
-        tick.tick().await;
-        sample(&spec.roots, &mut tracker, &mut notes);
-    }
-    tokio::time::sleep_until(spec.end).await;
-    sample(&spec.roots, &mut tracker, &mut notes);
-    let m1 = machine_now(&mut notes);
-    let seconds = t0.elapsed().as_secs_f64();
+    let (roots, end) = (spec.roots.clone(), spec.end.into_std());
+    let cpu = match tokio::task::spawn_blocking(move || sample_until(&roots, end)).await {
+        Ok(cpu) => cpu,
+        Err(e) => {
+            notes.push(format!("sampling /proc: {e}"));
+            CpuSeen {
+                tracker: CpuTracker::new(),
+                machine: (MachineTicks::default(), MachineTicks::default()),
+                seconds: 0.0,
+                notes: Vec::new(),
+            }
+        }
+    };
+    notes.extend(cpu.notes);
+    let (tracker, (m0, m1), seconds) = (cpu.tracker, cpu.machine, cpu.seconds);
     let after = snapshot(&spec, true, &mut notes).await;
     let mut ticks = tracker.totals();
     for role in spec.roots.roles() {
