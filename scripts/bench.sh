@@ -24,10 +24,11 @@
 #     CPU per purchase when the switch shares 2 cores with PostgreSQL and Redis; 0: one
 #     thread per core, the switch's default)
 #     The relay of the ceiling run gets the same setting, so that it is the same kind of
-#     program (before 2026-12-04 it always ran one thread per core).
+#     program (before 2026-12-03 "evening" in docs/loadtest.md it always ran one thread
+#     per core).
 #   HARNESS_RUNTIME_THREADS [1]: loadgen's and the bank simulators' runtime threads (1: a
 #     single thread, which leaves the two cores to the programs measured; 0: one per core,
-#     as before 2026-12-04)
+#     as before 2026-12-03 "evening")
 #   JOURNAL_WRITERS, JOURNAL_BATCH_MAX, JOURNAL_COMMIT_INTERVAL_US [the switch's defaults]:
 #     [database] settings to try
 #   SCHEDULE [tick]: when loadgen sends each request: tick (on tokio's 1 ms timer, in
