@@ -174,9 +174,9 @@ pub struct DatabaseSection {
     /// Journal operations waiting at most; requests wait for room beyond it.
     #[serde(default = "d_journal_queue_max")]
     pub journal_queue_max: usize,
-    /// Least time between the start of a journal commit of more than one record and the
+    /// Least time between the start of a journal commit of four records or more and the
     /// next, in µs (0: none): bounds commits per second under load, so batches grow with
-    /// it; a lone record (light load) is written at once.
+    /// it; after a smaller batch (light load) the next is taken at once.
     #[serde(default = "d_journal_commit_interval_us")]
     pub journal_commit_interval_us: u64,
 }
