@@ -223,10 +223,12 @@ pub struct JournalSettings {
 /// commit before them that the database keeps up with commits as they come. Measured at
 /// 1,500 purchases/s (3,000 records/s) with the pause after every batch of two or more:
 /// batches of 3.9 records and each durable wait about the commit plus half a pacing
-/// interval (1.6 and 1.3 ms against 0.79 ms commits), p50 3.4 ms above the relay's; at
-/// 5,000/s batches hold 12-14 records, far above this (docs/loadtest.md, 2026-12-03
-/// evening). Should a burst outrun the commits, the batches grow past it and the pacing
-/// takes over again.
+/// interval (1.6 and 1.3 ms against 0.79 ms commits), p50 3.4 ms above the relay's. With
+/// this threshold: batches of 2.0, waits of 1.16 and 0.96 ms, p50 +2.1 ms, for twice the
+/// commits (75 µs more database CPU per purchase, the machine half idle). At 5,000/s
+/// batches hold 12-14 records, far above it (docs/loadtest.md, 2026-12-03 evening).
+/// Should a burst outrun the commits, the batches grow past it and the pacing takes over
+/// again.
 const PACE_FROM_RECORDS: usize = 4;
 
 /// When the next batch may be taken: at least `interval` after the previous one was, if
@@ -279,11 +281,11 @@ impl Pacing {
 /// first arrival past `until`; tokio's timer ends it when nothing arrives, which rounds to
 /// its millisecond ticks and can be up to about 2 ms late. Under load records arrive every
 /// few hundred microseconds at most, so the batch is taken close to `until` without a
-/// timer of finer grain; and [`Pacing`] does not pause at light load. (Measured before: a blocking-pool thread
-/// sleeping out the pause cost about 6 % of the switch's CPU in thread wake-ups at 5,000
-/// purchases/s, perf 2026-12-03; a timerfd in the reactor 1.6 µs less per purchase than
-/// that, but its exact pauses made 8 % more commits, and 4 µs more database CPU per
-/// purchase.)
+/// timer of finer grain; and [`Pacing`] does not pause at light load. (Measured before: a
+/// blocking-pool thread sleeping out the pause cost about 6 % of the switch's CPU in
+/// thread wake-ups at 5,000 purchases/s, perf 2026-12-03; a timerfd in the reactor 1.6 µs
+/// less per purchase than that, but its exact pauses made 8 % more commits, and 4 µs more
+/// database CPU per purchase.)
 async fn gather_until(
     rx: &mut mpsc::Receiver<Op>,
     batch: &mut Vec<Op>,
