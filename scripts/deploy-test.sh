@@ -156,6 +156,10 @@ get "$admin" /metrics | grep -E '^switchyard_requests_total\{[^}]*rc="00"' ||
   { echo "deploy-test: no approved request in the metrics" >&2; exit 1; }
 grep -q 'Generated secrets' "$work/deploy-1.log" || { echo "deploy-test: no keys were generated" >&2; exit 1; }
 keys_before="$(grep KEY_HEX "$root/etc/switchyard/switchyard.env")"
+collation="$(chroot "$root" runuser -u postgres -- psql -p "$pg_port" -tAc \
+  "SELECT datcollate || '/' || datctype || '/' || pg_encoding_to_char(encoding) FROM pg_database WHERE datname = 'switchyard'")"
+[ "$collation" = "C/C/UTF8" ] ||
+  { echo "deploy-test: the database's locale is $collation, not C/C/UTF8" >&2; exit 1; }
 
 step "chroot: scripts/deploy.sh again (an upgrade in place: keys kept, smoke test again)"
 run_deploy "$work/deploy-2.log"

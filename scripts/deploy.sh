@@ -190,11 +190,16 @@ setup_local_postgres() {
   password="$(sed -n 's|^postgres://switchyard:\([^@]*\)@.*|\1|p' <<<"${SWITCHYARD__DATABASE__URL:-}")"
   [ -n "$password" ] || password="$(random_hex | cut -c1-32)"
   log "PostgreSQL: role and database switchyard"
+  # The database compares text as bytes (locale C, UTF-8), whatever the cluster's locale:
+  # the journal's keys (request keys, order references, ledger accounts) then sort the
+  # same on every host and after every C library upgrade, which can otherwise change a
+  # libc locale's collation under existing indexes (PostgreSQL wiki, "Locale data
+  # changes"); and comparisons skip strcoll. The switch has no case-insensitive query.
   runuser -u postgres -- psql -q -p "$pg_port" -v ON_ERROR_STOP=1 -v pw="$password" <<'SQL'
 SELECT format('CREATE ROLE switchyard LOGIN PASSWORD %L', :'pw')
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'switchyard') \gexec
 SELECT format('ALTER ROLE switchyard LOGIN PASSWORD %L', :'pw') \gexec
-SELECT 'CREATE DATABASE switchyard OWNER switchyard'
+SELECT 'CREATE DATABASE switchyard OWNER switchyard TEMPLATE template0 ENCODING ''UTF8'' LOCALE ''C'''
   WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = 'switchyard') \gexec
 SQL
   database_url="postgres://switchyard:$password@127.0.0.1:$pg_port/switchyard"
