@@ -175,6 +175,18 @@ struct CpuSeen {
     notes: Vec<String>,
 }
 
+impl CpuSeen {
+    /// No samples, and why.
+    fn nothing(why: String) -> CpuSeen {
+        CpuSeen {
+            tracker: CpuTracker::new(),
+            machine: (MachineTicks::default(), MachineTicks::default()),
+            seconds: 0.0,
+            notes: vec![why],
+        }
+    }
+}
+
 /// Samples /proc every [`PROC_SAMPLE_EVERY`] until `end`, on the calling thread: a sweep
 /// reads every process's stat file (a few hundred files, milliseconds), so it runs on a
 /// blocking-pool thread, not on loadgen's single runtime thread, which sends requests and
@@ -208,18 +220,9 @@ pub async fn observe(spec: WindowSpec) -> Observed {
     tokio::time::sleep_until(spec.start).await;
     let before = snapshot(&spec, false, &mut notes).await;
     let (roots, end) = (spec.roots.clone(), spec.end.into_std());
-    let cpu = match tokio::task::spawn_blocking(move || sample_until(&roots, end)).await {
-        Ok(cpu) => cpu,
-        Err(e) => {
-            notes.push(format!("sampling /proc: {e}"));
-            CpuSeen {
-                tracker: CpuTracker::new(),
-                machine: (MachineTicks::default(), MachineTicks::default()),
-                seconds: 0.0,
-                notes: Vec::new(),
-            }
-        }
-    };
+    let cpu = tokio::task::spawn_blocking(move || sample_until(&roots, end))
+        .await
+        .unwrap_or_else(|e| CpuSeen::nothing(format!("sampling /proc: {e}")));
     notes.extend(cpu.notes);
     let (tracker, (m0, m1), seconds) = (cpu.tracker, cpu.machine, cpu.seconds);
     let after = snapshot(&spec, true, &mut notes).await;

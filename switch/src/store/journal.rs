@@ -516,6 +516,27 @@ impl Writer {
         Ok(self.conn.as_ref().expect("connected just now"))
     }
 
+    /// A batch of `n` records committed at `now`: its metrics (`started` when the batch
+    /// was taken, a reconnection included) and, if it was slow, a log line (`writing` when
+    /// its statement was sent: the statement and its commit only).
+    fn committed(&mut self, n: usize, started: Instant, writing: Instant, now: Instant) {
+        self.metrics.journal_batch_size.observe(n as f64);
+        self.metrics
+            .journal_commit
+            .observe(now.duration_since(started).as_secs_f64());
+        let took = now.duration_since(writing);
+        if let Some(unlogged) = self.slow.observe(took, now) {
+            // Every request of the batch, and every one queued behind it, waited this long:
+            // worth a line to match with the database's log.
+            tracing::warn!(
+                took_ms = took.as_millis() as u64,
+                records = n,
+                slow_commits_unlogged = unlogged,
+                "slow journal commit"
+            );
+        }
+    }
+
     async fn write(&mut self, batch: Vec<Op>) {
         let started = Instant::now();
         let n = batch.len();
@@ -536,22 +557,7 @@ impl Writer {
         let result = c.write(&batch, cutover_hours).await;
         match result {
             Ok(inserted) => {
-                // The statement and its commit only, not a reconnection before them.
-                let took = writing.elapsed();
-                self.metrics.journal_batch_size.observe(n as f64);
-                self.metrics
-                    .journal_commit
-                    .observe(started.elapsed().as_secs_f64());
-                if let Some(unlogged) = self.slow.observe(took, Instant::now()) {
-                    // Every request of the batch, and every one queued behind it, waited
-                    // this long: worth a line to match with the database's log.
-                    tracing::warn!(
-                        took_ms = took.as_millis() as u64,
-                        records = n,
-                        slow_commits_unlogged = unlogged,
-                        "slow journal commit"
-                    );
-                }
+                self.committed(n, started, writing, Instant::now());
                 for op in batch {
                     op.ack(Ok(&inserted));
                 }
