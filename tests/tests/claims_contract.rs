@@ -230,3 +230,51 @@ async fn claims_asked_together_decide_as_one_by_one() {
         }
     }
 }
+
+// Proves a claim still works when Redis has lost its scripts (a restart, `SCRIPT FLUSH`):
+// the claim's EVALSHA meets NOSCRIPT, loads the script and calls again, and the key's
+// state is the same as if nothing had been lost. A private Redis, so that the flush
+// cannot reach other tests' calls.
+#[tokio::test]
+async fn a_claim_survives_redis_losing_its_scripts() {
+    let redis = system_tests::PrivateRedis::start();
+    let limiter = Limiter::connect(
+        &redis.url(),
+        &[],
+        "noscript:".into(),
+        RateAlgorithm::Gcra,
+        30_000,
+        60_000,
+        2_000,
+    )
+    .await
+    .expect("redis");
+    let free = Rate::new(0, 1, 0);
+    let key = "M1|T1|000002|0301120000|0200";
+    // A new server has never seen the script: the first call loads it.
+    assert_eq!(
+        limiter
+            .claim(&request(key, "P|1|7|00ff", free, false))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+    let flushed = system_tests::redis_cli(redis.port(), &["script", "flush"]);
+    assert_eq!(flushed.as_deref().map(str::trim), Some("OK"));
+    assert_eq!(
+        limiter
+            .claim(&request(key, "P|1|8|00ff", free, false))
+            .await
+            .unwrap(),
+        Claim::Known("P|1|7|00ff".into()),
+        "the claim made before the flush holds"
+    );
+    let other = "M1|T1|000003|0301120000|0200";
+    assert_eq!(
+        limiter
+            .claim(&request(other, "P|1|9|00ff", free, false))
+            .await
+            .unwrap(),
+        Claim::Claimed
+    );
+}

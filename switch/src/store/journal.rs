@@ -399,7 +399,7 @@ impl Connection {
     /// fast one met a row that exists already. The ids of the transactions inserted or
     /// settled.
     async fn write(&self, batch: &[Op], cutover_hours: i32) -> Result<HashSet<i64>, DbError> {
-        let mut c = Columns::default();
+        let mut c = Columns::for_batch(batch);
         for op in batch {
             match op {
                 Op::Insert(t, _) => c.push_insert(t),
@@ -838,6 +838,63 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// Columns with room for `batch`'s records, each allocated once: growing 34 columns a
+    /// push at a time was most of the journal's allocations (about 8 a purchase at 5,000
+    /// purchases/s, callgrind 2026-12-03).
+    fn for_batch(batch: &[Op]) -> Columns<'a> {
+        let (mut inserts, mut appends, mut updates, mut reversals) = (0, 0, 0, 0);
+        for op in batch {
+            match op {
+                Op::Insert(..) => inserts += 1,
+                Op::Update(o, _) => {
+                    if o.appends() {
+                        appends += 1;
+                    } else {
+                        updates += 1;
+                    }
+                    reversals += usize::from(o.reversal.is_some());
+                }
+            }
+        }
+        let n = inserts;
+        Columns {
+            id: Vec::with_capacity(n),
+            instance: Vec::with_capacity(n),
+            merchant: Vec::with_capacity(n),
+            terminal: Vec::with_capacity(n),
+            stan: Vec::with_capacity(n),
+            transmitted: Vec::with_capacity(n),
+            mti: Vec::with_capacity(n),
+            kind: Vec::with_capacity(n),
+            pcode: Vec::with_capacity(n),
+            amount: Vec::with_capacity(n),
+            currency: Vec::with_capacity(n),
+            order_ref: Vec::with_capacity(n),
+            pan_hash: Vec::with_capacity(n),
+            last4: Vec::with_capacity(n),
+            card: Vec::with_capacity(n),
+            rrn: Vec::with_capacity(n),
+            bank: Vec::with_capacity(n),
+            bank_stan: Vec::with_capacity(n),
+            bank_transmitted: Vec::with_capacity(n),
+            original: Vec::with_capacity(n),
+            state: Vec::with_capacity(n),
+            rc: Vec::with_capacity(n),
+            reason: Vec::with_capacity(n),
+            content: Vec::with_capacity(n),
+            u_id: Vec::with_capacity(updates),
+            u_state: Vec::with_capacity(updates),
+            u_rc: Vec::with_capacity(updates),
+            u_auth: Vec::with_capacity(updates),
+            a_id: Vec::with_capacity(appends),
+            a_rc: Vec::with_capacity(appends),
+            a_auth: Vec::with_capacity(appends),
+            r_id: Vec::with_capacity(reversals),
+            r_bank: Vec::with_capacity(reversals),
+            r_reason: Vec::with_capacity(reversals),
+        }
+    }
+
     fn push_insert(&mut self, t: &'a NewTxn) {
         self.id.push(t.id);
         self.instance.push(t.instance_id);
