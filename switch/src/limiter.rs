@@ -291,7 +291,7 @@ impl Limiter {
     /// The claim's `EVALSHA` of [`SCRIPT`], written straight into one command buffer: the
     /// script's invocation builder keeps each key and argument in an allocation of its own
     /// and copies them again into the command (about 20 allocations per purchase,
-    /// callgrind 2026-12-03).
+    /// callgrind 2026-12-03, docs/loadtest.md).
     fn claim_cmd(&self, r: &ClaimRequest<'_>) -> redis::Cmd {
         let mut cmd = redis::Cmd::with_capacity(CLAIM_CMD_ARGS, CLAIM_CMD_BYTES);
         cmd.arg("EVALSHA").arg(self.script.get_hash()).arg(3);
@@ -322,22 +322,21 @@ impl Limiter {
 
     /// Looks the key up, applies the limits and claims the key, in one script call. If
     /// Redis has lost its scripts (a restart, `SCRIPT FLUSH`: `NOSCRIPT`), loads the
-    /// script and calls again. Errors: Redis's, a call past `timeout_ms`, a reply that is
-    /// not the script's.
+    /// script and calls again, all within the one `timeout_ms`. Errors: Redis's, past
+    /// `timeout_ms` ([`LimiterError::Timeout`]), a reply that is not the script's.
     pub async fn claim(&self, r: &ClaimRequest<'_>) -> Result<Claim, LimiterError> {
         let mut conn = self.conn.clone();
         let cmd = self.claim_cmd(r);
-        let v = match self.timed(cmd.query_async::<redis::Value>(&mut conn)).await {
-            Err(LimiterError::Redis(e))
-                if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) =>
-            {
-                self.timed(self.script.load_async(&mut conn)).await?;
-                self.timed(cmd.query_async::<redis::Value>(&mut conn))
-                    .await?
+        let call = async {
+            match cmd.query_async::<redis::Value>(&mut conn).await {
+                Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                    self.script.load_async(&mut conn).await?;
+                    cmd.query_async::<redis::Value>(&mut conn).await
+                }
+                v => v,
             }
-            v => v?,
         };
-        parse_reply(v)
+        parse_reply(self.timed(call).await?)
     }
 
     /// `PING`, within the call timeout: whether Redis answers (for `/readyz`).

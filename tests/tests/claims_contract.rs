@@ -250,31 +250,25 @@ async fn a_claim_survives_redis_losing_its_scripts() {
     .await
     .expect("redis");
     let free = Rate::new(0, 1, 0);
+    let claim = |key: &'static str, value: &'static str| {
+        let limiter = &limiter;
+        async move {
+            limiter
+                .claim(&request(key, value, free, false))
+                .await
+                .unwrap()
+        }
+    };
     let key = "M1|T1|000002|0301120000|0200";
     // A new server has never seen the script: the first call loads it.
-    assert_eq!(
-        limiter
-            .claim(&request(key, "P|1|7|00ff", free, false))
-            .await
-            .unwrap(),
-        Claim::Claimed
-    );
+    assert_eq!(claim(key, "P|1|7|00ff").await, Claim::Claimed);
     let flushed = system_tests::redis_cli(redis.port(), &["script", "flush"]);
     assert_eq!(flushed.as_deref().map(str::trim), Some("OK"));
     assert_eq!(
-        limiter
-            .claim(&request(key, "P|1|8|00ff", free, false))
-            .await
-            .unwrap(),
+        claim(key, "P|1|8|00ff").await,
         Claim::Known("P|1|7|00ff".into()),
         "the claim made before the flush holds"
     );
     let other = "M1|T1|000003|0301120000|0200";
-    assert_eq!(
-        limiter
-            .claim(&request(other, "P|1|9|00ff", free, false))
-            .await
-            .unwrap(),
-        Claim::Claimed
-    );
+    assert_eq!(claim(other, "P|1|9|00ff").await, Claim::Claimed);
 }

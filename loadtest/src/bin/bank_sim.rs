@@ -14,10 +14,8 @@ use codec::{Dialect, builtin};
 use loadtest::banksim::{self, Behaviour, Config, Faults, Transport, tls};
 use tracing::info;
 
-// The switch's allocator (switch/src/main.rs): the harness shares the machine with the
-// programs it measures, and glibc's malloc and free were 13 % of loadgen's samples at
-// 5,000 requests/s (perf, 2026-12-03 late); the relay gets it too, as the same kind of
-// program as the switch.
+// The switch's allocator (switch/src/main.rs), as in loadgen: the simulator shares the
+// machine with the programs it measures.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -27,10 +27,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 /// How long a relay started here may take to say it is ready.
 const RELAY_READY_WAIT: Duration = Duration::from_secs(10);
 
-// The switch's allocator (switch/src/main.rs): the harness shares the machine with the
-// programs it measures, and glibc's malloc and free were 13 % of loadgen's samples at
-// 5,000 requests/s (perf, 2026-12-03 late); the relay gets it too, as the same kind of
-// program as the switch.
+// The switch's allocator (switch/src/main.rs): loadgen shares the machine with the
+// programs it measures, and glibc's malloc and free were 13 % of its samples at 5,000
+// requests/s (perf, 2026-12-03 late evening, docs/loadtest.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -10,10 +10,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use tokio::net::TcpListener;
 
-// The switch's allocator (switch/src/main.rs): the harness shares the machine with the
-// programs it measures, and glibc's malloc and free were 13 % of loadgen's samples at
-// 5,000 requests/s (perf, 2026-12-03 late); the relay gets it too, as the same kind of
-// program as the switch.
+// The switch's allocator (switch/src/main.rs): the relay is the ceiling's stand-in for
+// the switch, so it is built the same way (as it runs on the same kind of runtime).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
