@@ -338,11 +338,12 @@ async fn recovery_waits_for_an_approval_still_committing() {
         .await
         .expect("connect");
     tokio::spawn(conn);
-    // The journal's approval, caught between its statement and its commit.
+    // The journal's approval, caught between its statement and its commit (its postings
+    // follow the commit, V18).
     let open = approver.transaction().await.unwrap();
     open.batch_execute(&format!(
-        "INSERT INTO settlements (transaction_id, state, response_code) VALUES ({id}, 'approved', '00');
-         DELETE FROM in_doubt WHERE transaction_id = {id}"
+        "INSERT INTO settlements (transaction_id, state, response_code, business_day)
+         VALUES ({id}, 'approved', '00', current_date)"
     ))
     .await
     .unwrap();
@@ -370,6 +371,135 @@ async fn recovery_waits_for_an_approval_still_committing() {
     assert_eq!(recovering.await.unwrap().unwrap(), 0, "nothing reversed");
     let rec = store.recorded(&key("000001")).await.unwrap().unwrap();
     assert_eq!(rec.state, State::Approved);
+    assert_eq!(
+        store.post_settled(10).await.unwrap(),
+        1,
+        "recovery left the approval for the poster"
+    );
+    sound("postgres", &*store).await;
+}
+
+/// How many postings transaction `id` has, and their sum to its bank.
+async fn postings_of(db: &tokio_postgres::Client, id: i64) -> (i64, i64) {
+    let r = db
+        .query_one(
+            "SELECT count(*), coalesce(sum(amount_minor) FILTER (WHERE account LIKE 'bank:%'), 0)::bigint
+             FROM ledger_postings WHERE transaction_id = $1",
+            &[&id],
+        )
+        .await
+        .expect("postings");
+    (r.get(0), r.get(1))
+}
+
+// Proves an approval's postings follow its commit (V18): none until the poster runs, then
+// exactly two, and neither the poster again nor the outcome written again after a lost
+// acknowledgement posts anything more.
+#[tokio::test]
+async fn an_approval_is_posted_once_after_its_commit() {
+    let url = system_tests::fresh_database("contract_post_once");
+    switch::db::migrate(&url).await.expect("migrations");
+    let store = postgres_at(&url);
+    let db = system_tests::pg_connect(&url).await;
+    let id = approved(&*store, "000001", "ORDER-8", 700).await;
+    assert_eq!(
+        postings_of(&db, id).await,
+        (0, 0),
+        "pending after the commit"
+    );
+    assert_eq!(store.post_settled(100).await.unwrap(), 1);
+    assert_eq!(postings_of(&db, id).await, (2, 700), "posted by the poster");
+    assert_eq!(store.post_settled(100).await.unwrap(), 0, "nothing left");
+    assert!(
+        !store
+            .record_outcome(outcome(id, State::Approved, "00"))
+            .await
+            .unwrap(),
+        "written again, the approval changes nothing"
+    );
+    assert_eq!(store.post_settled(100).await.unwrap(), 0);
+    assert_eq!(postings_of(&db, id).await, (2, 700), "posted once");
+    sound("postgres", &*store).await;
+}
+
+// Proves a bank's reversal racing the poster finds the postings it undoes: whichever ends
+// an approval's doubt first (the poster, or the reversal's lock on the payment) posts it,
+// once, and the ledger balances for every purchase. The first reversal comes before the
+// poster starts (its lock must post), the poster posts oldest first while the others come
+// newest first, so the two meet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reversals_racing_the_poster_undo_what_was_posted() {
+    const PURCHASES: usize = 60;
+    let url = system_tests::fresh_database("contract_post_race");
+    switch::db::migrate(&url).await.expect("migrations");
+    let store = postgres_at(&url);
+    let db = system_tests::pg_connect(&url).await;
+    let mut ids = Vec::with_capacity(PURCHASES);
+    for i in 0..PURCHASES {
+        let stan = format!("{:06}", i + 1);
+        ids.push(approved(&*store, &stan, &format!("ORDER-R{i}"), 100 + i as i64).await);
+    }
+    let reverse = |i: usize| {
+        let store = store.clone();
+        let id = ids[i];
+        async move {
+            let advice = BankAdvice {
+                bank_id: "bank-a".into(),
+                mti: Mti::from_digits(*b"0420").unwrap(),
+                stan: format!("{:06}", 500_000 + i),
+                transmitted_at: DE7.into(),
+                rrn: Some(rrn_of(id)),
+            };
+            assert_eq!(
+                store.apply_bank_advice(&advice).await.unwrap(),
+                switch::advices::AdviceEffect::Reversed
+            );
+        }
+    };
+    let mut reversed = (0..PURCHASES).filter(|i| i % 2 == 0).rev();
+    reverse(reversed.next().expect("one")).await;
+    let poster = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let mut posted = 0;
+            loop {
+                let n = store.post_settled(1).await.unwrap();
+                if n == 0 {
+                    return posted;
+                }
+                posted += n;
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    for i in reversed {
+        reverse(i).await;
+    }
+    let by_poster = poster.await.unwrap();
+    assert!(by_poster > 0, "the poster took part in the race");
+    store.post_settled(1_000).await.unwrap();
+    for (i, id) in ids.iter().enumerate() {
+        let amount = 100 + i as i64;
+        assert_eq!(
+            postings_of(&db, *id).await,
+            (2, amount),
+            "purchase {i} posted once"
+        );
+    }
+    let net: i64 = db
+        .query_one(
+            "SELECT coalesce(sum(amount_minor), 0)::bigint FROM ledger_postings WHERE account LIKE 'bank:%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let kept: i64 = (0..PURCHASES)
+        .filter(|i| i % 2 == 1)
+        .map(|i| 100 + i as i64)
+        .sum();
+    assert_eq!(net, kept, "the reversed purchases net to nothing");
+    sound("postgres", &*store).await;
 }
 
 // Proves a refund recorded under the payment's lock reserves its amount, the bank's

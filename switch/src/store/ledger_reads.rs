@@ -1,5 +1,6 @@
 //! Reads of the ledger for the back office: one business day's totals and every
-//! account's balance, optionally for one account (a merchant user's own).
+//! account's balance, optionally for one account (a merchant user's own). Each posts the
+//! approvals whose postings are pending ([`crate::poster`]) before it reads.
 
 use deadpool_postgres::Pool;
 
@@ -28,12 +29,13 @@ fn sums(rows: &[tokio_postgres::Row]) -> Vec<AccountSum> {
 }
 
 /// Totals per account and currency of the business day `day` (`YYYY-MM-DD`), of
-/// `account` only when given.
+/// `account` only when given, once what is pending is posted.
 pub async fn day_totals(
     pool: &Pool,
     day: &str,
     account: Option<&str>,
 ) -> Result<Vec<AccountSum>, StoreError> {
+    super::postings::drain(pool).await?;
     let client = pool.get().await.map_err(DbError::from)?;
     let rows = client
         .query(
@@ -48,8 +50,10 @@ pub async fn day_totals(
     Ok(sums(&rows))
 }
 
-/// Balances over every posting per account and currency, of `account` only when given.
+/// Balances over every posting per account and currency, of `account` only when given,
+/// once what is pending is posted.
 pub async fn balances(pool: &Pool, account: Option<&str>) -> Result<Vec<AccountSum>, StoreError> {
+    super::postings::drain(pool).await?;
     let client = pool.get().await.map_err(DbError::from)?;
     let rows = client
         .query(

@@ -339,6 +339,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// the live instance's sweep of requests that no request path is resolving any more.
     async fn recover_stale(&self, instance_id: i16, older_than_ms: i64) -> Result<u64, StoreError>;
 
+    /// Writes the postings of at most `max` (> 0) approvals the journal has settled and
+    /// not yet posted (migrations/V18), oldest first; how many it posted. Safe to run from
+    /// any number of instances at once, and beside payments' locks, which post their own.
+    async fn post_settled(&self, max: i64) -> Result<u64, StoreError>;
+
     /// Takes `instance_id`'s lease for the process `incarnation`, valid `lease_ms`.
     async fn take_lease(
         &self,

@@ -78,16 +78,118 @@ pub(super) async fn post_negation<C: GenericClient>(
     Ok(())
 }
 
-/// Every broken invariant, at most ten per rule.
+/// An approved purchase's postings (V18): the bank owes its amount, the merchant is owed
+/// it, on the business day its settlement recorded. `$1` is the rows whose `in_doubt`
+/// entry the statement deleted: only the one that deleted it posts. The postings' key
+/// backs that.
+macro_rules! settled_postings {
+    ($deleted:literal) => {
+        concat!(
+            "INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
+  SELECT t.id, p.account, p.sign * t.amount_minor, t.currency, s.business_day
+  FROM ",
+            $deleted,
+            " g JOIN settlements s ON s.transaction_id = g.transaction_id AND s.state = 'approved'
+  JOIN transaction_rows t ON t.id = g.transaction_id AND t.kind = 'purchase',
+    LATERAL (VALUES ('bank:' || t.bank_id, 1), ('merchant:' || t.merchant_id, -1)) AS p(account, sign)
+  ON CONFLICT DO NOTHING"
+        )
+    };
+}
+pub(super) use settled_postings;
+
+/// Writes the postings of at most `$1` approvals the journal has settled (V18), oldest
+/// first, and ends their doubt. Rows another writer holds are skipped (`SKIP LOCKED`): a
+/// payment's lock posts its own ([`super::reads`]), and pollers on several instances do
+/// not wait for each other. Returns how many approvals were posted.
+const POST_SETTLED_SQL: &str = concat!(
+    "WITH due AS (
+  SELECT d.transaction_id FROM in_doubt d
+  JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
+  ORDER BY d.transaction_id LIMIT $1 FOR UPDATE OF d SKIP LOCKED
+), gone AS (
+  DELETE FROM in_doubt i USING due WHERE i.transaction_id = due.transaction_id
+  RETURNING i.transaction_id
+), posted AS (
+",
+    settled_postings!("gone"),
+    "
+  RETURNING 1
+)
+SELECT count(*) FROM gone"
+);
+
+/// Posts at most `max` approvals whose postings are pending ([`POST_SETTLED_SQL`]); how
+/// many it posted. Errors: the database's.
+pub(super) async fn post_settled(pool: &Pool, max: i64) -> Result<u64, StoreError> {
+    assert!(max > 0, "a batch of postings has room");
+    let client = pool.get().await?;
+    let q = client.prepare_cached(POST_SETTLED_SQL).await?;
+    let n: i64 = client.query_one(&q, &[&max]).await?.get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Posts every approval pending now, in batches of [`DRAIN_BATCH_MAX`], so that a
+/// check or a report that follows sees them; how many it posted.
+pub(super) async fn drain(pool: &Pool) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for _ in 0..DRAIN_BATCHES_MAX {
+        let n = post_settled(pool, DRAIN_BATCH_MAX).await?;
+        total += n;
+        if n < DRAIN_BATCH_MAX as u64 {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Approvals posted per statement by [`drain`].
+const DRAIN_BATCH_MAX: i64 = 10_000;
+/// Statements per [`drain`] at most (a million approvals; a live poster keeps the
+/// backlog to a fraction of a second's).
+const DRAIN_BATCHES_MAX: usize = 100;
+
+/// An approval whose postings are pending longer than this is reported by the ledger
+/// check: the poster writes them within a fraction of a second.
+pub(super) const POSTING_PENDING_MAX_S: i64 = 60;
+
+/// Every broken invariant, at most ten per rule, once what is pending is posted. An
+/// approval settled while the rules run is pending, not unposted: each rule leaves out
+/// approvals whose postings are pending, as of its own snapshot.
 pub(super) async fn violations(pool: &Pool) -> Result<Vec<Violation>, StoreError> {
+    drain(pool).await?;
     let client = pool.get().await?;
     let mut out = Vec::new();
+    pending(&client, &mut out).await?;
     unbalanced(&client, &mut out).await?;
     orphaned(&client, &mut out).await?;
     merchant_balances(&client, &mut out).await?;
     unposted(&client, &mut out).await?;
     refunds_beyond_captures(&client, &mut out).await?;
     Ok(out)
+}
+
+/// Rule 0: an approval's postings are not pending for long ([`POSTING_PENDING_MAX_S`]).
+async fn pending<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(), StoreError> {
+    for r in c
+        .query(
+            "SELECT s.transaction_id, (extract(epoch FROM now() - s.settled_at))::bigint FROM in_doubt d
+             JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
+             WHERE s.settled_at < now() - $1::bigint * interval '1 second' ORDER BY 1 LIMIT 10",
+            &[&POSTING_PENDING_MAX_S],
+        )
+        .await?
+    {
+        out.push(Violation {
+            rule: "postings-not-pending",
+            detail: format!(
+                "transaction {} was approved {} s ago and is not posted",
+                r.get::<_, i64>(0),
+                r.get::<_, i64>(1)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Rule 1: each transaction's postings balance.
@@ -144,7 +246,8 @@ async fn orphaned<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(
 }
 
 /// Rule 2: each merchant's balance equals its captures less its refunds (reversed ones not
-/// counting), per currency, as the journal's payment rows say.
+/// counting), per currency, as the journal's payment rows say (approvals whose postings
+/// are pending left out).
 async fn merchant_balances<C: GenericClient>(
     c: &C,
     out: &mut Vec<Violation>,
@@ -153,8 +256,9 @@ async fn merchant_balances<C: GenericClient>(
         .query(
             "WITH journal AS (
                SELECT merchant_id, currency, sum(captured_minor - refunded_minor)::bigint AS owed
-               FROM transactions
+               FROM transactions t
                WHERE kind IN ('purchase', 'preauth') AND state IN ('approved', 'captured')
+                 AND NOT EXISTS (SELECT 1 FROM in_doubt d WHERE d.transaction_id = t.id)
                GROUP BY merchant_id, currency),
              ledger AS (
                SELECT substr(account, 10) AS merchant_id, currency, (-sum(amount_minor))::bigint AS owed
@@ -184,7 +288,7 @@ async fn merchant_balances<C: GenericClient>(
 }
 
 /// Rule 3: every approved purchase, completion and refund has its postings, for its amount,
-/// against its bank and merchant.
+/// against its bank and merchant (once they are no longer pending).
 async fn unposted<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(), StoreError> {
     for r in c
         .query(
@@ -192,6 +296,7 @@ async fn unposted<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(
              FROM transactions t LEFT JOIN ledger_postings p ON p.transaction_id = t.id
              WHERE t.kind IN ('purchase', 'completion', 'refund') AND t.state IN ('approved', 'reversed', 'captured')
                AND t.response_code = '00'
+               AND NOT EXISTS (SELECT 1 FROM in_doubt d WHERE d.transaction_id = t.id)
              GROUP BY t.id, t.kind, t.amount_minor
              HAVING coalesce(sum(p.amount_minor) FILTER (WHERE p.account = 'bank:' || t.bank_id), 0)
                <> CASE WHEN t.kind = 'refund' THEN -t.amount_minor ELSE t.amount_minor END
@@ -242,8 +347,10 @@ async fn refunds_beyond_captures<C: GenericClient>(
     Ok(())
 }
 
-/// Totals per business day, account and currency, optionally for one day.
+/// Totals per business day, account and currency, optionally for one day, once what is
+/// pending is posted.
 pub(super) async fn totals(pool: &Pool, day: Option<&str>) -> Result<Vec<Total>, StoreError> {
+    drain(pool).await?;
     let client = pool.get().await?;
     let rows = client
         .query(

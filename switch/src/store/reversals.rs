@@ -81,13 +81,15 @@ pub(super) async fn recover_on<C: GenericClient>(
                FROM won WHERE t.id = won.transaction_id AND t.state = 'authorising'
                RETURNING t.id, t.bank_id
              ), settled AS (
-               -- The rows reversed here, and those whose transaction has moved on; a row
-               -- still 'authorising' without a bank stays tracked (as of the statement's
-               -- snapshot, which the update above does not change).
+               -- The rows reversed here, and those whose transaction has moved on (as of
+               -- the statement's snapshot, which the update above does not change). An
+               -- approval keeps its row until the poster has written its postings (V18),
+               -- also one that committed while `won` waited for it, after the snapshot.
                DELETE FROM in_doubt i USING transactions t
                WHERE i.instance_id = $1 AND t.id = i.transaction_id
-                 AND (t.state <> 'authorising' OR (t.bank_id IS NOT NULL
-                      AND t.created_at <= now() - $2::bigint * interval '1 millisecond')))
+                 AND (i.transaction_id IN (SELECT transaction_id FROM won)
+                      OR (t.state <> 'authorising' AND NOT EXISTS (SELECT 1 FROM settlements s
+                          WHERE s.transaction_id = i.transaction_id AND s.state = 'approved'))))
              INSERT INTO reversals (transaction_id, bank_id, reason)
              SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id, kind) DO NOTHING",
             &[&instance_id, &older_than_ms],
