@@ -1083,7 +1083,7 @@ mod tests {
             super::BATCH_SQL_FAST_NO_UPDATE
         );
         for safe in [super::BATCH_SQL, super::BATCH_SQL_NO_UPDATE] {
-            assert_eq!(safe.matches("ON CONFLICT DO NOTHING").count(), 4);
+            assert_eq!(safe.matches("ON CONFLICT DO NOTHING").count(), 3);
         }
         for sql in [super::BATCH_SQL_FAST, super::BATCH_SQL_FAST_NO_UPDATE] {
             assert!(sql.contains("ON CONFLICT (transaction_id, kind) DO NOTHING"));
