@@ -449,6 +449,7 @@ impl Workers {
         ));
         self.spawn(crate::poster::run(
             stores.shared.clone(),
+            config.switch.instance_id,
             metrics.clone(),
             self.shutdown.clone(),
         ));

@@ -4,7 +4,8 @@
 //! The journal's commit of an approval appends its settlement, with the business day its
 //! postings belong to, and leaves its `in_doubt` row; the merchant's answer waits for
 //! that commit only. This worker then writes the postings of what was settled, in
-//! batches, a few times a second ([`POST_INTERVAL_MS`]). Whoever ends an approval's doubt
+//! batches, a few times a second ([`POST_INTERVAL_MS`]); each instance posts its own (an
+//! instance taken over is adopted with its pending approvals, [`crate::lease`]). Whoever ends an approval's doubt
 //! posts it, in the same statement: this worker, or a payment's lock (a reversal, a void,
 //! a bank's advice), so each approval is posted exactly once, and before anything negates
 //! it. `switchyard ledger check` and `ledger totals` post what is pending before they
@@ -51,27 +52,34 @@ pub fn next_round_in(round: Round, batch_max: i64) -> Duration {
     }
 }
 
-/// Posts settled approvals until `shutdown`, then posts what the last commits settled
-/// (at most [`SHUTDOWN_ROUNDS_MAX`] rounds).
-pub async fn run(store: Arc<dyn Store>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Posts the approvals instance `instance_id` settled until `shutdown`, then posts what
+/// the last commits settled (at most [`SHUTDOWN_ROUNDS_MAX`] rounds).
+pub async fn run(
+    store: Arc<dyn Store>,
+    instance_id: i16,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut wait = Duration::from_millis(POST_INTERVAL_MS);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
-        wait = next_round_in(round(&*store, &metrics).await, POST_BATCH_MAX);
+        wait = next_round_in(round(&*store, instance_id, &metrics).await, POST_BATCH_MAX);
     }
     for _ in 0..SHUTDOWN_ROUNDS_MAX {
-        if next_round_in(round(&*store, &metrics).await, POST_BATCH_MAX) != Duration::ZERO {
+        if next_round_in(round(&*store, instance_id, &metrics).await, POST_BATCH_MAX)
+            != Duration::ZERO
+        {
             break;
         }
     }
 }
 
 /// One statement of the poster ([`Store::post_settled`]), counted.
-async fn round(store: &dyn Store, metrics: &Metrics) -> Round {
-    match store.post_settled(POST_BATCH_MAX).await {
+async fn round(store: &dyn Store, instance_id: i16, metrics: &Metrics) -> Round {
+    match store.post_settled(instance_id, POST_BATCH_MAX).await {
         Ok(n) => {
             metrics.approvals_posted.inc_by(n);
             Round::Posted(n)

@@ -372,7 +372,7 @@ async fn recovery_waits_for_an_approval_still_committing() {
     let rec = store.recorded(&key("000001")).await.unwrap().unwrap();
     assert_eq!(rec.state, State::Approved);
     assert_eq!(
-        store.post_settled(10).await.unwrap(),
+        store.post_settled(1, 10).await.unwrap(),
         1,
         "recovery left the approval for the poster"
     );
@@ -407,9 +407,9 @@ async fn an_approval_is_posted_once_after_its_commit() {
         (0, 0),
         "pending after the commit"
     );
-    assert_eq!(store.post_settled(100).await.unwrap(), 1);
+    assert_eq!(store.post_settled(1, 100).await.unwrap(), 1);
     assert_eq!(postings_of(&db, id).await, (2, 700), "posted by the poster");
-    assert_eq!(store.post_settled(100).await.unwrap(), 0, "nothing left");
+    assert_eq!(store.post_settled(1, 100).await.unwrap(), 0, "nothing left");
     assert!(
         !store
             .record_outcome(outcome(id, State::Approved, "00"))
@@ -417,8 +417,51 @@ async fn an_approval_is_posted_once_after_its_commit() {
             .unwrap(),
         "written again, the approval changes nothing"
     );
-    assert_eq!(store.post_settled(100).await.unwrap(), 0);
+    assert_eq!(store.post_settled(1, 100).await.unwrap(), 0);
     assert_eq!(postings_of(&db, id).await, (2, 700), "posted once");
+    // An approval whose postings exist already (a broken invariant, logged) is still
+    // posted once, and the others of its batch with it.
+    let first = approved(&*store, "000002", "ORDER-9", 300).await;
+    let second = approved(&*store, "000003", "ORDER-10", 200).await;
+    db.execute(
+        "INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
+         VALUES ($1, 'bank:bank-a', 300, 840, current_date), ($1, 'merchant:MCONTRACT', -300, 840, current_date)",
+        &[&first],
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.post_settled(1, 100).await.unwrap(), 2);
+    assert_eq!(postings_of(&db, first).await, (2, 300));
+    assert_eq!(postings_of(&db, second).await, (2, 200));
+    sound("postgres", &*store).await;
+}
+
+// Proves an instance that takes over another adopts its approvals whose postings are
+// pending: its own poster posts them, and the other instance's finds nothing.
+#[tokio::test]
+async fn a_takeover_adopts_pending_postings() {
+    let url = system_tests::fresh_database("contract_post_takeover");
+    switch::db::migrate(&url).await.expect("migrations");
+    let store = postgres_at(&url);
+    let db = system_tests::pg_connect(&url).await;
+    store.take_lease(1, 7, 1).await.unwrap();
+    let id = approved(&*store, "000001", "ORDER-11", 500).await;
+    let mut taken = Vec::new();
+    for _ in 0..500 {
+        taken = store.take_over_expired(2).await.unwrap();
+        if !taken.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        taken,
+        vec![(1, 0)],
+        "instance 1 taken over, nothing to reverse"
+    );
+    assert_eq!(store.post_settled(1, 10).await.unwrap(), 0, "no longer 1's");
+    assert_eq!(store.post_settled(2, 10).await.unwrap(), 1, "adopted by 2");
+    assert_eq!(postings_of(&db, id).await, (2, 500));
     sound("postgres", &*store).await;
 }
 
@@ -463,7 +506,7 @@ async fn reversals_racing_the_poster_undo_what_was_posted() {
         async move {
             let mut posted = 0;
             loop {
-                let n = store.post_settled(1).await.unwrap();
+                let n = store.post_settled(1, 1).await.unwrap();
                 if n == 0 {
                     return posted;
                 }
@@ -477,7 +520,7 @@ async fn reversals_racing_the_poster_undo_what_was_posted() {
     }
     let by_poster = poster.await.unwrap();
     assert!(by_poster > 0, "the poster took part in the race");
-    store.post_settled(1_000).await.unwrap();
+    store.post_settled(1, 1_000).await.unwrap();
     for (i, id) in ids.iter().enumerate() {
         let amount = 100 + i as i64;
         assert_eq!(

@@ -559,7 +559,7 @@ impl Store for MemStore {
 
     /// Nothing is ever pending here: an approval's postings are written in the step that
     /// settles it.
-    async fn post_settled(&self, max: i64) -> Result<u64, StoreError> {
+    async fn post_settled(&self, _instance_id: i16, max: i64) -> Result<u64, StoreError> {
         assert!(max > 0, "a batch of postings has room");
         Ok(0)
     }

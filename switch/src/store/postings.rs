@@ -2,6 +2,7 @@
 //! ledger's checks and totals (see [`crate::ledger`] for the accounts).
 
 use deadpool_postgres::{GenericClient, Pool};
+use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 
@@ -79,11 +80,12 @@ pub(super) async fn post_negation<C: GenericClient>(
 }
 
 /// An approved purchase's postings (V18): the bank owes its amount, the merchant is owed
-/// it, on the business day its settlement recorded. `$1` is the rows whose `in_doubt`
-/// entry the statement deleted: only the one that deleted it posts. The postings' key
-/// backs that.
+/// it, on the business day its settlement recorded. `$deleted` is the rows whose
+/// `in_doubt` entry the statement deleted: only the one that deleted it posts, so a
+/// conflict on the postings' key means a broken invariant. `$conflict` is
+/// `ON CONFLICT DO NOTHING` or nothing.
 macro_rules! settled_postings {
-    ($deleted:literal) => {
+    ($deleted:literal, $conflict:literal) => {
         concat!(
             "INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
   SELECT t.id, p.account, p.sign * t.amount_minor, t.currency, s.business_day
@@ -92,17 +94,51 @@ macro_rules! settled_postings {
             " g JOIN settlements s ON s.transaction_id = g.transaction_id AND s.state = 'approved'
   JOIN transaction_rows t ON t.id = g.transaction_id AND t.kind = 'purchase',
     LATERAL (VALUES ('bank:' || t.bank_id, 1), ('merchant:' || t.merchant_id, -1)) AS p(account, sign)
-  ON CONFLICT DO NOTHING"
+  ",
+            $conflict
         )
     };
 }
 pub(super) use settled_postings;
 
-/// Writes the postings of at most `$1` approvals the journal has settled (V18), oldest
-/// first, and ends their doubt. Rows another writer holds are skipped (`SKIP LOCKED`): a
-/// payment's lock posts its own ([`super::reads`]), and pollers on several instances do
-/// not wait for each other. Returns how many approvals were posted.
-const POST_SETTLED_SQL: &str = concat!(
+/// The poster's statement, with `$conflict` after its insert of postings: writes the
+/// postings of at most `$1` approvals of instance `$2` that the journal has settled (V18),
+/// oldest first, and ends their doubt; returns how many it posted. Only the instance's own
+/// poster runs it (an instance taken over has its rows adopted), so no two of them meet
+/// on a row; a payment's lock that ends an approval's doubt first posts it itself, and
+/// this then finds the row gone. Rows are not locked before they are deleted, and the
+/// fast form has no conflict clause: a row lock and a speculative insertion are each a
+/// write of their own (measured on a grown database: 12 µs per approval with
+/// `FOR UPDATE` and `ON CONFLICT`).
+macro_rules! post_settled_sql {
+    ($conflict:literal) => {
+        concat!(
+            "WITH gone AS (
+  DELETE FROM in_doubt i WHERE i.transaction_id IN (
+    SELECT d.transaction_id FROM in_doubt d
+    JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
+    WHERE d.instance_id = $2 ORDER BY d.transaction_id LIMIT $1)
+  RETURNING i.transaction_id
+), posted AS (
+",
+            settled_postings!("gone", $conflict),
+            "
+  RETURNING 1
+)
+SELECT count(*) FROM gone"
+        )
+    };
+}
+
+/// [`post_settled_sql`] without a conflict clause, tried first.
+const POST_SETTLED_SQL_FAST: &str = post_settled_sql!("");
+/// [`post_settled_sql`] that skips postings that exist, for a batch the fast form refused.
+const POST_SETTLED_SQL: &str = post_settled_sql!("ON CONFLICT DO NOTHING");
+
+/// The poster's statement for every instance, skipping rows another writer holds
+/// (`SKIP LOCKED`): a check or a report posts what it can beside the live posters without
+/// waiting for them, and whatever it skips is being posted.
+const DRAIN_SQL: &str = concat!(
     "WITH due AS (
   SELECT d.transaction_id FROM in_doubt d
   JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
@@ -112,31 +148,48 @@ const POST_SETTLED_SQL: &str = concat!(
   RETURNING i.transaction_id
 ), posted AS (
 ",
-    settled_postings!("gone"),
+    settled_postings!("gone", "ON CONFLICT DO NOTHING"),
     "
   RETURNING 1
 )
 SELECT count(*) FROM gone"
 );
 
-/// Posts at most `max` approvals whose postings are pending ([`POST_SETTLED_SQL`]); how
-/// many it posted. Errors: the database's.
-pub(super) async fn post_settled(pool: &Pool, max: i64) -> Result<u64, StoreError> {
+/// Posts at most `max` (> 0) pending approvals of `instance_id` ([`POST_SETTLED_SQL_FAST`],
+/// then [`POST_SETTLED_SQL`] if a posting exists already, which is logged: nothing but
+/// the poster and a payment's lock posts an approval, and only the one that ends its
+/// doubt); how many it posted. Errors: the database's.
+pub(super) async fn post_settled(
+    pool: &Pool,
+    instance_id: i16,
+    max: i64,
+) -> Result<u64, StoreError> {
     assert!(max > 0, "a batch of postings has room");
     let client = pool.get().await?;
-    let q = client.prepare_cached(POST_SETTLED_SQL).await?;
-    let n: i64 = client.query_one(&q, &[&max]).await?.get(0);
+    let fast = client.prepare_cached(POST_SETTLED_SQL_FAST).await?;
+    let n: i64 = match client.query_one(&fast, &[&max, &instance_id]).await {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            tracing::error!(error = %e, "an approval pending its postings had some already; posting the rest");
+            let safe = client.prepare_cached(POST_SETTLED_SQL).await?;
+            client.query_one(&safe, &[&max, &instance_id]).await?.get(0)
+        }
+        Err(e) => return Err(e.into()),
+    };
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// Posts every approval pending now, in batches of [`DRAIN_BATCH_MAX`], so that a
-/// check or a report that follows sees them; how many it posted.
+/// Posts every approval pending now, of every instance ([`DRAIN_SQL`], in batches of
+/// [`DRAIN_BATCH_MAX`]), so that a check or a report that follows sees them; how many it
+/// posted.
 pub(super) async fn drain(pool: &Pool) -> Result<u64, StoreError> {
+    let client = pool.get().await?;
+    let q = client.prepare_cached(DRAIN_SQL).await?;
     let mut total = 0;
     for _ in 0..DRAIN_BATCHES_MAX {
-        let n = post_settled(pool, DRAIN_BATCH_MAX).await?;
-        total += n;
-        if n < DRAIN_BATCH_MAX as u64 {
+        let n: i64 = client.query_one(&q, &[&DRAIN_BATCH_MAX]).await?.get(0);
+        total += u64::try_from(n).unwrap_or(0);
+        if n < DRAIN_BATCH_MAX {
             break;
         }
     }

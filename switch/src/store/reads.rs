@@ -131,7 +131,7 @@ static FOLD_SQL: LazyLock<String> = LazyLock::new(|| {
            RETURNING i.transaction_id),
          posted AS ({posting})
          SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1",
-        posting = super::postings::settled_postings!("gone")
+        posting = super::postings::settled_postings!("gone", "ON CONFLICT DO NOTHING")
     )
 });
 
