@@ -39,8 +39,7 @@ pub(super) async fn queue<C: GenericClient>(
 /// Marks every transaction `instance_id` left without an outcome as reversing, with a
 /// reversal to send; how many were found.
 pub(super) async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, StoreError> {
-    let client = pool.get().await?;
-    recover_on(&client, instance_id, 0).await
+    recover_in_transaction(pool, instance_id, 0).await
 }
 
 /// [`recover`] of the transactions recorded at least `older_than_ms` ago only: the
@@ -50,17 +49,32 @@ pub(super) async fn recover_stale(
     instance_id: i16,
     older_than_ms: i64,
 ) -> Result<u64, StoreError> {
-    let client = pool.get().await?;
-    recover_on(&client, instance_id, older_than_ms).await
+    recover_in_transaction(pool, instance_id, older_than_ms).await
 }
 
-/// [`recover`] (of transactions recorded at least `older_than_ms` ago) on a connection or
-/// inside a transaction (a lease takeover's).
+/// [`recover_on`] in a transaction of its own.
+async fn recover_in_transaction(
+    pool: &Pool,
+    instance_id: i16,
+    older_than_ms: i64,
+) -> Result<u64, StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let n = recover_on(&tx, instance_id, older_than_ms).await?;
+    tx.commit().await?;
+    Ok(n)
+}
+
+/// [`recover`] (of transactions recorded at least `older_than_ms` ago) inside the
+/// caller's transaction (its own, or a lease takeover's), which from then on reaches
+/// `in_doubt` by key only ([`super::postings::IN_DOUBT_BY_KEY_SQL`]).
 pub(super) async fn recover_on<C: GenericClient>(
     c: &C,
     instance_id: i16,
     older_than_ms: i64,
 ) -> Result<u64, StoreError> {
+    c.batch_execute(super::postings::IN_DOUBT_BY_KEY_SQL)
+        .await?;
     let n = c
         .execute(
             "WITH d AS (
