@@ -429,7 +429,7 @@ impl Workers {
         ));
     }
 
-    /// The lease, the ledger poster, the notifier, and the reference data's reload.
+    /// The lease, the notifier, and the reference data's reload.
     fn spawn_instance(
         &self,
         config: &Config,
@@ -444,12 +444,6 @@ impl Workers {
             config,
             stores.incarnation,
             reversal_wake.clone(),
-            metrics.clone(),
-            self.shutdown.clone(),
-        ));
-        self.spawn(crate::poster::run(
-            stores.shared.clone(),
-            config.switch.instance_id,
             metrics.clone(),
             self.shutdown.clone(),
         ));

@@ -47,7 +47,6 @@
 //! - [`advices`]: bank-initiated advices, acknowledged once recorded.
 //! - [`replays`]: recorded answers copied to Redis in batches.
 //! - [`lease`]: this instance's lease; takeover of instances that never return.
-//! - [`poster`]: approved purchases' ledger postings, written after their commit.
 //!
 //! **The back office**
 //!
@@ -97,7 +96,6 @@ pub mod advices;
 pub mod inquiry;
 pub mod lease;
 pub mod notify;
-pub mod poster;
 pub mod replays;
 pub mod reversals;
 

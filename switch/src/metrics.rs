@@ -84,10 +84,6 @@ pub struct Metrics {
     pub redis_errors: IntCounter,
     /// Instances taken over after their lease expired.
     pub lease_takeovers: IntCounter,
-    /// Approvals whose postings the poster wrote after their commit ([`crate::poster`]).
-    pub approvals_posted: IntCounter,
-    /// Rounds of the poster that failed (the database's error; retried next round).
-    pub poster_failures: IntCounter,
     /// Requests handled while Redis was unreachable, by what became of the limits
     /// (`limits="skipped"` under `fail_open`, `"refused"` under `fail_closed`).
     pub redis_outage_requests: IntCounterVec,
@@ -285,17 +281,6 @@ const LEASE_TAKEOVERS: Def = Def {
     labels: &[],
 };
 
-const APPROVALS_POSTED: Def = Def {
-    name: "ledger_approvals_posted_total",
-    help: "Approved purchases whose ledger postings were written after their commit",
-    labels: &[],
-};
-const POSTER_FAILURES: Def = Def {
-    name: "ledger_poster_failures_total",
-    help: "Rounds of the ledger poster that failed (retried on the next round)",
-    labels: &[],
-};
-
 // The journal, PostgreSQL and Redis.
 
 const JOURNAL_BATCH_SIZE: Def = Def {
@@ -406,8 +391,6 @@ impl Metrics {
             notifications_pending: mk.gauge(&NOTIFICATIONS_PENDING),
             notifications_oldest_age: mk.gauge(&NOTIFICATIONS_OLDEST_AGE),
             lease_takeovers: mk.counter(&LEASE_TAKEOVERS),
-            approvals_posted: mk.counter(&APPROVALS_POSTED),
-            poster_failures: mk.counter(&POSTER_FAILURES),
             // The journal, PostgreSQL and Redis.
             journal_batch_size: mk.histogram(&JOURNAL_BATCH_SIZE, &BATCH_BUCKETS),
             journal_commit: mk.histogram(&JOURNAL_COMMIT, &LATENCY_BUCKETS_S),

@@ -166,33 +166,6 @@ pub async fn pg_connect(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Waits (polling every 20 ms, at most 10 s) until no approval on `db` has its postings
-/// pending: the switch's poster writes them after the approval's commit
-/// (migrations/V18__postings_after_the_commit.sql). For tests that read `ledger_postings`
-/// directly; the switch's own ledger reads post what is pending first.
-pub async fn wait_posted(db: &tokio_postgres::Client) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pending: i64 = db
-            .query_one(
-                "SELECT count(*) FROM in_doubt d JOIN settlements s
-                 ON s.transaction_id = d.transaction_id AND s.state = 'approved'",
-                &[],
-            )
-            .await
-            .expect("pending postings")
-            .get(0);
-        if pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{pending} approvals still not posted after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")

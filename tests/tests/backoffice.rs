@@ -1379,7 +1379,6 @@ async fn links_settlement_and_balances() {
         pay_with(&mut c, pan).await;
     }
     let db = system_tests::pg_connect(&world.db_url).await;
-    system_tests::wait_posted(&db).await;
     let day: String = db
         .query_one("SELECT max(business_day)::text FROM ledger_postings", &[])
         .await

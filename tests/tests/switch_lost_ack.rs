@@ -28,7 +28,6 @@ async fn world_through_proxy(name: &str, latency_ms: u64) -> (World, SwitchProc,
 /// How many ledger postings the transaction with `rrn` has.
 async fn postings_of(world: &World, rrn: &str) -> i64 {
     let db = pg_connect(&world.db_url).await;
-    system_tests::wait_posted(&db).await;
     db.query_one(
         "SELECT count(*) FROM ledger_postings p JOIN transactions t ON t.id = p.transaction_id \
          WHERE t.rrn = $1",

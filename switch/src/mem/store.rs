@@ -557,13 +557,6 @@ impl Store for MemStore {
         self.write("recover", |db| Ok(db.recover(instance_id, older, now)))
     }
 
-    /// Nothing is ever pending here: an approval's postings are written in the step that
-    /// settles it.
-    async fn post_settled(&self, _instance_id: i16, max: i64) -> Result<u64, StoreError> {
-        assert!(max > 0, "a batch of postings has room");
-        Ok(0)
-    }
-
     async fn take_lease(
         &self,
         instance: i16,

@@ -644,9 +644,9 @@ pub async fn explain_batch(
 /// Parameters of the batch statement ($1..$35).
 const BATCH_PARAMS: usize = 35;
 
-/// The batch statement, with `$conflict` after the inserts of transactions, in-doubt rows
-/// and settlements ([`BATCH_SQL`] skips rows that exist already: a retried write, a
-/// duplicate request; [`BATCH_SQL_FAST`] has no conflict clause at all), and
+/// The batch statement, with `$conflict` after the inserts of transactions, in-doubt rows,
+/// settlements and postings ([`BATCH_SQL`] skips rows that exist already: a retried
+/// write, a duplicate request; [`BATCH_SQL_FAST`] has no conflict clause at all), and
 /// `$update` (the outcomes that change their rows, [`OUTCOME_UPDATE`]) or nothing: a
 /// batch of requests and approved purchases only leaves `transaction_rows` a single
 /// result relation, whose CHECK constraints PostgreSQL rebuilds on every execution.
@@ -683,10 +683,8 @@ WITH ins AS (
   -- after a lost acknowledgement, inserts nothing here. Each approval reaches its row by
   -- key (see WRITER_SESSION_SQL), for the row's kind and state: an outcome settles only a
   -- request still waiting for one.
-  -- Its postings are written after the commit, by the poster (V18); they belong to the
-  -- business day of this commit.
-  INSERT INTO settlements (transaction_id, state, response_code, auth_code, business_day)
-  SELECT t.id, 'approved', a.rc, a.auth, (now() AT TIME ZONE 'UTC' - make_interval(hours => $31::int))::date
+  INSERT INTO settlements (transaction_id, state, response_code, auth_code)
+  SELECT t.id, 'approved', a.rc, a.auth
   FROM unnest($33::bigint[], $34::text[], $35::text[]) AS a(id, rc, auth)
   JOIN transaction_rows t ON t.id = a.id
   WHERE t.kind = 'purchase' AND t.state = 'authorising'
@@ -695,6 +693,21 @@ WITH ins AS (
             "  RETURNING transaction_id
 )",
             $update,
+            ", settled AS (
+  DELETE FROM in_doubt WHERE transaction_id = ANY($24::bigint[] || $33::bigint[])
+), post AS (
+  -- An approved purchase is captured at once: the bank owes it, the merchant is owed it.
+  -- Only for a settlement this statement inserted (an outcome written again after a lost
+  -- acknowledgement posts nothing more; the (transaction, account) key backs that),
+  -- reached by key from it.
+  INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
+  SELECT t.id, p.account, p.sign * t.amount_minor, t.currency,
+    (now() AT TIME ZONE 'UTC' - make_interval(hours => $31::int))::date
+  FROM settle JOIN transaction_rows t ON t.id = settle.transaction_id,
+    LATERAL (VALUES ('bank:' || t.bank_id, 1), ('merchant:' || t.merchant_id, -1)) AS p(account, sign)
+",
+            $conflict,
+            ")",
             reversal_insert!(),
             "
 -- The transactions this statement inserted and those whose outcome it settled (an insert
@@ -753,18 +766,12 @@ macro_rules! outcome_update {
   WHERE t.id = u.id AND t.state = 'authorising'
     AND NOT EXISTS (SELECT 1 FROM settlements s WHERE s.transaction_id = t.id)
   RETURNING t.id
-), settled AS (
-  -- The outcomes that settled their requests end their doubt. An approved purchase keeps
-  -- its row there until the poster has written its postings (V18), also when an outcome
-  -- of another kind arrives for it (written again, or late): that one changed nothing.
-  DELETE FROM in_doubt i USING upd WHERE i.transaction_id = upd.id
 )"
     };
 }
 
-/// The journal's one statement per batch (one commit): inserts, outcomes and reversal
-/// records as data-modifying CTEs over `unnest`ed arrays. An approval's postings follow
-/// its commit ([`crate::poster`]).
+/// The journal's one statement per batch (one commit): inserts, outcomes, postings and
+/// reversal records as data-modifying CTEs over `unnest`ed arrays.
 const BATCH_SQL: &str = batch_sql!("  ON CONFLICT DO NOTHING\n", outcome_update!());
 
 /// [`BATCH_SQL`] without the conflict clauses, tried first. A conflict is rare (Redis
@@ -780,8 +787,7 @@ const BATCH_SQL_FAST: &str = batch_sql!("", outcome_update!());
 /// reads nothing and is not referred to is never run.
 macro_rules! no_outcome_update {
     () => {
-        ", upd AS (SELECT NULL::bigint AS id, $24::bigint[] AS ids, $25::text[] AS state, $26::text[] AS rc,
-  $27::text[] AS auth WHERE false)"
+        ", upd AS (SELECT NULL::bigint AS id, $25::text[] AS state, $26::text[] AS rc, $27::text[] AS auth WHERE false)"
     };
 }
 
@@ -1063,8 +1069,8 @@ mod tests {
         assert_eq!(s.observe(slow, t0 + every * 3), Some(0));
     }
 
-    // Proves the batch statement dates an approval's postings by the one business-day rule
-    // every other posting uses (the statement itself stays as it is tuned).
+    // Proves the batch statement posts by the one business-day rule every other posting
+    // uses (the statement itself stays as it is tuned).
     #[test]
     fn batch_uses_the_one_business_day_rule() {
         assert!(super::BATCH_SQL.contains(&super::super::postings::business_day_sql(31)));
@@ -1083,7 +1089,7 @@ mod tests {
             super::BATCH_SQL_FAST_NO_UPDATE
         );
         for safe in [super::BATCH_SQL, super::BATCH_SQL_NO_UPDATE] {
-            assert_eq!(safe.matches("ON CONFLICT DO NOTHING").count(), 3);
+            assert_eq!(safe.matches("ON CONFLICT DO NOTHING").count(), 4);
         }
         for sql in [super::BATCH_SQL_FAST, super::BATCH_SQL_FAST_NO_UPDATE] {
             assert!(sql.contains("ON CONFLICT (transaction_id, kind) DO NOTHING"));

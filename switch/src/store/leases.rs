@@ -67,9 +67,8 @@ pub(super) async fn held(
     Ok(row.get(0))
 }
 
-/// Takes over every other instance whose lease has expired: deletes its lease, reverses
-/// its in-doubt transactions and adopts its approvals whose postings are pending, in one
-/// transaction per instance, so that of two
+/// Takes over every other instance whose lease has expired: deletes its lease and
+/// reverses its in-doubt transactions, in one transaction per instance, so that of two
 /// instances trying at once exactly one does it. The instances taken over, with how many
 /// transactions each left in doubt.
 pub(super) async fn take_over_expired(
@@ -98,13 +97,6 @@ pub(super) async fn take_over_expired(
             .await?;
         if deleted == 1 {
             let recovered = recover_on(&tx, instance_id, 0).await?;
-            // What recovery leaves (approvals whose postings are pending, V18) is this
-            // instance's to post now.
-            tx.execute(
-                "UPDATE in_doubt SET instance_id = $2 WHERE instance_id = $1",
-                &[&instance_id, &own_instance],
-            )
-            .await?;
             tx.commit().await?;
             taken.push((instance_id, recovered));
         }

@@ -1,6 +1,5 @@
 //! Reads of the ledger for the back office: one business day's totals and every
-//! account's balance, optionally for one account (a merchant user's own). Each posts the
-//! approvals whose postings are pending ([`crate::poster`]) before it reads.
+//! account's balance, optionally for one account (a merchant user's own).
 
 use deadpool_postgres::Pool;
 
@@ -29,13 +28,12 @@ fn sums(rows: &[tokio_postgres::Row]) -> Vec<AccountSum> {
 }
 
 /// Totals per account and currency of the business day `day` (`YYYY-MM-DD`), of
-/// `account` only when given, once what is pending is posted.
+/// `account` only when given.
 pub async fn day_totals(
     pool: &Pool,
     day: &str,
     account: Option<&str>,
 ) -> Result<Vec<AccountSum>, StoreError> {
-    super::postings::drain(pool).await?;
     let client = pool.get().await.map_err(DbError::from)?;
     let rows = client
         .query(
@@ -50,10 +48,8 @@ pub async fn day_totals(
     Ok(sums(&rows))
 }
 
-/// Balances over every posting per account and currency, of `account` only when given,
-/// once what is pending is posted.
+/// Balances over every posting per account and currency, of `account` only when given.
 pub async fn balances(pool: &Pool, account: Option<&str>) -> Result<Vec<AccountSum>, StoreError> {
-    super::postings::drain(pool).await?;
     let client = pool.get().await.map_err(DbError::from)?;
     let rows = client
         .query(

@@ -339,12 +339,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// the live instance's sweep of requests that no request path is resolving any more.
     async fn recover_stale(&self, instance_id: i16, older_than_ms: i64) -> Result<u64, StoreError>;
 
-    /// Writes the postings of at most `max` (> 0) approvals of `instance_id` that the
-    /// journal has settled and not yet posted (migrations/V18), oldest first; how many it
-    /// posted. For the instance's own poster alone; safe beside payments' locks, which
-    /// post their own, and beside checks and reports, which post what they can.
-    async fn post_settled(&self, instance_id: i16, max: i64) -> Result<u64, StoreError>;
-
     /// Takes `instance_id`'s lease for the process `incarnation`, valid `lease_ms`.
     async fn take_lease(
         &self,

@@ -91,10 +91,6 @@ impl Store for PgStore {
         reversals::recover_stale(&self.pool, instance_id, older_than_ms).await
     }
 
-    async fn post_settled(&self, instance_id: i16, max: i64) -> Result<u64, StoreError> {
-        postings::post_settled(&self.pool, instance_id, max).await
-    }
-
     async fn take_lease(
         &self,
         instance_id: i16,

@@ -2,7 +2,6 @@
 //! ledger's checks and totals (see [`crate::ledger`] for the accounts).
 
 use deadpool_postgres::{GenericClient, Pool};
-use tokio_postgres::error::SqlState;
 
 use super::StoreError;
 
@@ -79,186 +78,16 @@ pub(super) async fn post_negation<C: GenericClient>(
     Ok(())
 }
 
-/// An approved purchase's postings (V18): the bank owes its amount, the merchant is owed
-/// it, on the business day its settlement recorded. `$deleted` is the rows whose
-/// `in_doubt` entry the statement deleted: only the one that deleted it posts, so a
-/// conflict on the postings' key means a broken invariant. `$conflict` is
-/// `ON CONFLICT DO NOTHING` or nothing.
-macro_rules! settled_postings {
-    ($deleted:literal, $conflict:literal) => {
-        concat!(
-            "INSERT INTO ledger_postings (transaction_id, account, amount_minor, currency, business_day)
-  SELECT t.id, p.account, p.sign * t.amount_minor, t.currency, s.business_day
-  FROM ",
-            $deleted,
-            " g JOIN settlements s ON s.transaction_id = g.transaction_id AND s.state = 'approved'
-  JOIN transaction_rows t ON t.id = g.transaction_id AND t.kind = 'purchase',
-    LATERAL (VALUES ('bank:' || t.bank_id, 1), ('merchant:' || t.merchant_id, -1)) AS p(account, sign)
-  ",
-            $conflict
-        )
-    };
-}
-pub(super) use settled_postings;
-
-/// The poster's statement, with `$conflict` after its insert of postings: writes the
-/// postings of at most `$1` approvals of instance `$2` that the journal has settled (V18),
-/// oldest first, and ends their doubt; returns how many it posted. Only the instance's own
-/// poster runs it (an instance taken over has its rows adopted), so no two of them meet
-/// on a row; a payment's lock that ends an approval's doubt first posts it itself, and
-/// this then finds the row gone. Rows are not locked before they are deleted, and the
-/// fast form has no conflict clause: a row lock and a speculative insertion are each a
-/// write of their own (measured on a grown database: 12 µs per approval with
-/// `FOR UPDATE` and `ON CONFLICT`).
-macro_rules! post_settled_sql {
-    ($conflict:literal) => {
-        concat!(
-            "WITH gone AS (
-  DELETE FROM in_doubt i WHERE i.transaction_id IN (
-    SELECT d.transaction_id FROM in_doubt d
-    JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
-    WHERE d.instance_id = $2 ORDER BY d.transaction_id LIMIT $1)
-  RETURNING i.transaction_id
-), posted AS (
-",
-            settled_postings!("gone", $conflict),
-            "
-  RETURNING 1
-)
-SELECT count(*) FROM gone"
-        )
-    };
-}
-
-/// [`post_settled_sql`] without a conflict clause, tried first.
-const POST_SETTLED_SQL_FAST: &str = post_settled_sql!("");
-/// [`post_settled_sql`] that skips postings that exist, for a batch the fast form refused.
-const POST_SETTLED_SQL: &str = post_settled_sql!("ON CONFLICT DO NOTHING");
-
-/// The poster's statement for every instance, skipping rows another writer holds
-/// (`SKIP LOCKED`): a check or a report posts what it can beside the live posters without
-/// waiting for them, and whatever it skips is being posted.
-const DRAIN_SQL: &str = concat!(
-    "WITH due AS (
-  SELECT d.transaction_id FROM in_doubt d
-  JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
-  ORDER BY d.transaction_id LIMIT $1 FOR UPDATE OF d SKIP LOCKED
-), gone AS (
-  DELETE FROM in_doubt i USING due WHERE i.transaction_id = due.transaction_id
-  RETURNING i.transaction_id
-), posted AS (
-",
-    settled_postings!("gone", "ON CONFLICT DO NOTHING"),
-    "
-  RETURNING 1
-)
-SELECT count(*) FROM gone"
-);
-
-/// Makes the rest of the caller's transaction reach `in_doubt` by key only. The table
-/// takes an insert and a delete per request, so between vacuums most of its tuples are
-/// dead: a sequential scan reads them all (measured at 5,000 purchases/s: recovery's sweep
-/// took 315 ms a call with one, the journal the same, see its `WRITER_SESSION_SQL`).
-pub(super) const IN_DOUBT_BY_KEY_SQL: &str = "SET LOCAL enable_seqscan = off";
-
-/// Posts at most `max` (> 0) pending approvals of `instance_id` ([`POST_SETTLED_SQL_FAST`],
-/// then [`POST_SETTLED_SQL`] if a posting exists already, which is logged: nothing but
-/// the poster and a payment's lock posts an approval, and only the one that ends its
-/// doubt); how many it posted. Errors: the database's.
-pub(super) async fn post_settled(
-    pool: &Pool,
-    instance_id: i16,
-    max: i64,
-) -> Result<u64, StoreError> {
-    assert!(max > 0, "a batch of postings has room");
-    let mut client = pool.get().await?;
-    match post_in_transaction(&mut client, POST_SETTLED_SQL_FAST, &[&max, &instance_id]).await {
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            tracing::error!(error = %e, "an approval pending its postings had some already; posting the rest");
-            Ok(post_in_transaction(&mut client, POST_SETTLED_SQL, &[&max, &instance_id]).await?)
-        }
-        done => Ok(done?),
-    }
-}
-
-/// Runs one posting statement `sql` (returning how many it posted) in a transaction of
-/// its own that reaches `in_doubt` by key ([`IN_DOUBT_BY_KEY_SQL`]).
-async fn post_in_transaction(
-    client: &mut deadpool_postgres::Object,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<u64, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    tx.batch_execute(IN_DOUBT_BY_KEY_SQL).await?;
-    let q = tx.prepare_cached(sql).await?;
-    let n: i64 = tx.query_one(&q, params).await?.get(0);
-    tx.commit().await?;
-    Ok(u64::try_from(n).unwrap_or(0))
-}
-
-/// Posts every approval pending now, of every instance ([`DRAIN_SQL`], in batches of
-/// [`DRAIN_BATCH_MAX`]), so that a check or a report that follows sees them; how many it
-/// posted.
-pub(super) async fn drain(pool: &Pool) -> Result<u64, StoreError> {
-    let mut client = pool.get().await?;
-    let mut total = 0;
-    for _ in 0..DRAIN_BATCHES_MAX {
-        let n = post_in_transaction(&mut client, DRAIN_SQL, &[&DRAIN_BATCH_MAX]).await?;
-        total += n;
-        if n < DRAIN_BATCH_MAX as u64 {
-            break;
-        }
-    }
-    Ok(total)
-}
-
-/// Approvals posted per statement by [`drain`].
-const DRAIN_BATCH_MAX: i64 = 10_000;
-/// Statements per [`drain`] at most (a million approvals; a live poster keeps the
-/// backlog to a fraction of a second's).
-const DRAIN_BATCHES_MAX: usize = 100;
-
-/// An approval whose postings are pending longer than this is reported by the ledger
-/// check: the poster writes them within a fraction of a second.
-pub(super) const POSTING_PENDING_MAX_S: i64 = 60;
-
-/// Every broken invariant, at most ten per rule, once what is pending is posted. An
-/// approval settled while the rules run is pending, not unposted: each rule leaves out
-/// approvals whose postings are pending, as of its own snapshot.
+/// Every broken invariant, at most ten per rule.
 pub(super) async fn violations(pool: &Pool) -> Result<Vec<Violation>, StoreError> {
-    drain(pool).await?;
     let client = pool.get().await?;
     let mut out = Vec::new();
-    pending(&client, &mut out).await?;
     unbalanced(&client, &mut out).await?;
     orphaned(&client, &mut out).await?;
     merchant_balances(&client, &mut out).await?;
     unposted(&client, &mut out).await?;
     refunds_beyond_captures(&client, &mut out).await?;
     Ok(out)
-}
-
-/// Rule 0: an approval's postings are not pending for long ([`POSTING_PENDING_MAX_S`]).
-async fn pending<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(), StoreError> {
-    for r in c
-        .query(
-            "SELECT s.transaction_id, (extract(epoch FROM now() - s.settled_at))::bigint FROM in_doubt d
-             JOIN settlements s ON s.transaction_id = d.transaction_id AND s.state = 'approved'
-             WHERE s.settled_at < now() - $1::bigint * interval '1 second' ORDER BY 1 LIMIT 10",
-            &[&POSTING_PENDING_MAX_S],
-        )
-        .await?
-    {
-        out.push(Violation {
-            rule: "postings-not-pending",
-            detail: format!(
-                "transaction {} was approved {} s ago and is not posted",
-                r.get::<_, i64>(0),
-                r.get::<_, i64>(1)
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Rule 1: each transaction's postings balance.
@@ -315,8 +144,7 @@ async fn orphaned<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(
 }
 
 /// Rule 2: each merchant's balance equals its captures less its refunds (reversed ones not
-/// counting), per currency, as the journal's payment rows say (approvals whose postings
-/// are pending left out).
+/// counting), per currency, as the journal's payment rows say.
 async fn merchant_balances<C: GenericClient>(
     c: &C,
     out: &mut Vec<Violation>,
@@ -325,9 +153,8 @@ async fn merchant_balances<C: GenericClient>(
         .query(
             "WITH journal AS (
                SELECT merchant_id, currency, sum(captured_minor - refunded_minor)::bigint AS owed
-               FROM transactions t
+               FROM transactions
                WHERE kind IN ('purchase', 'preauth') AND state IN ('approved', 'captured')
-                 AND NOT EXISTS (SELECT 1 FROM in_doubt d WHERE d.transaction_id = t.id)
                GROUP BY merchant_id, currency),
              ledger AS (
                SELECT substr(account, 10) AS merchant_id, currency, (-sum(amount_minor))::bigint AS owed
@@ -357,7 +184,7 @@ async fn merchant_balances<C: GenericClient>(
 }
 
 /// Rule 3: every approved purchase, completion and refund has its postings, for its amount,
-/// against its bank and merchant (once they are no longer pending).
+/// against its bank and merchant.
 async fn unposted<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(), StoreError> {
     for r in c
         .query(
@@ -365,7 +192,6 @@ async fn unposted<C: GenericClient>(c: &C, out: &mut Vec<Violation>) -> Result<(
              FROM transactions t LEFT JOIN ledger_postings p ON p.transaction_id = t.id
              WHERE t.kind IN ('purchase', 'completion', 'refund') AND t.state IN ('approved', 'reversed', 'captured')
                AND t.response_code = '00'
-               AND NOT EXISTS (SELECT 1 FROM in_doubt d WHERE d.transaction_id = t.id)
              GROUP BY t.id, t.kind, t.amount_minor
              HAVING coalesce(sum(p.amount_minor) FILTER (WHERE p.account = 'bank:' || t.bank_id), 0)
                <> CASE WHEN t.kind = 'refund' THEN -t.amount_minor ELSE t.amount_minor END
@@ -416,10 +242,8 @@ async fn refunds_beyond_captures<C: GenericClient>(
     Ok(())
 }
 
-/// Totals per business day, account and currency, optionally for one day, once what is
-/// pending is posted.
+/// Totals per business day, account and currency, optionally for one day.
 pub(super) async fn totals(pool: &Pool, day: Option<&str>) -> Result<Vec<Total>, StoreError> {
-    drain(pool).await?;
     let client = pool.get().await?;
     let rows = client
         .query(

@@ -111,27 +111,14 @@ const LOCK_SQL: &str = "SELECT id FROM transaction_rows WHERE id = $1 FOR UPDATE
 /// a statement of its own: its snapshot is taken once the lock is held, so it sees a
 /// settlement committed while the lock was awaited. The read in the same statement sees
 /// the row as it was with the settlement laid over it: what the fold writes.
-///
-/// An approval whose postings the poster has not yet written (V18) is posted here, in the
-/// same statement, if this statement is the one that ends its doubt: whatever the lock's
-/// holder does next (a reversal, a void, a bank's advice) finds the postings it negates.
-/// Where the poster got there first, its `in_doubt` row is gone (or this waits for the
-/// poster's commit and then finds it gone) and nothing is posted twice.
 static FOLD_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH f AS (
            UPDATE transaction_rows t SET state = v.state, response_code = v.response_code,
              auth_code = v.auth_code, updated_at = v.updated_at, captured_minor = v.captured_minor
            FROM transactions v WHERE t.id = $1 AND v.id = t.id AND t.state = 'authorising'
-             AND v.state <> t.state
-           RETURNING t.id),
-         gone AS (
-           DELETE FROM in_doubt i USING f, settlements s
-           WHERE i.transaction_id = f.id AND s.transaction_id = f.id AND s.state = 'approved'
-           RETURNING i.transaction_id),
-         posted AS ({posting})
-         SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1",
-        posting = super::postings::settled_postings!("gone", "ON CONFLICT DO NOTHING")
+             AND v.state <> t.state)
+         SELECT {TXN_COLUMNS} FROM transactions WHERE id = $1"
     )
 });
 

@@ -39,7 +39,8 @@ pub(super) async fn queue<C: GenericClient>(
 /// Marks every transaction `instance_id` left without an outcome as reversing, with a
 /// reversal to send; how many were found.
 pub(super) async fn recover(pool: &Pool, instance_id: i16) -> Result<u64, StoreError> {
-    recover_in_transaction(pool, instance_id, 0).await
+    let client = pool.get().await?;
+    recover_on(&client, instance_id, 0).await
 }
 
 /// [`recover`] of the transactions recorded at least `older_than_ms` ago only: the
@@ -49,32 +50,17 @@ pub(super) async fn recover_stale(
     instance_id: i16,
     older_than_ms: i64,
 ) -> Result<u64, StoreError> {
-    recover_in_transaction(pool, instance_id, older_than_ms).await
+    let client = pool.get().await?;
+    recover_on(&client, instance_id, older_than_ms).await
 }
 
-/// [`recover_on`] in a transaction of its own.
-async fn recover_in_transaction(
-    pool: &Pool,
-    instance_id: i16,
-    older_than_ms: i64,
-) -> Result<u64, StoreError> {
-    let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let n = recover_on(&tx, instance_id, older_than_ms).await?;
-    tx.commit().await?;
-    Ok(n)
-}
-
-/// [`recover`] (of transactions recorded at least `older_than_ms` ago) inside the
-/// caller's transaction (its own, or a lease takeover's), which from then on reaches
-/// `in_doubt` by key only ([`super::postings::IN_DOUBT_BY_KEY_SQL`]).
+/// [`recover`] (of transactions recorded at least `older_than_ms` ago) on a connection or
+/// inside a transaction (a lease takeover's).
 pub(super) async fn recover_on<C: GenericClient>(
     c: &C,
     instance_id: i16,
     older_than_ms: i64,
 ) -> Result<u64, StoreError> {
-    c.batch_execute(super::postings::IN_DOUBT_BY_KEY_SQL)
-        .await?;
     let n = c
         .execute(
             "WITH d AS (
@@ -95,15 +81,13 @@ pub(super) async fn recover_on<C: GenericClient>(
                FROM won WHERE t.id = won.transaction_id AND t.state = 'authorising'
                RETURNING t.id, t.bank_id
              ), settled AS (
-               -- The rows reversed here, and those whose transaction has moved on (as of
-               -- the statement's snapshot, which the update above does not change). An
-               -- approval keeps its row until the poster has written its postings (V18),
-               -- also one that committed while `won` waited for it, after the snapshot.
+               -- The rows reversed here, and those whose transaction has moved on; a row
+               -- still 'authorising' without a bank stays tracked (as of the statement's
+               -- snapshot, which the update above does not change).
                DELETE FROM in_doubt i USING transactions t
                WHERE i.instance_id = $1 AND t.id = i.transaction_id
-                 AND (i.transaction_id IN (SELECT transaction_id FROM won)
-                      OR (t.state <> 'authorising' AND NOT EXISTS (SELECT 1 FROM settlements s
-                          WHERE s.transaction_id = i.transaction_id AND s.state = 'approved'))))
+                 AND (t.state <> 'authorising' OR (t.bank_id IS NOT NULL
+                      AND t.created_at <= now() - $2::bigint * interval '1 millisecond')))
              INSERT INTO reversals (transaction_id, bank_id, reason)
              SELECT id, bank_id, 'recovery' FROM r ON CONFLICT (transaction_id, kind) DO NOTHING",
             &[&instance_id, &older_than_ms],
