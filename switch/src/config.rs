@@ -445,10 +445,15 @@ fn d_journal_writers() -> usize {
     1
 }
 fn d_journal_commit_interval_us() -> u64 {
-    // Measured at 5,000 purchases/s: 1,829 commits/s and 135 µs of database CPU per
-    // purchase without pacing; 828 commits/s and 95 µs with 1 ms, for 0.5 ms more p50
-    // (docs/loadtest.md). Below about 1,000 journal records/s it never waits.
-    1_000
+    // A trade of latency for database CPU, measured at 5,000 purchases/s on a grown
+    // journal (docs/loadtest.md, 2026-12-03 "last"): each commit costs PostgreSQL about
+    // 200 µs of CPU whatever it holds, and each durable wait is about half an interval
+    // plus a commit. In one fast spell of the host: 1 ms gave 654-733 commits/s, database
+    // CPU 64-79 µs per purchase and p50 3.1-3.2 ms above the relay's; 700 µs gave 968-987
+    // commits/s, 79-87 µs and +2.5 ms; none, 1,736 commits/s, 109 µs and +1.5 ms. When
+    // commits take longer than the interval (a slow spell) it does not bind. Below
+    // [`crate::store::journal`]'s four records a batch it never waits.
+    700
 }
 fn d_journal_queue_max() -> usize {
     65_536
