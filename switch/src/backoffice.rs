@@ -277,22 +277,16 @@ impl BackOffice {
             self.audit(rec).await?;
             return Err(AdminError::Unauthenticated(BAD_CREDENTIALS.into()));
         };
+        // The password is checked first even when the account is locked: only someone who
+        // knows it learns of the lock (423); anyone else gets the 401 an unknown account
+        // gets, after the same hashing work, so neither the answer nor its time tells
+        // which usernames exist (OWASP Authentication Cheat Sheet, "Authentication
+        // Responses").
+        let password_ok = verify_password(&req.password, &acct.password_hash).await?;
         if rules::is_locked(acct.locked_until, now) {
-            self.count_login("locked");
-            let rec = login_record(
-                &acct.username,
-                Some(acct.role),
-                source,
-                "login",
-                "locked",
-                "account locked",
-            );
-            self.audit(rec).await?;
-            return Err(AdminError::Locked(
-                "account locked after repeated failures: wait or ask an admin to unlock".into(),
-            ));
+            return Err(self.refuse_locked(&acct, source, password_ok).await);
         }
-        if !verify_password(&req.password, &acct.password_hash).await? {
+        if !password_ok {
             return Err(self.fail_login(&acct, source, now, "wrong password").await);
         }
         let mfa_done = if acct.totp_enabled {
@@ -304,6 +298,39 @@ impl BackOffice {
             !rules::needs_second_factor(acct.role)
         };
         self.open_session(&acct, source, now, mfa_done).await
+    }
+
+    /// A login to a locked account: audited and counted as `locked` either way; answered
+    /// 423 only with the right password (`password_ok`), else as bad credentials.
+    async fn refuse_locked(
+        &self,
+        acct: &AccountRow,
+        source: &str,
+        password_ok: bool,
+    ) -> AdminError {
+        self.count_login("locked");
+        let detail = if password_ok {
+            "account locked"
+        } else {
+            "account locked; wrong password"
+        };
+        let rec = login_record(
+            &acct.username,
+            Some(acct.role),
+            source,
+            "login",
+            "locked",
+            detail,
+        );
+        if let Err(e) = self.audit(rec).await {
+            return e;
+        }
+        if !password_ok {
+            return AdminError::Unauthenticated(BAD_CREDENTIALS.into());
+        }
+        AdminError::Locked(
+            "account locked after repeated failures: wait or ask an admin to unlock".into(),
+        )
     }
 
     fn count_login(&self, outcome: &str) {

@@ -537,7 +537,8 @@ async fn password_chosen_by_an_admin_is_changed_at_first_use() {
 }
 
 // Proves 10 failed logins within 15 minutes lock an account (the right password is then
-// refused 423) until an admin unlocks it; that a login from a new address is counted and
+// refused 423, a wrong one gets the same 401 as an unknown username, so the lock reveals
+// no account) until an admin unlocks it; that a login from a new address is counted and
 // shown at the next login; and that the audit log records each step with who, where and
 // the values before and after, and refuses UPDATE, DELETE and TRUNCATE.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,13 +557,16 @@ async fn lockout_unlock_new_address_and_audit() {
         locked.header("content-type"),
         Some("application/problem+json")
     );
+    let wrong = office.login("vic", "Wrong-Password-0000").await;
+    let unknown = office.login("nobody", "Wrong-Password-0000").await;
+    assert_eq!((wrong.status, &wrong.body), (401, &unknown.body));
     let metrics = office.call("GET", "/metrics", None, None).await.body;
     assert_eq!(
         sample(
             &metrics,
             "switchyard_admin_logins_total{outcome=\"locked\"}"
         ),
-        Some(1.0)
+        Some(2.0)
     );
     assert!(
         sample(
