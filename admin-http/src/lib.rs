@@ -169,6 +169,10 @@ pub enum AdminError {
     /// The account is locked after repeated failures.
     #[error("{0}")]
     Locked(String),
+    /// Too many failed attempts from this client: refused for `retry_after_s` seconds
+    /// more (HTTP 429 with `Retry-After`, RFC 6585 section 4).
+    #[error("{detail}")]
+    TooManyAttempts { detail: String, retry_after_s: u64 },
 }
 
 /// Why a request was refused before reaching its route: a security signal the switch

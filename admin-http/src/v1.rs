@@ -209,18 +209,28 @@ fn problem_parts(e: &AdminError) -> (&'static str, StatusCode) {
         AdminError::Forbidden(_) => ("forbidden", StatusCode::FORBIDDEN),
         AdminError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
         AdminError::Locked(_) => ("account-locked", StatusCode::LOCKED),
+        AdminError::TooManyAttempts { .. } => ("too-many-attempts", StatusCode::TOO_MANY_REQUESTS),
     }
 }
 
-/// An error as `application/problem+json` (RFC 9457); a 401 with `WWW-Authenticate`.
+/// An error as `application/problem+json` (RFC 9457); a 401 with `WWW-Authenticate`, a
+/// 429 with `Retry-After` (in seconds).
 pub fn problem(e: AdminError) -> Response {
     let (slug, status) = problem_parts(&e);
+    let retry_after_s = match &e {
+        AdminError::TooManyAttempts { retry_after_s, .. } => Some(*retry_after_s),
+        _ => None,
+    };
     let mut r = problem_response(status, slug, e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer realm=\"switchyard\""),
         );
+    }
+    if let Some(s) = retry_after_s {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(s));
     }
     r
 }

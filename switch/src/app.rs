@@ -558,6 +558,7 @@ fn switch_admin(
             desk: Some(refund_desk(config, engine, stores)),
             vault: vault.clone(),
             metrics: metrics.clone(),
+            throttle: Default::default(),
         },
     })
 }

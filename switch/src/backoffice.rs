@@ -4,8 +4,8 @@
 //! and records every action in the audit log.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use admin_http::merchants::{Limits, MacKeyIssued, MerchantView, NewMerchantBody, Rotation};
 use admin_http::refunds::{RefundAsk, RefundListQuery, RefundRequestView};
@@ -18,6 +18,7 @@ use admin_http::{AdminError, Role};
 use serde_json::json;
 
 use crate::accounts as rules;
+use crate::accounts::throttle::{ADDRESS_FAILURES_MAX, ADDRESS_WINDOW_MS, LoginThrottle};
 use crate::crypto::{Purpose, Vault};
 use crate::metrics::Metrics;
 use crate::refund_desk::{Ask, Operation, RefundDesk};
@@ -42,7 +43,14 @@ pub struct BackOffice {
     pub merchants: Option<Arc<crate::merchants::Merchants>>,
     pub vault: Arc<Vault>,
     pub metrics: Arc<Metrics>,
+    /// Failed logins by source address ([`rules::throttle`]), shared by the clones.
+    pub throttle: Arc<AddressThrottle>,
 }
+
+/// Failed back-office logins by source address, for [`BackOffice::login`]: the rules are
+/// in [`rules::throttle`]; new ones count nothing.
+#[derive(Debug, Default)]
+pub struct AddressThrottle(Mutex<LoginThrottle>);
 
 pub use crate::store::unavailable;
 
@@ -254,8 +262,61 @@ fn login_record<'a>(
 
 impl BackOffice {
     /// Checks credentials (password, then TOTP or a recovery code once enrolled) and
-    /// opens a session; failures count towards the lockout.
+    /// opens a session; failures count towards the account's lockout and towards the
+    /// source address's throttle, which refuses the address (`TooManyAttempts`, before any
+    /// password is hashed) once it has failed too often.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Result<LoginGranted, AdminError> {
+        let refused = self.throttle().refused(source, Instant::now());
+        if let Some(wait) = refused {
+            self.count_login("throttled");
+            return Err(AdminError::TooManyAttempts {
+                detail: "too many failed logins from this address: try again later".into(),
+                retry_after_s: wait.as_secs().max(1),
+            });
+        }
+        let result = self.check_login(req, source).await;
+        if let Err(AdminError::Unauthenticated(_)) = &result {
+            let engaged = self.throttle().failed(source, Instant::now());
+            if engaged {
+                self.audit_throttle(source).await?;
+            }
+        }
+        result
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        self.throttle.0.lock().expect("throttle lock")
+    }
+
+    /// The audit line of an address the throttle starts refusing (once per window: the
+    /// refusals themselves are only counted, so a flood writes nothing).
+    async fn audit_throttle(&self, source: &str) -> Result<(), AdminError> {
+        tracing::warn!(
+            source,
+            "back office: too many failed logins from one address, refusing it"
+        );
+        let detail = format!(
+            "{ADDRESS_FAILURES_MAX} failed logins within {} minutes: address refused until the window ends",
+            ADDRESS_WINDOW_MS / 60_000
+        );
+        let rec = AuditRecord {
+            actor: "anonymous",
+            actor_role: None,
+            source_addr: source,
+            action: "login",
+            target: None,
+            outcome: "throttled",
+            before: None,
+            after: Some(json!({ "reason": detail })),
+        };
+        self.audit(rec).await
+    }
+
+    async fn check_login(
+        &self,
+        req: LoginRequest,
+        source: &str,
+    ) -> Result<LoginGranted, AdminError> {
         let now = SystemTime::now();
         let found = self
             .store

@@ -415,6 +415,7 @@ fn cli_office(
         merchants: None,
         vault: std::sync::Arc::new(vault(config)?),
         metrics: std::sync::Arc::new(switch::metrics::Metrics::new()),
+        throttle: Default::default(),
     })
 }
 

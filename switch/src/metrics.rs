@@ -48,7 +48,7 @@ pub const MAC_FAILURE_REASONS: [&str; 3] = ["missing", "invalid", "misplaced"];
 /// (HTTP 401), or a token whose role does not allow the action (HTTP 403).
 pub const ADMIN_AUTH_FAILURE_REASONS: [&str; 2] = ["unauthenticated", "forbidden"];
 /// The `outcome` label of `admin_logins_total` (back-office logins, issue 12).
-pub const ADMIN_LOGIN_OUTCOMES: [&str; 3] = ["success", "failure", "locked"];
+pub const ADMIN_LOGIN_OUTCOMES: [&str; 4] = ["success", "failure", "locked", "throttled"];
 /// The `state` label of `postgres_pool_connections`.
 pub const POOL_STATES: [&str; 2] = ["idle", "in_use"];
 /// The `state` label of `bank_link_state`: every state of the link state machine.
@@ -348,7 +348,7 @@ const ADMIN_AUTH_FAILURES: Def = Def {
 };
 const ADMIN_LOGINS: Def = Def {
     name: "admin_logins_total",
-    help: "Back-office login attempts: success, failure (bad password or code), locked (refused while locked)",
+    help: "Back-office login attempts: success, failure (bad password or code), locked (refused while locked), throttled (refused: too many failures from the address)",
     labels: &["outcome"],
 };
 const ADMIN_NEW_ADDRESS_LOGINS: Def = Def {

@@ -536,6 +536,49 @@ async fn password_chosen_by_an_admin_is_changed_at_first_use() {
     drop(sw);
 }
 
+// Proves 30 failed logins from one address, across accounts, refuse that address (429
+// with Retry-After, even with a right password, no account locked) while another
+// address still logs in, and that the refusal is counted and audited once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_logins_throttle_their_address() {
+    let world = office_world("bo_throttle");
+    let mut sw = world.start_switch(1);
+    let (office, root) = bootstrap(&world, &mut sw).await;
+    office.create(&root, "wes", "viewer", None).await;
+    let sprayer: IpAddr = "127.0.0.3".parse().unwrap();
+    let guess = |who: &str, pw: &str| json!({"username": who, "password": pw});
+    for i in 0..30 {
+        let who = if i % 5 == 0 {
+            "wes".to_string()
+        } else {
+            format!("user{i}")
+        };
+        let a = office
+            .login_from(Some(sprayer), guess(&who, "Spring-2026-Guess"))
+            .await;
+        assert_eq!(a.status, 401, "failure {i}: {}", a.body);
+    }
+    let refused = office
+        .login_from(Some(sprayer), guess("wes", PASSWORD))
+        .await;
+    assert_eq!(refused.status, 429, "{}", refused.body);
+    let wait: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=900).contains(&wait), "{wait}");
+    assert_eq!(
+        office.login("wes", PASSWORD).await.status,
+        200,
+        "another address"
+    );
+    let metrics = office.call("GET", "/metrics", None, None).await.body;
+    let throttled = "switchyard_admin_logins_total{outcome=\"throttled\"}";
+    assert_eq!(sample(&metrics, throttled), Some(1.0));
+    let audit = office.audit(&root, "actor=anonymous&action=login").await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["outcome"], "throttled");
+    assert_eq!(audit[0]["source_addr"], "127.0.0.3");
+    drop(sw);
+}
+
 // Proves 10 failed logins within 15 minutes lock an account (the right password is then
 // refused 423, a wrong one gets the same 401 as an unknown username, so the lock reveals
 // no account) until an admin unlocks it; that a login from a new address is counted and

@@ -1,7 +1,8 @@
 //! Back-office account rules (issue 12), as plain functions of their inputs and `now`:
 //! password strength and hashing (argon2id), lockout (PCI DSS 8.3.4: 10 failures within
 //! 15 minutes lock for 30 minutes), session idle expiry (PCI DSS 8.2.8: 15 minutes),
-//! opaque tokens, TOTP (RFC 6238) and recovery codes. The SQL is in
+//! opaque tokens, TOTP (RFC 6238) and recovery codes; failed logins per source address
+//! ([`throttle`]). The SQL is in
 //! [`crate::store::accounts`]; the flows that combine both are in [`crate::backoffice`].
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -11,6 +12,8 @@ use argon2::Argon2;
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use ring::rand::{SecureRandom, SystemRandom};
+
+pub(crate) mod throttle;
 
 /// Shortest password accepted, in characters.
 pub(crate) const PASSWORD_MIN_CHARS: usize = 12;
