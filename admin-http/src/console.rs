@@ -208,6 +208,19 @@ async fn login<A: Admin>(
             }
             r
         }
+        Err(AdminError::TooManyAttempts {
+            detail,
+            retry_after_s,
+        }) => {
+            let mut r = render(
+                StatusCode::TOO_MANY_REQUESTS,
+                "login.html",
+                context! { error => format!("{detail} (in {retry_after_s} s)") },
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            r
+        }
         Err(e) => refused(e.to_string()),
     }
 }

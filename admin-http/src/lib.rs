@@ -166,9 +166,6 @@ pub enum AdminError {
     /// Clashes with what exists (a username taken).
     #[error("{0}")]
     Conflict(String),
-    /// The account is locked after repeated failures.
-    #[error("{0}")]
-    Locked(String),
     /// Too many failed attempts from this client: refused for `retry_after_s` seconds
     /// more (HTTP 429 with `Retry-After`, RFC 6585 section 4).
     #[error("{detail}")]

@@ -208,7 +208,6 @@ fn problem_parts(e: &AdminError) -> (&'static str, StatusCode) {
         AdminError::Unauthenticated(_) => ("unauthenticated", StatusCode::UNAUTHORIZED),
         AdminError::Forbidden(_) => ("forbidden", StatusCode::FORBIDDEN),
         AdminError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
-        AdminError::Locked(_) => ("account-locked", StatusCode::LOCKED),
         AdminError::TooManyAttempts { .. } => ("too-many-attempts", StatusCode::TOO_MANY_REQUESTS),
     }
 }

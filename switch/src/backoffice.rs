@@ -26,8 +26,11 @@ use crate::store::StoreError;
 use crate::store::accounts::{AccountRow, AccountStore, AuditRecord, CreateError};
 use crate::store::search::{SearchError, TxnSearch};
 
-/// The answer to every credential failure: which part was wrong is not said.
-const BAD_CREDENTIALS: &str = "wrong username, password or code";
+/// The answer to every credential failure, a locked account's included: which part was
+/// wrong, and whether the account exists or is locked, is not said (OWASP Authentication
+/// Cheat Sheet, "Authentication Responses").
+const BAD_CREDENTIALS: &str =
+    "wrong username, password or code, or the account is locked after repeated failures";
 
 /// The back office over its store.
 #[derive(Debug, Clone)]
@@ -262,30 +265,37 @@ fn login_record<'a>(
 
 impl BackOffice {
     /// Checks credentials (password, then TOTP or a recovery code once enrolled) and
-    /// opens a session; failures count towards the account's lockout and towards the
-    /// source address's throttle, which refuses the address (`TooManyAttempts`, before any
-    /// password is hashed) once it has failed too often.
+    /// opens a session. Every refusal of credentials (`Unauthenticated`: an unknown,
+    /// disabled or locked account, a wrong password or code) counts towards the source
+    /// address's throttle, which refuses the address (`TooManyAttempts`, before any
+    /// password is hashed) once it has failed too often; those of an unlocked account
+    /// count towards its lockout too. A database fault (`Unavailable`) counts for neither.
     pub async fn login(&self, req: LoginRequest, source: &str) -> Result<LoginGranted, AdminError> {
         let refused = self.throttle().refused(source, Instant::now());
         if let Some(wait) = refused {
             self.count_login("throttled");
             return Err(AdminError::TooManyAttempts {
                 detail: "too many failed logins from this address: try again later".into(),
-                retry_after_s: wait.as_secs().max(1),
+                retry_after_s: wait.as_millis().div_ceil(1000).max(1) as u64,
             });
         }
         let result = self.check_login(req, source).await;
         if let Err(AdminError::Unauthenticated(_)) = &result {
             let engaged = self.throttle().failed(source, Instant::now());
-            if engaged {
-                self.audit_throttle(source).await?;
+            if engaged && let Err(e) = self.audit_throttle(source).await {
+                // The attempt's answer stands: it was counted, and the log has the line.
+                tracing::error!(error = %e, source, "throttle's audit line not written");
             }
         }
         result
     }
 
     fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
-        self.throttle.0.lock().expect("throttle lock")
+        // A panic elsewhere while holding it leaves counts that are still whole.
+        self.throttle
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The audit line of an address the throttle starts refusing (once per window: the
@@ -338,11 +348,10 @@ impl BackOffice {
             self.audit(rec).await?;
             return Err(AdminError::Unauthenticated(BAD_CREDENTIALS.into()));
         };
-        // The password is checked first even when the account is locked: only someone who
-        // knows it learns of the lock (423); anyone else gets the 401 an unknown account
-        // gets, after the same hashing work, so neither the answer nor its time tells
-        // which usernames exist (OWASP Authentication Cheat Sheet, "Authentication
-        // Responses").
+        // The password is hashed for a locked account too, and the answer is the same 401
+        // whatever it was: a lock that answered differently to the right password would
+        // tell a guesser when they had found it, lock or no lock. The time still differs
+        // from an unknown account's by the failure bookkeeping below (a database write).
         let password_ok = verify_password(&req.password, &acct.password_hash).await?;
         if rules::is_locked(acct.locked_until, now) {
             return Err(self.refuse_locked(&acct, source, password_ok).await);
@@ -361,37 +370,34 @@ impl BackOffice {
         self.open_session(&acct, source, now, mfa_done).await
     }
 
-    /// A login to a locked account: audited and counted as `locked` either way; answered
-    /// 423 only with the right password (`password_ok`), else as bad credentials.
+    /// A login to a locked account, refused as bad credentials whatever the password. The
+    /// right password is counted and audited as `locked` (the account's owner, waiting
+    /// out the lock); a wrong one as a failure, like an unknown account's, since the
+    /// metrics are open to anyone who can reach the login. Neither extends the lock.
     async fn refuse_locked(
         &self,
         acct: &AccountRow,
         source: &str,
         password_ok: bool,
     ) -> AdminError {
-        self.count_login("locked");
-        let detail = if password_ok {
-            "account locked"
+        let (outcome, detail) = if password_ok {
+            ("locked", "account locked: the right password refused")
         } else {
-            "account locked; wrong password"
+            ("failed", "account locked: wrong password")
         };
+        self.count_login(if password_ok { "locked" } else { "failure" });
         let rec = login_record(
             &acct.username,
             Some(acct.role),
             source,
             "login",
-            "locked",
+            outcome,
             detail,
         );
         if let Err(e) = self.audit(rec).await {
             return e;
         }
-        if !password_ok {
-            return AdminError::Unauthenticated(BAD_CREDENTIALS.into());
-        }
-        AdminError::Locked(
-            "account locked after repeated failures: wait or ask an admin to unlock".into(),
-        )
+        AdminError::Unauthenticated(BAD_CREDENTIALS.into())
     }
 
     fn count_login(&self, outcome: &str) {

@@ -348,7 +348,7 @@ const ADMIN_AUTH_FAILURES: Def = Def {
 };
 const ADMIN_LOGINS: Def = Def {
     name: "admin_logins_total",
-    help: "Back-office login attempts: success, failure (bad password or code), locked (refused while locked), throttled (refused: too many failures from the address)",
+    help: "Back-office login attempts: success, failure (bad password or code), locked (the right password refused while locked), throttled (refused: too many failures from the address)",
     labels: &["outcome"],
 };
 const ADMIN_NEW_ADDRESS_LOGINS: Def = Def {

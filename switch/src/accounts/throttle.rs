@@ -4,9 +4,12 @@
 //! logins within [`ADDRESS_WINDOW_MS`], whatever accounts they named (OWASP
 //! Authentication Cheat Sheet, "Protect Against Automated Attacks"). A plain type over
 //! `now` passed in; counts live in one instance's memory, so each instance of a
-//! deployment refuses on its own count.
+//! deployment refuses on its own count. An IPv6 client is counted by its /64, the
+//! smallest block one subscriber is usually given (RFC 6177), so that it cannot step
+//! round the count address by address.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 /// Failed logins from one address within [`ADDRESS_WINDOW_MS`] after which the address is
@@ -34,6 +37,19 @@ impl Window {
     }
 }
 
+/// What a source address is counted under: an IPv4 address (an IPv4-mapped IPv6 one
+/// too) as itself, an IPv6 address by its /64, anything unparsable as its text.
+fn counted_as(address: &str) -> String {
+    match address.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Err(_) => address.to_string(),
+    }
+}
+
 /// Failed logins by source address (an IP address as text).
 #[derive(Debug, Default)]
 pub(crate) struct LoginThrottle {
@@ -43,7 +59,7 @@ pub(crate) struct LoginThrottle {
 impl LoginThrottle {
     /// How long `address` is still refused at `now`, if it is.
     pub(crate) fn refused(&self, address: &str, now: Instant) -> Option<Duration> {
-        let w = self.by_address.get(address)?;
+        let w = self.by_address.get(&counted_as(address))?;
         if w.ended(now) || w.failures < ADDRESS_FAILURES_MAX {
             return None;
         }
@@ -54,16 +70,14 @@ impl LoginThrottle {
     /// Counts a failed login from `address` at `now`; true when this failure is the one
     /// that makes the address refused.
     pub(crate) fn failed(&mut self, address: &str, now: Instant) -> bool {
-        if !self.by_address.contains_key(address) {
+        let key = counted_as(address);
+        if !self.by_address.contains_key(&key) {
             self.make_room(now);
         }
-        let w = self
-            .by_address
-            .entry(address.to_string())
-            .or_insert(Window {
-                started: now,
-                failures: 0,
-            });
+        let w = self.by_address.entry(key).or_insert(Window {
+            started: now,
+            failures: 0,
+        });
         if w.ended(now) {
             *w = Window {
                 started: now,
@@ -72,11 +86,14 @@ impl LoginThrottle {
         }
         w.failures = w.failures.saturating_add(1);
         let engaged = w.failures == ADDRESS_FAILURES_MAX;
-        assert!(self.by_address.len() <= ADDRESSES_MAX);
+        debug_assert!(self.by_address.len() <= ADDRESSES_MAX);
         engaged
     }
 
-    /// Room for one more address: windows that ended go first, then the oldest.
+    /// Room for one more address: windows that ended go first, then the oldest of those
+    /// not refused, and only when every address is refused the oldest of all (refused
+    /// addresses going first would let a client flush its own refusal with new ones). A
+    /// scan of the table, only when it is full.
     fn make_room(&mut self, now: Instant) {
         if self.by_address.len() < ADDRESSES_MAX {
             return;
@@ -88,7 +105,7 @@ impl LoginThrottle {
         let oldest = self
             .by_address
             .iter()
-            .min_by_key(|(_, w)| w.started)
+            .min_by_key(|(_, w)| (w.failures >= ADDRESS_FAILURES_MAX, w.started))
             .map(|(a, _)| a.clone());
         if let Some(a) = oldest {
             self.by_address.remove(&a);
@@ -131,25 +148,59 @@ mod tests {
         let end = t0 + ms(1 + ADDRESS_WINDOW_MS);
         assert!(t.refused("10.0.0.1", end - ms(1)).is_some());
         assert_eq!(t.refused("10.0.0.1", end), None, "the window ended");
-        assert!(!t.failed("10.0.0.1", end));
-        assert_eq!(t.refused("10.0.0.1", end), None, "counted afresh");
+        for i in 1..ADDRESS_FAILURES_MAX {
+            assert!(
+                !t.failed("10.0.0.1", end + ms(i as u64)),
+                "afresh: failure {i}"
+            );
+        }
+        assert_eq!(t.refused("10.0.0.1", end + ms(100)), None);
+        assert!(
+            t.failed("10.0.0.1", end + ms(100)),
+            "counted afresh from one"
+        );
+        assert!(t.refused("10.0.0.1", end + ms(100)).is_some());
     }
 
-    // Proves the addresses counted stay within ADDRESSES_MAX: when full, the oldest window
-    // goes, and once windows have ended they all go before any that has not.
+    // Proves an IPv6 client is counted by its /64 and an IPv4-mapped address as its IPv4
+    // one.
+    #[test]
+    fn ipv6_counts_by_its_64() {
+        let (mut t, t0) = (LoginThrottle::default(), Instant::now());
+        for i in 0..ADDRESS_FAILURES_MAX {
+            t.failed(&format!("2001:db8:1:2::{:x}", i + 1), t0);
+        }
+        assert!(t.refused("2001:db8:1:2:ffff::9", t0).is_some());
+        assert_eq!(t.refused("2001:db8:1:3::1", t0), None, "another /64");
+        for _ in 0..ADDRESS_FAILURES_MAX {
+            t.failed("::ffff:192.0.2.7", t0);
+        }
+        assert!(t.refused("192.0.2.7", t0).is_some());
+    }
+
+    // Proves the addresses counted stay within ADDRESSES_MAX: when full, the oldest of
+    // the addresses not refused goes (a refused one stays however many new ones come),
+    // and once windows have ended they all go before any that has not.
     #[test]
     fn memory_is_bounded() {
         let (mut t, t0) = (LoginThrottle::default(), Instant::now());
         for _ in 0..ADDRESS_FAILURES_MAX {
-            t.failed("attacker", t0 + ms(1));
+            t.failed("192.0.2.1", t0 + ms(1));
         }
         for i in 0..ADDRESSES_MAX as u64 + 5 {
             t.failed(&format!("10.1.{}.{}", i / 256, i % 256), t0 + ms(2 + i));
         }
         assert_eq!(t.len(), ADDRESSES_MAX);
-        assert_eq!(t.refused("attacker", t0 + ms(3)), None, "the oldest went");
+        assert!(
+            t.refused("192.0.2.1", t0 + ms(3)).is_some(),
+            "the refused one stays"
+        );
+        assert!(
+            !t.by_address.contains_key("10.1.0.0"),
+            "the oldest other went"
+        );
         let later = t0 + ms(ADDRESS_WINDOW_MS + 2 + ADDRESSES_MAX as u64 + 5);
-        t.failed("newcomer", later);
+        t.failed("198.51.100.1", later);
         assert_eq!(t.len(), 1, "every ended window forgotten at once");
     }
 }
