@@ -19,6 +19,9 @@
 #   DURABLE [1]: 0 leaves PostgreSQL as services.sh starts it (fsync off)
 #   PG_SHARED_BUFFERS [2GB]: the private cluster's shared_buffers
 #   PG_WAL_INIT_ZERO [on]: the private cluster's wal_init_zero
+#   PG_WAL_SYNC_METHOD [PostgreSQL's default, fdatasync]: the private cluster's
+#     wal_sync_method (open_datasync: one write with O_DSYNC per flush instead of a write
+#     and an fdatasync; as durable)
 #   SOCKETS [1]: the switch reaches PostgreSQL and Redis by unix socket (0: loopback TCP)
 #   RUNTIME_THREADS [1]: [switch] runtime_threads (1: a single-threaded runtime, the least
 #     CPU per purchase when the switch shares 2 cores with PostgreSQL and Redis; 0: one
@@ -144,6 +147,7 @@ deadlock_timeout = 20ms
 # Whether a new 16 MB WAL segment is written full of zeros when it is created, inside the
 # commit that needs it (see docs/loadtest.md, 2026-12-03).
 wal_init_zero = ${PG_WAL_INIT_ZERO:-on}
+$( [ -n "${PG_WAL_SYNC_METHOD:-}" ] && echo "wal_sync_method = $PG_WAL_SYNC_METHOD" || true)
 EOF
 as_pg() {
   if [ "$(id -u)" = 0 ]; then
