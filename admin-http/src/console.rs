@@ -208,20 +208,20 @@ async fn login<A: Admin>(
             }
             r
         }
-        Err(AdminError::TooManyAttempts {
-            detail,
-            retry_after_s,
-        }) => {
-            let mut r = render(
-                StatusCode::TOO_MANY_REQUESTS,
-                "login.html",
-                context! { error => format!("{detail} (in {retry_after_s} s)") },
-            );
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
-            r
-        }
-        Err(e) => refused(e.to_string()),
+        Err(e) => match e.retry_after_s() {
+            Some(wait_s) => {
+                let error = format!("{e} (in {wait_s} s)");
+                let mut r = render(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "login.html",
+                    context! { error => error },
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(wait_s));
+                r
+            }
+            None => refused(e.to_string()),
+        },
     }
 }
 

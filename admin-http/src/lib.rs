@@ -172,6 +172,17 @@ pub enum AdminError {
     TooManyAttempts { detail: String, retry_after_s: u64 },
 }
 
+impl AdminError {
+    /// The `Retry-After` an answer to this error carries, in seconds: only
+    /// [`AdminError::TooManyAttempts`] has one.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            AdminError::TooManyAttempts { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+}
+
 /// Why a request was refused before reaching its route: a security signal the switch
 /// counts (`switchyard_admin_auth_failures_total{reason}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -216,10 +216,7 @@ fn problem_parts(e: &AdminError) -> (&'static str, StatusCode) {
 /// 429 with `Retry-After` (in seconds).
 pub fn problem(e: AdminError) -> Response {
     let (slug, status) = problem_parts(&e);
-    let retry_after_s = match &e {
-        AdminError::TooManyAttempts { retry_after_s, .. } => Some(*retry_after_s),
-        _ => None,
-    };
+    let retry_after_s = e.retry_after_s();
     let mut r = problem_response(status, slug, e.to_string());
     if status == StatusCode::UNAUTHORIZED {
         r.headers_mut().insert(

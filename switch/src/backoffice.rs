@@ -380,12 +380,17 @@ impl BackOffice {
         source: &str,
         password_ok: bool,
     ) -> AdminError {
-        let (outcome, detail) = if password_ok {
-            ("locked", "account locked: the right password refused")
+        // (audit outcome, metric outcome, audit detail)
+        let (outcome, counted, detail) = if password_ok {
+            (
+                "locked",
+                "locked",
+                "account locked: the right password refused",
+            )
         } else {
-            ("failed", "account locked: wrong password")
+            ("failed", "failure", "account locked: wrong password")
         };
-        self.count_login(if password_ok { "locked" } else { "failure" });
+        self.count_login(counted);
         let rec = login_record(
             &acct.username,
             Some(acct.role),
